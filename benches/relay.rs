@@ -1,0 +1,267 @@
+//! Packets per second of the relay step alone, on one core, against the bare
+//! SRTP primitives measured in the same run.
+//!
+//! `cargo bench --bench relay` (release). Each row relays 172-byte RTP
+//! (12 + 160, G.711 20 ms) through a pre-keyed `CallRelay`: datagram in →
+//! classify → source and SSRC checks → unprotect → PT map → rewrite →
+//! protect → transmit handed out. No sockets: this is the CPU cost the relay
+//! adds on top of the kernel's UDP cost. The "crypto only" rows do just
+//! `SrtpContext::unprotect_rtp` + `protect_rtp` (or `protect_rtp` alone for
+//! plain input) on the same packets, so the ratio shows the relay's own
+//! overhead. Packets are built and protected before the clock starts; each
+//! round uses a fresh relay (fresh replay window) and the best round counts.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use webrtc_sip_gateway::media::dtls::DtlsIdentity;
+use webrtc_sip_gateway::media::fingerprint::Fingerprint;
+use webrtc_sip_gateway::media::srtp::SrtpContext;
+use webrtc_sip_gateway::media::{
+    BrowserLegParams, CallCounters, CallRelay, LegId, MediaStats, RelayParams, TrunkCrypto,
+    TrunkLegParams,
+};
+use webrtc_sip_gateway::types::{PayloadType, Secret, SrtpKeyMaterial, SrtpSuite};
+
+const PACKETS: usize = 200_000;
+const ROUNDS: usize = 5;
+
+fn rtp(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&ts.to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p.extend((0..160).map(|i| i as u8));
+    p
+}
+
+/// `PACKETS` plaintext RTP packets of one stream.
+fn plain_stream(ssrc: u32) -> Vec<Vec<u8>> {
+    (0..PACKETS)
+        .map(|i| rtp(i as u16, (i as u32).wrapping_mul(160), ssrc))
+        .collect()
+}
+
+fn protected_stream(keys: &SrtpKeyMaterial, plain: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut ctx = SrtpContext::new(keys).expect("keys");
+    plain
+        .iter()
+        .map(|p| {
+            let mut out = Vec::new();
+            ctx.protect_rtp(p, &mut out).expect("protect");
+            out
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum Input {
+    Sdes(SrtpSuite),
+    Plain,
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    TrunkToBrowser,
+    BrowserToTrunk,
+}
+
+struct Scenario {
+    name: &'static str,
+    direction: Direction,
+    trunk: Input,
+    browser: SrtpSuite,
+}
+
+const TRUNK: &str = "192.0.2.10:30000";
+const BROWSER: &str = "198.51.100.7:50000";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("address")
+}
+
+struct Keys {
+    trunk_in: SrtpKeyMaterial,
+    trunk_out: SrtpKeyMaterial,
+    browser_in: SrtpKeyMaterial,
+    browser_out: SrtpKeyMaterial,
+}
+
+fn relay_for(s: &Scenario, keys: &Keys, identity: &Arc<DtlsIdentity>) -> CallRelay {
+    let crypto = match s.trunk {
+        Input::Sdes(_) => TrunkCrypto::Sdes {
+            inbound: keys.trunk_in.clone(),
+            outbound: keys.trunk_out.clone(),
+        },
+        Input::Plain => TrunkCrypto::Plain,
+    };
+    let params = RelayParams {
+        browser: BrowserLegParams {
+            local_ufrag: "benchufr".into(),
+            local_pwd: Secret::new("bench-password-0123456789".into()),
+            remote_ufrag: "brws".into(),
+            remote_fingerprint: Fingerprint::sha256(b"bench"),
+            ssrcs: vec![],
+        },
+        trunk: TrunkLegParams {
+            remote_rtp: addr(TRUNK),
+            remote_rtcp: None,
+            crypto,
+            ssrcs: vec![],
+        },
+        payload_map: vec![(PayloadType(0), PayloadType(0), 8000)],
+    };
+    CallRelay::new_keyed_for_bench(
+        params,
+        identity.clone(),
+        &keys.browser_in,
+        &keys.browser_out,
+        addr(BROWSER),
+        Arc::new(CallCounters::default()),
+        Arc::new(MediaStats::default()),
+        Instant::now(),
+    )
+    .expect("keyed relay")
+}
+
+/// Best packets/s of the relay step over `ROUNDS` rounds.
+fn bench_relay(s: &Scenario, keys: &Keys, identity: &Arc<DtlsIdentity>) -> f64 {
+    let plain = plain_stream(0x1234_5678);
+    let (leg, from, input) = match (s.direction, s.trunk) {
+        (Direction::TrunkToBrowser, Input::Sdes(_)) => (
+            LegId::TrunkRtp,
+            addr(TRUNK),
+            protected_stream(&keys.trunk_in, &plain),
+        ),
+        (Direction::TrunkToBrowser, Input::Plain) => (LegId::TrunkRtp, addr(TRUNK), plain),
+        (Direction::BrowserToTrunk, _) => (
+            LegId::Browser,
+            addr(BROWSER),
+            protected_stream(&keys.browser_in, &plain),
+        ),
+    };
+    let mut best = f64::MAX;
+    for _ in 0..ROUNDS {
+        let mut relay = relay_for(s, keys, identity);
+        let now = Instant::now();
+        let start = Instant::now();
+        let mut out_bytes = 0usize;
+        for pkt in &input {
+            relay.handle_datagram(leg, from, black_box(pkt), now);
+            while let Some(t) = relay.poll_transmit() {
+                out_bytes += black_box(t.data).len();
+            }
+        }
+        let elapsed = start.elapsed();
+        assert!(
+            out_bytes >= PACKETS * 172,
+            "{}: relay dropped packets ({out_bytes} bytes out)",
+            s.name
+        );
+        best = best.min(elapsed.as_secs_f64());
+    }
+    PACKETS as f64 / best
+}
+
+/// Best packets/s of the bare primitives: unprotect (if SRTP input) + protect.
+fn bench_crypto(input_suite: Option<SrtpSuite>, output_suite: SrtpSuite) -> f64 {
+    let plain = plain_stream(0x1234_5678);
+    let in_keys = input_suite.map(SrtpKeyMaterial::generate);
+    let out_keys = SrtpKeyMaterial::generate(output_suite);
+    let input = match &in_keys {
+        Some(k) => protected_stream(k, &plain),
+        None => plain,
+    };
+    let mut best = f64::MAX;
+    for _ in 0..ROUNDS {
+        let mut rx = in_keys.as_ref().map(|k| SrtpContext::new(k).expect("keys"));
+        let mut tx = SrtpContext::new(&out_keys).expect("keys");
+        let mut scratch = Vec::with_capacity(1500);
+        let mut out = Vec::with_capacity(1500);
+        let start = Instant::now();
+        for pkt in &input {
+            match rx.as_mut() {
+                Some(rx) => {
+                    rx.unprotect_rtp(black_box(pkt), &mut scratch)
+                        .expect("unprotect");
+                    tx.protect_rtp(&scratch, &mut out).expect("protect");
+                }
+                None => tx.protect_rtp(black_box(pkt), &mut out).expect("protect"),
+            }
+            black_box(&out);
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    PACKETS as f64 / best
+}
+
+fn main() {
+    let identity = Arc::new(DtlsIdentity::generate().expect("DTLS identity"));
+    let cm80 = SrtpSuite::AesCm128HmacSha1_80;
+    let gcm = SrtpSuite::AeadAes128Gcm;
+    let scenarios = [
+        Scenario {
+            name: "trunk SDES AES_CM_128_HMAC_SHA1_80 -> browser AEAD_AES_128_GCM",
+            direction: Direction::TrunkToBrowser,
+            trunk: Input::Sdes(cm80),
+            browser: gcm,
+        },
+        Scenario {
+            name: "trunk SDES AES_CM_128_HMAC_SHA1_80 -> browser AES_CM_128_HMAC_SHA1_80",
+            direction: Direction::TrunkToBrowser,
+            trunk: Input::Sdes(cm80),
+            browser: cm80,
+        },
+        Scenario {
+            name: "trunk plain RTP -> browser AEAD_AES_128_GCM",
+            direction: Direction::TrunkToBrowser,
+            trunk: Input::Plain,
+            browser: gcm,
+        },
+        Scenario {
+            name: "trunk plain RTP -> browser AES_CM_128_HMAC_SHA1_80",
+            direction: Direction::TrunkToBrowser,
+            trunk: Input::Plain,
+            browser: cm80,
+        },
+        Scenario {
+            name: "browser AEAD_AES_128_GCM -> trunk SDES AES_CM_128_HMAC_SHA1_80",
+            direction: Direction::BrowserToTrunk,
+            trunk: Input::Sdes(cm80),
+            browser: gcm,
+        },
+    ];
+
+    println!("relay step, one core, {PACKETS} packets of 172 bytes, best of {ROUNDS} rounds");
+    println!(
+        "{:<68} {:>12} {:>9} {:>12} {:>7}",
+        "path", "relay pps", "ns/pkt", "crypto pps", "ratio"
+    );
+    for s in &scenarios {
+        let trunk_suite = match s.trunk {
+            Input::Sdes(suite) => Some(suite),
+            Input::Plain => None,
+        };
+        let keys = Keys {
+            trunk_in: SrtpKeyMaterial::generate(trunk_suite.unwrap_or(cm80)),
+            trunk_out: SrtpKeyMaterial::generate(trunk_suite.unwrap_or(cm80)),
+            browser_in: SrtpKeyMaterial::generate(s.browser),
+            browser_out: SrtpKeyMaterial::generate(s.browser),
+        };
+        let relay_pps = bench_relay(s, &keys, &identity);
+        let crypto_pps = match s.direction {
+            Direction::TrunkToBrowser => bench_crypto(trunk_suite, s.browser),
+            Direction::BrowserToTrunk => bench_crypto(Some(s.browser), trunk_suite.unwrap_or(cm80)),
+        };
+        println!(
+            "{:<68} {:>12.0} {:>9.0} {:>12.0} {:>6.2}x",
+            s.name,
+            relay_pps,
+            1e9 / relay_pps,
+            crypto_pps,
+            crypto_pps / relay_pps
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! The boundary between `signaling` (one WebSocket session of a browser) and
+//! `calls` (the B2BUA). Signaling parses JSON into `SessionCommand`s and turns
+//! `SessionEvent`s back into JSON; it never sees SIP or SRTP.
+
+use crate::types::{AccountName, CallId};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// What a browser asks for, already parsed and validated by signaling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    /// Place a call to `to` (a number or user part) with the browser's SDP offer.
+    Call { id: CallId, to: String, sdp: String },
+    /// End a call in any state.
+    Hangup { id: CallId },
+}
+
+/// Security of both legs of a connected call, shown by the web client's lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Security {
+    /// e.g. "dtls-srtp AEAD_AES_128_GCM"
+    pub browser: String,
+    /// e.g. "sdes-srtp AES_CM_128_HMAC_SHA1_80" or "rtp (unencrypted)"
+    pub trunk: String,
+}
+
+/// What the gateway tells a browser session (PROTOCOL.md section 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    Progress {
+        id: CallId,
+        code: u16,
+    },
+    Answer {
+        id: CallId,
+        sdp: String,
+    },
+    Connected {
+        id: CallId,
+        security: Security,
+    },
+    Hangup {
+        id: CallId,
+        code: u16,
+        reason: String,
+    },
+    Error {
+        id: Option<CallId>,
+        code: u16,
+        message: String,
+    },
+}
+
+/// The call layer as signaling sees it. Implemented by `calls::Calls`; tests
+/// of signaling use a fake.
+pub trait CallControl: Send + Sync + 'static {
+    /// A browser session of `account` opened; events for it go to `events`.
+    /// Dropping the returned session (the socket closed) hangs up its calls.
+    fn attach(
+        &self,
+        account: AccountName,
+        events: mpsc::Sender<SessionEvent>,
+    ) -> Box<dyn SessionControl>;
+}
+
+/// One attached browser session.
+pub trait SessionControl: Send {
+    /// Hand a command to the call layer. Never blocks; problems come back as
+    /// `SessionEvent::Error` or `SessionEvent::Hangup`.
+    fn command(&mut self, cmd: SessionCommand);
+}

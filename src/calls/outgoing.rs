@@ -1,0 +1,499 @@
+//! One browser-to-trunk call: the B2BUA glue between the browser session, the
+//! SIP client dialog (`sip::uac`), the SDP translator and the media relay.
+//!
+//! The protocol logic lives in the sans-IO pieces; this task only owns them,
+//! moves messages between them and sleeps until the next deadline.
+
+use super::api::{Security, SessionEvent};
+use super::directory::Account;
+use super::CallsContext;
+use crate::config::TrunkTransport;
+use crate::media::{MediaAllocation, MediaEvent, MediaHandle, RelayParams};
+use crate::policy::TrunkLegPlan;
+use crate::sdp::{self, BrowserAnswerParams, BrowserOffer, TrunkOfferMedia, TrunkOfferParams};
+use crate::sip::auth::DigestCredentials;
+use crate::sip::transport::Transport;
+use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
+use crate::types::{CallId, Personal, SrtpKeyMaterial, SrtpSuite};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// How long the browser has to finish ICE and DTLS once it has our answer.
+const DTLS_DEADLINE: Duration = Duration::from_secs(15);
+/// How long we keep the dialog alive to finish BYE/CANCEL after a hangup.
+const TEARDOWN_DEADLINE: Duration = Duration::from_secs(34);
+
+/// Commands from the browser session to one of its calls.
+#[derive(Debug)]
+pub enum CallCommand {
+    Hangup,
+}
+
+/// Everything a call needs from the browser's `call` message.
+pub struct OutgoingRequest {
+    pub id: CallId,
+    pub to: String,
+    pub sdp: String,
+    pub account: Arc<Account>,
+    pub events: mpsc::Sender<SessionEvent>,
+}
+
+/// Why a call ended, as the browser is told.
+struct Ending {
+    code: u16,
+    reason: String,
+}
+
+impl Ending {
+    fn new(code: u16, reason: impl Into<String>) -> Self {
+        Ending {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Runs one outgoing call to its end. Returns when the trunk dialog is gone.
+pub async fn run(
+    ctx: Arc<CallsContext>,
+    req: OutgoingRequest,
+    mut commands: mpsc::UnboundedReceiver<CallCommand>,
+) {
+    let id = req.id.clone();
+    let events = req.events.clone();
+    let offer = match sdp::parse_browser_offer(&req.sdp) {
+        Ok(offer) => offer,
+        Err(e) => {
+            warn!(error = %e, "browser offer refused");
+            send(
+                &events,
+                SessionEvent::Hangup {
+                    id,
+                    code: 488,
+                    reason: format!("unusable SDP offer: {e}"),
+                },
+            )
+            .await;
+            return;
+        }
+    };
+    let plan = match req.account.outgoing_plan() {
+        Ok(plan) => plan,
+        Err(e) => {
+            send(&events, hangup_event(&id, &Ending::new(500, e.to_string()))).await;
+            return;
+        }
+    };
+    let allocation = match ctx.media.allocate().await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "no media ports");
+            send(
+                &events,
+                hangup_event(&id, &Ending::new(503, "no media ports available")),
+            )
+            .await;
+            return;
+        }
+    };
+    let trunk = req.account.trunk.clone();
+    let destination = match resolve(&trunk.uri.host, trunk.uri.port).await {
+        Some(addr) => addr,
+        None => {
+            send(
+                &events,
+                hangup_event(
+                    &id,
+                    &Ending::new(503, format!("trunk {} cannot be resolved", trunk.name)),
+                ),
+            )
+            .await;
+            return;
+        }
+    };
+    let transport = match trunk.uri.transport {
+        TrunkTransport::Udp => Transport::Udp,
+        TrunkTransport::Tcp => Transport::Tcp,
+        TrunkTransport::Tls => {
+            send(
+                &events,
+                hangup_event(&id, &Ending::new(501, "SIP over TLS is not supported yet")),
+            )
+            .await;
+            return;
+        }
+    };
+
+    let offer_media = match &plan {
+        TrunkLegPlan::Sdes { suites, .. } => TrunkOfferMedia::Sdes {
+            keys: suites
+                .iter()
+                .map(|suite| SrtpKeyMaterial::generate(*suite))
+                .collect(),
+        },
+        TrunkLegPlan::Plain => TrunkOfferMedia::Plain,
+    };
+    let session_id = rand::random::<u32>() as u64;
+    let offer_params = TrunkOfferParams {
+        local_ip: ctx.public_ip,
+        rtp_port: allocation.trunk_rtp_port,
+        media: offer_media,
+        session_id,
+    };
+    let trunk_offer = sdp::write_trunk_offer(&offer, &offer_params);
+
+    let local = ctx.sip.local_addr();
+    let public_host = ctx.public_ip.to_string();
+    let account = &req.account.name;
+    let transport_name = match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+    };
+    let uac_config = UacConfig {
+        call_id: crate::sip::message::new_call_id(),
+        request_uri: format!("sip:{}@{}:{}", req.to, trunk.uri.host, trunk.uri.port),
+        from_uri: format!("sip:{account}@{public_host}"),
+        contact: format!(
+            "<sip:{account}@{public_host}:{};transport={transport_name}>",
+            local.port()
+        ),
+        via_host: public_host.clone(),
+        via_port: local.port(),
+        transport,
+        credentials: match (&trunk.username, &trunk.password) {
+            (Some(username), Some(password)) => Some(DigestCredentials {
+                username: username.clone(),
+                password: password.clone(),
+            }),
+            _ => None,
+        },
+        user_agent: concat!("webrtc-sip-gateway/", env!("CARGO_PKG_VERSION")).to_string(),
+    };
+    let mut uac = OutgoingCall::new(uac_config, trunk_offer, Instant::now());
+    let sip_call_id = uac.call_id().to_string();
+    let mut sip_rx = ctx.sip.register_call(&sip_call_id);
+    let to = Personal::new(req.to.clone(), req.account.redact);
+    info!(sip_call_id = %sip_call_id, to = %to, trunk = %trunk.name, "calling trunk");
+
+    let mut call = CallState {
+        ctx: ctx.clone(),
+        id: id.clone(),
+        events: events.clone(),
+        offer,
+        offer_params,
+        plan,
+        allocation: Some(allocation),
+        media: None,
+        media_events: mpsc::channel(16),
+        answered: false,
+        browser_suite: None,
+        trunk_security: String::new(),
+        connected_sent: false,
+        dtls_deadline: None,
+        ended: None,
+        teardown_deadline: None,
+    };
+
+    loop {
+        // Everything the dialog wants sent goes to the trunk.
+        while let Some(bytes) = uac.poll_transmit() {
+            if let Err(e) = ctx.sip.send(destination, transport, bytes).await {
+                warn!(error = %e, "sending to the trunk failed");
+            }
+        }
+        let mut finished = false;
+        while let Some(event) = uac.poll_event() {
+            if call.on_uac_event(event, &mut uac).await {
+                finished = true;
+            }
+        }
+        if finished {
+            break;
+        }
+        let deadline = [
+            uac.poll_timeout(),
+            call.dtls_deadline,
+            call.teardown_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = sip_rx.recv() => match msg {
+                Some(msg) => uac.handle_message(msg, Instant::now()),
+                None => break,
+            },
+            cmd = commands.recv(), if call.ended.is_none() => {
+                // A hangup, or the socket closed (channel gone): end the call now.
+                let reason = match cmd {
+                    Some(CallCommand::Hangup) => "hung up by the browser",
+                    None => "browser disconnected",
+                };
+                info!(reason, "browser ends the call");
+                call.end(&mut uac, Ending::new(200, reason)).await;
+            }
+            Some(event) = call.media_events.1.recv() => call.on_media_event(event, &mut uac).await,
+            _ = sleep => {
+                let now = Instant::now();
+                if call.teardown_deadline.is_some_and(|d| now >= d) {
+                    warn!("trunk did not confirm the end of the call; giving up");
+                    break;
+                }
+                if call.dtls_deadline.is_some_and(|d| now >= d) {
+                    call.dtls_deadline = None;
+                    call.end(&mut uac, Ending::new(408, "browser media did not connect (ICE/DTLS timeout)")).await;
+                }
+                uac.handle_timeout(now);
+            }
+        }
+    }
+    ctx.sip.unregister_call(&sip_call_id);
+    if let Some(media) = call.media.take() {
+        let counters = media.counters();
+        info!(counters = ?counters, "media stopped");
+        media.stop();
+    }
+    if call.ended.is_none() {
+        // The dialog ended without us knowing why (channel closed): tell the browser.
+        send(&events, hangup_event(&id, &Ending::new(500, "call ended"))).await;
+    }
+}
+
+struct CallState {
+    ctx: Arc<CallsContext>,
+    id: CallId,
+    events: mpsc::Sender<SessionEvent>,
+    offer: BrowserOffer,
+    offer_params: TrunkOfferParams,
+    plan: TrunkLegPlan,
+    allocation: Option<MediaAllocation>,
+    media: Option<MediaHandle>,
+    media_events: (mpsc::Sender<MediaEvent>, mpsc::Receiver<MediaEvent>),
+    answered: bool,
+    browser_suite: Option<SrtpSuite>,
+    trunk_security: String,
+    connected_sent: bool,
+    dtls_deadline: Option<Instant>,
+    /// Set once the browser has been told the call ended.
+    ended: Option<Ending>,
+    teardown_deadline: Option<Instant>,
+}
+
+impl CallState {
+    /// Returns true when the dialog is over and the task can finish.
+    async fn on_uac_event(&mut self, event: UacEvent, uac: &mut OutgoingCall) -> bool {
+        match event {
+            UacEvent::Provisional { code, sdp } => {
+                if self.ended.is_some() {
+                    return false;
+                }
+                if code > 100 {
+                    send(
+                        &self.events,
+                        SessionEvent::Progress {
+                            id: self.id.clone(),
+                            code,
+                        },
+                    )
+                    .await;
+                }
+                if let Some(sdp) = sdp {
+                    self.on_trunk_sdp(&sdp, uac).await;
+                }
+                false
+            }
+            UacEvent::Answered { sdp } => {
+                if self.ended.is_some() {
+                    return false;
+                }
+                self.answered = true;
+                match sdp {
+                    Some(sdp) => self.on_trunk_sdp(&sdp, uac).await,
+                    None if self.media.is_none() => {
+                        self.end(uac, Ending::new(488, "trunk answered without SDP"))
+                            .await;
+                    }
+                    None => {}
+                }
+                self.maybe_connected().await;
+                false
+            }
+            UacEvent::Rejected { code, reason } => {
+                info!(code, reason = %reason, "trunk rejected the call");
+                if self.ended.is_none() {
+                    let ending = Ending::new(code, reason);
+                    send(&self.events, hangup_event(&self.id, &ending)).await;
+                    self.ended = Some(ending);
+                }
+                true
+            }
+            UacEvent::RemoteHangup => {
+                info!("trunk hung up");
+                if self.ended.is_none() {
+                    let ending = Ending::new(200, "the other party hung up");
+                    send(&self.events, hangup_event(&self.id, &ending)).await;
+                    self.ended = Some(ending);
+                }
+                true
+            }
+            UacEvent::Terminated => true,
+        }
+    }
+
+    /// The trunk's SDP (in a 183 or the 200): key the trunk leg, start the
+    /// relay and give the browser its answer. Later SDPs of the same dialog
+    /// (a 200 repeating the 183's) are ignored: re-keying needs re-INVITE
+    /// support, which comes with hold/resume.
+    async fn on_trunk_sdp(&mut self, sdp: &str, uac: &mut OutgoingCall) {
+        let Some(allocation) = self.allocation.take() else {
+            return;
+        };
+        let answer = match sdp::parse_trunk_answer(sdp, &self.offer_params, &self.offer) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "trunk SDP refused");
+                self.end(uac, Ending::new(488, format!("trunk SDP refused: {e}")))
+                    .await;
+                return;
+            }
+        };
+        let trunk_crypto = match &answer.crypto {
+            Some(c) => {
+                self.trunk_security = format!("sdes-srtp {}", c.remote_key.suite);
+                crate::media::TrunkCrypto::Sdes {
+                    inbound: c.remote_key.clone(),
+                    outbound: c.local_key.clone(),
+                }
+            }
+            None => {
+                if !self.plan.accepts_plain_answer() {
+                    self.end(
+                        uac,
+                        Ending::new(
+                            488,
+                            "trunk answered plain RTP but secure media is mandatory",
+                        ),
+                    )
+                    .await;
+                    return;
+                }
+                self.trunk_security = "rtp (unencrypted)".into();
+                crate::media::TrunkCrypto::Plain
+            }
+        };
+        let params = RelayParams::new(
+            &self.offer,
+            &answer,
+            trunk_crypto,
+            &allocation,
+        );
+        let answer_params = BrowserAnswerParams {
+            local_ip: self.ctx.public_ip,
+            port: allocation.browser_port,
+            ice_ufrag: allocation.ice_ufrag.clone(),
+            ice_pwd: allocation.ice_pwd.expose().clone(),
+            fingerprint_sha256: self.ctx.media.fingerprint_sha256().to_string(),
+            session_id: self.offer_params.session_id,
+            ssrc: None,
+        };
+        let browser_answer = sdp::write_browser_answer(&self.offer, &answer, &answer_params);
+        self.media = Some(allocation.start(params, self.media_events.0.clone()));
+        self.dtls_deadline = Some(Instant::now() + DTLS_DEADLINE);
+        send(
+            &self.events,
+            SessionEvent::Answer {
+                id: self.id.clone(),
+                sdp: browser_answer,
+            },
+        )
+        .await;
+    }
+
+    async fn on_media_event(&mut self, event: MediaEvent, uac: &mut OutgoingCall) {
+        match event {
+            MediaEvent::BrowserConnected { suite } => {
+                info!(suite = %suite, "browser DTLS-SRTP connected");
+                self.browser_suite = Some(suite);
+                self.dtls_deadline = None;
+                self.maybe_connected().await;
+            }
+            MediaEvent::Failed { reason } => {
+                warn!(reason = %reason, "media failed");
+                self.end(uac, Ending::new(488, format!("media failed: {reason}")))
+                    .await;
+            }
+            MediaEvent::Timeout => {
+                warn!("media timeout");
+                self.end(uac, Ending::new(408, "no media received")).await;
+            }
+        }
+    }
+
+    /// `connected` goes out once the trunk answered and the browser's DTLS is
+    /// up, so the lock the browser shows is true for both legs.
+    async fn maybe_connected(&mut self) {
+        if self.connected_sent || !self.answered || self.ended.is_some() {
+            return;
+        }
+        let Some(suite) = self.browser_suite else {
+            return;
+        };
+        self.connected_sent = true;
+        self.ctx.stats.calls_connected();
+        info!("call connected");
+        send(
+            &self.events,
+            SessionEvent::Connected {
+                id: self.id.clone(),
+                security: Security {
+                    browser: format!("dtls-srtp {suite}"),
+                    trunk: self.trunk_security.clone(),
+                },
+            },
+        )
+        .await;
+    }
+
+    /// Ends the call from our side: CANCEL or BYE toward the trunk, `hangup`
+    /// toward the browser, media stopped (nothing more is forwarded).
+    async fn end(&mut self, uac: &mut OutgoingCall, ending: Ending) {
+        if self.ended.is_some() {
+            return;
+        }
+        uac.hangup(Instant::now());
+        if let Some(media) = self.media.take() {
+            media.stop();
+        }
+        self.allocation = None;
+        self.dtls_deadline = None;
+        self.teardown_deadline = Some(Instant::now() + TEARDOWN_DEADLINE);
+        send(&self.events, hangup_event(&self.id, &ending)).await;
+        self.ended = Some(ending);
+    }
+}
+
+fn hangup_event(id: &CallId, ending: &Ending) -> SessionEvent {
+    SessionEvent::Hangup {
+        id: id.clone(),
+        code: ending.code,
+        reason: ending.reason.clone(),
+    }
+}
+
+/// A session that went away cannot receive; that is not an error for the call.
+async fn send(events: &mpsc::Sender<SessionEvent>, event: SessionEvent) {
+    let _ = events.send(event).await;
+}
+
+async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    tokio::net::lookup_host((host, port)).await.ok()?.next()
+}

@@ -1,0 +1,605 @@
+//! The typed TOML configuration (PROTOCOL.md section 2): defaults, parsing
+//! with the key path in every error, and validation that reports every
+//! problem at once (for `check-config`).
+
+use crate::policy::{self, CalleeStream, CallerStream, OutgoingPolicy, SecureMedia};
+use crate::types::{Secret, SrtpSuite};
+use serde::Deserialize;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Where `run` and `check-config` look when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {key}: {message}")]
+    Parse {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<Problem> },
+}
+
+/// One validation problem, with the key path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub sip: SipConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
+    #[serde(default)]
+    pub trunks: Vec<TrunkConfig>,
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_https_listen")]
+    pub https_listen: SocketAddr,
+    #[serde(default = "default_loopback")]
+    pub public_ip: IpAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// When absent, a random secret is generated into `data_dir` and reused.
+    pub token_secret: Option<Secret<String>>,
+    pub admin_password_hash: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            https_listen: default_https_listen(),
+            public_ip: default_loopback(),
+            data_dir: default_data_dir(),
+            tls_cert: None,
+            tls_key: None,
+            token_secret: None,
+            admin_password_hash: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    #[serde(default = "default_sip_udp")]
+    pub udp_listen: SocketAddr,
+    pub tcp_listen: Option<SocketAddr>,
+    pub tls_listen: Option<SocketAddr>,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            udp_listen: default_sip_udp(),
+            tcp_listen: None,
+            tls_listen: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    #[serde(default = "default_port_min")]
+    pub port_min: u16,
+    #[serde(default = "default_port_max")]
+    pub port_max: u16,
+    /// Address the media sockets bind to; defaults to `server.public_ip`.
+    /// Set it (e.g. to 0.0.0.0) when `public_ip` is a NAT's address.
+    pub bind_ip: Option<IpAddr>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            port_min: default_port_min(),
+            port_max: default_port_max(),
+            bind_ip: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    pub name: String,
+    pub uri: String,
+    pub username: Option<String>,
+    pub password: Option<Secret<String>>,
+    #[serde(default = "default_callee_stream")]
+    pub callee_stream: CalleeStream,
+    #[serde(default = "default_caller_stream")]
+    pub caller_stream: CallerStream,
+    #[serde(default = "default_secure_media")]
+    pub secure_media: SecureMedia,
+    #[serde(default = "default_suites")]
+    pub srtp_suites: Vec<SrtpSuite>,
+    #[serde(default)]
+    pub inbound_sources: Vec<String>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub register: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub name: String,
+    pub password_hash: String,
+    pub trunk: String,
+    #[serde(default = "default_caller_stream")]
+    pub caller_stream: CallerStream,
+    pub callee_stream: Option<CalleeStream>,
+    #[serde(default)]
+    pub redact: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    #[serde(default)]
+    pub redact_all: bool,
+    #[serde(default = "default_retention")]
+    pub cdr_retention_days: u32,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            redact_all: false,
+            cdr_retention_days: default_retention(),
+        }
+    }
+}
+
+fn default_https_listen() -> SocketAddr {
+    SocketAddr::new(default_loopback(), 8443)
+}
+fn default_sip_udp() -> SocketAddr {
+    SocketAddr::new(default_loopback(), 5060)
+}
+fn default_loopback() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_port_min() -> u16 {
+    20000
+}
+fn default_port_max() -> u16 {
+    20999
+}
+fn default_callee_stream() -> CalleeStream {
+    CalleeStream::Sdes
+}
+fn default_caller_stream() -> CallerStream {
+    CallerStream::RelayOrDecrypt
+}
+fn default_secure_media() -> SecureMedia {
+    SecureMedia::Mandatory
+}
+fn default_suites() -> Vec<SrtpSuite> {
+    vec![SrtpSuite::AesCm128HmacSha1_80, SrtpSuite::AesCm128HmacSha1_32]
+}
+fn default_retention() -> u32 {
+    90
+}
+
+/// The SIP transport named in a trunk URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrunkTransport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+/// A trunk's `uri`, e.g. `sip:carrier.example:5070;transport=udp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkUri {
+    pub host: String,
+    pub port: u16,
+    pub transport: TrunkTransport,
+}
+
+impl TrunkUri {
+    pub fn parse(uri: &str) -> Result<TrunkUri, String> {
+        let (scheme, rest) = uri
+            .split_once(':')
+            .ok_or_else(|| format!("{uri:?} is not a sip: or sips: URI"))?;
+        let secure = match scheme.to_ascii_lowercase().as_str() {
+            "sip" => false,
+            "sips" => true,
+            other => return Err(format!("scheme {other:?} is not sip or sips")),
+        };
+        let mut parts = rest.split(';');
+        let hostport = parts.next().unwrap_or_default();
+        let hostport = hostport.rsplit('@').next().unwrap_or(hostport);
+        let mut transport = if secure {
+            TrunkTransport::Tls
+        } else {
+            TrunkTransport::Udp
+        };
+        for param in parts {
+            if let Some(value) = param.strip_prefix("transport=") {
+                transport = match value.to_ascii_lowercase().as_str() {
+                    "udp" => TrunkTransport::Udp,
+                    "tcp" => TrunkTransport::Tcp,
+                    "tls" => TrunkTransport::Tls,
+                    other => return Err(format!("transport {other:?} is not udp, tcp or tls")),
+                };
+            }
+        }
+        let default_port = if transport == TrunkTransport::Tls {
+            5061
+        } else {
+            5060
+        };
+        let (host, port) = split_host_port(hostport, default_port)?;
+        if host.is_empty() {
+            return Err(format!("{uri:?} has no host"));
+        }
+        Ok(TrunkUri {
+            host,
+            port,
+            transport,
+        })
+    }
+}
+
+fn split_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), String> {
+    // [v6]:port, v4:port, name:port, or without a port.
+    if let Some(rest) = hostport.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{hostport:?}: unclosed IPv6 bracket"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("bad port {p:?}"))?,
+            None => default_port,
+        };
+        return Ok((host.to_string(), port));
+    }
+    match hostport.rsplit_once(':') {
+        Some((host, port)) => Ok((
+            host.to_string(),
+            port.parse().map_err(|_| format!("bad port {port:?}"))?,
+        )),
+        None => Ok((hostport.to_string(), default_port)),
+    }
+}
+
+impl Config {
+    /// Reads and parses `path`. Syntax and type errors name the key path.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = err.path().to_string();
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                key: if key == "." { "(top level)".into() } else { key },
+                message: err.into_inner().message().trim().to_string(),
+            }
+        })
+    }
+
+    /// Every semantic problem, each with its key path. Empty means valid.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut add = |key: String, message: String| problems.push(Problem { key, message });
+
+        if let Some(secret) = &self.server.token_secret {
+            if secret.expose() == "change-me" || secret.expose().len() < 16 {
+                add(
+                    "server.token_secret".into(),
+                    "must be a random string of at least 16 characters (not the example value)"
+                        .into(),
+                );
+            }
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            add(
+                "server.tls_cert".into(),
+                "tls_cert and tls_key must be given together".into(),
+            );
+        }
+        if self.media.port_min > self.media.port_max {
+            add(
+                "media.port_min".into(),
+                format!(
+                    "{} is above media.port_max {}",
+                    self.media.port_min, self.media.port_max
+                ),
+            );
+        } else if u32::from(self.media.port_max) - u32::from(self.media.port_min) < 3 {
+            add(
+                "media.port_max".into(),
+                "the range must hold at least 4 ports (one call)".into(),
+            );
+        }
+        if self.media.port_min < 1024 {
+            add(
+                "media.port_min".into(),
+                "must be 1024 or above".into(),
+            );
+        }
+
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            let key = |k: &str| format!("trunks[{i}].{k}");
+            if trunk.name.is_empty() {
+                add(key("name"), "must not be empty".into());
+            }
+            if self.trunks[..i].iter().any(|t| t.name == trunk.name) {
+                add(key("name"), format!("duplicate trunk name {:?}", trunk.name));
+            }
+            match TrunkUri::parse(&trunk.uri) {
+                Err(message) => add(key("uri"), message),
+                Ok(uri) if uri.transport == TrunkTransport::Tls => add(
+                    key("uri"),
+                    "transport=tls toward trunks is not supported yet (udp, tcp)".into(),
+                ),
+                Ok(_) => {}
+            }
+            if trunk.username.is_some() != trunk.password.is_some() {
+                add(
+                    key("password"),
+                    "username and password must be given together".into(),
+                );
+            }
+            if let Err(e) = policy::plan_outgoing(OutgoingPolicy {
+                callee_stream: trunk.callee_stream,
+                secure_media: trunk.secure_media,
+                srtp_suites: &trunk.srtp_suites,
+            }) {
+                add(key("callee_stream"), e.to_string());
+            }
+            for (j, source) in trunk.inbound_sources.iter().enumerate() {
+                if parse_cidr(source).is_none() {
+                    add(
+                        key(&format!("inbound_sources[{j}]")),
+                        format!("{source:?} is not an address or CIDR block"),
+                    );
+                }
+            }
+        }
+
+        for (i, account) in self.accounts.iter().enumerate() {
+            let key = |k: &str| format!("accounts[{i}].{k}");
+            if account.name.is_empty()
+                || !account
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                add(
+                    key("name"),
+                    "must be letters, digits, '-', '_' or '.' (it is a SIP user part)".into(),
+                );
+            }
+            if self.accounts[..i].iter().any(|a| a.name == account.name) {
+                add(key("name"), format!("duplicate account {:?}", account.name));
+            }
+            if !account.password_hash.starts_with("$argon2") {
+                add(
+                    key("password_hash"),
+                    "must be an argon2 hash from `webrtc-sip-gateway hash-password`".into(),
+                );
+            }
+            match self.trunks.iter().find(|t| t.name == account.trunk) {
+                None => add(
+                    key("trunk"),
+                    format!("no [[trunks]] entry named {:?}", account.trunk),
+                ),
+                Some(trunk) => {
+                    if let Some(callee) = account.callee_stream {
+                        if let Err(e) = policy::plan_outgoing(OutgoingPolicy {
+                            callee_stream: callee,
+                            secure_media: trunk.secure_media,
+                            srtp_suites: &trunk.srtp_suites,
+                        }) {
+                            add(key("callee_stream"), e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// The address media sockets bind to.
+    pub fn media_bind_ip(&self) -> IpAddr {
+        self.media.bind_ip.unwrap_or(self.server.public_ip)
+    }
+
+    pub fn trunk(&self, name: &str) -> Option<&TrunkConfig> {
+        self.trunks.iter().find(|t| t.name == name)
+    }
+
+    pub fn account(&self, name: &str) -> Option<&AccountConfig> {
+        self.accounts.iter().find(|a| a.name == name)
+    }
+}
+
+/// Parses `10.0.0.0/8`, `192.0.2.1` or `2001:db8::/32`.
+pub fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a.parse::<IpAddr>().ok()?, l.parse::<u8>().ok()?),
+        None => {
+            let a = text.parse::<IpAddr>().ok()?;
+            (a, if a.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+
+    fn full() -> String {
+        format!(
+            r#"
+[server]
+https_listen = "127.0.0.1:8443"
+public_ip = "10.99.0.1"
+token_secret = "0123456789abcdef0123"
+
+[sip]
+udp_listen = "127.0.0.1:5060"
+
+[media]
+port_min = 30000
+port_max = 30099
+
+[[trunks]]
+name = "carrier"
+uri = "sip:127.0.0.1:5070;transport=udp"
+username = "gw"
+password = "secret"
+callee_stream = "sdes"
+secure_media = "mandatory"
+srtp_suites = ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"]
+inbound_sources = ["127.0.0.1/32"]
+
+[[accounts]]
+name = "alice"
+password_hash = "{HASH}"
+trunk = "carrier"
+"#
+        )
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.https_listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.sip.udp_listen, "127.0.0.1:5060".parse().unwrap());
+        assert!(c.accounts.is_empty());
+        assert!(c.problems().is_empty());
+    }
+
+    #[test]
+    fn shipped_example_is_the_defaults() {
+        let c = parse(include_str!("../config/gateway.toml")).unwrap();
+        assert!(c.accounts.is_empty() && c.trunks.is_empty());
+        assert_eq!(c.problems(), vec![]);
+    }
+
+    #[test]
+    fn full_example_is_valid() {
+        let c = parse(&full()).unwrap();
+        assert_eq!(c.problems(), vec![]);
+        assert_eq!(c.trunks[0].srtp_suites[1], SrtpSuite::AesCm128HmacSha1_32);
+        assert_eq!(c.media_bind_ip(), "10.99.0.1".parse::<IpAddr>().unwrap());
+        assert!(!format!("{:?}", c.trunks[0]).contains("secret\""));
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let text = full().replace("callee_stream = \"sdes\"", "calee_stream = \"sdes\"");
+        let err = parse(&text).unwrap_err().to_string();
+        eprintln!("{err}");
+        assert!(err.contains("trunks[0]"), "{err}");
+        assert!(err.contains("calee_stream"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_value_names_its_path() {
+        let text = full().replace("callee_stream = \"sdes\"", "callee_stream = \"zrtp\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("trunks[0].callee_stream"), "{err}");
+        let text = full().replace("AES_CM_128_HMAC_SHA1_32", "NULL_HMAC_SHA1_80");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("trunks[0].srtp_suites"), "{err}");
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported_with_keys() {
+        let text = full()
+            .replace("trunk = \"carrier\"", "trunk = \"nope\"")
+            .replace("port_min = 30000", "port_min = 31000")
+            .replace("0123456789abcdef0123", "change-me")
+            .replace("127.0.0.1/32", "not-an-address");
+        let problems = parse(&text).unwrap().problems();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"accounts[0].trunk"), "{keys:?}");
+        assert!(keys.contains(&"media.port_min"), "{keys:?}");
+        assert!(keys.contains(&"server.token_secret"), "{keys:?}");
+        assert!(keys.contains(&"trunks[0].inbound_sources[0]"), "{keys:?}");
+    }
+
+    #[test]
+    fn policy_conflict_is_a_problem() {
+        let text = full().replace("callee_stream = \"sdes\"", "callee_stream = \"decrypted\"");
+        let problems = parse(&text).unwrap().problems();
+        assert_eq!(problems[0].key, "trunks[0].callee_stream");
+    }
+
+    #[test]
+    fn trunk_uris() {
+        assert_eq!(
+            TrunkUri::parse("sip:127.0.0.1:5070;transport=udp"),
+            Ok(TrunkUri {
+                host: "127.0.0.1".into(),
+                port: 5070,
+                transport: TrunkTransport::Udp
+            })
+        );
+        assert_eq!(
+            TrunkUri::parse("sip:carrier.example;transport=TCP").map(|u| (u.port, u.transport)),
+            Ok((5060, TrunkTransport::Tcp))
+        );
+        assert_eq!(
+            TrunkUri::parse("sips:[2001:db8::1]").map(|u| (u.host, u.port)),
+            Ok(("2001:db8::1".into(), 5061))
+        );
+        assert!(TrunkUri::parse("http://x").is_err());
+        assert!(TrunkUri::parse("sip:host:99999").is_err());
+        assert!(TrunkUri::parse("sip:host;transport=sctp").is_err());
+    }
+}

@@ -1,0 +1,239 @@
+//! Starting and stopping the whole gateway: data directory, secrets, the demo
+//! account on defaults, and the SIP, media, call and signaling layers wired
+//! together. `main` calls `run`; integration tests can too.
+
+use crate::calls::directory::{demo_trunk, Account, Directory};
+use crate::calls::{Calls, CallsContext};
+use crate::config::Config;
+use crate::demo::EchoTrunk;
+use crate::media::dtls::DtlsIdentity;
+use crate::media::{MediaConfig, MediaEngine};
+use crate::signaling::{self, auth, AppState, SignalingConfig};
+use crate::sip::transport::{IncomingRequest, SipEndpoint};
+use crate::sip::uas::IncomingCall;
+use crate::stats::CallStats;
+use crate::types::Secret;
+use rand::distributions::{Alphanumeric, DistString};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// The account that exists on defaults (a config without accounts).
+pub const DEMO_ACCOUNT: &str = "demo";
+const DEMO_HASH_FILE: &str = "demo-password.hash";
+const TOKEN_SECRET_FILE: &str = "token-secret";
+/// Browsers get this long to hear their calls' BYE at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Signaling(#[from] signaling::SignalingError),
+    #[error("SIP: {0}")]
+    Sip(#[from] crate::sip::SipError),
+    #[error("DTLS certificate: {0}")]
+    Dtls(#[from] crate::media::dtls::DtlsError),
+}
+
+/// The token secret: from the config, else generated once into `data_dir`.
+pub fn token_secret(config: &Config) -> Result<Secret<String>, GatewayError> {
+    if let Some(secret) = &config.server.token_secret {
+        return Ok(secret.clone());
+    }
+    let path = config.server.data_dir.join(TOKEN_SECRET_FILE);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim();
+        if existing.len() >= 32 {
+            return Ok(Secret::new(existing.to_string()));
+        }
+    }
+    ensure_data_dir(&config.server.data_dir)?;
+    let secret = Alphanumeric.sample_string(&mut rand::thread_rng(), 48);
+    write_private(&path, &secret)?;
+    Ok(Secret::new(secret))
+}
+
+/// Runs until `shutdown` resolves, then hangs up every call and returns.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let started = Instant::now();
+    let data_dir = config.server.data_dir.clone();
+    ensure_data_dir(&data_dir)?;
+    let secret = token_secret(&config)?;
+
+    let mut directory = Directory::from_config(&config);
+    let mut password_hashes: HashMap<String, String> = config
+        .accounts
+        .iter()
+        .map(|a| (a.name.clone(), a.password_hash.clone()))
+        .collect();
+    let mut demo_password = None;
+    if config.accounts.is_empty() {
+        let echo = EchoTrunk::start().await?;
+        let (hash, fresh_password) = demo_credentials(&data_dir)?;
+        demo_password = Some(fresh_password);
+        directory.insert(Account {
+            name: DEMO_ACCOUNT.into(),
+            trunk: Arc::new(demo_trunk(echo.sip_addr.port())),
+            callee_stream: None,
+            redact: config.privacy.redact_all,
+        });
+        password_hashes.insert(DEMO_ACCOUNT.into(), hash);
+    }
+
+    let identity = Arc::new(DtlsIdentity::generate()?);
+    let media = MediaEngine::new(
+        MediaConfig {
+            bind_ip: config.media_bind_ip(),
+            public_ip: config.server.public_ip,
+            port_min: config.media.port_min,
+            port_max: config.media.port_max,
+        },
+        identity,
+    );
+    let (sip, incoming) = SipEndpoint::start(config.sip.udp_listen).await?;
+    info!(sip_udp = %sip.local_addr(), "SIP listening");
+    tokio::spawn(refuse_inbound(sip.clone(), incoming));
+
+    let call_stats = Arc::new(CallStats::default());
+    let calls = Calls::new(CallsContext {
+        directory,
+        sip,
+        media: media.clone(),
+        public_ip: config.server.public_ip,
+        stats: call_stats.clone(),
+    });
+
+    let media_stats = media.stats();
+    let metrics = move || {
+        let mut out = String::new();
+        call_stats.render_prometheus(&mut out);
+        media_stats.render_prometheus(&mut out);
+        out
+    };
+    let state = AppState::new(
+        SignalingConfig {
+            https_listen: config.server.https_listen,
+            data_dir: data_dir.clone(),
+            tls_cert: config.server.tls_cert.clone(),
+            tls_key: config.server.tls_key.clone(),
+            token_secret: secret,
+            token_ttl: Duration::from_secs(12 * 3600),
+            accounts: password_hashes,
+        },
+        Arc::new(calls.clone()),
+        Arc::new(metrics),
+        Arc::new(|| true),
+    );
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = signaling::serve(state, async {
+        let _ = http_stopped.await;
+    });
+    let mut server = tokio::spawn(server);
+
+    let url = format!("https://{}", config.server.https_listen);
+    info!(%url, startup_ms = started.elapsed().as_millis() as u64, "gateway ready: open {url}");
+    match demo_password {
+        Some(Some(password)) => info!(
+            "demo account: {DEMO_ACCOUNT} / password: {password} (shown once; stored hashed in {}; delete that file for a new one)",
+            data_dir.join(DEMO_HASH_FILE).display()
+        ),
+        Some(None) => info!(
+            "demo account: {DEMO_ACCOUNT} (password shown at first start; delete {} for a new one)",
+            data_dir.join(DEMO_HASH_FILE).display()
+        ),
+        None => {}
+    }
+
+    tokio::select! {
+        result = &mut server => {
+            // The HTTPS server ended by itself: a bind error or a crash.
+            return match result {
+                Ok(r) => r.map_err(GatewayError::from),
+                Err(e) => {
+                    warn!(error = %e, "HTTPS server task failed");
+                    Ok(())
+                }
+            };
+        }
+        _ = shutdown => {}
+    }
+    calls.shutdown(SHUTDOWN_GRACE).await;
+    let _ = stop_http.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Inbound calls come with the next issue; until then every new INVITE is
+/// answered 480 so trunks fail over at once instead of timing out.
+async fn refuse_inbound(sip: SipEndpoint, mut incoming: mpsc::Receiver<IncomingRequest>) {
+    while let Some(request) = incoming.recv().await {
+        let now = Instant::now();
+        let transport = request.transport;
+        match IncomingCall::new(request.msg, request.source, now) {
+            Ok(mut uas) => {
+                uas.reject(480, now);
+                while let Some((bytes, dest)) = uas.poll_transmit() {
+                    if let Err(e) = sip.send(dest, transport, bytes).await {
+                        warn!(error = %e, "could not refuse an inbound INVITE");
+                    }
+                }
+            }
+            Err(e) => warn!(source = %request.source, error = %e, "unusable inbound request"),
+        }
+    }
+}
+
+/// The demo account's password hash; on first start a fresh password is made,
+/// stored hashed, and returned so it can be shown once.
+fn demo_credentials(data_dir: &Path) -> Result<(String, Option<String>), GatewayError> {
+    let path = data_dir.join(DEMO_HASH_FILE);
+    if let Ok(hash) = std::fs::read_to_string(&path) {
+        let hash = hash.trim();
+        if hash.starts_with("$argon2") {
+            return Ok((hash.to_string(), None));
+        }
+        warn!(path = %path.display(), "demo password hash unreadable; making a new password");
+    }
+    let password = Alphanumeric.sample_string(&mut rand::thread_rng(), 16);
+    let hash = auth::hash_password(&password)?;
+    write_private(&path, &hash)?;
+    Ok((hash, Some(password)))
+}
+
+fn ensure_data_dir(path: &Path) -> Result<(), GatewayError> {
+    std::fs::create_dir_all(path).map_err(|source| GatewayError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a file only its owner can read (secrets, hashes).
+fn write_private(path: &Path, contents: &str) -> Result<(), GatewayError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| GatewayError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    file.write_all(contents.as_bytes()).map_err(err)
+}

@@ -1,0 +1,334 @@
+//! Packet counters of the media plane.
+//!
+//! Every call owns a [`CallCounters`] (one [`LegCounters`] per leg) that only
+//! its relay writes; the process-wide [`MediaStats`] holds the same figures
+//! summed over all calls. Both are plain atomics updated with relaxed adds:
+//! the packet path takes no lock, and a reader (stats page, Prometheus
+//! scrape, CDR) sees values that are each exact but not a snapshot taken at
+//! one instant, which is all a counter needs.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why the relay dropped a datagram. Every drop is counted under exactly one
+/// reason, on the leg the datagram arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// RTP/RTCP whose SSRC the leg's filter does not accept (not announced,
+    /// not learned, and the current stream has not gone silent).
+    UnknownSsrc,
+    /// SRTP/SRTCP whose authentication tag did not verify.
+    AuthFailed,
+    /// SRTP/SRTCP already received (replay window).
+    Replay,
+    /// Too short, wrong version, unknown first byte, or a protocol this leg
+    /// does not speak (e.g. DTLS on an SDES trunk).
+    Malformed,
+    /// An RTP payload type absent from the call's payload map.
+    UnknownPayloadType,
+    /// Media before the browser's DTLS handshake completed (no keys yet), or
+    /// after the relay failed or stopped.
+    NotReady,
+    /// From an address that did not pass ICE (browser) or is not the
+    /// signaled/latched trunk address.
+    WrongSource,
+    /// A STUN message the ICE-lite agent refused (bad credentials or
+    /// integrity, not a binding request).
+    StunRejected,
+}
+
+impl DropReason {
+    /// Every reason, in the order of [`DropReason::index`].
+    pub const ALL: [DropReason; 8] = [
+        DropReason::UnknownSsrc,
+        DropReason::AuthFailed,
+        DropReason::Replay,
+        DropReason::Malformed,
+        DropReason::UnknownPayloadType,
+        DropReason::NotReady,
+        DropReason::WrongSource,
+        DropReason::StunRejected,
+    ];
+
+    /// Position in [`DropReason::ALL`] and in the counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The Prometheus label value (`reason="..."`).
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::UnknownSsrc => "unknown_ssrc",
+            DropReason::AuthFailed => "auth_failed",
+            DropReason::Replay => "replay",
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownPayloadType => "unknown_payload_type",
+            DropReason::NotReady => "not_ready",
+            DropReason::WrongSource => "wrong_source",
+            DropReason::StunRejected => "stun_rejected",
+        }
+    }
+}
+
+/// Counters of one leg of one call (or, inside [`MediaStats`], of all legs of
+/// one kind). `*_in` counts every datagram received on the leg's sockets
+/// (STUN and DTLS included, dropped ones included); `*_out` counts every
+/// datagram the relay queued for sending on the leg.
+#[derive(Debug, Default)]
+pub struct LegCounters {
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl LegCounters {
+    /// Drops counted under `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].load(Relaxed)
+    }
+
+    /// Sum of all drops.
+    pub fn drops_total(&self) -> u64 {
+        self.drops.iter().map(|d| d.load(Relaxed)).sum()
+    }
+
+    /// A plain copy of the current values, for tests, CDRs and the stats page.
+    pub fn snapshot(&self) -> LegSnapshot {
+        LegSnapshot {
+            packets_in: self.packets_in.load(Relaxed),
+            packets_out: self.packets_out.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
+        }
+    }
+
+    pub(crate) fn add_in(&self, bytes: usize) {
+        self.packets_in.fetch_add(1, Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub(crate) fn add_out(&self, bytes: usize) {
+        self.packets_out.fetch_add(1, Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub(crate) fn add_drop(&self, reason: DropReason) {
+        self.drops[reason.index()].fetch_add(1, Relaxed);
+    }
+}
+
+/// Plain values copied out of a [`LegCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LegSnapshot {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub drops: [u64; DropReason::ALL.len()],
+}
+
+impl LegSnapshot {
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+}
+
+/// The two legs of a call, as seen from the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leg {
+    Browser,
+    Trunk,
+}
+
+impl Leg {
+    pub fn label(self) -> &'static str {
+        match self {
+            Leg::Browser => "browser",
+            Leg::Trunk => "trunk",
+        }
+    }
+}
+
+/// Counters of one call, owned by the call (its relay writes, stats read).
+#[derive(Debug, Default)]
+pub struct CallCounters {
+    pub browser: LegCounters,
+    pub trunk: LegCounters,
+}
+
+impl CallCounters {
+    pub fn leg(&self, leg: Leg) -> &LegCounters {
+        match leg {
+            Leg::Browser => &self.browser,
+            Leg::Trunk => &self.trunk,
+        }
+    }
+}
+
+/// Process-wide aggregate of every call's counters, plus call gauges. One
+/// instance per [`MediaEngine`](super::engine::MediaEngine), shared by all
+/// relays through an `Arc`; relaxed atomic adds only (a cache line bounces
+/// between cores under load, which is the price of a live total without a
+/// lock; a per-worker shard can replace it when workers arrive).
+#[derive(Debug, Default)]
+pub struct MediaStats {
+    pub browser: LegCounters,
+    pub trunk: LegCounters,
+    /// Calls whose media task is running.
+    pub calls_active: AtomicU64,
+    /// Calls whose media task was ever started.
+    pub calls_started: AtomicU64,
+    /// Browser legs whose DTLS handshake completed.
+    pub dtls_connected: AtomicU64,
+    /// Browser legs whose DTLS handshake failed (including a fingerprint mismatch).
+    pub dtls_failed: AtomicU64,
+    /// Calls ended by the media timeout.
+    pub media_timeouts: AtomicU64,
+}
+
+impl MediaStats {
+    pub fn leg(&self, leg: Leg) -> &LegCounters {
+        match leg {
+            Leg::Browser => &self.browser,
+            Leg::Trunk => &self.trunk,
+        }
+    }
+
+    /// Appends the media figures in the Prometheus text exposition format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        // `write!` into a String cannot fail; the results are ignored on purpose.
+        out.push_str(
+            "# HELP gateway_media_packets_total Datagrams received (in) and sent (out) per media leg.\n\
+             # TYPE gateway_media_packets_total counter\n",
+        );
+        for leg in [Leg::Browser, Leg::Trunk] {
+            let c = self.leg(leg);
+            for (direction, value) in [("in", &c.packets_in), ("out", &c.packets_out)] {
+                let _ = writeln!(
+                    out,
+                    "gateway_media_packets_total{{leg=\"{}\",direction=\"{}\"}} {}",
+                    leg.label(),
+                    direction,
+                    value.load(Relaxed)
+                );
+            }
+        }
+        out.push_str(
+            "# HELP gateway_media_bytes_total Bytes received (in) and sent (out) per media leg.\n\
+             # TYPE gateway_media_bytes_total counter\n",
+        );
+        for leg in [Leg::Browser, Leg::Trunk] {
+            let c = self.leg(leg);
+            for (direction, value) in [("in", &c.bytes_in), ("out", &c.bytes_out)] {
+                let _ = writeln!(
+                    out,
+                    "gateway_media_bytes_total{{leg=\"{}\",direction=\"{}\"}} {}",
+                    leg.label(),
+                    direction,
+                    value.load(Relaxed)
+                );
+            }
+        }
+        out.push_str(
+            "# HELP gateway_media_drops_total Datagrams dropped by the relay, per leg and reason.\n\
+             # TYPE gateway_media_drops_total counter\n",
+        );
+        for leg in [Leg::Browser, Leg::Trunk] {
+            let c = self.leg(leg);
+            for reason in DropReason::ALL {
+                let _ = writeln!(
+                    out,
+                    "gateway_media_drops_total{{leg=\"{}\",reason=\"{}\"}} {}",
+                    leg.label(),
+                    reason.label(),
+                    c.drops(reason)
+                );
+            }
+        }
+        let gauges: [(&str, &str, &str, &AtomicU64); 5] = [
+            (
+                "gateway_media_calls_active",
+                "gauge",
+                "Calls whose media relay is running.",
+                &self.calls_active,
+            ),
+            (
+                "gateway_media_calls_started_total",
+                "counter",
+                "Media relays started.",
+                &self.calls_started,
+            ),
+            (
+                "gateway_media_dtls_connected_total",
+                "counter",
+                "Browser DTLS handshakes completed.",
+                &self.dtls_connected,
+            ),
+            (
+                "gateway_media_dtls_failed_total",
+                "counter",
+                "Browser DTLS handshakes failed (fingerprint mismatch included).",
+                &self.dtls_failed,
+            ),
+            (
+                "gateway_media_timeouts_total",
+                "counter",
+                "Calls ended because media stopped.",
+                &self.media_timeouts,
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Relaxed)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reasons_index_their_array() {
+        for (i, reason) in DropReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
+    }
+
+    #[test]
+    fn counts_and_renders() {
+        let stats = MediaStats::default();
+        stats.trunk.add_in(172);
+        stats.trunk.add_in(172);
+        stats.browser.add_out(182);
+        stats.trunk.add_drop(DropReason::UnknownSsrc);
+        stats.calls_active.fetch_add(1, Relaxed);
+        let snap = stats.trunk.snapshot();
+        assert_eq!(snap.packets_in, 2);
+        assert_eq!(snap.bytes_in, 344);
+        assert_eq!(snap.drops(DropReason::UnknownSsrc), 1);
+        assert_eq!(stats.trunk.drops_total(), 1);
+
+        let mut text = String::new();
+        stats.render_prometheus(&mut text);
+        assert!(text.contains("gateway_media_packets_total{leg=\"trunk\",direction=\"in\"} 2\n"));
+        assert!(text.contains("gateway_media_bytes_total{leg=\"browser\",direction=\"out\"} 182\n"));
+        assert!(
+            text.contains("gateway_media_drops_total{leg=\"trunk\",reason=\"unknown_ssrc\"} 1\n")
+        );
+        assert!(text
+            .contains("gateway_media_drops_total{leg=\"browser\",reason=\"stun_rejected\"} 0\n"));
+        assert!(text.contains("gateway_media_calls_active 1\n"));
+        // Every sample line belongs to a declared metric family.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+        }
+    }
+}

@@ -1,0 +1,1747 @@
+//! The per-call relay decision, sans-IO: [`CallRelay`].
+//!
+//! It is fed datagrams (which leg's socket, from where, the bytes, `now`) and
+//! timer ticks, and it answers with datagrams to send ([`CallRelay::poll_transmit`]),
+//! events ([`CallRelay::poll_event`]) and its next deadline
+//! ([`CallRelay::poll_timeout`]). It owns no socket and reads no clock, so the
+//! same struct runs under the per-call tokio task of [`super::session`] today
+//! and under batched (recvmmsg/sendmmsg) media workers later.
+//!
+//! Per datagram: classify (RFC 7983), then
+//! - browser STUN → ICE-lite answers; the address that passed is allowed and
+//!   (once nominated) is where media to the browser goes;
+//! - browser DTLS (only from an allowed address) → the DTLS server, created on
+//!   the first one; `Connected` keys the browser SRTP contexts;
+//! - RTP → source check → SSRC pre-check → unprotect → SSRC accept → payload
+//!   type map → header rewrite → protect → queued for the other leg;
+//! - RTCP → source check → unprotect → minimal rewrite → protect → queued.
+//!
+//! Every drop is counted by reason on the leg it arrived on.
+//!
+//! Invariants:
+//! - nothing is forwarded in either direction before the browser's DTLS
+//!   handshake completed with the fingerprint of its SDP (`Phase::Connected`);
+//! - after `Failed` or `Timeout` nothing is forwarded any more;
+//! - the packet path allocates nothing in steady state: plaintext goes
+//!   through one scratch buffer, output buffers come back to a pool when the
+//!   driver polls the next transmit (rtc-srtp's own per-packet `BytesMut` is
+//!   the only allocation left, inside `SrtpContext`).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::counters::{CallCounters, DropReason, Leg, MediaStats};
+use super::demux::{classify, PacketKind};
+use super::dtls::{DtlsEvent, DtlsIdentity, DtlsServer};
+use super::fingerprint::Fingerprint;
+use super::ice_lite::IceLite;
+use super::rewrite::{parse_rtp, rewrite_rtcp, rtp_ssrc, PayloadMap, StreamRewriter, Toward};
+use super::srtp::{SrtpContext, SrtpError};
+use super::ssrc_filter::SsrcFilter;
+use crate::types::{PayloadType, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
+
+/// What the relay needs to know about the browser leg (from the browser's
+/// SDP and our answer).
+#[derive(Debug, Clone)]
+pub struct BrowserLegParams {
+    /// Our ICE credentials (in our SDP to the browser).
+    pub local_ufrag: String,
+    pub local_pwd: Secret<String>,
+    /// The browser's `a=ice-ufrag`.
+    pub remote_ufrag: String,
+    /// The browser's `a=fingerprint`; the DTLS handshake fails unless the
+    /// browser's certificate matches it.
+    pub remote_fingerprint: Fingerprint,
+    /// The browser's `a=ssrc` values (may be empty: learn the first).
+    pub ssrcs: Vec<Ssrc>,
+}
+
+/// How the trunk leg is protected.
+#[derive(Debug, Clone)]
+pub enum TrunkCrypto {
+    /// SDES (RFC 4568): `inbound` is the trunk's `a=crypto` key (what it
+    /// sends), `outbound` ours (what we send).
+    Sdes {
+        inbound: SrtpKeyMaterial,
+        outbound: SrtpKeyMaterial,
+    },
+    /// Plain RTP/RTCP.
+    Plain,
+}
+
+/// What the relay needs to know about the trunk leg (from the trunk's SDP).
+#[derive(Debug, Clone)]
+pub struct TrunkLegParams {
+    /// The trunk's signaled RTP address (`c=` and `m=` port).
+    pub remote_rtp: SocketAddr,
+    /// The trunk's RTCP address when rtcp-mux was *not* accepted (`a=rtcp`,
+    /// or RTP port + 1); `None` means rtcp-mux: RTCP shares the RTP port and
+    /// socket.
+    pub remote_rtcp: Option<SocketAddr>,
+    pub crypto: TrunkCrypto,
+    /// The trunk's `a=ssrc` values (usually empty: learn the first).
+    pub ssrcs: Vec<Ssrc>,
+}
+
+/// Everything a [`CallRelay`] starts from.
+#[derive(Debug, Clone)]
+pub struct RelayParams {
+    pub browser: BrowserLegParams,
+    pub trunk: TrunkLegParams,
+    /// `(browser PT, trunk PT, clock rate)` of each negotiated payload
+    /// (codec and telephone-event); anything else is dropped.
+    pub payload_map: Vec<(PayloadType, PayloadType, u32)>,
+}
+
+/// Which socket of the call a datagram came in on or goes out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LegId {
+    /// The browser port (ICE, DTLS, SRTP and SRTCP multiplexed).
+    Browser,
+    /// The trunk RTP port (and RTCP with rtcp-mux).
+    TrunkRtp,
+    /// The trunk RTCP port (RTP port + 1) when rtcp-mux is not used.
+    TrunkRtcp,
+}
+
+/// One datagram to send, borrowed from the relay until the next
+/// [`CallRelay::poll_transmit`].
+#[derive(Debug)]
+pub struct Transmit<'a> {
+    pub leg: LegId,
+    pub to: SocketAddr,
+    pub data: &'a [u8],
+}
+
+/// What the relay reports to its driver. Each is reported at most once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// DTLS with the browser completed, fingerprint verified, SRTP keyed:
+    /// media flows from now on.
+    BrowserConnected { suite: SrtpSuite },
+    /// The call's media cannot work (DTLS failed or the fingerprint did not
+    /// match, the browser closed DTLS, SRTP keying failed). Nothing is
+    /// forwarded any more.
+    Failed { reason: String },
+    /// No valid packet from `leg` for the media timeout (or the browser never
+    /// connected within it). Nothing is forwarded any more.
+    Timeout { leg: Leg },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for ICE and DTLS; every media packet is dropped as NotReady.
+    Connecting,
+    Connected,
+    /// Failed or timed out: terminal.
+    Stopped,
+}
+
+/// Most addresses a browser validates through STUN that we remember (host,
+/// srflx, relay candidates of one or two interfaces); older ones are
+/// forgotten first.
+const MAX_BROWSER_ADDRS: usize = 8;
+/// Output buffers kept for reuse; a burst larger than this allocates.
+const POOL_LIMIT: usize = 64;
+/// Capacity of a fresh output buffer: any datagram we relay fits.
+const BUFFER_CAPACITY: usize = 1500;
+
+struct BrowserLeg {
+    ice: IceLite,
+    /// Taken when the DTLS server is created (one per call).
+    remote_fingerprint: Option<Fingerprint>,
+    dtls: Option<DtlsServer>,
+    /// Addresses that passed an ICE connectivity check (consent).
+    allowed: Vec<SocketAddr>,
+    /// Where media to the browser goes: the nominated pair, or until then
+    /// the first address that passed a check.
+    dest: Option<SocketAddr>,
+    nominated: bool,
+    srtp_in: Option<SrtpContext>,
+    srtp_out: Option<SrtpContext>,
+    filter: SsrcFilter,
+}
+
+struct TrunkLeg {
+    remote_rtp: SocketAddr,
+    remote_rtcp: Option<SocketAddr>,
+    srtp: Option<(SrtpContext, SrtpContext)>,
+    /// Latched source of RTP (and muxed RTCP), with the time it was last
+    /// heard from; a different source may take over after it went silent.
+    rtp_latch: Option<(SocketAddr, Instant)>,
+    rtcp_latch: Option<(SocketAddr, Instant)>,
+    filter: SsrcFilter,
+}
+
+impl TrunkLeg {
+    fn rtp_dest(&self) -> SocketAddr {
+        self.rtp_latch.map_or(self.remote_rtp, |(addr, _)| addr)
+    }
+
+    /// Where RTCP goes, and from which socket.
+    fn rtcp_dest(&self) -> (LegId, SocketAddr) {
+        match self.remote_rtcp {
+            None => (LegId::TrunkRtp, self.rtp_dest()),
+            Some(signaled) => (
+                LegId::TrunkRtcp,
+                self.rtcp_latch.map_or(signaled, |(addr, _)| addr),
+            ),
+        }
+    }
+}
+
+struct Queued {
+    leg: LegId,
+    to: SocketAddr,
+    buf: Vec<u8>,
+}
+
+/// The media state of one call. See the module documentation.
+pub struct CallRelay {
+    phase: Phase,
+    identity: Arc<DtlsIdentity>,
+    browser: BrowserLeg,
+    trunk: TrunkLeg,
+    payload_map: PayloadMap,
+    to_trunk: StreamRewriter,
+    to_browser: StreamRewriter,
+    counters: Arc<CallCounters>,
+    stats: Arc<MediaStats>,
+    /// Plaintext of the packet being relayed.
+    scratch: Vec<u8>,
+    queue: VecDeque<Queued>,
+    /// The transmit last handed out by `poll_transmit` (its buffer goes back
+    /// to the pool on the next call).
+    in_flight: Option<Queued>,
+    pool: Vec<Vec<u8>>,
+    events: VecDeque<RelayEvent>,
+    created: Instant,
+    last_browser_rx: Instant,
+    last_trunk_rx: Instant,
+    media_timeout: Duration,
+}
+
+impl CallRelay {
+    /// No valid packet from a leg for this long ends the call.
+    pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A relay waiting for the browser's ICE and DTLS. Never fails: bad trunk
+    /// keys give a `RelayEvent::Failed` on the first `poll_event`. Output
+    /// SSRCs are random until [`set_output_ssrcs`](Self::set_output_ssrcs).
+    pub fn new(
+        params: RelayParams,
+        identity: Arc<DtlsIdentity>,
+        counters: Arc<CallCounters>,
+        stats: Arc<MediaStats>,
+        now: Instant,
+    ) -> Self {
+        let RelayParams {
+            browser,
+            trunk,
+            payload_map,
+        } = params;
+        let mut events = VecDeque::new();
+        let mut phase = Phase::Connecting;
+        let srtp = match &trunk.crypto {
+            TrunkCrypto::Plain => None,
+            TrunkCrypto::Sdes { inbound, outbound } => {
+                match (SrtpContext::new(inbound), SrtpContext::new(outbound)) {
+                    (Ok(i), Ok(o)) => Some((i, o)),
+                    (Err(e), _) | (_, Err(e)) => {
+                        phase = Phase::Stopped;
+                        events.push_back(RelayEvent::Failed {
+                            reason: format!(
+                                "cannot key SDES-SRTP toward trunk {} ({}): {e}",
+                                trunk.remote_rtp, inbound.suite
+                            ),
+                        });
+                        None
+                    }
+                }
+            }
+        };
+        let ice = IceLite::new(
+            browser.local_ufrag,
+            browser.local_pwd,
+            Some(browser.remote_ufrag),
+        );
+        CallRelay {
+            phase,
+            identity,
+            browser: BrowserLeg {
+                ice,
+                remote_fingerprint: Some(browser.remote_fingerprint),
+                dtls: None,
+                allowed: Vec::with_capacity(MAX_BROWSER_ADDRS),
+                dest: None,
+                nominated: false,
+                srtp_in: None,
+                srtp_out: None,
+                filter: SsrcFilter::new(browser.ssrcs, SsrcFilter::DEFAULT_SILENCE),
+            },
+            trunk: TrunkLeg {
+                remote_rtp: trunk.remote_rtp,
+                remote_rtcp: trunk.remote_rtcp,
+                srtp,
+                rtp_latch: None,
+                rtcp_latch: None,
+                filter: SsrcFilter::new(trunk.ssrcs, SsrcFilter::DEFAULT_SILENCE),
+            },
+            payload_map: PayloadMap::new(&payload_map),
+            to_trunk: StreamRewriter::new(random_ssrc()),
+            to_browser: StreamRewriter::new(random_ssrc()),
+            counters,
+            stats,
+            scratch: Vec::with_capacity(BUFFER_CAPACITY),
+            queue: VecDeque::with_capacity(16),
+            in_flight: None,
+            pool: Vec::with_capacity(POOL_LIMIT),
+            events,
+            created: now,
+            last_browser_rx: now,
+            last_trunk_rx: now,
+            media_timeout: Self::DEFAULT_MEDIA_TIMEOUT,
+        }
+    }
+
+    /// A relay already connected with the given browser SRTP keys and browser
+    /// address, skipping ICE and DTLS. For the benchmark and tests only.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_keyed_for_bench(
+        params: RelayParams,
+        identity: Arc<DtlsIdentity>,
+        browser_inbound: &SrtpKeyMaterial,
+        browser_outbound: &SrtpKeyMaterial,
+        browser_addr: SocketAddr,
+        counters: Arc<CallCounters>,
+        stats: Arc<MediaStats>,
+        now: Instant,
+    ) -> Result<Self, SrtpError> {
+        let mut relay = Self::new(params, identity, counters, stats, now);
+        relay.browser.srtp_in = Some(SrtpContext::new(browser_inbound)?);
+        relay.browser.srtp_out = Some(SrtpContext::new(browser_outbound)?);
+        relay.browser.allowed.push(browser_addr);
+        relay.browser.dest = Some(browser_addr);
+        if relay.phase == Phase::Connecting {
+            relay.phase = Phase::Connected;
+        }
+        Ok(relay)
+    }
+
+    /// The SSRCs we send: toward the browser and toward the trunk (to be
+    /// announced in `a=ssrc`). Call before media flows.
+    pub fn set_output_ssrcs(&mut self, to_browser: Ssrc, to_trunk: Ssrc) {
+        self.to_browser.set_out_ssrc(to_browser);
+        self.to_trunk.set_out_ssrc(to_trunk);
+    }
+
+    /// `(toward the browser, toward the trunk)`.
+    pub fn output_ssrcs(&self) -> (Ssrc, Ssrc) {
+        (self.to_browser.out_ssrc(), self.to_trunk.out_ssrc())
+    }
+
+    /// Changes the media timeout (default 30 s).
+    pub fn set_media_timeout(&mut self, timeout: Duration) {
+        self.media_timeout = timeout;
+    }
+
+    /// Whether media is flowing (DTLS done, not failed or timed out).
+    pub fn is_connected(&self) -> bool {
+        self.phase == Phase::Connected
+    }
+
+    /// A re-INVITE renegotiated the trunk leg: new address, keys, SSRCs and
+    /// payload map. The SSRC filter and the latches start over; the output
+    /// streams toward both sides continue.
+    pub fn update_trunk(
+        &mut self,
+        trunk: TrunkLegParams,
+        payload_map: Vec<(PayloadType, PayloadType, u32)>,
+    ) {
+        let srtp = match &trunk.crypto {
+            TrunkCrypto::Plain => None,
+            TrunkCrypto::Sdes { inbound, outbound } => {
+                match (SrtpContext::new(inbound), SrtpContext::new(outbound)) {
+                    (Ok(i), Ok(o)) => Some((i, o)),
+                    (Err(e), _) | (_, Err(e)) => {
+                        let reason = format!(
+                            "cannot key SDES-SRTP toward trunk {} ({}): {e}",
+                            trunk.remote_rtp, inbound.suite
+                        );
+                        self.fail(reason);
+                        return;
+                    }
+                }
+            }
+        };
+        self.trunk.remote_rtp = trunk.remote_rtp;
+        self.trunk.remote_rtcp = trunk.remote_rtcp;
+        self.trunk.srtp = srtp;
+        self.trunk.rtp_latch = None;
+        self.trunk.rtcp_latch = None;
+        self.trunk.filter.reset(trunk.ssrcs);
+        self.payload_map = PayloadMap::new(&payload_map);
+    }
+
+    /// Handles one datagram received on `leg`'s socket from `from`.
+    pub fn handle_datagram(&mut self, leg: LegId, from: SocketAddr, data: &[u8], now: Instant) {
+        match leg {
+            LegId::Browser => {
+                self.counters.browser.add_in(data.len());
+                self.stats.browser.add_in(data.len());
+                self.handle_browser(from, data, now);
+            }
+            LegId::TrunkRtp | LegId::TrunkRtcp => {
+                self.counters.trunk.add_in(data.len());
+                self.stats.trunk.add_in(data.len());
+                self.handle_trunk(leg, from, data, now);
+            }
+        }
+    }
+
+    /// The next datagram to send. Its bytes stay valid until the next call.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
+        if let Some(done) = self.in_flight.take() {
+            self.recycle(done.buf);
+        }
+        self.in_flight = self.queue.pop_front();
+        self.in_flight.as_ref().map(|q| Transmit {
+            leg: q.leg,
+            to: q.to,
+            data: &q.buf,
+        })
+    }
+
+    pub fn poll_event(&mut self) -> Option<RelayEvent> {
+        self.events.pop_front()
+    }
+
+    /// The earliest instant at which [`handle_timeout`](Self::handle_timeout)
+    /// has something to do (DTLS retransmission, media timeout).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let media = match self.phase {
+            Phase::Connecting => Some(self.created + self.media_timeout),
+            // The deadline of the leg heard from least recently; when it
+            // fires and the leg has spoken since, the deadline just moves.
+            Phase::Connected => {
+                Some(self.last_browser_rx.min(self.last_trunk_rx) + self.media_timeout)
+            }
+            Phase::Stopped => return None,
+        };
+        let dtls = self.browser.dtls.as_ref().and_then(|d| d.poll_timeout());
+        match (media, dtls) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Stopped {
+            return;
+        }
+        if let Some(dtls) = self.browser.dtls.as_mut() {
+            dtls.handle_timeout(now);
+        }
+        self.drain_dtls(now);
+        let expired = |last: Instant| now.saturating_duration_since(last) >= self.media_timeout;
+        let timed_out = match self.phase {
+            Phase::Connecting if expired(self.created) => Some(Leg::Browser),
+            Phase::Connected if expired(self.last_browser_rx) => Some(Leg::Browser),
+            Phase::Connected if expired(self.last_trunk_rx) => Some(Leg::Trunk),
+            _ => None,
+        };
+        if let Some(leg) = timed_out {
+            self.phase = Phase::Stopped;
+            self.stats.media_timeouts.fetch_add(1, Relaxed);
+            self.events.push_back(RelayEvent::Timeout { leg });
+        }
+    }
+
+    // ---- browser leg ------------------------------------------------------
+
+    fn handle_browser(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        match classify(data) {
+            PacketKind::Stun => self.browser_stun(from, data, now),
+            PacketKind::Dtls => self.browser_dtls(from, data, now),
+            PacketKind::Rtp => self.browser_rtp(from, data, now),
+            PacketKind::Rtcp => self.browser_rtcp(from, data, now),
+            PacketKind::Unknown => self.drop(Leg::Browser, DropReason::Malformed),
+        }
+    }
+
+    fn browser_stun(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        if self.phase == Phase::Stopped {
+            return self.drop(Leg::Browser, DropReason::NotReady);
+        }
+        let mut buf = self.take_buffer();
+        match self.browser.ice.handle_stun(data, from, &mut buf) {
+            Ok(outcome) => {
+                let b = &mut self.browser;
+                if !b.allowed.contains(&from) {
+                    if b.allowed.len() == MAX_BROWSER_ADDRS {
+                        b.allowed.remove(0);
+                    }
+                    b.allowed.push(from);
+                }
+                // ICE-lite: the controlling browser decides. Follow its
+                // nomination; before one, answer media where checks came from.
+                if outcome.nominated {
+                    b.dest = Some(from);
+                    b.nominated = true;
+                } else if b.dest.is_none() || !b.nominated {
+                    b.dest = Some(from);
+                }
+                // Consent freshness (RFC 7675) proves the browser is alive.
+                if self.phase == Phase::Connected {
+                    self.last_browser_rx = now;
+                }
+                if buf.is_empty() {
+                    self.recycle(buf);
+                } else {
+                    self.push(LegId::Browser, from, buf);
+                }
+            }
+            Err(_) => {
+                // Not logged: a per-packet event an attacker controls. The
+                // agent may have written the error response RFC 5389 asks
+                // for (400/401/420, no larger than the request: no
+                // amplification); it goes back to the sender.
+                self.drop(Leg::Browser, DropReason::StunRejected);
+                if buf.is_empty() {
+                    self.recycle(buf);
+                } else {
+                    self.push(LegId::Browser, from, buf);
+                }
+            }
+        }
+    }
+
+    fn browser_dtls(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        if self.phase == Phase::Stopped {
+            return self.drop(Leg::Browser, DropReason::NotReady);
+        }
+        if !self.browser.allowed.contains(&from) {
+            return self.drop(Leg::Browser, DropReason::WrongSource);
+        }
+        if self.browser.dtls.is_none() {
+            let Some(expected) = self.browser.remote_fingerprint.take() else {
+                return self.drop(Leg::Browser, DropReason::NotReady);
+            };
+            match DtlsServer::new(&self.identity, expected, from, now) {
+                Ok(server) => self.browser.dtls = Some(server),
+                Err(e) => {
+                    return self.fail(format!("cannot start DTLS with browser {from}: {e}"));
+                }
+            }
+        }
+        if let Some(dtls) = self.browser.dtls.as_mut() {
+            if dtls.handle_datagram(now, data).is_err() {
+                // A bad record is dropped; a fatal handshake error arrives
+                // as DtlsEvent::Failed below.
+                self.drop(Leg::Browser, DropReason::Malformed);
+            }
+        }
+        self.drain_dtls(now);
+    }
+
+    /// Sends what the DTLS server queued and acts on its events.
+    fn drain_dtls(&mut self, now: Instant) {
+        loop {
+            let Some(dtls) = self.browser.dtls.as_mut() else {
+                return;
+            };
+            if let Some(datagram) = dtls.poll_transmit() {
+                if let Some(dest) = self.browser.dest {
+                    let mut buf = self.take_buffer();
+                    buf.extend_from_slice(&datagram);
+                    self.push(LegId::Browser, dest, buf);
+                }
+                continue;
+            }
+            let Some(event) = dtls.poll_event() else {
+                return;
+            };
+            match event {
+                DtlsEvent::Connected {
+                    suite,
+                    inbound,
+                    outbound,
+                } => {
+                    if self.phase != Phase::Connecting {
+                        continue;
+                    }
+                    match (SrtpContext::new(&inbound), SrtpContext::new(&outbound)) {
+                        (Ok(i), Ok(o)) => {
+                            self.browser.srtp_in = Some(i);
+                            self.browser.srtp_out = Some(o);
+                            self.phase = Phase::Connected;
+                            self.last_browser_rx = now;
+                            self.last_trunk_rx = now;
+                            self.stats.dtls_connected.fetch_add(1, Relaxed);
+                            self.events
+                                .push_back(RelayEvent::BrowserConnected { suite });
+                        }
+                        (Err(e), _) | (_, Err(e)) => {
+                            self.fail(format!("cannot key DTLS-SRTP ({suite}): {e}"));
+                        }
+                    }
+                }
+                DtlsEvent::Failed(e) => {
+                    self.stats.dtls_failed.fetch_add(1, Relaxed);
+                    let peer = self
+                        .browser
+                        .dest
+                        .map_or_else(|| "?".to_string(), |a| a.to_string());
+                    self.fail(format!("DTLS with browser {peer} failed: {e}"));
+                }
+                DtlsEvent::Closed => {
+                    self.fail("browser closed the DTLS association".to_string());
+                }
+            }
+        }
+    }
+
+    /// Checks common to browser media: from a checked address, keys ready.
+    fn browser_media_ready(&mut self, from: SocketAddr) -> bool {
+        if !self.browser.allowed.contains(&from) {
+            self.drop(Leg::Browser, DropReason::WrongSource);
+            return false;
+        }
+        if self.phase != Phase::Connected {
+            self.drop(Leg::Browser, DropReason::NotReady);
+            return false;
+        }
+        true
+    }
+
+    fn browser_rtp(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        if !self.browser_media_ready(from) {
+            return;
+        }
+        if let Err(reason) = self.browser_rtp_inner(data, now) {
+            self.drop(Leg::Browser, reason);
+        }
+    }
+
+    fn browser_rtp_inner(&mut self, data: &[u8], now: Instant) -> Result<(), DropReason> {
+        let ssrc = rtp_ssrc(data).ok_or(DropReason::Malformed)?;
+        // Before decrypting: cheaper, and rtc-srtp would otherwise keep
+        // per-SSRC state for every SSRC an attacker sprays.
+        self.browser.filter.check(ssrc, now)?;
+        let srtp_in = self.browser.srtp_in.as_mut().ok_or(DropReason::NotReady)?;
+        srtp_in
+            .unprotect_rtp(data, &mut self.scratch)
+            .map_err(drop_reason)?;
+        self.browser.filter.accept(ssrc, now);
+        self.last_browser_rx = now;
+        let fields = parse_rtp(&self.scratch)?;
+        let (pt, clock_rate) = self
+            .payload_map
+            .map(Toward::Trunk, fields.payload_type)
+            .ok_or(DropReason::UnknownPayloadType)?;
+        self.to_trunk
+            .rewrite(&mut self.scratch, &fields, pt, clock_rate, now);
+        let mut buf = self.take_buffer();
+        let protected = match self.trunk.srtp.as_mut() {
+            Some((_, out)) => out.protect_rtp(&self.scratch, &mut buf),
+            None => {
+                buf.extend_from_slice(&self.scratch);
+                Ok(())
+            }
+        };
+        match protected {
+            Ok(()) => {
+                let dest = self.trunk.rtp_dest();
+                self.push(LegId::TrunkRtp, dest, buf);
+                Ok(())
+            }
+            Err(e) => {
+                self.recycle(buf);
+                Err(drop_reason(e))
+            }
+        }
+    }
+
+    fn browser_rtcp(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        if !self.browser_media_ready(from) {
+            return;
+        }
+        if let Err(reason) = self.browser_rtcp_inner(data, now) {
+            self.drop(Leg::Browser, reason);
+        }
+    }
+
+    fn browser_rtcp_inner(&mut self, data: &[u8], now: Instant) -> Result<(), DropReason> {
+        let srtp_in = self.browser.srtp_in.as_mut().ok_or(DropReason::NotReady)?;
+        srtp_in
+            .unprotect_rtcp(data, &mut self.scratch)
+            .map_err(drop_reason)?;
+        self.last_browser_rx = now;
+        // RTCP is not SSRC-filtered: a receive-only browser reports with an
+        // SSRC it never sends RTP from, and authentication already proved
+        // the sender.
+        let len = rewrite_rtcp(&mut self.scratch, &self.to_trunk, &self.to_browser)?;
+        if len == 0 {
+            return Ok(()); // only feedback the trunk never negotiated
+        }
+        self.scratch.truncate(len);
+        let mut buf = self.take_buffer();
+        let protected = match self.trunk.srtp.as_mut() {
+            Some((_, out)) => out.protect_rtcp(&self.scratch, &mut buf),
+            None => {
+                buf.extend_from_slice(&self.scratch);
+                Ok(())
+            }
+        };
+        match protected {
+            Ok(()) => {
+                let (leg, dest) = self.trunk.rtcp_dest();
+                self.push(leg, dest, buf);
+                Ok(())
+            }
+            Err(e) => {
+                self.recycle(buf);
+                Err(drop_reason(e))
+            }
+        }
+    }
+
+    // ---- trunk leg --------------------------------------------------------
+
+    fn handle_trunk(&mut self, leg: LegId, from: SocketAddr, data: &[u8], now: Instant) {
+        let result = match classify(data) {
+            PacketKind::Rtp => self.trunk_rtp(leg, from, data, now),
+            PacketKind::Rtcp => self.trunk_rtcp(leg, from, data, now),
+            // STUN/DTLS toward a SDES or plain trunk, or noise.
+            _ => Err(DropReason::Malformed),
+        };
+        if let Err(reason) = result {
+            self.drop(Leg::Trunk, reason);
+        }
+    }
+
+    /// Source check of the trunk leg: plain RTP must come from the signaled
+    /// IP; any trunk packet must come from the latched address unless that
+    /// one went silent. (SRTP sources are checked again by authentication.)
+    fn trunk_source_ok(
+        &self,
+        leg: LegId,
+        from: SocketAddr,
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        let (signaled, latch) = match (leg, self.trunk.remote_rtcp) {
+            (LegId::TrunkRtcp, Some(rtcp)) => (rtcp, self.trunk.rtcp_latch),
+            _ => (self.trunk.remote_rtp, self.trunk.rtp_latch),
+        };
+        if self.trunk.srtp.is_none() && from.ip() != signaled.ip() {
+            return Err(DropReason::WrongSource);
+        }
+        match latch {
+            Some((addr, last))
+                if addr != from
+                    && now.saturating_duration_since(last) < self.trunk.filter.silence() =>
+            {
+                Err(DropReason::WrongSource)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn latch(&mut self, leg: LegId, from: SocketAddr, now: Instant) {
+        let slot = match (leg, self.trunk.remote_rtcp) {
+            (LegId::TrunkRtcp, Some(_)) => &mut self.trunk.rtcp_latch,
+            _ => &mut self.trunk.rtp_latch,
+        };
+        *slot = Some((from, now));
+        self.last_trunk_rx = now;
+    }
+
+    fn trunk_rtp(
+        &mut self,
+        leg: LegId,
+        from: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        self.trunk_source_ok(leg, from, now)?;
+        if self.phase != Phase::Connected {
+            return Err(DropReason::NotReady);
+        }
+        let ssrc = rtp_ssrc(data).ok_or(DropReason::Malformed)?;
+        self.trunk.filter.check(ssrc, now)?;
+        match self.trunk.srtp.as_mut() {
+            Some((srtp_in, _)) => srtp_in
+                .unprotect_rtp(data, &mut self.scratch)
+                .map_err(drop_reason)?,
+            None => {
+                self.scratch.clear();
+                self.scratch.extend_from_slice(data);
+            }
+        }
+        let fields = parse_rtp(&self.scratch)?;
+        self.trunk.filter.accept(ssrc, now);
+        self.latch(leg, from, now);
+        let (pt, clock_rate) = self
+            .payload_map
+            .map(Toward::Browser, fields.payload_type)
+            .ok_or(DropReason::UnknownPayloadType)?;
+        self.to_browser
+            .rewrite(&mut self.scratch, &fields, pt, clock_rate, now);
+        let (Some(srtp_out), Some(dest)) = (self.browser.srtp_out.as_mut(), self.browser.dest)
+        else {
+            return Err(DropReason::NotReady);
+        };
+        let mut buf = self
+            .pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY));
+        match srtp_out.protect_rtp(&self.scratch, &mut buf) {
+            Ok(()) => {
+                self.push(LegId::Browser, dest, buf);
+                Ok(())
+            }
+            Err(e) => {
+                self.recycle(buf);
+                Err(drop_reason(e))
+            }
+        }
+    }
+
+    fn trunk_rtcp(
+        &mut self,
+        leg: LegId,
+        from: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        self.trunk_source_ok(leg, from, now)?;
+        if self.phase != Phase::Connected {
+            return Err(DropReason::NotReady);
+        }
+        match self.trunk.srtp.as_mut() {
+            Some((srtp_in, _)) => srtp_in
+                .unprotect_rtcp(data, &mut self.scratch)
+                .map_err(drop_reason)?,
+            None => {
+                self.scratch.clear();
+                self.scratch.extend_from_slice(data);
+            }
+        }
+        let len = rewrite_rtcp(&mut self.scratch, &self.to_browser, &self.to_trunk)?;
+        self.latch(leg, from, now);
+        if len == 0 {
+            return Ok(());
+        }
+        self.scratch.truncate(len);
+        let (Some(srtp_out), Some(dest)) = (self.browser.srtp_out.as_mut(), self.browser.dest)
+        else {
+            return Err(DropReason::NotReady);
+        };
+        let mut buf = self
+            .pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY));
+        match srtp_out.protect_rtcp(&self.scratch, &mut buf) {
+            Ok(()) => {
+                self.push(LegId::Browser, dest, buf);
+                Ok(())
+            }
+            Err(e) => {
+                self.recycle(buf);
+                Err(drop_reason(e))
+            }
+        }
+    }
+
+    // ---- plumbing ---------------------------------------------------------
+
+    fn fail(&mut self, reason: String) {
+        if self.phase == Phase::Stopped {
+            return;
+        }
+        self.phase = Phase::Stopped;
+        tracing::warn!(%reason, "media relay failed");
+        self.events.push_back(RelayEvent::Failed { reason });
+    }
+
+    fn drop(&self, leg: Leg, reason: DropReason) {
+        self.counters.leg(leg).add_drop(reason);
+        self.stats.leg(leg).add_drop(reason);
+    }
+
+    fn take_buffer(&mut self) -> Vec<u8> {
+        self.pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY))
+    }
+
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.pool.len() < POOL_LIMIT {
+            buf.clear();
+            self.pool.push(buf);
+        }
+    }
+
+    fn push(&mut self, leg: LegId, to: SocketAddr, buf: Vec<u8>) {
+        let out_leg = match leg {
+            LegId::Browser => Leg::Browser,
+            LegId::TrunkRtp | LegId::TrunkRtcp => Leg::Trunk,
+        };
+        self.counters.leg(out_leg).add_out(buf.len());
+        self.stats.leg(out_leg).add_out(buf.len());
+        self.queue.push_back(Queued { leg, to, buf });
+    }
+}
+
+fn drop_reason(e: SrtpError) -> DropReason {
+    match e {
+        SrtpError::AuthFailed => DropReason::AuthFailed,
+        SrtpError::Replay => DropReason::Replay,
+        SrtpError::Malformed | SrtpError::UnsupportedSuite(_) | SrtpError::Other(_) => {
+            DropReason::Malformed
+        }
+    }
+}
+
+fn random_ssrc() -> Ssrc {
+    // Zero is legal but some stacks treat it as "unset"; avoid it.
+    Ssrc(rand::random::<u32>().max(1))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::media::counters::LegSnapshot;
+
+    pub(crate) const PCMU: u8 = 0;
+    pub(crate) const OPUS_BROWSER: u8 = 111;
+    pub(crate) const OPUS_TRUNK: u8 = 96;
+
+    pub(crate) fn rtp_packet(pt: u8, seq: u16, ts: u32, ssrc: u32, fill: u8) -> Vec<u8> {
+        let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[4..8].copy_from_slice(&ts.to_be_bytes());
+        p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[fill; 160]);
+        p
+    }
+
+    /// An RTCP receiver report with one report block about `about`.
+    pub(crate) fn rtcp_rr(sender: u32, about: u32) -> Vec<u8> {
+        let mut p = vec![0x81, 201, 0, 7];
+        p.extend_from_slice(&sender.to_be_bytes());
+        p.extend_from_slice(&about.to_be_bytes());
+        p.extend_from_slice(&[0; 20]);
+        p
+    }
+
+    pub(crate) fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    pub(crate) fn payload_map() -> Vec<(PayloadType, PayloadType, u32)> {
+        vec![
+            (PayloadType(OPUS_BROWSER), PayloadType(OPUS_TRUNK), 48000),
+            (PayloadType(PCMU), PayloadType(PCMU), 8000),
+            (PayloadType(126), PayloadType(101), 8000),
+        ]
+    }
+
+    pub(crate) fn params(
+        trunk_crypto: TrunkCrypto,
+        remote_rtcp: Option<SocketAddr>,
+        remote_fingerprint: Fingerprint,
+        local_ufrag: &str,
+        local_pwd: &str,
+    ) -> RelayParams {
+        RelayParams {
+            browser: BrowserLegParams {
+                local_ufrag: local_ufrag.to_string(),
+                local_pwd: Secret::new(local_pwd.to_string()),
+                remote_ufrag: "brws".to_string(),
+                remote_fingerprint,
+                ssrcs: vec![],
+            },
+            trunk: TrunkLegParams {
+                remote_rtp: addr("192.0.2.10:30000"),
+                remote_rtcp,
+                crypto: trunk_crypto,
+                ssrcs: vec![],
+            },
+            payload_map: payload_map(),
+        }
+    }
+
+    pub(crate) fn identity() -> Arc<DtlsIdentity> {
+        use std::sync::OnceLock;
+        static ID: OnceLock<Arc<DtlsIdentity>> = OnceLock::new();
+        ID.get_or_init(|| Arc::new(DtlsIdentity::generate().unwrap()))
+            .clone()
+    }
+
+    const BROWSER: &str = "198.51.100.7:50000";
+
+    /// A relay past DTLS, with the simulated peers' SRTP contexts.
+    struct Keyed {
+        relay: CallRelay,
+        counters: Arc<CallCounters>,
+        /// The browser's sender (we unprotect) and receiver (we protect).
+        browser_tx: SrtpContext,
+        browser_rx: SrtpContext,
+        /// The trunk's sender and receiver (SDES), if SRTP.
+        trunk_tx: Option<SrtpContext>,
+        trunk_rx: Option<SrtpContext>,
+        t0: Instant,
+    }
+
+    fn keyed(sdes: bool, remote_rtcp: Option<SocketAddr>) -> Keyed {
+        let t0 = Instant::now();
+        let b_in = SrtpKeyMaterial::generate(SrtpSuite::AeadAes128Gcm);
+        let b_out = SrtpKeyMaterial::generate(SrtpSuite::AeadAes128Gcm);
+        let t_in = SrtpKeyMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
+        let t_out = SrtpKeyMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
+        let crypto = if sdes {
+            TrunkCrypto::Sdes {
+                inbound: t_in.clone(),
+                outbound: t_out.clone(),
+            }
+        } else {
+            TrunkCrypto::Plain
+        };
+        let counters = Arc::new(CallCounters::default());
+        let fp = Fingerprint::sha256(b"not used");
+        let mut relay = CallRelay::new_keyed_for_bench(
+            params(crypto, remote_rtcp, fp, "gwuf", "gateway-password-0123456"),
+            identity(),
+            &b_in,
+            &b_out,
+            addr(BROWSER),
+            counters.clone(),
+            Arc::new(MediaStats::default()),
+            t0,
+        )
+        .unwrap();
+        relay.set_output_ssrcs(Ssrc(0xB0B0), Ssrc(0x7070));
+        Keyed {
+            relay,
+            counters,
+            browser_tx: SrtpContext::new(&b_in).unwrap(),
+            browser_rx: SrtpContext::new(&b_out).unwrap(),
+            trunk_tx: sdes.then(|| SrtpContext::new(&t_in).unwrap()),
+            trunk_rx: sdes.then(|| SrtpContext::new(&t_out).unwrap()),
+            t0,
+        }
+    }
+
+    pub(crate) fn drain(relay: &mut CallRelay) -> Vec<(LegId, SocketAddr, Vec<u8>)> {
+        let mut out = vec![];
+        while let Some(t) = relay.poll_transmit() {
+            out.push((t.leg, t.to, t.data.to_vec()));
+        }
+        out
+    }
+
+    fn protect(ctx: &mut SrtpContext, plain: &[u8]) -> Vec<u8> {
+        let mut out = vec![];
+        ctx.protect_rtp(plain, &mut out).unwrap();
+        out
+    }
+
+    fn unprotect(ctx: &mut SrtpContext, srtp: &[u8]) -> Vec<u8> {
+        let mut out = vec![];
+        ctx.unprotect_rtp(srtp, &mut out).unwrap();
+        out
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn trunk_snap(k: &Keyed) -> LegSnapshot {
+        k.counters.trunk.snapshot()
+    }
+
+    #[test]
+    fn media_flows_both_ways_with_rewritten_headers() {
+        let mut k = keyed(true, None);
+        let trunk_src = addr("192.0.2.10:30000");
+        for i in 0..5u16 {
+            let now = k.t0 + ms(20 * u64::from(i));
+            // Browser → trunk: Opus 111 becomes 96, SSRC becomes ours.
+            let pkt = protect(
+                &mut k.browser_tx,
+                &rtp_packet(OPUS_BROWSER, 100 + i, 960 * u32::from(i), 0xB1, 0x11),
+            );
+            k.relay
+                .handle_datagram(LegId::Browser, addr(BROWSER), &pkt, now);
+            let out = drain(&mut k.relay);
+            assert_eq!(out.len(), 1, "{:?}", k.counters.browser.snapshot());
+            assert_eq!((out[0].0, out[0].1), (LegId::TrunkRtp, trunk_src));
+            let plain = unprotect(k.trunk_rx.as_mut().unwrap(), &out[0].2);
+            let f = parse_rtp(&plain).unwrap();
+            assert_eq!(f.payload_type, OPUS_TRUNK);
+            assert_eq!(f.ssrc, Ssrc(0x7070));
+            assert_eq!(f.sequence, 100 + i);
+            assert_eq!(&plain[12..], &[0x11; 160][..]);
+
+            // Trunk → browser: 96 becomes 111.
+            let pkt = protect(
+                k.trunk_tx.as_mut().unwrap(),
+                &rtp_packet(OPUS_TRUNK, 7000 + i, 960 * u32::from(i), 0x71, 0x22),
+            );
+            k.relay
+                .handle_datagram(LegId::TrunkRtp, trunk_src, &pkt, now);
+            let out = drain(&mut k.relay);
+            assert_eq!(out.len(), 1, "{:?}", trunk_snap(&k));
+            assert_eq!((out[0].0, out[0].1), (LegId::Browser, addr(BROWSER)));
+            let plain = unprotect(&mut k.browser_rx, &out[0].2);
+            let f = parse_rtp(&plain).unwrap();
+            assert_eq!(f.payload_type, OPUS_BROWSER);
+            assert_eq!(f.ssrc, Ssrc(0xB0B0));
+            assert_eq!(&plain[12..], &[0x22; 160][..]);
+        }
+        let b = k.counters.browser.snapshot();
+        let t = trunk_snap(&k);
+        assert_eq!((b.packets_in, b.packets_out), (5, 5));
+        assert_eq!((t.packets_in, t.packets_out), (5, 5));
+        assert_eq!(b.drops.iter().sum::<u64>() + t.drops.iter().sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn foreign_ssrc_on_trunk_is_dropped_until_the_stream_goes_silent() {
+        let mut k = keyed(true, None);
+        let src = addr("192.0.2.10:30000");
+        let tx = k.trunk_tx.as_mut().unwrap();
+        let a = protect(tx, &rtp_packet(PCMU, 1, 0, 0xAAAA, 1));
+        let b = protect(tx, &rtp_packet(PCMU, 1, 0, 0xBBBB, 2));
+        let b2 = protect(tx, &rtp_packet(PCMU, 2, 160, 0xBBBB, 2));
+        k.relay.handle_datagram(LegId::TrunkRtp, src, &a, k.t0);
+        assert_eq!(drain(&mut k.relay).len(), 1);
+        k.relay
+            .handle_datagram(LegId::TrunkRtp, src, &b, k.t0 + ms(20));
+        assert!(
+            drain(&mut k.relay).is_empty(),
+            "foreign SSRC must not come out"
+        );
+        assert_eq!(trunk_snap(&k).drops(DropReason::UnknownSsrc), 1);
+        // After 2 s of silence of 0xAAAA, 0xBBBB takes over, numbering continues.
+        k.relay
+            .handle_datagram(LegId::TrunkRtp, src, &b2, k.t0 + ms(2100));
+        let out = drain(&mut k.relay);
+        assert_eq!(out.len(), 1);
+        let plain = unprotect(&mut k.browser_rx, &out[0].2);
+        let f = parse_rtp(&plain).unwrap();
+        assert_eq!((f.ssrc, f.sequence), (Ssrc(0xB0B0), 2));
+    }
+
+    #[test]
+    fn tampered_and_replayed_packets_are_counted() {
+        let mut k = keyed(true, None);
+        let src = addr("192.0.2.10:30000");
+        let good = protect(k.trunk_tx.as_mut().unwrap(), &rtp_packet(PCMU, 1, 0, 5, 1));
+        let mut bad = protect(
+            k.trunk_tx.as_mut().unwrap(),
+            &rtp_packet(PCMU, 2, 160, 5, 1),
+        );
+        bad[40] ^= 1;
+        k.relay.handle_datagram(LegId::TrunkRtp, src, &bad, k.t0);
+        assert!(drain(&mut k.relay).is_empty());
+        assert_eq!(trunk_snap(&k).drops(DropReason::AuthFailed), 1);
+        k.relay.handle_datagram(LegId::TrunkRtp, src, &good, k.t0);
+        assert_eq!(drain(&mut k.relay).len(), 1);
+        k.relay
+            .handle_datagram(LegId::TrunkRtp, src, &good, k.t0 + ms(1));
+        assert!(drain(&mut k.relay).is_empty());
+        assert_eq!(trunk_snap(&k).drops(DropReason::Replay), 1);
+
+        // Same on the browser leg.
+        let pkt = protect(&mut k.browser_tx, &rtp_packet(PCMU, 9, 0, 0xB1, 3));
+        let mut forged = pkt.clone();
+        forged[20] ^= 0x80;
+        k.relay
+            .handle_datagram(LegId::Browser, addr(BROWSER), &forged, k.t0);
+        k.relay
+            .handle_datagram(LegId::Browser, addr(BROWSER), &pkt, k.t0);
+        k.relay
+            .handle_datagram(LegId::Browser, addr(BROWSER), &pkt, k.t0);
+        assert_eq!(drain(&mut k.relay).len(), 1);
+        let b = k.counters.browser.snapshot();
+        assert_eq!(b.drops(DropReason::AuthFailed), 1);
+        assert_eq!(b.drops(DropReason::Replay), 1);
+    }
+
+    #[test]
+    fn unknown_payload_type_and_unchecked_browser_address_are_dropped() {
+        let mut k = keyed(true, None);
+        let pkt = protect(&mut k.browser_tx, &rtp_packet(8, 1, 0, 0xB1, 3));
+        k.relay
+            .handle_datagram(LegId::Browser, addr(BROWSER), &pkt, k.t0);
+        let pkt = protect(&mut k.browser_tx, &rtp_packet(PCMU, 2, 0, 0xB1, 3));
+        k.relay
+            .handle_datagram(LegId::Browser, addr("203.0.113.9:4444"), &pkt, k.t0);
+        assert!(drain(&mut k.relay).is_empty());
+        let b = k.counters.browser.snapshot();
+        assert_eq!(b.drops(DropReason::UnknownPayloadType), 1);
+        assert_eq!(b.drops(DropReason::WrongSource), 1);
+        k.relay
+            .handle_datagram(LegId::Browser, addr(BROWSER), &[0xff; 40], k.t0);
+        assert_eq!(k.counters.browser.drops(DropReason::Malformed), 1);
+    }
+
+    #[test]
+    fn plain_rtp_only_from_the_signaled_ip_and_port_latched() {
+        let mut k = keyed(false, None);
+        let pkt = rtp_packet(PCMU, 1, 0, 0x55, 4);
+        k.relay
+            .handle_datagram(LegId::TrunkRtp, addr("203.0.113.66:30000"), &pkt, k.t0);
+        assert!(drain(&mut k.relay).is_empty());
+        assert_eq!(trunk_snap(&k).drops(DropReason::WrongSource), 1);
+
+        // Right IP, another port (NAT): accepted and latched.
+        let natted = addr("192.0.2.10:41000");
+        k.relay.handle_datagram(LegId::TrunkRtp, natted, &pkt, k.t0);
+        assert_eq!(drain(&mut k.relay).len(), 1);
+        let out = protect(&mut k.browser_tx, &rtp_packet(PCMU, 1, 0, 0xB1, 3));
+        k.relay
+            .handle_datagram(LegId::Browser, addr(BROWSER), &out, k.t0 + ms(1));
+        let sent = drain(&mut k.relay);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1, natted, "media goes to the latched port");
+        let f = parse_rtp(&sent[0].2).unwrap();
+        assert_eq!((f.payload_type, f.ssrc), (PCMU, Ssrc(0x7070)));
+
+        // Another port of the same IP while the latched one talks: refused.
+        let pkt2 = rtp_packet(PCMU, 2, 160, 0x55, 4);
+        k.relay.handle_datagram(
+            LegId::TrunkRtp,
+            addr("192.0.2.10:42000"),
+            &pkt2,
+            k.t0 + ms(20),
+        );
+        assert!(drain(&mut k.relay).is_empty());
+        assert_eq!(trunk_snap(&k).drops(DropReason::WrongSource), 2);
+    }
+
+    #[test]
+    fn sdes_latches_to_the_first_authenticated_source() {
+        let mut k = keyed(true, None);
+        let forged = rtp_packet(PCMU, 1, 0, 5, 1);
+        let elsewhere = addr("203.0.113.5:7078");
+        // Unauthenticated junk from elsewhere does not latch.
+        let mut junk = protect(k.trunk_tx.as_mut().unwrap(), &forged);
+        junk[30] ^= 1;
+        k.relay
+            .handle_datagram(LegId::TrunkRtp, elsewhere, &junk, k.t0);
+        let good = protect(
+            k.trunk_tx.as_mut().unwrap(),
+            &rtp_packet(PCMU, 2, 160, 5, 1),
+        );
+        let real = addr("192.0.2.99:5004");
+        k.relay.handle_datagram(LegId::TrunkRtp, real, &good, k.t0);
+        assert_eq!(drain(&mut k.relay).len(), 1);
+        let pkt = protect(&mut k.browser_tx, &rtp_packet(PCMU, 1, 0, 0xB1, 3));
+        k.relay
+            .handle_datagram(LegId::Browser, addr(BROWSER), &pkt, k.t0 + ms(1));
+        assert_eq!(drain(&mut k.relay)[0].1, real);
+    }
+
+    #[test]
+    fn rtcp_goes_to_the_rtcp_port_without_mux_and_is_rewritten() {
+        let rtcp_addr = addr("192.0.2.10:30001");
+        let mut k = keyed(true, Some(rtcp_addr));
+        // Some RTP first so both directions know their streams.
+        let pkt = protect(&mut k.browser_tx, &rtp_packet(PCMU, 1, 0, 0xB1, 3));
+        k.relay
+            .handle_datagram(LegId::Browser, addr(BROWSER), &pkt, k.t0);
+        let pkt = protect(
+            k.trunk_tx.as_mut().unwrap(),
+            &rtp_packet(PCMU, 1, 0, 0x71, 3),
+        );
+        k.relay
+            .handle_datagram(LegId::TrunkRtp, addr("192.0.2.10:30000"), &pkt, k.t0);
+        assert_eq!(drain(&mut k.relay).len(), 2);
+
+        // Browser RR about what we sent it (0xB0B0) → trunk RR about 0x71.
+        let mut srtcp = vec![];
+        k.browser_tx
+            .protect_rtcp(&rtcp_rr(0xB1, 0xB0B0), &mut srtcp)
+            .unwrap();
+        k.relay
+            .handle_datagram(LegId::Browser, addr(BROWSER), &srtcp, k.t0 + ms(5));
+        let out = drain(&mut k.relay);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].0, out[0].1), (LegId::TrunkRtcp, rtcp_addr));
+        let mut plain = vec![];
+        k.trunk_rx
+            .as_mut()
+            .unwrap()
+            .unprotect_rtcp(&out[0].2, &mut plain)
+            .unwrap();
+        assert_eq!(&plain[4..8], &0x7070u32.to_be_bytes());
+        assert_eq!(&plain[8..12], &0x71u32.to_be_bytes());
+
+        // Trunk SRTCP on the RTCP port → browser.
+        let mut srtcp = vec![];
+        k.trunk_tx
+            .as_mut()
+            .unwrap()
+            .protect_rtcp(&rtcp_rr(0x71, 0x7070), &mut srtcp)
+            .unwrap();
+        k.relay
+            .handle_datagram(LegId::TrunkRtcp, rtcp_addr, &srtcp, k.t0 + ms(6));
+        let out = drain(&mut k.relay);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, LegId::Browser);
+        let mut plain = vec![];
+        k.browser_rx.unprotect_rtcp(&out[0].2, &mut plain).unwrap();
+        assert_eq!(&plain[4..8], &0xB0B0u32.to_be_bytes());
+        assert_eq!(&plain[8..12], &0xB1u32.to_be_bytes());
+    }
+
+    #[test]
+    fn media_timeout_after_silence() {
+        let mut k = keyed(true, None);
+        let deadline = k.relay.poll_timeout().unwrap();
+        assert_eq!(deadline, k.t0 + CallRelay::DEFAULT_MEDIA_TIMEOUT);
+        // Browser keeps talking; the trunk is silent.
+        for s in 0..29u64 {
+            let pkt = protect(&mut k.browser_tx, &rtp_packet(PCMU, s as u16, 0, 0xB1, 3));
+            k.relay.handle_datagram(
+                LegId::Browser,
+                addr(BROWSER),
+                &pkt,
+                k.t0 + Duration::from_secs(s),
+            );
+            assert_eq!(drain(&mut k.relay).len(), 1);
+        }
+        k.relay.handle_timeout(k.t0 + Duration::from_secs(29));
+        assert_eq!(k.relay.poll_event(), None);
+        k.relay.handle_timeout(k.t0 + Duration::from_secs(30));
+        assert_eq!(
+            k.relay.poll_event(),
+            Some(RelayEvent::Timeout { leg: Leg::Trunk })
+        );
+        assert_eq!(k.relay.poll_timeout(), None);
+        // Stopped: nothing forwarded any more.
+        let pkt = protect(&mut k.browser_tx, &rtp_packet(PCMU, 99, 0, 0xB1, 3));
+        k.relay.handle_datagram(
+            LegId::Browser,
+            addr(BROWSER),
+            &pkt,
+            k.t0 + Duration::from_secs(31),
+        );
+        assert!(drain(&mut k.relay).is_empty());
+        assert_eq!(k.counters.browser.drops(DropReason::NotReady), 1);
+    }
+
+    #[test]
+    fn bad_sdes_key_fails_at_once() {
+        let mut bad = SrtpKeyMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
+        bad.key = Secret::new(vec![0; 3]);
+        let crypto = TrunkCrypto::Sdes {
+            inbound: bad.clone(),
+            outbound: bad,
+        };
+        let mut relay = CallRelay::new(
+            params(crypto, None, Fingerprint::sha256(b"x"), "u", "p"),
+            identity(),
+            Arc::new(CallCounters::default()),
+            Arc::new(MediaStats::default()),
+            Instant::now(),
+        );
+        match relay.poll_event() {
+            Some(RelayEvent::Failed { reason }) => {
+                assert!(reason.contains("192.0.2.10:30000"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn steady_state_reuses_buffers() {
+        let mut k = keyed(true, None);
+        let src = addr("192.0.2.10:30000");
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..50u16 {
+            let pkt = protect(k.trunk_tx.as_mut().unwrap(), &rtp_packet(PCMU, i, 0, 5, 1));
+            k.relay.handle_datagram(LegId::TrunkRtp, src, &pkt, k.t0);
+            let t = k.relay.poll_transmit().unwrap();
+            seen.insert(t.data.as_ptr() as usize);
+        }
+        assert!(seen.len() <= 2, "buffers are recycled, got {}", seen.len());
+    }
+
+    // ---- a simulated browser: rtc-dtls client + STUN + SRTP ---------------
+
+    use crate::media::stun::{attr, StunClass, StunWriter, BINDING};
+    use rtc_dtls::config::{ConfigBuilder, ExtendedMasterSecretType};
+    use rtc_dtls::crypto::Certificate;
+    use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
+    use rtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+
+    /// What a browser does on the wire, minus the browser: ICE checks,
+    /// DTLS client, SRTP from the exported keys.
+    pub(crate) struct SimBrowser {
+        endpoint: Endpoint,
+        gateway: SocketAddr,
+        pub fingerprint: Fingerprint,
+        /// Encrypts what the browser sends / decrypts what it receives.
+        pub tx: Option<SrtpContext>,
+        pub rx: Option<SrtpContext>,
+        pub suite: Option<SrtpSuite>,
+        profiles: Vec<SrtpProtectionProfile>,
+        cert: Certificate,
+    }
+
+    impl SimBrowser {
+        pub(crate) fn new(gateway: SocketAddr, profiles: Vec<SrtpProtectionProfile>) -> Self {
+            let provider = rtc_crypto::default_provider().unwrap();
+            let cert =
+                Certificate::generate_self_signed(vec!["browser".to_string()], provider.crypto())
+                    .unwrap();
+            let fingerprint = Fingerprint::sha256(cert.certificate[0].as_ref());
+            SimBrowser {
+                endpoint: Endpoint::new(
+                    addr("0.0.0.0:0"),
+                    rtc_shared::TransportProtocol::UDP,
+                    None,
+                ),
+                gateway,
+                fingerprint,
+                tx: None,
+                rx: None,
+                suite: None,
+                profiles,
+                cert,
+            }
+        }
+
+        /// A Binding request as Chrome sends it (USERNAME, PRIORITY,
+        /// ICE-CONTROLLING, USE-CANDIDATE when nominating, MESSAGE-INTEGRITY
+        /// with the gateway's password, FINGERPRINT).
+        pub(crate) fn stun_request(gw_ufrag: &str, gw_pwd: &str, nominate: bool) -> Vec<u8> {
+            let mut out = vec![];
+            let tid: [u8; 12] = rand::random();
+            let username = format!("{gw_ufrag}:brws");
+            let mut w = StunWriter::new(&mut out, BINDING, StunClass::Request, &tid);
+            w.attribute(attr::USERNAME, username.as_bytes())
+                .attribute(attr::PRIORITY, &0x6e00_1eff_u32.to_be_bytes())
+                .attribute(attr::ICE_CONTROLLING, &[1, 2, 3, 4, 5, 6, 7, 8]);
+            if nominate {
+                w.attribute(attr::USE_CANDIDATE, &[]);
+            }
+            w.message_integrity(gw_pwd.as_bytes()).fingerprint();
+            out
+        }
+
+        /// Starts the handshake; returns the ClientHello.
+        pub(crate) fn connect(&mut self, now: Instant) -> Vec<Vec<u8>> {
+            let provider = rtc_crypto::default_provider().unwrap();
+            let config = ConfigBuilder::default()
+                .with_crypto_provider(provider)
+                .with_certificates(vec![self.cert.clone()])
+                .with_srtp_protection_profiles(self.profiles.clone())
+                .with_insecure_skip_verify(true)
+                .with_extended_master_secret(ExtendedMasterSecretType::Require)
+                .build(true, Some(self.gateway))
+                .unwrap();
+            self.endpoint
+                .connect(now, self.gateway, Arc::new(config), None)
+                .unwrap();
+            self.transmits()
+        }
+
+        fn transmits(&mut self) -> Vec<Vec<u8>> {
+            let mut out = vec![];
+            while let Some(t) = self.endpoint.poll_transmit() {
+                out.push(t.message.to_vec());
+            }
+            out
+        }
+
+        /// Feeds a DTLS datagram from the gateway; returns what to send back.
+        pub(crate) fn handle_dtls(&mut self, now: Instant, data: &[u8]) -> Vec<Vec<u8>> {
+            let events = self
+                .endpoint
+                .read(now, self.gateway, None, bytes::BytesMut::from(data))
+                .unwrap_or_default();
+            for e in events {
+                if let EndpointEvent::HandshakeComplete = e {
+                    self.key_srtp();
+                }
+            }
+            self.transmits()
+        }
+
+        fn key_srtp(&mut self) {
+            let state = self.endpoint.get_connection_state(self.gateway).unwrap();
+            let suite = match state.srtp_protection_profile() {
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => SrtpSuite::AeadAes128Gcm,
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
+                    SrtpSuite::AesCm128HmacSha1_80
+                }
+                other => panic!("{other:?}"),
+            };
+            let (k, s) = (suite.key_len(), suite.salt_len());
+            let m = state
+                .export_keying_material("EXTRACTOR-dtls_srtp", &[], 2 * (k + s))
+                .unwrap();
+            let m: &[u8] = m.as_ref();
+            let mat = |key: std::ops::Range<usize>, salt: std::ops::Range<usize>| SrtpKeyMaterial {
+                suite,
+                key: Secret::new(m[key].to_vec()),
+                salt: Secret::new(m[salt].to_vec()),
+            };
+            // The client writes with the client key and salt.
+            self.tx = Some(SrtpContext::new(&mat(0..k, 2 * k..2 * k + s)).unwrap());
+            self.rx = Some(SrtpContext::new(&mat(k..2 * k, 2 * k + s..2 * (k + s))).unwrap());
+            self.suite = Some(suite);
+        }
+    }
+
+    const GW_UFRAG: &str = "gwufrag1";
+    const GW_PWD: &str = "gateway-ice-password-123";
+
+    /// A relay waiting for `browser`, with an SDES trunk; returns the relay,
+    /// its counters and the trunk's (tx, rx) contexts.
+    fn fresh(
+        fingerprint: Fingerprint,
+        t0: Instant,
+    ) -> (CallRelay, Arc<CallCounters>, SrtpContext, SrtpContext) {
+        let t_in = SrtpKeyMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
+        let t_out = SrtpKeyMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
+        let counters = Arc::new(CallCounters::default());
+        let relay = CallRelay::new(
+            params(
+                TrunkCrypto::Sdes {
+                    inbound: t_in.clone(),
+                    outbound: t_out.clone(),
+                },
+                None,
+                fingerprint,
+                GW_UFRAG,
+                GW_PWD,
+            ),
+            identity(),
+            counters.clone(),
+            Arc::new(MediaStats::default()),
+            t0,
+        );
+        (
+            relay,
+            counters,
+            SrtpContext::new(&t_in).unwrap(),
+            SrtpContext::new(&t_out).unwrap(),
+        )
+    }
+
+    /// Runs the DTLS handshake between `browser` and `relay` by handing
+    /// datagrams across; returns what the relay sent to the trunk meanwhile.
+    fn handshake(
+        relay: &mut CallRelay,
+        browser: &mut SimBrowser,
+        from: SocketAddr,
+        now: Instant,
+    ) -> Vec<(LegId, SocketAddr, Vec<u8>)> {
+        let mut to_trunk = vec![];
+        let mut to_gateway = browser.connect(now);
+        for _ in 0..20 {
+            for d in to_gateway.drain(..) {
+                relay.handle_datagram(LegId::Browser, from, &d, now);
+            }
+            for (leg, to, data) in drain(relay) {
+                if leg == LegId::Browser {
+                    assert_eq!(to, from);
+                    to_gateway.extend(browser.handle_dtls(now, &data));
+                } else {
+                    to_trunk.push((leg, to, data));
+                }
+            }
+            if to_gateway.is_empty() {
+                break;
+            }
+        }
+        to_trunk
+    }
+
+    fn gcm_and_cm() -> Vec<SrtpProtectionProfile> {
+        vec![
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        ]
+    }
+
+    #[test]
+    fn ice_dtls_then_media_both_ways() {
+        let t0 = Instant::now();
+        let from = addr(BROWSER);
+        let mut browser = SimBrowser::new(addr("192.0.2.1:40000"), gcm_and_cm());
+        // The relay expects the browser certificate's fingerprint, as the
+        // SDP carries it.
+        let hello = browser.connect(t0);
+        let (mut relay, counters, mut trunk_tx, mut trunk_rx) =
+            fresh(browser.fingerprint.clone(), t0);
+
+        // Media before anything: dropped, nothing to the trunk.
+        let early = rtp_packet(PCMU, 1, 0, 0xB1, 1);
+        relay.handle_datagram(LegId::Browser, from, &early, t0);
+        // DTLS before ICE: wrong source.
+        relay.handle_datagram(LegId::Browser, from, &hello[0], t0);
+        assert!(drain(&mut relay).is_empty());
+        let b = counters.browser.snapshot();
+        assert_eq!(b.drops(DropReason::WrongSource), 2);
+
+        // A check with a wrong password: rejected, 401 answered.
+        let bad = SimBrowser::stun_request(GW_UFRAG, "wrong-password-000000000", true);
+        relay.handle_datagram(LegId::Browser, from, &bad, t0);
+        let out = drain(&mut relay);
+        assert_eq!(out.len(), 1);
+        assert_eq!(counters.browser.drops(DropReason::StunRejected), 1);
+
+        // The real check: answered with a success response.
+        let req = SimBrowser::stun_request(GW_UFRAG, GW_PWD, true);
+        relay.handle_datagram(LegId::Browser, from, &req, t0);
+        let out = drain(&mut relay);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1, from);
+        assert_eq!(&out[0].2[0..2], &[0x01, 0x01], "Binding success response");
+
+        // Trunk media before DTLS completes: NotReady, nothing to the browser.
+        let tpkt = protect(&mut trunk_tx, &rtp_packet(OPUS_TRUNK, 1, 0, 0x71, 2));
+        relay.handle_datagram(LegId::TrunkRtp, addr("192.0.2.10:30000"), &tpkt, t0);
+        assert!(drain(&mut relay).is_empty());
+        assert_eq!(counters.trunk.drops(DropReason::NotReady), 1);
+
+        // DTLS (the ClientHello already made, then the rest of the flights).
+        let mut to_gateway = hello;
+        let mut to_trunk = vec![];
+        for _ in 0..20 {
+            for d in to_gateway.drain(..) {
+                relay.handle_datagram(LegId::Browser, from, &d, t0);
+            }
+            for (leg, to, data) in drain(&mut relay) {
+                if leg == LegId::Browser {
+                    to_gateway.extend(browser.handle_dtls(t0, &data));
+                } else {
+                    to_trunk.push((leg, to, data));
+                }
+            }
+            if to_gateway.is_empty() {
+                break;
+            }
+        }
+        assert!(to_trunk.is_empty(), "nothing to the trunk during DTLS");
+        assert_eq!(
+            relay.poll_event(),
+            Some(RelayEvent::BrowserConnected {
+                suite: SrtpSuite::AeadAes128Gcm
+            })
+        );
+        assert_eq!(browser.suite, Some(SrtpSuite::AeadAes128Gcm));
+        assert!(relay.is_connected());
+
+        // Media both ways.
+        let now = t0 + ms(20);
+        let bpkt = protect(
+            browser.tx.as_mut().unwrap(),
+            &rtp_packet(OPUS_BROWSER, 10, 960, 0xB1, 0x33),
+        );
+        relay.handle_datagram(LegId::Browser, from, &bpkt, now);
+        let out = drain(&mut relay);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, LegId::TrunkRtp);
+        let plain = unprotect(&mut trunk_rx, &out[0].2);
+        assert_eq!(parse_rtp(&plain).unwrap().payload_type, OPUS_TRUNK);
+
+        let tpkt = protect(&mut trunk_tx, &rtp_packet(OPUS_TRUNK, 2, 960, 0x71, 0x44));
+        relay.handle_datagram(LegId::TrunkRtp, addr("192.0.2.10:30000"), &tpkt, now);
+        let out = drain(&mut relay);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].0, out[0].1), (LegId::Browser, from));
+        let plain = unprotect(browser.rx.as_mut().unwrap(), &out[0].2);
+        let f = parse_rtp(&plain).unwrap();
+        assert_eq!(f.payload_type, OPUS_BROWSER);
+        assert_eq!(f.ssrc, relay.output_ssrcs().0);
+        assert_eq!(&plain[12..], &[0x44; 160][..]);
+    }
+
+    #[test]
+    fn wrong_fingerprint_fails_and_nothing_is_forwarded() {
+        let t0 = Instant::now();
+        let from = addr(BROWSER);
+        let mut browser = SimBrowser::new(addr("192.0.2.1:40000"), gcm_and_cm());
+        // The SDP claimed another certificate.
+        let (mut relay, counters, mut trunk_tx, _) =
+            fresh(Fingerprint::sha256(b"some other certificate"), t0);
+        let req = SimBrowser::stun_request(GW_UFRAG, GW_PWD, true);
+        relay.handle_datagram(LegId::Browser, from, &req, t0);
+        drain(&mut relay);
+        let to_trunk = handshake(&mut relay, &mut browser, from, t0);
+        assert!(to_trunk.is_empty());
+        match relay.poll_event() {
+            Some(RelayEvent::Failed { reason }) => {
+                assert!(reason.contains("fingerprint"), "{reason}");
+                assert!(reason.contains(BROWSER), "{reason}");
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        assert!(!relay.is_connected());
+        assert_eq!(relay.poll_timeout(), None);
+        // Whatever comes now goes nowhere.
+        let tpkt = protect(&mut trunk_tx, &rtp_packet(PCMU, 1, 0, 0x71, 2));
+        relay.handle_datagram(LegId::TrunkRtp, addr("192.0.2.10:30000"), &tpkt, t0);
+        let junk = rtp_packet(PCMU, 1, 0, 0xB1, 1);
+        relay.handle_datagram(LegId::Browser, from, &junk, t0);
+        assert!(drain(&mut relay).is_empty());
+        assert_eq!(counters.trunk.drops(DropReason::NotReady), 1);
+        // (The browser's last flight after our alert counts here too.)
+        assert!(counters.browser.drops(DropReason::NotReady) >= 1);
+    }
+
+    #[test]
+    fn browser_never_connecting_times_out() {
+        let t0 = Instant::now();
+        let (mut relay, _, _, _) = fresh(Fingerprint::sha256(b"x"), t0);
+        assert_eq!(relay.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+        relay.handle_timeout(t0 + Duration::from_secs(30));
+        assert_eq!(
+            relay.poll_event(),
+            Some(RelayEvent::Timeout { leg: Leg::Browser })
+        );
+    }
+
+    #[test]
+    fn aes_cm_profile_when_the_browser_offers_only_that() {
+        let t0 = Instant::now();
+        let from = addr(BROWSER);
+        let mut browser = SimBrowser::new(
+            addr("192.0.2.1:40000"),
+            vec![SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80],
+        );
+        let hello = browser.connect(t0);
+        let (mut relay, _, _, _) = fresh(browser.fingerprint.clone(), t0);
+        let req = SimBrowser::stun_request(GW_UFRAG, GW_PWD, false);
+        relay.handle_datagram(LegId::Browser, from, &req, t0);
+        drain(&mut relay);
+        let mut to_gateway = hello;
+        for _ in 0..20 {
+            for d in to_gateway.drain(..) {
+                relay.handle_datagram(LegId::Browser, from, &d, t0);
+            }
+            for (leg, _, data) in drain(&mut relay) {
+                assert_eq!(leg, LegId::Browser);
+                to_gateway.extend(browser.handle_dtls(t0, &data));
+            }
+        }
+        assert_eq!(
+            relay.poll_event(),
+            Some(RelayEvent::BrowserConnected {
+                suite: SrtpSuite::AesCm128HmacSha1_80
+            })
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! The HTTPS face of the gateway: the embedded web client, `/api/login`,
+//! the signaling WebSocket `/ws`, `/healthz` and `/metrics` (PROTOCOL.md
+//! section 3).
+//!
+//! Signaling authenticates browsers, turns their JSON into
+//! [`SessionCommand`](crate::calls::api::SessionCommand)s for the call layer
+//! and the call layer's [`SessionEvent`](crate::calls::api::SessionEvent)s back
+//! into JSON. It knows nothing about SIP or SRTP.
+//!
+//! Layout: `auth` (passwords, tokens), `tls` (certificate and rustls
+//! config), `web` (embedded client, security headers), `http` (login, health,
+//! metrics), `protocol` (the JSON messages, no IO), `session` (the task that
+//! drives one WebSocket).
+
+pub mod auth;
+mod http;
+mod protocol;
+mod session;
+mod tls;
+mod web;
+
+#[cfg(test)]
+mod tests;
+
+pub use tls::load_or_generate_tls;
+
+use crate::calls::api::CallControl;
+use crate::types::Secret;
+use axum::Router;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use tracing::info;
+
+/// How long `serve` lets open HTTP requests finish after the shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How often a running server reloads its certificate: renews the
+/// self-signed one before it expires, picks up a replaced configured one.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(12 * 3600);
+
+/// Argon2 verifications running at once. Each one takes ~19 MiB and a core
+/// for tens of milliseconds, so a login flood must queue instead of
+/// exhausting memory.
+const CONCURRENT_PASSWORD_CHECKS: usize = 4;
+
+/// Everything signaling needs from the configuration.
+pub struct SignalingConfig {
+    pub https_listen: SocketAddr,
+    /// Where the self-signed certificate lives when none is configured.
+    pub data_dir: PathBuf,
+    /// PEM certificate chain and private key. Both or neither: when absent a
+    /// self-signed pair is generated into `data_dir` and reused.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// HMAC key of the HS256 signaling tokens.
+    pub token_secret: Secret<String>,
+    /// Lifetime of tokens handed out by `/api/login`.
+    pub token_ttl: Duration,
+    /// Account name -> argon2 PHC hash. A token for a name not in here is
+    /// refused at `/ws`.
+    pub accounts: HashMap<String, String>,
+}
+
+// Hand-written so that a `?config` in a log line shows which accounts exist
+// but never their password hashes.
+impl fmt::Debug for SignalingConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut accounts: Vec<&str> = self.accounts.keys().map(String::as_str).collect();
+        accounts.sort_unstable();
+        f.debug_struct("SignalingConfig")
+            .field("https_listen", &self.https_listen)
+            .field("data_dir", &self.data_dir)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("token_secret", &self.token_secret)
+            .field("token_ttl", &self.token_ttl)
+            .field("accounts", &accounts)
+            .finish()
+    }
+}
+
+/// Errors of the signaling layer. Every variant names the address or file
+/// concerned so the operator can act on the message alone.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalingError {
+    #[error("cannot listen on {addr} for HTTPS: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTPS server on {addr} failed: {source}")]
+    Serve {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server.tls_cert and server.tls_key must be given together (or both left out for a self-signed certificate)")]
+    TlsPathsIncomplete,
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    WriteFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {problem}")]
+    Pem { path: PathBuf, problem: String },
+    #[error("cannot generate a self-signed certificate for {path}: {source}")]
+    CertGen { path: PathBuf, source: rcgen::Error },
+    #[error("TLS configuration with certificate {path}: {source}")]
+    Tls {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("cannot hash password: {0}")]
+    PasswordHash(String),
+    #[error("server.token_secret is empty: refusing to sign or accept tokens")]
+    EmptyTokenSecret,
+    #[error("token expired")]
+    TokenExpired,
+    #[error("invalid token: {0}")]
+    TokenInvalid(String),
+    #[error("signaling task failed: {0}")]
+    Task(String),
+}
+
+/// How often the session pings the browser and how long it waits for any
+/// frame before it gives up on the socket.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WsTiming {
+    pub ping_every: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for WsTiming {
+    fn default() -> Self {
+        WsTiming {
+            ping_every: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Shared state of every request handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    config: Arc<SignalingConfig>,
+    calls: Arc<dyn CallControl>,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    healthy: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Flipped to `true` by `serve` on shutdown so that open WebSockets close
+    /// with "going away" instead of being cut.
+    shutdown: watch::Sender<bool>,
+    password_checks: Arc<Semaphore>,
+    ws_timing: WsTiming,
+}
+
+impl AppState {
+    /// `metrics` renders the Prometheus text for `/metrics`; `healthy` says
+    /// whether the SIP and media planes are up (`/healthz`).
+    pub fn new(
+        config: impl Into<Arc<SignalingConfig>>,
+        calls: Arc<dyn CallControl>,
+        metrics: Arc<dyn Fn() -> String + Send + Sync>,
+        healthy: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> Self {
+        AppState {
+            config: config.into(),
+            calls,
+            metrics,
+            healthy,
+            shutdown: watch::Sender::new(false),
+            password_checks: Arc::new(Semaphore::new(CONCURRENT_PASSWORD_CHECKS)),
+            ws_timing: WsTiming::default(),
+        }
+    }
+
+    pub fn config(&self) -> &SignalingConfig {
+        &self.config
+    }
+
+    /// Tests shorten the ping and idle timers instead of waiting a minute.
+    #[cfg(test)]
+    pub(crate) fn with_ws_timing(mut self, ws_timing: WsTiming) -> Self {
+        self.ws_timing = ws_timing;
+        self
+    }
+
+    /// Asks every open WebSocket session to close ("going away").
+    pub(crate) fn close_sessions(&self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// The whole HTTP surface, without TLS: tests drive it in process.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(web::routes())
+        .merge(http::routes())
+        .route("/ws", axum::routing::get(session::upgrade))
+        .layer(axum::middleware::from_fn(web::security_headers))
+        .with_state(state)
+}
+
+/// Binds `https_listen`, serves [`app`] over TLS until `shutdown` completes,
+/// then closes the WebSockets and lets open requests finish.
+pub async fn serve(
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SignalingError> {
+    let addr = state.config.https_listen;
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|source| SignalingError::Bind { addr, source })?;
+    serve_on(state, listener, shutdown).await
+}
+
+/// [`serve`] on a listener that is already bound (tests bind port 0).
+pub(crate) async fn serve_on(
+    state: AppState,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SignalingError> {
+    let addr = listener.local_addr().unwrap_or(state.config.https_listen);
+    // Key generation and file IO block; keep them off the executor threads.
+    let config = state.config.clone();
+    let tls = tokio::task::spawn_blocking(move || load_or_generate_tls(&config))
+        .await
+        .map_err(|e| SignalingError::Task(e.to_string()))??;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| SignalingError::Bind { addr, source })?;
+
+    let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+    // Dropped (and so stopped) whichever way this function returns.
+    let _reloader = tls::AbortOnDrop(tokio::spawn(tls::reload_periodically(
+        state.config.clone(),
+        rustls_config.clone(),
+        TLS_RELOAD_EVERY,
+    )));
+    let handle = axum_server::Handle::new();
+    let acceptor =
+        tls::LoggingAcceptor::new(axum_server::tls_rustls::RustlsAcceptor::new(rustls_config));
+    let server = axum_server::from_tcp(listener)
+        .acceptor(acceptor)
+        .handle(handle.clone())
+        .serve(app(state.clone()).into_make_service_with_connect_info::<SocketAddr>());
+    tokio::pin!(server);
+    info!(%addr, "web client and signaling at https://{addr}/");
+
+    tokio::select! {
+        result = &mut server => {
+            return result.map_err(|source| SignalingError::Serve { addr, source });
+        }
+        () = shutdown => {}
+    }
+    info!(%addr, "HTTPS shutting down");
+    state.close_sessions();
+    handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    server
+        .await
+        .map_err(|source| SignalingError::Serve { addr, source })
+}

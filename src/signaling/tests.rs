@@ -1,0 +1,944 @@
+//! Tests of the HTTP surface in process (`oneshot`), of the WebSocket on a
+//! real listener with tokio-tungstenite, and of TLS with a rustls client that
+//! trusts the generated certificate. They wait on events with timeouts,
+//! never sleep, and bind port 0 only.
+
+use super::*;
+use crate::calls::api::{Security, SessionCommand, SessionControl, SessionEvent};
+use crate::types::{AccountName, CallId};
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tower::ServiceExt;
+
+const SECRET: &str = "test-secret";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Hashing costs ~0.4 s in a debug build: do it once for all tests.
+fn alice_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| auth::hash_password("wonderland").unwrap())
+}
+
+/// What the fake call layer saw, in order.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Attached(AccountName),
+    Command(SessionCommand),
+    Dropped(AccountName),
+}
+
+struct FakeCalls {
+    seen: mpsc::UnboundedSender<Seen>,
+    /// Event senders of attached sessions, newest last.
+    events: Mutex<Vec<mpsc::Sender<SessionEvent>>>,
+}
+
+struct FakeSession {
+    account: AccountName,
+    seen: mpsc::UnboundedSender<Seen>,
+}
+
+impl CallControl for FakeCalls {
+    fn attach(
+        &self,
+        account: AccountName,
+        events: mpsc::Sender<SessionEvent>,
+    ) -> Box<dyn SessionControl> {
+        self.events.lock().unwrap().push(events);
+        let _ = self.seen.send(Seen::Attached(account.clone()));
+        Box::new(FakeSession {
+            account,
+            seen: self.seen.clone(),
+        })
+    }
+}
+
+impl SessionControl for FakeSession {
+    fn command(&mut self, cmd: SessionCommand) {
+        let _ = self.seen.send(Seen::Command(cmd));
+    }
+}
+
+impl Drop for FakeSession {
+    fn drop(&mut self) {
+        let _ = self.seen.send(Seen::Dropped(self.account.clone()));
+    }
+}
+
+struct Fixture {
+    state: AppState,
+    calls: Arc<FakeCalls>,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Fixture {
+    async fn next_seen(&mut self) -> Seen {
+        tokio::time::timeout(WAIT, self.seen.recv())
+            .await
+            .expect("the fake call layer saw nothing")
+            .expect("fake call layer gone")
+    }
+
+    fn last_events(&self) -> mpsc::Sender<SessionEvent> {
+        self.calls.events.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+fn config(data_dir: PathBuf) -> SignalingConfig {
+    SignalingConfig {
+        https_listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir,
+        tls_cert: None,
+        tls_key: None,
+        token_secret: Secret::new(SECRET.to_string()),
+        token_ttl: Duration::from_secs(12 * 3600),
+        accounts: HashMap::from([("alice".to_string(), alice_hash().to_string())]),
+    }
+}
+
+fn fixture_with(config: SignalingConfig) -> Fixture {
+    let (tx, seen) = mpsc::unbounded_channel();
+    let calls = Arc::new(FakeCalls {
+        seen: tx,
+        events: Mutex::new(Vec::new()),
+    });
+    let healthy = Arc::new(AtomicBool::new(true));
+    let flag = healthy.clone();
+    let state = AppState::new(
+        config,
+        calls.clone(),
+        Arc::new(|| "# TYPE calls_active gauge\ncalls_active 0\n".to_string()),
+        Arc::new(move || flag.load(Ordering::SeqCst)),
+    );
+    Fixture {
+        state,
+        calls,
+        seen,
+        healthy,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(config(std::env::temp_dir()))
+}
+
+fn token(account: &str) -> String {
+    auth::mint_token(SECRET.as_bytes(), account, Duration::from_secs(600)).unwrap()
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "signaling-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn body_text(response: axum::response::Response) -> String {
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+async fn get(state: &AppState, uri: &str) -> axum::response::Response {
+    app(state.clone())
+        .oneshot(
+            Request::get(uri)
+                .header(header::HOST, "gw.example:8443")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
+async fn login(state: &AppState, body: &str) -> (StatusCode, Value) {
+    let response = app(state.clone())
+        .oneshot(
+            Request::post("/api/login")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = body_text(response).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+// ---------------------------------------------------------------- HTTP
+
+#[tokio::test]
+async fn web_client_is_served_with_headers() {
+    let f = fixture();
+    for (path, content_type) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/index.html", "text/html; charset=utf-8"),
+        ("/app.js", "text/javascript; charset=utf-8"),
+        ("/style.css", "text/css; charset=utf-8"),
+        ("/favicon.svg", "image/svg+xml"),
+    ] {
+        let response = get(&f.state, path).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let h = response.headers();
+        assert_eq!(h[header::CONTENT_TYPE], content_type, "{path}");
+        assert_eq!(h[header::CACHE_CONTROL], "no-cache", "{path}");
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+        let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("default-src 'self'"), "{csp}");
+        assert!(
+            csp.contains("connect-src 'self' wss://gw.example:8443;"),
+            "{csp}"
+        );
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(!body_text(response).await.is_empty());
+    }
+    assert_eq!(
+        get(&f.state, "/nothing-here").await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn csp_ignores_a_hostile_host_header() {
+    let f = fixture();
+    let response = app(f.state.clone())
+        .oneshot(
+            Request::get("/")
+                .header(header::HOST, "evil; script-src *")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let csp = response.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(!csp.contains("evil"), "{csp}");
+    assert!(csp.contains("connect-src 'self';"), "{csp}");
+}
+
+#[tokio::test]
+async fn login_good_password_gives_a_working_token() {
+    let f = fixture();
+    let (status, body) = login(&f.state, r#"{"account":"alice","password":"wonderland"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["expires_in"], 12 * 3600);
+    let token = body["token"].as_str().unwrap();
+    assert_eq!(
+        auth::verify_token(SECRET.as_bytes(), token).unwrap(),
+        "alice"
+    );
+}
+
+#[tokio::test]
+async fn login_refusals() {
+    let f = fixture();
+    let (status, body) = login(&f.state, r#"{"account":"alice","password":"nope"}"#).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["error"].is_string(), "{body}");
+    let (status, unknown) = login(&f.state, r#"{"account":"mallory","password":"x"}"#).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Same answer: the response does not tell which names exist.
+    assert_eq!(unknown, body);
+    for bad in [
+        "",
+        "not json",
+        r#"{"account":"alice"}"#,
+        r#"{"account":1,"password":"x"}"#,
+        "[]",
+    ] {
+        let (status, body) = login(&f.state, bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(body["error"].is_string(), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn healthz_follows_the_flag() {
+    let f = fixture();
+    let response = get(&f.state, "/healthz").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, "ok");
+    f.healthy.store(false, Ordering::SeqCst);
+    assert_eq!(
+        get(&f.state, "/healthz").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let f = fixture();
+    let response = get(&f.state, "/metrics").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/plain; version=0.0.4"
+    );
+    assert!(body_text(response).await.contains("calls_active 0"));
+}
+
+#[tokio::test]
+async fn ws_token_is_checked_before_the_upgrade() {
+    let f = fixture();
+    // Without upgrade headers: a bad token is still a 401, a good one is
+    // refused only for not being a WebSocket request.
+    assert_eq!(
+        get(&f.state, "/ws").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let ok = get(&f.state, &format!("/ws?token={}", token("alice"))).await;
+    assert_ne!(ok.status(), StatusCode::UNAUTHORIZED);
+    assert!(ok.status().is_client_error());
+}
+
+// ---------------------------------------------------------------- WebSocket
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Serves `app(state)` over plain HTTP on 127.0.0.1:0.
+async fn listen(state: AppState) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app(state)).await;
+    });
+    addr
+}
+
+async fn connect(addr: SocketAddr, token: &str) -> Result<Client, tungstenite::Error> {
+    tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// Connects as alice and waits until the call layer saw the session.
+async fn attached(f: &mut Fixture, addr: SocketAddr) -> Client {
+    let ws = connect(addr, &token("alice")).await.unwrap();
+    assert_eq!(
+        f.next_seen().await,
+        Seen::Attached(AccountName("alice".into()))
+    );
+    ws
+}
+
+/// The next text frame as JSON (pings are skipped).
+async fn next_json(ws: &mut Client) -> Value {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no frame from the gateway")
+            .expect("socket ended")
+            .expect("socket error");
+        match frame {
+            WsMessage::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+async fn send(ws: &mut Client, v: Value) {
+    ws.send(WsMessage::Text(v.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// The close code the gateway sent, or `None` if the connection just ended.
+async fn closed(ws: &mut Client) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("socket still open")
+        {
+            Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(WsMessage::Text(t))) => panic!("unexpected text {t}"),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+fn http_status(result: Result<Client, tungstenite::Error>) -> u16 {
+    match result {
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("upgrade accepted"),
+    }
+}
+
+#[tokio::test]
+async fn ws_refuses_missing_forged_expired_and_unknown_tokens() {
+    let f = fixture();
+    let addr = listen(f.state.clone()).await;
+
+    let missing = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await;
+    assert_eq!(http_status(missing.map(|(ws, _)| ws)), 401);
+    assert_eq!(http_status(connect(addr, "").await), 401);
+    assert_eq!(http_status(connect(addr, "garbage").await), 401);
+
+    let forged = auth::mint_token(b"another secret", "alice", Duration::from_secs(600)).unwrap();
+    assert_eq!(http_status(connect(addr, &forged).await), 401);
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "alice", "exp": now - 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(http_status(connect(addr, &expired).await), 401);
+
+    assert_eq!(http_status(connect(addr, &token("mallory")).await), 401);
+    assert!(
+        f.calls.events.lock().unwrap().is_empty(),
+        "nothing attached"
+    );
+}
+
+#[tokio::test]
+async fn call_reaches_the_call_layer_and_events_come_back_as_protocol_json() {
+    let mut f = fixture();
+    let addr = listen(f.state.clone()).await;
+    let mut ws = attached(&mut f, addr).await;
+
+    send(
+        &mut ws,
+        json!({"type":"call","id":"c1","to":"+4930123456","sdp":"v=0\r\n"}),
+    )
+    .await;
+    assert_eq!(
+        f.next_seen().await,
+        Seen::Command(SessionCommand::Call {
+            id: CallId("c1".into()),
+            to: "+4930123456".into(),
+            sdp: "v=0\r\n".into(),
+        })
+    );
+
+    let events = f.last_events();
+    let id = || CallId("c1".into());
+    let cases = [
+        (
+            SessionEvent::Progress {
+                id: id(),
+                code: 183,
+            },
+            json!({"type":"progress","id":"c1","code":183}),
+        ),
+        (
+            SessionEvent::Answer {
+                id: id(),
+                sdp: "v=0\r\nanswer".into(),
+            },
+            json!({"type":"answer","id":"c1","sdp":"v=0\r\nanswer"}),
+        ),
+        (
+            SessionEvent::Connected {
+                id: id(),
+                security: Security {
+                    browser: "dtls-srtp AEAD_AES_128_GCM".into(),
+                    trunk: "sdes-srtp AES_CM_128_HMAC_SHA1_80".into(),
+                },
+            },
+            json!({"type":"connected","id":"c1","security":{
+                "browser":"dtls-srtp AEAD_AES_128_GCM",
+                "trunk":"sdes-srtp AES_CM_128_HMAC_SHA1_80"}}),
+        ),
+        (
+            SessionEvent::Hangup {
+                id: id(),
+                code: 487,
+                reason: "Request Terminated".into(),
+            },
+            json!({"type":"hangup","id":"c1","code":487,"reason":"Request Terminated"}),
+        ),
+        (
+            SessionEvent::Error {
+                id: None,
+                code: 503,
+                message: "no trunk".into(),
+            },
+            json!({"type":"error","code":503,"message":"no trunk"}),
+        ),
+    ];
+    for (event, expected) in cases {
+        events.send(event).await.unwrap();
+        assert_eq!(next_json(&mut ws).await, expected);
+    }
+
+    send(&mut ws, json!({"type":"hangup","id":"c1"})).await;
+    assert_eq!(
+        f.next_seen().await,
+        Seen::Command(SessionCommand::Hangup {
+            id: CallId("c1".into())
+        })
+    );
+}
+
+#[tokio::test]
+async fn bad_messages_get_errors_and_the_socket_keeps_working() {
+    let mut f = fixture();
+    let addr = listen(f.state.clone()).await;
+    let mut ws = attached(&mut f, addr).await;
+
+    let text = |v: Value| WsMessage::Text(v.to_string().into());
+    let cases: Vec<(WsMessage, u16, Option<&str>)> = vec![
+        (WsMessage::Text("{not json".into()), 400, None),
+        (WsMessage::Text("42".into()), 400, None),
+        (text(json!({"id":"c1"})), 400, Some("c1")),
+        (text(json!({"type":"teleport","id":"c1"})), 400, Some("c1")),
+        (text(json!({"type":"call","to":"1","sdp":"v=0"})), 400, None),
+        (
+            text(json!({"type":"call","id":"","to":"1","sdp":"v=0"})),
+            400,
+            None,
+        ),
+        (
+            text(json!({"type":"call","id":"c1","to":"","sdp":"v=0"})),
+            400,
+            Some("c1"),
+        ),
+        (
+            text(json!({"type":"call","id":"c1","to":"1"})),
+            400,
+            Some("c1"),
+        ),
+        (
+            text(json!({"type":"call","id":7,"to":"1","sdp":"v=0"})),
+            400,
+            None,
+        ),
+        (
+            text(json!({"type":"call","id":"c1","to":1,"sdp":"v=0"})),
+            400,
+            Some("c1"),
+        ),
+        (
+            text(json!({"type":"call","id":"x".repeat(65),"to":"1","sdp":"v=0"})),
+            400,
+            None,
+        ),
+        (
+            text(json!({"type":"call","id":"c1","to":"sip:bob@evil","sdp":"v=0"})),
+            400,
+            Some("c1"),
+        ),
+        (
+            text(json!({"type":"call","id":"c1","to":"1".repeat(65),"sdp":"v=0"})),
+            400,
+            Some("c1"),
+        ),
+        (
+            text(json!({"type":"call","id":"c1","to":"1","sdp":"a".repeat(16 * 1024 + 1)})),
+            400,
+            Some("c1"),
+        ),
+        (text(json!({"type":"hangup"})), 400, None),
+        (WsMessage::Binary(vec![1u8, 2, 3].into()), 400, None),
+        (
+            text(json!({"type":"accept","id":"c1","sdp":"v=0"})),
+            501,
+            Some("c1"),
+        ),
+        (text(json!({"type":"reject","id":"c1"})), 501, Some("c1")),
+        (
+            text(json!({"type":"dtmf","id":"c1","digits":"12"})),
+            501,
+            Some("c1"),
+        ),
+        (text(json!({"type":"hold","id":"c1"})), 501, Some("c1")),
+        (text(json!({"type":"resume","id":"c1"})), 501, Some("c1")),
+    ];
+    for (frame, code, id) in cases {
+        let shown = format!("{frame:?}").chars().take(80).collect::<String>();
+        ws.send(frame).await.unwrap();
+        let reply = next_json(&mut ws).await;
+        assert_eq!(reply["type"], "error", "{shown}: {reply}");
+        assert_eq!(reply["code"], code, "{shown}: {reply}");
+        assert_eq!(
+            reply.get("id").and_then(Value::as_str),
+            id,
+            "{shown}: {reply}"
+        );
+        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    // Nothing reached the call layer, and the socket still works.
+    send(&mut ws, json!({"type":"hangup","id":"c9"})).await;
+    assert_eq!(
+        f.next_seen().await,
+        Seen::Command(SessionCommand::Hangup {
+            id: CallId("c9".into())
+        })
+    );
+}
+
+#[tokio::test]
+async fn closing_the_socket_drops_the_session() {
+    let mut f = fixture();
+    let addr = listen(f.state.clone()).await;
+    let mut ws = attached(&mut f, addr).await;
+    ws.close(None).await.unwrap();
+    assert_eq!(
+        f.next_seen().await,
+        Seen::Dropped(AccountName("alice".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_message_over_64_kib_closes_the_socket() {
+    let mut f = fixture();
+    let addr = listen(f.state.clone()).await;
+    let mut ws = attached(&mut f, addr).await;
+    let big = json!({"type":"call","id":"c1","to":"1","sdp":"a".repeat(70 * 1024)});
+    ws.send(WsMessage::Text(big.to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(closed(&mut ws).await, Some(CloseCode::Size));
+    assert_eq!(
+        f.next_seen().await,
+        Seen::Dropped(AccountName("alice".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_silent_browser_is_dropped_a_pinged_one_is_kept() {
+    let timing = WsTiming {
+        // Generous against a loaded CI machine: a pong late by more than a
+        // second would fail the test.
+        ping_every: Duration::from_millis(250),
+        idle_timeout: Duration::from_millis(1500),
+    };
+    let mut f = fixture();
+    f.state = f.state.clone().with_ws_timing(timing);
+    let addr = listen(f.state.clone()).await;
+
+    // This client reads (and so answers the pings) for two idle timeouts.
+    let mut alive = attached(&mut f, addr).await;
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + 2 * timing.idle_timeout;
+    while let Ok(frame) = tokio::time::timeout_at(until, alive.next()).await {
+        match frame {
+            Some(Ok(WsMessage::Ping(_))) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "{pings} pings");
+    send(&mut alive, json!({"type":"hangup","id":"c1"})).await;
+    assert!(matches!(f.next_seen().await, Seen::Command(_)));
+
+    // This one never reads, so it never answers: dropped after the timeout.
+    let _silent = attached(&mut f, addr).await;
+    assert_eq!(
+        f.next_seen().await,
+        Seen::Dropped(AccountName("alice".into()))
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_sessions_going_away() {
+    let mut f = fixture();
+    let addr = listen(f.state.clone()).await;
+    let mut ws = attached(&mut f, addr).await;
+    f.state.close_sessions();
+    assert_eq!(closed(&mut ws).await, Some(CloseCode::Away));
+    assert_eq!(
+        f.next_seen().await,
+        Seen::Dropped(AccountName("alice".into()))
+    );
+
+    // A socket upgraded after the signal is closed at once, not left open.
+    let mut late = attached(&mut f, addr).await;
+    assert_eq!(closed(&mut late).await, Some(CloseCode::Away));
+    assert_eq!(
+        f.next_seen().await,
+        Seen::Dropped(AccountName("alice".into()))
+    );
+}
+
+// ---------------------------------------------------------------- TLS
+
+fn read_bytes(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn self_signed_certificate_is_generated_once_and_reused() {
+    let dir = TempDir::new();
+    let cfg = config(dir.0.join("data"));
+    load_or_generate_tls(&cfg).unwrap();
+    let cert_path = cfg.data_dir.join(tls::CERT_FILE);
+    let key_path = cfg.data_dir.join(tls::KEY_FILE);
+    let (cert, key) = (read_bytes(&cert_path), read_bytes(&key_path));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&cert).unwrap();
+    let end = tls::not_after(&der).unwrap();
+    assert!(end > time::OffsetDateTime::now_utc() + time::Duration::days(300));
+
+    load_or_generate_tls(&cfg).unwrap();
+    assert_eq!(read_bytes(&cert_path), cert, "certificate reused");
+    assert_eq!(read_bytes(&key_path), key, "key reused");
+}
+
+#[test]
+fn self_signed_certificate_near_expiry_or_broken_is_replaced() {
+    let dir = TempDir::new();
+    let cfg = config(dir.0.clone());
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let cert_path = cfg.data_dir.join(tls::CERT_FILE);
+    let key_path = cfg.data_dir.join(tls::KEY_FILE);
+
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let old = params.self_signed(&key).unwrap().pem();
+    std::fs::write(&cert_path, &old).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    load_or_generate_tls(&cfg).unwrap();
+    assert_ne!(read_bytes(&cert_path), old.as_bytes(), "renewed");
+
+    std::fs::write(&cert_path, "not a certificate").unwrap();
+    load_or_generate_tls(&cfg).unwrap();
+    assert!(String::from_utf8(read_bytes(&cert_path))
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+}
+
+#[test]
+fn configured_certificate_errors_name_the_file() {
+    let dir = TempDir::new();
+    let mut cfg = config(dir.0.clone());
+    cfg.tls_cert = Some(dir.0.join("missing-cert.pem"));
+    assert!(matches!(
+        load_or_generate_tls(&cfg),
+        Err(SignalingError::TlsPathsIncomplete)
+    ));
+    cfg.tls_key = Some(dir.0.join("missing-key.pem"));
+    let err = load_or_generate_tls(&cfg).unwrap_err().to_string();
+    assert!(err.contains("missing-cert.pem"), "{err}");
+
+    // A configured pair is used as is.
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["gw.example".to_string()]).unwrap();
+    std::fs::write(
+        dir.0.join("missing-cert.pem"),
+        params.self_signed(&key).unwrap().pem(),
+    )
+    .unwrap();
+    std::fs::write(dir.0.join("missing-key.pem"), "garbage").unwrap();
+    let err = load_or_generate_tls(&cfg).unwrap_err().to_string();
+    assert!(err.contains("missing-key.pem"), "{err}");
+    std::fs::write(dir.0.join("missing-key.pem"), key.serialize_pem()).unwrap();
+    load_or_generate_tls(&cfg).unwrap();
+    assert!(
+        !cfg.data_dir.join(tls::CERT_FILE).exists(),
+        "nothing generated"
+    );
+}
+
+#[tokio::test]
+async fn serve_reports_the_address_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new();
+    let mut cfg = config(dir.0.clone());
+    cfg.https_listen = taken.local_addr().unwrap();
+    let f = fixture_with(cfg);
+    let err = serve(f.state.clone(), std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SignalingError::Bind { .. }));
+    assert!(
+        err.to_string()
+            .contains(&taken.local_addr().unwrap().to_string()),
+        "{err}"
+    );
+}
+
+/// A rustls client that trusts exactly the generated certificate and, like
+/// current browsers, offers X25519MLKEM768 first.
+fn client_trusting(cert_pem: &[u8]) -> rustls::ClientConfig {
+    use rustls::crypto::aws_lc_rs;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(cert_pem).unwrap())
+        .unwrap();
+    let mut provider = aws_lc_rs::default_provider();
+    provider.kx_groups = vec![
+        aws_lc_rs::kx_group::X25519MLKEM768,
+        aws_lc_rs::kx_group::X25519,
+    ];
+    rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+#[tokio::test]
+async fn https_and_wss_with_the_generated_certificate() {
+    let dir = TempDir::new();
+    let mut f = fixture_with(config(dir.0.clone()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_on(f.state.clone(), listener, async move {
+        let _ = stop_rx.await;
+    }));
+
+    // The certificate is written before the server accepts; wait for it.
+    let cert_path = dir.0.join(tls::CERT_FILE);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let client = loop {
+        if let Ok(pem) = std::fs::read(&cert_path) {
+            if rustls::pki_types::CertificateDer::from_pem_slice(&pem).is_ok() {
+                break client_trusting(&pem);
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no certificate");
+        tokio::task::yield_now().await;
+    };
+    let client = Arc::new(client);
+
+    // One plain HTTPS request, synchronously over rustls::Stream.
+    let https = client.clone();
+    let (reply, group, version) = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(https, name).unwrap();
+        let mut tcp = loop {
+            // The listener is bound already; connect succeeds at once.
+            if let Ok(tcp) = std::net::TcpStream::connect(addr) {
+                break tcp;
+            }
+        };
+        let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = Vec::new();
+        let _ = tls.read_to_end(&mut reply);
+        let group = conn.negotiated_key_exchange_group().map(|g| g.name());
+        (
+            String::from_utf8_lossy(&reply).to_string(),
+            group,
+            conn.protocol_version(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("ok"), "{reply}");
+    assert_eq!(group, Some(rustls::NamedGroup::X25519MLKEM768));
+    assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
+
+    // The signaling WebSocket over the same TLS.
+    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        format!(
+            "wss://localhost:{}/ws?token={}",
+            addr.port(),
+            token("alice")
+        ),
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(client)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        f.next_seen().await,
+        Seen::Attached(AccountName("alice".into()))
+    );
+    send(&mut ws, json!({"type":"hangup","id":"c1"})).await;
+    assert!(matches!(f.next_seen().await, Seen::Command(_)));
+
+    // Shutdown closes the socket "going away" and the server returns.
+    stop_tx.send(()).unwrap();
+    assert_eq!(closed(&mut ws).await, Some(CloseCode::Away));
+    assert_eq!(
+        f.next_seen().await,
+        Seen::Dropped(AccountName("alice".into()))
+    );
+    tokio::time::timeout(WAIT, server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_running_server_renews_its_certificate() {
+    let dir = TempDir::new();
+    let cfg = Arc::new(config(dir.0.clone()));
+    let first = load_or_generate_tls(&cfg).unwrap();
+    let cert_path = cfg.data_dir.join(tls::CERT_FILE);
+
+    // Replace the pair with one that expires in 10 days, as if a year passed.
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let old = params.self_signed(&key).unwrap().pem();
+    std::fs::write(&cert_path, &old).unwrap();
+    std::fs::write(cfg.data_dir.join(tls::KEY_FILE), key.serialize_pem()).unwrap();
+
+    let server = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(first));
+    let _task = tls::AbortOnDrop(tokio::spawn(tls::reload_periodically(
+        cfg.clone(),
+        server.clone(),
+        Duration::from_millis(20),
+    )));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while read_bytes(&cert_path) == old.as_bytes() {
+        assert!(tokio::time::Instant::now() < deadline, "not renewed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&read_bytes(&cert_path)).unwrap();
+    assert!(
+        tls::not_after(&der).unwrap() > time::OffsetDateTime::now_utc() + time::Duration::days(300)
+    );
+}
+
+#[test]
+fn config_debug_shows_no_secrets() {
+    let cfg = config(PathBuf::from("data"));
+    let shown = format!("{cfg:?}");
+    assert!(shown.contains("alice"), "{shown}");
+    assert!(!shown.contains(SECRET), "{shown}");
+    assert!(!shown.contains("argon2"), "{shown}");
+}

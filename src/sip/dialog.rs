@@ -1,0 +1,375 @@
+//! Dialog state (RFC 3261 section 12): identifiers, remote target, route
+//! set and CSeq counters; builds in-dialog requests and answers the peer's.
+
+use rsip::{Method, Request, Response};
+
+use super::message::{self, RequestParts, ResponseParts};
+use super::{SipError, Transport};
+
+/// How the gateway appears in the requests it writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub via_host: String,
+    pub via_port: u16,
+    pub transport: Transport,
+    /// Full Contact value, e.g. `<sip:gw@192.0.2.1:5060;transport=udp>`.
+    pub contact: String,
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: String,
+    /// Our From (UAC) / To (UAS) value, tag included.
+    local_header: String,
+    /// The peer's To (UAC) / From (UAS) value, tag included.
+    remote_header: String,
+    /// Where in-dialog requests go: the peer's Contact URI.
+    pub remote_target: String,
+    /// Route values, in the order they go into requests.
+    pub route_set: Vec<String>,
+    local_cseq: u32,
+    remote_cseq: Option<u32>,
+    local: LocalEndpoint,
+}
+
+/// What an in-dialog request from the peer amounts to.
+#[derive(Debug, Clone)]
+pub enum InDialog {
+    /// The peer hangs up; send the 200 OK.
+    Bye(Response),
+    /// An ACK (for our 2xx): nothing to answer.
+    Ack,
+    /// Anything else, with the answer to send.
+    Other(Response),
+}
+
+impl Dialog {
+    /// The dialog of a UAC from its INVITE and the 2xx (RFC 3261 12.1.2):
+    /// route set is the Record-Route of the response, reversed.
+    pub fn uac(invite: &Request, resp: &Response, local: LocalEndpoint) -> Result<Self, SipError> {
+        let call_id = message::call_id(invite)?;
+        let (cseq, _) = message::cseq(invite)?;
+        let local_tag = message::from_tag(invite).unwrap_or_default();
+        let remote_tag = message::to_tag(resp).unwrap_or_default();
+        let local_header = header_value(invite, |h| match h {
+            rsip::Header::From(v) => Some(v.to_string()),
+            _ => None,
+        })?;
+        let remote_header = header_value(resp, |h| match h {
+            rsip::Header::To(v) => Some(v.to_string()),
+            _ => None,
+        })?;
+        let remote_target = message::contact_uri(resp).unwrap_or_else(|| invite.uri.to_string());
+        let mut route_set = message::record_routes(resp);
+        route_set.reverse();
+        Ok(Dialog {
+            call_id,
+            local_tag,
+            remote_tag,
+            local_header,
+            remote_header,
+            remote_target,
+            route_set,
+            local_cseq: cseq,
+            remote_cseq: None,
+            local,
+        })
+    }
+
+    /// The dialog of a UAS from the INVITE it answers (RFC 3261 12.1.1):
+    /// route set is the Record-Route of the request, in order.
+    pub fn uas(invite: &Request, local_tag: &str, local: LocalEndpoint) -> Result<Self, SipError> {
+        let call_id = message::call_id(invite)?;
+        let (cseq, _) = message::cseq(invite)?;
+        let remote_tag = message::from_tag(invite).unwrap_or_default();
+        let to = header_value(invite, |h| match h {
+            rsip::Header::To(v) => Some(v.to_string()),
+            _ => None,
+        })?;
+        let local_header = if message::to_tag(invite).is_some() {
+            to
+        } else {
+            format!("{to};tag={local_tag}")
+        };
+        let remote_header = header_value(invite, |h| match h {
+            rsip::Header::From(v) => Some(v.to_string()),
+            _ => None,
+        })?;
+        let remote_target = message::contact_uri(invite)
+            .or_else(|| message::addr_uri(&remote_header))
+            .unwrap_or_default();
+        Ok(Dialog {
+            call_id,
+            local_tag: local_tag.to_string(),
+            remote_tag,
+            local_header,
+            remote_header,
+            remote_target,
+            route_set: message::record_routes(invite),
+            local_cseq: 0,
+            remote_cseq: Some(cseq),
+            local,
+        })
+    }
+
+    /// A request of this dialog from the peer (Call-ID and both tags match).
+    pub fn matches_request(&self, req: &Request) -> bool {
+        message::call_id(req).is_ok_and(|c| c == self.call_id)
+            && message::from_tag(req).unwrap_or_default() == self.remote_tag
+            && message::to_tag(req).unwrap_or_default() == self.local_tag
+    }
+
+    /// A response to a request of ours in this dialog.
+    pub fn matches_response(&self, resp: &Response) -> bool {
+        message::call_id(resp).is_ok_and(|c| c == self.call_id)
+            && message::from_tag(resp).unwrap_or_default() == self.local_tag
+            && message::to_tag(resp).unwrap_or_default() == self.remote_tag
+    }
+
+    /// A new in-dialog request (not ACK: see [`Dialog::ack`]); the local CSeq
+    /// is incremented and a new branch used.
+    pub fn request(
+        &mut self,
+        method: Method,
+        body: Option<(&str, &str)>,
+    ) -> Result<Request, SipError> {
+        self.local_cseq += 1;
+        self.build(method, self.local_cseq, body)
+    }
+
+    /// The ACK for a 2xx to the INVITE with CSeq `invite_cseq` (RFC 3261
+    /// 13.2.2.4): its own branch, the INVITE's CSeq number.
+    pub fn ack(&self, invite_cseq: u32) -> Result<Request, SipError> {
+        self.build(Method::Ack, invite_cseq, None)
+    }
+
+    pub fn bye(&mut self) -> Result<Request, SipError> {
+        self.request(Method::Bye, None)
+    }
+
+    fn build(
+        &self,
+        method: Method,
+        cseq: u32,
+        body: Option<(&str, &str)>,
+    ) -> Result<Request, SipError> {
+        // Loose routing (;lr) keeps the remote target as Request-URI; a strict
+        // router (RFC 2543) wants its own URI there and the target last.
+        let (uri, routes) = match self.route_set.first() {
+            Some(first) if !is_loose(first) => {
+                let uri = message::addr_uri(first).unwrap_or_else(|| self.remote_target.clone());
+                let mut routes: Vec<String> = self.route_set[1..].to_vec();
+                routes.push(format!("<{}>", self.remote_target));
+                (uri, routes)
+            }
+            _ => (self.remote_target.clone(), self.route_set.clone()),
+        };
+        let branch = message::new_branch();
+        message::build_request(RequestParts {
+            method,
+            uri: &uri,
+            via: message::via_value(
+                &self.local.via_host,
+                self.local.via_port,
+                self.local.transport,
+                &branch,
+            ),
+            from: &self.local_header,
+            to: &self.remote_header,
+            call_id: &self.call_id,
+            cseq,
+            contact: (method != Method::Bye && method != Method::Ack)
+                .then_some(self.local.contact.as_str()),
+            routes: &routes,
+            user_agent: &self.local.user_agent,
+            body,
+            extra: vec![],
+        })
+    }
+
+    /// Answers a request of this dialog from the peer. A CSeq lower than the
+    /// last one seen gets 500 (RFC 3261 12.2.2).
+    pub fn handle_request(&mut self, req: &Request) -> InDialog {
+        let ua = self.local.user_agent.clone();
+        let respond = |code: u16| {
+            message::build_response(
+                req,
+                code,
+                ResponseParts {
+                    user_agent: &ua,
+                    ..Default::default()
+                },
+            )
+        };
+        if req.method == Method::Ack {
+            return InDialog::Ack;
+        }
+        let Ok((seq, _)) = message::cseq(req) else {
+            return InDialog::Other(respond(400));
+        };
+        if self.remote_cseq.is_some_and(|last| seq < last) {
+            return InDialog::Other(respond(500));
+        }
+        self.remote_cseq = Some(seq);
+        match req.method {
+            Method::Bye => InDialog::Bye(respond(200)),
+            // Keep-alives and mid-call notifications are harmless to accept.
+            Method::Options | Method::Info | Method::Notify => InDialog::Other(respond(200)),
+            // Re-INVITE and UPDATE need the B2BUA's media answer; until that
+            // exists, refuse them without ending the call (RFC 3261 14.2).
+            Method::Invite | Method::Update => InDialog::Other(respond(488)),
+            _ => InDialog::Other(respond(501)),
+        }
+    }
+
+    pub fn local_cseq(&self) -> u32 {
+        self.local_cseq
+    }
+}
+
+fn is_loose(route: &str) -> bool {
+    message::addr_uri(route).is_some_and(|uri| {
+        uri.split(';').skip(1).any(|p| {
+            p.trim().eq_ignore_ascii_case("lr") || p.trim().to_ascii_lowercase().starts_with("lr=")
+        })
+    })
+}
+
+fn header_value<H: rsip::message::HeadersExt>(
+    msg: &H,
+    pick: impl Fn(&rsip::Header) -> Option<String>,
+) -> Result<String, SipError> {
+    msg.headers()
+        .iter()
+        .find_map(|h| {
+            pick(h).map(|line| {
+                line.split_once(':')
+                    .map(|(_, v)| v.trim().to_string())
+                    .unwrap_or_default()
+            })
+        })
+        .ok_or(SipError::MissingHeader("From/To"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsip::Header;
+
+    fn local() -> LocalEndpoint {
+        LocalEndpoint {
+            via_host: "192.0.2.1".into(),
+            via_port: 5060,
+            transport: Transport::Udp,
+            contact: "<sip:gw@192.0.2.1:5060>".into(),
+            user_agent: "t".into(),
+        }
+    }
+
+    fn invite() -> Request {
+        message::build_request(RequestParts {
+            method: Method::Invite,
+            uri: "sip:bob@192.0.2.2",
+            via: message::via_value("192.0.2.1", 5060, Transport::Udp, &message::new_branch()),
+            from: "<sip:gw@192.0.2.1>;tag=ours",
+            to: "<sip:bob@192.0.2.2>",
+            call_id: "cid",
+            cseq: 7,
+            contact: Some("<sip:gw@192.0.2.1:5060>"),
+            routes: &[],
+            user_agent: "t",
+            body: None,
+            extra: vec![],
+        })
+        .unwrap()
+    }
+
+    fn ok_with_routes(invite: &Request, rr: &[&str]) -> Response {
+        message::build_response(
+            invite,
+            200,
+            ResponseParts {
+                to_tag: Some("theirs"),
+                contact: Some("<sip:bob@198.51.100.9:5080>"),
+                extra: rr
+                    .iter()
+                    .map(|r| Header::RecordRoute((*r).into()))
+                    .collect(),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn uac_dialog_builds_ack_and_bye_with_reversed_routes() {
+        let inv = invite();
+        let ok = ok_with_routes(&inv, &["<sip:p2.example;lr>", "<sip:p1.example;lr>"]);
+        let mut d = Dialog::uac(&inv, &ok, local()).unwrap();
+        assert_eq!(d.remote_target, "sip:bob@198.51.100.9:5080");
+        assert_eq!(
+            d.route_set,
+            vec!["<sip:p1.example;lr>", "<sip:p2.example;lr>"]
+        );
+        assert!(d.matches_response(&ok));
+
+        let ack = d.ack(7).unwrap();
+        assert_eq!(ack.uri.to_string(), "sip:bob@198.51.100.9:5080");
+        assert_eq!(message::cseq(&ack).unwrap(), (7, Method::Ack));
+        assert_ne!(message::top_via_branch(&ack), message::top_via_branch(&inv));
+        assert_eq!(message::to_tag(&ack).as_deref(), Some("theirs"));
+        assert_eq!(message::from_tag(&ack).as_deref(), Some("ours"));
+        let routes: Vec<String> = message::header_values(&ack, "Route");
+        assert_eq!(routes, vec!["<sip:p1.example;lr>", "<sip:p2.example;lr>"]);
+
+        let bye = d.bye().unwrap();
+        assert_eq!(message::cseq(&bye).unwrap(), (8, Method::Bye));
+        let again = message::parse(&message::to_bytes(bye)).unwrap();
+        assert_eq!(message::call_id(&again).unwrap(), "cid");
+    }
+
+    #[test]
+    fn strict_router_goes_into_the_request_uri() {
+        let inv = invite();
+        let ok = ok_with_routes(&inv, &["<sip:strict.example>"]);
+        let mut d = Dialog::uac(&inv, &ok, local()).unwrap();
+        let bye = d.bye().unwrap();
+        assert_eq!(bye.uri.to_string(), "sip:strict.example");
+        assert_eq!(
+            message::header_values(&bye, "Route"),
+            vec!["<sip:bob@198.51.100.9:5080>"]
+        );
+    }
+
+    #[test]
+    fn peer_requests_are_recognised_and_answered() {
+        let inv = invite();
+        let ok = ok_with_routes(&inv, &[]);
+        let mut ours = Dialog::uac(&inv, &ok, local()).unwrap();
+        // The peer's view of the same dialog, to write its BYE.
+        let mut theirs = Dialog::uas(&inv, "theirs", local()).unwrap();
+        let bye = theirs.bye().unwrap();
+        assert!(ours.matches_request(&bye));
+        match ours.handle_request(&bye) {
+            InDialog::Bye(resp) => {
+                assert_eq!(resp.status_code.code(), 200);
+                assert_eq!(message::to_tag(&resp).as_deref(), Some("ours"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let reinvite = theirs.request(Method::Invite, None).unwrap();
+        assert!(
+            matches!(ours.handle_request(&reinvite), InDialog::Other(r) if r.status_code.code() == 488)
+        );
+        // An old CSeq is refused.
+        assert!(
+            matches!(ours.handle_request(&bye), InDialog::Other(r) if r.status_code.code() == 500)
+        );
+        let mut stranger = bye.clone();
+        stranger.headers.retain(|h| !matches!(h, Header::CallId(_)));
+        stranger.headers.push(Header::CallId("other".into()));
+        assert!(!ours.matches_request(&stranger));
+    }
+}

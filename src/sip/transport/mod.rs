@@ -1,0 +1,400 @@
+//! The tokio driver of the SIP layer: sockets in, parsed messages routed by
+//! Call-ID to the task that owns the call; bytes out.
+//!
+//! `SipEndpoint` is a cheap `Clone` handle. Each datagram or TCP frame is
+//! parsed with limits; a malformed request is answered `400` with the
+//! reason when enough of it survives to address a response, otherwise it
+//! is dropped and counted. Messages whose Call-ID is registered go to that
+//! call's channel (never blocking the socket: a full channel drops and
+//! counts); new INVITEs come out of the `IncomingRequest` receiver with
+//! their call's channel already registered, so retransmissions of the
+//! INVITE reach the call and not the B2BUA a second time.
+
+mod tcp;
+mod udp;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use rsip::{Method, SipMessage};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::message::{self, ResponseParts};
+use super::uas::USER_AGENT;
+use super::{SipError, Transport};
+
+/// Capacity of each call's message channel.
+pub const CALL_QUEUE: usize = 64;
+/// Capacity of the channel of new INVITEs.
+pub const INCOMING_QUEUE: usize = 256;
+
+/// A request with a Call-ID no call has registered: in practice a new INVITE.
+#[derive(Debug)]
+pub struct IncomingRequest {
+    pub msg: SipMessage,
+    pub source: SocketAddr,
+    pub transport: Transport,
+    /// Everything else with this Call-ID (retransmissions, ACK, CANCEL,
+    /// BYE); registered already. Call `unregister_call` when the call ends.
+    pub messages: mpsc::Receiver<SipMessage>,
+}
+
+/// Counters of what the endpoint dropped or refused, read by `stats`.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    /// Unparseable messages that could not be answered.
+    pub malformed_dropped: AtomicU64,
+    /// Malformed requests answered with 400.
+    pub bad_requests_answered: AtomicU64,
+    /// Messages dropped because their call's channel was full.
+    pub call_queue_full: AtomicU64,
+    /// New INVITEs refused with 503 because the B2BUA's channel was full.
+    pub incoming_queue_full: AtomicU64,
+    /// Responses matching no call.
+    pub stray_responses: AtomicU64,
+}
+
+impl EndpointStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Where the endpoint listens.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointConfig {
+    pub udp_listen: SocketAddr,
+    pub tcp_listen: Option<SocketAddr>,
+}
+
+#[derive(Clone)]
+pub struct SipEndpoint {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SipEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SipEndpoint")
+            .field("udp", &self.inner.udp_addr)
+            .field("tcp", &self.inner.tcp_addr)
+            .finish()
+    }
+}
+
+struct Inner {
+    udp: Arc<UdpSocket>,
+    udp_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
+    calls: Mutex<HashMap<String, mpsc::Sender<SipMessage>>>,
+    incoming: mpsc::Sender<IncomingRequest>,
+    tcp: tcp::Connections,
+    stats: EndpointStats,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The tasks hold only weak references; stop them with the last handle.
+        if let Ok(tasks) = self.tasks.lock() {
+            for t in tasks.iter() {
+                t.abort();
+            }
+        }
+        self.tcp.close_all();
+    }
+}
+
+/// Starts a UDP-only endpoint. The error names the address that could not be bound.
+pub async fn start(
+    udp_listen: SocketAddr,
+) -> Result<(SipEndpoint, mpsc::Receiver<IncomingRequest>), SipError> {
+    start_with(EndpointConfig {
+        udp_listen,
+        tcp_listen: None,
+    })
+    .await
+}
+
+/// Starts an endpoint on UDP and, if configured, TCP.
+pub async fn start_with(
+    cfg: EndpointConfig,
+) -> Result<(SipEndpoint, mpsc::Receiver<IncomingRequest>), SipError> {
+    let udp = UdpSocket::bind(cfg.udp_listen)
+        .await
+        .map_err(|source| SipError::Bind {
+            transport: Transport::Udp,
+            addr: cfg.udp_listen,
+            source,
+        })?;
+    let udp_addr = udp.local_addr().map_err(|source| SipError::Bind {
+        transport: Transport::Udp,
+        addr: cfg.udp_listen,
+        source,
+    })?;
+    let listener = match cfg.tcp_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| SipError::Bind {
+                    transport: Transport::Tcp,
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let tcp_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+    let (incoming, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
+    let udp = Arc::new(udp);
+    let inner = Arc::new(Inner {
+        udp: udp.clone(),
+        udp_addr,
+        tcp_addr,
+        calls: Mutex::new(HashMap::new()),
+        incoming,
+        tcp: tcp::Connections::default(),
+        stats: EndpointStats::default(),
+        tasks: Mutex::new(Vec::new()),
+    });
+    let mut tasks = vec![tokio::spawn(udp::receive_loop(udp, Arc::downgrade(&inner)))];
+    if let Some(listener) = listener {
+        tasks.push(tokio::spawn(tcp::accept_loop(
+            listener,
+            Arc::downgrade(&inner),
+        )));
+    }
+    if let Ok(mut t) = inner.tasks.lock() {
+        t.extend(tasks);
+    }
+    tracing::info!(udp = %udp_addr, tcp = ?tcp_addr, "SIP endpoint listening");
+    Ok((SipEndpoint { inner }, incoming_rx))
+}
+
+impl SipEndpoint {
+    /// The bound UDP address (the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.udp_addr
+    }
+
+    /// The bound TCP address, when TCP is enabled.
+    pub fn tcp_local_addr(&self) -> Option<SocketAddr> {
+        self.inner.tcp_addr
+    }
+
+    pub fn stats(&self) -> &EndpointStats {
+        &self.inner.stats
+    }
+
+    /// Routes every message with this Call-ID (responses and in-dialog
+    /// requests) to the returned receiver. Registering again replaces the
+    /// previous receiver.
+    pub fn register_call(&self, call_id: &str) -> mpsc::Receiver<SipMessage> {
+        let (tx, rx) = mpsc::channel(CALL_QUEUE);
+        if let Ok(mut calls) = self.inner.calls.lock() {
+            calls.insert(call_id.to_string(), tx);
+        }
+        rx
+    }
+
+    pub fn unregister_call(&self, call_id: &str) {
+        if let Ok(mut calls) = self.inner.calls.lock() {
+            calls.remove(call_id);
+        }
+    }
+
+    /// Sends bytes produced by a call. Over TCP the connection to `dest` is
+    /// reused, or opened (again) when there is none.
+    pub async fn send(
+        &self,
+        dest: SocketAddr,
+        transport: Transport,
+        data: Bytes,
+    ) -> Result<(), SipError> {
+        self.inner.send(dest, transport, data).await
+    }
+}
+
+impl Inner {
+    async fn send(
+        self: &Arc<Self>,
+        dest: SocketAddr,
+        transport: Transport,
+        data: Bytes,
+    ) -> Result<(), SipError> {
+        match transport {
+            Transport::Udp => self
+                .udp
+                .send_to(&data, dest)
+                .await
+                .map(|_| ())
+                .map_err(|source| SipError::Send {
+                    transport,
+                    addr: dest,
+                    source,
+                }),
+            Transport::Tcp => tcp::send(self, dest, data).await,
+        }
+    }
+
+    /// Routes one received datagram or frame.
+    async fn dispatch(self: &Arc<Self>, data: &[u8], source: SocketAddr, transport: Transport) {
+        let msg = match message::parse(data) {
+            Ok(msg) => msg,
+            Err(e) => return self.answer_malformed(data, &e, source, transport).await,
+        };
+        let Ok(call_id) = message::call_id(&msg) else {
+            return;
+        };
+        let sender = self
+            .calls
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&call_id).cloned());
+        if let Some(sender) = sender {
+            match sender.try_send(msg) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    EndpointStats::bump(&self.stats.call_queue_full);
+                    tracing::debug!(%call_id, "call queue full; SIP message dropped");
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(msg)) => {
+                    // The call went away without unregistering: forget it and
+                    // treat the message as one for an unknown call.
+                    if let Ok(mut calls) = self.calls.lock() {
+                        calls.remove(&call_id);
+                    }
+                    return self.unknown_call(msg, call_id, source, transport).await;
+                }
+            }
+        }
+        self.unknown_call(msg, call_id, source, transport).await
+    }
+
+    async fn unknown_call(
+        self: &Arc<Self>,
+        msg: SipMessage,
+        call_id: String,
+        source: SocketAddr,
+        transport: Transport,
+    ) {
+        let req = match msg {
+            SipMessage::Response(_) => {
+                EndpointStats::bump(&self.stats.stray_responses);
+                tracing::debug!(%call_id, %source, "response for no known call dropped");
+                return;
+            }
+            SipMessage::Request(req) => req,
+        };
+        let code = match req.method {
+            Method::Ack => return,
+            Method::Invite => {
+                let (tx, rx) = mpsc::channel(CALL_QUEUE);
+                if let Ok(mut calls) = self.calls.lock() {
+                    calls.insert(call_id.clone(), tx);
+                }
+                let incoming = IncomingRequest {
+                    msg: SipMessage::Request(req),
+                    source,
+                    transport,
+                    messages: rx,
+                };
+                match self.incoming.try_send(incoming) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        if let Ok(mut calls) = self.calls.lock() {
+                            calls.remove(&call_id);
+                        }
+                        EndpointStats::bump(&self.stats.incoming_queue_full);
+                        tracing::warn!(%call_id, %source, "cannot take a new INVITE now; answering 503");
+                        let SipMessage::Request(req) = e.into_inner().msg else {
+                            return;
+                        };
+                        let resp = message::build_response(
+                            &req,
+                            503,
+                            ResponseParts {
+                                user_agent: USER_AGENT,
+                                ..Default::default()
+                            },
+                        );
+                        let _ = self.send(source, transport, message::to_bytes(resp)).await;
+                        return;
+                    }
+                }
+            }
+            // Trunks probe with OPTIONS; answering keeps them routing to us.
+            Method::Options => 200,
+            _ => 481,
+        };
+        let extra = if code == 200 {
+            vec![rsip::Header::Allow(
+                "INVITE, ACK, CANCEL, BYE, OPTIONS".into(),
+            )]
+        } else {
+            vec![]
+        };
+        let resp = message::build_response(
+            &req,
+            code,
+            ResponseParts {
+                user_agent: USER_AGENT,
+                extra,
+                ..Default::default()
+            },
+        );
+        if let Err(e) = self.send(source, transport, message::to_bytes(resp)).await {
+            tracing::debug!(error = %e, "cannot answer an out-of-dialog request");
+        }
+    }
+
+    async fn answer_malformed(
+        self: &Arc<Self>,
+        data: &[u8],
+        err: &SipError,
+        source: SocketAddr,
+        transport: Transport,
+    ) {
+        // A 400 needs at least a Via to be routed back (RFC 3261 18.2.2);
+        // the other headers are copied when they survived.
+        let salvage = match message::parse_lenient(data) {
+            Ok(SipMessage::Request(req))
+                if req.method != Method::Ack && message::top_via(&req).is_ok() =>
+            {
+                Some(req)
+            }
+            _ => None,
+        };
+        let Some(req) = salvage else {
+            EndpointStats::bump(&self.stats.malformed_dropped);
+            tracing::debug!(%source, error = %err, "malformed SIP message dropped");
+            return;
+        };
+        EndpointStats::bump(&self.stats.bad_requests_answered);
+        tracing::debug!(%source, error = %err, "malformed SIP request answered 400");
+        let reason = err.reason_phrase();
+        let resp = message::build_response(
+            &req,
+            400,
+            ResponseParts {
+                reason: Some(&reason),
+                user_agent: USER_AGENT,
+                ..Default::default()
+            },
+        );
+        let _ = self.send(source, transport, message::to_bytes(resp)).await;
+    }
+}
+
+/// Helper for the receive tasks: the endpoint, if any handle is left.
+fn upgrade(weak: &Weak<Inner>) -> Option<Arc<Inner>> {
+    weak.upgrade()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,153 @@
+//! SIP over TCP: frames cut by Content-Length, one connection per peer
+//! address (accepted or opened), reopened on send when it has closed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::{upgrade, Inner};
+use crate::sip::message::{frame_len, Frame};
+use crate::sip::{SipError, Transport};
+
+/// Messages queued for one connection's writer.
+const WRITE_QUEUE: usize = 64;
+
+#[derive(Default)]
+pub(super) struct Connections {
+    map: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+}
+
+impl Connections {
+    fn get(&self, peer: &SocketAddr) -> Option<mpsc::Sender<Bytes>> {
+        self.map.lock().ok()?.get(peer).cloned()
+    }
+
+    fn insert(&self, peer: SocketAddr, tx: mpsc::Sender<Bytes>) {
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(peer, tx);
+        }
+    }
+
+    /// Forgets `peer` if it is still served by the connection `tx` belongs to.
+    fn remove_if_same(&self, peer: &SocketAddr, tx: &mpsc::Sender<Bytes>) {
+        if let Ok(mut m) = self.map.lock() {
+            if m.get(peer).is_some_and(|cur| cur.same_channel(tx)) {
+                m.remove(peer);
+            }
+        }
+    }
+
+    pub(super) fn close_all(&self) {
+        if let Ok(mut m) = self.map.lock() {
+            m.clear();
+        }
+    }
+}
+
+pub(super) async fn accept_loop(listener: TcpListener, endpoint: Weak<Inner>) {
+    loop {
+        let accepted = listener.accept().await;
+        let Some(inner) = upgrade(&endpoint) else {
+            return;
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tracing::debug!(%peer, "SIP TCP connection accepted");
+                spawn_connection(&inner, stream, peer);
+            }
+            Err(e) => tracing::warn!(error = %e, "SIP TCP accept failed"),
+        }
+    }
+}
+
+/// Sends over the connection to `dest`, opening one if needed.
+pub(super) async fn send(
+    inner: &Arc<Inner>,
+    dest: SocketAddr,
+    data: Bytes,
+) -> Result<(), SipError> {
+    if let Some(tx) = inner.tcp.get(&dest) {
+        if tx.send(data.clone()).await.is_ok() {
+            return Ok(());
+        }
+        inner.tcp.remove_if_same(&dest, &tx);
+    }
+    let stream = TcpStream::connect(dest)
+        .await
+        .map_err(|source| SipError::Send {
+            transport: Transport::Tcp,
+            addr: dest,
+            source,
+        })?;
+    tracing::debug!(peer = %dest, "SIP TCP connection opened");
+    let tx = spawn_connection(inner, stream, dest);
+    tx.send(data).await.map_err(|_| SipError::Send {
+        transport: Transport::Tcp,
+        addr: dest,
+        source: std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection closed"),
+    })
+}
+
+fn spawn_connection(
+    inner: &Arc<Inner>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> mpsc::Sender<Bytes> {
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    inner.tcp.insert(peer, tx.clone());
+
+    let writer_task = tokio::spawn(async move {
+        while let Some(data) = rx.recv().await {
+            if let Err(e) = writer.write_all(&data).await {
+                tracing::debug!(%peer, error = %e, "SIP TCP write failed");
+                break;
+            }
+        }
+    });
+
+    let weak = Arc::downgrade(inner);
+    let own_tx = tx.clone();
+    let reader_task = tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(8192);
+        'read: loop {
+            match reader.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            loop {
+                match frame_len(&buf) {
+                    Ok(None) => break,
+                    Ok(Some(Frame::KeepAlive(n))) => buf.advance(n),
+                    Ok(Some(Frame::Message(n))) => {
+                        let frame = buf.split_to(n).freeze();
+                        let Some(inner) = upgrade(&weak) else {
+                            break 'read;
+                        };
+                        inner.dispatch(&frame, peer, Transport::Tcp).await;
+                    }
+                    Err(e) => {
+                        // Framing is lost: nothing after this can be trusted.
+                        tracing::debug!(%peer, error = %e, "closing SIP TCP connection");
+                        break 'read;
+                    }
+                }
+            }
+        }
+        if let Some(inner) = upgrade(&weak) {
+            inner.tcp.remove_if_same(&peer, &own_tx);
+        }
+        tracing::debug!(%peer, "SIP TCP connection closed");
+    });
+    if let Ok(mut tasks) = inner.tasks.lock() {
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(writer_task);
+        tasks.push(reader_task);
+    }
+    tx
+}

@@ -1,0 +1,1088 @@
+//! `OutgoingCall`: the sans-IO state machine of one outgoing INVITE dialog,
+//! as the B2BUA drives it for every browser call toward a trunk.
+//!
+//! Inputs: `handle_message` (responses and in-dialog requests with this
+//! Call-ID), `handle_timeout`, `hangup`. Outputs: `poll_transmit` (bytes for
+//! the trunk), `poll_event`, `poll_timeout`.
+//!
+//! Event contract: zero or more `Provisional`, then at most one of
+//! `Answered` / `Rejected` / `RemoteHangup` as the call's outcome, and always
+//! exactly one `Terminated` last. After `Terminated`, `poll_timeout` is `None`
+//! and the object can be dropped (and its Call-ID unregistered). Between the
+//! outcome and `Terminated` the object still absorbs retransmissions (e.g.
+//! Timer D after a rejection), so keep feeding it until then.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rsip::{Header, Method, Request, Response, SipMessage};
+
+use super::auth::{Challenge, DigestAlgorithm, DigestClient, DigestCredentials};
+use super::dialog::{Dialog, InDialog, LocalEndpoint};
+use super::message::{self, RequestParts, ResponseParts};
+use super::transaction::{ClientTransaction, TxEvent, TIMEOUT};
+use super::Transport;
+
+/// At most this many authenticated retries per call, so that a trunk that
+/// answers every INVITE with `stale=true` cannot loop us forever.
+const MAX_AUTH_RETRIES: usize = 3;
+
+#[derive(Debug, Clone)]
+pub struct UacConfig {
+    /// Generate with `message::new_call_id()` if you like.
+    pub call_id: String,
+    /// `sip:{to}@{trunk host}:{port}`
+    pub request_uri: String,
+    /// `sip:{account}@{public_ip}`
+    pub from_uri: String,
+    /// `<sip:{account}@{public_ip}:{port};transport=udp>`
+    pub contact: String,
+    pub via_host: String,
+    pub via_port: u16,
+    pub transport: Transport,
+    pub credentials: Option<DigestCredentials>,
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UacEvent {
+    /// 100 (once), 180, 183... with the SDP if the provisional carried one.
+    Provisional { code: u16, sdp: Option<String> },
+    /// A 2xx; its ACK is already queued.
+    Answered { sdp: Option<String> },
+    /// A 3xx-6xx final (after auth retries), or 408 when Timer B fired.
+    Rejected { code: u16, reason: String },
+    /// The trunk sent BYE; the 200 OK is queued.
+    RemoteHangup,
+    /// Nothing left to do: the object can be dropped.
+    Terminated,
+}
+
+#[derive(Debug)]
+pub struct OutgoingCall {
+    cfg: UacConfig,
+    local: LocalEndpoint,
+    local_tag: String,
+    sdp_offer: String,
+    /// The INVITE currently outstanding (the last one after auth retries).
+    invite: Request,
+    invite_cseq: u32,
+    invite_tx: Option<ClientTransaction>,
+    bye_tx: Option<ClientTransaction>,
+    /// Transactions whose outcome no longer matters but that must keep
+    /// absorbing retransmissions: superseded INVITEs, CANCEL, stray BYEs.
+    background: Vec<ClientTransaction>,
+    dialog: Option<Dialog>,
+    ack_2xx: Option<Bytes>,
+    digest: DigestClient,
+    auth_headers: Vec<Header>,
+    answered_nonces: Vec<String>,
+    provisional_seen: bool,
+    trying_reported: bool,
+    hangup_requested: bool,
+    cancel_sent: bool,
+    /// RFC 3261 9.1: give up on the INVITE 64*T1 after the CANCEL.
+    cancel_deadline: Option<Instant>,
+    /// The call is over; `Terminated` follows once the transactions finish.
+    ended: bool,
+    terminated: bool,
+    transmit: VecDeque<Bytes>,
+    events: VecDeque<UacEvent>,
+}
+
+impl OutgoingCall {
+    /// Builds the INVITE and queues it.
+    ///
+    /// A `request_uri` that does not parse yields a call that is at once
+    /// `Rejected { code: 400 }` and `Terminated`, so the caller has one error path.
+    pub fn new(cfg: UacConfig, sdp_offer: String, now: Instant) -> Self {
+        let local = LocalEndpoint {
+            via_host: cfg.via_host.clone(),
+            via_port: cfg.via_port,
+            transport: cfg.transport,
+            contact: cfg.contact.clone(),
+            user_agent: cfg.user_agent.clone(),
+        };
+        let mut call = OutgoingCall {
+            local,
+            local_tag: message::new_tag(),
+            sdp_offer,
+            invite: placeholder_request(),
+            invite_cseq: 1,
+            invite_tx: None,
+            bye_tx: None,
+            background: Vec::new(),
+            dialog: None,
+            ack_2xx: None,
+            digest: DigestClient::new(),
+            auth_headers: Vec::new(),
+            answered_nonces: Vec::new(),
+            provisional_seen: false,
+            trying_reported: false,
+            hangup_requested: false,
+            cancel_sent: false,
+            cancel_deadline: None,
+            ended: false,
+            terminated: false,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            cfg,
+        };
+        match call.build_invite() {
+            Ok(invite) => {
+                tracing::info!(call_id = %call.cfg.call_id, "sending INVITE");
+                call.start_invite(invite, now);
+            }
+            Err(e) => {
+                tracing::warn!(call_id = %call.cfg.call_id, error = %e, "cannot build INVITE");
+                call.events.push_back(UacEvent::Rejected {
+                    code: 400,
+                    reason: e.to_string(),
+                });
+                call.ended = true;
+                call.check_terminated();
+            }
+        }
+        call
+    }
+
+    pub fn call_id(&self) -> &str {
+        &self.cfg.call_id
+    }
+
+    /// True once `Terminated` has been emitted.
+    pub fn is_finished(&self) -> bool {
+        self.terminated
+    }
+
+    fn build_invite(&self) -> Result<Request, super::SipError> {
+        let from = format!("<{}>;tag={}", self.cfg.from_uri, self.local_tag);
+        let to = format!("<{}>", self.cfg.request_uri);
+        let mut extra = vec![Header::Allow("INVITE, ACK, CANCEL, BYE, OPTIONS".into())];
+        extra.extend(self.auth_headers.iter().cloned());
+        message::build_request(RequestParts {
+            method: Method::Invite,
+            uri: &self.cfg.request_uri,
+            via: message::via_value(
+                &self.cfg.via_host,
+                self.cfg.via_port,
+                self.cfg.transport,
+                &message::new_branch(),
+            ),
+            from: &from,
+            to: &to,
+            call_id: &self.cfg.call_id,
+            cseq: self.invite_cseq,
+            contact: Some(&self.cfg.contact),
+            routes: &[],
+            user_agent: &self.cfg.user_agent,
+            body: Some(("application/sdp", &self.sdp_offer)),
+            extra,
+        })
+    }
+
+    fn start_invite(&mut self, invite: Request, now: Instant) {
+        self.invite = invite.clone();
+        self.invite_tx = Some(ClientTransaction::new(invite, self.cfg.transport, now));
+        self.provisional_seen = false;
+        self.pump();
+    }
+
+    /// Feeds a response or in-dialog request carrying this call's Call-ID.
+    pub fn handle_message(&mut self, msg: SipMessage, now: Instant) {
+        if self.terminated {
+            return;
+        }
+        if message::call_id(&msg).ok().as_deref() != Some(self.cfg.call_id.as_str()) {
+            return;
+        }
+        match msg {
+            SipMessage::Response(resp) => self.handle_response(resp, now),
+            SipMessage::Request(req) => self.handle_request(req),
+        }
+        self.pump_events(now);
+        self.pump();
+        self.check_terminated();
+    }
+
+    fn handle_response(&mut self, resp: Response, now: Instant) {
+        let Ok((seq, method)) = message::cseq(&resp) else {
+            return;
+        };
+        if let Some(tx) = self.invite_tx.as_mut().filter(|tx| tx.matches(&resp)) {
+            tx.handle_response(resp, now);
+            return;
+        }
+        if let Some(tx) = self.bye_tx.as_mut().filter(|tx| tx.matches(&resp)) {
+            tx.handle_response(resp, now);
+            return;
+        }
+        if let Some(tx) = self.background.iter_mut().find(|tx| tx.matches(&resp)) {
+            tx.handle_response(resp, now);
+            return;
+        }
+        // 2xx retransmissions arrive after the INVITE transaction is gone
+        // (RFC 3261 13.2.2.4): each gets the ACK again.
+        if method == Method::Invite
+            && seq == self.invite_cseq
+            && (200..300).contains(&message::status_code(&resp))
+        {
+            self.on_2xx(resp, now);
+        }
+    }
+
+    fn handle_request(&mut self, req: Request) {
+        let in_dialog = self
+            .dialog
+            .as_ref()
+            .is_some_and(|d| d.matches_request(&req));
+        if !in_dialog {
+            if req.method != Method::Ack {
+                let resp = self.response(&req, 481);
+                self.transmit.push_back(message::to_bytes(resp));
+            }
+            return;
+        }
+        let Some(dialog) = self.dialog.as_mut() else {
+            return;
+        };
+        match dialog.handle_request(&req) {
+            InDialog::Bye(resp) => {
+                self.transmit.push_back(message::to_bytes(resp));
+                if !self.ended {
+                    tracing::info!(call_id = %self.cfg.call_id, "trunk hung up");
+                    if !self.hangup_requested {
+                        self.events.push_back(UacEvent::RemoteHangup);
+                    }
+                    self.ended = true;
+                    // Our own BYE, if any, can go: the dialog is over either way.
+                    if let Some(tx) = self.bye_tx.take() {
+                        self.background.push(tx);
+                    }
+                }
+            }
+            InDialog::Ack => {}
+            InDialog::Other(resp) => self.transmit.push_back(message::to_bytes(resp)),
+        }
+    }
+
+    fn response(&self, req: &Request, code: u16) -> Response {
+        message::build_response(
+            req,
+            code,
+            ResponseParts {
+                user_agent: &self.cfg.user_agent,
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.terminated {
+            return;
+        }
+        if let Some(tx) = self.invite_tx.as_mut() {
+            tx.handle_timeout(now);
+        }
+        if let Some(tx) = self.bye_tx.as_mut() {
+            tx.handle_timeout(now);
+        }
+        for tx in &mut self.background {
+            tx.handle_timeout(now);
+        }
+        if self.cancel_deadline.is_some_and(|t| t <= now) {
+            self.cancel_deadline = None;
+            if self.dialog.is_none() && !self.ended {
+                tracing::info!(call_id = %self.cfg.call_id, "no final response after CANCEL; giving up");
+                self.ended = true;
+                self.invite_tx = None;
+            }
+        }
+        self.pump_events(now);
+        self.pump();
+        self.check_terminated();
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.terminated {
+            return None;
+        }
+        self.invite_tx
+            .iter()
+            .chain(self.bye_tx.iter())
+            .chain(self.background.iter())
+            .filter_map(|tx| tx.poll_timeout())
+            .chain(self.cancel_deadline)
+            .min()
+    }
+
+    /// Bytes for the trunk.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.transmit.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<UacEvent> {
+        self.events.pop_front()
+    }
+
+    /// Ends the call in any state: CANCEL before a final response (once a
+    /// provisional arrived; if none yet, as soon as one does), BYE after a
+    /// 2xx; a 2xx arriving after CANCEL gets ACK then BYE. No-op once the
+    /// call has ended.
+    pub fn hangup(&mut self, now: Instant) {
+        if self.ended || self.hangup_requested || self.terminated {
+            return;
+        }
+        tracing::info!(call_id = %self.cfg.call_id, "hanging up");
+        self.hangup_requested = true;
+        if self.dialog.is_some() {
+            self.send_bye(now);
+        } else if self.provisional_seen {
+            self.send_cancel(now);
+        }
+        self.pump();
+        self.check_terminated();
+    }
+
+    fn send_cancel(&mut self, now: Instant) {
+        if self.cancel_sent {
+            return;
+        }
+        self.cancel_sent = true;
+        let cancel = message::cancel_for(&self.invite, &self.cfg.user_agent);
+        self.background
+            .push(ClientTransaction::new(cancel, self.cfg.transport, now));
+        self.cancel_deadline = Some(now + TIMEOUT);
+    }
+
+    fn send_bye(&mut self, now: Instant) {
+        let Some(dialog) = self.dialog.as_mut() else {
+            return;
+        };
+        match dialog.bye() {
+            Ok(bye) => self.bye_tx = Some(ClientTransaction::new(bye, self.cfg.transport, now)),
+            Err(e) => {
+                tracing::warn!(call_id = %self.cfg.call_id, error = %e, "cannot build BYE");
+                self.ended = true;
+            }
+        }
+    }
+
+    /// Handles what the transactions report.
+    fn pump_events(&mut self, now: Instant) {
+        while let Some(ev) = self.invite_tx.as_mut().and_then(|tx| tx.poll_event()) {
+            match ev {
+                TxEvent::Response(resp) => self.on_invite_response(resp, now),
+                TxEvent::Timeout => {
+                    if !self.ended {
+                        if !self.hangup_requested {
+                            tracing::info!(call_id = %self.cfg.call_id, "INVITE timed out");
+                            self.events.push_back(UacEvent::Rejected {
+                                code: 408,
+                                reason: "Request Timeout".into(),
+                            });
+                        }
+                        self.ended = true;
+                    }
+                }
+            }
+        }
+        while let Some(ev) = self.bye_tx.as_mut().and_then(|tx| tx.poll_event()) {
+            match ev {
+                TxEvent::Response(resp) if message::status_code(&resp) < 200 => {}
+                // Any final or a timeout ends the dialog (RFC 3261 15.1.1).
+                _ => self.ended = true,
+            }
+        }
+        for tx in &mut self.background {
+            while tx.poll_event().is_some() {}
+        }
+        if self.invite_tx.as_ref().is_some_and(|tx| tx.is_terminated()) {
+            self.invite_tx = None;
+        }
+        if self.bye_tx.as_ref().is_some_and(|tx| tx.is_terminated()) {
+            self.bye_tx = None;
+        }
+        self.background.retain(|tx| !tx.is_terminated());
+    }
+
+    fn on_invite_response(&mut self, resp: Response, now: Instant) {
+        let code = message::status_code(&resp);
+        match code {
+            100..=199 => {
+                self.provisional_seen = true;
+                if self.hangup_requested {
+                    self.send_cancel(now);
+                    return;
+                }
+                if code == 100 {
+                    if self.trying_reported {
+                        return;
+                    }
+                    self.trying_reported = true;
+                }
+                self.events.push_back(UacEvent::Provisional {
+                    code,
+                    sdp: message::sdp_body(&resp),
+                });
+            }
+            200..=299 => self.on_2xx(resp, now),
+            _ => {
+                if (code == 401 || code == 407) && self.retry_with_auth(&resp, now) {
+                    return;
+                }
+                if !self.ended {
+                    let reason = message::response_reason(&resp);
+                    if !self.hangup_requested {
+                        tracing::info!(call_id = %self.cfg.call_id, code, %reason, "call rejected");
+                        self.events.push_back(UacEvent::Rejected { code, reason });
+                    }
+                    self.ended = true;
+                }
+            }
+        }
+    }
+
+    fn on_2xx(&mut self, resp: Response, now: Instant) {
+        if let Some(dialog) = &self.dialog {
+            if dialog.matches_response(&resp) {
+                if let Some(ack) = &self.ack_2xx {
+                    self.transmit.push_back(ack.clone());
+                }
+            } else {
+                self.reject_fork(resp, now);
+            }
+            return;
+        }
+        if self.ended {
+            // A 2xx after we gave up: confirm and end it at once.
+            self.reject_fork(resp, now);
+            return;
+        }
+        let dialog = match Dialog::uac(&self.invite, &resp, self.local.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(call_id = %self.cfg.call_id, error = %e, "unusable 2xx");
+                return;
+            }
+        };
+        match dialog.ack(self.invite_cseq) {
+            Ok(ack) => {
+                let ack = message::to_bytes(ack);
+                self.transmit.push_back(ack.clone());
+                self.ack_2xx = Some(ack);
+            }
+            Err(e) => tracing::warn!(call_id = %self.cfg.call_id, error = %e, "cannot build ACK"),
+        }
+        self.dialog = Some(dialog);
+        self.cancel_deadline = None;
+        if self.hangup_requested {
+            self.send_bye(now);
+        } else {
+            tracing::info!(call_id = %self.cfg.call_id, "call answered");
+            self.events.push_back(UacEvent::Answered {
+                sdp: message::sdp_body(&resp),
+            });
+        }
+    }
+
+    /// A 2xx from another fork (or after we gave up): ACK it and BYE it,
+    /// as RFC 3261 13.2.2.4 asks, without reporting anything.
+    fn reject_fork(&mut self, resp: Response, now: Instant) {
+        let Ok(mut dialog) = Dialog::uac(&self.invite, &resp, self.local.clone()) else {
+            return;
+        };
+        if let Ok(ack) = dialog.ack(self.invite_cseq) {
+            self.transmit.push_back(message::to_bytes(ack));
+        }
+        if let Ok(bye) = dialog.bye() {
+            self.background
+                .push(ClientTransaction::new(bye, self.cfg.transport, now));
+        }
+    }
+
+    /// Resends the INVITE with credentials for a 401/407. False when the
+    /// challenge cannot or must not be answered (no credentials, same nonce
+    /// again without `stale=true`, too many retries, hangup pending).
+    fn retry_with_auth(&mut self, resp: &Response, now: Instant) -> bool {
+        let Some(creds) = self.cfg.credentials.clone() else {
+            return false;
+        };
+        if self.hangup_requested || self.answered_nonces.len() >= MAX_AUTH_RETRIES {
+            return false;
+        }
+        let proxy = message::status_code(resp) == 407;
+        let name = if proxy {
+            "Proxy-Authenticate"
+        } else {
+            "WWW-Authenticate"
+        };
+        let challenges: Vec<Challenge> = message::header_values(resp, name)
+            .iter()
+            .filter_map(|v| Challenge::parse(v).ok())
+            .collect();
+        // Prefer SHA-256 when the trunk offers several (RFC 8760).
+        let Some(challenge) = challenges
+            .iter()
+            .find(|c| {
+                matches!(
+                    c.algorithm,
+                    Some(DigestAlgorithm::Sha256 | DigestAlgorithm::Sha256Sess)
+                )
+            })
+            .or_else(|| challenges.first())
+            .cloned()
+        else {
+            tracing::warn!(call_id = %self.cfg.call_id, "401/407 without a usable digest challenge");
+            return false;
+        };
+        if self.answered_nonces.contains(&challenge.nonce) && !challenge.stale {
+            tracing::warn!(call_id = %self.cfg.call_id, realm = %challenge.realm, "credentials refused by the trunk");
+            return false;
+        }
+        let uri = self.invite.uri.to_string();
+        let value = match self.digest.authorize(&creds, &challenge, "INVITE", &uri) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(call_id = %self.cfg.call_id, error = %e, "cannot answer the challenge");
+                return false;
+            }
+        };
+        self.answered_nonces.push(challenge.nonce.clone());
+        let header = if proxy {
+            Header::ProxyAuthorization(value.into())
+        } else {
+            Header::Authorization(value.into())
+        };
+        // One answer per kind: a newer challenge replaces the older answer.
+        self.auth_headers
+            .retain(|h| std::mem::discriminant(h) != std::mem::discriminant(&header));
+        self.auth_headers.push(header);
+        self.invite_cseq += 1;
+        let invite = match self.build_invite() {
+            Ok(i) => i,
+            Err(_) => return false,
+        };
+        tracing::info!(call_id = %self.cfg.call_id, realm = %challenge.realm, proxy, "answering digest challenge");
+        // The old transaction stays to ACK retransmissions of the challenge;
+        // its first ACK goes out before the new INVITE.
+        self.pump();
+        if let Some(old) = self.invite_tx.take() {
+            self.background.push(old);
+        }
+        self.start_invite(invite, now);
+        true
+    }
+
+    /// Moves bytes queued by the transactions into our queue.
+    fn pump(&mut self) {
+        let txs = self
+            .invite_tx
+            .iter_mut()
+            .chain(self.bye_tx.iter_mut())
+            .chain(self.background.iter_mut());
+        for tx in txs {
+            while let Some(b) = tx.poll_transmit() {
+                self.transmit.push_back(b);
+            }
+        }
+    }
+
+    fn check_terminated(&mut self) {
+        if self.terminated || !self.ended {
+            return;
+        }
+        let busy = self.invite_tx.is_some() || self.bye_tx.is_some() || !self.background.is_empty();
+        if !busy {
+            self.terminated = true;
+            self.cancel_deadline = None;
+            tracing::debug!(call_id = %self.cfg.call_id, "call terminated");
+            self.events.push_back(UacEvent::Terminated);
+        }
+    }
+}
+
+/// Stands in until the real INVITE is built (only when building it failed).
+fn placeholder_request() -> Request {
+    Request {
+        method: Method::Invite,
+        uri: rsip::Uri::default(),
+        version: rsip::Version::V2,
+        headers: Default::default(),
+        body: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::auth;
+    use crate::sip::{T1, T4};
+    use crate::types::Secret;
+    use std::time::Duration;
+
+    fn cfg(credentials: Option<DigestCredentials>) -> UacConfig {
+        UacConfig {
+            call_id: message::new_call_id(),
+            request_uri: "sip:15551234@192.0.2.9:5070".into(),
+            from_uri: "sip:alice@192.0.2.1".into(),
+            contact: "<sip:alice@192.0.2.1:5060;transport=udp>".into(),
+            via_host: "192.0.2.1".into(),
+            via_port: 5060,
+            transport: Transport::Udp,
+            credentials,
+            user_agent: "gw-test".into(),
+        }
+    }
+
+    fn creds() -> DigestCredentials {
+        DigestCredentials {
+            username: "gw".into(),
+            password: Secret::new("s3cret".into()),
+        }
+    }
+
+    /// Everything the call sent, parsed.
+    fn sent(call: &mut OutgoingCall) -> Vec<SipMessage> {
+        std::iter::from_fn(|| call.poll_transmit())
+            .map(|b| message::parse(&b).expect("we send valid SIP"))
+            .collect()
+    }
+
+    fn events(call: &mut OutgoingCall) -> Vec<UacEvent> {
+        std::iter::from_fn(|| call.poll_event()).collect()
+    }
+
+    fn req(msg: &SipMessage) -> &Request {
+        match msg {
+            SipMessage::Request(r) => r,
+            SipMessage::Response(_) => panic!("expected a request, got {msg}"),
+        }
+    }
+
+    fn reply(to: &Request, code: u16, sdp: Option<&str>, extra: Vec<Header>) -> SipMessage {
+        message::build_response(
+            to,
+            code,
+            ResponseParts {
+                to_tag: (code > 100).then_some("trunktag"),
+                contact: (code < 300).then_some("<sip:15551234@192.0.2.9:5070>"),
+                body: sdp.map(|s| ("application/sdp", s)),
+                extra,
+                ..Default::default()
+            },
+        )
+        .into()
+    }
+
+    /// Runs timers until `until`, returning what was sent.
+    fn run_until(call: &mut OutgoingCall, until: Instant) -> Vec<SipMessage> {
+        let mut out = vec![];
+        while let Some(at) = call.poll_timeout() {
+            if at > until {
+                break;
+            }
+            call.handle_timeout(at);
+            out.extend(sent(call));
+        }
+        out
+    }
+
+    fn start(credentials: Option<DigestCredentials>) -> (OutgoingCall, Request, Instant) {
+        let t0 = Instant::now();
+        let mut call = OutgoingCall::new(cfg(credentials), "v=0\r\n".into(), t0);
+        let out = sent(&mut call);
+        assert_eq!(out.len(), 1);
+        let invite = req(&out[0]).clone();
+        assert_eq!(invite.method, Method::Invite);
+        (call, invite, t0)
+    }
+
+    #[test]
+    fn happy_path_with_bye() {
+        let (mut call, invite, t0) = start(None);
+        assert_eq!(message::sdp_body(&invite).as_deref(), Some("v=0\r\n"));
+        assert_eq!(invite.uri.to_string(), "sip:15551234@192.0.2.9:5070");
+        assert!(message::header_values(&invite, "User-Agent").contains(&"gw-test".to_string()));
+        let t = t0 + Duration::from_millis(100);
+        call.handle_message(reply(&invite, 100, None, vec![]), t);
+        call.handle_message(reply(&invite, 100, None, vec![]), t);
+        call.handle_message(reply(&invite, 180, None, vec![]), t);
+        call.handle_message(reply(&invite, 183, Some("v=0 early\r\n"), vec![]), t);
+        assert_eq!(
+            events(&mut call),
+            vec![
+                UacEvent::Provisional {
+                    code: 100,
+                    sdp: None
+                },
+                UacEvent::Provisional {
+                    code: 180,
+                    sdp: None
+                },
+                UacEvent::Provisional {
+                    code: 183,
+                    sdp: Some("v=0 early\r\n".into())
+                },
+            ]
+        );
+        assert!(sent(&mut call).is_empty());
+        let ok = reply(&invite, 200, Some("v=0 answer\r\n"), vec![]);
+        call.handle_message(ok.clone(), t);
+        assert_eq!(
+            events(&mut call),
+            vec![UacEvent::Answered {
+                sdp: Some("v=0 answer\r\n".into())
+            }]
+        );
+        let out = sent(&mut call);
+        assert_eq!(out.len(), 1);
+        let ack = req(&out[0]);
+        assert_eq!(ack.method, Method::Ack);
+        assert_eq!(ack.uri.to_string(), "sip:15551234@192.0.2.9:5070");
+        assert_eq!(message::cseq(ack).unwrap(), (1, Method::Ack));
+        assert_eq!(message::to_tag(ack).as_deref(), Some("trunktag"));
+        // A retransmitted 200 gets the same ACK again.
+        call.handle_message(ok, t + Duration::from_millis(500));
+        let again = sent(&mut call);
+        assert_eq!(again, out);
+        assert_eq!(call.poll_timeout(), None, "nothing pending while connected");
+
+        call.hangup(t + Duration::from_secs(10));
+        let out = sent(&mut call);
+        let bye = req(&out[0]).clone();
+        assert_eq!(bye.method, Method::Bye);
+        assert_eq!(message::cseq(&bye).unwrap(), (2, Method::Bye));
+        call.handle_message(reply(&bye, 200, None, vec![]), t + Duration::from_secs(11));
+        assert!(events(&mut call).is_empty(), "Terminated waits for Timer K");
+        let end = t + Duration::from_secs(11) + T4;
+        run_until(&mut call, end);
+        assert_eq!(events(&mut call), vec![UacEvent::Terminated]);
+        assert!(call.is_finished());
+        assert_eq!(call.poll_timeout(), None);
+    }
+
+    #[test]
+    fn proxy_auth_407_then_200() {
+        let (mut call, invite, t0) = start(Some(creds()));
+        let challenge = Header::ProxyAuthenticate(
+            "Digest realm=\"trunk\", nonce=\"abc123\", qop=\"auth\", algorithm=MD5".into(),
+        );
+        call.handle_message(reply(&invite, 407, None, vec![challenge]), t0);
+        let out = sent(&mut call);
+        assert_eq!(out.len(), 2, "ACK for the 407 and the new INVITE");
+        let ack = req(&out[0]);
+        assert_eq!(ack.method, Method::Ack);
+        assert_eq!(
+            message::top_via_branch(ack),
+            message::top_via_branch(&invite)
+        );
+        let invite2 = req(&out[1]).clone();
+        assert_eq!(invite2.method, Method::Invite);
+        assert_eq!(message::cseq(&invite2).unwrap(), (2, Method::Invite));
+        assert_ne!(
+            message::top_via_branch(&invite2),
+            message::top_via_branch(&invite)
+        );
+        assert_eq!(
+            message::call_id(&invite2).unwrap(),
+            message::call_id(&invite).unwrap()
+        );
+        assert_eq!(message::from_tag(&invite2), message::from_tag(&invite));
+        assert!(events(&mut call).is_empty());
+
+        let auth = message::header_values(&invite2, "Proxy-Authorization");
+        assert_eq!(auth.len(), 1);
+        let value = &auth[0];
+        let get = |k: &str| {
+            let start = value.find(&format!("{k}=")).unwrap() + k.len() + 1;
+            let rest = &value[start..];
+            let rest = rest.strip_prefix('"').unwrap_or(rest);
+            rest.split(['"', ',']).next().unwrap().to_string()
+        };
+        assert_eq!(get("username"), "gw");
+        assert_eq!(get("realm"), "trunk");
+        assert_eq!(get("nonce"), "abc123");
+        assert_eq!(get("uri"), "sip:15551234@192.0.2.9:5070");
+        assert_eq!(get("nc"), "00000001");
+        let ch = auth::Challenge::parse(
+            "Digest realm=\"trunk\", nonce=\"abc123\", qop=\"auth\", algorithm=MD5",
+        )
+        .unwrap();
+        let expected = auth::authorization(
+            &creds(),
+            &ch,
+            "INVITE",
+            "sip:15551234@192.0.2.9:5070",
+            1,
+            &get("cnonce"),
+        )
+        .unwrap();
+        assert_eq!(value, &expected);
+        assert!(!value.contains("s3cret"));
+
+        call.handle_message(reply(&invite2, 200, Some("v=0\r\n"), vec![]), t0);
+        assert_eq!(
+            events(&mut call),
+            vec![UacEvent::Answered {
+                sdp: Some("v=0\r\n".into())
+            }]
+        );
+        let out = sent(&mut call);
+        assert_eq!(req(&out[0]).method, Method::Ack);
+        assert_eq!(message::cseq(req(&out[0])).unwrap(), (2, Method::Ack));
+    }
+
+    #[test]
+    fn www_auth_401_sha256_and_second_challenge_same_nonce_is_rejected() {
+        let (mut call, invite, t0) = start(Some(creds()));
+        let ch = "Digest realm=\"r\", nonce=\"n1\", qop=\"auth\", algorithm=SHA-256";
+        call.handle_message(
+            reply(&invite, 401, None, vec![Header::WwwAuthenticate(ch.into())]),
+            t0,
+        );
+        let out = sent(&mut call);
+        let invite2 = req(&out[1]).clone();
+        let auth = message::header_values(&invite2, "Authorization");
+        assert!(auth[0].contains("algorithm=SHA-256"));
+        let response = auth[0].split("response=\"").nth(1).unwrap();
+        assert_eq!(
+            response.split('"').next().unwrap().len(),
+            64,
+            "SHA-256 hex digest"
+        );
+        // The same nonce again, not stale: the credentials are wrong.
+        call.handle_message(
+            reply(
+                &invite2,
+                401,
+                None,
+                vec![Header::WwwAuthenticate(ch.into())],
+            ),
+            t0,
+        );
+        let out = sent(&mut call);
+        assert_eq!(out.len(), 1);
+        assert_eq!(req(&out[0]).method, Method::Ack);
+        assert_eq!(
+            events(&mut call),
+            vec![UacEvent::Rejected {
+                code: 401,
+                reason: "Unauthorized".into()
+            }]
+        );
+        run_until(&mut call, t0 + Duration::from_secs(60));
+        assert_eq!(events(&mut call), vec![UacEvent::Terminated]);
+    }
+
+    #[test]
+    fn challenge_without_credentials_is_rejected() {
+        let (mut call, invite, t0) = start(None);
+        let ch = Header::WwwAuthenticate("Digest realm=\"r\", nonce=\"n1\"".into());
+        call.handle_message(reply(&invite, 401, None, vec![ch]), t0);
+        assert!(matches!(
+            events(&mut call)[..],
+            [UacEvent::Rejected { code: 401, .. }]
+        ));
+    }
+
+    #[test]
+    fn busy_is_rejected_acked_and_terminated_after_timer_d() {
+        let (mut call, invite, t0) = start(None);
+        let busy = reply(&invite, 486, None, vec![]);
+        call.handle_message(busy.clone(), t0 + Duration::from_secs(1));
+        assert_eq!(
+            events(&mut call),
+            vec![UacEvent::Rejected {
+                code: 486,
+                reason: "Busy Here".into()
+            }]
+        );
+        assert_eq!(req(&sent(&mut call)[0]).method, Method::Ack);
+        call.handle_message(busy, t0 + Duration::from_secs(2));
+        assert_eq!(
+            req(&sent(&mut call)[0]).method,
+            Method::Ack,
+            "retransmitted 486 re-ACKed"
+        );
+        assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(33)));
+        run_until(&mut call, t0 + Duration::from_secs(33));
+        assert_eq!(events(&mut call), vec![UacEvent::Terminated]);
+    }
+
+    #[test]
+    fn timer_b_rejects_with_408_after_retransmissions() {
+        let (mut call, _invite, t0) = start(None);
+        let out = run_until(&mut call, t0 + Duration::from_secs(40));
+        assert_eq!(out.len(), 6, "Timer A retransmissions");
+        assert_eq!(
+            events(&mut call),
+            vec![
+                UacEvent::Rejected {
+                    code: 408,
+                    reason: "Request Timeout".into()
+                },
+                UacEvent::Terminated
+            ]
+        );
+    }
+
+    #[test]
+    fn invite_retransmission_stops_after_100() {
+        let (mut call, invite, t0) = start(None);
+        call.handle_timeout(t0 + T1);
+        assert_eq!(sent(&mut call).len(), 1);
+        call.handle_message(
+            reply(&invite, 100, None, vec![]),
+            t0 + Duration::from_millis(700),
+        );
+        assert_eq!(call.poll_timeout(), None);
+        assert!(run_until(&mut call, t0 + Duration::from_secs(60)).is_empty());
+    }
+
+    #[test]
+    fn cancel_before_answer() {
+        let (mut call, invite, t0) = start(None);
+        call.handle_message(reply(&invite, 180, None, vec![]), t0);
+        events(&mut call);
+        let t = t0 + Duration::from_secs(3);
+        call.hangup(t);
+        let out = sent(&mut call);
+        assert_eq!(out.len(), 1);
+        let cancel = req(&out[0]).clone();
+        assert_eq!(cancel.method, Method::Cancel);
+        assert_eq!(message::cseq(&cancel).unwrap(), (1, Method::Cancel));
+        assert_eq!(
+            message::top_via_branch(&cancel),
+            message::top_via_branch(&invite)
+        );
+        assert_eq!(cancel.uri, invite.uri);
+        call.handle_message(reply(&cancel, 200, None, vec![]), t);
+        call.handle_message(reply(&invite, 487, None, vec![]), t);
+        let out = sent(&mut call);
+        assert_eq!(out.len(), 1);
+        let ack = req(&out[0]);
+        assert_eq!(ack.method, Method::Ack);
+        assert_eq!(message::cseq(ack).unwrap(), (1, Method::Ack));
+        assert!(
+            events(&mut call).is_empty(),
+            "no Rejected for our own CANCEL"
+        );
+        run_until(&mut call, t + Duration::from_secs(40));
+        assert_eq!(events(&mut call), vec![UacEvent::Terminated]);
+    }
+
+    #[test]
+    fn hangup_before_any_provisional_cancels_when_one_arrives() {
+        let (mut call, invite, t0) = start(None);
+        call.hangup(t0 + Duration::from_millis(10));
+        assert!(
+            sent(&mut call).is_empty(),
+            "no CANCEL before a provisional (RFC 3261 9.1)"
+        );
+        call.handle_message(
+            reply(&invite, 100, None, vec![]),
+            t0 + Duration::from_millis(20),
+        );
+        let out = sent(&mut call);
+        assert_eq!(req(&out[0]).method, Method::Cancel);
+        assert!(events(&mut call).is_empty());
+        // The trunk answers anyway: ACK then BYE.
+        call.handle_message(
+            reply(&invite, 200, Some("v=0\r\n"), vec![]),
+            t0 + Duration::from_millis(30),
+        );
+        let out = sent(&mut call);
+        let methods: Vec<Method> = out.iter().map(|m| req(m).method).collect();
+        assert_eq!(methods, vec![Method::Ack, Method::Bye]);
+        assert!(events(&mut call).is_empty(), "no Answered after hangup");
+        let bye = req(&out[1]).clone();
+        let t1 = t0 + Duration::from_secs(1);
+        call.handle_message(reply(&bye, 200, None, vec![]), t1);
+        run_until(&mut call, t1 + Duration::from_secs(40));
+        assert_eq!(events(&mut call), vec![UacEvent::Terminated]);
+    }
+
+    #[test]
+    fn hangup_with_silent_trunk_terminates_on_timer_b() {
+        let (mut call, _invite, t0) = start(None);
+        call.hangup(t0);
+        run_until(&mut call, t0 + Duration::from_secs(40));
+        assert_eq!(events(&mut call), vec![UacEvent::Terminated]);
+    }
+
+    #[test]
+    fn cancel_ignored_by_trunk_gives_up_after_64_t1() {
+        let (mut call, invite, t0) = start(None);
+        call.handle_message(reply(&invite, 180, None, vec![]), t0);
+        events(&mut call);
+        call.hangup(t0 + Duration::from_secs(1));
+        sent(&mut call);
+        run_until(&mut call, t0 + Duration::from_secs(1) + 64 * T1);
+        assert_eq!(events(&mut call), vec![UacEvent::Terminated]);
+    }
+
+    #[test]
+    fn remote_bye_is_answered_and_reported() {
+        let (mut call, invite, t0) = start(None);
+        call.handle_message(reply(&invite, 200, Some("v=0\r\n"), vec![]), t0);
+        events(&mut call);
+        sent(&mut call);
+        // The trunk's side of the dialog writes its BYE.
+        let SipMessage::Response(ok) = reply(&invite, 200, None, vec![]) else {
+            unreachable!()
+        };
+        let theirs_local = LocalEndpoint {
+            via_host: "192.0.2.9".into(),
+            via_port: 5070,
+            transport: Transport::Udp,
+            contact: "<sip:15551234@192.0.2.9:5070>".into(),
+            user_agent: "trunk".into(),
+        };
+        let mut theirs =
+            Dialog::uas(&invite, &message::to_tag(&ok).unwrap(), theirs_local).unwrap();
+        let bye = theirs.bye().unwrap();
+        call.handle_message(bye.into(), t0 + Duration::from_secs(5));
+        let out = sent(&mut call);
+        assert_eq!(out.len(), 1);
+        let SipMessage::Response(r) = &out[0] else {
+            panic!()
+        };
+        assert_eq!(r.status_code.code(), 200);
+        assert_eq!(message::cseq(r).unwrap().1, Method::Bye);
+        assert_eq!(
+            events(&mut call),
+            vec![UacEvent::RemoteHangup, UacEvent::Terminated]
+        );
+        call.hangup(t0 + Duration::from_secs(6));
+        assert!(sent(&mut call).is_empty());
+    }
+
+    #[test]
+    fn unknown_in_dialog_request_gets_481() {
+        let (mut call, invite, t0) = start(None);
+        let mut bye = invite.clone();
+        bye.method = Method::Bye;
+        bye.headers.retain(|h| !matches!(h, Header::CSeq(_)));
+        bye.headers.push(Header::CSeq("5 BYE".into()));
+        call.handle_message(bye.into(), t0);
+        let out = sent(&mut call);
+        let SipMessage::Response(r) = &out[0] else {
+            panic!()
+        };
+        assert_eq!(r.status_code.code(), 481);
+    }
+
+    #[test]
+    fn bad_request_uri_is_an_immediate_rejection() {
+        let mut c = cfg(None);
+        c.request_uri = "".into();
+        let mut call = OutgoingCall::new(c, String::new(), Instant::now());
+        assert!(matches!(
+            events(&mut call)[..],
+            [UacEvent::Rejected { code: 400, .. }, UacEvent::Terminated]
+        ));
+        assert!(call.poll_transmit().is_none());
+    }
+}

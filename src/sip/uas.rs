@@ -1,0 +1,776 @@
+//! `IncomingCall`: the sans-IO answering side of one INVITE. Used by the
+//! built-in demo echo trunk (a UAS inside the gateway that answers every
+//! INVITE) and by inbound calls.
+//!
+//! It covers the INVITE server transaction (RFC 3261 17.2.1: responses
+//! resent for retransmitted INVITEs, Timer G/H/I for a non-2xx final), the
+//! 2xx retransmission of 13.3.1.4 (T1 doubling to T2 until the ACK, BYE
+//! after 64*T1 without one), CANCEL (9.2) and the dialog's BYE both ways.
+//!
+//! Responses go to the address the INVITE came from (symmetric signaling as
+//! with `rport`, RFC 3581), and so does our BYE.
+//!
+//! Event contract: `Acked`, `Cancelled` or `RemoteHangup` as they happen,
+//! and always exactly one `Terminated` last; after it `poll_timeout` is
+//! `None` and the object can be dropped.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rsip::{Method, Request, Response, SipMessage};
+
+use super::dialog::{Dialog, InDialog, LocalEndpoint};
+use super::message::{self, ResponseParts};
+use super::transaction::{ClientTransaction, TxEvent, TIMEOUT};
+use super::{SipError, Transport, T1, T2, T4};
+
+/// What we put in Server / User-Agent on the answering side.
+pub const USER_AGENT: &str = concat!("webrtc-sip-gateway/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UasEvent {
+    /// The caller acknowledged our 2xx: media may flow both ways.
+    Acked,
+    /// The caller sent BYE; the 200 OK is queued.
+    RemoteHangup,
+    /// The caller cancelled before we answered; 200 and 487 are queued.
+    Cancelled,
+    /// Nothing left to do: the object can be dropped.
+    Terminated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// No final response yet.
+    Proceeding,
+    /// 2xx sent, waiting for the ACK.
+    Accepted,
+    /// Non-2xx final sent, waiting for the ACK.
+    Completed,
+    /// 2xx acknowledged: the dialog is up.
+    Confirmed,
+    /// Non-2xx acknowledged; absorbing ACK retransmissions (Timer I).
+    Lingering,
+    Ended,
+}
+
+#[derive(Debug)]
+pub struct IncomingCall {
+    invite: Request,
+    invite_branch: Option<String>,
+    source: SocketAddr,
+    transport: Transport,
+    local_tag: String,
+    state: State,
+    /// Resent for each retransmitted INVITE, and by the timers below.
+    last_response: Option<Bytes>,
+    /// 2xx retransmission or Timer G.
+    retransmit_at: Option<Instant>,
+    retransmit_interval: Duration,
+    /// 64*T1 without an ACK (2xx: then BYE; non-2xx: Timer H).
+    give_up_at: Option<Instant>,
+    /// Timer I.
+    linger_until: Option<Instant>,
+    dialog: Option<Dialog>,
+    bye_tx: Option<ClientTransaction>,
+    /// `hangup` came between our 2xx and its ACK (RFC 3261 15: BYE waits).
+    bye_pending: bool,
+    ended: bool,
+    terminated: bool,
+    transmit: VecDeque<(Bytes, SocketAddr)>,
+    events: VecDeque<UasEvent>,
+}
+
+impl IncomingCall {
+    /// Takes a new INVITE (already parsed with limits) and queues `100 Trying`.
+    pub fn new(invite: SipMessage, source: SocketAddr, now: Instant) -> Result<Self, SipError> {
+        let _ = now;
+        let invite = match invite {
+            SipMessage::Request(r) if r.method == Method::Invite => r,
+            other => {
+                return Err(SipError::UnexpectedMessage {
+                    expected: "INVITE",
+                    got: start_line(&other),
+                })
+            }
+        };
+        let via = message::top_via(&invite)?;
+        let transport = match via.transport {
+            rsip::Transport::Tcp | rsip::Transport::Tls => Transport::Tcp,
+            _ => Transport::Udp,
+        };
+        let mut call = IncomingCall {
+            invite_branch: message::top_via_branch(&invite),
+            invite,
+            source,
+            transport,
+            local_tag: message::new_tag(),
+            state: State::Proceeding,
+            last_response: None,
+            retransmit_at: None,
+            retransmit_interval: T1,
+            give_up_at: None,
+            linger_until: None,
+            dialog: None,
+            bye_tx: None,
+            bye_pending: false,
+            ended: false,
+            terminated: false,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        tracing::info!(call_id = %call.call_id(), %source, "incoming INVITE");
+        call.respond(100, ResponseParts::default());
+        Ok(call)
+    }
+
+    pub fn invite(&self) -> &Request {
+        &self.invite
+    }
+
+    pub fn call_id(&self) -> String {
+        message::call_id(&self.invite).unwrap_or_default()
+    }
+
+    /// The caller's SDP offer, if the INVITE had one.
+    pub fn remote_sdp(&self) -> Option<String> {
+        message::sdp_body(&self.invite)
+    }
+
+    pub fn source(&self) -> SocketAddr {
+        self.source
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.terminated
+    }
+
+    /// Queues `180 Ringing`.
+    pub fn ringing(&mut self) {
+        if self.state == State::Proceeding {
+            let tag = self.local_tag.clone();
+            self.respond(
+                180,
+                ResponseParts {
+                    to_tag: Some(&tag),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    /// Queues `200 OK` with `sdp`; it is resent (T1 doubling to T2) until
+    /// the ACK arrives, and the call is ended with BYE after 64*T1 without one.
+    /// `contact` is our full Contact value, e.g. `<sip:echo@192.0.2.1:5060>`.
+    pub fn answer(&mut self, sdp: String, contact: String, now: Instant) {
+        if self.state != State::Proceeding {
+            return;
+        }
+        let local = LocalEndpoint {
+            via_host: contact_host(&contact).unwrap_or_else(|| "invalid".into()),
+            via_port: contact_port(&contact).unwrap_or(5060),
+            transport: self.transport,
+            contact: contact.clone(),
+            user_agent: USER_AGENT.into(),
+        };
+        let dialog = match Dialog::uas(&self.invite, &self.local_tag, local) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(call_id = %self.call_id(), error = %e, "cannot answer");
+                self.reject(500, now);
+                return;
+            }
+        };
+        self.dialog = Some(dialog);
+        let tag = self.local_tag.clone();
+        self.respond(
+            200,
+            ResponseParts {
+                to_tag: Some(&tag),
+                contact: Some(&contact),
+                body: Some(("application/sdp", &sdp)),
+                ..Default::default()
+            },
+        );
+        tracing::info!(call_id = %self.call_id(), "answered");
+        self.state = State::Accepted;
+        // 13.3.1.4: the UA core resends the 2xx on every transport.
+        self.retransmit_interval = T1;
+        self.retransmit_at = Some(now + T1);
+        self.give_up_at = Some(now + TIMEOUT);
+    }
+
+    /// Queues a final non-2xx response (e.g. 486, 603).
+    pub fn reject(&mut self, code: u16, now: Instant) {
+        if self.state != State::Proceeding || !(300..700).contains(&code) {
+            return;
+        }
+        let tag = self.local_tag.clone();
+        self.respond(
+            code,
+            ResponseParts {
+                to_tag: Some(&tag),
+                ..Default::default()
+            },
+        );
+        tracing::info!(call_id = %self.call_id(), code, "rejected");
+        self.enter_completed(now);
+    }
+
+    /// Ends the call: 480 before an answer, BYE after (once the ACK came).
+    pub fn hangup(&mut self, now: Instant) {
+        match self.state {
+            State::Proceeding => self.reject(480, now),
+            State::Accepted => self.bye_pending = true,
+            State::Confirmed => self.send_bye(now),
+            _ => {}
+        }
+        self.check_terminated();
+    }
+
+    pub fn handle_message(&mut self, msg: SipMessage, now: Instant) {
+        if self.terminated {
+            return;
+        }
+        match msg {
+            SipMessage::Request(req) => self.handle_request(req, now),
+            SipMessage::Response(resp) => {
+                if let Some(tx) = self.bye_tx.as_mut().filter(|tx| tx.matches(&resp)) {
+                    tx.handle_response(resp, now);
+                }
+            }
+        }
+        self.pump();
+        self.check_terminated();
+    }
+
+    fn handle_request(&mut self, req: Request, now: Instant) {
+        let same_tx = message::top_via_branch(&req) == self.invite_branch;
+        match req.method {
+            Method::Invite if same_tx => {
+                // A retransmitted INVITE: our last response got lost.
+                if let Some(r) = &self.last_response {
+                    self.transmit.push_back((r.clone(), self.source));
+                }
+            }
+            Method::Ack if same_tx && self.state == State::Completed => {
+                // The ACK for a non-2xx final (same branch, 17.2.1).
+                self.retransmit_at = None;
+                self.give_up_at = None;
+                self.state = State::Lingering;
+                let linger = if self.transport.is_reliable() {
+                    Duration::ZERO
+                } else {
+                    T4
+                };
+                self.linger_until = Some(now + linger);
+                if linger.is_zero() {
+                    self.finish();
+                }
+            }
+            Method::Ack => {
+                let ours = self
+                    .dialog
+                    .as_ref()
+                    .is_some_and(|d| d.matches_request(&req));
+                if ours && self.state == State::Accepted {
+                    self.retransmit_at = None;
+                    self.give_up_at = None;
+                    self.state = State::Confirmed;
+                    self.events.push_back(UasEvent::Acked);
+                    if self.bye_pending {
+                        self.send_bye(now);
+                    }
+                }
+            }
+            Method::Cancel if same_tx => {
+                let tag = self.local_tag.clone();
+                let ok = message::build_response(
+                    &req,
+                    200,
+                    ResponseParts {
+                        to_tag: Some(&tag),
+                        user_agent: USER_AGENT,
+                        ..Default::default()
+                    },
+                );
+                self.transmit
+                    .push_back((message::to_bytes(ok), self.source));
+                if self.state == State::Proceeding {
+                    tracing::info!(call_id = %self.call_id(), "cancelled by the caller");
+                    self.respond(
+                        487,
+                        ResponseParts {
+                            to_tag: Some(&tag),
+                            ..Default::default()
+                        },
+                    );
+                    self.enter_completed(now);
+                    self.events.push_back(UasEvent::Cancelled);
+                }
+            }
+            _ => {
+                let ours = self
+                    .dialog
+                    .as_ref()
+                    .is_some_and(|d| d.matches_request(&req));
+                let Some(dialog) = self.dialog.as_mut().filter(|_| ours) else {
+                    self.reply_to(&req, 481);
+                    return;
+                };
+                match dialog.handle_request(&req) {
+                    InDialog::Bye(resp) => {
+                        self.transmit
+                            .push_back((message::to_bytes(resp), self.source));
+                        if !self.ended {
+                            tracing::info!(call_id = %self.call_id(), "caller hung up");
+                            self.events.push_back(UasEvent::RemoteHangup);
+                            self.finish();
+                            if let Some(tx) = self.bye_tx.take() {
+                                drop(tx);
+                            }
+                        }
+                    }
+                    InDialog::Ack => {}
+                    InDialog::Other(resp) => self
+                        .transmit
+                        .push_back((message::to_bytes(resp), self.source)),
+                }
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.terminated {
+            return;
+        }
+        if self.give_up_at.is_some_and(|t| t <= now) {
+            self.give_up_at = None;
+            self.retransmit_at = None;
+            match self.state {
+                State::Accepted => {
+                    tracing::info!(call_id = %self.call_id(), "no ACK for our 2xx; sending BYE");
+                    self.state = State::Confirmed;
+                    self.send_bye(now);
+                }
+                // Timer H: no ACK for our non-2xx.
+                _ => self.finish(),
+            }
+        }
+        if let Some(at) = self.retransmit_at.filter(|t| *t <= now) {
+            if let Some(r) = &self.last_response {
+                self.transmit.push_back((r.clone(), self.source));
+            }
+            self.retransmit_interval = (self.retransmit_interval * 2).min(T2);
+            self.retransmit_at = Some(at + self.retransmit_interval);
+        }
+        if self.linger_until.is_some_and(|t| t <= now) {
+            self.linger_until = None;
+            self.finish();
+        }
+        if let Some(tx) = self.bye_tx.as_mut() {
+            tx.handle_timeout(now);
+        }
+        self.pump();
+        self.check_terminated();
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.terminated {
+            return None;
+        }
+        [self.retransmit_at, self.give_up_at, self.linger_until]
+            .into_iter()
+            .flatten()
+            .chain(self.bye_tx.as_ref().and_then(|tx| tx.poll_timeout()))
+            .min()
+    }
+
+    /// Bytes to send and where to (the INVITE's source address).
+    pub fn poll_transmit(&mut self) -> Option<(Bytes, SocketAddr)> {
+        self.transmit.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<UasEvent> {
+        self.events.pop_front()
+    }
+
+    fn respond(&mut self, code: u16, mut parts: ResponseParts<'_>) {
+        parts.user_agent = USER_AGENT;
+        let resp = message::build_response(&self.invite, code, parts);
+        let bytes = message::to_bytes(resp);
+        self.transmit.push_back((bytes.clone(), self.source));
+        self.last_response = Some(bytes);
+    }
+
+    fn reply_to(&mut self, req: &Request, code: u16) {
+        if req.method == Method::Ack {
+            return;
+        }
+        let resp: Response = message::build_response(
+            req,
+            code,
+            ResponseParts {
+                user_agent: USER_AGENT,
+                ..Default::default()
+            },
+        );
+        self.transmit
+            .push_back((message::to_bytes(resp), self.source));
+    }
+
+    fn enter_completed(&mut self, now: Instant) {
+        self.state = State::Completed;
+        self.retransmit_interval = T1;
+        // Timer G only on unreliable transports; Timer H always.
+        self.retransmit_at = (!self.transport.is_reliable()).then(|| now + T1);
+        self.give_up_at = Some(now + TIMEOUT);
+    }
+
+    fn send_bye(&mut self, now: Instant) {
+        let Some(dialog) = self.dialog.as_mut() else {
+            return;
+        };
+        match dialog.bye() {
+            Ok(bye) => {
+                tracing::info!(call_id = %message::call_id(&bye).unwrap_or_default(), "sending BYE");
+                self.bye_tx = Some(ClientTransaction::new(bye, self.transport, now));
+                self.state = State::Ended;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build BYE");
+                self.finish();
+            }
+        }
+        self.pump();
+    }
+
+    fn pump(&mut self) {
+        let Some(tx) = self.bye_tx.as_mut() else {
+            return;
+        };
+        while let Some(b) = tx.poll_transmit() {
+            self.transmit.push_back((b, self.source));
+        }
+        while let Some(ev) = tx.poll_event() {
+            match ev {
+                TxEvent::Response(r) if r.status_code.code() < 200 => {}
+                _ => self.ended = true,
+            }
+        }
+        if tx.is_terminated() {
+            self.bye_tx = None;
+        }
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Ended;
+        self.ended = true;
+        self.retransmit_at = None;
+        self.give_up_at = None;
+    }
+
+    fn check_terminated(&mut self) {
+        if self.terminated || !self.ended || self.bye_tx.is_some() || self.linger_until.is_some() {
+            return;
+        }
+        self.terminated = true;
+        tracing::debug!(call_id = %self.call_id(), "incoming call terminated");
+        self.events.push_back(UasEvent::Terminated);
+    }
+}
+
+fn start_line(msg: &SipMessage) -> String {
+    msg.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `<sip:user@host:port;params>` → `host`.
+fn contact_host(contact: &str) -> Option<String> {
+    let uri = rsip::Uri::try_from(message::addr_uri(contact)?.as_str()).ok()?;
+    Some(uri.host_with_port.host.to_string())
+}
+
+fn contact_port(contact: &str) -> Option<u16> {
+    let uri = rsip::Uri::try_from(message::addr_uri(contact)?.as_str()).ok()?;
+    uri.host_with_port.port.map(|p| *p.value())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::RequestParts;
+    use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
+
+    fn peer() -> SocketAddr {
+        "192.0.2.9:5070".parse().unwrap()
+    }
+
+    fn invite() -> Request {
+        message::build_request(RequestParts {
+            method: Method::Invite,
+            uri: "sip:echo@192.0.2.1:5060",
+            via: message::via_value("192.0.2.9", 5070, Transport::Udp, &message::new_branch()),
+            from: "<sip:alice@192.0.2.9>;tag=caller",
+            to: "<sip:echo@192.0.2.1>",
+            call_id: "in-1",
+            cseq: 1,
+            contact: Some("<sip:alice@192.0.2.9:5070>"),
+            routes: &[],
+            user_agent: "caller",
+            body: Some(("application/sdp", "v=0 offer\r\n")),
+            extra: vec![],
+        })
+        .unwrap()
+    }
+
+    fn out(call: &mut IncomingCall) -> Vec<SipMessage> {
+        std::iter::from_fn(|| call.poll_transmit())
+            .map(|(b, dest)| {
+                assert_eq!(dest, peer());
+                message::parse(&b).unwrap()
+            })
+            .collect()
+    }
+
+    fn codes(msgs: &[SipMessage]) -> Vec<u16> {
+        msgs.iter()
+            .map(|m| match m {
+                SipMessage::Response(r) => r.status_code.code(),
+                SipMessage::Request(r) => panic!("request {}", r.method),
+            })
+            .collect()
+    }
+
+    fn events(call: &mut IncomingCall) -> Vec<UasEvent> {
+        std::iter::from_fn(|| call.poll_event()).collect()
+    }
+
+    fn run_until(
+        call: &mut IncomingCall,
+        t0: Instant,
+        until: Instant,
+    ) -> Vec<(Duration, SipMessage)> {
+        let mut sent = vec![];
+        while let Some(at) = call.poll_timeout() {
+            if at > until {
+                break;
+            }
+            call.handle_timeout(at);
+            for m in out(call) {
+                sent.push((at - t0, m));
+            }
+        }
+        sent
+    }
+
+    /// The caller's dialog, to write ACK and BYE as the peer would.
+    fn caller_dialog(inv: &Request, ok: &SipMessage) -> Dialog {
+        let SipMessage::Response(ok) = ok else {
+            panic!()
+        };
+        Dialog::uac(
+            inv,
+            ok,
+            LocalEndpoint {
+                via_host: "192.0.2.9".into(),
+                via_port: 5070,
+                transport: Transport::Udp,
+                contact: "<sip:alice@192.0.2.9:5070>".into(),
+                user_agent: "caller".into(),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn trying_ringing_answer_with_2xx_retransmission_until_ack() {
+        let t0 = Instant::now();
+        let inv = invite();
+        let mut call = IncomingCall::new(inv.clone().into(), peer(), t0).unwrap();
+        assert_eq!(call.remote_sdp().as_deref(), Some("v=0 offer\r\n"));
+        assert_eq!(codes(&out(&mut call)), vec![100]);
+        call.ringing();
+        assert_eq!(codes(&out(&mut call)), vec![180]);
+        // A retransmitted INVITE gets the last response again.
+        call.handle_message(inv.clone().into(), t0);
+        assert_eq!(codes(&out(&mut call)), vec![180]);
+
+        call.answer(
+            "v=0 answer\r\n".into(),
+            "<sip:echo@192.0.2.1:5060>".into(),
+            t0,
+        );
+        let sent = out(&mut call);
+        assert_eq!(codes(&sent), vec![200]);
+        assert_eq!(
+            message::sdp_body(&sent[0]).as_deref(),
+            Some("v=0 answer\r\n")
+        );
+        assert_eq!(
+            message::contact_uri(&sent[0]).as_deref(),
+            Some("sip:echo@192.0.2.1:5060")
+        );
+        let ok = sent[0].clone();
+
+        let retrans = run_until(&mut call, t0, t0 + Duration::from_secs(12));
+        let at: Vec<u64> = retrans.iter().map(|(d, _)| d.as_millis() as u64).collect();
+        assert_eq!(at, vec![500, 1500, 3500, 7500, 11500]);
+
+        let ack = caller_dialog(&inv, &ok).ack(1).unwrap();
+        call.handle_message(ack.into(), t0 + Duration::from_secs(12));
+        assert_eq!(events(&mut call), vec![UasEvent::Acked]);
+        assert_eq!(call.poll_timeout(), None);
+
+        let bye = caller_dialog(&inv, &ok).bye().unwrap();
+        call.handle_message(bye.into(), t0 + Duration::from_secs(20));
+        assert_eq!(codes(&out(&mut call)), vec![200]);
+        assert_eq!(
+            events(&mut call),
+            vec![UasEvent::RemoteHangup, UasEvent::Terminated]
+        );
+    }
+
+    #[test]
+    fn no_ack_means_bye_after_64_t1() {
+        let t0 = Instant::now();
+        let mut call = IncomingCall::new(invite().into(), peer(), t0).unwrap();
+        out(&mut call);
+        call.answer("v=0\r\n".into(), "<sip:echo@192.0.2.1:5060>".into(), t0);
+        out(&mut call);
+        let sent = run_until(&mut call, t0, t0 + TIMEOUT);
+        let (when, last) = sent.last().unwrap();
+        assert_eq!(*when, TIMEOUT);
+        let SipMessage::Request(bye) = last else {
+            panic!()
+        };
+        assert_eq!(bye.method, Method::Bye);
+        assert_eq!(bye.uri.to_string(), "sip:alice@192.0.2.9:5070");
+        let resp = message::build_response(bye, 200, ResponseParts::default());
+        call.handle_message(resp.into(), t0 + TIMEOUT);
+        run_until(&mut call, t0, t0 + TIMEOUT + T4);
+        assert_eq!(events(&mut call), vec![UasEvent::Terminated]);
+    }
+
+    #[test]
+    fn cancel_before_answer_gives_200_and_487() {
+        let t0 = Instant::now();
+        let inv = invite();
+        let mut call = IncomingCall::new(inv.clone().into(), peer(), t0).unwrap();
+        call.ringing();
+        out(&mut call);
+        let cancel = message::cancel_for(&inv, "caller");
+        call.handle_message(cancel.into(), t0);
+        let sent = out(&mut call);
+        assert_eq!(codes(&sent), vec![200, 487]);
+        assert_eq!(message::cseq(&sent[0]).unwrap().1, Method::Cancel);
+        assert_eq!(events(&mut call), vec![UasEvent::Cancelled]);
+        // 487 resent (Timer G) until the ACK.
+        let again = run_until(&mut call, t0, t0 + Duration::from_millis(600));
+        assert_eq!(again.len(), 1);
+        let SipMessage::Response(r487) = &sent[1] else {
+            panic!()
+        };
+        let ack = message::ack_for_non_2xx(&inv, r487);
+        call.handle_message(ack.into(), t0 + Duration::from_secs(1));
+        run_until(&mut call, t0, t0 + Duration::from_secs(10));
+        assert_eq!(events(&mut call), vec![UasEvent::Terminated]);
+    }
+
+    #[test]
+    fn reject_without_ack_ends_on_timer_h() {
+        let t0 = Instant::now();
+        let mut call = IncomingCall::new(invite().into(), peer(), t0).unwrap();
+        out(&mut call);
+        call.reject(486, t0);
+        assert_eq!(codes(&out(&mut call)), vec![486]);
+        let sent = run_until(&mut call, t0, t0 + Duration::from_secs(40));
+        let at: Vec<u64> = sent.iter().map(|(d, _)| d.as_millis() as u64).collect();
+        assert_eq!(&at[..5], &[500, 1500, 3500, 7500, 11500]);
+        assert_eq!(events(&mut call), vec![UasEvent::Terminated]);
+    }
+
+    #[test]
+    fn not_an_invite_is_refused() {
+        let mut bye = invite();
+        bye.method = Method::Bye;
+        assert!(IncomingCall::new(bye.into(), peer(), Instant::now()).is_err());
+    }
+
+    /// The outgoing and incoming machines talk to each other without sockets.
+    #[test]
+    fn uac_and_uas_complete_a_call_together() {
+        let t0 = Instant::now();
+        let mut uac = OutgoingCall::new(
+            UacConfig {
+                call_id: message::new_call_id(),
+                request_uri: "sip:echo@192.0.2.1:5060".into(),
+                from_uri: "sip:alice@192.0.2.9".into(),
+                contact: "<sip:alice@192.0.2.9:5070;transport=udp>".into(),
+                via_host: "192.0.2.9".into(),
+                via_port: 5070,
+                transport: Transport::Udp,
+                credentials: None,
+                user_agent: "uac".into(),
+            },
+            "v=0 offer\r\n".into(),
+            t0,
+        );
+        let first = message::parse(&uac.poll_transmit().unwrap()).unwrap();
+        let mut uas = IncomingCall::new(first, peer(), t0).unwrap();
+        let shuttle = |uac: &mut OutgoingCall, uas: &mut IncomingCall, now: Instant| loop {
+            let mut moved = false;
+            while let Some(b) = uac.poll_transmit() {
+                uas.handle_message(message::parse(&b).unwrap(), now);
+                moved = true;
+            }
+            while let Some((b, _)) = uas.poll_transmit() {
+                uac.handle_message(message::parse(&b).unwrap(), now);
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        };
+        shuttle(&mut uac, &mut uas, t0);
+        uas.ringing();
+        uas.answer(
+            "v=0 answer\r\n".into(),
+            "<sip:echo@192.0.2.1:5060>".into(),
+            t0,
+        );
+        shuttle(&mut uac, &mut uas, t0);
+        let uac_events: Vec<UacEvent> = std::iter::from_fn(|| uac.poll_event()).collect();
+        assert_eq!(
+            uac_events,
+            vec![
+                UacEvent::Provisional {
+                    code: 100,
+                    sdp: None
+                },
+                UacEvent::Provisional {
+                    code: 180,
+                    sdp: None
+                },
+                UacEvent::Answered {
+                    sdp: Some("v=0 answer\r\n".into())
+                }
+            ]
+        );
+        assert_eq!(events(&mut uas), vec![UasEvent::Acked]);
+        let t1 = t0 + Duration::from_secs(1);
+        uac.hangup(t1);
+        shuttle(&mut uac, &mut uas, t1);
+        assert_eq!(
+            events(&mut uas),
+            vec![UasEvent::RemoteHangup, UasEvent::Terminated]
+        );
+        uac.handle_timeout(t1 + T4);
+        assert_eq!(uac.poll_event(), Some(UacEvent::Terminated));
+    }
+}

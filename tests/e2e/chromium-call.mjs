@@ -1,0 +1,369 @@
+#!/usr/bin/env node
+// End-to-end call through the gateway from headless Chromium.
+//
+// Signs in on the gateway's web client, dials GW_NUMBER with the dial pad,
+// waits for the call to connect, lets media flow, then asserts on the
+// browser's own WebRTC statistics (packets both ways, received audio energy)
+// and on the security lock. Exit code 0 = pass, 1 = fail, 2 = bad usage.
+//
+// Env: GATEWAY_URL (https://127.0.0.1:8443), GW_ACCOUNT, GW_PASSWORD,
+// GW_NUMBER, ARTIFACT_DIR (default ./artifacts), EXPECT_TRUNK_SECURITY
+// (optional, e.g. "sdes-srtp"), MEDIA_SECONDS (default 6),
+// CHROMIUM_PATH (default /usr/bin/chromium).
+
+import { chromium } from 'playwright-core';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+
+const env = process.env;
+const GATEWAY_URL = env.GATEWAY_URL || '';
+const ACCOUNT = env.GW_ACCOUNT || '';
+const PASSWORD = env.GW_PASSWORD || '';
+const NUMBER = env.GW_NUMBER || '';
+const ARTIFACT_DIR = path.resolve(env.ARTIFACT_DIR || 'artifacts');
+const EXPECT_TRUNK = env.EXPECT_TRUNK_SECURITY || '';
+const MEDIA_MS = Math.round(1000 * Number(env.MEDIA_SECONDS || 6));
+const CHROMIUM = env.CHROMIUM_PATH || '/usr/bin/chromium';
+
+const CONNECT_TIMEOUT_MS = 20000;
+const OVERALL_TIMEOUT_MS = 120000;
+const MIN_PACKETS = 100;
+
+const missing = [
+  ['GATEWAY_URL', GATEWAY_URL], ['GW_ACCOUNT', ACCOUNT], ['GW_PASSWORD', PASSWORD], ['GW_NUMBER', NUMBER],
+].filter(([, v]) => !v).map(([k]) => k);
+if (missing.length) {
+  console.error(`chromium-call: missing environment variable(s): ${missing.join(', ')}`);
+  console.error('usage: GATEWAY_URL=https://127.0.0.1:8443 GW_ACCOUNT=alice GW_PASSWORD=... GW_NUMBER=100 '
+    + 'ARTIFACT_DIR=out [EXPECT_TRUNK_SECURITY=sdes-srtp] node chromium-call.mjs');
+  process.exit(2);
+}
+let baseUrl;
+try {
+  baseUrl = new URL(GATEWAY_URL);
+} catch {
+  console.error(`chromium-call: GATEWAY_URL is not a URL: ${GATEWAY_URL}`);
+  process.exit(2);
+}
+mkdirSync(ARTIFACT_DIR, { recursive: true });
+
+const started = Date.now();
+const t = () => ((Date.now() - started) / 1000).toFixed(1).padStart(5);
+const pageLog = [];
+const note = (line) => pageLog.push(`[${t()}s] ${line}`);
+const step = (line) => { console.log(`[${t()}s] ${line}`); note(`== ${line}`); };
+
+class TestFailure extends Error {}
+const fail = (msg) => { throw new TestFailure(msg); };
+
+// Shortens signaling frames for the log: SDP bodies become their line count.
+function describeFrame(payload) {
+  const text = typeof payload === 'string' ? payload : String(payload);
+  try {
+    const msg = JSON.parse(text);
+    if (msg && typeof msg.sdp === 'string') msg.sdp = `<sdp ${msg.sdp.split(/\r?\n/).filter(Boolean).length} lines>`;
+    if (msg && msg.token) msg.token = '<token>';
+    return JSON.stringify(msg);
+  } catch {
+    return text.length > 300 ? `${text.slice(0, 300)}…` : text;
+  }
+}
+
+const ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--ignore-certificate-errors',
+  // The remote audio must be played out for Chromium to measure its energy.
+  '--autoplay-policy=no-user-gesture-required',
+];
+
+let browser = null;
+let page = null;
+let summary = { result: 'fail', gateway: baseUrl.origin, number: NUMBER };
+
+async function readState(p) {
+  return p.evaluate(() => {
+    const s = document.getElementById('call-status');
+    const text = document.getElementById('call-status-text') || s;
+    return s ? { state: s.dataset.state, text: text.textContent.trim().replace(/\s+/g, ' ') } : null;
+  }).catch(() => null);
+}
+
+async function readStats(p) {
+  return p.evaluate(async () => {
+    const pc = window.gatewayClient && window.gatewayClient.pc;
+    if (!pc) return { error: 'window.gatewayClient.pc is not set' };
+    const report = await pc.getStats();
+    const out = { inbound: null, outbound: null, transport: null, pair: null, codecs: {} };
+    const all = new Map();
+    report.forEach((s) => all.set(s.id, s));
+    report.forEach((s) => {
+      const kind = s.kind || s.mediaType;
+      if (s.type === 'inbound-rtp' && kind === 'audio') {
+        out.inbound = {
+          packetsReceived: s.packetsReceived, packetsLost: s.packetsLost, bytesReceived: s.bytesReceived,
+          jitter: s.jitter, totalAudioEnergy: s.totalAudioEnergy, audioLevel: s.audioLevel,
+          totalSamplesReceived: s.totalSamplesReceived, concealedSamples: s.concealedSamples, ssrc: s.ssrc,
+          codecId: s.codecId,
+        };
+      } else if (s.type === 'outbound-rtp' && kind === 'audio') {
+        out.outbound = { packetsSent: s.packetsSent, bytesSent: s.bytesSent, ssrc: s.ssrc, codecId: s.codecId };
+      } else if (s.type === 'transport') {
+        out.transport = {
+          dtlsState: s.dtlsState, iceState: s.iceState, tlsVersion: s.tlsVersion, dtlsCipher: s.dtlsCipher,
+          srtpCipher: s.srtpCipher, dtlsRole: s.dtlsRole, selectedCandidatePairId: s.selectedCandidatePairId,
+        };
+      }
+    });
+    if (out.transport && out.transport.selectedCandidatePairId) {
+      const pair = all.get(out.transport.selectedCandidatePairId);
+      if (pair) {
+        const local = all.get(pair.localCandidateId) || {};
+        const remote = all.get(pair.remoteCandidateId) || {};
+        out.pair = {
+          state: pair.state,
+          local: `${local.address || local.ip}:${local.port}/${local.protocol}`,
+          remote: `${remote.address || remote.ip}:${remote.port}/${remote.protocol}`,
+          currentRoundTripTime: pair.currentRoundTripTime,
+        };
+      }
+    }
+    for (const side of ['inbound', 'outbound']) {
+      const codec = out[side] && all.get(out[side].codecId);
+      if (codec) out.codecs[side] = `${codec.mimeType}/${codec.clockRate}`;
+      if (out[side]) delete out[side].codecId;
+    }
+    return out;
+  });
+}
+
+async function readSecurity(p) {
+  return p.evaluate(() => {
+    const el = document.getElementById('call-security');
+    const text = (id) => (document.getElementById(id) || {}).textContent || '';
+    return el ? {
+      visible: !el.hidden,
+      level: el.dataset.level,
+      browser: text('security-browser').replace(/^Browser:\s*/, ''),
+      trunk: text('security-trunk').replace(/^Trunk:\s*/, ''),
+      text: el.textContent.trim().replace(/\s+/g, ' '),
+    } : null;
+  });
+}
+
+async function run() {
+  step(`launching ${CHROMIUM}`);
+  try {
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS, timeout: 30000 });
+  } catch (err) {
+    fail(`could not start Chromium at ${CHROMIUM}: ${err.message.split('\n')[0]}`);
+  }
+  note(`chromium ${browser.version()}`);
+  // Playwright gives the browser a fresh temporary --user-data-dir and removes it on close.
+  const context = await browser.newContext({
+    permissions: ['microphone'],
+    ignoreHTTPSErrors: true,
+    viewport: { width: 480, height: 800 },
+  });
+  page = await context.newPage();
+  page.setDefaultTimeout(15000);
+
+  page.on('console', (m) => note(`console.${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => note(`pageerror: ${e.message}`));
+  page.on('requestfailed', (r) => note(`requestfailed: ${r.method()} ${r.url().replace(/token=[^&]+/, 'token=<token>')} ${r.failure() ? r.failure().errorText : ''}`));
+  page.on('response', (r) => { if (r.status() >= 400) note(`http ${r.status()}: ${r.request().method()} ${r.url()}`); });
+  page.on('websocket', (ws) => {
+    const url = ws.url().replace(/token=[^&]+/, 'token=<token>');
+    note(`websocket open ${url}`);
+    ws.on('framesent', (f) => note(`ws -> ${describeFrame(f.payload)}`));
+    ws.on('framereceived', (f) => note(`ws <- ${describeFrame(f.payload)}`));
+    ws.on('socketerror', (e) => note(`websocket error ${e}`));
+    ws.on('close', () => note('websocket closed'));
+  });
+
+  const pageUrl = new URL('/', baseUrl).href;
+  step(`opening ${pageUrl}`);
+  let response;
+  try {
+    response = await page.goto(pageUrl, { waitUntil: 'load', timeout: 15000 });
+  } catch (err) {
+    const reason = err.message.split('\n')[0];
+    fail(`the gateway is not reachable at ${pageUrl} (${reason}); is it running, and is GATEWAY_URL right?`);
+  }
+  if (!response || !response.ok()) {
+    fail(`GET ${pageUrl} answered HTTP ${response ? response.status() : 'nothing'}; expected the web client`);
+  }
+  if (!(await page.locator('#login-form').count()) && !(await page.locator('#phone-view').count())) {
+    fail(`${pageUrl} did not serve the web client (no #login-form)`);
+  }
+
+  step(`signing in as ${ACCOUNT}`);
+  await page.fill('#login-account', ACCOUNT);
+  await page.fill('#login-password', PASSWORD);
+  await page.click('#login-button');
+  await page.waitForFunction(() => {
+    const err = document.getElementById('login-error');
+    return !document.getElementById('phone-view').hidden || (err && !err.hidden);
+  }, null, { timeout: 15000 }).catch(() => fail('no answer to sign-in within 15 s'));
+  const loginError = await page.evaluate(() => {
+    const err = document.getElementById('login-error');
+    return err && !err.hidden ? err.textContent : null;
+  });
+  if (loginError) fail(`sign-in failed: ${loginError}`);
+
+  step('waiting for the signaling WebSocket');
+  await page.waitForSelector('#conn-status[data-state="open"]', { timeout: 10000 })
+    .catch(async () => fail(`signaling WebSocket did not open within 10 s (status: ${await page.textContent('#conn-status').catch(() => '?')})`));
+
+  // Record every call state the page goes through.
+  await page.evaluate(() => {
+    const el = document.getElementById('call-status');
+    window.__e2eStates = [el.dataset.state];
+    new MutationObserver(() => {
+      const s = el.dataset.state;
+      if (window.__e2eStates[window.__e2eStates.length - 1] !== s) window.__e2eStates.push(s);
+    }).observe(el, { attributes: true, attributeFilter: ['data-state'] });
+  });
+
+  step(`dialling ${NUMBER} on the dial pad`);
+  await page.fill('#number', '');
+  for (const ch of NUMBER) {
+    const key = page.locator(`#dialpad button[data-digit="${ch}"]`);
+    if (await key.count()) {
+      await key.click();
+    } else {
+      await page.locator('#number').press(ch === ' ' ? 'Space' : ch);
+    }
+  }
+  const typed = await page.inputValue('#number');
+  if (typed !== NUMBER) fail(`the number field shows "${typed}" after dialling "${NUMBER}"`);
+
+  const callStarted = Date.now();
+  step('clicking Call');
+  await page.click('#call-button');
+  try {
+    await page.waitForFunction(() => {
+      const s = document.getElementById('call-status').dataset.state;
+      return s === 'connected' || s === 'ended';
+    }, null, { timeout: CONNECT_TIMEOUT_MS, polling: 100 });
+  } catch {
+    const st = await readState(page);
+    fail(`call not connected within ${CONNECT_TIMEOUT_MS / 1000} s (state ${st ? `${st.state}: ${st.text}` : 'unknown'})`);
+  }
+  let st = await readState(page);
+  if (st.state !== 'connected') {
+    const msg = await page.evaluate(() => {
+      const m = document.getElementById('call-message');
+      return m && !m.hidden ? m.textContent : '';
+    });
+    fail(`call ended before connecting: ${st.text}${msg ? ` / ${msg}` : ''}`);
+  }
+  summary.connectMs = Date.now() - callStarted;
+  step(`connected after ${summary.connectMs} ms; letting media flow for ${MEDIA_MS / 1000} s`);
+
+  await page.waitForTimeout(MEDIA_MS);
+  st = await readState(page);
+  if (st.state !== 'connected') fail(`call dropped during media: ${st.text}`);
+
+  const stats = await readStats(page);
+  summary.stats = stats;
+  if (stats.error) fail(stats.error);
+  const security = await readSecurity(page);
+  summary.security = security && { browser: security.browser, trunk: security.trunk, level: security.level };
+
+  step('taking the connected screenshot');
+  await page.screenshot({ path: path.join(ARTIFACT_DIR, 'chromium-connected.png'), fullPage: true });
+
+  const problems = [];
+  const inb = stats.inbound;
+  const outb = stats.outbound;
+  if (!inb) problems.push('no inbound-rtp audio stats');
+  else {
+    if (!(inb.packetsReceived > MIN_PACKETS)) problems.push(`inbound packetsReceived ${inb.packetsReceived} <= ${MIN_PACKETS}`);
+    if (!(inb.totalAudioEnergy > 0)) problems.push(`inbound totalAudioEnergy ${inb.totalAudioEnergy} is not > 0 (silence received)`);
+  }
+  if (!outb) problems.push('no outbound-rtp audio stats');
+  else if (!(outb.packetsSent > MIN_PACKETS)) problems.push(`outbound packetsSent ${outb.packetsSent} <= ${MIN_PACKETS}`);
+  if (stats.transport && stats.transport.dtlsState && stats.transport.dtlsState !== 'connected') {
+    problems.push(`DTLS transport state is ${stats.transport.dtlsState}`);
+  }
+
+  if (!security || !security.visible) problems.push('the security lock (#call-security) is not shown');
+  else {
+    if (!/dtls-srtp/i.test(security.browser)) problems.push(`lock shows browser leg "${security.browser}", expected dtls-srtp`);
+    if (EXPECT_TRUNK && !security.trunk.toLowerCase().includes(EXPECT_TRUNK.toLowerCase())) {
+      problems.push(`lock shows trunk leg "${security.trunk}", expected ${EXPECT_TRUNK}`);
+    }
+    if (EXPECT_TRUNK) {
+      const trunkEncrypted = /srtp/i.test(EXPECT_TRUNK);
+      const want = trunkEncrypted ? 'secure' : 'insecure';
+      if (security.level !== want) problems.push(`lock level is "${security.level}", expected "${want}" for trunk ${EXPECT_TRUNK}`);
+    }
+  }
+
+  step('clicking Hang up');
+  await page.click('#hangup-button');
+  await page.waitForSelector('#call-status[data-state="ended"]', { timeout: 5000 })
+    .catch(() => problems.push('call state did not become "ended" within 5 s of Hang up'));
+  // Give the gateway a moment to confirm with its own hangup (code and reason).
+  await page.waitForTimeout(500);
+  st = await readState(page);
+  summary.endedText = st && st.text;
+  summary.states = await page.evaluate(() => window.__e2eStates || []);
+  const micLive = await page.evaluate(() => window.gatewayClient.pc !== null);
+  if (micLive) problems.push('window.gatewayClient.pc still set after hang-up');
+
+  if (problems.length) fail(problems.join('; '));
+  summary.result = 'pass';
+}
+
+async function saveFailureScreenshot() {
+  if (!page) return null;
+  const file = path.join(ARTIFACT_DIR, 'chromium-failure.png');
+  try {
+    await page.screenshot({ path: file, fullPage: true, timeout: 5000 });
+    return file;
+  } catch {
+    return null;
+  }
+}
+
+let exitCode = 0;
+const watchdog = setTimeout(async () => {
+  console.error(`FAIL: overall time limit of ${OVERALL_TIMEOUT_MS / 1000} s reached`);
+  console.error('--- page log ---');
+  console.error(pageLog.join('\n'));
+  await saveFailureScreenshot();
+  process.exit(1);
+}, OVERALL_TIMEOUT_MS);
+
+try {
+  await run();
+  console.log(JSON.stringify(summary));
+  console.log('chromium-call: PASS');
+} catch (err) {
+  exitCode = 1;
+  const reason = err instanceof TestFailure ? err.message : `unexpected error: ${err && err.stack ? err.stack : err}`;
+  summary.reason = reason;
+  if (page) summary.states = summary.states || await page.evaluate(() => window.__e2eStates || []).catch(() => undefined);
+  const shot = await saveFailureScreenshot();
+  console.error(`FAIL: ${reason}`);
+  console.error('--- page log ---');
+  console.error(pageLog.join('\n') || '(empty)');
+  console.error('--- end of page log ---');
+  if (shot) console.error(`screenshot: ${shot}`);
+  console.log(JSON.stringify(summary));
+} finally {
+  try { writeFileSync(path.join(ARTIFACT_DIR, 'chromium-page.log'), `${pageLog.join('\n')}\n`); } catch { /* best effort */ }
+  try { if (browser) await browser.close(); } catch { /* already gone */ }
+  clearTimeout(watchdog);
+}
+process.exit(exitCode);

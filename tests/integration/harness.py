@@ -1,0 +1,836 @@
+"""Real peers for the integration tests: baresip (the SIP trunk), the gateway
+process, and an aiortc browser stand-in.
+
+Everything here runs inside the network namespace made by tests/netns-run.sh
+(GWT_HOST=10.99.0.1): listeners on 127.0.0.1, media on GWT_HOST. Waits are on
+events (log lines, sockets, HTTP answers, packet counters) with timeouts; no
+sleep is used to synchronise.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import fractions
+import glob
+import http.client
+import json
+import math
+import os
+import re
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "tests" / "artifacts"
+GWT_HOST = os.environ.get("GWT_HOST", "")
+
+# RMS of 16-bit samples. The test tone has amplitude 8000 (RMS ~5650); a
+# G.711 or Opus round trip keeps it in the thousands. Silence (or comfort
+# noise) is far below SILENCE_RMS.
+TONE_RMS_MIN = 1000.0
+SILENCE_RMS = 100.0
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class Timeout(AssertionError):
+    pass
+
+
+def wait_until(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    """Polls `pred` until it returns something truthy; returns that value.
+    Raises Timeout (an AssertionError, so pytest shows `what`) otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise Timeout(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def async_wait_until(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise Timeout(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on host (SIP listens on both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+        try:
+            with socket.socket(socket.AF_INET, other) as s:
+                s.bind((host, port))
+        except OSError:
+            continue
+        if 30000 <= port <= 31999 or 20000 <= port <= 20999:
+            continue  # keep clear of the media ranges used below
+        return port
+    raise RuntimeError("no free port")
+
+
+def read_text(path: Path) -> str:
+    try:
+        return ANSI.sub("", path.read_bytes().decode("utf-8", "replace"))
+    except FileNotFoundError:
+        return ""
+
+
+# --------------------------------------------------------------------------
+# Audio helpers
+
+
+def write_tone_wav(path: Path, seconds: float = 10.0, rate: int = 8000, freq: float = 440.0, amp: int = 8000):
+    n = int(seconds * rate)
+    samples = array.array("h", (int(amp * math.sin(2 * math.pi * freq * i / rate)) for i in range(n)))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return path
+
+
+def rms(samples) -> float:
+    if len(samples) == 0:
+        return 0.0
+    return math.sqrt(sum(s * s for s in samples) / len(samples))
+
+
+@dataclass
+class WavInfo:
+    path: Optional[Path]
+    rate: int = 0
+    samples: int = 0
+    rms: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.rate if self.rate else 0.0
+
+
+def wav_info(path: Optional[Path]) -> WavInfo:
+    """RMS of a 16-bit WAV. Reads the data even when the header's sizes were
+    not finalised yet (file still open by baresip)."""
+    if path is None or not path.exists():
+        return WavInfo(path)
+    data = path.read_bytes()
+    rate, channels, offset = 8000, 1, 44
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        pos = 12
+        while pos + 8 <= len(data):
+            cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+            if cid == b"fmt ":
+                channels, rate = struct.unpack("<HI", data[pos + 10:pos + 16])
+            if cid == b"data":
+                offset = pos + 8
+                break
+            pos += 8 + size + (size & 1)
+    pcm = data[offset:]
+    pcm = pcm[: len(pcm) // 2 * 2]
+    samples = array.array("h")
+    samples.frombytes(pcm)
+    return WavInfo(path, rate, len(samples) // max(1, channels), rms(samples))
+
+
+# --------------------------------------------------------------------------
+# baresip, the SIP trunk
+
+
+@dataclass
+class SipMessage:
+    transport: str
+    src: str
+    dst: str
+    first_line: str
+    text: str
+
+    @property
+    def method(self) -> str:
+        return "" if self.first_line.startswith("SIP/2.0") else self.first_line.split(" ", 1)[0]
+
+    @property
+    def status(self) -> int:
+        if self.first_line.startswith("SIP/2.0"):
+            return int(self.first_line.split()[1])
+        return 0
+
+    def sdp_media(self) -> Optional[tuple[str, int, str]]:
+        """(connection address, audio port, profile) of the SDP body, if any."""
+        conn = re.search(r"^c=IN IP[46] (\S+)", self.text, re.M)
+        m = re.search(r"^m=audio (\d+) (\S+)", self.text, re.M)
+        if not (conn and m):
+            return None
+        return conn.group(1), int(m.group(1)), m.group(2)
+
+
+class Baresip:
+    """One headless baresip user agent. As a trunk it auto-answers calls to
+    `user`, plays tone.wav and dumps what it hears to dump/*-dec.wav.
+
+    Facts about baresip 1.0.0 found by experiment (tests/integration/README.md):
+    the accounts file needs module account.so, ctrl_tcp commands such as dial
+    and hangup need menu.so, `rtp_stats yes` prints "packets: TX RX" when a
+    call ends, sndfile writes dump-<time>-dec.wav (heard) and -enc.wav (sent),
+    and an empty -dec.wav (header only) when no RTP arrived.
+    """
+
+    def __init__(self, workdir: Path, tone_wav: Path, user: str = "1000", srtp: bool = True,
+                 name: str = "baresip", answer: bool = True):
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dump_dir = self.dir / "dump"
+        self.dump_dir.mkdir(exist_ok=True)
+        self.log_path = self.dir / "baresip.log"
+        self.user = user
+        self.srtp = srtp
+        self.tone_wav = tone_wav
+        self.answer = answer
+        self.sip_port = free_port()
+        self.ctrl_port = free_port()
+        self.proc: Optional[subprocess.Popen] = None
+        self._ctrl: Optional[socket.socket] = None
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{self.user}@127.0.0.1:{self.sip_port}"
+
+    def write_config(self):
+        modules = ["g711.so", "aufile.so", "aubridge.so", "sndfile.so", "ctrl_tcp.so"]
+        if self.srtp:
+            modules.append("srtp.so")
+        lines = ["module_path /usr/lib/baresip/modules"]
+        lines += [f"module {m}" for m in modules]
+        lines += [
+            "module_app account.so",
+            "module_app menu.so",
+            f"audio_source aufile,{self.tone_wav}",
+            "audio_player aubridge,x",
+            "audio_alert aubridge,x",
+            f"snd_path {self.dump_dir}",
+            f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
+            f"sip_listen 127.0.0.1:{self.sip_port}",
+            "rtp_ports 30000-31999",
+            "rtp_stats yes",
+            "statmode_default off",
+            "call_max_calls 4",
+        ]
+        (self.dir / "config").write_text("\n".join(lines) + "\n")
+        params = ";regint=0"
+        params += ";answermode=auto" if self.answer else ";answermode=manual"
+        if self.srtp:
+            params += ";mediaenc=srtp-mand"
+        (self.dir / "accounts").write_text(f"<sip:{self.user}@127.0.0.1:{self.sip_port}>{params}\n")
+
+    def start(self, timeout: float = 15.0):
+        assert GWT_HOST, "run inside tests/netns-run.sh (GWT_HOST unset)"
+        self.write_config()
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            ["baresip", "-4", "-n", "v0", "-f", str(self.dir), "-s"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
+        )
+        log.close()
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"baresip exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            if "baresip is ready." not in self.log():
+                return False
+            try:
+                self._ctrl = socket.create_connection(("127.0.0.1", self.ctrl_port), timeout=1)
+                return True
+            except OSError:
+                return False
+
+        wait_until(ready, timeout, f"baresip ready ({self.log_path})")
+        assert "Populated 1 account" in self.log(), self.log()
+        return self
+
+    def stop(self):
+        if self._ctrl:
+            self._ctrl.close()
+            self._ctrl = None
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    # -- control (netstring JSON over TCP)
+    def command(self, command: str, params: str = "") -> dict:
+        assert self._ctrl is not None
+        token = f"t{time.monotonic_ns()}"
+        body = json.dumps({"command": command, "params": params, "token": token}).encode()
+        self._ctrl.sendall(str(len(body)).encode() + b":" + body + b",")
+        self._ctrl.settimeout(5)
+        buf = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            while True:
+                m = re.match(rb"(\d+):", buf)
+                if not m or len(buf) < m.end() + int(m.group(1)) + 1:
+                    break
+                n = int(m.group(1))
+                msg = json.loads(buf[m.end():m.end() + n])
+                buf = buf[m.end() + n + 1:]
+                if msg.get("response") and msg.get("token") == token:
+                    return msg
+            chunk = self._ctrl.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        raise AssertionError(f"no ctrl_tcp response to {command}")
+
+    # -- log readers
+    def log(self) -> str:
+        return read_text(self.log_path)
+
+    def sip_messages(self) -> list[SipMessage]:
+        out = []
+        for block in re.split(r"^#\s*$", self.log(), flags=re.M)[1:]:
+            m = re.match(r"\s*(UDP|TCP|TLS) (\S+) -> (\S+)\n([^\n]*)\n", block)
+            if m:
+                out.append(SipMessage(m.group(1), m.group(2), m.group(3), m.group(4).strip(), block))
+        return out
+
+    def received(self, method: str = "", status: int = 0) -> list[SipMessage]:
+        me = f"127.0.0.1:{self.sip_port}"
+        return [
+            m for m in self.sip_messages()
+            if m.dst == me and (not method or m.method == method) and (not status or m.status == status)
+        ]
+
+    def sent(self, method: str = "", status: int = 0) -> list[SipMessage]:
+        me = f"127.0.0.1:{self.sip_port}"
+        return [
+            m for m in self.sip_messages()
+            if m.src == me and (not method or m.method == method) and (not status or m.status == status)
+        ]
+
+    def call_established(self) -> bool:
+        return "Call established" in self.log()
+
+    def call_ended(self) -> bool:
+        return bool(re.search(r"terminated \(duration|session closed", self.log()))
+
+    def wait_established(self, timeout=15.0):
+        wait_until(self.call_established, timeout, f"baresip call established ({self.log_path})")
+
+    def wait_bye(self, timeout=10.0) -> SipMessage:
+        return wait_until(lambda: (self.received("BYE") or [None])[0], timeout, f"baresip receiving BYE ({self.log_path})")
+
+    def wait_call_ended(self, timeout=10.0):
+        wait_until(self.call_ended, timeout, f"baresip call ended ({self.log_path})")
+
+    def rtp_stats(self) -> Optional[tuple[int, int]]:
+        """(transmitted, received) RTP packets of the last ended call, or None
+        when no call with media ended."""
+        found = re.findall(r"^packets:\s+(\d+)\s+(\d+)", self.log(), re.M)
+        if not found:
+            return None
+        tx, rx = found[-1]
+        return int(tx), int(rx)
+
+    def wait_rtp_stats(self, timeout=10.0) -> tuple[int, int]:
+        return wait_until(self.rtp_stats, timeout, f"baresip RTP statistics at call end ({self.log_path})")
+
+    def dec_wav(self) -> WavInfo:
+        files = sorted(glob.glob(str(self.dump_dir / "*-dec.wav")))
+        return wav_info(Path(files[-1]) if files else None)
+
+    def wait_heard_seconds(self, seconds: float, timeout: float = 15.0) -> WavInfo:
+        """Waits until the dumped received audio holds `seconds` of samples."""
+        return wait_until(lambda: (lambda w: w if w.seconds >= seconds else None)(self.dec_wav()),
+                          timeout, f"{seconds}s of audio heard by baresip ({self.dump_dir})")
+
+    def srtp_enabled(self) -> bool:
+        return "SRTP is Enabled" in self.log()
+
+    def gateway_media_target(self) -> tuple[str, int, str]:
+        """(address, port, profile) the gateway offered for the trunk leg, read
+        from the SDP of the INVITE baresip received."""
+        invites = self.received("INVITE")
+        assert invites, f"baresip received no INVITE ({self.log_path})"
+        media = invites[0].sdp_media()
+        assert media, f"INVITE without an audio SDP:\n{invites[0].text}"
+        return media
+
+
+# --------------------------------------------------------------------------
+# The gateway process
+
+
+def gateway_bin() -> Path:
+    p = Path(os.environ.get("GATEWAY_BIN", REPO / "target" / "debug" / "webrtc-sip-gateway"))
+    if not p.is_absolute():
+        p = REPO / p
+    return p
+
+
+def unverified_ssl() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def hash_password(password: str) -> str:
+    binary = gateway_bin()
+    out = subprocess.run([str(binary), "hash-password"], input=password.encode(), capture_output=True, timeout=60)
+    assert out.returncode == 0, f"hash-password failed ({out.returncode}): {out.stderr.decode(errors='replace')}"
+    lines = [ln.strip() for ln in out.stdout.decode().splitlines() if ln.strip()]
+    hashes = [ln for ln in lines if ln.startswith("$argon2")]
+    assert hashes, f"hash-password printed no argon2 hash: {out.stdout!r}"
+    return hashes[-1]
+
+
+@dataclass
+class TrunkSpec:
+    name: str
+    uri: str
+    callee_stream: str = "sdes"
+    secure_media: str = "mandatory"
+    srtp_suites: list = field(default_factory=lambda: ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"])
+
+
+def toml_str(s: str) -> str:
+    return json.dumps(s)  # a JSON string is a valid TOML basic string
+
+
+class Gateway:
+    """target/debug/webrtc-sip-gateway run, with a config written here (or
+    none at all: the built-in defaults)."""
+
+    def __init__(self, workdir: Path, trunk: Optional[TrunkSpec] = None, account: str = "alice",
+                 password: Optional[str] = None, use_config: bool = True):
+        self.dir = workdir / "gateway"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.dir / "gateway.log"
+        self.config_path = self.dir / "gateway.toml"
+        self.trunk = trunk
+        self.account = account
+        self.password = password or os.urandom(9).hex()
+        self.use_config = use_config
+        self.https_port = free_port() if use_config else 8443
+        self.sip_port = free_port() if use_config else 5060
+        self.proc: Optional[subprocess.Popen] = None
+        self.exit_code: Optional[int] = None
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+    def write_config(self):
+        host = GWT_HOST or "127.0.0.1"
+        lines = [
+            "[server]",
+            f'https_listen = "127.0.0.1:{self.https_port}"',
+            f'public_ip = "{host}"',
+            f"data_dir = {toml_str(str(self.dir / 'data'))}",
+            f'token_secret = "{os.urandom(24).hex()}"',
+            "",
+            "[sip]",
+            f'udp_listen = "127.0.0.1:{self.sip_port}"',
+            "",
+            "[media]",
+            "port_min = 20000",
+            "port_max = 20999",
+            "",
+        ]
+        if self.trunk:
+            t = self.trunk
+            lines += [
+                "[[trunks]]",
+                f"name = {toml_str(t.name)}",
+                f"uri = {toml_str(t.uri)}",
+                f"callee_stream = {toml_str(t.callee_stream)}",
+                f"secure_media = {toml_str(t.secure_media)}",
+                "srtp_suites = [" + ", ".join(toml_str(s) for s in t.srtp_suites) + "]",
+                'inbound_sources = ["127.0.0.1/32"]',
+                "",
+                "[[accounts]]",
+                f"name = {toml_str(self.account)}",
+                f"password_hash = {toml_str(hash_password(self.password))}",
+                f"trunk = {toml_str(t.name)}",
+                "",
+            ]
+        self.config_path.write_text("\n".join(lines))
+
+    def start(self, timeout: float = 30.0):
+        binary = gateway_bin()
+        assert binary.exists(), f"gateway binary {binary} not built (cargo build, or set GATEWAY_BIN)"
+        cmd = [str(binary), "run"]
+        if self.use_config:
+            self.write_config()
+            cmd += ["--config", str(self.config_path)]
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info")
+        env["NO_COLOR"] = "1"
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=self.dir, env=env)
+        log.close()
+
+        def healthy():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                status, _ = self.http("GET", "/healthz", timeout=2)
+                return status == 200
+            except (OSError, http.client.HTTPException):
+                return False
+
+        wait_until(healthy, timeout, f"gateway GET /healthz = 200 ({self.log_path})", interval=0.1)
+        return self
+
+    def stop(self, timeout: float = 20.0) -> Optional[int]:
+        """SIGTERM; returns the exit code (None if it had to be killed)."""
+        if not self.proc:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                self.exit_code = None
+                return None
+        self.exit_code = self.proc.returncode
+        return self.exit_code
+
+    def log(self) -> str:
+        return read_text(self.log_path)
+
+    # -- HTTP
+    def http(self, method: str, path: str, body: Optional[dict] = None, timeout: float = 10,
+             headers: Optional[dict] = None) -> tuple[int, bytes]:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.https_port, context=unverified_ssl(), timeout=timeout)
+        try:
+            hdrs = dict(headers or {})
+            data = None
+            if body is not None:
+                data = json.dumps(body).encode()
+                hdrs["Content-Type"] = "application/json"
+            conn.request(method, path, body=data, headers=hdrs)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def login(self, account: Optional[str] = None, password: Optional[str] = None) -> str:
+        status, body = self.http("POST", "/api/login", {"account": account or self.account,
+                                                        "password": password or self.password})
+        assert status == 200, f"POST /api/login: {status} {body[:300]!r}"
+        token = json.loads(body)["token"]
+        assert token
+        return token
+
+    def metrics(self) -> "Metrics":
+        status, body = self.http("GET", "/metrics")
+        assert status == 200, f"GET /metrics: {status}"
+        return Metrics(body.decode())
+
+
+class Metrics:
+    """Prometheus text format, parsed just enough: sum(name{labels ⊇ given})."""
+
+    LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+    LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+    def __init__(self, text: str):
+        self.text = text
+        self.samples: list[tuple[str, dict, float]] = []
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            m = self.LINE.match(line)
+            if m:
+                labels = dict(self.LABEL.findall(m.group(2) or ""))
+                try:
+                    self.samples.append((m.group(1), labels, float(m.group(3))))
+                except ValueError:
+                    pass
+
+    def has(self, name: str) -> bool:
+        return any(n == name for n, _, _ in self.samples)
+
+    def sum(self, name: str, **labels) -> float:
+        return sum(v for n, lab, v in self.samples
+                   if n == name and all(lab.get(k) == val for k, val in labels.items()))
+
+
+# --------------------------------------------------------------------------
+# The browser stand-in (aiortc)
+
+
+def _aiortc():
+    import av  # noqa: F401
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamTrack
+    return RTCConfiguration, RTCPeerConnection, RTCSessionDescription, MediaStreamTrack
+
+
+def make_tone_track(freq: float = 440.0, amp: int = 8000):
+    """A MediaStreamTrack producing a sine tone: s16 mono 48 kHz, 20 ms
+    frames, with pts/time_base, paced in real time."""
+    import av
+    from aiortc.mediastreams import MediaStreamTrack
+
+    rate, per_frame = 48000, 960
+    # one second of tone: 440 Hz fits 440 whole periods into 48000 samples
+    second = array.array("h", (int(amp * math.sin(2 * math.pi * freq * i / rate)) for i in range(rate))).tobytes()
+
+    class ToneTrack(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self):
+            super().__init__()
+            self._start: Optional[float] = None
+            self._pts = 0
+            self.frames = 0
+
+        async def recv(self):
+            if self.readyState != "live":
+                from aiortc.mediastreams import MediaStreamError
+                raise MediaStreamError
+            if self._start is None:
+                self._start = time.monotonic()
+            else:
+                self._pts += per_frame
+                delay = self._start + self._pts / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # real-time pacing of the source
+            off = (self._pts % rate) * 2
+            chunk = second[off:off + per_frame * 2]
+            frame = av.AudioFrame(format="s16", layout="mono", samples=per_frame)
+            frame.planes[0].update(chunk)
+            frame.sample_rate = rate
+            frame.pts = self._pts
+            frame.time_base = fractions.Fraction(1, rate)
+            self.frames += 1
+            return frame
+
+    return ToneTrack()
+
+
+def frame_samples(frame) -> array.array:
+    """The s16 samples of an av.AudioFrame (packed s16 only, as aiortc's
+    decoders produce)."""
+    channels = len(frame.layout.channels)
+    data = bytes(frame.planes[0])[: frame.samples * channels * 2]
+    a = array.array("h")
+    a.frombytes(data)
+    return a
+
+
+class AudioSink:
+    """Consumes a remote audio track and measures it."""
+
+    def __init__(self):
+        self.frames = 0
+        self.sum_sq = 0.0
+        self.n = 0
+        self.loud_frames = 0
+        self.task: Optional[asyncio.Task] = None
+
+    def start(self, track):
+        async def run():
+            from aiortc.mediastreams import MediaStreamError
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return
+                s = frame_samples(frame)
+                self.frames += 1
+                self.sum_sq += sum(x * x for x in s)
+                self.n += len(s)
+                if rms(s) > TONE_RMS_MIN:
+                    self.loud_frames += 1
+
+        self.task = asyncio.ensure_future(run())
+
+    @property
+    def rms(self) -> float:
+        return math.sqrt(self.sum_sq / self.n) if self.n else 0.0
+
+    async def stop(self):
+        if self.task:
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+
+def mangle_fingerprint(sdp: str) -> str:
+    """Flips every byte of every a=fingerprint value (keeps the format)."""
+    def flip(m):
+        hexbytes = m.group(2).split(":")
+        return m.group(1) + ":".join(f"{int(b, 16) ^ 0xFF:02X}" for b in hexbytes)
+    out, n = re.subn(r"(a=fingerprint:\S+ )([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})+)", flip, sdp)
+    assert n, "offer has no a=fingerprint"
+    return out
+
+
+class BrowserPeer:
+    """A WebRTC client of the gateway: login, wss signaling, aiortc media."""
+
+    def __init__(self, base_url: str, token: str):
+        self.base_url = base_url
+        self.token = token
+        self.ws = None
+        self.messages: list[dict] = []
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._reader: Optional[asyncio.Task] = None
+        self.pc = None
+        self.tone = None
+        self.sink = AudioSink()
+        self.rtp_by_ssrc: dict[int, int] = {}
+        self.call_id = f"t{os.urandom(6).hex()}"
+
+    async def connect(self):
+        import websockets
+        url = self.base_url.replace("https://", "wss://") + f"/ws?token={self.token}"
+        self.ws = await websockets.connect(url, ssl=unverified_ssl(), open_timeout=10, max_size=2**20)
+
+        async def reader():
+            try:
+                async for raw in self.ws:
+                    msg = json.loads(raw)
+                    self.messages.append(msg)
+                    await self._queue.put(msg)
+            except Exception:
+                pass
+            await self._queue.put({"type": "_closed"})
+
+        self._reader = asyncio.ensure_future(reader())
+        return self
+
+    async def send(self, msg: dict):
+        await self.ws.send(json.dumps(msg))
+
+    async def next_message(self, types: set, timeout: float) -> dict:
+        """The next message whose type is in `types`, or a hangup/error/_closed
+        for this call (returned too, for the caller to judge)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"timed out after {timeout:.0f}s waiting for {types}; got {self.messages}")
+            try:
+                msg = await asyncio.wait_for(self._queue.get(), left)
+            except asyncio.TimeoutError:
+                continue
+            t = msg.get("type")
+            if t in types:
+                return msg
+            if t in ("hangup", "error", "_closed") and msg.get("id") in (None, self.call_id):
+                return msg
+
+    async def make_pc(self):
+        RTCConfiguration, RTCPeerConnection, _, _ = _aiortc()
+        # iceServers=[]: no default STUN server, no traffic out of the namespace
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.tone = make_tone_track()
+        self.pc.addTrack(self.tone)
+
+        @self.pc.on("track")
+        def on_track(track):
+            if track.kind == "audio":
+                self.sink.start(track)
+
+        return self.pc
+
+    def _count_rtp(self):
+        """Counts every RTP packet aiortc's receiver gets, per SSRC."""
+        receiver = self.pc.getTransceivers()[0].receiver
+        orig = receiver._handle_rtp_packet
+
+        async def counting(packet, arrival_time_ms):
+            self.rtp_by_ssrc[packet.ssrc] = self.rtp_by_ssrc.get(packet.ssrc, 0) + 1
+            return await orig(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = counting
+
+    async def call(self, to: str, mangle=None, timeout: float = 20.0) -> dict:
+        """Places a call; returns the `connected` message (or the hangup/error
+        that came instead)."""
+        _, _, RTCSessionDescription, _ = _aiortc()
+        await self.make_pc()
+        self._count_rtp()
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        sdp = self.pc.localDescription.sdp
+        if mangle:
+            sdp = mangle(sdp)
+        await self.send({"type": "call", "id": self.call_id, "to": to, "sdp": sdp})
+        msg = await self.next_message({"answer", "connected"}, timeout)
+        if msg["type"] == "answer":
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=msg["sdp"], type="answer"))
+            msg = await self.next_message({"connected"}, timeout)
+        return msg
+
+    @property
+    def packets_received(self) -> int:
+        return sum(self.rtp_by_ssrc.values())
+
+    async def stats(self) -> tuple[int, int]:
+        """(packetsReceived, packetsSent) from pc.getStats()."""
+        report = await self.pc.getStats()
+        received = sum(s.packetsReceived for s in report.values() if s.type == "inbound-rtp")
+        sent = sum(s.packetsSent for s in report.values() if s.type == "outbound-rtp")
+        return received, sent
+
+    async def receive(self, packets: int, timeout: float = 20.0):
+        await async_wait_until(lambda: self.packets_received >= packets, timeout,
+                               f"{packets} RTP packets at the browser (got {self.packets_received})")
+
+    async def hangup(self):
+        if self.ws is not None:
+            try:
+                await self.send({"type": "hangup", "id": self.call_id})
+            except Exception:
+                pass
+
+    async def close(self):
+        await self.sink.stop()
+        if self.pc is not None:
+            await self.pc.close()
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+def save_result(workdir: Path, **values):
+    """Writes the test's measurements to <workdir>/result.json and prints
+    them (pytest shows them with the failure, or with -s)."""
+    path = workdir / "result.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update(values)
+    path.write_text(json.dumps(old, indent=2, default=str) + "\n")
+    print(f"[result] {json.dumps(values, default=str)}")

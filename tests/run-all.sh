@@ -31,7 +31,7 @@ mkdir -p "$ARTIFACTS"
 # ---------------------------------------------------------------------------
 banner "1/5 system packages"
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(baresip baresip-core sip-tester chromium iproute2 python3-pip python3-venv sox libssl-dev pkg-config)
+pkgs=(baresip baresip-core sip-tester chromium fonts-dejavu-core iproute2 python3-pip python3-venv sox libssl-dev pkg-config)
 # node 20 + npm may come from elsewhere (nvm, nodesource); Debian's only if absent
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
@@ -94,6 +94,7 @@ want="$(sha256sum "$REQ" | cut -d' ' -f1) $("$PY" -c 'import sys; print(sys.vers
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
+  printf '*\n' > "$VENV/.gitignore"
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$REQ"
   echo "$want" > "$stamp"
 else
@@ -119,11 +120,12 @@ fi
 # ---------------------------------------------------------------------------
 banner "5/5 integration tests in a network namespace"
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+export PYTHONDONTWRITEBYTECODE=1
 export GATEWAY_BIN="${GATEWAY_BIN:-$ROOT/target/debug/webrtc-sip-gateway}"
 read -r -a pytest_args <<< "${PYTEST_ARGS:--x -v}"
 if [ -n "${PYTEST_K:-}" ]; then pytest_args+=(-k "$PYTEST_K"); fi
 set +e
-"$ROOT/tests/netns-run.sh" "$VENV/bin/python" -m pytest "${pytest_args[@]}" \
+bash "$ROOT/tests/netns-run.sh" "$VENV/bin/python" -m pytest "${pytest_args[@]}" \
   --junitxml="$ARTIFACTS/junit.xml" "$ROOT/tests/integration"
 rc=$?
 set -e

@@ -8,13 +8,17 @@ use super::api::{Security, SessionEvent};
 use super::directory::Account;
 use super::CallsContext;
 use crate::config::TrunkTransport;
+use crate::media::fingerprint::Fingerprint;
+use crate::media::relay::{BrowserLegParams, TrunkCrypto, TrunkLegParams};
 use crate::media::{MediaAllocation, MediaEvent, MediaHandle, RelayParams};
 use crate::policy::TrunkLegPlan;
-use crate::sdp::{self, BrowserAnswerParams, BrowserOffer, TrunkOfferMedia, TrunkOfferParams};
+use crate::sdp::{
+    self, BrowserAnswerParams, BrowserOffer, TrunkAnswer, TrunkOfferMedia, TrunkOfferParams,
+};
 use crate::sip::auth::DigestCredentials;
 use crate::sip::transport::Transport;
 use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
-use crate::types::{CallId, Personal, SrtpKeyMaterial, SrtpSuite};
+use crate::types::{CallId, Personal, Secret, SrtpKeyMaterial, SrtpSuite};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -142,6 +146,7 @@ pub async fn run(
         rtp_port: allocation.trunk_rtp_port,
         media: offer_media,
         session_id,
+        session_version: 1,
     };
     let trunk_offer = sdp::write_trunk_offer(&offer, &offer_params);
 
@@ -369,7 +374,7 @@ impl CallState {
         let trunk_crypto = match &answer.crypto {
             Some(c) => {
                 self.trunk_security = format!("sdes-srtp {}", c.remote_key.suite);
-                crate::media::TrunkCrypto::Sdes {
+                TrunkCrypto::Sdes {
                     inbound: c.remote_key.clone(),
                     outbound: c.local_key.clone(),
                 }
@@ -387,15 +392,10 @@ impl CallState {
                     return;
                 }
                 self.trunk_security = "rtp (unencrypted)".into();
-                crate::media::TrunkCrypto::Plain
+                TrunkCrypto::Plain
             }
         };
-        let params = RelayParams::new(
-            &self.offer,
-            &answer,
-            trunk_crypto,
-            &allocation,
-        );
+        let params = relay_params(&self.offer, &answer, trunk_crypto);
         let answer_params = BrowserAnswerParams {
             local_ip: self.ctx.public_ip,
             port: allocation.browser_port,
@@ -403,7 +403,8 @@ impl CallState {
             ice_pwd: allocation.ice_pwd.expose().clone(),
             fingerprint_sha256: self.ctx.media.fingerprint_sha256().to_string(),
             session_id: self.offer_params.session_id,
-            ssrc: None,
+            session_version: 1,
+            ssrc: Some(allocation.ssrc_to_browser),
         };
         let browser_answer = sdp::write_browser_answer(&self.offer, &answer, &answer_params);
         self.media = Some(allocation.start(params, self.media_events.0.clone()));
@@ -478,6 +479,35 @@ impl CallState {
         self.teardown_deadline = Some(Instant::now() + TEARDOWN_DEADLINE);
         send(&self.events, hangup_event(&self.id, &ending)).await;
         self.ended = Some(ending);
+    }
+}
+
+/// What the relay needs, from the browser's offer and the trunk's answer.
+/// The local ICE credentials are filled in by `MediaAllocation::start`.
+fn relay_params(offer: &BrowserOffer, answer: &TrunkAnswer, crypto: TrunkCrypto) -> RelayParams {
+    let mut payload_map = vec![(answer.codec.pt, answer.codec_trunk_pt, answer.codec.clock_rate)];
+    if let Some((trunk_pt, browser_pt)) = answer.telephone_event {
+        // telephone-event was negotiated at the audio codec's clock.
+        payload_map.push((browser_pt, trunk_pt, answer.codec.clock_rate));
+    }
+    RelayParams {
+        browser: BrowserLegParams {
+            local_ufrag: String::new(),
+            local_pwd: Secret::new(String::new()),
+            remote_ufrag: offer.ice_ufrag.clone(),
+            remote_fingerprint: Fingerprint {
+                algorithm: offer.fingerprint.algorithm.clone(),
+                value: offer.fingerprint.value.clone(),
+            },
+            ssrcs: offer.ssrcs.clone(),
+        },
+        trunk: TrunkLegParams {
+            remote_rtp: answer.remote_rtp,
+            remote_rtcp: answer.remote_rtcp,
+            crypto,
+            ssrcs: answer.ssrcs.clone(),
+        },
+        payload_map,
     }
 }
 

@@ -10,7 +10,7 @@ use crate::media::srtp::SrtpContext;
 use crate::sdp;
 use crate::sip::transport::{IncomingRequest, SipEndpoint};
 use crate::sip::uas::{IncomingCall, UasEvent};
-use crate::types::{SrtpKeyMaterial, Ssrc};
+use crate::types::{SrtpKeyMaterial, SrtpSuite, Ssrc};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
@@ -103,19 +103,24 @@ async fn run_echo(
         }
     };
     // The echo only speaks SRTP: it is there to exercise the secure path.
-    let Some(their_key) = offer.first_supported_crypto() else {
+    let Some(their_crypto) = offer.choose_crypto(&SrtpSuite::ALL).cloned() else {
         uas.reject(488, Instant::now());
         flush(endpoint, uas, transport).await;
         return Err(EchoError::Offer("no supported a=crypto".into()));
     };
-    let our_key = SrtpKeyMaterial::generate(their_key.key.suite);
+    let Some(their_key) = their_crypto.key().map(|k| k.material.clone()) else {
+        uas.reject(488, Instant::now());
+        flush(endpoint, uas, transport).await;
+        return Err(EchoError::Offer("a=crypto without a key".into()));
+    };
+    let our_key = SrtpKeyMaterial::generate(their_crypto.suite);
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let port = socket.local_addr()?.port();
     let answer = sdp::write_sip_answer(
         &offer,
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         port,
-        Some((their_key.tag, our_key.clone())),
+        Some((their_crypto.tag, &our_key)),
         rand::random::<u32>() as u64,
     );
     let contact = format!("<sip:echo@127.0.0.1:{}>", endpoint.local_addr().port());
@@ -123,13 +128,14 @@ async fn run_echo(
     uas.answer(answer, contact, Instant::now());
     flush(endpoint, uas, transport).await;
 
-    let mut inbound = SrtpContext::new(&their_key.key).map_err(|e| EchoError::Offer(e.to_string()))?;
+    let mut inbound = SrtpContext::new(&their_key).map_err(|e| EchoError::Offer(e.to_string()))?;
     let mut outbound = SrtpContext::new(&our_key).map_err(|e| EchoError::Offer(e.to_string()))?;
     let our_ssrc = Ssrc(rand::random());
     let mut buf = vec![0u8; 2048];
     let mut plain = Vec::with_capacity(2048);
     let mut protected = Vec::with_capacity(2048);
     let end_at = tokio::time::Instant::now() + MAX_CALL;
+    let mut hung_up = false;
     let mut echoed: u64 = 0;
     loop {
         flush(endpoint, uas, transport).await;
@@ -156,7 +162,8 @@ async fn run_echo(
                 None => break,
             },
             _ = sleep => uas.handle_timeout(Instant::now()),
-            _ = tokio::time::sleep_until(end_at) => {
+            _ = tokio::time::sleep_until(end_at), if !hung_up => {
+                hung_up = true;
                 uas.hangup(Instant::now());
             }
             received = socket.recv_from(&mut buf) => {

@@ -194,7 +194,7 @@ impl MediaAllocation {
         );
         MediaHandle {
             counters,
-            commands: Some(commands),
+            commands,
             task: Some(task),
         }
     }
@@ -203,9 +203,7 @@ impl MediaAllocation {
 /// A running call's media. Dropping it stops the media too.
 pub struct MediaHandle {
     counters: Arc<CallCounters>,
-    /// Dropping the sender is the stop signal (the task sees the channel
-    /// close), so `stop` works from `&self` through `abort` instead.
-    commands: Option<mpsc::UnboundedSender<Command>>,
+    commands: mpsc::UnboundedSender<Command>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -215,12 +213,11 @@ impl MediaHandle {
         self.counters.clone()
     }
 
-    /// Ends the media task; its sockets (ports) are freed once the runtime
-    /// drops the task, which is before [`stopped`](Self::stopped) returns.
+    /// Ends the media task: it sends the browser a DTLS close_notify and
+    /// exits, dropping its sockets (the ports are free once
+    /// [`stopped`](Self::stopped) returns). Idempotent.
     pub fn stop(&self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
+        let _ = self.commands.send(Command::Stop);
     }
 
     /// Waits until the media task has ended (after `stop`, a failure or a
@@ -239,15 +236,13 @@ impl MediaHandle {
         trunk: TrunkLegParams,
         payload_map: Vec<(PayloadType, PayloadType, u32)>,
     ) {
-        if let Some(commands) = &self.commands {
-            let _ = commands.send(Command::UpdateTrunk(trunk, payload_map));
-        }
+        let _ = self.commands.send(Command::UpdateTrunk(trunk, payload_map));
     }
 }
 
 impl Drop for MediaHandle {
     fn drop(&mut self) {
-        self.commands = None;
+        // The task also ends when the channel closes; say it explicitly.
         self.stop();
     }
 }
@@ -441,6 +436,9 @@ mod tests {
         // Stop frees the ports.
         handle.stop();
         handle.stopped().await;
+        // The browser was told: a DTLS alert record (close_notify).
+        let (alert, _) = recv(&browser_sock).await;
+        assert_eq!(alert[0], 21, "DTLS alert record");
         assert_eq!(
             stats
                 .calls_active

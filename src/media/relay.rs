@@ -354,6 +354,24 @@ impl CallRelay {
         self.phase == Phase::Connected
     }
 
+    /// Ends the call's media from our side: tells the browser with a DTLS
+    /// close_notify (queued for [`poll_transmit`](Self::poll_transmit)) and
+    /// stops forwarding. No event is reported: the caller decided.
+    pub fn close(&mut self, now: Instant) {
+        if let Some(dtls) = self.browser.dtls.as_mut() {
+            dtls.close(now);
+        }
+        // Only the alert: events of a closing association do not matter.
+        while let Some(datagram) = self.browser.dtls.as_mut().and_then(|d| d.poll_transmit()) {
+            if let Some(dest) = self.browser.dest {
+                let mut buf = self.take_buffer();
+                buf.extend_from_slice(&datagram);
+                self.push(LegId::Browser, dest, buf);
+            }
+        }
+        self.phase = Phase::Stopped;
+    }
+
     /// A re-INVITE renegotiated the trunk leg: new address, keys, SSRCs and
     /// payload map. The SSRC filter and the latches start over; the output
     /// streams toward both sides continue.

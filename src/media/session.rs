@@ -32,6 +32,8 @@ pub(crate) struct CallSockets {
 /// What the B2BUA can ask of a running call.
 pub(crate) enum Command {
     UpdateTrunk(TrunkLegParams, Vec<(PayloadType, PayloadType, u32)>),
+    /// End the call: DTLS close_notify to the browser, then exit.
+    Stop,
 }
 
 /// Largest datagram we read; anything longer is truncated by the kernel and
@@ -50,8 +52,8 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Runs one call until the command channel closes (stop or handle dropped)
-/// or the relay reports a terminal event (failure, timeout).
+/// Runs one call until `Command::Stop`, the command channel closes (handle
+/// dropped) or the relay reports a terminal event (failure, timeout).
 pub(crate) async fn run(
     mut relay: CallRelay,
     sockets: CallSockets,
@@ -103,11 +105,15 @@ pub(crate) async fn run(
                 Some(Command::UpdateTrunk(trunk, payload_map)) => {
                     relay.update_trunk(trunk, payload_map);
                 }
-                None => break,
+                // Stop, or the handle was dropped.
+                Some(Command::Stop) | None => {
+                    relay.close(Instant::now());
+                    break;
+                }
             },
         }
     }
-    // Last words (DTLS alert) are not awaited: the call is over.
+    // Last words (the DTLS close_notify): UDP sends do not wait long.
     flush(&mut relay, &sockets).await;
 }
 

@@ -21,10 +21,14 @@ use super::SdpError;
 use crate::types::{Secret, SrtpKeyMaterial, SrtpSuite};
 
 /// Peers disagree about `=` padding of inline keys (a 46-byte AES-256 key and
-/// salt needs two); accept both, write the padded form RFC 4568 shows.
+/// salt needs two); accept both, write the padded form RFC 4568 shows. Some
+/// encoders also leave stray bits in the last symbol; they carry no key
+/// bits, so they are ignored rather than failing the call.
 const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
 );
 
 /// SRTP refuses to use a master key for more than 2^48 packets (RFC 3711

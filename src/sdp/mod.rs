@@ -22,7 +22,7 @@ pub use model::{
 pub use translate::{
     parse_browser_offer, parse_sip_offer, parse_trunk_answer, write_browser_answer,
     write_sip_answer, write_trunk_offer, AcceptedCrypto, BrowserAnswerParams, BrowserOffer, Codec,
-    CodecName, SipOffer, TrunkAnswer, TrunkOfferMedia, TrunkOfferParams,
+    CodecName, OtherSection, SipOffer, TrunkAnswer, TrunkOfferMedia, TrunkOfferParams,
 };
 
 use crate::types::SrtpSuite;

@@ -337,6 +337,9 @@ pub struct AudioSection {
     /// an offer may mix lines we cannot use with ones we can.
     pub cryptos: Vec<Result<CryptoAttribute, SdpError>>,
     pub ptime: Option<u32>,
+    /// Malformed `a=rtpmap`, `a=fmtp` and `a=ssrc` lines that were skipped,
+    /// for the caller to log.
+    pub skipped: Vec<SdpError>,
 }
 
 impl AudioSection {
@@ -449,25 +452,32 @@ impl SessionDescription {
             ssrcs: Vec::new(),
             cryptos: Vec::new(),
             ptime: None,
+            skipped: Vec::new(),
         };
         let mut direction = None;
         for attr in &media.attributes {
             let value = attr.value.as_deref().unwrap_or("");
             match attr.attribute.as_str() {
-                "rtpmap" => {
-                    let map = RtpMap::parse(value)?;
+                // Codec and SSRC lines are skipped (and reported) when
+                // malformed rather than failing the call: an odd line about a
+                // codec we would not pick anyway is common in SIP land, and a
+                // skipped PT or SSRC only means it is not used or not
+                // pre-announced.
+                "rtpmap" => match RtpMap::parse(value) {
                     // The first mapping of a PT wins, as in every stack we know.
-                    if section.rtpmap(map.pt).is_none() {
-                        section.rtpmaps.push(map);
-                    }
-                }
+                    Ok(map) if section.rtpmap(map.pt).is_none() => section.rtpmaps.push(map),
+                    Ok(_) => {}
+                    Err(e) => section.skipped.push(e),
+                },
                 "fmtp" => {
                     let (pt, params) = value.trim().split_once(' ').unwrap_or((value, ""));
-                    let pt = parse_pt(pt).ok_or_else(|| SdpError::BadAttribute {
-                        attribute: "fmtp",
-                        reason: "payload type is not 0..127".into(),
-                    })?;
-                    section.fmtps.push((pt, params.trim().to_string()));
+                    match parse_pt(pt) {
+                        Some(pt) => section.fmtps.push((pt, params.trim().to_string())),
+                        None => section.skipped.push(SdpError::BadAttribute {
+                            attribute: "fmtp",
+                            reason: "payload type is not 0..127".into(),
+                        }),
+                    }
                 }
                 "rtcp-mux" => section.rtcp_mux = true,
                 "rtcp-rsize" => section.rtcp_rsize = true,
@@ -478,17 +488,18 @@ impl SessionDescription {
                 "fingerprint" => section.fingerprints.push(Fingerprint::parse(value)?),
                 "setup" => section.setup = Some(value.parse()?),
                 "ssrc" => {
-                    let ssrc = value
+                    match value
                         .split_ascii_whitespace()
                         .next()
                         .and_then(|s| s.parse::<u32>().ok())
                         .map(Ssrc)
-                        .ok_or_else(|| SdpError::BadAttribute {
+                    {
+                        Some(ssrc) if !section.ssrcs.contains(&ssrc) => section.ssrcs.push(ssrc),
+                        Some(_) => {}
+                        None => section.skipped.push(SdpError::BadAttribute {
                             attribute: "ssrc",
                             reason: "not a 32-bit number".into(),
-                        })?;
-                    if !section.ssrcs.contains(&ssrc) {
-                        section.ssrcs.push(ssrc);
+                        }),
                     }
                 }
                 "crypto" => section.cryptos.push(CryptoAttribute::parse(value)),
@@ -731,13 +742,7 @@ mod tests {
             ("m=audio 4000 RTP/XYZ 0\r\n", "transport"),
             ("m=audio 4000 RTP/AVP 0 x\r\n", "format"),
             ("m=audio 4000 RTP/AVP 200\r\n", "format"),
-            ("m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU\r\n", "rtpmap"),
-            (
-                "m=audio 4000 RTP/AVP 0\r\na=rtpmap:300 PCMU/8000\r\n",
-                "rtpmap",
-            ),
             ("m=audio 4000 RTP/AVP 0\r\na=rtcp:99999\r\n", "rtcp"),
-            ("m=audio 4000 RTP/AVP 0\r\na=ssrc:abc cname:x\r\n", "ssrc"),
             (
                 "m=audio 4000 RTP/AVP 0\r\na=ice-ufrag:a b\"c\r\n",
                 "ice-ufrag",
@@ -752,6 +757,23 @@ mod tests {
                 .unwrap_err();
             assert!(e.to_string().contains(want), "{media:?}: {e}");
         }
+    }
+
+    #[test]
+    fn malformed_codec_and_ssrc_lines_are_skipped_and_reported() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+                   m=audio 4000 RTP/AVP 0 96\r\na=rtpmap:0 PCMU\r\na=rtpmap:300 PCMU/8000\r\n\
+                   a=rtpmap:96 opus/48000/2/x\r\na=fmtp:x y\r\na=ssrc:abc cname:x\r\na=ssrc:7 cname:y\r\n";
+        let a = SessionDescription::parse(sdp).unwrap().audio().unwrap();
+        assert!(a.rtpmaps.is_empty());
+        assert_eq!(a.ssrcs, vec![Ssrc(7)]);
+        let what: Vec<String> = a.skipped.iter().map(|e| e.to_string()).collect();
+        assert_eq!(what.len(), 5, "{what:?}");
+        assert!(
+            what[0].contains("a=rtpmap")
+                && what[3].contains("a=fmtp")
+                && what[4].contains("a=ssrc")
+        );
     }
 
     #[test]

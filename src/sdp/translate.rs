@@ -61,8 +61,9 @@ impl CodecName {
     fn recognise(encoding: &str, clock_rate: u32, channels: Option<u8>) -> Option<(Self, u8)> {
         let enc = encoding.to_ascii_lowercase();
         let (name, channels) = match (enc.as_str(), clock_rate, channels) {
-            // RFC 7587: opus is always written 48000/2, whatever is sent.
-            ("opus", 48000, Some(2)) => (CodecName::Opus, 2),
+            // RFC 7587: opus is always written 48000/2, whatever is sent;
+            // some SIP stacks drop the /2, which means the same codec.
+            ("opus", 48000, None | Some(1) | Some(2)) => (CodecName::Opus, 2),
             ("pcmu", 8000, None | Some(1)) => (CodecName::Pcmu, 1),
             ("pcma", 8000, None | Some(1)) => (CodecName::Pcma, 1),
             // G.722 samples at 16 kHz but its RTP clock is 8000 (RFC 3551).
@@ -190,6 +191,23 @@ pub struct BrowserOffer {
     pub rtcp_rsize: bool,
     pub direction: Direction,
     pub proto: Proto,
+    /// Index of the audio section among the offer's m-sections.
+    pub audio_index: usize,
+    /// The offer's other m-sections (video, data channel...), which the
+    /// answer must repeat, in order, with port 0 (RFC 3264 section 6).
+    pub other_sections: Vec<OtherSection>,
+    /// Malformed codec/SSRC lines that were skipped, for the caller to log.
+    pub skipped: Vec<SdpError>,
+}
+
+/// An m-section the gateway does not take, kept to reject it in the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherSection {
+    pub index: usize,
+    pub media: String,
+    pub proto: String,
+    pub fmt: String,
+    pub mid: Option<String>,
 }
 
 impl BrowserOffer {
@@ -252,6 +270,26 @@ pub fn parse_browser_offer(sdp: &str) -> Result<BrowserOffer, SdpError> {
         rtcp_rsize: audio.rtcp_rsize,
         direction: audio.direction,
         proto: audio.proto,
+        audio_index: audio.index,
+        other_sections: desc
+            .session()
+            .medias
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != audio.index)
+            .map(|(index, m)| OtherSection {
+                index,
+                media: m.media.clone(),
+                proto: m.proto.clone(),
+                fmt: m.fmt.clone(),
+                mid: m
+                    .get_first_attribute_value("mid")
+                    .ok()
+                    .flatten()
+                    .map(str::to_string),
+            })
+            .collect(),
+        skipped: audio.skipped.clone(),
     })
 }
 
@@ -363,6 +401,9 @@ pub struct TrunkAnswer {
     pub codec: Codec,
     /// The PT the trunk uses for that codec (may differ from `codec.pt`).
     pub codec_trunk_pt: PayloadType,
+    /// The trunk's `a=fmtp` for that codec: its receive preferences (e.g.
+    /// opus `maxplaybackrate`), which the browser answer passes on.
+    pub codec_trunk_fmtp: Option<String>,
     /// `(trunk_pt, browser_pt)` of telephone-event at the codec's clock, if
     /// both sides have it.
     pub telephone_event: Option<(PayloadType, PayloadType)>,
@@ -373,6 +414,8 @@ pub struct TrunkAnswer {
     pub direction: Direction,
     pub proto: Proto,
     pub ptime: Option<u32>,
+    /// Malformed codec/SSRC lines that were skipped, for the caller to log.
+    pub skipped: Vec<SdpError>,
 }
 
 impl TrunkAnswer {
@@ -432,7 +475,7 @@ pub fn parse_trunk_answer(
 
     let offered_codecs = trunk_offer_codecs(offer);
     let answered = |pt| codec_of(&audio, pt);
-    let (codec, codec_trunk_pt) = audio
+    let (codec, codec_trunk_pt, codec_trunk_fmtp) = audio
         .formats
         .iter()
         .filter_map(|&pt| answered(pt))
@@ -441,7 +484,7 @@ pub fn parse_trunk_answer(
             offered_codecs
                 .iter()
                 .find(|o| o.same_as(&a))
-                .map(|o| (o.clone(), a.pt))
+                .map(|o| (o.clone(), a.pt, a.fmtp.clone()))
         })
         .ok_or(SdpError::NoCommonCodec)?;
     let telephone_event = audio
@@ -462,12 +505,14 @@ pub fn parse_trunk_answer(
         rtcp_mux: audio.rtcp_mux,
         codec,
         codec_trunk_pt,
+        codec_trunk_fmtp,
         telephone_event,
         crypto,
         ssrcs: audio.ssrcs.clone(),
         direction: audio.direction,
         proto: audio.proto,
         ptime: audio.ptime,
+        skipped: audio.skipped.clone(),
     })
 }
 
@@ -516,7 +561,13 @@ pub fn write_browser_answer(
     trunk: &TrunkAnswer,
     p: &BrowserAnswerParams,
 ) -> String {
-    let mut codecs = vec![trunk.codec.clone()];
+    // In an answer, a=fmtp states what the answerer wants to receive; the
+    // real receiver is the trunk, so its parameters win when it gave any.
+    let mut chosen = trunk.codec.clone();
+    if trunk.codec_trunk_fmtp.is_some() {
+        chosen.fmtp = trunk.codec_trunk_fmtp.clone();
+    }
+    let mut codecs = vec![chosen];
     if let Some((_, browser_pt)) = trunk.telephone_event {
         if let Some(te) = offer.codecs.iter().find(|c| c.pt == browser_pt) {
             codecs.push(te.clone());
@@ -573,13 +624,36 @@ pub fn write_browser_answer(
         attrs.push(attr("ssrc", format!("{} cname:{CNAME}", ssrc.0)));
     }
     let media = audio_media(p.port, offer.proto, &codecs, p.local_ip, attrs);
-    write_session(&session(
+    let mut answer = session(
         p.local_ip,
         p.session_id,
         p.session_version,
         session_attrs,
         media,
-    ))
+    );
+    // Every offered m-section gets an answer, in order; the ones we do not
+    // take are rejected with port 0 (RFC 3264 section 6, RFC 8829 5.3.1).
+    for other in &offer.other_sections {
+        let rejected = Media {
+            media: other.media.clone(),
+            port: 0,
+            num_ports: None,
+            proto: other.proto.clone(),
+            fmt: other.fmt.clone(),
+            media_title: None,
+            connections: vec![connection(p.local_ip)],
+            bandwidths: vec![],
+            key: None,
+            attributes: other
+                .mid
+                .iter()
+                .map(|mid| attr("mid", mid.clone()))
+                .collect(),
+        };
+        let at = other.index.min(answer.medias.len());
+        answer.medias.insert(at, rejected);
+    }
+    write_session(&answer)
 }
 
 /// A SIP peer's offer (the demo echo trunk's view of our INVITE, or an
@@ -601,6 +675,9 @@ pub struct SipOffer {
     pub ssrcs: Vec<Ssrc>,
     pub direction: Direction,
     pub ptime: Option<u32>,
+    /// Malformed codec/SSRC lines and the `a=crypto` lines that were left
+    /// out, with the reason, for the caller to log.
+    pub skipped: Vec<SdpError>,
 }
 
 impl SipOffer {
@@ -661,13 +738,22 @@ pub fn parse_sip_offer(sdp: &str) -> Result<SipOffer, SdpError> {
         ssrcs: audio.ssrcs.clone(),
         direction: audio.direction,
         ptime: audio.ptime,
+        skipped: audio
+            .skipped
+            .iter()
+            .cloned()
+            .chain(audio.cryptos.iter().filter_map(|c| c.clone().err()))
+            .collect(),
     })
 }
 
 /// Answers a [`SipOffer`]: its first audio codec, telephone-event at that
 /// codec's clock if offered, `crypto` (the tag of the offered line we took,
 /// see [`SipOffer::choose_crypto`], with our own key of that suite), and
-/// rtcp-mux if offered. The transport is the offer's (RFC 3264).
+/// rtcp-mux if offered. The transport is the offer's (RFC 3264), so an
+/// `RTP/SAVP` offer must be answered with `Some(crypto)`: with `None` the
+/// answer is `RTP/SAVP` without a key, which the peer will refuse. To refuse
+/// an offer instead, answer the INVITE with 488.
 pub fn write_sip_answer(
     offer: &SipOffer,
     local_ip: IpAddr,
@@ -1129,7 +1215,8 @@ mod tests {
             "a=rtcp-mux",
             "a=rtcp-rsize",
             "a=rtpmap:111 opus/48000/2",
-            "a=fmtp:111 minptime=10;useinbandfec=1",
+            // The trunk's fmtp (it receives), under the browser's PT.
+            "a=fmtp:111 useinbandfec=1",
             "a=rtpmap:110 telephone-event/48000",
         ] {
             assert!(has(&sdp, line), "missing {line:?} in\n{sdp}");
@@ -1314,6 +1401,10 @@ mod tests {
         assert_eq!(pts, [0, 8, 9, 101]);
         let tags: Vec<u32> = o.cryptos.iter().map(|c| c.tag).collect();
         assert_eq!(tags, [1, 2]);
+        assert!(o
+            .skipped
+            .iter()
+            .any(|e| matches!(e, SdpError::UnknownCryptoSuite { tag: 3, .. })));
         let chosen = o.choose_crypto(&[SrtpSuite::AesCm128HmacSha1_32]).unwrap();
         assert_eq!(chosen.tag, 2);
         let ours = SrtpKeyMaterial::generate(chosen.suite);
@@ -1394,6 +1485,64 @@ mod tests {
                 assert_eq!(back.formats[0], browser.codecs[0].pt);
             }
         }
+    }
+
+    /// An offer with video (and data) besides audio: the answer repeats
+    /// every m-section in order, the others rejected with port 0.
+    #[test]
+    fn other_sections_are_rejected_in_order() {
+        let video = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:v\r\na=rtpmap:96 VP8/90000\r\n";
+        let data =
+            "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:d\r\n";
+        let sdp = CHROME.replace("m=audio", &format!("{video}m=audio")) + data;
+        let o = parse_browser_offer(&sdp).unwrap();
+        assert_eq!(o.audio_index, 1);
+        assert_eq!(o.other_sections.len(), 2);
+        let a = parse_trunk_answer(
+            "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
+            &plain_params(),
+            &o,
+        )
+        .unwrap();
+        let answer = write_browser_answer(&o, &a, &answer_params(None));
+        let m_lines: Vec<&str> = lines(&answer)
+            .into_iter()
+            .filter(|l| l.starts_with("m="))
+            .collect();
+        assert_eq!(
+            m_lines,
+            [
+                "m=video 0 UDP/TLS/RTP/SAVPF 96",
+                "m=audio 30000 UDP/TLS/RTP/SAVPF 0",
+                "m=application 0 UDP/DTLS/SCTP webrtc-datachannel",
+            ]
+        );
+        assert!(has(&answer, "a=mid:v") && has(&answer, "a=mid:d"));
+        assert!(has(&answer, "a=group:BUNDLE 0"));
+    }
+
+    #[test]
+    fn trunk_fmtp_wins_in_browser_answer_and_ipv6() {
+        let o = parse_browser_offer(CHROME).unwrap();
+        let p = TrunkOfferParams {
+            local_ip: "2001:db8::5".parse().unwrap(),
+            ..plain_params()
+        };
+        let offer = write_trunk_offer(&o, &p);
+        assert!(
+            offer.starts_with("v=0\r\no=- 4242 1 IN IP6 2001:db8::5\r\n"),
+            "{offer}"
+        );
+        assert!(has(&offer, "c=IN IP6 2001:db8::5"));
+        let answer = "v=0\r\no=- 1 1 IN IP6 2001:db8::7\r\ns=-\r\nc=IN IP6 2001:db8::7\r\nt=0 0\r\n\
+                      m=audio 4000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 maxplaybackrate=16000\r\n";
+        let a = parse_trunk_answer(answer, &p, &o).unwrap();
+        assert_eq!(a.remote_rtp, "[2001:db8::7]:4000".parse().unwrap());
+        assert_eq!(a.remote_rtcp, Some("[2001:db8::7]:4001".parse().unwrap()));
+        assert_eq!(a.codec_trunk_fmtp.as_deref(), Some("maxplaybackrate=16000"));
+        let b = write_browser_answer(&o, &a, &answer_params(None));
+        assert!(has(&b, "a=fmtp:111 maxplaybackrate=16000"), "{b}");
+        assert!(!b.contains("useinbandfec"));
     }
 
     /// Garbage and mutated offers: errors, never panics.

@@ -136,14 +136,34 @@ impl Dialog {
         method: Method,
         body: Option<(&str, &str)>,
     ) -> Result<Request, SipError> {
+        self.request_with(method, body, Vec::new())
+    }
+
+    /// [`Dialog::request`] with further headers (e.g. credentials).
+    pub fn request_with(
+        &mut self,
+        method: Method,
+        body: Option<(&str, &str)>,
+        extra: Vec<rsip::Header>,
+    ) -> Result<Request, SipError> {
         self.local_cseq += 1;
-        self.build(method, self.local_cseq, body)
+        self.build(method, self.local_cseq, body, extra)
     }
 
     /// The ACK for a 2xx to the INVITE with CSeq `invite_cseq` (RFC 3261
     /// 13.2.2.4): its own branch, the INVITE's CSeq number.
     pub fn ack(&self, invite_cseq: u32) -> Result<Request, SipError> {
-        self.build(Method::Ack, invite_cseq, None)
+        self.ack_with(invite_cseq, Vec::new())
+    }
+
+    /// The ACK with the INVITE's credentials (RFC 3261 22.1: they are
+    /// repeated in the ACK for the 2xx).
+    pub fn ack_with(
+        &self,
+        invite_cseq: u32,
+        extra: Vec<rsip::Header>,
+    ) -> Result<Request, SipError> {
+        self.build(Method::Ack, invite_cseq, None, extra)
     }
 
     pub fn bye(&mut self) -> Result<Request, SipError> {
@@ -155,6 +175,7 @@ impl Dialog {
         method: Method,
         cseq: u32,
         body: Option<(&str, &str)>,
+        extra: Vec<rsip::Header>,
     ) -> Result<Request, SipError> {
         // Loose routing (;lr) keeps the remote target as Request-URI; a strict
         // router (RFC 2543) wants its own URI there and the target last.
@@ -186,7 +207,7 @@ impl Dialog {
             routes: &routes,
             user_agent: &self.local.user_agent,
             body,
-            extra: vec![],
+            extra,
         })
     }
 

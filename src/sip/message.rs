@@ -74,6 +74,27 @@ pub fn parse_lenient(data: &[u8]) -> Result<SipMessage, SipError> {
             i += 1;
         }
     }
+    // RFC 3261 HCOLON allows whitespace before the colon ("Via  :"); rsip
+    // does not, so drop it from header lines (not from the start line).
+    let mut normalized = Vec::with_capacity(cleaned.len() + body.len() + 4);
+    for (n, line) in cleaned.split(|b| *b == b'\n').enumerate() {
+        if n > 0 {
+            normalized.push(b'\n');
+        }
+        let colon = line.iter().position(|b| *b == b':');
+        match colon {
+            Some(c) if n > 0 && c > 0 && matches!(line[c - 1], b' ' | b'\t') => {
+                let name_end = line[..c]
+                    .iter()
+                    .rposition(|b| !matches!(b, b' ' | b'\t'))
+                    .map_or(0, |p| p + 1);
+                normalized.extend_from_slice(&line[..name_end]);
+                normalized.extend_from_slice(&line[c..]);
+            }
+            _ => normalized.extend_from_slice(line),
+        }
+    }
+    let mut cleaned = normalized;
     cleaned.extend_from_slice(b"\r\n\r\n");
     cleaned.extend_from_slice(body);
     let mut msg = SipMessage::try_from(cleaned.as_slice())
@@ -817,9 +838,11 @@ pub fn reason_phrase(code: u16) -> &'static str {
 }
 
 /// The reason phrase of a received response.
+/// Peer text: control characters removed and length capped before it
+/// travels on (to a browser, a log, a CDR).
 pub fn response_reason(resp: &Response) -> String {
     match &resp.status_code {
-        rsip::StatusCode::Other(_, reason) => reason.clone(),
+        rsip::StatusCode::Other(_, reason) => sanitize_reason(reason),
         other => reason_phrase(other.code()).to_string(),
     }
 }
@@ -956,6 +979,29 @@ v=0\n";
     }
 
     #[test]
+    fn random_mutations_never_panic() {
+        let mut rng = rand::thread_rng();
+        for _ in 0..3000 {
+            let mut bytes = INVITE.as_bytes().to_vec();
+            for _ in 0..rng.gen_range(1..8) {
+                let i = rng.gen_range(0..bytes.len());
+                match rng.gen_range(0..3) {
+                    0 => bytes[i] = rng.gen(),
+                    1 => {
+                        bytes.remove(i);
+                    }
+                    _ => {
+                        const SPECIAL: &[u8] = b":;<>\"\r\n, =@";
+                        bytes.insert(i, SPECIAL[rng.gen_range(0..SPECIAL.len())])
+                    }
+                }
+            }
+            let _ = parse(&bytes);
+            let _ = frame_len(&bytes);
+        }
+    }
+
+    #[test]
     fn huge_messages_and_headers_are_refused() {
         let big = with(
             "Max-Forwards: 70",
@@ -985,6 +1031,8 @@ CSeq: 2 BYE\r\n\
 l: 0\r\n\r\n";
         let msg = parse(compact.as_bytes()).unwrap();
         assert_eq!(call_id(&msg).unwrap(), "cid");
+        let spaced = compact.replace("i: cid", "Call-ID \t :  cid");
+        assert_eq!(call_id(&parse(spaced.as_bytes()).unwrap()).unwrap(), "cid");
         assert_eq!(to_tag(&msg).as_deref(), Some("2"));
         assert_eq!(top_via_branch(&msg).as_deref(), Some("z9hG4bKx"));
     }

@@ -95,8 +95,6 @@ pub enum SipError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("the SIP endpoint has shut down")]
-    EndpointClosed,
 }
 
 impl SipError {

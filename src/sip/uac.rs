@@ -78,6 +78,7 @@ pub struct OutgoingCall {
     digest: DigestClient,
     auth_headers: Vec<Header>,
     answered_nonces: Vec<String>,
+    bye_auth_tried: bool,
     provisional_seen: bool,
     trying_reported: bool,
     hangup_requested: bool,
@@ -118,6 +119,7 @@ impl OutgoingCall {
             digest: DigestClient::new(),
             auth_headers: Vec::new(),
             answered_nonces: Vec::new(),
+            bye_auth_tried: false,
             provisional_seen: false,
             trying_reported: false,
             hangup_requested: false,
@@ -391,6 +393,10 @@ impl OutgoingCall {
         while let Some(ev) = self.bye_tx.as_mut().and_then(|tx| tx.poll_event()) {
             match ev {
                 TxEvent::Response(resp) if message::status_code(&resp) < 200 => {}
+                TxEvent::Response(resp)
+                    if matches!(message::status_code(&resp), 401 | 407)
+                        && !self.bye_auth_tried
+                        && self.retry_bye_with_auth(&resp, now) => {}
                 // Any final or a timeout ends the dialog (RFC 3261 15.1.1).
                 _ => self.ended = true,
             }
@@ -467,7 +473,7 @@ impl OutgoingCall {
                 return;
             }
         };
-        match dialog.ack(self.invite_cseq) {
+        match dialog.ack_with(self.invite_cseq, self.auth_headers.clone()) {
             Ok(ack) => {
                 let ack = message::to_bytes(ack);
                 self.transmit.push_back(ack.clone());
@@ -506,12 +512,66 @@ impl OutgoingCall {
     /// challenge cannot or must not be answered (no credentials, same nonce
     /// again without `stale=true`, too many retries, hangup pending).
     fn retry_with_auth(&mut self, resp: &Response, now: Instant) -> bool {
-        let Some(creds) = self.cfg.credentials.clone() else {
-            return false;
-        };
         if self.hangup_requested || self.answered_nonces.len() >= MAX_AUTH_RETRIES {
             return false;
         }
+        let uri = self.invite.uri.to_string();
+        let Some(header) = self.answer_challenge(resp, "INVITE", &uri, true) else {
+            return false;
+        };
+        // One answer per kind: a newer challenge replaces the older answer.
+        self.auth_headers
+            .retain(|h| std::mem::discriminant(h) != std::mem::discriminant(&header));
+        self.auth_headers.push(header);
+        self.invite_cseq += 1;
+        let invite = match self.build_invite() {
+            Ok(i) => i,
+            Err(_) => return false,
+        };
+        // The old transaction stays to ACK retransmissions of the challenge;
+        // its first ACK goes out before the new INVITE.
+        self.pump();
+        if let Some(old) = self.invite_tx.take() {
+            self.background.push(old);
+        }
+        self.start_invite(invite, now);
+        true
+    }
+
+    /// Resends a challenged BYE once with credentials (some trunks
+    /// authenticate every request). False when it cannot.
+    fn retry_bye_with_auth(&mut self, resp: &Response, now: Instant) -> bool {
+        self.bye_auth_tried = true;
+        let Some(uri) = self.bye_tx.as_ref().map(|tx| tx.request().uri.to_string()) else {
+            return false;
+        };
+        let Some(header) = self.answer_challenge(resp, "BYE", &uri, false) else {
+            return false;
+        };
+        let Some(dialog) = self.dialog.as_mut() else {
+            return false;
+        };
+        let Ok(bye) = dialog.request_with(Method::Bye, None, vec![header]) else {
+            return false;
+        };
+        if let Some(old) = self.bye_tx.take() {
+            self.background.push(old);
+        }
+        self.bye_tx = Some(ClientTransaction::new(bye, self.cfg.transport, now));
+        true
+    }
+
+    /// The Authorization / Proxy-Authorization header answering a 401/407,
+    /// if there are credentials and a usable challenge. With `refuse_repeat`,
+    /// a nonce answered before (and not stale) means the credentials are wrong.
+    fn answer_challenge(
+        &mut self,
+        resp: &Response,
+        method: &str,
+        uri: &str,
+        refuse_repeat: bool,
+    ) -> Option<Header> {
+        let creds = self.cfg.credentials.clone()?;
         let proxy = message::status_code(resp) == 407;
         let name = if proxy {
             "Proxy-Authenticate"
@@ -535,44 +595,26 @@ impl OutgoingCall {
             .cloned()
         else {
             tracing::warn!(call_id = %self.cfg.call_id, "401/407 without a usable digest challenge");
-            return false;
+            return None;
         };
-        if self.answered_nonces.contains(&challenge.nonce) && !challenge.stale {
+        if refuse_repeat && self.answered_nonces.contains(&challenge.nonce) && !challenge.stale {
             tracing::warn!(call_id = %self.cfg.call_id, realm = %challenge.realm, "credentials refused by the trunk");
-            return false;
+            return None;
         }
-        let uri = self.invite.uri.to_string();
-        let value = match self.digest.authorize(&creds, &challenge, "INVITE", &uri) {
+        let value = match self.digest.authorize(&creds, &challenge, method, uri) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(call_id = %self.cfg.call_id, error = %e, "cannot answer the challenge");
-                return false;
+                return None;
             }
         };
         self.answered_nonces.push(challenge.nonce.clone());
-        let header = if proxy {
+        tracing::info!(call_id = %self.cfg.call_id, realm = %challenge.realm, proxy, method, "answering digest challenge");
+        Some(if proxy {
             Header::ProxyAuthorization(value.into())
         } else {
             Header::Authorization(value.into())
-        };
-        // One answer per kind: a newer challenge replaces the older answer.
-        self.auth_headers
-            .retain(|h| std::mem::discriminant(h) != std::mem::discriminant(&header));
-        self.auth_headers.push(header);
-        self.invite_cseq += 1;
-        let invite = match self.build_invite() {
-            Ok(i) => i,
-            Err(_) => return false,
-        };
-        tracing::info!(call_id = %self.cfg.call_id, realm = %challenge.realm, proxy, "answering digest challenge");
-        // The old transaction stays to ACK retransmissions of the challenge;
-        // its first ACK goes out before the new INVITE.
-        self.pump();
-        if let Some(old) = self.invite_tx.take() {
-            self.background.push(old);
-        }
-        self.start_invite(invite, now);
-        true
+        })
     }
 
     /// Moves bytes queued by the transactions into our queue.
@@ -832,6 +874,33 @@ mod tests {
         let out = sent(&mut call);
         assert_eq!(req(&out[0]).method, Method::Ack);
         assert_eq!(message::cseq(req(&out[0])).unwrap(), (2, Method::Ack));
+        // RFC 3261 22.1: the ACK for the 2xx repeats the INVITE's credentials.
+        assert_eq!(
+            message::header_values(req(&out[0]), "Proxy-Authorization"),
+            auth
+        );
+    }
+
+    #[test]
+    fn challenged_bye_is_resent_once_with_credentials() {
+        let (mut call, invite, t0) = start(Some(creds()));
+        call.handle_message(reply(&invite, 200, None, vec![]), t0);
+        sent(&mut call);
+        events(&mut call);
+        call.hangup(t0);
+        let bye = req(&sent(&mut call)[0]).clone();
+        let ch = Header::ProxyAuthenticate("Digest realm=\"r\", nonce=\"b1\", qop=\"auth\"".into());
+        call.handle_message(reply(&bye, 407, None, vec![ch.clone()]), t0);
+        let out = sent(&mut call);
+        assert_eq!(out.len(), 1);
+        let bye2 = req(&out[0]).clone();
+        assert_eq!(bye2.method, Method::Bye);
+        assert_eq!(message::cseq(&bye2).unwrap(), (3, Method::Bye));
+        assert!(message::header_values(&bye2, "Proxy-Authorization")[0].contains("nonce=\"b1\""));
+        // A second challenge ends the call anyway.
+        call.handle_message(reply(&bye2, 407, None, vec![ch]), t0);
+        run_until(&mut call, t0 + Duration::from_secs(10));
+        assert_eq!(events(&mut call), vec![UacEvent::Terminated]);
     }
 
     #[test]

@@ -135,8 +135,13 @@ impl IncomingCall {
     }
 
     /// The caller's SDP offer, if the INVITE had one.
-    pub fn remote_sdp(&self) -> Option<String> {
-        message::sdp_body(&self.invite)
+    pub fn offer_sdp(&self) -> Option<&str> {
+        let is_sdp = message::content_type(&self.invite)
+            .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/sdp"));
+        if !is_sdp || self.invite.body.is_empty() {
+            return None;
+        }
+        std::str::from_utf8(&self.invite.body).ok()
     }
 
     pub fn source(&self) -> SocketAddr {
@@ -147,8 +152,9 @@ impl IncomingCall {
         self.terminated
     }
 
-    /// Queues `180 Ringing`.
-    pub fn ringing(&mut self) {
+    /// Queues `180 Ringing`. (`now` for symmetry with the other inputs.)
+    pub fn ringing(&mut self, now: Instant) {
+        let _ = now;
         if self.state == State::Proceeding {
             let tag = self.local_tag.clone();
             self.respond(
@@ -328,9 +334,8 @@ impl IncomingCall {
                             tracing::info!(call_id = %self.call_id(), "caller hung up");
                             self.events.push_back(UasEvent::RemoteHangup);
                             self.finish();
-                            if let Some(tx) = self.bye_tx.take() {
-                                drop(tx);
-                            }
+                            // A BYE of ours crossing theirs no longer matters.
+                            self.bye_tx = None;
                         }
                     }
                     InDialog::Ack => {}
@@ -593,9 +598,9 @@ mod tests {
         let t0 = Instant::now();
         let inv = invite();
         let mut call = IncomingCall::new(inv.clone().into(), peer(), t0).unwrap();
-        assert_eq!(call.remote_sdp().as_deref(), Some("v=0 offer\r\n"));
+        assert_eq!(call.offer_sdp(), Some("v=0 offer\r\n"));
         assert_eq!(codes(&out(&mut call)), vec![100]);
-        call.ringing();
+        call.ringing(t0);
         assert_eq!(codes(&out(&mut call)), vec![180]);
         // A retransmitted INVITE gets the last response again.
         call.handle_message(inv.clone().into(), t0);
@@ -662,7 +667,7 @@ mod tests {
         let t0 = Instant::now();
         let inv = invite();
         let mut call = IncomingCall::new(inv.clone().into(), peer(), t0).unwrap();
-        call.ringing();
+        call.ringing(t0);
         out(&mut call);
         let cancel = message::cancel_for(&inv, "caller");
         call.handle_message(cancel.into(), t0);
@@ -738,7 +743,7 @@ mod tests {
             }
         };
         shuttle(&mut uac, &mut uas, t0);
-        uas.ringing();
+        uas.ringing(t0);
         uas.answer(
             "v=0 answer\r\n".into(),
             "<sip:echo@192.0.2.1:5060>".into(),

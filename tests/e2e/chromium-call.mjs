@@ -280,6 +280,7 @@ async function run() {
   summary.security = security && { browser: security.browser, trunk: security.trunk, level: security.level };
 
   step('taking the connected screenshot');
+  await page.mouse.move(0, 0);
   await page.screenshot({ path: path.join(ARTIFACT_DIR, 'chromium-connected.png'), fullPage: true });
 
   const problems = [];

@@ -140,10 +140,23 @@ def _rtp(ssrc, seq, ts, payload, pt=0):
     return struct.pack("!BBHII", 0x80, pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + payload
 
 
+def _send_spoofed_udp(src: tuple, dst: tuple, payload: bytes):
+    """One UDP datagram with a forged source address and port (raw socket,
+    root only; both addresses are this namespace's own)."""
+    udp = struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload  # checksum 0: none (IPv4)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+                     socket.inet_aton(src[0]), socket.inet_aton(dst[0]))  # the kernel fills id and checksum
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
+        raw.sendto(ip + udp, (dst[0], 0))
+
+
 def test_foreign_ssrc_dropped(workdir, gateway_sdes, baresip_sdes):
     """During an established SDES call, a third party sends RTP with an
-    unknown SSRC (and SRTP-looking garbage) to the gateway's trunk-side port:
-    none of it reaches the browser and the trunk leg's drop counter rises."""
+    unknown SSRC to the gateway's trunk-side port (read from the INVITE's
+    SDP): 50 packets and 20 of SRTP-looking garbage from another socket, and
+    50 more forged to come from baresip's own RTP address and port (so the
+    SSRC check, not only a source check, is exercised). None of it reaches
+    the browser and the trunk leg's drop counter rises by >= 100."""
     gw, trunk = gateway_sdes, baresip_sdes
 
     async def run():
@@ -156,6 +169,9 @@ def test_foreign_ssrc_dropped(workdir, gateway_sdes, baresip_sdes):
 
             addr, port, profile = trunk.gateway_media_target()
             assert addr == GWT_HOST, f"gateway offered media on {addr}, expected public_ip {GWT_HOST}"
+            answers = [m for m in trunk.sent(status=200) if m.sdp_media()]
+            assert answers, "baresip sent no 200 OK with SDP"
+            trunk_media = answers[0].sdp_media()  # baresip's own RTP address and port
             drops_before = gw.metrics().sum("gateway_media_drops_total", leg="trunk")
 
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -164,12 +180,15 @@ def test_foreign_ssrc_dropped(workdir, gateway_sdes, baresip_sdes):
                     s.sendto(_rtp(FOREIGN_SSRC, 1000 + i, 160 * i, b"\x80" * 160), (addr, port))
                 for i in range(20):  # SRTP-looking: random payload and a 10-byte "tag"
                     s.sendto(_rtp(FOREIGN_SSRC + 1, 5000 + i, 160 * i, os.urandom(170)), (addr, port))
+            for i in range(50):  # same SSRC, forged to come from baresip's RTP socket
+                _send_spoofed_udp(trunk_media[:2], (addr, port),
+                                  _rtp(FOREIGN_SSRC, 2000 + i, 160 * (50 + i), b"\x80" * 160))
 
             def dropped():
                 d = gw.metrics().sum("gateway_media_drops_total", leg="trunk") - drops_before
-                return d if d >= 50 else None
+                return d if d >= 100 else None
 
-            await async_wait_until(dropped, 10, "gateway_media_drops_total{leg=\"trunk\"} to rise by 50",
+            await async_wait_until(dropped, 10, 'gateway_media_drops_total{leg="trunk"} to rise by 100',
                                    interval=0.1)
             # the call goes on: keep receiving the trunk's real stream
             before = peer.packets_received
@@ -187,5 +206,5 @@ def test_foreign_ssrc_dropped(workdir, gateway_sdes, baresip_sdes):
     assert FOREIGN_SSRC not in ssrcs and FOREIGN_SSRC + 1 not in ssrcs, ssrcs
     assert len(ssrcs) == 1, f"browser saw several SSRCs: {ssrcs}"
     tx, _ = trunk.wait_rtp_stats()
-    # 70 foreign packets were sent; a relay forwards 1:1, so allow a little slack only
+    # 120 foreign packets were sent; a relay forwards 1:1, so allow a little slack only
     assert received <= tx + 10, f"browser received {received} packets, baresip sent only {tx}: foreign packets forwarded"

@@ -12,8 +12,24 @@ from harness import TONE_RMS_MIN, BrowserPeer, Gateway, save_result, wait_until
 
 pytestmark = pytest.mark.gateway
 
-# "demo account: demo / password: <pw>", tolerant of tracing's field syntax
-DEMO = re.compile(r"demo account\W+(?P<account>[\w.-]+)\W+password\W+(?P<password>[^\s\"',;]+)", re.I)
+# The documented line is "demo account: demo / password: <pw>"; tracing's
+# field syntax (account="demo" password="<pw>") is accepted too.
+EXACT = re.compile(r"demo account\W+(?P<account>[\w.-]+)\s*/\s*password\W+(?P<password>[^\s\"',;]+)", re.I)
+FIELD_PW = re.compile(r"password[\s:=]+\"?(?P<password>[^\s\"',;]+)", re.I)
+FIELD_ACCOUNT = re.compile(r"(?:account|user(?:name)?)\s*[:=]\s*\"?(?P<account>[\w.-]+)", re.I)
+
+
+def demo_credentials(log: str):
+    m = EXACT.search(log)
+    if m:
+        return m.group("account"), m.group("password")
+    for line in log.splitlines():
+        if "demo" in line.lower() and "password" in line.lower():
+            pw = FIELD_PW.search(line)
+            if pw:
+                acct = FIELD_ACCOUNT.search(line)
+                return (acct.group("account") if acct else "demo"), pw.group("password")
+    return None
 
 
 def test_demo_echo_defaults(workdir):
@@ -23,8 +39,8 @@ def test_demo_echo_defaults(workdir):
     gw = Gateway(workdir, use_config=False)
     gw.start()
     try:
-        m = wait_until(lambda: DEMO.search(gw.log()), 10, f"the demo credentials in {gw.log_path}")
-        gw.account, gw.password = m.group("account"), m.group("password")
+        gw.account, gw.password = wait_until(lambda: demo_credentials(gw.log()), 10,
+                                             f"the demo credentials in {gw.log_path}")
         assert (gw.dir / "data").is_dir(), "the defaults keep their data in ./data"
 
         async def run():

@@ -6,9 +6,11 @@
 //! reason when enough of it survives to address a response, otherwise it
 //! is dropped and counted. Messages whose Call-ID is registered go to that
 //! call's channel (never blocking the socket: a full channel drops and
-//! counts); new INVITEs come out of the `IncomingRequest` receiver with
-//! their call's channel already registered, so retransmissions of the
-//! INVITE reach the call and not the B2BUA a second time.
+//! counts); new INVITEs come out of the `IncomingRequest` receiver. The
+//! endpoint opens the new call's channel itself at that moment and hands it
+//! out on the first `register_call` for that Call-ID, so a retransmitted
+//! INVITE (or a quick CANCEL) that arrives before the owner registers waits
+//! in the call's channel instead of reaching the B2BUA a second time.
 
 mod tcp;
 mod udp;
@@ -17,6 +19,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rsip::{Method, SipMessage};
@@ -26,12 +29,18 @@ use tokio::task::JoinHandle;
 
 use super::message::{self, ResponseParts};
 use super::uas::USER_AGENT;
-use super::{SipError, Transport};
+use super::SipError;
+pub use super::Transport;
 
 /// Capacity of each call's message channel.
 pub const CALL_QUEUE: usize = 64;
 /// Capacity of the channel of new INVITEs.
 pub const INCOMING_QUEUE: usize = 256;
+/// How long the channel of a new INVITE waits for its owner's
+/// `register_call` (then it is forgotten, as for a call refused at once).
+const PENDING_TTL: Duration = Duration::from_secs(32);
+/// New calls waiting for `register_call` beyond which INVITEs get 503.
+const MAX_PENDING: usize = 10_000;
 
 /// A request with a Call-ID no call has registered: in practice a new INVITE.
 #[derive(Debug)]
@@ -39,9 +48,13 @@ pub struct IncomingRequest {
     pub msg: SipMessage,
     pub source: SocketAddr,
     pub transport: Transport,
-    /// Everything else with this Call-ID (retransmissions, ACK, CANCEL,
-    /// BYE); registered already. Call `unregister_call` when the call ends.
-    pub messages: mpsc::Receiver<SipMessage>,
+}
+
+/// The channel opened for a new INVITE, until its owner registers.
+struct Pending {
+    rx: mpsc::Receiver<SipMessage>,
+    tx: mpsc::Sender<SipMessage>,
+    since: Instant,
 }
 
 /// Counters of what the endpoint dropped or refused, read by `stats`.
@@ -91,6 +104,7 @@ struct Inner {
     udp_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
     calls: Mutex<HashMap<String, mpsc::Sender<SipMessage>>>,
+    pending: Mutex<HashMap<String, Pending>>,
     incoming: mpsc::Sender<IncomingRequest>,
     tcp: tcp::Connections,
     stats: EndpointStats,
@@ -156,6 +170,7 @@ pub async fn start_with(
         udp_addr,
         tcp_addr,
         calls: Mutex::new(HashMap::new()),
+        pending: Mutex::new(HashMap::new()),
         incoming,
         tcp: tcp::Connections::default(),
         stats: EndpointStats::default(),
@@ -176,6 +191,20 @@ pub async fn start_with(
 }
 
 impl SipEndpoint {
+    /// Same as the free function [`start`].
+    pub async fn start(
+        udp_listen: SocketAddr,
+    ) -> Result<(SipEndpoint, mpsc::Receiver<IncomingRequest>), SipError> {
+        start(udp_listen).await
+    }
+
+    /// Same as the free function [`start_with`].
+    pub async fn start_with(
+        cfg: EndpointConfig,
+    ) -> Result<(SipEndpoint, mpsc::Receiver<IncomingRequest>), SipError> {
+        start_with(cfg).await
+    }
+
     /// The bound UDP address (the real port when started on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.udp_addr
@@ -194,6 +223,24 @@ impl SipEndpoint {
     /// requests) to the returned receiver. Registering again replaces the
     /// previous receiver.
     pub fn register_call(&self, call_id: &str) -> mpsc::Receiver<SipMessage> {
+        // The channel the endpoint opened for a new INVITE, with whatever
+        // arrived for that call in the meantime.
+        let pending = self
+            .inner
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(call_id));
+        if let Some(p) = pending {
+            let still_routed = self
+                .inner
+                .calls
+                .lock()
+                .is_ok_and(|c| c.get(call_id).is_some_and(|cur| cur.same_channel(&p.tx)));
+            if still_routed {
+                return p.rx;
+            }
+        }
         let (tx, rx) = mpsc::channel(CALL_QUEUE);
         if let Ok(mut calls) = self.inner.calls.lock() {
             calls.insert(call_id.to_string(), tx);
@@ -204,6 +251,9 @@ impl SipEndpoint {
     pub fn unregister_call(&self, call_id: &str) {
         if let Ok(mut calls) = self.inner.calls.lock() {
             calls.remove(call_id);
+        }
+        if let Ok(mut pending) = self.inner.pending.lock() {
+            pending.remove(call_id);
         }
     }
 
@@ -294,25 +344,29 @@ impl Inner {
         let code = match req.method {
             Method::Ack => return,
             Method::Invite => {
-                let (tx, rx) = mpsc::channel(CALL_QUEUE);
-                if let Ok(mut calls) = self.calls.lock() {
-                    calls.insert(call_id.clone(), tx);
-                }
+                let open = self.open_pending(&call_id);
                 let incoming = IncomingRequest {
                     msg: SipMessage::Request(req),
                     source,
                     transport,
-                    messages: rx,
                 };
-                match self.incoming.try_send(incoming) {
+                let refused = if open {
+                    self.incoming.try_send(incoming).map_err(|e| e.into_inner())
+                } else {
+                    Err(incoming)
+                };
+                match refused {
                     Ok(()) => return,
-                    Err(e) => {
+                    Err(incoming) => {
                         if let Ok(mut calls) = self.calls.lock() {
                             calls.remove(&call_id);
                         }
+                        if let Ok(mut pending) = self.pending.lock() {
+                            pending.remove(&call_id);
+                        }
                         EndpointStats::bump(&self.stats.incoming_queue_full);
                         tracing::warn!(%call_id, %source, "cannot take a new INVITE now; answering 503");
-                        let SipMessage::Request(req) = e.into_inner().msg else {
+                        let SipMessage::Request(req) = incoming.msg else {
                             return;
                         };
                         let resp = message::build_response(
@@ -351,6 +405,29 @@ impl Inner {
         if let Err(e) = self.send(source, transport, message::to_bytes(resp)).await {
             tracing::debug!(error = %e, "cannot answer an out-of-dialog request");
         }
+    }
+
+    /// Opens the channel of a new call and routes its Call-ID there;
+    /// forgets channels nobody claimed in time. False when too many wait.
+    fn open_pending(&self, call_id: &str) -> bool {
+        let (Ok(mut pending), Ok(mut calls)) = (self.pending.lock(), self.calls.lock()) else {
+            return false;
+        };
+        let now = Instant::now();
+        pending.retain(|id, p| {
+            let keep = now.duration_since(p.since) < PENDING_TTL;
+            if !keep && calls.get(id).is_some_and(|cur| cur.same_channel(&p.tx)) {
+                calls.remove(id);
+            }
+            keep
+        });
+        if pending.len() >= MAX_PENDING {
+            return false;
+        }
+        let (tx, rx) = mpsc::channel(CALL_QUEUE);
+        calls.insert(call_id.to_string(), tx.clone());
+        pending.insert(call_id.to_string(), Pending { rx, tx, since: now });
+        true
     }
 
     async fn answer_malformed(

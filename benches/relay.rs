@@ -10,9 +10,13 @@
 //! plain input) on the same packets, so the ratio shows the relay's own
 //! overhead. Packets are built and protected before the clock starts; each
 //! round uses a fresh relay (fresh replay window) and the best round counts.
+//! A counting allocator shows heap allocations per packet in both loops (the
+//! relay's own share is the difference).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +28,32 @@ use webrtc_sip_gateway::media::{
     TrunkLegParams,
 };
 use webrtc_sip_gateway::types::{PayloadType, Secret, SrtpKeyMaterial, SrtpSuite};
+
+/// Counts allocations so the table can show allocations per packet.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 const PACKETS: usize = 200_000;
 const ROUNDS: usize = 5;
@@ -126,8 +156,9 @@ fn relay_for(s: &Scenario, keys: &Keys, identity: &Arc<DtlsIdentity>) -> CallRel
     .expect("keyed relay")
 }
 
-/// Best packets/s of the relay step over `ROUNDS` rounds.
-fn bench_relay(s: &Scenario, keys: &Keys, identity: &Arc<DtlsIdentity>) -> f64 {
+/// Best packets/s of the relay step over `ROUNDS` rounds, and heap
+/// allocations per packet.
+fn bench_relay(s: &Scenario, keys: &Keys, identity: &Arc<DtlsIdentity>) -> (f64, f64) {
     let plain = plain_stream(0x1234_5678);
     let (leg, from, input) = match (s.direction, s.trunk) {
         (Direction::TrunkToBrowser, Input::Sdes(_)) => (
@@ -143,9 +174,11 @@ fn bench_relay(s: &Scenario, keys: &Keys, identity: &Arc<DtlsIdentity>) -> f64 {
         ),
     };
     let mut best = f64::MAX;
+    let mut allocs = 0;
     for _ in 0..ROUNDS {
         let mut relay = relay_for(s, keys, identity);
         let now = Instant::now();
+        let allocs_before = ALLOCATIONS.load(Relaxed);
         let start = Instant::now();
         let mut out_bytes = 0usize;
         for pkt in &input {
@@ -155,6 +188,7 @@ fn bench_relay(s: &Scenario, keys: &Keys, identity: &Arc<DtlsIdentity>) -> f64 {
             }
         }
         let elapsed = start.elapsed();
+        allocs = ALLOCATIONS.load(Relaxed) - allocs_before;
         assert!(
             out_bytes >= PACKETS * 172,
             "{}: relay dropped packets ({out_bytes} bytes out)",
@@ -162,11 +196,12 @@ fn bench_relay(s: &Scenario, keys: &Keys, identity: &Arc<DtlsIdentity>) -> f64 {
         );
         best = best.min(elapsed.as_secs_f64());
     }
-    PACKETS as f64 / best
+    (PACKETS as f64 / best, allocs as f64 / PACKETS as f64)
 }
 
-/// Best packets/s of the bare primitives: unprotect (if SRTP input) + protect.
-fn bench_crypto(input_suite: Option<SrtpSuite>, output_suite: SrtpSuite) -> f64 {
+/// Best packets/s of the bare primitives: unprotect (if SRTP input) +
+/// protect, and heap allocations per packet.
+fn bench_crypto(input_suite: Option<SrtpSuite>, output_suite: SrtpSuite) -> (f64, f64) {
     let plain = plain_stream(0x1234_5678);
     let in_keys = input_suite.map(SrtpKeyMaterial::generate);
     let out_keys = SrtpKeyMaterial::generate(output_suite);
@@ -175,11 +210,13 @@ fn bench_crypto(input_suite: Option<SrtpSuite>, output_suite: SrtpSuite) -> f64 
         None => plain,
     };
     let mut best = f64::MAX;
+    let mut allocs = 0;
     for _ in 0..ROUNDS {
         let mut rx = in_keys.as_ref().map(|k| SrtpContext::new(k).expect("keys"));
         let mut tx = SrtpContext::new(&out_keys).expect("keys");
         let mut scratch = Vec::with_capacity(1500);
         let mut out = Vec::with_capacity(1500);
+        let allocs_before = ALLOCATIONS.load(Relaxed);
         let start = Instant::now();
         for pkt in &input {
             match rx.as_mut() {
@@ -193,8 +230,9 @@ fn bench_crypto(input_suite: Option<SrtpSuite>, output_suite: SrtpSuite) -> f64 
             black_box(&out);
         }
         best = best.min(start.elapsed().as_secs_f64());
+        allocs = ALLOCATIONS.load(Relaxed) - allocs_before;
     }
-    PACKETS as f64 / best
+    (PACKETS as f64 / best, allocs as f64 / PACKETS as f64)
 }
 
 fn main() {
@@ -236,8 +274,8 @@ fn main() {
 
     println!("relay step, one core, {PACKETS} packets of 172 bytes, best of {ROUNDS} rounds");
     println!(
-        "{:<68} {:>12} {:>9} {:>12} {:>7}",
-        "path", "relay pps", "ns/pkt", "crypto pps", "ratio"
+        "{:<68} {:>10} {:>7} {:>10} {:>6} {:>12} {:>13}",
+        "path", "relay pps", "ns/pkt", "crypto pps", "ratio", "relay alloc/p", "crypto alloc/p"
     );
     for s in &scenarios {
         let trunk_suite = match s.trunk {
@@ -250,18 +288,20 @@ fn main() {
             browser_in: SrtpKeyMaterial::generate(s.browser),
             browser_out: SrtpKeyMaterial::generate(s.browser),
         };
-        let relay_pps = bench_relay(s, &keys, &identity);
-        let crypto_pps = match s.direction {
+        let (relay_pps, relay_allocs) = bench_relay(s, &keys, &identity);
+        let (crypto_pps, crypto_allocs) = match s.direction {
             Direction::TrunkToBrowser => bench_crypto(trunk_suite, s.browser),
             Direction::BrowserToTrunk => bench_crypto(Some(s.browser), trunk_suite.unwrap_or(cm80)),
         };
         println!(
-            "{:<68} {:>12.0} {:>9.0} {:>12.0} {:>6.2}x",
+            "{:<68} {:>10.0} {:>7.0} {:>10.0} {:>5.2}x {:>12.2} {:>13.2}",
             s.name,
             relay_pps,
             1e9 / relay_pps,
             crypto_pps,
-            crypto_pps / relay_pps
+            crypto_pps / relay_pps,
+            relay_allocs,
+            crypto_allocs
         );
     }
 }

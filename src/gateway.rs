@@ -177,22 +177,46 @@ pub async fn run(
 }
 
 /// Inbound calls come with the next issue; until then every new INVITE is
-/// answered 480 so trunks fail over at once instead of timing out.
+/// answered 480 so trunks fail over at once instead of timing out. Each
+/// refusal is its own small UAS so the 480 is retransmitted until ACKed.
 async fn refuse_inbound(sip: SipEndpoint, mut incoming: mpsc::Receiver<IncomingRequest>) {
     while let Some(request) = incoming.recv().await {
         let now = Instant::now();
         let transport = request.transport;
-        match IncomingCall::new(request.msg, request.source, now) {
-            Ok(mut uas) => {
-                uas.reject(480, now);
+        let source = request.source;
+        let mut uas = match IncomingCall::new(request.msg, source, now) {
+            Ok(uas) => uas,
+            Err(e) => {
+                warn!(%source, error = %e, "unusable inbound request");
+                continue;
+            }
+        };
+        let sip = sip.clone();
+        tokio::spawn(async move {
+            let call_id = uas.call_id();
+            let mut messages = sip.register_call(&call_id);
+            info!(%source, "inbound INVITE refused with 480 (inbound calls are not enabled)");
+            uas.reject(480, Instant::now());
+            while !uas.is_finished() {
                 while let Some((bytes, dest)) = uas.poll_transmit() {
                     if let Err(e) = sip.send(dest, transport, bytes).await {
-                        warn!(error = %e, "could not refuse an inbound INVITE");
+                        warn!(error = %e, "could not answer an inbound INVITE");
                     }
                 }
+                while uas.poll_event().is_some() {}
+                let Some(deadline) = uas.poll_timeout() else {
+                    break;
+                };
+                tokio::select! {
+                    msg = messages.recv() => match msg {
+                        Some(msg) => uas.handle_message(msg, Instant::now()),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline.into()) => uas.handle_timeout(Instant::now()),
+                }
             }
-            Err(e) => warn!(source = %request.source, error = %e, "unusable inbound request"),
-        }
+            sip.unregister_call(&call_id);
+        });
     }
 }
 

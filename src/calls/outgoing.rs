@@ -151,7 +151,17 @@ pub async fn run(
     let trunk_offer = sdp::write_trunk_offer(&offer, &offer_params);
 
     let local = ctx.sip.local_addr();
-    let public_host = ctx.public_ip.to_string();
+    // Via and Contact name where the trunk reaches our SIP socket: its own
+    // address, or public_ip when it listens on all addresses (NAT setups).
+    let sip_host = if local.ip().is_unspecified() {
+        ctx.public_ip
+    } else {
+        local.ip()
+    };
+    let public_host = match sip_host {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
     let account = &req.account.name;
     let transport_name = match transport {
         Transport::Udp => "udp",

@@ -141,9 +141,10 @@ async fn run_echo(
         flush(endpoint, uas, transport).await;
         let mut done = false;
         while let Some(event) = uas.poll_event() {
+            // Keep absorbing retransmissions until the UAS says it is done.
             match event {
-                UasEvent::RemoteHangup | UasEvent::Cancelled | UasEvent::Terminated => done = true,
-                UasEvent::Acked => {}
+                UasEvent::Terminated => done = true,
+                UasEvent::RemoteHangup | UasEvent::Cancelled | UasEvent::Acked => {}
             }
         }
         if done {

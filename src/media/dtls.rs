@@ -876,6 +876,14 @@ mod tests {
     }
 
     #[test]
+    fn association_can_move_to_a_media_worker() {
+        fn assert_send<T: Send>() {}
+        assert_send::<DtlsServer>();
+        assert_send::<DtlsIdentity>();
+        assert_send::<super::super::ice_lite::IceLite>();
+    }
+
+    #[test]
     fn identity_is_ecdsa_p256_with_sha256_fingerprint() {
         let id = DtlsIdentity::generate().unwrap();
         let fp = id.fingerprint_sha256();

@@ -236,7 +236,9 @@ impl MediaHandle {
         trunk: TrunkLegParams,
         payload_map: Vec<(PayloadType, PayloadType, u32)>,
     ) {
-        let _ = self.commands.send(Command::UpdateTrunk(trunk, payload_map));
+        let _ = self
+            .commands
+            .send(Command::UpdateTrunk(Box::new((trunk, payload_map))));
     }
 }
 

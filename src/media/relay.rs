@@ -1380,6 +1380,98 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn re_invite_moves_the_trunk_and_the_stream_continues() {
+        let mut k = keyed(true, None);
+        let old = addr("192.0.2.10:30000");
+        let pkt = protect(
+            k.trunk_tx.as_mut().unwrap(),
+            &rtp_packet(PCMU, 40, 800, 0x71, 1),
+        );
+        k.relay.handle_datagram(LegId::TrunkRtp, old, &pkt, k.t0);
+        assert_eq!(drain(&mut k.relay).len(), 1);
+
+        // The trunk moves to plain RTP on another media server.
+        let new = addr("192.0.2.20:31000");
+        k.relay.update_trunk(
+            TrunkLegParams {
+                remote_rtp: new,
+                remote_rtcp: None,
+                crypto: TrunkCrypto::Plain,
+                ssrcs: vec![Ssrc(0x99)],
+            },
+            payload_map(),
+        );
+        // The old server's SRTP now fails the IP check; the new stream
+        // (announced SSRC) is accepted at once and continues the numbering.
+        k.relay
+            .handle_datagram(LegId::TrunkRtp, old, &pkt, k.t0 + ms(20));
+        assert_eq!(trunk_snap(&k).drops(DropReason::WrongSource), 1);
+        k.relay.handle_datagram(
+            LegId::TrunkRtp,
+            new,
+            &rtp_packet(PCMU, 7, 0, 0x99, 2),
+            k.t0 + ms(40),
+        );
+        let out = drain(&mut k.relay);
+        assert_eq!(out.len(), 1);
+        let plain = unprotect(&mut k.browser_rx, &out[0].2);
+        let f = parse_rtp(&plain).unwrap();
+        assert_eq!((f.ssrc, f.sequence), (Ssrc(0xB0B0), 41));
+        assert_eq!(f.timestamp, 800 + 320, "40 ms at 8 kHz after the last one");
+
+        // Browser media now goes to the new address in clear.
+        let bpkt = protect(&mut k.browser_tx, &rtp_packet(PCMU, 1, 0, 0xB1, 3));
+        k.relay
+            .handle_datagram(LegId::Browser, addr(BROWSER), &bpkt, k.t0 + ms(41));
+        let out = drain(&mut k.relay);
+        assert_eq!(out[0].1, new);
+        assert_eq!(parse_rtp(&out[0].2).unwrap().ssrc, Ssrc(0x7070));
+    }
+
+    #[test]
+    fn announced_browser_ssrc_is_the_only_one_forwarded() {
+        let t0 = Instant::now();
+        let b_in = SrtpKeyMaterial::generate(SrtpSuite::AeadAes128Gcm);
+        let b_out = SrtpKeyMaterial::generate(SrtpSuite::AeadAes128Gcm);
+        let mut p = params(
+            TrunkCrypto::Plain,
+            None,
+            Fingerprint::sha256(b"x"),
+            "u",
+            "p",
+        );
+        p.browser.ssrcs = vec![Ssrc(0xB1)];
+        let counters = Arc::new(CallCounters::default());
+        let mut relay = CallRelay::new_keyed_for_bench(
+            p,
+            identity(),
+            &b_in,
+            &b_out,
+            addr(BROWSER),
+            counters.clone(),
+            Arc::new(MediaStats::default()),
+            t0,
+        )
+        .unwrap();
+        let mut tx = SrtpContext::new(&b_in).unwrap();
+        let other = protect(&mut tx, &rtp_packet(PCMU, 1, 0, 0xB2, 3));
+        let mine = protect(&mut tx, &rtp_packet(PCMU, 1, 0, 0xB1, 3));
+        relay.handle_datagram(LegId::Browser, addr(BROWSER), &other, t0);
+        relay.handle_datagram(LegId::Browser, addr(BROWSER), &mine, t0);
+        assert_eq!(drain(&mut relay).len(), 1);
+        assert_eq!(counters.browser.drops(DropReason::UnknownSsrc), 1);
+    }
+
+    #[test]
+    fn close_sends_nothing_without_dtls_and_stops() {
+        let mut k = keyed(true, None);
+        k.relay.close(k.t0);
+        assert!(drain(&mut k.relay).is_empty());
+        assert!(!k.relay.is_connected());
+        assert_eq!(k.relay.poll_timeout(), None);
+    }
+
+    #[test]
     fn steady_state_reuses_buffers() {
         let mut k = keyed(true, None);
         let src = addr("192.0.2.10:30000");

@@ -29,9 +29,13 @@ pub(crate) struct CallSockets {
     pub trunk_rtcp: UdpSocket,
 }
 
+/// A renegotiated trunk leg and payload map (re-INVITE).
+pub(crate) type TrunkUpdate = (TrunkLegParams, Vec<(PayloadType, PayloadType, u32)>);
+
 /// What the B2BUA can ask of a running call.
 pub(crate) enum Command {
-    UpdateTrunk(TrunkLegParams, Vec<(PayloadType, PayloadType, u32)>),
+    /// Boxed: re-INVITEs are rare, the channel's slots stay small.
+    UpdateTrunk(Box<TrunkUpdate>),
     /// End the call: DTLS close_notify to the browser, then exit.
     Stop,
 }
@@ -102,7 +106,8 @@ pub(crate) async fn run(
                 armed = None;
             }
             cmd = commands.recv() => match cmd {
-                Some(Command::UpdateTrunk(trunk, payload_map)) => {
+                Some(Command::UpdateTrunk(update)) => {
+                    let (trunk, payload_map) = *update;
                     relay.update_trunk(trunk, payload_map);
                 }
                 // Stop, or the handle was dropped.

@@ -175,8 +175,8 @@ impl SrtpContext {
         }
         let key = material.key.expose();
         let salt = material.salt.expose();
-        // Length errors are reported without the key: rtc-srtp's messages carry
-        // only the lengths, but say it here explicitly.
+        // Checked here so the message names the suite; like rtc-srtp's own,
+        // it carries lengths only, never key bytes.
         if key.len() != suite.key_len() || salt.len() != suite.salt_len() {
             return Err(SrtpError::Other(format!(
                 "{suite} needs a {}-byte key and {}-byte salt, got {} and {}",

@@ -211,7 +211,10 @@ fn default_secure_media() -> SecureMedia {
     SecureMedia::Mandatory
 }
 fn default_suites() -> Vec<SrtpSuite> {
-    vec![SrtpSuite::AesCm128HmacSha1_80, SrtpSuite::AesCm128HmacSha1_32]
+    vec![
+        SrtpSuite::AesCm128HmacSha1_80,
+        SrtpSuite::AesCm128HmacSha1_32,
+    ]
 }
 fn default_retention() -> u32 {
     90
@@ -315,7 +318,11 @@ impl Config {
             let key = err.path().to_string();
             ConfigError::Parse {
                 path: path.to_path_buf(),
-                key: if key == "." { "(top level)".into() } else { key },
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
                 message: err.into_inner().message().trim().to_string(),
             }
         })
@@ -356,10 +363,7 @@ impl Config {
             );
         }
         if self.media.port_min < 1024 {
-            add(
-                "media.port_min".into(),
-                "must be 1024 or above".into(),
-            );
+            add("media.port_min".into(), "must be 1024 or above".into());
         }
 
         for (i, trunk) in self.trunks.iter().enumerate() {
@@ -368,7 +372,10 @@ impl Config {
                 add(key("name"), "must not be empty".into());
             }
             if self.trunks[..i].iter().any(|t| t.name == trunk.name) {
-                add(key("name"), format!("duplicate trunk name {:?}", trunk.name));
+                add(
+                    key("name"),
+                    format!("duplicate trunk name {:?}", trunk.name),
+                );
             }
             match TrunkUri::parse(&trunk.uri) {
                 Err(message) => add(key("uri"), message),
@@ -376,6 +383,13 @@ impl Config {
                     key("uri"),
                     "transport=tls toward trunks is not supported yet (udp, tcp)".into(),
                 ),
+                Ok(uri) if uri.transport == TrunkTransport::Tcp && self.sip.tcp_listen.is_none() => {
+                    add(
+                        key("uri"),
+                        "transport=tcp needs sip.tcp_listen (the trunk's in-dialog requests come back there)"
+                            .into(),
+                    )
+                }
                 Ok(_) => {}
             }
             if trunk.username.is_some() != trunk.password.is_some() {
@@ -517,8 +531,14 @@ trunk = "carrier"
     #[test]
     fn empty_file_is_the_defaults() {
         let c = parse("").unwrap();
-        assert_eq!(c.server.https_listen, "127.0.0.1:8443".parse().unwrap());
-        assert_eq!(c.sip.udp_listen, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(
+            c.server.https_listen,
+            "127.0.0.1:8443".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            c.sip.udp_listen,
+            "127.0.0.1:5060".parse::<SocketAddr>().unwrap()
+        );
         assert!(c.accounts.is_empty());
         assert!(c.problems().is_empty());
     }
@@ -590,6 +610,11 @@ trunk = "carrier"
                 transport: TrunkTransport::Udp
             })
         );
+        let text = full().replace("transport=udp", "transport=tcp");
+        let problems = parse(&text).unwrap().problems();
+        assert_eq!(problems[0].key, "trunks[0].uri");
+        let text = text.replace("[sip]\n", "[sip]\ntcp_listen = \"127.0.0.1:5060\"\n");
+        assert_eq!(parse(&text).unwrap().problems(), vec![]);
         assert_eq!(
             TrunkUri::parse("sip:carrier.example;transport=TCP").map(|u| (u.port, u.transport)),
             Ok((5060, TrunkTransport::Tcp))

@@ -9,7 +9,7 @@ use crate::demo::EchoTrunk;
 use crate::media::dtls::DtlsIdentity;
 use crate::media::{MediaConfig, MediaEngine};
 use crate::signaling::{self, auth, AppState, SignalingConfig};
-use crate::sip::transport::{IncomingRequest, SipEndpoint};
+use crate::sip::transport::{EndpointConfig, IncomingRequest, SipEndpoint};
 use crate::sip::uas::IncomingCall;
 use crate::stats::CallStats;
 use crate::types::Secret;
@@ -102,8 +102,11 @@ pub async fn run(
         },
         identity,
     );
-    let (sip, incoming) = SipEndpoint::start(config.sip.udp_listen).await?;
-    info!(sip_udp = %sip.local_addr(), "SIP listening");
+    let (sip, incoming) = SipEndpoint::start_with(EndpointConfig {
+        udp_listen: config.sip.udp_listen,
+        tcp_listen: config.sip.tcp_listen,
+    })
+    .await?;
     tokio::spawn(refuse_inbound(sip.clone(), incoming));
 
     let call_stats = Arc::new(CallStats::default());

@@ -11,7 +11,11 @@ use webrtc_sip_gateway::gateway;
 use webrtc_sip_gateway::signaling::auth;
 
 #[derive(Parser)]
-#[command(name = "webrtc-sip-gateway", version, about = "Browser (WebRTC) to SIP trunk gateway")]
+#[command(
+    name = "webrtc-sip-gateway",
+    version,
+    about = "Browser (WebRTC) to SIP trunk gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,7 +70,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bail!("{} problem(s) in the config", problems.len());
             }
             if path.is_none() {
-                tracing::info!("no config file at {DEFAULT_CONFIG_PATH}: running on built-in defaults");
+                tracing::info!(
+                    "no config file at {DEFAULT_CONFIG_PATH}: running on built-in defaults"
+                );
             }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

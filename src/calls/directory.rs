@@ -104,6 +104,9 @@ pub fn demo_trunk(port: u16) -> Trunk {
         password: None,
         callee_stream: CalleeStream::Sdes,
         secure_media: SecureMedia::Mandatory,
-        srtp_suites: vec![SrtpSuite::AesCm128HmacSha1_80, SrtpSuite::AesCm128HmacSha1_32],
+        srtp_suites: vec![
+            SrtpSuite::AesCm128HmacSha1_80,
+            SrtpSuite::AesCm128HmacSha1_32,
+        ],
     }
 }

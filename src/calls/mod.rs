@@ -58,7 +58,11 @@ impl Calls {
     pub fn active_calls(&self) -> usize {
         self.live
             .lock()
-            .map(|live| live.iter().filter(|tx| tx.upgrade().is_some_and(|tx| !tx.is_closed())).count())
+            .map(|live| {
+                live.iter()
+                    .filter(|tx| tx.upgrade().is_some_and(|tx| !tx.is_closed()))
+                    .count()
+            })
             .unwrap_or(0)
     }
 
@@ -75,10 +79,8 @@ impl Calls {
             Ok(mut tasks) => std::mem::take(&mut *tasks),
             Err(_) => return,
         };
-        let _ = tokio::time::timeout(grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let _ =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     }
 
     fn spawn_call(&self, req: OutgoingRequest) -> mpsc::UnboundedSender<CallCommand> {

@@ -27,6 +27,10 @@ use tracing::{info, warn};
 
 /// How long the browser has to finish ICE and DTLS once it has our answer.
 const DTLS_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a call may ring before the gateway gives up (RFC 3261's Timer B
+/// stops at the first provisional response, so a trunk that rings for ever
+/// would otherwise hold the call).
+const RING_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long we keep the dialog alive to finish BYE/CANCEL after a hangup.
 const TEARDOWN_DEADLINE: Duration = Duration::from_secs(34);
 
@@ -150,7 +154,12 @@ pub async fn run(
     };
     let trunk_offer = sdp::write_trunk_offer(&offer, &offer_params);
 
-    let local = ctx.sip.local_addr();
+    // The TCP listener is where in-dialog requests come back on TCP trunks
+    // (config validation makes sure there is one).
+    let local = match transport {
+        Transport::Tcp => ctx.sip.tcp_local_addr().unwrap_or(ctx.sip.local_addr()),
+        Transport::Udp => ctx.sip.local_addr(),
+    };
     // Via and Contact name where the trunk reaches our SIP socket: its own
     // address, or public_ip when it listens on all addresses (NAT setups).
     let sip_host = if local.ip().is_unspecified() {
@@ -208,6 +217,7 @@ pub async fn run(
         trunk_security: String::new(),
         connected_sent: false,
         dtls_deadline: None,
+        ring_deadline: Some(Instant::now() + RING_TIMEOUT),
         ended: None,
         teardown_deadline: None,
     };
@@ -231,6 +241,7 @@ pub async fn run(
         let deadline = [
             uac.poll_timeout(),
             call.dtls_deadline,
+            call.ring_deadline,
             call.teardown_deadline,
         ]
         .into_iter()
@@ -267,6 +278,10 @@ pub async fn run(
                     call.dtls_deadline = None;
                     call.end(&mut uac, Ending::new(408, "browser media did not connect (ICE/DTLS timeout)")).await;
                 }
+                if call.ring_deadline.is_some_and(|d| now >= d) {
+                    call.ring_deadline = None;
+                    call.end(&mut uac, Ending::new(408, "no answer")).await;
+                }
                 uac.handle_timeout(now);
             }
         }
@@ -298,6 +313,7 @@ struct CallState {
     trunk_security: String,
     connected_sent: bool,
     dtls_deadline: Option<Instant>,
+    ring_deadline: Option<Instant>,
     /// Set once the browser has been told the call ended.
     ended: Option<Ending>,
     teardown_deadline: Option<Instant>,
@@ -331,6 +347,7 @@ impl CallState {
                     return false;
                 }
                 self.answered = true;
+                self.ring_deadline = None;
                 match sdp {
                     Some(sdp) => self.on_trunk_sdp(&sdp, uac).await,
                     None if self.media.is_none() => {
@@ -442,6 +459,11 @@ impl CallState {
                 self.end(uac, Ending::new(488, format!("media failed: {reason}")))
                     .await;
             }
+            MediaEvent::BrowserClosed => {
+                info!("browser closed its peer connection");
+                self.end(uac, Ending::new(200, "hung up by the browser"))
+                    .await;
+            }
             MediaEvent::Timeout => {
                 warn!("media timeout");
                 self.end(uac, Ending::new(408, "no media received")).await;
@@ -486,6 +508,7 @@ impl CallState {
         }
         self.allocation = None;
         self.dtls_deadline = None;
+        self.ring_deadline = None;
         self.teardown_deadline = Some(Instant::now() + TEARDOWN_DEADLINE);
         send(&self.events, hangup_event(&self.id, &ending)).await;
         self.ended = Some(ending);
@@ -495,7 +518,11 @@ impl CallState {
 /// What the relay needs, from the browser's offer and the trunk's answer.
 /// The local ICE credentials are filled in by `MediaAllocation::start`.
 fn relay_params(offer: &BrowserOffer, answer: &TrunkAnswer, crypto: TrunkCrypto) -> RelayParams {
-    let mut payload_map = vec![(answer.codec.pt, answer.codec_trunk_pt, answer.codec.clock_rate)];
+    let mut payload_map = vec![(
+        answer.codec.pt,
+        answer.codec_trunk_pt,
+        answer.codec.clock_rate,
+    )];
     if let Some((trunk_pt, browser_pt)) = answer.telephone_event {
         // telephone-event was negotiated at the audio codec's clock.
         payload_map.push((browser_pt, trunk_pt, answer.codec.clock_rate));

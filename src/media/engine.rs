@@ -42,12 +42,15 @@ pub struct MediaConfig {
 pub enum MediaEvent {
     /// The browser's DTLS completed and its fingerprint matched; media flows.
     BrowserConnected { suite: SrtpSuite },
-    /// The media cannot work (DTLS failure or fingerprint mismatch, the
-    /// browser closed DTLS, SRTP keying failed). The media task has ended.
+    /// The media cannot work (DTLS failure or fingerprint mismatch, SRTP
+    /// keying failed). The media task has ended.
     Failed { reason: String },
     /// No media from one leg for the media timeout (30 s), or the browser
     /// never connected within it. The media task has ended.
     Timeout,
+    /// The browser closed its DTLS association (close_notify): it hung up.
+    /// The media task has ended.
+    BrowserClosed,
 }
 
 /// Shared by clones: the process's media engine.

@@ -123,12 +123,15 @@ pub enum RelayEvent {
     /// media flows from now on.
     BrowserConnected { suite: SrtpSuite },
     /// The call's media cannot work (DTLS failed or the fingerprint did not
-    /// match, the browser closed DTLS, SRTP keying failed). Nothing is
+    /// match, SRTP keying failed). Nothing is
     /// forwarded any more.
     Failed { reason: String },
     /// No valid packet from `leg` for the media timeout (or the browser never
     /// connected within it). Nothing is forwarded any more.
     Timeout { leg: Leg },
+    /// The browser sent a DTLS close_notify (it closed the peer connection).
+    /// Nothing is forwarded any more.
+    BrowserClosed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -617,7 +620,12 @@ impl CallRelay {
                     self.fail(format!("DTLS with browser {peer} failed: {e}"));
                 }
                 DtlsEvent::Closed => {
-                    self.fail("browser closed the DTLS association".to_string());
+                    // close_notify: the browser closed its peer connection,
+                    // i.e. it hung up. Not a failure.
+                    if self.phase != Phase::Stopped {
+                        self.phase = Phase::Stopped;
+                        self.events.push_back(RelayEvent::BrowserClosed);
+                    }
                 }
             }
         }
@@ -1469,6 +1477,64 @@ pub(crate) mod tests {
         assert!(drain(&mut k.relay).is_empty());
         assert!(!k.relay.is_connected());
         assert_eq!(k.relay.poll_timeout(), None);
+    }
+
+    #[test]
+    fn garbage_never_panics_and_is_counted() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        // Plain trunk: garbage reaches the RTP/RTCP parsers and rewriters
+        // without authentication in the way.
+        let mut k = keyed(false, Some(addr("192.0.2.10:30001")));
+        let seeds = [
+            rtp_packet(PCMU, 1, 0, 0x55, 1),
+            rtcp_rr(0x55, 0x7070),
+            vec![0x81, 200, 0, 12],
+        ];
+        let mut sent = 0u64;
+        for i in 0..20_000u32 {
+            let mut d = if rng.gen_bool(0.5) {
+                let len = rng.gen_range(0..300);
+                (0..len).map(|_| rng.gen()).collect::<Vec<u8>>()
+            } else {
+                seeds[(i % 3) as usize].clone()
+            };
+            // Mutate: flip bytes, truncate.
+            for _ in 0..rng.gen_range(0..4) {
+                if !d.is_empty() {
+                    let at = rng.gen_range(0..d.len());
+                    d[at] = rng.gen();
+                }
+            }
+            if rng.gen_bool(0.2) {
+                let keep = rng.gen_range(0..=d.len());
+                d.truncate(keep);
+            }
+            let leg = [LegId::Browser, LegId::TrunkRtp, LegId::TrunkRtcp][(i % 3) as usize];
+            let from = if leg == LegId::Browser {
+                addr(BROWSER)
+            } else {
+                addr("192.0.2.10:30000")
+            };
+            k.relay
+                .handle_datagram(leg, from, &d, k.t0 + Duration::from_millis(u64::from(i)));
+            sent += 1;
+            drain(&mut k.relay);
+        }
+        let b = k.counters.browser.snapshot();
+        let t = trunk_snap(&k);
+        assert_eq!(b.packets_in + t.packets_in, sent);
+        // Every datagram was either forwarded or dropped for a reason
+        // (browser STUN garbage counts as StunRejected, RTCP that shrinks to
+        // nothing is neither: allow for it).
+        let handled = b.packets_out
+            + t.packets_out
+            + b.drops.iter().sum::<u64>()
+            + t.drops.iter().sum::<u64>();
+        assert!(
+            handled <= sent && handled > sent * 9 / 10,
+            "{handled} of {sent}"
+        );
     }
 
     #[test]

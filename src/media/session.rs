@@ -185,6 +185,11 @@ async fn forward_events(relay: &mut CallRelay, events: &mpsc::Sender<MediaEvent>
                 tracing::info!(leg = leg.label(), "media timeout");
                 MediaEvent::Timeout
             }
+            RelayEvent::BrowserClosed => {
+                over = true;
+                tracing::info!("browser closed DTLS");
+                MediaEvent::BrowserClosed
+            }
         };
         if terminal {
             // The media task ends after this; the B2BUA must learn why.

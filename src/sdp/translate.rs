@@ -1129,7 +1129,10 @@ mod tests {
             &o,
         )
         .unwrap();
-        assert_eq!(a.remote_rtp, "198.51.100.7:10002".parse().unwrap());
+        assert_eq!(
+            a.remote_rtp,
+            "198.51.100.7:10002".parse::<SocketAddr>().unwrap()
+        );
         assert!(!a.rtcp_mux);
         assert_eq!(a.remote_rtcp, Some("198.51.100.7:10003".parse().unwrap()));
         assert_eq!(a.codec.name, CodecName::Pcmu);
@@ -1537,7 +1540,10 @@ mod tests {
         let answer = "v=0\r\no=- 1 1 IN IP6 2001:db8::7\r\ns=-\r\nc=IN IP6 2001:db8::7\r\nt=0 0\r\n\
                       m=audio 4000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 maxplaybackrate=16000\r\n";
         let a = parse_trunk_answer(answer, &p, &o).unwrap();
-        assert_eq!(a.remote_rtp, "[2001:db8::7]:4000".parse().unwrap());
+        assert_eq!(
+            a.remote_rtp,
+            "[2001:db8::7]:4000".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(a.remote_rtcp, Some("[2001:db8::7]:4001".parse().unwrap()));
         assert_eq!(a.codec_trunk_fmtp.as_deref(), Some("maxplaybackrate=16000"));
         let b = write_browser_answer(&o, &a, &answer_params(None));

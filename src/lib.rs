@@ -8,6 +8,7 @@
 pub mod calls;
 pub mod config;
 pub mod demo;
+pub mod fingerprint;
 pub mod gateway;
 pub mod media;
 pub mod policy;

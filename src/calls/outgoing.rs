@@ -8,7 +8,6 @@ use super::api::{Security, SessionEvent};
 use super::directory::Account;
 use super::CallsContext;
 use crate::config::TrunkTransport;
-use crate::media::fingerprint::Fingerprint;
 use crate::media::relay::{BrowserLegParams, TrunkCrypto, TrunkLegParams};
 use crate::media::{MediaAllocation, MediaEvent, MediaHandle, RelayParams};
 use crate::policy::TrunkLegPlan;
@@ -532,10 +531,7 @@ fn relay_params(offer: &BrowserOffer, answer: &TrunkAnswer, crypto: TrunkCrypto)
             local_ufrag: String::new(),
             local_pwd: Secret::new(String::new()),
             remote_ufrag: offer.ice_ufrag.clone(),
-            remote_fingerprint: Fingerprint {
-                algorithm: offer.fingerprint.algorithm.clone(),
-                value: offer.fingerprint.value.clone(),
-            },
+            remote_fingerprint: offer.fingerprint.clone(),
             ssrcs: offer.ssrcs.clone(),
         },
         trunk: TrunkLegParams {

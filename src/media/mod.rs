@@ -19,7 +19,8 @@ pub mod counters;
 pub mod demux;
 pub mod dtls;
 pub mod engine;
-pub mod fingerprint;
+/// Shared with `sdp`, which parses what this module verifies.
+pub use crate::fingerprint;
 pub mod ice_lite;
 pub mod port_pool;
 pub mod relay;

@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use super::crypto::CryptoAttribute;
 use super::{parse_session, write_session, SdpError};
+pub use crate::fingerprint::Fingerprint;
 use crate::types::{PayloadType, Ssrc};
 
 /// Attribute values we keep as strings are short in practice; these limits
@@ -176,57 +177,20 @@ impl FromStr for Setup {
     }
 }
 
-/// A certificate fingerprint (RFC 8122): hash function name, lower case, and
-/// the digest bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Fingerprint {
-    pub algorithm: String,
-    pub value: Vec<u8>,
-}
-
-impl Fingerprint {
-    /// Parses `sha-256 AB:CD:...`.
-    pub fn parse(value: &str) -> Result<Self, SdpError> {
-        let bad = |reason: &str| SdpError::BadAttribute {
+/// Parses an `a=fingerprint` value into the shared [`Fingerprint`] type.
+fn parse_fingerprint(value: &str) -> Result<Fingerprint, SdpError> {
+    let fingerprint = Fingerprint::parse(value).map_err(|e| SdpError::BadAttribute {
+        attribute: "fingerprint",
+        reason: e.to_string(),
+    })?;
+    // sha-1 is 20 bytes, sha-512 is 64: anything outside is not a digest.
+    if !(16..=64).contains(&fingerprint.value.len()) {
+        return Err(SdpError::BadAttribute {
             attribute: "fingerprint",
-            reason: reason.to_string(),
-        };
-        let (alg, hex) = value
-            .trim()
-            .split_once(' ')
-            .ok_or_else(|| bad("not <hash> <hex>"))?;
-        let algorithm = alg.to_ascii_lowercase();
-        if algorithm.is_empty() || algorithm.len() > 16 {
-            return Err(bad("hash function name"));
-        }
-        let value = hex
-            .trim()
-            .split(':')
-            .map(|byte| {
-                if byte.len() != 2 {
-                    return Err(bad("digest is not colon-separated hex bytes"));
-                }
-                u8::from_str_radix(byte, 16)
-                    .map_err(|_| bad("digest is not colon-separated hex bytes"))
-            })
-            .collect::<Result<Vec<u8>, _>>()?;
-        // sha-1 is 20 bytes, sha-512 is 64: anything outside is not a digest.
-        if !(16..=64).contains(&value.len()) {
-            return Err(bad("digest length"));
-        }
-        Ok(Fingerprint { algorithm, value })
+            reason: "digest length".into(),
+        });
     }
-
-    /// `sha-256 AB:CD:...` (upper-case hex, as browsers write it).
-    pub fn to_sdp_value(&self) -> String {
-        let hex = self
-            .value
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        format!("{} {}", self.algorithm, hex)
-    }
+    Ok(fingerprint)
 }
 
 /// `a=rtpmap:<pt> <encoding>/<clock>[/<channels>]`.
@@ -485,7 +449,7 @@ impl SessionDescription {
                 "mid" => section.mid = Some(bounded("mid", value, 64)?),
                 "ice-ufrag" => section.ice_ufrag = Some(ice_credential("ice-ufrag", value)?),
                 "ice-pwd" => section.ice_pwd = Some(ice_credential("ice-pwd", value)?),
-                "fingerprint" => section.fingerprints.push(Fingerprint::parse(value)?),
+                "fingerprint" => section.fingerprints.push(parse_fingerprint(value)?),
                 "setup" => section.setup = Some(value.parse()?),
                 "ssrc" => {
                     match value
@@ -531,7 +495,7 @@ impl SessionDescription {
                 .filter(|a| a.attribute == "fingerprint")
             {
                 let value = attr.value.as_deref().unwrap_or("");
-                section.fingerprints.push(Fingerprint::parse(value)?);
+                section.fingerprints.push(parse_fingerprint(value)?);
             }
         }
         if section.setup.is_none() {
@@ -702,10 +666,10 @@ mod tests {
 
     #[test]
     fn fingerprint_parse_and_write() {
-        let fp = Fingerprint::parse("SHA-256 8D:A6:71:40:74:A4:23:E3:DF:B9:30:3C:9A:38:DC:C4:BA:3A:70:D8:29:D1:65:BD:B8:4D:F8:1B:EA:C4:D3:D0").unwrap();
+        let fp = parse_fingerprint("SHA-256 8D:A6:71:40:74:A4:23:E3:DF:B9:30:3C:9A:38:DC:C4:BA:3A:70:D8:29:D1:65:BD:B8:4D:F8:1B:EA:C4:D3:D0").unwrap();
         assert_eq!(fp.algorithm, "sha-256");
-        assert!(fp.to_sdp_value().starts_with("sha-256 8D:A6:"));
-        assert_eq!(Fingerprint::parse(&fp.to_sdp_value()).unwrap(), fp);
+        assert!(fp.to_string().starts_with("sha-256 8D:A6:"));
+        assert_eq!(parse_fingerprint(&fp.to_string()).unwrap(), fp);
         for bad in [
             "sha-256",
             "sha-256 XX:YY",
@@ -713,7 +677,7 @@ mod tests {
             "sha-256 8D:A6",
             "sha-256 8D::A6",
         ] {
-            assert!(Fingerprint::parse(bad).is_err(), "{bad}");
+            assert!(parse_fingerprint(bad).is_err(), "{bad}");
         }
     }
 

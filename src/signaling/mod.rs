@@ -14,7 +14,7 @@
 
 pub mod auth;
 mod http;
-mod protocol;
+pub mod protocol;
 mod session;
 mod tls;
 mod web;

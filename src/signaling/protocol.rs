@@ -25,7 +25,7 @@ const NOT_IMPLEMENTED: [&str; 5] = ["accept", "reject", "dtmf", "hold", "resume"
 
 /// Why a browser message was refused; becomes an `error` message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Refusal {
+pub struct Refusal {
     pub id: Option<CallId>,
     pub code: u16,
     pub message: String,
@@ -50,7 +50,7 @@ impl Refusal {
 }
 
 /// Parses one text frame from the browser.
-pub(crate) fn parse_command(text: &str) -> Result<SessionCommand, Refusal> {
+pub fn parse_command(text: &str) -> Result<SessionCommand, Refusal> {
     // serde_json limits nesting to 128 levels, so hostile input cannot
     // exhaust the stack; size is already capped by the WebSocket layer.
     let value: Value = serde_json::from_str(text)

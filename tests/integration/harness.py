@@ -379,6 +379,162 @@ class Baresip:
 
 
 # --------------------------------------------------------------------------
+# SIPp, a scripted SIP trunk (UAS scenarios in tests/integration/sipp/)
+
+SIPP_DIR = Path(__file__).resolve().parent / "sipp"
+
+
+@dataclass
+class SippMessage(SipMessage):
+    direction: str = ""  # "received" | "sent"
+    time: float = 0.0    # wall clock (epoch seconds) SIPp logged it at
+
+
+class SippUas:
+    """sipp (Debian sip-tester 3.6.1) running one UAS scenario for one call
+    (-m 1) on 127.0.0.1:<port>, media address GWT_HOST:<media_port>.
+    -trace_msg writes every message with a wall-clock timestamp to
+    messages.log, -trace_logs the scenario's <log> actions to actions.log,
+    -trace_err unexpected messages to errors.log. Exit code 0 means the
+    scenario ran to its end for that call."""
+
+    def __init__(self, workdir: Path, scenario: str, keys: Optional[dict] = None, name: str = "sipp",
+                 timeout: float = 60.0, transport: str = "u1"):
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.scenario = SIPP_DIR / scenario
+        assert self.scenario.exists(), self.scenario
+        self.keys = dict(keys or {})
+        self.timeout = timeout
+        self.transport = transport
+        self.port = free_port()
+        self.media_port = free_port(socket.SOCK_DGRAM, GWT_HOST or "127.0.0.1")
+        self.out_path = self.dir / "sipp.out"
+        self.msg_path = self.dir / "messages.log"
+        self.actions_path = self.dir / "actions.log"
+        self.err_path = self.dir / "errors.log"
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 10.0):
+        assert GWT_HOST, "run inside tests/netns-run.sh (GWT_HOST unset)"
+        cmd = ["sipp", "-sf", str(self.scenario), "-t", self.transport,
+               "-i", "127.0.0.1", "-p", str(self.port),
+               "-mi", GWT_HOST, "-mp", str(self.media_port),
+               "-m", "1", "-timeout", f"{int(self.timeout)}s", "-timeout_error", "-nostdin",
+               "-trace_msg", "-message_file", str(self.msg_path),
+               "-trace_logs", "-log_file", str(self.actions_path),
+               "-trace_err", "-error_file", str(self.err_path)]
+        for k, v in self.keys.items():
+            cmd += ["-key", k, str(v)]
+        (self.dir / "command").write_text(" ".join(json.dumps(c) if " " in c else c for c in cmd) + "\n")
+        out = open(self.out_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     cwd=self.dir)
+        out.close()
+
+        def bound():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sipp exited with {self.proc.returncode}: {read_text(self.out_path)[-3000:]}")
+            kind = socket.SOCK_STREAM if self.transport.startswith("t") else socket.SOCK_DGRAM
+            with socket.socket(socket.AF_INET, kind) as s:
+                try:
+                    s.bind(("127.0.0.1", self.port))
+                    return False
+                except OSError:
+                    return True
+
+        wait_until(bound, timeout, f"sipp listening on 127.0.0.1:{self.port}")
+        return self
+
+    @property
+    def uri(self) -> str:
+        tr = "tcp" if self.transport.startswith("t") else "udp"
+        return f"sip:127.0.0.1:{self.port};transport={tr}"
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """The exit code (sipp ends after its one call)."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise Timeout(f"sipp still running after {timeout:.0f}s ({self.msg_path})")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def log(self) -> str:
+        return read_text(self.msg_path)
+
+    def actions(self) -> str:
+        return read_text(self.actions_path)
+
+    HEAD = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d[ \t]\d\d:\d\d:\d\d\.\d+)[^\n]*\n"
+                      r"(UDP|TCP) message (received|sent) (?:\[\d+\] bytes :|\(\d+ bytes\):)\n\n", re.M)
+
+    def messages(self) -> list[SippMessage]:
+        import datetime
+        text = self.log()
+        heads = list(self.HEAD.finditer(text))
+        out = []
+        for i, h in enumerate(heads):
+            end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+            body = text[h.end():end]
+            body = re.split(r"^-{20,}", body, flags=re.M)[0].strip("\r\n") + "\n"
+            first = body.split("\n", 1)[0].strip()
+            stamp = datetime.datetime.strptime(h.group(1).replace("\t", " "), "%Y-%m-%d %H:%M:%S.%f")
+            me = f"127.0.0.1:{self.port}"
+            received = h.group(3) == "received"
+            out.append(SippMessage(h.group(2), "" if received else me, me if received else "", first,
+                                   body, direction=h.group(3), time=stamp.timestamp()))
+        return out
+
+    def received(self, method: str = "", status: int = 0) -> list[SippMessage]:
+        return [m for m in self.messages() if m.direction == "received"
+                and (not method or m.method == method) and (not status or m.status == status)]
+
+    def sent(self, method: str = "", status: int = 0) -> list[SippMessage]:
+        return [m for m in self.messages() if m.direction == "sent"
+                and (not method or m.method == method) and (not status or m.status == status)]
+
+
+def sip_header(text: str, name: str) -> Optional[str]:
+    """The value of the first `name:` header of a SIP message (case-insensitive;
+    no compact forms)."""
+    head = text.split("\n\n", 1)[0].replace("\r", "")
+    m = re.search(rf"^{re.escape(name)}[ \t]*:[ \t]*(.*(?:\n[ \t]+.*)*)", head, re.M | re.I)
+    return m.group(1).strip() if m else None
+
+
+def digest_params(value: str) -> dict:
+    """The parameters of a `Digest k=v, k="v"` header value, keys lower case."""
+    assert value.lower().startswith("digest"), value
+    return {k.lower(): (q if q or v == "" else v)
+            for k, q, v in re.findall(r'([\w-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))', value[6:])}
+
+
+def digest_expected(params: dict, method: str, password: str, algorithm: str = "MD5", body: str = "") -> str:
+    """The response a client with `password` must send for these Authorization
+    parameters (RFC 2617 for MD5, RFC 7616 for SHA-256; qop auth or none)."""
+    import hashlib
+    alg = algorithm.upper()
+    h = (lambda s: hashlib.md5(s.encode()).hexdigest()) if alg.startswith("MD5") else \
+        (lambda s: hashlib.sha256(s.encode()).hexdigest())
+    ha1 = h(f"{params['username']}:{params['realm']}:{password}")
+    if alg.endswith("-SESS"):
+        ha1 = h(f"{ha1}:{params['nonce']}:{params['cnonce']}")
+    ha2 = h(f"{method}:{params['uri']}")
+    if params.get("qop"):
+        return h(f"{ha1}:{params['nonce']}:{params['nc']}:{params['cnonce']}:{params['qop']}:{ha2}")
+    return h(f"{ha1}:{params['nonce']}:{ha2}")
+
+
+# --------------------------------------------------------------------------
 # The gateway process
 
 
@@ -413,6 +569,8 @@ class TrunkSpec:
     callee_stream: str = "sdes"
     secure_media: str = "mandatory"
     srtp_suites: list = field(default_factory=lambda: ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"])
+    username: Optional[str] = None  # digest credentials toward the trunk
+    password: Optional[str] = None
 
 
 def toml_str(s: str) -> str:
@@ -424,7 +582,7 @@ class Gateway:
     none at all: the built-in defaults)."""
 
     def __init__(self, workdir: Path, trunk: Optional[TrunkSpec] = None, account: str = "alice",
-                 password: Optional[str] = None, use_config: bool = True):
+                 password: Optional[str] = None, use_config: bool = True, tcp: bool = False):
         self.dir = workdir / "gateway"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "gateway.log"
@@ -435,6 +593,8 @@ class Gateway:
         self.use_config = use_config
         self.https_port = free_port() if use_config else 8443
         self.sip_port = free_port() if use_config else 5060
+        # SIP over TCP too ([sip] tcp_listen), on a port of its own
+        self.sip_tcp_port: Optional[int] = free_port() if (use_config and tcp) else None
         self.proc: Optional[subprocess.Popen] = None
         self.exit_code: Optional[int] = None
 
@@ -453,6 +613,10 @@ class Gateway:
             "",
             "[sip]",
             f'udp_listen = "127.0.0.1:{self.sip_port}"',
+        ]
+        if self.sip_tcp_port:
+            lines.append(f'tcp_listen = "127.0.0.1:{self.sip_tcp_port}"')
+        lines += [
             "",
             "[media]",
             "port_min = 20000",
@@ -469,6 +633,10 @@ class Gateway:
                 f"secure_media = {toml_str(t.secure_media)}",
                 "srtp_suites = [" + ", ".join(toml_str(s) for s in t.srtp_suites) + "]",
                 'inbound_sources = ["127.0.0.1/32"]',
+            ]
+            if t.username is not None:
+                lines += [f"username = {toml_str(t.username)}", f"password = {toml_str(t.password or '')}"]
+            lines += [
                 "",
                 "[[accounts]]",
                 f"name = {toml_str(self.account)}",

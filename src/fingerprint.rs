@@ -1,4 +1,5 @@
-//! Certificate fingerprints as SDP carries them (`a=fingerprint`, RFC 8122
+//! Certificate fingerprints as SDP carries them (shared vocabulary: `sdp`
+//! parses them from offers, `media` verifies DTLS certificates against them) (`a=fingerprint`, RFC 8122
 //! section 5): a hash function name and the hash of the DER certificate in
 //! uppercase hex pairs joined by colons.
 //!

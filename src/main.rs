@@ -158,7 +158,9 @@ fn load(path: Option<PathBuf>) -> Result<(Config, Option<PathBuf>)> {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rtc_dtls warns about every standard TLS extension it does not use
+        // (30 lines per Firefox call); its errors still show.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rtc_dtls=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -76,6 +76,8 @@ else
   cargo build --all-targets
   banner "2/5 cargo test"
   cargo test
+  banner "2/5 fuzz targets compile (run them with cargo fuzz, see fuzz/README.md)"
+  cargo check --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check
 fi
 
 # ---------------------------------------------------------------------------

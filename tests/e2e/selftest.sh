@@ -4,7 +4,7 @@
 # both Chromium peers use the host's interfaces for ICE otherwise. Needs root.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-netns_run="${NETNS_RUN:-$here/../../../shared/tools/netns-run}"
+netns_run="${NETNS_RUN:-$here/../netns-run.sh}"
 if [ -z "${GWT_HOST:-}" ]; then
   exec "$netns_run" "$0" "$@"
 fi

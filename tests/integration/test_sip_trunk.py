@@ -206,11 +206,24 @@ def test_tcp_trunk(workdir, hangup_by, start_baresip, start_gateway):
         connected, result, hangup = asyncio.run(_audio_call_trunk_hangs_up(gw, trunk))
         save_result(workdir, browser_hangup=hangup)
         bye_methods = ("INVITE", "ACK")
-        byes = wait_until(lambda: trunk.sent("BYE"), 10, f"baresip sending BYE ({trunk.log_path})")
-        assert all(m.transport == "TCP" for m in byes), [m.transport for m in byes]
-        ok = wait_until(lambda: [m for m in trunk.received(status=200) if _cseq(m)[1] == "BYE"], 10,
-                        f"the gateway's 200 OK for baresip's BYE ({trunk.log_path})")
-        assert all(m.transport == "TCP" for m in ok), [m.transport for m in ok]
+        # baresip opens a new TCP connection (ephemeral source port) to the
+        # gateway's Contact for its BYE, so look at every traced message
+        gw_tcp = f"127.0.0.1:{gw.sip_tcp_port}"
+        byes = wait_until(lambda: [m for m in trunk.sip_messages() if m.method == "BYE"], 10,
+                          f"baresip sending BYE ({trunk.log_path})")
+        bye = byes[0]
+        assert bye.transport == "TCP" and bye.dst == gw_tcp, \
+            f"baresip's BYE went {bye.transport} to {bye.dst}, expected TCP to tcp_listen {gw_tcp}"
+        ok = wait_until(lambda: [m for m in trunk.sip_messages() if m.status == 200 and _cseq(m)[1] == "BYE"],
+                        10, f"the gateway's 200 OK for baresip's BYE ({trunk.log_path})")
+        save_result(workdir, bye=(bye.transport, bye.src, bye.dst), bye_200=(ok[0].transport, ok[0].src, ok[0].dst))
+        assert ok[0].transport == "TCP", ok[0].transport
+        # RFC 3261 18.2.2: over TCP the response MUST use the connection the
+        # request came in on (while it is open): from gw_tcp to baresip's
+        # ephemeral port, not over the gateway's own connection to the trunk
+        assert (ok[0].src, ok[0].dst) == (bye.dst, bye.src), (
+            f"the 200 OK for the BYE (received {bye.src} -> {bye.dst}) came back over another TCP connection "
+            f"({ok[0].src} -> {ok[0].dst}); RFC 3261 18.2.2 requires the request's own connection")
     assert connected["type"] == "connected", connected
     got = [m for m in trunk.sip_messages()]
     save_result(workdir, trunk_sip=[(m.transport, m.src, m.dst, m.first_line) for m in got])

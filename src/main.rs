@@ -51,7 +51,19 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Print the cause chain, skipping causes that the message above
+            // them already quotes (many of our errors include their source).
+            let mut text = String::new();
+            for cause in e.chain() {
+                let part = cause.to_string();
+                if !text.contains(&part) {
+                    if !text.is_empty() {
+                        text.push_str(": ");
+                    }
+                    text.push_str(&part);
+                }
+            }
+            eprintln!("error: {text}");
             ExitCode::FAILURE
         }
     }

@@ -72,7 +72,7 @@ impl Calls {
         self.accepting.store(false, Ordering::SeqCst);
         if let Ok(live) = self.live.lock() {
             for tx in live.iter().filter_map(|tx| tx.upgrade()) {
-                let _ = tx.send(CallCommand::Hangup);
+                let _ = tx.send(CallCommand::Shutdown);
             }
         }
         let mut tasks = match self.tasks.lock() {

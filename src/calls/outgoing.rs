@@ -36,7 +36,10 @@ const TEARDOWN_DEADLINE: Duration = Duration::from_secs(34);
 /// Commands from the browser session to one of its calls.
 #[derive(Debug)]
 pub enum CallCommand {
+    /// The browser hung up.
     Hangup,
+    /// The gateway is stopping (SIGINT/SIGTERM).
+    Shutdown,
 }
 
 /// Everything a call needs from the browser's `call` message.
@@ -259,12 +262,13 @@ pub async fn run(
             },
             cmd = commands.recv(), if call.ended.is_none() => {
                 // A hangup, or the socket closed (channel gone): end the call now.
-                let reason = match cmd {
-                    Some(CallCommand::Hangup) => "hung up by the browser",
-                    None => "browser disconnected",
+                let ending = match cmd {
+                    Some(CallCommand::Hangup) => Ending::new(200, "hung up by the browser"),
+                    Some(CallCommand::Shutdown) => Ending::new(503, "the gateway is shutting down"),
+                    None => Ending::new(200, "browser disconnected"),
                 };
-                info!(reason, "browser ends the call");
-                call.end(&mut uac, Ending::new(200, reason)).await;
+                info!(reason = %ending.reason, "call ends");
+                call.end(&mut uac, ending).await;
             }
             Some(event) = call.media_events.1.recv() => call.on_media_event(event, &mut uac).await,
             _ = sleep => {

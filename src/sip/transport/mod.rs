@@ -109,7 +109,23 @@ struct Inner {
     tcp: tcp::Connections,
     stats: EndpointStats,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Where each received request came from, by its top Via branch, so that
+    /// its responses go back there whatever destination the sender names
+    /// (RFC 3261 18.2.2: over TCP on the connection the request came on; over
+    /// UDP to the source address, RFC 3581).
+    response_routes: Mutex<HashMap<String, ResponseRoute>>,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct ResponseRoute {
+    source: SocketAddr,
+    transport: Transport,
+    at: std::time::Instant,
+}
+
+/// Routes are kept for the lifetime of a server transaction (64*T1), and at
+/// most this many at once (oldest dropped first when full).
+const MAX_RESPONSE_ROUTES: usize = 10_000;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -175,6 +191,7 @@ pub async fn start_with(
         tcp: tcp::Connections::default(),
         stats: EndpointStats::default(),
         tasks: Mutex::new(Vec::new()),
+        response_routes: Mutex::new(HashMap::new()),
     });
     let mut tasks = vec![tokio::spawn(udp::receive_loop(udp, Arc::downgrade(&inner)))];
     if let Some(listener) = listener {
@@ -276,6 +293,7 @@ impl Inner {
         transport: Transport,
         data: Bytes,
     ) -> Result<(), SipError> {
+        let (dest, transport) = self.response_route(&data).unwrap_or((dest, transport));
         match transport {
             Transport::Udp => self
                 .udp
@@ -300,6 +318,9 @@ impl Inner {
         let Ok(call_id) = message::call_id(&msg) else {
             return;
         };
+        if let SipMessage::Request(req) = &msg {
+            self.remember_route(req, source, transport);
+        }
         let sender = self
             .calls
             .lock()
@@ -324,6 +345,48 @@ impl Inner {
             }
         }
         self.unknown_call(msg, call_id, source, transport).await
+    }
+
+    fn remember_route(&self, req: &rsip::Request, source: SocketAddr, transport: Transport) {
+        let Some(branch) = message::top_via_branch(req) else {
+            return;
+        };
+        let Ok(mut routes) = self.response_routes.lock() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if routes.len() >= MAX_RESPONSE_ROUTES {
+            let lifetime = super::T1 * 64;
+            routes.retain(|_, r| now.duration_since(r.at) < lifetime);
+            if routes.len() >= MAX_RESPONSE_ROUTES {
+                if let Some(oldest) = routes
+                    .iter()
+                    .min_by_key(|(_, r)| r.at)
+                    .map(|(k, _)| k.clone())
+                {
+                    routes.remove(&oldest);
+                }
+            }
+        }
+        routes.insert(
+            branch,
+            ResponseRoute {
+                source,
+                transport,
+                at: now,
+            },
+        );
+    }
+
+    /// For a response we are about to send: where its request came from.
+    fn response_route(&self, data: &[u8]) -> Option<(SocketAddr, Transport)> {
+        if !data.starts_with(b"SIP/2.0 ") {
+            return None;
+        }
+        let msg = message::parse_lenient(data).ok()?;
+        let branch = message::top_via_branch(&msg)?;
+        let routes = self.response_routes.lock().ok()?;
+        routes.get(&branch).map(|r| (r.source, r.transport))
     }
 
     async fn unknown_call(

@@ -268,3 +268,46 @@ async fn bind_error_names_the_address() {
     assert!(matches!(err, SipError::Bind { addr: a, .. } if a == addr));
     assert!(err.to_string().contains(&addr.to_string()));
 }
+
+/// RFC 3261 18.2.2 / RFC 3581: a response goes back to where its request
+/// came from, even when the caller names another destination (a trunk's
+/// configured address while the request came from elsewhere).
+#[tokio::test]
+async fn responses_follow_their_request_not_the_named_destination() {
+    let (ep, _incoming) = start(local()).await.unwrap();
+    let mut calls = ep.register_call("routed-1");
+    let peer = UdpSocket::bind(local()).await.unwrap();
+    let elsewhere = UdpSocket::bind(local()).await.unwrap();
+    let bye = "BYE sip:gw@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKrouted\r\n\
+From: <sip:trunk@127.0.0.1>;tag=t\r\n\
+To: <sip:gw@127.0.0.1>;tag=g\r\n\
+Call-ID: routed-1\r\n\
+CSeq: 2 BYE\r\n\
+Content-Length: 0\r\n\r\n";
+    peer.send_to(bye.as_bytes(), ep.local_addr()).await.unwrap();
+    let Some(SipMessage::Request(req)) = timeout(WAIT, calls.recv()).await.unwrap() else {
+        panic!("expected the BYE");
+    };
+    let ok = message::build_response(&req, 200, ResponseParts::default());
+    let named = elsewhere.local_addr().unwrap();
+    ep.send(named, Transport::Udp, message::to_bytes(ok))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = timeout(WAIT, peer.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"SIP/2.0 200"));
+    // Requests we originate still go where we say.
+    let probe = OPTIONS.replace("z9hG4bKprobe", "z9hG4bKours");
+    ep.send(named, Transport::Udp, Bytes::from(probe))
+        .await
+        .unwrap();
+    let (n, _) = timeout(WAIT, elsewhere.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"OPTIONS"));
+}

@@ -109,6 +109,7 @@ pub async fn run(
     .await?;
     tokio::spawn(refuse_inbound(sip.clone(), incoming));
 
+    let sip_for_health = sip.clone();
     let call_stats = Arc::new(CallStats::default());
     let calls = Calls::new(CallsContext {
         directory,
@@ -137,7 +138,7 @@ pub async fn run(
         },
         Arc::new(calls.clone()),
         Arc::new(metrics),
-        Arc::new(|| true),
+        Arc::new(move || sip_for_health.is_running()),
     );
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = signaling::serve(state, async {

@@ -236,6 +236,16 @@ impl SipEndpoint {
         &self.inner.stats
     }
 
+    /// Whether the receive tasks (UDP, and the TCP listener if any) still
+    /// run: `/healthz` reports the SIP plane down when one has ended.
+    pub fn is_running(&self) -> bool {
+        self.inner
+            .tasks
+            .lock()
+            .map(|tasks| tasks.iter().all(|t| !t.is_finished()))
+            .unwrap_or(false)
+    }
+
     /// Routes every message with this Call-ID (responses and in-dialog
     /// requests) to the returned receiver. Registering again replaces the
     /// previous receiver.

@@ -17,6 +17,8 @@ use rtc_dtls::config::{
 };
 use rtc_dtls::crypto::Certificate;
 use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
+
+use super::client_hello::ClientHelloScan;
 use rtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc_shared::error::Error as RtcError;
 use rtc_shared::TransportProtocol;
@@ -166,6 +168,10 @@ enum Phase {
 /// One DTLS association with one browser, server role.
 pub struct DtlsServer {
     endpoint: Endpoint,
+    /// Kept to rebuild the endpoint once the ClientHello is known.
+    identity: DtlsIdentity,
+    /// Reads the browser's SRTP profiles; `None` once it has.
+    hello_scan: Option<ClientHelloScan>,
     /// The key of the association inside the endpoint. The driver sends our
     /// datagrams wherever ICE currently points, so this never needs to follow
     /// a changed browser address.
@@ -194,32 +200,11 @@ impl DtlsServer {
         // timers from the instants passed to `read` and `handle_timeout`.
         let _ = now;
         let mismatch = Arc::new(AtomicBool::new(false));
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(identity.provider.clone())
-            .with_certificates(vec![identity.certificate.clone()])
-            // Our order; rtc-dtls picks the first of the browser's list that
-            // we accept, and browsers list GCM first.
-            .with_srtp_protection_profiles(vec![
-                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-            ])
-            // A self-signed browser certificate is expected: no chain check,
-            // only the fingerprint below.
-            .with_client_auth(ClientAuthType::RequireAnyClientCert)
-            .with_verify_peer_certificate(Some(fingerprint_verifier(
-                expected.clone(),
-                mismatch.clone(),
-            )))
-            .with_extended_master_secret(ExtendedMasterSecretType::Require)
-            .build(false, Some(remote))
-            .map_err(|e| DtlsError::Setup(e.to_string()))?;
-        let endpoint = Endpoint::new(
-            SocketAddr::from(([0, 0, 0, 0], 0)),
-            TransportProtocol::UDP,
-            Some(Arc::new(config)),
-        );
+        let endpoint = build_endpoint(identity, &expected, &mismatch, remote, &BOTH_PROFILES)?;
         Ok(DtlsServer {
             endpoint,
+            identity: identity.clone(),
+            hello_scan: Some(ClientHelloScan::default()),
             remote,
             expected,
             mismatch,
@@ -229,10 +214,52 @@ impl DtlsServer {
         })
     }
 
+    /// Our SRTP profile choice (see `client_hello.rs`): once the whole
+    /// ClientHello is known, the association accepts only GCM when the
+    /// browser offers it. Nothing has been sent yet, so swapping the endpoint
+    /// loses no state.
+    fn choose_profiles(&mut self, offered: Option<&[u16]>) -> Result<(), DtlsError> {
+        let gcm = offered.is_some_and(|p| p.contains(&GCM_PROFILE_ID));
+        tracing::debug!(?offered, gcm, "browser's SRTP profiles");
+        if gcm {
+            self.endpoint = build_endpoint(
+                &self.identity,
+                &self.expected,
+                &self.mismatch,
+                self.remote,
+                &[SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Feeds one DTLS datagram from the browser. An error also ends the
     /// association (reported once as `DtlsEvent::Failed`) while the handshake
     /// runs; after it, a bad record is only an error for the caller to count.
     pub fn handle_datagram(&mut self, now: Instant, data: &[u8]) -> Result<(), DtlsError> {
+        if self.phase == Phase::Done {
+            return Ok(());
+        }
+        let Some(scan) = self.hello_scan.as_mut() else {
+            return self.feed(now, data);
+        };
+        // Until the ClientHello is whole, datagrams wait in the scanner.
+        let Some(result) = scan.push(data) else {
+            return Ok(());
+        };
+        self.hello_scan = None;
+        self.choose_profiles(result.profiles.as_deref())?;
+        let mut outcome = Ok(());
+        for datagram in &result.held {
+            let fed = self.feed(now, datagram);
+            if outcome.is_ok() {
+                outcome = fed;
+            }
+        }
+        outcome
+    }
+
+    fn feed(&mut self, now: Instant, data: &[u8]) -> Result<(), DtlsError> {
         if self.phase == Phase::Done {
             return Ok(());
         }
@@ -412,6 +439,42 @@ impl DtlsServer {
 
 /// The `rtc-dtls` certificate callback for one call: the browser's leaf
 /// certificate must hash to the SDP fingerprint.
+/// The SRTP profiles we accept, in our order of preference.
+const BOTH_PROFILES: [SrtpProtectionProfile; 2] = [
+    SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+];
+/// SRTP_AEAD_AES_128_GCM in the use_srtp extension (RFC 7714 14.2).
+const GCM_PROFILE_ID: u16 = 0x0007;
+
+fn build_endpoint(
+    identity: &DtlsIdentity,
+    expected: &Fingerprint,
+    mismatch: &Arc<AtomicBool>,
+    remote: SocketAddr,
+    profiles: &[SrtpProtectionProfile],
+) -> Result<Endpoint, DtlsError> {
+    let config = ConfigBuilder::default()
+        .with_crypto_provider(identity.provider.clone())
+        .with_certificates(vec![identity.certificate.clone()])
+        .with_srtp_protection_profiles(profiles.to_vec())
+        // A self-signed browser certificate is expected: no chain check,
+        // only the fingerprint below.
+        .with_client_auth(ClientAuthType::RequireAnyClientCert)
+        .with_verify_peer_certificate(Some(fingerprint_verifier(
+            expected.clone(),
+            mismatch.clone(),
+        )))
+        .with_extended_master_secret(ExtendedMasterSecretType::Require)
+        .build(false, Some(remote))
+        .map_err(|e| DtlsError::Setup(e.to_string()))?;
+    Ok(Endpoint::new(
+        SocketAddr::from(([0, 0, 0, 0], 0)),
+        TransportProtocol::UDP,
+        Some(Arc::new(config)),
+    ))
+}
+
 fn fingerprint_verifier(
     expected: Fingerprint,
     mismatch: Arc<AtomicBool>,
@@ -654,6 +717,33 @@ mod tests {
         assert_keys_mirror(*suite, inbound, outbound, &browser);
         // Keys never print.
         assert!(!format!("{evs:?}").contains(&format!("{:?}", inbound.key.expose())));
+    }
+
+    /// Chromium lists AES_CM first; the server's choice (RFC 5764) is GCM.
+    #[test]
+    fn gcm_even_when_the_browser_lists_aes_cm_first() {
+        let (now, identity, mut server, mut browser) = setup(None);
+        let config = browser.config(
+            identity.fingerprint(),
+            vec![
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            ],
+            true,
+        );
+        browser.connect(now, config);
+        pump(now, &mut server, &mut browser, |_| false, &mut 0);
+        match events(&mut server).as_slice() {
+            [DtlsEvent::Connected {
+                suite,
+                inbound,
+                outbound,
+            }] => {
+                assert_eq!(*suite, SrtpSuite::AeadAes128Gcm);
+                assert_keys_mirror(*suite, inbound, outbound, &browser);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

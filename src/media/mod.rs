@@ -15,6 +15,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+pub mod client_hello;
 pub mod counters;
 pub mod demux;
 pub mod dtls;

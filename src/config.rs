@@ -342,6 +342,18 @@ impl Config {
                 );
             }
         }
+        if self.server.public_ip.is_unspecified() {
+            add(
+                "server.public_ip".into(),
+                "must be the address trunks and browsers reach, not 0.0.0.0 or ::".into(),
+            );
+        }
+        if self.sip.tls_listen.is_some() {
+            add(
+                "sip.tls_listen".into(),
+                "SIP over TLS is not supported yet (udp_listen, tcp_listen)".into(),
+            );
+        }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             add(
                 "server.tls_cert".into(),
@@ -485,6 +497,26 @@ pub fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
     (len <= max).then_some((addr, len))
 }
 
+/// Whether `ip` lies in the block `(net, prefix_len)` from [`parse_cidr`].
+/// IPv4-mapped IPv6 addresses count as their IPv4 address.
+pub fn cidr_contains((net, len): (IpAddr, u8), ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -584,13 +616,15 @@ trunk = "carrier"
             .replace("trunk = \"carrier\"", "trunk = \"nope\"")
             .replace("port_min = 30000", "port_min = 31000")
             .replace("0123456789abcdef0123", "change-me")
-            .replace("127.0.0.1/32", "not-an-address");
+            .replace("127.0.0.1/32", "not-an-address")
+            .replace("public_ip = \"10.99.0.1\"", "public_ip = \"0.0.0.0\"");
         let problems = parse(&text).unwrap().problems();
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert!(keys.contains(&"accounts[0].trunk"), "{keys:?}");
         assert!(keys.contains(&"media.port_min"), "{keys:?}");
         assert!(keys.contains(&"server.token_secret"), "{keys:?}");
         assert!(keys.contains(&"trunks[0].inbound_sources[0]"), "{keys:?}");
+        assert!(keys.contains(&"server.public_ip"), "{keys:?}");
     }
 
     #[test]
@@ -598,6 +632,21 @@ trunk = "carrier"
         let text = full().replace("callee_stream = \"sdes\"", "callee_stream = \"decrypted\"");
         let problems = parse(&text).unwrap().problems();
         assert_eq!(problems[0].key, "trunks[0].callee_stream");
+    }
+
+    #[test]
+    fn cidr_blocks() {
+        let block = |t: &str| parse_cidr(t).unwrap();
+        let ip = |t: &str| t.parse::<IpAddr>().unwrap();
+        assert!(cidr_contains(block("10.0.0.0/8"), ip("10.1.2.3")));
+        assert!(!cidr_contains(block("10.0.0.0/8"), ip("11.0.0.1")));
+        assert!(cidr_contains(block("192.0.2.7"), ip("192.0.2.7")));
+        assert!(!cidr_contains(block("192.0.2.7"), ip("192.0.2.8")));
+        assert!(cidr_contains(block("0.0.0.0/0"), ip("203.0.113.9")));
+        assert!(cidr_contains(block("127.0.0.1/32"), ip("::ffff:127.0.0.1")));
+        assert!(cidr_contains(block("2001:db8::/32"), ip("2001:db8:1::5")));
+        assert!(!cidr_contains(block("2001:db8::/32"), ip("10.0.0.1")));
+        assert!(parse_cidr("10.0.0.0/33").is_none());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::calls::directory::{demo_trunk, Account, Directory};
 use crate::calls::{Calls, CallsContext};
-use crate::config::Config;
+use crate::config::{cidr_contains, parse_cidr, Config};
 use crate::demo::EchoTrunk;
 use crate::media::dtls::DtlsIdentity;
 use crate::media::{MediaConfig, MediaEngine};
@@ -107,7 +107,12 @@ pub async fn run(
         tcp_listen: config.sip.tcp_listen,
     })
     .await?;
-    tokio::spawn(refuse_inbound(sip.clone(), incoming));
+    let inbound_sources = config
+        .trunks
+        .iter()
+        .flat_map(|t| t.inbound_sources.iter().filter_map(|s| parse_cidr(s)))
+        .collect();
+    tokio::spawn(refuse_inbound(sip.clone(), incoming, inbound_sources));
 
     let sip_for_health = sip.clone();
     let call_stats = Arc::new(CallStats::default());
@@ -180,26 +185,43 @@ pub async fn run(
     Ok(())
 }
 
-/// Inbound calls come with the next issue; until then every new INVITE is
-/// answered 480 so trunks fail over at once instead of timing out. Each
-/// refusal is its own small UAS so the 480 is retransmitted until ACKed.
-async fn refuse_inbound(sip: SipEndpoint, mut incoming: mpsc::Receiver<IncomingRequest>) {
+/// Inbound calls come with the next issue; until then an INVITE from a
+/// trunk's `inbound_sources` is answered 480 so the trunk fails over at once.
+/// Anyone else gets nothing (DESIGN.md: answering spoofed sources would make
+/// the gateway a reflector). Each refusal is a small UAS so the 480 is
+/// retransmitted until ACKed; at most `MAX_REFUSALS` run at once.
+async fn refuse_inbound(
+    sip: SipEndpoint,
+    mut incoming: mpsc::Receiver<IncomingRequest>,
+    allowed: Vec<(std::net::IpAddr, u8)>,
+) {
+    const MAX_REFUSALS: usize = 256;
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     while let Some(request) = incoming.recv().await {
+        let source = request.source;
+        if !allowed.iter().any(|net| cidr_contains(*net, source.ip())) {
+            tracing::debug!(%source, "INVITE from a source outside every trunk's inbound_sources: ignored");
+            continue;
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%source, "too many refusals in progress: INVITE ignored");
+            continue;
+        };
         let now = Instant::now();
         let transport = request.transport;
-        let source = request.source;
         let mut uas = match IncomingCall::new(request.msg, source, now) {
             Ok(uas) => uas,
             Err(e) => {
-                warn!(%source, error = %e, "unusable inbound request");
+                tracing::debug!(%source, error = %e, "unusable inbound request");
                 continue;
             }
         };
         let sip = sip.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let call_id = uas.call_id();
             let mut messages = sip.register_call(&call_id);
-            info!(%source, "inbound INVITE refused with 480 (inbound calls are not enabled)");
+            tracing::debug!(%source, "inbound INVITE refused with 480 (inbound calls are not enabled)");
             uas.reject(480, Instant::now());
             while !uas.is_finished() {
                 while let Some((bytes, dest)) = uas.poll_transmit() {

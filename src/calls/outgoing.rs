@@ -30,8 +30,11 @@ const DTLS_DEADLINE: Duration = Duration::from_secs(15);
 /// stops at the first provisional response, so a trunk that rings for ever
 /// would otherwise hold the call).
 const RING_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long we keep the dialog alive to finish BYE/CANCEL after a hangup.
-const TEARDOWN_DEADLINE: Duration = Duration::from_secs(34);
+/// How long a leg of an answered call may be silent.
+const ANSWERED_MEDIA_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long we keep the dialog alive to finish BYE/CANCEL after a hangup:
+/// a CANCEL's 487 may come up to 64*T1 later, then Timer D runs 32 s.
+const TEARDOWN_DEADLINE: Duration = Duration::from_secs(70);
 
 /// Commands from the browser session to one of its calls.
 #[derive(Debug)]
@@ -180,7 +183,12 @@ pub async fn run(
     };
     let uac_config = UacConfig {
         call_id: crate::sip::message::new_call_id(),
-        request_uri: format!("sip:{}@{}:{}", req.to, trunk.uri.host, trunk.uri.port),
+        request_uri: format!(
+            "sip:{}@{}:{}",
+            req.to,
+            uri_host(&trunk.uri.host),
+            trunk.uri.port
+        ),
         from_uri: format!("sip:{account}@{public_host}"),
         contact: format!(
             "<sip:{account}@{public_host}:{};transport={transport_name}>",
@@ -217,6 +225,8 @@ pub async fn run(
         answered: false,
         browser_suite: None,
         trunk_security: String::new(),
+        trunk_sdp: None,
+        browser_codec: None,
         connected_sent: false,
         dtls_deadline: None,
         ring_deadline: Some(Instant::now() + RING_TIMEOUT),
@@ -225,11 +235,25 @@ pub async fn run(
     };
 
     loop {
+        if call.ended.is_some() {
+            // Frees the call's id and slot in the browser session now, not
+            // when the dialog's wind-down ends.
+            commands.close();
+        }
         // Everything the dialog wants sent goes to the trunk.
+        let mut unreachable = false;
         while let Some(bytes) = uac.poll_transmit() {
             if let Err(e) = ctx.sip.send(destination, transport, bytes).await {
                 warn!(error = %e, "sending to the trunk failed");
+                // Over TCP a failed send is a transport error (RFC 3261
+                // 8.1.3.1: treat as 503); over UDP the timers decide.
+                unreachable |= transport == Transport::Tcp;
             }
+        }
+        if unreachable {
+            call.finish(Ending::new(503, "the trunk cannot be reached"))
+                .await;
+            break;
         }
         let mut finished = false;
         while let Some(event) = uac.poll_event() {
@@ -314,6 +338,9 @@ struct CallState {
     answered: bool,
     browser_suite: Option<SrtpSuite>,
     trunk_security: String,
+    /// The trunk SDP the media runs on, and the browser's PT of its codec.
+    trunk_sdp: Option<String>,
+    browser_codec: Option<crate::types::PayloadType>,
     connected_sent: bool,
     dtls_deadline: Option<Instant>,
     ring_deadline: Option<Instant>,
@@ -330,16 +357,14 @@ impl CallState {
                 if self.ended.is_some() {
                     return false;
                 }
-                if code > 100 {
-                    send(
-                        &self.events,
-                        SessionEvent::Progress {
-                            id: self.id.clone(),
-                            code,
-                        },
-                    )
-                    .await;
-                }
+                send(
+                    &self.events,
+                    SessionEvent::Progress {
+                        id: self.id.clone(),
+                        code,
+                    },
+                )
+                .await;
                 if let Some(sdp) = sdp {
                     self.on_trunk_sdp(&sdp, uac).await;
                 }
@@ -351,6 +376,9 @@ impl CallState {
                 }
                 self.answered = true;
                 self.ring_deadline = None;
+                if let Some(media) = &self.media {
+                    media.set_media_timeout(ANSWERED_MEDIA_TIMEOUT);
+                }
                 match sdp {
                     Some(sdp) => self.on_trunk_sdp(&sdp, uac).await,
                     None if self.media.is_none() => {
@@ -362,36 +390,32 @@ impl CallState {
                 self.maybe_connected().await;
                 false
             }
+            // The dialog keeps running until `Terminated` (Timer D/K absorb
+            // the trunk's retransmissions); the browser hears now.
             UacEvent::Rejected { code, reason } => {
                 info!(code, reason = %reason, "trunk rejected the call");
-                if self.ended.is_none() {
-                    let ending = Ending::new(code, reason);
-                    send(&self.events, hangup_event(&self.id, &ending)).await;
-                    self.ended = Some(ending);
-                }
-                true
+                self.finish(Ending::new(code, reason)).await;
+                false
             }
             UacEvent::RemoteHangup => {
                 info!("trunk hung up");
-                if self.ended.is_none() {
-                    let ending = Ending::new(200, "the other party hung up");
-                    send(&self.events, hangup_event(&self.id, &ending)).await;
-                    self.ended = Some(ending);
-                }
-                true
+                self.finish(Ending::new(200, "the other party hung up"))
+                    .await;
+                false
             }
             UacEvent::Terminated => true,
         }
     }
 
     /// The trunk's SDP (in a 183 or the 200): key the trunk leg, start the
-    /// relay and give the browser its answer. Later SDPs of the same dialog
-    /// (a 200 repeating the 183's) are ignored: re-keying needs re-INVITE
-    /// support, which comes with hold/resume.
+    /// relay and give the browser its answer. A later, different SDP of the
+    /// same dialog (the 200 after an announcement's 183, from another media
+    /// server with other keys) re-keys and re-addresses the trunk leg; the
+    /// browser's side and codec stay as answered.
     async fn on_trunk_sdp(&mut self, sdp: &str, uac: &mut OutgoingCall) {
-        let Some(allocation) = self.allocation.take() else {
+        if self.trunk_sdp.as_deref() == Some(sdp) {
             return;
-        };
+        }
         let answer = match sdp::parse_trunk_answer(sdp, &self.offer_params, &self.offer) {
             Ok(a) => a,
             Err(e) => {
@@ -402,30 +426,48 @@ impl CallState {
             }
         };
         let trunk_crypto = match &answer.crypto {
-            Some(c) => {
-                self.trunk_security = format!("sdes-srtp {}", c.remote_key.suite);
-                TrunkCrypto::Sdes {
-                    inbound: c.remote_key.clone(),
-                    outbound: c.local_key.clone(),
-                }
-            }
+            Some(c) => TrunkCrypto::Sdes {
+                inbound: c.remote_key.clone(),
+                outbound: c.local_key.clone(),
+            },
+            None if self.plan.accepts_plain_answer() => TrunkCrypto::Plain,
             None => {
-                if !self.plan.accepts_plain_answer() {
-                    self.end(
-                        uac,
-                        Ending::new(
-                            488,
-                            "trunk answered plain RTP but secure media is mandatory",
-                        ),
-                    )
-                    .await;
-                    return;
-                }
-                self.trunk_security = "rtp (unencrypted)".into();
-                TrunkCrypto::Plain
+                self.end(
+                    uac,
+                    Ending::new(
+                        488,
+                        "trunk answered plain RTP but secure media is mandatory",
+                    ),
+                )
+                .await;
+                return;
             }
         };
+        self.trunk_security = match &answer.crypto {
+            Some(c) => format!("sdes-srtp {}", c.remote_key.suite),
+            None => "rtp (unencrypted)".into(),
+        };
+        self.trunk_sdp = Some(sdp.to_string());
         let params = relay_params(&self.offer, &answer, trunk_crypto);
+
+        let Some(allocation) = self.allocation.take() else {
+            // Media runs already: only the trunk leg changes, and only if the
+            // browser can keep its codec.
+            if self.browser_codec != Some(answer.codec.pt) {
+                self.end(
+                    uac,
+                    Ending::new(488, "trunk changed the codec between 183 and 200"),
+                )
+                .await;
+                return;
+            }
+            info!("trunk SDP changed: re-keying the trunk leg");
+            if let Some(media) = &self.media {
+                media.update_trunk(params.trunk, params.payload_map);
+            }
+            return;
+        };
+        self.browser_codec = Some(answer.codec.pt);
         let answer_params = BrowserAnswerParams {
             local_ip: self.ctx.public_ip,
             port: allocation.browser_port,
@@ -437,7 +479,13 @@ impl CallState {
             ssrc: Some(allocation.ssrc_to_browser),
         };
         let browser_answer = sdp::write_browser_answer(&self.offer, &answer, &answer_params);
-        self.media = Some(allocation.start(params, self.media_events.0.clone()));
+        let media = allocation.start(params, self.media_events.0.clone());
+        if !self.answered {
+            // Early media may be silent while the callee rings: only the
+            // ring timeout ends a call that has not been answered.
+            media.set_media_timeout(RING_TIMEOUT + Duration::from_secs(10));
+        }
+        self.media = Some(media);
         self.dtls_deadline = Some(Instant::now() + DTLS_DEADLINE);
         send(
             &self.events,
@@ -506,6 +554,15 @@ impl CallState {
             return;
         }
         uac.hangup(Instant::now());
+        self.finish(ending).await;
+    }
+
+    /// The call is over for the browser: `hangup` sent, media stopped, and
+    /// only the SIP dialog's wind-down (bounded) is left.
+    async fn finish(&mut self, ending: Ending) {
+        if self.ended.is_some() {
+            return;
+        }
         if let Some(media) = self.media.take() {
             media.stop();
         }
@@ -556,9 +613,22 @@ fn hangup_event(id: &CallId, ending: &Ending) -> SessionEvent {
     }
 }
 
-/// A session that went away cannot receive; that is not an error for the call.
+/// Never waits on the browser: a call task that blocked here could not ACK,
+/// answer a BYE or time out. A session that went away cannot receive (not an
+/// error for the call); one whose queue is full is not reading and is being
+/// closed by signaling's write timeout, which hangs the call up.
 async fn send(events: &mpsc::Sender<SessionEvent>, event: SessionEvent) {
-    let _ = events.send(event).await;
+    if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(event) {
+        warn!("browser session is not reading; event dropped");
+    }
+}
+
+/// A host as it goes into a SIP URI: IPv6 literals in brackets.
+fn uri_host(host: &str) -> String {
+    match host.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => format!("[{v6}]"),
+        Err(_) => host.to_string(),
+    }
 }
 
 async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {

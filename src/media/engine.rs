@@ -232,6 +232,13 @@ impl MediaHandle {
         }
     }
 
+    /// Sets how long a leg may stay silent before `MediaEvent::Timeout`
+    /// (30 s by default). A ringing call with silent early media needs
+    /// longer than an answered one.
+    pub fn set_media_timeout(&self, timeout: std::time::Duration) {
+        let _ = self.commands.send(Command::MediaTimeout(timeout));
+    }
+
     /// A re-INVITE renegotiated the trunk leg (address, keys, SSRCs, payload
     /// types). Ignored if the task has ended.
     pub fn update_trunk(

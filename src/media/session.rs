@@ -36,6 +36,8 @@ pub(crate) type TrunkUpdate = (TrunkLegParams, Vec<(PayloadType, PayloadType, u3
 pub(crate) enum Command {
     /// Boxed: re-INVITEs are rare, the channel's slots stay small.
     UpdateTrunk(Box<TrunkUpdate>),
+    /// How long a leg may be silent before the call's media times out.
+    MediaTimeout(std::time::Duration),
     /// End the call: DTLS close_notify to the browser, then exit.
     Stop,
 }
@@ -106,6 +108,7 @@ pub(crate) async fn run(
                 armed = None;
             }
             cmd = commands.recv() => match cmd {
+                Some(Command::MediaTimeout(timeout)) => relay.set_media_timeout(timeout),
                 Some(Command::UpdateTrunk(update)) => {
                     let (trunk, payload_map) = *update;
                     relay.update_trunk(trunk, payload_map);

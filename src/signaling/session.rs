@@ -97,6 +97,9 @@ impl std::fmt::Display for End {
 }
 
 /// Drives one socket until it ends; see the module doc.
+/// Longest a single write to the browser may take.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn run(state: AppState, account: AccountName, mut socket: WebSocket) {
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let mut session = state.calls.attach(account, events_tx);
@@ -142,8 +145,14 @@ async fn run(state: AppState, account: AccountName, mut socket: WebSocket) {
             }
             event = events.recv(), if events_open => match event {
                 Some(event) => {
-                    if let Err(e) = send_event(&mut socket, &event).await {
-                        break End::WriteError(e.to_string());
+                    // A browser that keeps its socket open but stops reading
+                    // must not stall this session (nor, through the event
+                    // queue, its calls): a write that cannot finish in time
+                    // ends the session, which hangs its calls up.
+                    match tokio::time::timeout(WRITE_TIMEOUT, send_event(&mut socket, &event)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => break End::WriteError(e.to_string()),
+                        Err(_) => break End::WriteError("browser not reading (write timed out)".into()),
                     }
                 }
                 None => events_open = false,
@@ -151,8 +160,10 @@ async fn run(state: AppState, account: AccountName, mut socket: WebSocket) {
             _ = ping.tick() => {
                 // Any frame counts as a sign of life; the pings make a silent
                 // but healthy browser answer with pongs.
-                if let Err(e) = socket.send(Message::Ping(Default::default())).await {
-                    break End::WriteError(e.to_string());
+                match tokio::time::timeout(WRITE_TIMEOUT, socket.send(Message::Ping(Default::default()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break End::WriteError(e.to_string()),
+                    Err(_) => break End::WriteError("browser not reading (write timed out)".into()),
                 }
             }
             () = sleep_until(last_heard + timing.idle_timeout) => {

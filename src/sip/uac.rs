@@ -137,10 +137,17 @@ impl OutgoingCall {
                 call.start_invite(invite, now);
             }
             Err(e) => {
-                tracing::warn!(call_id = %call.cfg.call_id, error = %e, "cannot build INVITE");
+                // The error quotes the Request-URI, which holds the dialed
+                // number: it is not logged (redaction is the caller's to
+                // decide), only a category.
+                let what = match &e {
+                    super::SipError::InvalidUri { .. } => "invalid Request-URI",
+                    _ => "malformed request",
+                };
+                tracing::warn!(call_id = %call.cfg.call_id, what, "cannot build INVITE");
                 call.events.push_back(UacEvent::Rejected {
                     code: 400,
-                    reason: e.to_string(),
+                    reason: format!("cannot build the INVITE: {what}"),
                 });
                 call.ended = true;
                 call.check_terminated();

@@ -239,10 +239,13 @@ impl SipEndpoint {
     /// Whether the receive tasks (UDP, and the TCP listener if any) still
     /// run: `/healthz` reports the SIP plane down when one has ended.
     pub fn is_running(&self) -> bool {
+        // The listeners are the first tasks pushed; TCP connection tasks
+        // after them come and go with their peers.
+        let listeners = 1 + usize::from(self.inner.tcp_addr.is_some());
         self.inner
             .tasks
             .lock()
-            .map(|tasks| tasks.iter().all(|t| !t.is_finished()))
+            .map(|tasks| tasks.iter().take(listeners).all(|t| !t.is_finished()))
             .unwrap_or(false)
     }
 

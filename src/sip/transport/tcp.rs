@@ -65,25 +65,48 @@ pub(super) async fn accept_loop(listener: TcpListener, endpoint: Weak<Inner>) {
     }
 }
 
+/// How long opening a connection to a peer may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Sends over the connection to `dest`, opening one if needed.
 pub(super) async fn send(
     inner: &Arc<Inner>,
     dest: SocketAddr,
     data: Bytes,
 ) -> Result<(), SipError> {
+    let err = |kind, what: &str| SipError::Send {
+        transport: Transport::Tcp,
+        addr: dest,
+        source: std::io::Error::new(kind, what.to_string()),
+    };
     if let Some(tx) = inner.tcp.get(&dest) {
-        if tx.send(data.clone()).await.is_ok() {
-            return Ok(());
+        // Never wait on a peer that stopped reading: a full write queue is
+        // a send error for this message (the transaction retries or times
+        // out), not a stall of every call to that peer.
+        match tx.try_send(data.clone()) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(err(
+                    std::io::ErrorKind::WouldBlock,
+                    "peer not reading (write queue full)",
+                ));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => inner.tcp.remove_if_same(&dest, &tx),
         }
-        inner.tcp.remove_if_same(&dest, &tx);
     }
-    let stream = TcpStream::connect(dest)
-        .await
-        .map_err(|source| SipError::Send {
-            transport: Transport::Tcp,
-            addr: dest,
-            source,
-        })?;
+    // A dead or filtered trunk would otherwise hold the call for the
+    // kernel's SYN retries (about two minutes).
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dest)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => {
+            return Err(SipError::Send {
+                transport: Transport::Tcp,
+                addr: dest,
+                source,
+            })
+        }
+        Err(_) => return Err(err(std::io::ErrorKind::TimedOut, "connect timed out")),
+    };
     tracing::debug!(peer = %dest, "SIP TCP connection opened");
     let tx = spawn_connection(inner, stream, dest);
     tx.send(data).await.map_err(|_| SipError::Send {
@@ -145,7 +168,14 @@ fn spawn_connection(
         tracing::debug!(%peer, "SIP TCP connection closed");
     });
     if let Ok(mut tasks) = inner.tasks.lock() {
-        tasks.retain(|t| !t.is_finished());
+        // Keep the listener tasks (first in the list) even when finished:
+        // `SipEndpoint::is_running` reports on them.
+        let listeners = 1 + usize::from(inner.tcp_addr.is_some());
+        let mut index = 0;
+        tasks.retain(|t| {
+            index += 1;
+            index <= listeners || !t.is_finished()
+        });
         tasks.push(writer_task);
         tasks.push(reader_task);
     }

@@ -14,6 +14,7 @@ use crate::sip::uas::IncomingCall;
 use crate::stats::CallStats;
 use crate::types::Secret;
 use rand::distributions::{Alphanumeric, DistString};
+use rsip::SipMessage;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -195,7 +196,7 @@ async fn refuse_inbound(
     mut incoming: mpsc::Receiver<IncomingRequest>,
     allowed: Vec<(std::net::IpAddr, u8)>,
 ) {
-    const MAX_REFUSALS: usize = 256;
+    const MAX_REFUSALS: usize = 1024;
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     while let Some(request) = incoming.recv().await {
         let source = request.source;
@@ -204,7 +205,23 @@ async fn refuse_inbound(
             continue;
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::debug!(%source, "too many refusals in progress: INVITE ignored");
+            // A trunk over its rate still deserves an answer it can act on:
+            // one stateless 503 with Retry-After, no retransmissions.
+            if let SipMessage::Request(req) = &request.msg {
+                let retry_after = rsip::Header::Other("Retry-After".into(), "5".into());
+                let resp = crate::sip::message::build_response(
+                    req,
+                    503,
+                    crate::sip::message::ResponseParts {
+                        user_agent: crate::sip::uas::USER_AGENT,
+                        extra: vec![retry_after],
+                        ..Default::default()
+                    },
+                );
+                let bytes = crate::sip::message::to_bytes(resp);
+                let _ = sip.send(source, request.transport, bytes).await;
+            }
+            tracing::debug!(%source, "too many refusals in progress: INVITE answered 503");
             continue;
         };
         let now = Instant::now();
@@ -218,7 +235,7 @@ async fn refuse_inbound(
         };
         let sip = sip.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let mut permit = Some(permit);
             let call_id = uas.call_id();
             let mut messages = sip.register_call(&call_id);
             tracing::debug!(%source, "inbound INVITE refused with 480 (inbound calls are not enabled)");
@@ -230,17 +247,29 @@ async fn refuse_inbound(
                     }
                 }
                 while uas.poll_event().is_some() {}
+                if permit.is_none() {
+                    break;
+                }
                 let Some(deadline) = uas.poll_timeout() else {
                     break;
                 };
                 tokio::select! {
                     msg = messages.recv() => match msg {
-                        Some(msg) => uas.handle_message(msg, Instant::now()),
+                        Some(msg) => {
+                            // Once the 480 is ACKed only Timer I's absorbing
+                            // of ACK copies is left (the transport drops
+                            // stray ACKs anyway): free the slot now.
+                            if matches!(&msg, SipMessage::Request(r) if r.method == rsip::Method::Ack) {
+                                permit = None;
+                            }
+                            uas.handle_message(msg, Instant::now());
+                        }
                         None => break,
                     },
                     _ = tokio::time::sleep_until(deadline.into()) => uas.handle_timeout(Instant::now()),
                 }
             }
+            drop(permit);
             sip.unregister_call(&call_id);
         });
     }

@@ -73,6 +73,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
             init_tracing();
+            raise_fd_limit();
             let (config, path) = load(config)?;
             let problems = config.problems();
             if !problems.is_empty() {
@@ -163,6 +164,33 @@ fn load(path: Option<PathBuf>) -> Result<(Config, Option<PathBuf>)> {
                 Ok((Config::load(&path)?, Some(path)))
             } else {
                 Ok((Config::default(), None))
+            }
+        }
+    }
+}
+
+/// Every call holds three media sockets and maybe a SIP TCP connection: the
+/// common default of 1,024 descriptors caps a gateway at a few hundred calls.
+/// Raise the soft limit to the hard one, as servers usually do.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                tracing::debug!(
+                    from = limit.rlim_cur,
+                    to = limit.rlim_max,
+                    "raised the open-file limit"
+                );
             }
         }
     }

@@ -32,8 +32,177 @@ pub fn parse(data: &[u8]) -> Result<SipMessage, SipError> {
             limit: MAX_MESSAGE_SIZE,
         });
     }
+    // RFC 3261's grammar has no control characters in the start line or
+    // headers (HTAB aside); a NUL in a Call-ID must not become a dialog key.
+    let head_end = find(data, b"\r\n\r\n").unwrap_or(data.len());
+    let is_control = |b: &u8| *b < 0x20 && !matches!(b, b'\r' | b'\n' | b'\t');
+    if let Some(line) = data[..head_end]
+        .split(|b| *b == b'\n')
+        .find(|line| line.iter().any(is_control))
+    {
+        // Name the header in the 400's reason phrase when it is one we know.
+        let name = line.split(|b| *b == b':').next().unwrap_or_default();
+        let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
+        let header = match name.as_str() {
+            "call-id" | "i" => "Call-ID",
+            "via" | "v" => "Via",
+            "from" | "f" => "From",
+            "to" | "t" => "To",
+            "cseq" => "CSeq",
+            "contact" | "m" => "Contact",
+            _ => "header",
+        };
+        return Err(SipError::InvalidHeader {
+            header,
+            reason: "control character".into(),
+        });
+    }
     let msg = parse_lenient(data)?;
     validate(msg)
+}
+
+/// Methods the gateway understands (what rsip parses); any other token in a
+/// request line is an unknown method, answered 501 (RFC 3261 8.2.1).
+const KNOWN_METHODS: &[&str] = &[
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "INFO",
+    "MESSAGE",
+    "NOTIFY",
+    "PRACK",
+    "PUBLISH",
+    "REFER",
+    "SUBSCRIBE",
+    "UPDATE",
+];
+
+/// Builds an error response for a request that does not parse at all, from
+/// its raw lines: 501 for an unknown method, 505 for another SIP version,
+/// else 400 with `reason`. The Via, From, To, Call-ID and CSeq lines are
+/// copied (RFC 3261 8.2.6.2) after stripping control characters; without a
+/// Via there is nowhere to send it, and an ACK is never answered: `None`.
+pub fn raw_error_response(data: &[u8], reason: &str) -> Option<Bytes> {
+    let head_end = find(data, b"\r\n\r\n").unwrap_or(data.len());
+    let head = String::from_utf8_lossy(&data[..head_end.min(MAX_MESSAGE_SIZE)]);
+    let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
+    let request_line = lines.next()?;
+    let mut parts = request_line.split(' ');
+    let method = parts.next()?;
+    let version = request_line.rsplit(' ').next()?;
+    // Responses and ACKs are never answered.
+    if method == "ACK" || request_line.starts_with("SIP/") {
+        return None;
+    }
+    let token = !method.is_empty()
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b));
+    let (code, phrase) = if !token || !version.starts_with("SIP/") {
+        (400, reason.to_string())
+    } else if version != "SIP/2.0" {
+        (505, "Version Not Supported".to_string())
+    } else if !KNOWN_METHODS.contains(&method) {
+        (501, "Not Implemented".to_string())
+    } else {
+        (400, reason.to_string())
+    };
+    let clean = |v: &str| -> String {
+        v.chars()
+            .filter(|c| !c.is_control())
+            .take(1024)
+            .collect::<String>()
+            .trim()
+            .to_string()
+    };
+    let mut copied = String::new();
+    let mut has_via = false;
+    for line in lines.take(200) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        let canonical = match name.to_ascii_lowercase().as_str() {
+            "via" | "v" => "Via",
+            "from" | "f" => "From",
+            "to" | "t" => "To",
+            "call-id" | "i" => "Call-ID",
+            "cseq" => "CSeq",
+            _ => continue,
+        };
+        has_via |= canonical == "Via";
+        copied.push_str(&format!("{canonical}: {}\r\n", clean(value)));
+    }
+    if !has_via {
+        return None;
+    }
+    let phrase = clean(&phrase);
+    Some(Bytes::from(format!(
+        "SIP/2.0 {code} {phrase}\r\n{copied}Server: {}\r\nContent-Length: 0\r\n\r\n",
+        crate::sip::uas::USER_AGENT
+    )))
+}
+
+#[cfg(test)]
+mod raw_error_tests {
+    use super::*;
+
+    fn answer(msg: &str) -> Option<String> {
+        raw_error_response(msg.as_bytes(), "Bad Request")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    const HEADERS: &str = "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKraw\r\n\
+From: <sip:a@192.0.2.1>;tag=1\r\nTo: <sip:b@192.0.2.2>\r\nCall-ID: raw-1\r\nCSeq: 1 X\r\n";
+
+    #[test]
+    fn unknown_method_other_version_and_broken_headers() {
+        let r = answer(&format!("FOO sip:b@192.0.2.2 SIP/2.0\r\n{HEADERS}\r\n")).unwrap();
+        assert!(r.starts_with("SIP/2.0 501 Not Implemented\r\n"), "{r}");
+        assert!(r.contains("Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKraw\r\n"));
+        assert!(r.contains("Call-ID: raw-1\r\n"));
+        let r = answer(&format!("OPTIONS sip:b@192.0.2.2 SIP/3.0\r\n{HEADERS}\r\n")).unwrap();
+        assert!(r.starts_with("SIP/2.0 505 "), "{r}");
+        let r = answer(&format!(
+            "OPTIONS sip:b SIP/2.0\r\n{HEADERS}NoColonHere\r\n\r\n"
+        ))
+        .unwrap();
+        assert!(r.starts_with("SIP/2.0 400 Bad Request\r\n"), "{r}");
+        let r = answer(&format!(
+            "OPTIONS sip:b SIP/2.0\r\n{}\r\n",
+            HEADERS.replace("raw-1", "raw\u{0}-1")
+        ))
+        .unwrap();
+        assert!(
+            r.contains("Call-ID: raw-1\r\n"),
+            "control characters stripped: {r}"
+        );
+    }
+
+    #[test]
+    fn nothing_to_answer() {
+        assert_eq!(
+            answer("FOO sip:b SIP/2.0\r\nCall-ID: x\r\n\r\n"),
+            None,
+            "no Via"
+        );
+        assert_eq!(answer(&format!("ACK sip:b SIP/2.0\r\n{HEADERS}\r\n")), None);
+        assert_eq!(answer(&format!("SIP/2.0 200 OK\r\n{HEADERS}\r\n")), None);
+        assert_eq!(answer(""), None);
+        assert_eq!(answer("\u{0}\u{1}garbage"), None);
+    }
+
+    #[test]
+    fn control_characters_in_headers_are_malformed() {
+        let msg = format!(
+            "OPTIONS sip:b@192.0.2.2 SIP/2.0\r\n{}Content-Length: 0\r\n\r\n",
+            HEADERS.replace("raw-1", "raw\u{0}-1")
+        );
+        assert!(parse(msg.as_bytes()).is_err());
+    }
 }
 
 /// Parses without checking mandatory headers or Content-Length: used only to

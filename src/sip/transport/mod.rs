@@ -524,6 +524,14 @@ impl Inner {
             _ => None,
         };
         let Some(req) = salvage else {
+            // rsip could not read it at all: answer from its raw lines when
+            // they hold a Via (unknown method 501, other version 505, 400).
+            if let Some(resp) = message::raw_error_response(data, &err.reason_phrase()) {
+                EndpointStats::bump(&self.stats.bad_requests_answered);
+                tracing::debug!(%source, error = %err, "unparseable SIP request answered");
+                let _ = self.send(source, transport, resp).await;
+                return;
+            }
             EndpointStats::bump(&self.stats.malformed_dropped);
             tracing::debug!(%source, error = %err, "malformed SIP message dropped");
             return;

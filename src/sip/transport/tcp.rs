@@ -27,6 +27,10 @@ impl Connections {
         self.map.lock().ok()?.get(peer).cloned()
     }
 
+    fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
     fn insert(&self, peer: SocketAddr, tx: mpsc::Sender<Bytes>) {
         if let Ok(mut m) = self.map.lock() {
             m.insert(peer, tx);
@@ -49,7 +53,15 @@ impl Connections {
     }
 }
 
+/// Most SIP TCP connections at once; more are closed on accept. Trunks use
+/// a handful; thousands are a flood.
+const MAX_CONNECTIONS: usize = 512;
+/// Pause after a failed accept: the usual cause is running out of file
+/// descriptors, which retrying at once only turns into a busy loop.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub(super) async fn accept_loop(listener: TcpListener, endpoint: Weak<Inner>) {
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
         let accepted = listener.accept().await;
         let Some(inner) = upgrade(&endpoint) else {
@@ -57,10 +69,25 @@ pub(super) async fn accept_loop(listener: TcpListener, endpoint: Weak<Inner>) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                if inner.tcp.len() >= MAX_CONNECTIONS {
+                    tracing::debug!(%peer, "SIP TCP connection refused: too many open");
+                    drop(stream);
+                    continue;
+                }
                 tracing::debug!(%peer, "SIP TCP connection accepted");
                 spawn_connection(&inner, stream, peer);
             }
-            Err(e) => tracing::warn!(error = %e, "SIP TCP accept failed"),
+            Err(e) => {
+                // One warning a minute at most: a flood must not become a
+                // log flood.
+                let now = std::time::Instant::now();
+                if last_warning.is_none_or(|t| now.duration_since(t).as_secs() >= 60) {
+                    last_warning = Some(now);
+                    tracing::warn!(error = %e, "SIP TCP accept failed (pausing accepts briefly)");
+                }
+                drop(inner);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
     }
 }

@@ -6,6 +6,8 @@
 pub mod api;
 pub mod directory;
 pub mod outgoing;
+#[cfg(test)]
+mod tests;
 
 use crate::media::MediaEngine;
 use crate::sip::transport::SipEndpoint;

@@ -177,7 +177,14 @@ struct TrunkLeg {
     rtp_latch: Option<(SocketAddr, Instant)>,
     rtcp_latch: Option<(SocketAddr, Instant)>,
     filter: SsrcFilter,
+    /// Addresses the trunk leg used before a renegotiation (the early-media
+    /// server of a 183, say). Their late packets must not latch the leg
+    /// back to them: the new signaled address wins.
+    retired: Vec<SocketAddr>,
 }
+
+/// How many previous trunk addresses are remembered as retired.
+const MAX_RETIRED: usize = 8;
 
 impl TrunkLeg {
     fn rtp_dest(&self) -> SocketAddr {
@@ -292,6 +299,7 @@ impl CallRelay {
                 rtp_latch: None,
                 rtcp_latch: None,
                 filter: SsrcFilter::new(trunk.ssrcs, SsrcFilter::DEFAULT_SILENCE),
+                retired: Vec::new(),
             },
             payload_map: PayloadMap::new(&payload_map),
             to_trunk: StreamRewriter::new(random_ssrc()),
@@ -399,6 +407,22 @@ impl CallRelay {
                 }
             }
         };
+        let old = [
+            Some(self.trunk.remote_rtp),
+            self.trunk.remote_rtcp,
+            self.trunk.rtp_latch.map(|(a, _)| a),
+            self.trunk.rtcp_latch.map(|(a, _)| a),
+        ];
+        let new = [Some(trunk.remote_rtp), trunk.remote_rtcp];
+        for addr in old.into_iter().flatten() {
+            if !new.contains(&Some(addr)) && !self.trunk.retired.contains(&addr) {
+                if self.trunk.retired.len() == MAX_RETIRED {
+                    self.trunk.retired.remove(0);
+                }
+                self.trunk.retired.push(addr);
+            }
+        }
+        self.trunk.retired.retain(|a| !new.contains(&Some(*a)));
         self.trunk.remote_rtp = trunk.remote_rtp;
         self.trunk.remote_rtcp = trunk.remote_rtcp;
         self.trunk.srtp = srtp;
@@ -764,6 +788,9 @@ impl CallRelay {
             _ => (self.trunk.remote_rtp, self.trunk.rtp_latch),
         };
         if self.trunk.srtp.is_none() && from.ip() != signaled.ip() {
+            return Err(DropReason::WrongSource);
+        }
+        if self.trunk.retired.contains(&from) {
             return Err(DropReason::WrongSource);
         }
         match latch {
@@ -1434,6 +1461,46 @@ pub(crate) mod tests {
         let out = drain(&mut k.relay);
         assert_eq!(out[0].1, new);
         assert_eq!(parse_rtp(&out[0].2).unwrap().ssrc, Ssrc(0x7070));
+    }
+
+    /// 183 from an announcement server A, 200 moves the leg to B on the same
+    /// IP: A's late packets must not pull the leg back to A.
+    #[test]
+    fn late_packets_from_the_previous_address_do_not_latch() {
+        let mut k = keyed(false, None);
+        let a = addr("192.0.2.10:30000");
+        let b = addr("192.0.2.10:30100");
+        k.relay
+            .handle_datagram(LegId::TrunkRtp, a, &rtp_packet(PCMU, 1, 0, 0xA, 1), k.t0);
+        assert_eq!(drain(&mut k.relay).len(), 1);
+        k.relay.update_trunk(
+            TrunkLegParams {
+                remote_rtp: b,
+                remote_rtcp: None,
+                crypto: TrunkCrypto::Plain,
+                ssrcs: vec![],
+            },
+            payload_map(),
+        );
+        k.relay.handle_datagram(
+            LegId::TrunkRtp,
+            a,
+            &rtp_packet(PCMU, 2, 160, 0xA, 1),
+            k.t0 + ms(20),
+        );
+        assert!(drain(&mut k.relay).is_empty(), "late early media dropped");
+        assert_eq!(trunk_snap(&k).drops(DropReason::WrongSource), 1);
+        let bpkt = protect(&mut k.browser_tx, &rtp_packet(PCMU, 1, 0, 0xB1, 3));
+        k.relay
+            .handle_datagram(LegId::Browser, addr(BROWSER), &bpkt, k.t0 + ms(21));
+        assert_eq!(drain(&mut k.relay)[0].1, b, "browser media goes to B");
+        k.relay.handle_datagram(
+            LegId::TrunkRtp,
+            b,
+            &rtp_packet(PCMU, 1, 0, 0xB, 1),
+            k.t0 + ms(40),
+        );
+        assert_eq!(drain(&mut k.relay).len(), 1, "B's stream is relayed");
     }
 
     #[test]

@@ -172,10 +172,7 @@ pub async fn run(
     } else {
         local.ip()
     };
-    let public_host = match sip_host {
-        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-        v4 => v4.to_string(),
-    };
+    let public_host = uri_host(&sip_host.to_string());
     let account = &req.account.name;
     let transport_name = match transport {
         Transport::Udp => "udp",

@@ -42,16 +42,7 @@ pub fn parse(data: &[u8]) -> Result<SipMessage, SipError> {
     {
         // Name the header in the 400's reason phrase when it is one we know.
         let name = line.split(|b| *b == b':').next().unwrap_or_default();
-        let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
-        let header = match name.as_str() {
-            "call-id" | "i" => "Call-ID",
-            "via" | "v" => "Via",
-            "from" | "f" => "From",
-            "to" | "t" => "To",
-            "cseq" => "CSeq",
-            "contact" | "m" => "Contact",
-            _ => "header",
-        };
+        let header = transaction_header(&String::from_utf8_lossy(name)).unwrap_or("header");
         return Err(SipError::InvalidHeader {
             header,
             reason: "control character".into(),
@@ -79,6 +70,20 @@ const KNOWN_METHODS: &[&str] = &[
     "SUBSCRIBE",
     "UPDATE",
 ];
+
+/// The canonical name of the headers that identify a request (the ones a
+/// response copies, RFC 3261 8.2.6.2), from a raw header name, long or
+/// compact form; `None` for any other header.
+fn transaction_header(raw_name: &str) -> Option<&'static str> {
+    match raw_name.trim().to_ascii_lowercase().as_str() {
+        "via" | "v" => Some("Via"),
+        "from" | "f" => Some("From"),
+        "to" | "t" => Some("To"),
+        "call-id" | "i" => Some("Call-ID"),
+        "cseq" => Some("CSeq"),
+        _ => None,
+    }
+}
 
 /// Builds an error response for a request that does not parse at all, from
 /// its raw lines: 501 for an unknown method, 505 for another SIP version,
@@ -124,14 +129,8 @@ pub fn raw_error_response(data: &[u8], reason: &str) -> Option<Bytes> {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
-        let name = name.trim();
-        let canonical = match name.to_ascii_lowercase().as_str() {
-            "via" | "v" => "Via",
-            "from" | "f" => "From",
-            "to" | "t" => "To",
-            "call-id" | "i" => "Call-ID",
-            "cseq" => "CSeq",
-            _ => continue,
+        let Some(canonical) = transaction_header(name) else {
+            continue;
         };
         has_via |= canonical == "Via";
         copied.push_str(&format!("{canonical}: {}\r\n", clean(value)));

@@ -75,8 +75,8 @@ def baresip_plain(workdir, tone_wav):
     yield from _baresip(workdir, tone_wav, srtp=False)
 
 
-def _gateway(workdir, trunk: TrunkSpec):
-    gw = Gateway(workdir, trunk=trunk)
+def _gateway(workdir, trunk: TrunkSpec, **options):
+    gw = Gateway(workdir, trunk=trunk, **options)
     gw.start()
     try:
         yield gw

@@ -40,7 +40,7 @@ from typing import Optional
 
 import pytest
 
-from conftest import TRUNK_NUMBER
+from conftest import TRUNK_NUMBER, _gateway
 from harness import (
     GWT_HOST,
     SIPP_DIR,
@@ -77,14 +77,7 @@ def gateway_tcp_sdes(workdir, baresip_sdes, monkeypatch):
     monkeypatch.setenv("RUST_LOG", f"{os.environ.get('RUST_LOG', 'info')},{TRANSPORT_DEBUG}")
     trunk = TrunkSpec("carrier", f"sip:127.0.0.1:{baresip_sdes.sip_port};transport=udp",
                       callee_stream="sdes", secure_media="mandatory")
-    gw = Gateway(workdir, trunk=trunk, tcp=True)
-    gw.start()
-    try:
-        yield gw
-    finally:
-        code = gw.stop()
-    assert code == 0, f"gateway did not exit 0 on SIGTERM (exit {code}); log: {gw.log_path}"
-    assert "panicked" not in gw.log(), f"gateway panicked; log: {gw.log_path}"
+    yield from _gateway(workdir, trunk, tcp=True)
 
 
 # --------------------------------------------------------------------------

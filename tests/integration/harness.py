@@ -70,20 +70,26 @@ async def async_wait_until(pred: Callable[[], object], timeout: float, what: str
         await asyncio.sleep(interval)
 
 
-def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on host (SIP listens on both)."""
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1", span: int = 1) -> int:
+    """A port free for both TCP and UDP on host (SIP listens on both); with
+    span=2 the next port too (baresip's SIP/TLS listener takes port + 1)."""
+    def free(port: int) -> bool:
+        for k in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            try:
+                with socket.socket(socket.AF_INET, k) as s:
+                    s.bind((host, port))
+            except OSError:
+                return False
+        return True
+
     for _ in range(100):
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
-        try:
-            with socket.socket(socket.AF_INET, other) as s:
-                s.bind((host, port))
-        except OSError:
-            continue
-        if 30000 <= port <= 31999 or 20000 <= port <= 20999:
+        if any(30000 <= p <= 31999 or 20000 <= p <= 20999 for p in range(port, port + span)):
             continue  # keep clear of the media ranges used below
+        if port + span > 65535 or not all(free(p) for p in range(port, port + span)):
+            continue
         return port
     raise RuntimeError("no free port")
 
@@ -205,7 +211,7 @@ class Baresip:
         self.srtp = srtp
         self.tone_wav = tone_wav
         self.answer = answer
-        self.sip_port = free_port()
+        self.sip_port = free_port(span=2)
         self.ctrl_port = free_port()
         self.proc: Optional[subprocess.Popen] = None
         self._ctrl: Optional[socket.socket] = None

@@ -96,6 +96,9 @@ pub struct SipConfig {
     pub udp_listen: SocketAddr,
     pub tcp_listen: Option<SocketAddr>,
     pub tls_listen: Option<SocketAddr>,
+    /// Seconds an incoming call rings the browsers before 408.
+    #[serde(default = "default_ring_timeout")]
+    pub ring_timeout: u64,
 }
 
 impl Default for SipConfig {
@@ -104,6 +107,7 @@ impl Default for SipConfig {
             udp_listen: default_sip_udp(),
             tcp_listen: None,
             tls_listen: None,
+            ring_timeout: default_ring_timeout(),
         }
     }
 }
@@ -150,6 +154,9 @@ pub struct TrunkConfig {
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub register: bool,
+    /// Sent when every browser session declines an incoming call.
+    #[serde(default = "default_reject_code")]
+    pub reject_code: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +201,12 @@ fn default_loopback() -> IpAddr {
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
+}
+fn default_ring_timeout() -> u64 {
+    120
+}
+fn default_reject_code() -> u16 {
+    486
 }
 fn default_port_min() -> u16 {
     20000
@@ -348,6 +361,12 @@ impl Config {
                 "must be the address trunks and browsers reach, not 0.0.0.0 or ::".into(),
             );
         }
+        if !(1..=3600).contains(&self.sip.ring_timeout) {
+            add(
+                "sip.ring_timeout".into(),
+                "must be between 1 and 3600 seconds".into(),
+            );
+        }
         if self.sip.tls_listen.is_some() {
             add(
                 "sip.tls_listen".into(),
@@ -416,6 +435,15 @@ impl Config {
                 srtp_suites: &trunk.srtp_suites,
             }) {
                 add(key("callee_stream"), e.to_string());
+            }
+            if !matches!(trunk.reject_code, 480 | 486 | 600 | 603) {
+                add(
+                    key("reject_code"),
+                    format!(
+                        "{} is not a decline status (480, 486, 600 or 603)",
+                        trunk.reject_code
+                    ),
+                );
             }
             for (j, source) in trunk.inbound_sources.iter().enumerate() {
                 if parse_cidr(source).is_none() {

@@ -3,24 +3,22 @@
 //! together. `main` calls `run`; integration tests can too.
 
 use crate::calls::directory::{demo_trunk, Account, Directory};
-use crate::calls::{Calls, CallsContext};
-use crate::config::{cidr_contains, parse_cidr, Config};
+use crate::calls::sessions::LocalSessions;
+use crate::calls::{inbound, Calls, CallsContext};
+use crate::config::Config;
 use crate::demo::EchoTrunk;
 use crate::media::dtls::DtlsIdentity;
 use crate::media::{MediaConfig, MediaEngine};
 use crate::signaling::{self, auth, AppState, SignalingConfig};
-use crate::sip::transport::{EndpointConfig, IncomingRequest, SipEndpoint};
-use crate::sip::uas::IncomingCall;
+use crate::sip::transport::{EndpointConfig, SipEndpoint};
 use crate::stats::CallStats;
 use crate::types::Secret;
 use rand::distributions::{Alphanumeric, DistString};
-use rsip::SipMessage;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 /// The account that exists on defaults (a config without accounts).
@@ -108,13 +106,6 @@ pub async fn run(
         tcp_listen: config.sip.tcp_listen,
     })
     .await?;
-    let inbound_sources = config
-        .trunks
-        .iter()
-        .flat_map(|t| t.inbound_sources.iter().filter_map(|s| parse_cidr(s)))
-        .collect();
-    tokio::spawn(refuse_inbound(sip.clone(), incoming, inbound_sources));
-
     let sip_for_health = sip.clone();
     let call_stats = Arc::new(CallStats::default());
     let calls = Calls::new(CallsContext {
@@ -123,7 +114,10 @@ pub async fn run(
         media: media.clone(),
         public_ip: config.server.public_ip,
         stats: call_stats.clone(),
+        sessions: Arc::new(LocalSessions::default()),
+        ring_timeout: Duration::from_secs(config.sip.ring_timeout),
     });
+    tokio::spawn(inbound::route(calls.clone(), incoming));
 
     let media_stats = media.stats();
     let metrics = move || {
@@ -184,95 +178,6 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     info!("stopped");
     Ok(())
-}
-
-/// Inbound calls come with the next issue; until then an INVITE from a
-/// trunk's `inbound_sources` is answered 480 so the trunk fails over at once.
-/// Anyone else gets nothing (DESIGN.md: answering spoofed sources would make
-/// the gateway a reflector). Each refusal is a small UAS so the 480 is
-/// retransmitted until ACKed; at most `MAX_REFUSALS` run at once.
-async fn refuse_inbound(
-    sip: SipEndpoint,
-    mut incoming: mpsc::Receiver<IncomingRequest>,
-    allowed: Vec<(std::net::IpAddr, u8)>,
-) {
-    const MAX_REFUSALS: usize = 1024;
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
-    while let Some(request) = incoming.recv().await {
-        let source = request.source;
-        if !allowed.iter().any(|net| cidr_contains(*net, source.ip())) {
-            tracing::debug!(%source, "INVITE from a source outside every trunk's inbound_sources: ignored");
-            continue;
-        }
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // A trunk over its rate still deserves an answer it can act on:
-            // one stateless 503 with Retry-After, no retransmissions.
-            if let SipMessage::Request(req) = &request.msg {
-                let retry_after = rsip::Header::Other("Retry-After".into(), "5".into());
-                let resp = crate::sip::message::build_response(
-                    req,
-                    503,
-                    crate::sip::message::ResponseParts {
-                        user_agent: crate::sip::uas::USER_AGENT,
-                        extra: vec![retry_after],
-                        ..Default::default()
-                    },
-                );
-                let bytes = crate::sip::message::to_bytes(resp);
-                let _ = sip.send(source, request.transport, bytes).await;
-            }
-            tracing::debug!(%source, "too many refusals in progress: INVITE answered 503");
-            continue;
-        };
-        let now = Instant::now();
-        let transport = request.transport;
-        let mut uas = match IncomingCall::new(request.msg, source, now) {
-            Ok(uas) => uas,
-            Err(e) => {
-                tracing::debug!(%source, error = %e, "unusable inbound request");
-                continue;
-            }
-        };
-        let sip = sip.clone();
-        tokio::spawn(async move {
-            let mut permit = Some(permit);
-            let call_id = uas.call_id();
-            let mut messages = sip.register_call(&call_id);
-            tracing::debug!(%source, "inbound INVITE refused with 480 (inbound calls are not enabled)");
-            uas.reject(480, Instant::now());
-            while !uas.is_finished() {
-                while let Some((bytes, dest)) = uas.poll_transmit() {
-                    if let Err(e) = sip.send(dest, transport, bytes).await {
-                        warn!(error = %e, "could not answer an inbound INVITE");
-                    }
-                }
-                while uas.poll_event().is_some() {}
-                if permit.is_none() {
-                    break;
-                }
-                let Some(deadline) = uas.poll_timeout() else {
-                    break;
-                };
-                tokio::select! {
-                    msg = messages.recv() => match msg {
-                        Some(msg) => {
-                            // Once the 480 is ACKed only Timer I's absorbing
-                            // of ACK copies is left (the transport drops
-                            // stray ACKs anyway): free the slot now.
-                            if matches!(&msg, SipMessage::Request(r) if r.method == rsip::Method::Ack) {
-                                permit = None;
-                            }
-                            uas.handle_message(msg, Instant::now());
-                        }
-                        None => break,
-                    },
-                    _ = tokio::time::sleep_until(deadline.into()) => uas.handle_timeout(Instant::now()),
-                }
-            }
-            drop(permit);
-            sip.unregister_call(&call_id);
-        });
-    }
 }
 
 /// The demo account's password hash; on first start a fresh password is made,

@@ -80,6 +80,12 @@ pub enum PolicyError {
     ForbiddenButSdes,
     #[error("no SRTP suite to offer (srtp_suites is empty)")]
     NoSuites,
+    #[error("the trunk offered plain RTP but its secure_media is \"mandatory\"")]
+    PlainOfferRefused,
+    #[error("the trunk offered SRTP but its secure_media is \"forbidden\"")]
+    SecureOfferRefused,
+    #[error("no a=crypto suite offered by the trunk is in its srtp_suites")]
+    NoCommonSuite,
 }
 
 /// Settings that decide an outgoing call's trunk leg.
@@ -118,6 +124,52 @@ pub fn plan_outgoing(p: OutgoingPolicy<'_>) -> Result<TrunkLegPlan, PolicyError>
         }
         (false, SecureMedia::Mandatory) => Err(PolicyError::MandatoryButDecrypted),
         (false, _) => Ok(TrunkLegPlan::Plain),
+    }
+}
+
+/// The trunk leg of a trunk-to-browser call, decided from the trunk's offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncomingLegPlan {
+    /// Answer RTP/SAVP with the trunk's `a=crypto` line `tag` (of `suite`)
+    /// and a fresh key of ours.
+    Sdes { tag: u32, suite: SrtpSuite },
+    /// Answer RTP/AVP.
+    Plain,
+}
+
+/// What a trunk's INVITE offered, as the policy needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct IncomingOffer<'a> {
+    /// RTP/SAVP (SDES) rather than RTP/AVP.
+    pub secure: bool,
+    /// The usable `a=crypto` lines as `(tag, suite)`, in the trunk's order.
+    pub cryptos: &'a [(u32, SrtpSuite)],
+}
+
+/// Decides how the gateway answers a trunk's offer: the trunk's
+/// `secure_media` says which profile it may use (FreeSWITCH's
+/// `rtp_secure_media`), and among the offered `a=crypto` lines the first
+/// suite in *our* `srtp_suites` order wins (the operator's preference; the
+/// trunk's tag is kept). The browser leg is DTLS-SRTP whatever happens here.
+pub fn plan_incoming(
+    secure_media: SecureMedia,
+    srtp_suites: &[SrtpSuite],
+    offer: IncomingOffer<'_>,
+) -> Result<IncomingLegPlan, PolicyError> {
+    match (offer.secure, secure_media) {
+        (false, SecureMedia::Mandatory) => Err(PolicyError::PlainOfferRefused),
+        (false, _) => Ok(IncomingLegPlan::Plain),
+        (true, SecureMedia::Forbidden) => Err(PolicyError::SecureOfferRefused),
+        (true, _) => srtp_suites
+            .iter()
+            .find_map(|ours| {
+                offer
+                    .cryptos
+                    .iter()
+                    .find(|(_, theirs)| theirs == ours)
+                    .map(|&(tag, suite)| IncomingLegPlan::Sdes { tag, suite })
+            })
+            .ok_or(PolicyError::NoCommonSuite),
     }
 }
 
@@ -203,5 +255,61 @@ mod tests {
             }),
             Err(PolicyError::NoSuites)
         );
+    }
+
+    #[test]
+    fn incoming_sdes_picks_our_preferred_suite_and_keeps_the_trunks_tag() {
+        let offered = [
+            (1, SrtpSuite::AesCm128HmacSha1_32),
+            (2, SrtpSuite::AesCm128HmacSha1_80),
+        ];
+        let offer = IncomingOffer {
+            secure: true,
+            cryptos: &offered,
+        };
+        assert_eq!(
+            plan_incoming(SecureMedia::Mandatory, SUITES, offer),
+            Ok(IncomingLegPlan::Sdes {
+                tag: 2,
+                suite: SrtpSuite::AesCm128HmacSha1_80
+            })
+        );
+        assert_eq!(
+            plan_incoming(
+                SecureMedia::Optional,
+                &[SrtpSuite::AesCm128HmacSha1_32],
+                offer
+            ),
+            Ok(IncomingLegPlan::Sdes {
+                tag: 1,
+                suite: SrtpSuite::AesCm128HmacSha1_32
+            })
+        );
+        assert_eq!(
+            plan_incoming(SecureMedia::Mandatory, &[SrtpSuite::AeadAes128Gcm], offer),
+            Err(PolicyError::NoCommonSuite)
+        );
+        assert_eq!(
+            plan_incoming(SecureMedia::Forbidden, SUITES, offer),
+            Err(PolicyError::SecureOfferRefused)
+        );
+    }
+
+    #[test]
+    fn incoming_plain_offer_follows_secure_media() {
+        let offer = IncomingOffer {
+            secure: false,
+            cryptos: &[],
+        };
+        assert_eq!(
+            plan_incoming(SecureMedia::Mandatory, SUITES, offer),
+            Err(PolicyError::PlainOfferRefused)
+        );
+        for mode in [SecureMedia::Optional, SecureMedia::Forbidden] {
+            assert_eq!(
+                plan_incoming(mode, SUITES, offer),
+                Ok(IncomingLegPlan::Plain)
+            );
+        }
     }
 }

@@ -13,6 +13,10 @@ pub enum SessionCommand {
     Call { id: CallId, to: String, sdp: String },
     /// End a call in any state.
     Hangup { id: CallId },
+    /// Answer an incoming call with the browser's SDP answer.
+    Accept { id: CallId, sdp: String },
+    /// Decline an incoming call.
+    Reject { id: CallId },
 }
 
 /// Security of both legs of a connected call, shown by the web client's lock.
@@ -43,6 +47,13 @@ pub enum SessionEvent {
         id: CallId,
         code: u16,
         reason: String,
+    },
+    /// A call for this account; `sdp` is the gateway's offer.
+    Incoming {
+        id: CallId,
+        from: String,
+        sdp: String,
+        verstat: String,
     },
     Error {
         id: Option<CallId>,

@@ -1,10 +1,11 @@
 //! Accounts and trunks as the call layer needs them: resolved once from the
 //! config (plus the demo account on defaults), read-only afterwards.
 
-use crate::config::{Config, TrunkTransport, TrunkUri};
+use crate::config::{cidr_contains, parse_cidr, Config, TrunkTransport, TrunkUri};
 use crate::policy::{self, CalleeStream, OutgoingPolicy, SecureMedia, TrunkLegPlan};
 use crate::types::{Secret, SrtpSuite};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -16,6 +17,18 @@ pub struct Trunk {
     pub callee_stream: CalleeStream,
     pub secure_media: SecureMedia,
     pub srtp_suites: Vec<SrtpSuite>,
+    /// Who may send INVITEs in on this trunk (`inbound_sources`).
+    pub inbound_sources: Vec<(IpAddr, u8)>,
+    /// The status when every browser session declines an incoming call.
+    pub reject_code: u16,
+}
+
+impl Trunk {
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        self.inbound_sources
+            .iter()
+            .any(|net| cidr_contains(*net, ip))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +53,9 @@ impl Account {
 #[derive(Debug, Default)]
 pub struct Directory {
     accounts: HashMap<String, Arc<Account>>,
+    /// In config order: the first trunk whose `inbound_sources` admit a
+    /// source is the one its calls come in on.
+    trunks: Vec<Arc<Trunk>>,
 }
 
 impl Directory {
@@ -61,11 +77,24 @@ impl Directory {
                         callee_stream: t.callee_stream,
                         secure_media: t.secure_media,
                         srtp_suites: t.srtp_suites.clone(),
+                        inbound_sources: t
+                            .inbound_sources
+                            .iter()
+                            .filter_map(|s| parse_cidr(s))
+                            .collect(),
+                        reject_code: t.reject_code,
                     }),
                 ))
             })
             .collect();
-        let mut directory = Directory::default();
+        let mut directory = Directory {
+            accounts: HashMap::new(),
+            trunks: config
+                .trunks
+                .iter()
+                .filter_map(|t| trunks.get(t.name.as_str()).cloned())
+                .collect(),
+        };
         for a in &config.accounts {
             let Some(trunk) = trunks.get(a.trunk.as_str()) else {
                 tracing::warn!(account = %a.name, trunk = %a.trunk, "account's trunk is unknown; account disabled");
@@ -89,6 +118,16 @@ impl Directory {
     pub fn account(&self, name: &str) -> Option<Arc<Account>> {
         self.accounts.get(name).cloned()
     }
+
+    /// Adds a trunk that is not in the config (the demo's, tests').
+    pub fn insert_trunk(&mut self, trunk: Arc<Trunk>) {
+        self.trunks.push(trunk);
+    }
+
+    /// The trunk a request from `ip` comes in on, if any admits it.
+    pub fn trunk_for_source(&self, ip: IpAddr) -> Option<Arc<Trunk>> {
+        self.trunks.iter().find(|t| t.admits(ip)).cloned()
+    }
 }
 
 /// The trunk of the built-in demo account: the echo endpoint on loopback.
@@ -108,5 +147,8 @@ pub fn demo_trunk(port: u16) -> Trunk {
             SrtpSuite::AesCm128HmacSha1_80,
             SrtpSuite::AesCm128HmacSha1_32,
         ],
+        // The echo trunk never calls in.
+        inbound_sources: Vec::new(),
+        reject_code: 486,
     }
 }

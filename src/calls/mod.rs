@@ -1,49 +1,71 @@
-//! The B2BUA: one task per call owns that call's SIP dialog and media relay;
-//! browser sessions hand it commands through channels. There is no global
-//! lock around calls: a session only knows the command senders of its own
-//! calls.
+//! The B2BUA. Each call is a sans-IO state machine ([`call::Call`], both
+//! directions) run by a thin tokio driver ([`driver`]); browser sessions hand
+//! it their commands through a channel. There is no global lock around calls:
+//! a session knows the command senders of its own outgoing calls, and the
+//! incoming calls ringing its account are found by their gateway-chosen id.
+//!
+//! - [`call`]: the state machine; [`cause`]: the table of end causes;
+//! - [`inbound`]: routing of a trunk's new INVITE (404/480/488/503 or ring);
+//! - [`sessions`]: which browser sessions each account has open;
+//! - [`directory`]: accounts and trunks from the config.
 
 pub mod api;
+pub mod call;
+pub mod cause;
 pub mod directory;
-pub mod outgoing;
+pub mod driver;
+pub mod inbound;
+pub mod sessions;
 #[cfg(test)]
 mod tests;
 
+use crate::config::TrunkTransport;
 use crate::media::MediaEngine;
 use crate::sip::transport::SipEndpoint;
+use crate::sip::Transport;
 use crate::stats::CallStats;
 use crate::types::{AccountName, CallId};
 use api::{CallControl, SessionCommand, SessionControl, SessionEvent};
-use directory::Directory;
-use outgoing::{CallCommand, OutgoingRequest};
+use call::{Call, CallTimers, MediaPlan, OutgoingSetup, SessionInput, SipLocal};
+use cause::Cause;
+use directory::{Account, Directory};
+use driver::CallIo;
+use sessions::{SessionKey, SessionRegistry};
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{info_span, Instrument};
 
-/// What every call task needs, shared read-only.
+/// What every call needs, shared read-only.
 pub struct CallsContext {
     pub directory: Directory,
     pub sip: SipEndpoint,
     pub media: MediaEngine,
     pub public_ip: IpAddr,
     pub stats: Arc<CallStats>,
+    pub sessions: Arc<dyn SessionRegistry>,
+    /// How long an incoming call rings the browsers (`sip.ring_timeout`).
+    pub ring_timeout: Duration,
 }
+
+type Commands = mpsc::UnboundedSender<SessionInput>;
 
 /// The call layer as signaling and `main` see it.
 #[derive(Clone)]
 pub struct Calls {
     ctx: Arc<CallsContext>,
     /// Every call task, so shutdown can wait for their BYEs.
-    tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
-    /// Every call's command sender, weak so that only the browser session
-    /// keeps a call's channel open (its closing is the call's hangup);
-    /// shutdown upgrades them to hang every call up.
-    live: Arc<std::sync::Mutex<Vec<mpsc::WeakUnboundedSender<CallCommand>>>>,
+    tasks: Arc<Mutex<JoinSet<()>>>,
+    /// Every call's command sender, weak so that only the sessions keep a
+    /// call's channel open; shutdown upgrades them to hang every call up.
+    live: Arc<Mutex<Vec<mpsc::WeakUnboundedSender<SessionInput>>>>,
+    /// Incoming calls still open to their sessions, by their id.
+    incoming: Arc<Mutex<HashMap<CallId, Commands>>>,
     accepting: Arc<AtomicBool>,
 }
 
@@ -53,6 +75,7 @@ impl Calls {
             ctx: Arc::new(ctx),
             tasks: Arc::default(),
             live: Arc::default(),
+            incoming: Arc::default(),
             accepting: Arc::new(AtomicBool::new(true)),
         }
     }
@@ -68,13 +91,18 @@ impl Calls {
             .unwrap_or(0)
     }
 
-    /// Stops taking new calls, hangs up the others (BYE/CANCEL) and waits up
-    /// to `grace` for their dialogs to finish.
+    fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// Stops taking new calls, hangs up the others (BYE/CANCEL, or a final
+    /// response to a ringing INVITE) and waits up to `grace` for their
+    /// dialogs to finish.
     pub async fn shutdown(&self, grace: Duration) {
         self.accepting.store(false, Ordering::SeqCst);
         if let Ok(live) = self.live.lock() {
             for tx in live.iter().filter_map(|tx| tx.upgrade()) {
-                let _ = tx.send(CallCommand::Shutdown);
+                let _ = tx.send(SessionInput::Shutdown);
             }
         }
         let mut tasks = match self.tasks.lock() {
@@ -85,28 +113,170 @@ impl Calls {
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     }
 
-    fn spawn_call(&self, req: OutgoingRequest) -> mpsc::UnboundedSender<CallCommand> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let span = info_span!("call", call_id = %req.id, account = %req.account.name, direction = "outgoing");
-        let ctx = self.ctx.clone();
+    /// Where our SIP side is for a dialog on `transport`, for Via and Contact.
+    fn sip_local(&self, transport: Transport) -> SipLocal {
+        // The TCP listener is where in-dialog requests come back on TCP
+        // trunks (config validation makes sure there is one).
+        let local = match transport {
+            Transport::Tcp => self
+                .ctx
+                .sip
+                .tcp_local_addr()
+                .unwrap_or(self.ctx.sip.local_addr()),
+            Transport::Udp => self.ctx.sip.local_addr(),
+        };
+        // Via and Contact name where the trunk reaches our SIP socket: its own
+        // address, or public_ip when it listens on all addresses (NAT setups).
+        let host = if local.ip().is_unspecified() {
+            self.ctx.public_ip
+        } else {
+            local.ip()
+        };
+        SipLocal {
+            host: call::uri_host(&host.to_string()),
+            port: local.port(),
+            transport,
+        }
+    }
+
+    fn spawn_task(&self, tx: Commands, task: impl Future<Output = ()> + Send + 'static) {
         let stats = self.ctx.stats.clone();
         stats.call_started();
         let task = async move {
-            outgoing::run(ctx, req, rx).await;
+            task.await;
             stats.call_ended();
-        }
-        .instrument(span);
+        };
         if let Ok(mut tasks) = self.tasks.lock() {
             // Reap finished tasks so the set does not grow without bound.
             while tasks.try_join_next().is_some() {}
-            tasks.spawn(task);
+            tasks.spawn(task.in_current_span());
         }
         if let Ok(mut live) = self.live.lock() {
             live.retain(|tx| tx.upgrade().is_some());
             live.push(tx.downgrade());
         }
+    }
+
+    fn register_incoming(&self, id: CallId, tx: Commands) {
+        if let Ok(mut map) = self.incoming.lock() {
+            map.insert(id, tx);
+        }
+    }
+
+    fn forget_incoming(&self, id: &CallId) {
+        if let Ok(mut map) = self.incoming.lock() {
+            map.remove(id);
+        }
+    }
+
+    fn incoming_call(&self, id: &CallId) -> Option<Commands> {
+        self.incoming.lock().ok()?.get(id).cloned()
+    }
+
+    fn spawn_outgoing(&self, req: OutgoingRequest) -> Commands {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let span = info_span!("call", call_id = %req.id, account = %req.account.name, direction = "outgoing");
+        self.spawn_task(
+            tx.clone(),
+            run_outgoing(self.clone(), req, rx).instrument(span),
+        );
         tx
     }
+}
+
+/// Everything an outgoing call needs from the browser's `call` message.
+struct OutgoingRequest {
+    id: CallId,
+    session: SessionKey,
+    to: String,
+    sdp: String,
+    account: Arc<Account>,
+    events: mpsc::Sender<SessionEvent>,
+}
+
+/// Binds the call's media, resolves the trunk, then runs the call.
+async fn run_outgoing(
+    calls: Calls,
+    req: OutgoingRequest,
+    commands: mpsc::UnboundedReceiver<SessionInput>,
+) {
+    let ctx = &calls.ctx;
+    let refuse = |cause: Cause| {
+        let (code, reason) = cause.browser();
+        tracing::info!(cause = %cause, "call refused");
+        let _ = req.events.try_send(SessionEvent::Hangup {
+            id: req.id.clone(),
+            code,
+            reason,
+        });
+    };
+    let trunk = req.account.trunk.clone();
+    let transport = match trunk.uri.transport {
+        TrunkTransport::Udp => Transport::Udp,
+        TrunkTransport::Tcp => Transport::Tcp,
+        TrunkTransport::Tls => {
+            return refuse(Cause::NotSupported(
+                "SIP over TLS is not supported yet".into(),
+            ))
+        }
+    };
+    let allocation = match ctx.media.allocate().await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "no media ports");
+            return refuse(Cause::NoResources("no media ports available".into()));
+        }
+    };
+    let Some(destination) = resolve(&trunk.uri.host, trunk.uri.port).await else {
+        return refuse(Cause::TrunkUnreachable(format!(
+            "trunk {} cannot be resolved",
+            trunk.name
+        )));
+    };
+    let sip_call_id = crate::sip::message::new_call_id();
+    let sip_rx = ctx.sip.register_call(&sip_call_id);
+    let media = MediaPlan {
+        public_ip: ctx.public_ip,
+        browser_port: allocation.browser_port,
+        trunk_rtp_port: allocation.trunk_rtp_port,
+        ice_ufrag: allocation.ice_ufrag.clone(),
+        ice_pwd: allocation.ice_pwd.clone(),
+        ssrc_to_browser: allocation.ssrc_to_browser,
+        fingerprint_sha256: ctx.media.fingerprint_sha256().to_string(),
+    };
+    let call = Call::outgoing(
+        OutgoingSetup {
+            id: req.id.clone(),
+            session: req.session,
+            to: req.to.clone(),
+            browser_sdp: req.sdp.clone(),
+            account: req.account.clone(),
+            media,
+            local: calls.sip_local(transport),
+            destination,
+            sip_call_id,
+            timers: CallTimers::default(),
+        },
+        Instant::now(),
+    );
+    let io = CallIo {
+        sip: ctx.sip.clone(),
+        transport,
+        sip_rx,
+        allocation,
+        sessions: vec![(req.session, req.events.clone())],
+        commands,
+        closed_means: Some(SessionInput::Gone {
+            session: req.session,
+        }),
+        stats: ctx.stats.clone(),
+        on_over: Box::new(|| {}),
+    };
+    driver::run(call, io).await;
+}
+
+async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    tokio::net::lookup_host((host, port)).await.ok()?.next()
 }
 
 impl CallControl for Calls {
@@ -115,8 +285,10 @@ impl CallControl for Calls {
         account: AccountName,
         events: mpsc::Sender<SessionEvent>,
     ) -> Box<dyn SessionControl> {
+        let key = self.ctx.sessions.register(&account.0, events.clone());
         Box::new(Session {
             calls: self.clone(),
+            key,
             account,
             events,
             calls_by_id: HashMap::new(),
@@ -124,16 +296,19 @@ impl CallControl for Calls {
     }
 }
 
-/// The most calls one browser session may have at once.
+/// The most outgoing calls one browser session may have at once.
 const MAX_CALLS_PER_SESSION: usize = 4;
 
 /// One browser session's view of its calls. Dropping it (the socket closed)
-/// drops the command senders, which each call task takes as a hangup.
+/// drops the command senders of its outgoing calls, which each call takes as
+/// a hangup, and takes the session out of the registry (incoming calls see
+/// its event channel close).
 struct Session {
     calls: Calls,
+    key: SessionKey,
     account: AccountName,
     events: mpsc::Sender<SessionEvent>,
-    calls_by_id: HashMap<CallId, mpsc::UnboundedSender<CallCommand>>,
+    calls_by_id: HashMap<CallId, Commands>,
 }
 
 impl Session {
@@ -146,17 +321,36 @@ impl Session {
             message: message.into(),
         });
     }
+
+    /// The call `id` names for this session: one of its outgoing calls, or
+    /// an incoming call (which checks itself that it rang this session).
+    fn find(&self, id: &CallId) -> Option<Commands> {
+        self.calls_by_id
+            .get(id)
+            .cloned()
+            .or_else(|| self.calls.incoming_call(id))
+    }
+
+    fn forward(&self, id: CallId, input: SessionInput) {
+        match self.find(&id) {
+            Some(tx) => {
+                let _ = tx.send(input);
+            }
+            None => self.error(Some(id), 404, "no call with this id"),
+        }
+    }
 }
 
 impl SessionControl for Session {
     fn command(&mut self, cmd: SessionCommand) {
         self.calls_by_id.retain(|_, tx| !tx.is_closed());
+        let session = self.key;
         match cmd {
             SessionCommand::Call { id, to, sdp } => {
-                if !self.calls.accepting.load(Ordering::SeqCst) {
+                if !self.calls.is_accepting() {
                     return self.error(Some(id), 503, "the gateway is shutting down");
                 }
-                if self.calls_by_id.contains_key(&id) {
+                if self.find(&id).is_some() {
                     return self.error(Some(id), 409, "a call with this id already exists");
                 }
                 if self.calls_by_id.len() >= MAX_CALLS_PER_SESSION {
@@ -165,8 +359,9 @@ impl SessionControl for Session {
                 let Some(account) = self.calls.ctx.directory.account(&self.account.0) else {
                     return self.error(Some(id), 403, "account is not configured");
                 };
-                let tx = self.calls.spawn_call(OutgoingRequest {
+                let tx = self.calls.spawn_outgoing(OutgoingRequest {
                     id: id.clone(),
+                    session,
                     to,
                     sdp,
                     account,
@@ -174,12 +369,20 @@ impl SessionControl for Session {
                 });
                 self.calls_by_id.insert(id, tx);
             }
-            SessionCommand::Hangup { id } => match self.calls_by_id.get(&id) {
-                Some(tx) => {
-                    let _ = tx.send(CallCommand::Hangup);
-                }
-                None => self.error(Some(id), 404, "no call with this id"),
-            },
+            SessionCommand::Hangup { id } => self.forward(id, SessionInput::Hangup { session }),
+            SessionCommand::Accept { id, sdp } => {
+                self.forward(id, SessionInput::Accept { session, sdp })
+            }
+            SessionCommand::Reject { id } => self.forward(id, SessionInput::Reject { session }),
         }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.calls
+            .ctx
+            .sessions
+            .unregister(&self.account.0, self.key);
     }
 }

@@ -3,10 +3,10 @@
 //! found in the B2BUA glue. Waits are on events with timeouts, never sleeps
 //! as synchronisation.
 
-use super::api::SessionEvent;
+use super::api::{CallControl, SessionCommand, SessionControl, SessionEvent};
 use super::directory::{Account, Trunk};
-use super::outgoing::{self, CallCommand, OutgoingRequest};
-use super::{CallsContext, Directory};
+use super::sessions::LocalSessions;
+use super::{Calls, CallsContext, Directory};
 use crate::config::{TrunkTransport, TrunkUri};
 use crate::media::dtls::DtlsIdentity;
 use crate::media::{MediaConfig, MediaEngine};
@@ -14,7 +14,7 @@ use crate::policy::{CalleeStream, SecureMedia};
 use crate::sip::message::{self, ResponseParts};
 use crate::sip::transport::SipEndpoint;
 use crate::stats::CallStats;
-use crate::types::{CallId, SrtpSuite};
+use crate::types::{AccountName, CallId, SrtpSuite};
 use rsip::SipMessage;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -27,9 +27,8 @@ const CHROME: &str = include_str!("../../tests/fixtures/chrome-offer.sdp");
 const WAIT: Duration = Duration::from_secs(5);
 
 struct Setup {
-    ctx: Arc<CallsContext>,
+    calls: Calls,
     trunk: UdpSocket,
-    account: Arc<Account>,
     _incoming: mpsc::Receiver<crate::sip::transport::IncomingRequest>,
 }
 
@@ -59,40 +58,41 @@ async fn setup() -> Setup {
         callee_stream: CalleeStream::Sdes,
         secure_media: SecureMedia::Optional,
         srtp_suites: vec![SrtpSuite::AesCm128HmacSha1_80],
+        inbound_sources: Vec::new(),
+        reject_code: 486,
+    });
+    let mut directory = Directory::default();
+    directory.insert(Account {
+        name: "alice".into(),
+        trunk: trunk_config,
+        callee_stream: None,
+        redact: true,
     });
     Setup {
-        ctx: Arc::new(CallsContext {
-            directory: Directory::default(),
+        calls: Calls::new(CallsContext {
+            directory,
             sip,
             media,
             public_ip: LO,
             stats: Arc::new(CallStats::default()),
+            sessions: Arc::new(LocalSessions::default()),
+            ring_timeout: Duration::from_secs(120),
         }),
         trunk,
-        account: Arc::new(Account {
-            name: "alice".into(),
-            trunk: trunk_config,
-            callee_stream: None,
-            redact: true,
-        }),
         _incoming: incoming,
     }
 }
 
-fn start_call(s: &Setup, events: mpsc::Sender<SessionEvent>) -> mpsc::UnboundedSender<CallCommand> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(outgoing::run(
-        s.ctx.clone(),
-        OutgoingRequest {
-            id: CallId("c1".into()),
-            to: "15551234".into(),
-            sdp: CHROME.into(),
-            account: s.account.clone(),
-            events,
-        },
-        rx,
-    ));
-    tx
+/// A session of alice places call `c1`; keep the session: dropping it is
+/// the browser's socket closing.
+fn start_call(s: &Setup, events: mpsc::Sender<SessionEvent>) -> Box<dyn SessionControl> {
+    let mut session = s.calls.attach(AccountName("alice".into()), events);
+    session.command(SessionCommand::Call {
+        id: CallId("c1".into()),
+        to: "15551234".into(),
+        sdp: CHROME.into(),
+    });
+    session
 }
 
 async fn recv(sock: &UdpSocket) -> Option<(SipMessage, SocketAddr)> {
@@ -185,7 +185,7 @@ async fn a_browser_that_stops_reading_does_not_stall_sip() {
 async fn a_hangup_while_ringing_cancels() {
     let s = setup().await;
     let (events, mut browser) = mpsc::channel(64);
-    let commands = start_call(&s, events);
+    let mut session = start_call(&s, events);
     let (invite, gw) = recv_invite(&s.trunk).await;
     s.trunk.send_to(&respond(&invite, 180), gw).await.unwrap();
     let progress = tokio::time::timeout(WAIT, browser.recv()).await.unwrap();
@@ -193,7 +193,9 @@ async fn a_hangup_while_ringing_cancels() {
         matches!(progress, Some(SessionEvent::Progress { code: 180, .. })),
         "{progress:?}"
     );
-    commands.send(CallCommand::Hangup).unwrap();
+    session.command(SessionCommand::Hangup {
+        id: CallId("c1".into()),
+    });
     let ended = tokio::time::timeout(WAIT, browser.recv()).await.unwrap();
     assert!(
         matches!(ended, Some(SessionEvent::Hangup { code: 200, .. })),

@@ -10,19 +10,24 @@
 //!   m-section ([`AudioSection`]).
 //! - [`translate`]: browser offer → trunk offer, trunk answer → browser answer,
 //!   and SIP offer → SIP answer for the demo echo trunk and inbound calls.
+//! - [`incoming`]: trunk offer → browser offer, browser answer → SIP answer
+//!   (calls from a trunk to browsers).
 
 pub mod crypto;
+pub mod incoming;
 pub mod model;
 pub mod translate;
 
 pub use crypto::{CryptoAttribute, InlineKey, Mki};
+pub use incoming::{parse_browser_answer, write_browser_offer, BrowserAnswer, BrowserOfferParams};
 pub use model::{
     AudioSection, Direction, Fingerprint, Proto, RtcpAttr, RtpMap, SessionDescription, Setup,
 };
 pub use translate::{
     parse_browser_offer, parse_sip_offer, parse_trunk_answer, write_browser_answer,
-    write_sip_answer, write_trunk_offer, AcceptedCrypto, BrowserAnswerParams, BrowserOffer, Codec,
-    CodecName, OtherSection, SipOffer, TrunkAnswer, TrunkOfferMedia, TrunkOfferParams,
+    write_sip_answer, write_sip_answer_with, write_trunk_offer, AcceptedCrypto,
+    BrowserAnswerParams, BrowserOffer, Codec, CodecName, OtherSection, SipOffer, TrunkAnswer,
+    TrunkOfferMedia, TrunkOfferParams,
 };
 
 use crate::types::SrtpSuite;

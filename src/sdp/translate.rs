@@ -28,11 +28,11 @@ use crate::types::{PayloadType, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
 
 /// Packetisation we offer to trunks: 20 ms is what every SIP phone and
 /// browser uses by default.
-const PTIME_MS: u32 = 20;
+pub(super) const PTIME_MS: u32 = 20;
 
 /// The CNAME in the browser answer's `a=ssrc` (RFC 7022 allows any
 /// per-session-unique string; one relay source per call).
-const CNAME: &str = "webrtc-sip-gateway";
+pub(super) const CNAME: &str = "webrtc-sip-gateway";
 
 /// The codecs the gateway relays (no transcoding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,7 +125,7 @@ impl Codec {
 /// The supported codecs of a section, in m-line order; the first payload
 /// type of each codec wins (a second PT for the same codec would make the
 /// mapping ambiguous).
-fn supported_codecs(section: &AudioSection) -> Vec<Codec> {
+pub(super) fn supported_codecs(section: &AudioSection) -> Vec<Codec> {
     let mut out: Vec<Codec> = Vec::new();
     for &pt in &section.formats {
         let Some(codec) = codec_of(section, pt) else {
@@ -161,7 +161,7 @@ fn codec_of(section: &AudioSection, pt: PayloadType) -> Option<Codec> {
 }
 
 /// Audio codecs plus the telephone-events whose clock matches one of them.
-fn usable_codecs(codecs: &[Codec]) -> Vec<Codec> {
+pub(super) fn usable_codecs(codecs: &[Codec]) -> Vec<Codec> {
     let audio_clock = |rate: u32| {
         codecs
             .iter()
@@ -780,7 +780,21 @@ pub fn write_sip_answer(
             codecs.push(te.clone());
         }
     }
-    let mut attrs = codec_attributes(&codecs);
+    write_sip_answer_with(offer, &codecs, local_ip, port, crypto, session_id)
+}
+
+/// [`write_sip_answer`] with the codecs chosen by the caller (an inbound
+/// call answers with the codec the browser picked): `codecs` are the offer's
+/// own entries, with its payload types.
+pub fn write_sip_answer_with(
+    offer: &SipOffer,
+    codecs: &[Codec],
+    local_ip: IpAddr,
+    port: u16,
+    crypto: Option<(u32, &SrtpKeyMaterial)>,
+    session_id: u64,
+) -> String {
+    let mut attrs = codec_attributes(codecs);
     if let Some((tag, key)) = crypto {
         attrs.push(attr(
             "crypto",
@@ -794,28 +808,28 @@ pub fn write_sip_answer(
     }
     attrs.push(flag(offer.direction.reversed().as_str()));
     attrs.push(attr("ptime", offer.ptime.unwrap_or(PTIME_MS).to_string()));
-    let media = audio_media(port, offer.proto, &codecs, local_ip, attrs);
+    let media = audio_media(port, offer.proto, codecs, local_ip, attrs);
     // An answer is written once per offer here; 1 is as good as any version.
     write_session(&session(local_ip, session_id, 1, vec![], media))
 }
 
 // ---- building sdp-types values ------------------------------------------
 
-fn attr(name: &str, value: String) -> Attribute {
+pub(super) fn attr(name: &str, value: String) -> Attribute {
     Attribute {
         attribute: name.to_string(),
         value: Some(value),
     }
 }
 
-fn flag(name: &str) -> Attribute {
+pub(super) fn flag(name: &str) -> Attribute {
     Attribute {
         attribute: name.to_string(),
         value: None,
     }
 }
 
-fn connection(ip: IpAddr) -> Connection {
+pub(super) fn connection(ip: IpAddr) -> Connection {
     Connection {
         nettype: "IN".into(),
         addrtype: addrtype(ip).into(),
@@ -832,7 +846,7 @@ fn addrtype(ip: IpAddr) -> &'static str {
 
 /// `a=rtpmap` for every codec (static ones too: cheap and unambiguous) and
 /// `a=fmtp` where the codec has parameters.
-fn codec_attributes(codecs: &[Codec]) -> Vec<Attribute> {
+pub(super) fn codec_attributes(codecs: &[Codec]) -> Vec<Attribute> {
     let mut attrs = Vec::with_capacity(codecs.len() * 2);
     for c in codecs {
         attrs.push(attr("rtpmap", c.rtpmap_value()));
@@ -843,7 +857,7 @@ fn codec_attributes(codecs: &[Codec]) -> Vec<Attribute> {
     attrs
 }
 
-fn audio_media(
+pub(super) fn audio_media(
     port: u16,
     proto: Proto,
     codecs: &[Codec],
@@ -868,7 +882,7 @@ fn audio_media(
     }
 }
 
-fn session(
+pub(super) fn session(
     ip: IpAddr,
     session_id: u64,
     version: u64,

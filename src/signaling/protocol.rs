@@ -21,7 +21,7 @@ pub(crate) const MAX_MESSAGE_LEN: usize = 64 * 1024;
 
 /// Message types of PROTOCOL.md that the call layer cannot handle yet; they
 /// get a 501 instead of the 400 of an unknown type.
-const NOT_IMPLEMENTED: [&str; 5] = ["accept", "reject", "dtmf", "hold", "resume"];
+const NOT_IMPLEMENTED: [&str; 4] = ["dtmf", "hold", "resume", "transfer"];
 
 /// Why a browser message was refused; becomes an `error` message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,13 +80,7 @@ pub fn parse_command(text: &str) -> Result<SessionCommand, Refusal> {
             let id = id?;
             let to = field_str(&obj, "to", Some(&id))?;
             check_dial_string(to).map_err(|m| Refusal::bad(Some(&id), m))?;
-            let sdp = field_str(&obj, "sdp", Some(&id))?;
-            if sdp.len() > MAX_SDP_LEN {
-                return Err(Refusal::bad(
-                    Some(&id),
-                    format!("field `sdp` is longer than {MAX_SDP_LEN} bytes"),
-                ));
-            }
+            let sdp = field_sdp(&obj, &id)?;
             Ok(SessionCommand::Call {
                 id,
                 to: to.to_string(),
@@ -94,6 +88,15 @@ pub fn parse_command(text: &str) -> Result<SessionCommand, Refusal> {
             })
         }
         "hangup" => Ok(SessionCommand::Hangup { id: id? }),
+        "accept" => {
+            let id = id?;
+            let sdp = field_sdp(&obj, &id)?;
+            Ok(SessionCommand::Accept {
+                id,
+                sdp: sdp.to_string(),
+            })
+        }
+        "reject" => Ok(SessionCommand::Reject { id: id? }),
         other if NOT_IMPLEMENTED.contains(&other) => Err(Refusal {
             id: id_ok,
             code: 501,
@@ -124,6 +127,18 @@ fn field_id(obj: &Map<String, Value>) -> Result<CallId, Refusal> {
         ));
     }
     Ok(CallId(id.to_string()))
+}
+
+/// The `sdp` field: required, at most `MAX_SDP_LEN` bytes.
+fn field_sdp<'a>(obj: &'a Map<String, Value>, id: &CallId) -> Result<&'a str, Refusal> {
+    let sdp = field_str(obj, "sdp", Some(id))?;
+    if sdp.len() > MAX_SDP_LEN {
+        return Err(Refusal::bad(
+            Some(id),
+            format!("field `sdp` is longer than {MAX_SDP_LEN} bytes"),
+        ));
+    }
+    Ok(sdp)
 }
 
 /// A required, non-empty string field.
@@ -187,6 +202,12 @@ enum Wire<'a> {
         code: u16,
         reason: &'a str,
     },
+    Incoming {
+        id: &'a str,
+        from: &'a str,
+        sdp: &'a str,
+        verstat: &'a str,
+    },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
@@ -211,6 +232,17 @@ pub(crate) fn event_json(event: &SessionEvent) -> String {
             id: &id.0,
             code: *code,
             reason,
+        },
+        SessionEvent::Incoming {
+            id,
+            from,
+            sdp,
+            verstat,
+        } => Wire::Incoming {
+            id: &id.0,
+            from,
+            sdp,
+            verstat,
         },
         SessionEvent::Error { id, code, message } => Wire::Error {
             id: id.as_ref().map(|id| id.0.as_str()),
@@ -345,16 +377,18 @@ mod tests {
                 400,
             ),
             (json!({"type":"hangup"}).to_string(), None, 400),
+            // accept needs its SDP answer; reject only an id.
             (
-                json!({"type":"accept","id":"c1","sdp":"v"}).to_string(),
+                json!({"type":"accept","id":"c1"}).to_string(),
                 Some("c1"),
-                501,
+                400,
             ),
             (
-                json!({"type":"reject","id":"c1"}).to_string(),
+                json!({"type":"accept","id":"c1","sdp":7}).to_string(),
                 Some("c1"),
-                501,
+                400,
             ),
+            (json!({"type":"reject"}).to_string(), None, 400),
             (
                 json!({"type":"dtmf","id":"c1","digits":"1"}).to_string(),
                 Some("c1"),
@@ -373,6 +407,23 @@ mod tests {
             assert_eq!(refusal.id.as_ref().map(|i| i.0.as_str()), id, "{text}");
             assert!(!refusal.message.is_empty());
         }
+    }
+
+    #[test]
+    fn accept_and_reject_parse() {
+        assert_eq!(
+            parse(json!({"type":"accept","id":"in-1","sdp":"v=0\r\n"})),
+            Ok(SessionCommand::Accept {
+                id: CallId("in-1".into()),
+                sdp: "v=0\r\n".into()
+            })
+        );
+        assert_eq!(
+            parse(json!({"type":"reject","id":"in-1"})),
+            Ok(SessionCommand::Reject {
+                id: CallId("in-1".into())
+            })
+        );
     }
 
     #[test]
@@ -418,6 +469,15 @@ mod tests {
                     reason: "Busy Here".into(),
                 },
                 json!({"type":"hangup","id":"c1","code":486,"reason":"Busy Here"}),
+            ),
+            (
+                SessionEvent::Incoming {
+                    id: id(),
+                    from: "+4930123".into(),
+                    sdp: "v=0\r\n".into(),
+                    verstat: String::new(),
+                },
+                json!({"type":"incoming","id":"c1","from":"+4930123","sdp":"v=0\r\n","verstat":""}),
             ),
             (
                 SessionEvent::Error {

@@ -217,6 +217,8 @@ fn command_name(cmd: &crate::calls::api::SessionCommand) -> (&'static str, &str)
     match cmd {
         SessionCommand::Call { id, .. } => ("call", &id.0),
         SessionCommand::Hangup { id } => ("hangup", &id.0),
+        SessionCommand::Accept { id, .. } => ("accept", &id.0),
+        SessionCommand::Reject { id } => ("reject", &id.0),
     }
 }
 

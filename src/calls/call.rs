@@ -1,0 +1,1129 @@
+//! The B2BUA core: one sans-IO state machine per call, for both directions.
+//!
+//! ```text
+//!            handle_session(now, SessionInput)   accept / reject / hangup / gone
+//!            handle_sip(now, SipMessage)         responses and requests of this Call-ID
+//! Call  ◀──  handle_media(now, MediaEvent)       DTLS up, failures, timeouts
+//!            handle_timeout(now)
+//!       ──▶  poll_output() → Output              SIP bytes, session events, media commands
+//!            poll_timeout() → Option<Instant>
+//! ```
+//!
+//! An outgoing call (browser → trunk) starts in [`Call::outgoing`]: it owns a
+//! SIP client dialog (`sip::uac`). An incoming call (trunk → every session of
+//! an account) starts in [`Call::incoming`]: it owns the server side
+//! (`sip::uas`) and rings N sessions until one accepts. Both end through one
+//! table of causes ([`Cause`]). Nothing here reads the clock, binds a socket
+//! or spawns a task: the driver (`calls::driver`) does that and feeds the
+//! results back, and tests drive it with a fake clock.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rsip::SipMessage;
+use tracing::{info, warn};
+
+use super::api::{Security, SessionEvent};
+use super::cause::Cause;
+use super::directory::Account;
+use super::sessions::SessionKey;
+use crate::media::relay::{BrowserLegParams, TrunkCrypto, TrunkLegParams};
+use crate::media::{MediaEvent, RelayParams};
+use crate::policy::{IncomingLegPlan, TrunkLegPlan};
+use crate::sdp::{
+    self, BrowserAnswer, BrowserAnswerParams, BrowserOffer, BrowserOfferParams, SipOffer,
+    TrunkAnswer, TrunkOfferMedia, TrunkOfferParams,
+};
+use crate::sip::auth::DigestCredentials;
+use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
+use crate::sip::uas::{IncomingCall, UasEvent};
+use crate::sip::Transport;
+use crate::types::{CallId, PayloadType, Personal, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
+
+/// The clocks of a call; the defaults are the production values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallTimers {
+    /// How long the browser has to finish ICE and DTLS once it has the SDP.
+    pub dtls: Duration,
+    /// How long a call may ring (RFC 3261's Timer B stops at the first
+    /// provisional response, so a trunk that rings for ever would otherwise
+    /// hold an outgoing call; an incoming one rings the browsers this long).
+    pub ring: Duration,
+    /// How long a leg of an answered call may be silent.
+    pub answered_media: Duration,
+    /// How long we keep the dialog alive to finish BYE/CANCEL after the end:
+    /// a CANCEL's 487 may come up to 64*T1 later, then Timer D runs 32 s.
+    pub teardown: Duration,
+}
+
+impl Default for CallTimers {
+    fn default() -> Self {
+        CallTimers {
+            dtls: Duration::from_secs(15),
+            ring: Duration::from_secs(120),
+            answered_media: Duration::from_secs(30),
+            teardown: Duration::from_secs(70),
+        }
+    }
+}
+
+/// The media resources the driver bound for this call before it started
+/// (`MediaEngine::allocate`), as far as the SDP needs them.
+#[derive(Debug, Clone)]
+pub struct MediaPlan {
+    pub public_ip: IpAddr,
+    pub browser_port: u16,
+    pub trunk_rtp_port: u16,
+    pub ice_ufrag: String,
+    pub ice_pwd: Secret<String>,
+    pub ssrc_to_browser: Ssrc,
+    /// Our DTLS certificate's SHA-256 fingerprint.
+    pub fingerprint_sha256: String,
+}
+
+/// Where our SIP side is, for Via and Contact.
+#[derive(Debug, Clone)]
+pub struct SipLocal {
+    /// Host as it goes into a URI (IPv6 in brackets).
+    pub host: String,
+    pub port: u16,
+    pub transport: Transport,
+}
+
+impl SipLocal {
+    fn contact(&self, user: &str) -> String {
+        let transport = match self.transport {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        };
+        format!(
+            "<sip:{user}@{}:{};transport={transport}>",
+            self.host, self.port
+        )
+    }
+}
+
+/// A browser session's input to a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionInput {
+    /// `accept` of an incoming call, with the browser's SDP answer.
+    Accept { session: SessionKey, sdp: String },
+    /// `reject` of an incoming call.
+    Reject { session: SessionKey },
+    /// `hangup`.
+    Hangup { session: SessionKey },
+    /// The session's socket closed.
+    Gone { session: SessionKey },
+    /// The gateway is stopping.
+    Shutdown,
+}
+
+/// What the media task of the call must do.
+#[derive(Debug, Clone)]
+pub enum MediaCommand {
+    /// Start relaying (`MediaAllocation::start`).
+    Start(Box<RelayParams>),
+    SetTimeout(Duration),
+    /// A later SDP of the trunk moved or re-keyed its leg.
+    UpdateTrunk(Box<TrunkLegParams>, Vec<(PayloadType, PayloadType, u32)>),
+    Stop,
+}
+
+/// What the driver must carry out, in order.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Sip {
+        to: SocketAddr,
+        bytes: Bytes,
+    },
+    Session {
+        session: SessionKey,
+        event: SessionEvent,
+    },
+    Media(MediaCommand),
+    /// The call reached `connected` (for the counters).
+    Connected,
+}
+
+/// An outgoing call as the browser's `call` message and the config give it.
+pub struct OutgoingSetup {
+    pub id: CallId,
+    pub session: SessionKey,
+    pub to: String,
+    pub browser_sdp: String,
+    pub account: Arc<Account>,
+    pub media: MediaPlan,
+    pub local: SipLocal,
+    /// The trunk's address (resolved by the driver).
+    pub destination: SocketAddr,
+    /// Generate with `sip::message::new_call_id()`.
+    pub sip_call_id: String,
+    pub timers: CallTimers,
+}
+
+/// An incoming call as the router accepted it: the trunk's INVITE (its
+/// server transaction already sent 100), its parsed offer and the policy's
+/// decision on it, and the sessions to ring.
+pub struct IncomingSetup {
+    pub id: CallId,
+    pub uas: IncomingCall,
+    pub offer: SipOffer,
+    pub plan: IncomingLegPlan,
+    pub sessions: Vec<SessionKey>,
+    /// The caller as the browsers are shown it (redacted per account).
+    pub from: Personal,
+    pub account: Arc<Account>,
+    pub media: MediaPlan,
+    pub local: SipLocal,
+    /// The status when every session declined (the trunk's `reject_code`).
+    pub reject_code: u16,
+    pub timers: CallTimers,
+}
+
+/// One call. See the module documentation.
+pub struct Call {
+    c: Common,
+    kind: Kind,
+}
+
+enum Kind {
+    Outgoing(Box<Outgoing>),
+    Incoming(Box<Incoming>),
+    /// Refused before any SIP was sent (unusable offer, policy): finished.
+    Refused,
+}
+
+/// What both directions share: the outputs, the session that owns the call,
+/// the timers and how it ended.
+struct Common {
+    id: CallId,
+    timers: CallTimers,
+    media: MediaPlan,
+    /// The session whose call this is: the caller (outgoing) or the one that
+    /// accepted (incoming).
+    owner: Option<SessionKey>,
+    out: VecDeque<Output>,
+    media_started: bool,
+    browser_suite: Option<SrtpSuite>,
+    trunk_security: String,
+    connected_sent: bool,
+    dtls_deadline: Option<Instant>,
+    ring_deadline: Option<Instant>,
+    teardown_deadline: Option<Instant>,
+    /// Set once the browser side has been told the call ended.
+    ended: Option<Cause>,
+    /// The SIP side is done (or given up on): the driver can drop the call.
+    finished: bool,
+}
+
+impl Common {
+    fn new(id: CallId, timers: CallTimers, media: MediaPlan, owner: Option<SessionKey>) -> Self {
+        Common {
+            id,
+            timers,
+            media,
+            owner,
+            out: VecDeque::new(),
+            media_started: false,
+            browser_suite: None,
+            trunk_security: String::new(),
+            connected_sent: false,
+            dtls_deadline: None,
+            ring_deadline: None,
+            teardown_deadline: None,
+            ended: None,
+            finished: false,
+        }
+    }
+
+    fn tell(&mut self, session: SessionKey, event: SessionEvent) {
+        self.out.push_back(Output::Session { session, event });
+    }
+
+    fn tell_owner(&mut self, event: SessionEvent) {
+        if let Some(owner) = self.owner {
+            self.tell(owner, event);
+        }
+    }
+
+    fn hangup_event(&self, cause: &Cause) -> SessionEvent {
+        let (code, reason) = cause.browser();
+        SessionEvent::Hangup {
+            id: self.id.clone(),
+            code,
+            reason,
+        }
+    }
+
+    fn error(&mut self, session: SessionKey, code: u16, message: &str) {
+        self.tell(
+            session,
+            SessionEvent::Error {
+                id: Some(self.id.clone()),
+                code,
+                message: message.into(),
+            },
+        );
+    }
+
+    fn media(&mut self, cmd: MediaCommand) {
+        self.out.push_back(Output::Media(cmd));
+    }
+
+    /// The call is over for the browsers: the owner hears `cause`, media
+    /// stops, and only the SIP dialog's (bounded) wind-down is left.
+    fn finish(&mut self, cause: Cause, now: Instant) {
+        if self.ended.is_some() {
+            return;
+        }
+        info!(cause = %cause, "call ends");
+        if self.media_started {
+            self.media(MediaCommand::Stop);
+        }
+        self.dtls_deadline = None;
+        self.ring_deadline = None;
+        self.teardown_deadline = Some(now + self.timers.teardown);
+        let event = self.hangup_event(&cause);
+        self.tell_owner(event);
+        self.ended = Some(cause);
+    }
+
+    /// `connected` goes out once the trunk side is up and the browser's DTLS
+    /// is, so the lock the browser shows is true for both legs.
+    fn maybe_connected(&mut self, trunk_up: bool) {
+        if self.connected_sent || !trunk_up || self.ended.is_some() {
+            return;
+        }
+        let Some(suite) = self.browser_suite else {
+            return;
+        };
+        self.connected_sent = true;
+        info!("call connected");
+        self.out.push_back(Output::Connected);
+        let event = SessionEvent::Connected {
+            id: self.id.clone(),
+            security: Security {
+                browser: format!("dtls-srtp {suite}"),
+                trunk: self.trunk_security.clone(),
+            },
+        };
+        self.tell_owner(event);
+    }
+}
+
+impl Call {
+    /// Starts a browser-to-trunk call: the INVITE is queued at once. An
+    /// unusable browser offer or policy ends the call at once (the owner
+    /// gets `hangup`, [`is_finished`](Self::is_finished) is true).
+    pub fn outgoing(setup: OutgoingSetup, now: Instant) -> Call {
+        let mut c = Common::new(
+            setup.id.clone(),
+            setup.timers,
+            setup.media.clone(),
+            Some(setup.session),
+        );
+        let refuse = |mut c: Common, cause: Cause| {
+            c.finish(cause, now);
+            c.finished = true;
+            Call {
+                c,
+                kind: Kind::Refused,
+            }
+        };
+        let offer = match sdp::parse_browser_offer(&setup.browser_sdp) {
+            Ok(offer) => offer,
+            Err(e) => {
+                warn!(error = %e, "browser offer refused");
+                return refuse(c, Cause::BrowserSdp(format!("unusable SDP offer: {e}")));
+            }
+        };
+        let plan = match setup.account.outgoing_plan() {
+            Ok(plan) => plan,
+            Err(e) => return refuse(c, Cause::Policy(e.to_string())),
+        };
+        let trunk = &setup.account.trunk;
+        let offer_media = match &plan {
+            TrunkLegPlan::Sdes { suites, .. } => TrunkOfferMedia::Sdes {
+                keys: suites
+                    .iter()
+                    .map(|suite| SrtpKeyMaterial::generate(*suite))
+                    .collect(),
+            },
+            TrunkLegPlan::Plain => TrunkOfferMedia::Plain,
+        };
+        let offer_params = TrunkOfferParams {
+            local_ip: setup.media.public_ip,
+            rtp_port: setup.media.trunk_rtp_port,
+            media: offer_media,
+            session_id: rand::random::<u32>() as u64,
+            session_version: 1,
+        };
+        let trunk_offer = sdp::write_trunk_offer(&offer, &offer_params);
+        let account = &setup.account.name;
+        let uac = OutgoingCall::new(
+            UacConfig {
+                call_id: setup.sip_call_id,
+                request_uri: format!(
+                    "sip:{}@{}:{}",
+                    setup.to,
+                    uri_host(&trunk.uri.host),
+                    trunk.uri.port
+                ),
+                from_uri: format!("sip:{account}@{}", setup.local.host),
+                contact: setup.local.contact(account),
+                via_host: setup.local.host.clone(),
+                via_port: setup.local.port,
+                transport: setup.local.transport,
+                credentials: match (&trunk.username, &trunk.password) {
+                    (Some(username), Some(password)) => Some(DigestCredentials {
+                        username: username.clone(),
+                        password: password.clone(),
+                    }),
+                    _ => None,
+                },
+                user_agent: crate::sip::uas::USER_AGENT.to_string(),
+            },
+            trunk_offer,
+            now,
+        );
+        let to = Personal::new(setup.to.clone(), setup.account.redact);
+        info!(sip_call_id = %uac.call_id(), to = %to, trunk = %trunk.name, "calling trunk");
+        c.ring_deadline = Some(now + c.timers.ring);
+        let mut call = Call {
+            c,
+            kind: Kind::Outgoing(Box::new(Outgoing {
+                uac,
+                destination: setup.destination,
+                offer: Some(offer),
+                offer_params: Some(offer_params),
+                plan,
+                answered: false,
+                trunk_sdp: None,
+                browser_codec: None,
+            })),
+        };
+        call.pump(now);
+        call
+    }
+
+    /// Starts a trunk-to-browser call: every session gets `incoming` with
+    /// the gateway's offer, and the trunk hears 180.
+    pub fn incoming(setup: IncomingSetup, now: Instant) -> Call {
+        let mut c = Common::new(setup.id.clone(), setup.timers, setup.media.clone(), None);
+        let browser_offer = sdp::write_browser_offer(
+            &setup.offer,
+            &BrowserOfferParams {
+                local_ip: setup.media.public_ip,
+                port: setup.media.browser_port,
+                ice_ufrag: setup.media.ice_ufrag.clone(),
+                ice_pwd: setup.media.ice_pwd.expose().clone(),
+                fingerprint_sha256: setup.media.fingerprint_sha256.clone(),
+                session_id: rand::random::<u32>() as u64,
+                session_version: 1,
+                ssrc: setup.media.ssrc_to_browser,
+            },
+        );
+        for &session in &setup.sessions {
+            c.tell(
+                session,
+                SessionEvent::Incoming {
+                    id: setup.id.clone(),
+                    from: setup.from.to_string(),
+                    sdp: browser_offer.clone(),
+                    verstat: String::new(),
+                },
+            );
+        }
+        c.ring_deadline = Some(now + c.timers.ring);
+        c.trunk_security = match setup.plan {
+            IncomingLegPlan::Sdes { suite, .. } => format!("sdes-srtp {suite}"),
+            IncomingLegPlan::Plain => "rtp (unencrypted)".into(),
+        };
+        let mut uas = setup.uas;
+        uas.ringing(now);
+        info!(
+            sessions = setup.sessions.len(),
+            from = %setup.from,
+            "ringing the account's browser sessions"
+        );
+        let mut call = Call {
+            c,
+            kind: Kind::Incoming(Box::new(Incoming {
+                uas,
+                offer: setup.offer,
+                plan: setup.plan,
+                contact: setup.local.contact(&setup.account.name),
+                ringing: setup.sessions,
+                declined_any: false,
+                reject_code: setup.reject_code,
+                phase: Phase::Ringing,
+                answer: None,
+            })),
+        };
+        if let Kind::Incoming(inc) = &mut call.kind {
+            inc.check_all_gone(&mut call.c, now);
+        }
+        call.pump(now);
+        call
+    }
+
+    pub fn id(&self) -> &CallId {
+        &self.c.id
+    }
+
+    /// The Call-ID of the call's SIP dialog.
+    pub fn sip_call_id(&self) -> String {
+        match &self.kind {
+            Kind::Outgoing(o) => o.uac.call_id().to_string(),
+            Kind::Incoming(i) => i.uas.call_id(),
+            Kind::Refused => String::new(),
+        }
+    }
+
+    /// The browsers have been told the call ended; only SIP wind-down is left.
+    pub fn is_over_for_browsers(&self) -> bool {
+        self.c.ended.is_some()
+    }
+
+    /// Nothing is left to do: drop the call.
+    pub fn is_finished(&self) -> bool {
+        self.c.finished
+    }
+
+    /// Why the call ended, once it has.
+    pub fn cause(&self) -> Option<&Cause> {
+        self.c.ended.as_ref()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.c.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.c.finished {
+            return None;
+        }
+        let sip = match &self.kind {
+            Kind::Outgoing(o) => o.uac.poll_timeout(),
+            Kind::Incoming(i) => i.uas.poll_timeout(),
+            Kind::Refused => None,
+        };
+        [
+            sip,
+            self.c.dtls_deadline,
+            self.c.ring_deadline,
+            self.c.teardown_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn handle_session(&mut self, now: Instant, input: SessionInput) {
+        if self.c.finished {
+            return;
+        }
+        match &mut self.kind {
+            Kind::Outgoing(o) => o.handle_session(&mut self.c, now, input),
+            Kind::Incoming(i) => i.handle_session(&mut self.c, now, input),
+            Kind::Refused => {}
+        }
+        self.pump(now);
+    }
+
+    pub fn handle_sip(&mut self, now: Instant, msg: SipMessage) {
+        if self.c.finished {
+            return;
+        }
+        match &mut self.kind {
+            Kind::Outgoing(o) => o.uac.handle_message(msg, now),
+            Kind::Incoming(i) => i.uas.handle_message(msg, now),
+            Kind::Refused => {}
+        }
+        self.pump(now);
+    }
+
+    /// Sending toward the trunk failed on a connection-oriented transport
+    /// (RFC 3261 8.1.3.1: as a 503).
+    pub fn handle_transport_error(&mut self, now: Instant) {
+        if self.c.finished {
+            return;
+        }
+        let cause = Cause::TrunkUnreachable("the trunk cannot be reached".into());
+        match &mut self.kind {
+            Kind::Outgoing(_) | Kind::Refused => {
+                // The dialog cannot finish over a dead connection.
+                self.c.finish(cause, now);
+                self.c.finished = true;
+            }
+            Kind::Incoming(i) => i.end(&mut self.c, cause, now),
+        }
+        self.pump(now);
+    }
+
+    pub fn handle_media(&mut self, now: Instant, event: MediaEvent) {
+        if self.c.finished || self.c.ended.is_some() {
+            return;
+        }
+        match event {
+            MediaEvent::BrowserConnected { suite } => {
+                info!(suite = %suite, "browser DTLS-SRTP connected");
+                self.c.browser_suite = Some(suite);
+                self.c.dtls_deadline = None;
+                match &mut self.kind {
+                    Kind::Outgoing(o) => {
+                        let up = o.answered;
+                        self.c.maybe_connected(up);
+                    }
+                    Kind::Incoming(i) => i.browser_connected(&mut self.c, now),
+                    Kind::Refused => {}
+                }
+            }
+            MediaEvent::Failed { reason } => {
+                warn!(reason = %reason, "media failed");
+                self.end(Cause::MediaFailed(reason), now);
+            }
+            MediaEvent::BrowserClosed => {
+                info!("browser closed its peer connection");
+                self.end(Cause::BrowserClosedMedia, now);
+            }
+            MediaEvent::Timeout => {
+                warn!("media timeout");
+                self.end(Cause::MediaTimeout, now);
+            }
+        }
+        self.pump(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.c.finished {
+            return;
+        }
+        if self.c.teardown_deadline.is_some_and(|d| now >= d) {
+            warn!("the trunk did not confirm the end of the call; giving up");
+            self.c.finished = true;
+            return;
+        }
+        if self.c.dtls_deadline.is_some_and(|d| now >= d) {
+            self.c.dtls_deadline = None;
+            self.end(Cause::BrowserMediaTimeout, now);
+        }
+        if self.c.ring_deadline.is_some_and(|d| now >= d) {
+            self.c.ring_deadline = None;
+            self.end(Cause::NoAnswer, now);
+        }
+        match &mut self.kind {
+            Kind::Outgoing(o) => o.uac.handle_timeout(now),
+            Kind::Incoming(i) => i.uas.handle_timeout(now),
+            Kind::Refused => {}
+        }
+        self.pump(now);
+    }
+
+    fn end(&mut self, cause: Cause, now: Instant) {
+        match &mut self.kind {
+            Kind::Outgoing(o) => o.end(&mut self.c, cause, now),
+            Kind::Incoming(i) => i.end(&mut self.c, cause, now),
+            Kind::Refused => {}
+        }
+    }
+
+    /// Moves the SIP machine's output and events through the call.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let progressed = match &mut self.kind {
+                Kind::Outgoing(o) => o.pump(&mut self.c, now),
+                Kind::Incoming(i) => i.pump(&mut self.c, now),
+                Kind::Refused => false,
+            };
+            if !progressed {
+                break;
+            }
+        }
+    }
+}
+
+// ---- browser → trunk ------------------------------------------------------
+
+struct Outgoing {
+    uac: OutgoingCall,
+    destination: SocketAddr,
+    offer: Option<BrowserOffer>,
+    offer_params: Option<TrunkOfferParams>,
+    plan: TrunkLegPlan,
+    answered: bool,
+    /// The trunk SDP the media runs on, and the browser's PT of its codec.
+    trunk_sdp: Option<String>,
+    browser_codec: Option<PayloadType>,
+}
+
+impl Outgoing {
+    fn handle_session(&mut self, c: &mut Common, now: Instant, input: SessionInput) {
+        let cause = match input {
+            SessionInput::Hangup { session } if Some(session) == c.owner => Cause::BrowserHangup,
+            SessionInput::Gone { session } if Some(session) == c.owner => Cause::BrowserGone,
+            SessionInput::Shutdown => Cause::Shutdown,
+            SessionInput::Accept { session, .. } | SessionInput::Reject { session } => {
+                c.error(session, 409, "this call is not an incoming call");
+                return;
+            }
+            _ => return,
+        };
+        self.end(c, cause, now);
+    }
+
+    /// Ends the call from our side: CANCEL or BYE toward the trunk.
+    fn end(&mut self, c: &mut Common, cause: Cause, now: Instant) {
+        if c.ended.is_some() {
+            return;
+        }
+        self.uac.hangup(now);
+        c.finish(cause, now);
+    }
+
+    fn pump(&mut self, c: &mut Common, now: Instant) -> bool {
+        let mut progressed = false;
+        while let Some(bytes) = self.uac.poll_transmit() {
+            c.out.push_back(Output::Sip {
+                to: self.destination,
+                bytes,
+            });
+            progressed = true;
+        }
+        while let Some(event) = self.uac.poll_event() {
+            progressed = true;
+            self.on_uac_event(c, event, now);
+        }
+        progressed
+    }
+
+    fn on_uac_event(&mut self, c: &mut Common, event: UacEvent, now: Instant) {
+        match event {
+            UacEvent::Provisional { code, sdp } => {
+                if c.ended.is_some() {
+                    return;
+                }
+                let id = c.id.clone();
+                c.tell_owner(SessionEvent::Progress { id, code });
+                if let Some(sdp) = sdp {
+                    self.on_trunk_sdp(c, &sdp, now);
+                }
+            }
+            UacEvent::Answered { sdp } => {
+                if c.ended.is_some() {
+                    return;
+                }
+                self.answered = true;
+                c.ring_deadline = None;
+                if c.media_started {
+                    c.media(MediaCommand::SetTimeout(c.timers.answered_media));
+                }
+                match sdp {
+                    Some(sdp) => self.on_trunk_sdp(c, &sdp, now),
+                    None if !c.media_started => {
+                        let cause = Cause::TrunkSdp {
+                            code: 488,
+                            reason: "trunk answered without SDP".into(),
+                        };
+                        self.end(c, cause, now);
+                    }
+                    None => {}
+                }
+                c.maybe_connected(self.answered);
+            }
+            // The dialog keeps running until `Terminated` (Timer D/K absorb
+            // the trunk's retransmissions); the browser hears now.
+            UacEvent::Rejected { code, reason } => {
+                info!(code, reason = %reason, "trunk rejected the call");
+                c.finish(Cause::TrunkRejected { code, reason }, now);
+            }
+            UacEvent::RemoteHangup => {
+                info!("trunk hung up");
+                c.finish(Cause::RemoteHangup, now);
+            }
+            UacEvent::Terminated => c.finished = true,
+        }
+    }
+
+    /// The trunk's SDP (in a 183 or the 200): key the trunk leg, start the
+    /// relay and give the browser its answer. A later, different SDP of the
+    /// same dialog (the 200 after an announcement's 183, from another media
+    /// server with other keys) re-keys and re-addresses the trunk leg; the
+    /// browser's side and codec stay as answered.
+    fn on_trunk_sdp(&mut self, c: &mut Common, sdp: &str, now: Instant) {
+        if self.trunk_sdp.as_deref() == Some(sdp) {
+            return;
+        }
+        let (Some(offer), Some(offer_params)) = (&self.offer, &self.offer_params) else {
+            return;
+        };
+        let answer = match sdp::parse_trunk_answer(sdp, offer_params, offer) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "trunk SDP refused");
+                let cause = Cause::TrunkSdp {
+                    code: 488,
+                    reason: format!("trunk SDP refused: {e}"),
+                };
+                return self.end(c, cause, now);
+            }
+        };
+        let trunk_crypto = match &answer.crypto {
+            Some(a) => TrunkCrypto::Sdes {
+                inbound: a.remote_key.clone(),
+                outbound: a.local_key.clone(),
+            },
+            None if self.plan.accepts_plain_answer() => TrunkCrypto::Plain,
+            None => {
+                let cause =
+                    Cause::Policy("trunk answered plain RTP but secure media is mandatory".into());
+                return self.end(c, cause, now);
+            }
+        };
+        c.trunk_security = match &answer.crypto {
+            Some(a) => format!("sdes-srtp {}", a.remote_key.suite),
+            None => "rtp (unencrypted)".into(),
+        };
+        self.trunk_sdp = Some(sdp.to_string());
+        let params = outgoing_relay_params(offer, &answer, trunk_crypto);
+
+        if c.media_started {
+            // Media runs already: only the trunk leg changes, and only if the
+            // browser can keep its codec.
+            if self.browser_codec != Some(answer.codec.pt) {
+                let cause = Cause::TrunkSdp {
+                    code: 488,
+                    reason: "trunk changed the codec between 183 and 200".into(),
+                };
+                return self.end(c, cause, now);
+            }
+            info!("trunk SDP changed: re-keying the trunk leg");
+            c.media(MediaCommand::UpdateTrunk(
+                Box::new(params.trunk),
+                params.payload_map,
+            ));
+            return;
+        }
+        self.browser_codec = Some(answer.codec.pt);
+        let answer_params = BrowserAnswerParams {
+            local_ip: c.media.public_ip,
+            port: c.media.browser_port,
+            ice_ufrag: c.media.ice_ufrag.clone(),
+            ice_pwd: c.media.ice_pwd.expose().clone(),
+            fingerprint_sha256: c.media.fingerprint_sha256.clone(),
+            session_id: offer_params.session_id,
+            session_version: 1,
+            ssrc: Some(c.media.ssrc_to_browser),
+        };
+        let browser_answer = sdp::write_browser_answer(offer, &answer, &answer_params);
+        c.media(MediaCommand::Start(Box::new(params)));
+        c.media_started = true;
+        // Early media may be silent while the callee rings: only the ring
+        // timeout ends a call that has not been answered.
+        let timeout = if self.answered {
+            c.timers.answered_media
+        } else {
+            c.timers.ring + Duration::from_secs(10)
+        };
+        c.media(MediaCommand::SetTimeout(timeout));
+        c.dtls_deadline = Some(now + c.timers.dtls);
+        let id = c.id.clone();
+        c.tell_owner(SessionEvent::Answer {
+            id,
+            sdp: browser_answer,
+        });
+    }
+}
+
+/// What the relay needs, from the browser's offer and the trunk's answer.
+/// The local ICE credentials are filled in by `MediaAllocation::start`.
+fn outgoing_relay_params(
+    offer: &BrowserOffer,
+    answer: &TrunkAnswer,
+    crypto: TrunkCrypto,
+) -> RelayParams {
+    let mut payload_map = vec![(
+        answer.codec.pt,
+        answer.codec_trunk_pt,
+        answer.codec.clock_rate,
+    )];
+    if let Some((trunk_pt, browser_pt)) = answer.telephone_event {
+        // telephone-event was negotiated at the audio codec's clock.
+        payload_map.push((browser_pt, trunk_pt, answer.codec.clock_rate));
+    }
+    RelayParams {
+        browser: BrowserLegParams {
+            local_ufrag: String::new(),
+            local_pwd: Secret::new(String::new()),
+            remote_ufrag: offer.ice_ufrag.clone(),
+            remote_fingerprint: offer.fingerprint.clone(),
+            ssrcs: offer.ssrcs.clone(),
+        },
+        trunk: TrunkLegParams {
+            remote_rtp: answer.remote_rtp,
+            remote_rtcp: answer.remote_rtcp,
+            crypto,
+            ssrcs: answer.ssrcs.clone(),
+        },
+        payload_map,
+    }
+}
+
+// ---- trunk → browsers -----------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Sessions ring; nobody accepted yet.
+    Ringing,
+    /// One session accepted; ICE/DTLS with it runs, the trunk still waits.
+    Answering,
+    /// Our 200 OK is out; waiting for the trunk's ACK.
+    Answered,
+    /// ACK received: the dialog is up.
+    Confirmed,
+}
+
+struct Incoming {
+    uas: IncomingCall,
+    offer: SipOffer,
+    plan: IncomingLegPlan,
+    /// Our Contact for the 200 OK.
+    contact: String,
+    /// Sessions still ringing (the winner is not among them).
+    ringing: Vec<SessionKey>,
+    declined_any: bool,
+    reject_code: u16,
+    phase: Phase,
+    /// The winner's answer and the key we answer the trunk with.
+    answer: Option<(BrowserAnswer, Option<SrtpKeyMaterial>)>,
+}
+
+impl Incoming {
+    fn handle_session(&mut self, c: &mut Common, now: Instant, input: SessionInput) {
+        match input {
+            SessionInput::Accept { session, sdp } => self.accept(c, session, &sdp, now),
+            SessionInput::Reject { session } => {
+                if self.stop_ringing(session) {
+                    info!(session, "a session declined");
+                    self.declined_any = true;
+                    let event = c.hangup_event(&Cause::Declined);
+                    c.tell(session, event);
+                    self.check_all_gone(c, now);
+                } else if Some(session) == c.owner {
+                    self.end(c, Cause::BrowserHangup, now);
+                } else {
+                    c.error(session, 404, "no ringing call with this id");
+                }
+            }
+            SessionInput::Hangup { session } => {
+                if self.stop_ringing(session) {
+                    // Hanging up a ringing call is declining it.
+                    self.declined_any = true;
+                    let event = c.hangup_event(&Cause::Declined);
+                    c.tell(session, event);
+                    self.check_all_gone(c, now);
+                } else if Some(session) == c.owner {
+                    self.end(c, Cause::BrowserHangup, now);
+                }
+            }
+            SessionInput::Gone { session } => {
+                if self.stop_ringing(session) {
+                    self.check_all_gone(c, now);
+                } else if Some(session) == c.owner {
+                    self.end(c, Cause::BrowserGone, now);
+                }
+            }
+            SessionInput::Shutdown => self.end(c, Cause::Shutdown, now),
+        }
+    }
+
+    fn stop_ringing(&mut self, session: SessionKey) -> bool {
+        let before = self.ringing.len();
+        self.ringing.retain(|s| *s != session);
+        self.ringing.len() != before
+    }
+
+    /// No session is left ringing and none accepted: refuse the INVITE.
+    fn check_all_gone(&mut self, c: &mut Common, now: Instant) {
+        if self.phase != Phase::Ringing || !self.ringing.is_empty() || c.ended.is_some() {
+            return;
+        }
+        let cause = if self.declined_any {
+            Cause::AllDeclined {
+                code: self.reject_code,
+            }
+        } else {
+            Cause::NoSession
+        };
+        self.end(c, cause, now);
+    }
+
+    fn accept(&mut self, c: &mut Common, session: SessionKey, sdp: &str, now: Instant) {
+        if Some(session) == c.owner {
+            return c.error(session, 409, "this call is already accepted");
+        }
+        if self.phase != Phase::Ringing || c.ended.is_some() || !self.ringing.contains(&session) {
+            let message = if c.owner.is_some() {
+                "the call was answered elsewhere"
+            } else {
+                "no ringing call with this id"
+            };
+            return c.error(session, 409, message);
+        }
+        let answer = match sdp::parse_browser_answer(sdp, &self.offer) {
+            Ok(answer) => answer,
+            Err(e) => {
+                warn!(session, error = %e, "browser answer refused");
+                self.stop_ringing(session);
+                let event = c.hangup_event(&Cause::BrowserSdp(format!("unusable SDP answer: {e}")));
+                c.tell(session, event);
+                return self.check_all_gone(c, now);
+            }
+        };
+        info!(session, codec = answer.codec.name.as_str(), "accepted");
+        self.stop_ringing(session);
+        c.owner = Some(session);
+        for other in std::mem::take(&mut self.ringing) {
+            let event = c.hangup_event(&Cause::AnsweredElsewhere);
+            c.tell(other, event);
+        }
+        let our_key = match self.plan {
+            IncomingLegPlan::Sdes { suite, .. } => Some(SrtpKeyMaterial::generate(suite)),
+            IncomingLegPlan::Plain => None,
+        };
+        let crypto = match (&self.plan, &our_key) {
+            (IncomingLegPlan::Sdes { tag, .. }, Some(ours)) => {
+                let theirs = self
+                    .offer
+                    .cryptos
+                    .iter()
+                    .find(|a| a.tag == *tag)
+                    .and_then(|a| a.key())
+                    .map(|k| k.material.clone());
+                match theirs {
+                    Some(inbound) => TrunkCrypto::Sdes {
+                        inbound,
+                        outbound: ours.clone(),
+                    },
+                    None => {
+                        let cause = Cause::Policy("the trunk's a=crypto line vanished".into());
+                        return self.end(c, cause, now);
+                    }
+                }
+            }
+            _ => TrunkCrypto::Plain,
+        };
+        let mut payload_map = vec![(answer.codec.pt, answer.codec.pt, answer.codec.clock_rate)];
+        if let Some(te) = &answer.telephone_event {
+            payload_map.push((te.pt, te.pt, answer.codec.clock_rate));
+        }
+        let params = RelayParams {
+            browser: BrowserLegParams {
+                local_ufrag: String::new(),
+                local_pwd: Secret::new(String::new()),
+                remote_ufrag: answer.ice_ufrag.clone(),
+                remote_fingerprint: answer.fingerprint.clone(),
+                ssrcs: answer.ssrcs.clone(),
+            },
+            trunk: TrunkLegParams {
+                remote_rtp: SocketAddr::new(self.offer.address, self.offer.port),
+                remote_rtcp: self.offer.remote_rtcp,
+                crypto,
+                ssrcs: self.offer.ssrcs.clone(),
+            },
+            payload_map,
+        };
+        c.media(MediaCommand::Start(Box::new(params)));
+        c.media_started = true;
+        c.dtls_deadline = Some(now + c.timers.dtls);
+        self.answer = Some((answer, our_key));
+        self.phase = Phase::Answering;
+    }
+
+    /// The winner's DTLS is up: answer the trunk.
+    fn browser_connected(&mut self, c: &mut Common, now: Instant) {
+        if self.phase != Phase::Answering {
+            return;
+        }
+        let Some((answer, our_key)) = &self.answer else {
+            return;
+        };
+        let mut codecs = vec![answer.codec.clone()];
+        codecs.extend(answer.telephone_event.clone());
+        let crypto = match (&self.plan, our_key) {
+            (IncomingLegPlan::Sdes { tag, .. }, Some(key)) => Some((*tag, key)),
+            _ => None,
+        };
+        let sdp = sdp::write_sip_answer_with(
+            &self.offer,
+            &codecs,
+            c.media.public_ip,
+            c.media.trunk_rtp_port,
+            crypto,
+            rand::random::<u32>() as u64,
+        );
+        self.uas.answer(sdp, self.contact.clone(), now);
+        self.phase = Phase::Answered;
+        c.ring_deadline = None;
+        c.media(MediaCommand::SetTimeout(c.timers.answered_media));
+    }
+
+    /// Ends the call from our side: a final response before our 2xx, BYE
+    /// after it; every session still involved hears `cause`.
+    fn end(&mut self, c: &mut Common, cause: Cause, now: Instant) {
+        if c.ended.is_some() {
+            return;
+        }
+        match self.phase {
+            Phase::Ringing | Phase::Answering => self.uas.reject(cause.sip_status(), now),
+            Phase::Answered | Phase::Confirmed => self.uas.hangup(now),
+        }
+        for session in std::mem::take(&mut self.ringing) {
+            let event = c.hangup_event(&cause);
+            c.tell(session, event);
+        }
+        c.finish(cause, now);
+    }
+
+    fn pump(&mut self, c: &mut Common, now: Instant) -> bool {
+        let mut progressed = false;
+        while let Some((bytes, to)) = self.uas.poll_transmit() {
+            c.out.push_back(Output::Sip { to, bytes });
+            progressed = true;
+        }
+        while let Some(event) = self.uas.poll_event() {
+            progressed = true;
+            match event {
+                UasEvent::Acked => {
+                    self.phase = Phase::Confirmed;
+                    c.maybe_connected(true);
+                }
+                UasEvent::Cancelled => {
+                    info!("the trunk cancelled the call");
+                    for session in std::mem::take(&mut self.ringing) {
+                        let event = c.hangup_event(&Cause::CallerCancelled);
+                        c.tell(session, event);
+                    }
+                    c.finish(Cause::CallerCancelled, now);
+                }
+                UasEvent::RemoteHangup => {
+                    info!("trunk hung up");
+                    c.finish(Cause::RemoteHangup, now);
+                }
+                UasEvent::Terminated => c.finished = true,
+            }
+        }
+        progressed
+    }
+}
+
+/// A host as it goes into a SIP URI: IPv6 literals in brackets.
+pub fn uri_host(host: &str) -> String {
+    match host.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => format!("[{v6}]"),
+        Err(_) => host.to_string(),
+    }
+}

@@ -1,0 +1,182 @@
+//! The tokio driver of one [`Call`]: it owns the call's SIP channel, its
+//! media allocation and handle, and the event senders of the sessions the
+//! call talks to; it feeds their input to the sans-IO call with the current
+//! time and carries out what the call outputs. No call logic lives here.
+
+use super::api::SessionEvent;
+use super::call::{Call, MediaCommand, Output, SessionInput};
+use super::sessions::SessionKey;
+use crate::media::{MediaAllocation, MediaEvent, MediaHandle};
+use crate::sip::transport::SipEndpoint;
+use crate::sip::Transport;
+use crate::stats::CallStats;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rsip::SipMessage;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// What the driver needs besides the call.
+pub struct CallIo {
+    pub sip: SipEndpoint,
+    /// The transport of the call's SIP dialog.
+    pub transport: Transport,
+    pub sip_rx: mpsc::Receiver<SipMessage>,
+    pub allocation: MediaAllocation,
+    /// The sessions the call may address, with their event senders.
+    pub sessions: Vec<(SessionKey, mpsc::Sender<SessionEvent>)>,
+    /// Input from the sessions. When it closes, `closed_means` is the input
+    /// (an outgoing call's only session dropped its sender: its hangup).
+    pub commands: mpsc::UnboundedReceiver<SessionInput>,
+    pub closed_means: Option<SessionInput>,
+    pub stats: Arc<CallStats>,
+    /// Called once the browsers have been told the call ended (frees the
+    /// call's id for its sessions).
+    pub on_over: Box<dyn FnOnce() + Send>,
+}
+
+type Closed = Pin<Box<dyn Future<Output = SessionKey> + Send>>;
+
+/// Runs `call` until it is finished.
+pub async fn run(mut call: Call, io: CallIo) {
+    let CallIo {
+        sip,
+        transport,
+        mut sip_rx,
+        allocation,
+        sessions,
+        mut commands,
+        closed_means,
+        stats,
+        on_over,
+    } = io;
+    let sip_call_id = call.sip_call_id();
+    let mut allocation = Some(allocation);
+    let mut media: Option<MediaHandle> = None;
+    let (media_tx, mut media_rx) = mpsc::channel::<MediaEvent>(16);
+    // A session whose socket closes (its event receiver dropped) is gone.
+    let mut gone: FuturesUnordered<Closed> = sessions
+        .iter()
+        .map(|(key, tx)| {
+            let (key, tx) = (*key, tx.clone());
+            Box::pin(async move {
+                tx.closed().await;
+                key
+            }) as Closed
+        })
+        .collect();
+    let senders: HashMap<SessionKey, mpsc::Sender<SessionEvent>> = sessions.into_iter().collect();
+    let mut commands_open = true;
+    let mut closed_means = closed_means;
+    let mut on_over = Some(on_over);
+
+    loop {
+        let mut transport_failed = false;
+        while let Some(output) = call.poll_output() {
+            match output {
+                Output::Sip { to, bytes } => {
+                    if let Err(e) = sip.send(to, transport, bytes).await {
+                        warn!(error = %e, "sending to the trunk failed");
+                        // Over TCP a failed send is a transport error (RFC
+                        // 3261 8.1.3.1); over UDP the timers decide.
+                        transport_failed |= transport == Transport::Tcp;
+                    }
+                }
+                Output::Session { session, event } => {
+                    if let Some(tx) = senders.get(&session) {
+                        send(tx, event);
+                    }
+                }
+                Output::Media(cmd) => match cmd {
+                    MediaCommand::Start(params) => {
+                        if let Some(a) = allocation.take() {
+                            media = Some(a.start(*params, media_tx.clone()));
+                        }
+                    }
+                    MediaCommand::SetTimeout(t) => {
+                        if let Some(m) = &media {
+                            m.set_media_timeout(t);
+                        }
+                    }
+                    MediaCommand::UpdateTrunk(trunk, map) => {
+                        if let Some(m) = &media {
+                            m.update_trunk(*trunk, map);
+                        }
+                    }
+                    MediaCommand::Stop => {
+                        if let Some(m) = media.take() {
+                            info!(counters = ?m.counters(), "media stopped");
+                            m.stop();
+                        }
+                        allocation = None;
+                    }
+                },
+                Output::Connected => stats.calls_connected(),
+            }
+        }
+        if transport_failed {
+            call.handle_transport_error(Instant::now());
+            continue;
+        }
+        if call.is_over_for_browsers() {
+            if let Some(f) = on_over.take() {
+                f();
+            }
+            // Nothing a session says matters any more.
+            commands.close();
+        }
+        if call.is_finished() {
+            break;
+        }
+        let deadline = call.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = sip_rx.recv() => match msg {
+                Some(msg) => call.handle_sip(Instant::now(), msg),
+                // The endpoint is gone (shutdown): nothing more can happen.
+                None => break,
+            },
+            cmd = commands.recv(), if commands_open => match cmd {
+                Some(input) => call.handle_session(Instant::now(), input),
+                None => {
+                    commands_open = false;
+                    if let Some(input) = closed_means.take() {
+                        call.handle_session(Instant::now(), input);
+                    }
+                }
+            },
+            Some(key) = gone.next(), if !gone.is_empty() => {
+                call.handle_session(Instant::now(), SessionInput::Gone { session: key });
+            }
+            Some(event) = media_rx.recv() => call.handle_media(Instant::now(), event),
+            _ = sleep => call.handle_timeout(Instant::now()),
+        }
+    }
+    sip.unregister_call(&sip_call_id);
+    if let Some(m) = media.take() {
+        info!(counters = ?m.counters(), "media stopped");
+        m.stop();
+    }
+    if let Some(f) = on_over.take() {
+        f();
+    }
+}
+
+/// Never waits on the browser: a call task that blocked here could not ACK,
+/// answer a BYE or time out. A session that went away cannot receive (not an
+/// error for the call); one whose queue is full is not reading and is being
+/// closed by signaling's write timeout, which hangs the call up.
+fn send(events: &mpsc::Sender<SessionEvent>, event: SessionEvent) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(event) {
+        warn!("browser session is not reading; event dropped");
+    }
+}

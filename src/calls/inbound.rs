@@ -1,0 +1,346 @@
+//! Routing of new INVITEs from trunks: who may call in, which account is
+//! called, and whether it can ring. An INVITE that can ring becomes an
+//! incoming [`Call`]; every other one is answered here with its final status
+//! (404 unknown user, 480 no session, 488 unusable offer or policy, 503
+//! overloaded or shutting down) by a small server transaction that runs until
+//! its response is acknowledged.
+//!
+//! A source outside every trunk's `inbound_sources` gets nothing at all
+//! (DESIGN.md: answering spoofed sources would make the gateway a reflector).
+
+use super::call::{Call, CallTimers, IncomingSetup, MediaPlan, SessionInput};
+use super::cause::Cause;
+use super::driver::{self, CallIo};
+use super::sessions::SessionHandle;
+use super::Calls;
+use crate::policy::{self, IncomingOffer};
+use crate::sdp;
+use crate::sip::message::{self, ResponseParts};
+use crate::sip::transport::{IncomingRequest, SipEndpoint};
+use crate::sip::uas::{IncomingCall, USER_AGENT};
+use crate::types::{CallId, Personal};
+use rsip::SipMessage;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// The most INVITEs being refused at once (each a small task absorbing
+/// retransmissions until its ACK); past it a stateless 503 goes out.
+const MAX_REFUSALS: usize = 1024;
+/// The longest caller id shown to browsers.
+const MAX_FROM_LEN: usize = 128;
+
+/// Takes every new request the SIP endpoint hands over, until it closes.
+pub async fn route(calls: Calls, mut incoming: mpsc::Receiver<IncomingRequest>) {
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    while let Some(request) = incoming.recv().await {
+        route_one(&calls, &refusals, request).await;
+    }
+}
+
+async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRequest) {
+    let source = request.source;
+    let Some(trunk) = calls.ctx.directory.trunk_for_source(source.ip()) else {
+        debug!(%source, "request from a source outside every trunk's inbound_sources: ignored");
+        return;
+    };
+    let is_invite =
+        matches!(&request.msg, SipMessage::Request(r) if r.method == rsip::Method::Invite);
+    if !is_invite {
+        // In-dialog requests reach their call by Call-ID; anything else new
+        // (OPTIONS is answered by the endpoint) has no dialog to join.
+        debug!(%source, "non-INVITE request without a dialog: ignored");
+        return;
+    }
+    let now = Instant::now();
+    let transport = request.transport;
+    let uas = match IncomingCall::new(request.msg, source, now) {
+        Ok(uas) => uas,
+        Err(e) => {
+            debug!(%source, error = %e, "unusable inbound request");
+            return;
+        }
+    };
+    let refuse = |uas: IncomingCall, cause: Cause| {
+        spawn_refusal(calls.ctx.sip.clone(), refusals, uas, transport, cause);
+    };
+    if !calls.is_accepting() {
+        return refuse(uas, Cause::Shutdown);
+    }
+    let user = request_user(uas.invite());
+    let Some(account) = user.as_deref().and_then(|u| calls.ctx.directory.account(u)) else {
+        info!(%source, trunk = %trunk.name, "INVITE for no account: 404");
+        return refuse(uas, Cause::UnknownUser);
+    };
+    let sessions = calls.ctx.sessions.sessions_of(&account.name);
+    if sessions.is_empty() {
+        info!(%source, account = %account.name, "INVITE for an account with no session open: 480");
+        return refuse(uas, Cause::NoSession);
+    }
+    let offer = match uas.offer_sdp().map(sdp::parse_sip_offer) {
+        Some(Ok(offer)) => offer,
+        Some(Err(e)) => {
+            warn!(%source, error = %e, "inbound offer refused");
+            let code = e.sip_status();
+            return refuse(
+                uas,
+                Cause::TrunkSdp {
+                    code,
+                    reason: format!("unusable SDP offer: {e}"),
+                },
+            );
+        }
+        None => {
+            // RFC 3261 allows an INVITE without an offer (the offer then
+            // comes in our 200); the gateway needs the trunk's codecs to
+            // offer the browsers, so it asks for an offer.
+            warn!(%source, "inbound INVITE without an SDP offer refused");
+            return refuse(
+                uas,
+                Cause::TrunkSdp {
+                    code: 488,
+                    reason: "an INVITE without SDP offer is not supported".into(),
+                },
+            );
+        }
+    };
+    let cryptos: Vec<(u32, crate::types::SrtpSuite)> = offer
+        .cryptos
+        .iter()
+        // SRTP with MKI is not run by the relay: such lines cannot be chosen.
+        .filter(|c| c.key().is_some_and(|k| k.mki.is_none()))
+        .map(|c| (c.tag, c.suite))
+        .collect();
+    let plan = match policy::plan_incoming(
+        trunk.secure_media,
+        &trunk.srtp_suites,
+        IncomingOffer {
+            secure: offer.proto.is_secure(),
+            cryptos: &cryptos,
+        },
+    ) {
+        Ok(plan) => plan,
+        Err(e) => {
+            warn!(%source, trunk = %trunk.name, error = %e, "inbound offer refused by policy");
+            return refuse(uas, Cause::Policy(e.to_string()));
+        }
+    };
+    let allocation = match calls.ctx.media.allocate().await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "no media ports for an inbound call");
+            return refuse(uas, Cause::NoResources("no media ports available".into()));
+        }
+    };
+    let from = Personal::new(caller(uas.invite()), account.redact);
+    let id = CallId(format!("in-{:016x}", rand::random::<u64>()));
+    let span = info_span!("call", call_id = %id, account = %account.name, direction = "incoming");
+    let _enter = span.enter();
+    let media = MediaPlan {
+        public_ip: calls.ctx.media.public_ip(),
+        browser_port: allocation.browser_port,
+        trunk_rtp_port: allocation.trunk_rtp_port,
+        ice_ufrag: allocation.ice_ufrag.clone(),
+        ice_pwd: allocation.ice_pwd.clone(),
+        ssrc_to_browser: allocation.ssrc_to_browser,
+        fingerprint_sha256: calls.ctx.media.fingerprint_sha256().to_string(),
+    };
+    let sip_call_id = uas.call_id();
+    let sip_rx = calls.ctx.sip.register_call(&sip_call_id);
+    let local = calls.sip_local(transport);
+    // 100 Trying is queued in `uas`; the call sends it with its 180.
+    let call = Call::incoming(
+        IncomingSetup {
+            id: id.clone(),
+            uas,
+            offer,
+            plan,
+            sessions: sessions.iter().map(|s| s.key).collect(),
+            from,
+            account: account.clone(),
+            media,
+            local,
+            reject_code: trunk.reject_code,
+            timers: CallTimers {
+                ring: calls.ctx.ring_timeout,
+                ..CallTimers::default()
+            },
+        },
+        now,
+    );
+    drop(_enter);
+    spawn_incoming(calls, call, sessions, allocation, sip_rx, transport, span);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_incoming(
+    calls: &Calls,
+    call: Call,
+    sessions: Vec<SessionHandle>,
+    allocation: crate::media::MediaAllocation,
+    sip_rx: mpsc::Receiver<SipMessage>,
+    transport: crate::sip::Transport,
+    span: tracing::Span,
+) {
+    let id = call.id().clone();
+    let (tx, commands) = mpsc::unbounded_channel::<SessionInput>();
+    calls.register_incoming(id.clone(), tx.clone());
+    let forget = {
+        let calls = calls.clone();
+        let id = id.clone();
+        Box::new(move || calls.forget_incoming(&id)) as Box<dyn FnOnce() + Send>
+    };
+    let io = CallIo {
+        sip: calls.ctx.sip.clone(),
+        transport,
+        sip_rx,
+        allocation,
+        sessions: sessions.into_iter().map(|s| (s.key, s.events)).collect(),
+        commands,
+        closed_means: None,
+        stats: calls.ctx.stats.clone(),
+        on_over: forget,
+    };
+    calls.spawn_task(tx, driver::run(call, io).instrument(span));
+}
+
+/// Answers an INVITE with `cause`'s final status and keeps its server
+/// transaction until the ACK (or Timer H), bounded by `MAX_REFUSALS`.
+fn spawn_refusal(
+    sip: SipEndpoint,
+    permits: &Arc<Semaphore>,
+    mut uas: IncomingCall,
+    transport: crate::sip::Transport,
+    cause: Cause,
+) {
+    let code = cause.sip_status();
+    let source = uas.source();
+    let Ok(permit) = permits.clone().try_acquire_owned() else {
+        // Over the limit: one stateless 503 with Retry-After, no
+        // retransmissions; a trunk can act on it.
+        let retry_after = rsip::Header::Other("Retry-After".into(), "5".into());
+        let resp = message::build_response(
+            uas.invite(),
+            503,
+            ResponseParts {
+                user_agent: USER_AGENT,
+                extra: vec![retry_after],
+                ..Default::default()
+            },
+        );
+        let bytes = message::to_bytes(resp);
+        tokio::spawn(async move {
+            let _ = sip.send(source, transport, bytes).await;
+        });
+        debug!(%source, "too many refusals in progress: INVITE answered 503");
+        return;
+    };
+    let call_id = uas.call_id();
+    let mut messages = sip.register_call(&call_id);
+    uas.reject(code, Instant::now());
+    tokio::spawn(async move {
+        let mut permit = Some(permit);
+        while !uas.is_finished() {
+            while let Some((bytes, dest)) = uas.poll_transmit() {
+                if let Err(e) = sip.send(dest, transport, bytes).await {
+                    warn!(error = %e, "could not answer an inbound INVITE");
+                }
+            }
+            while uas.poll_event().is_some() {}
+            if permit.is_none() {
+                break;
+            }
+            let Some(deadline) = uas.poll_timeout() else {
+                break;
+            };
+            tokio::select! {
+                msg = messages.recv() => match msg {
+                    Some(msg) => {
+                        // Once the final response is ACKed only Timer I's
+                        // absorbing of ACK copies is left (the transport
+                        // drops stray ACKs anyway): free the slot now.
+                        if matches!(&msg, SipMessage::Request(r) if r.method == rsip::Method::Ack) {
+                            permit = None;
+                        }
+                        uas.handle_message(msg, Instant::now());
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => uas.handle_timeout(Instant::now()),
+            }
+        }
+        drop(permit);
+        sip.unregister_call(&call_id);
+    });
+}
+
+/// The Request-URI's user part: the account called.
+fn request_user(invite: &rsip::Request) -> Option<String> {
+    invite
+        .uri
+        .auth
+        .as_ref()
+        .map(|a| a.user.clone())
+        .filter(|u| !u.is_empty())
+}
+
+/// The caller as browsers are shown it: the From URI's user part (a number,
+/// usually), else the whole URI; printable ASCII, bounded.
+fn caller(invite: &rsip::Request) -> String {
+    let from = message::header_values(invite, "From")
+        .into_iter()
+        .next()
+        .and_then(|v| message::addr_uri(&v))
+        .unwrap_or_default();
+    let without_scheme = from
+        .strip_prefix("sip:")
+        .or_else(|| from.strip_prefix("sips:"))
+        .or_else(|| from.strip_prefix("tel:"))
+        .unwrap_or(&from);
+    let shown = match without_scheme.split_once('@') {
+        Some((user, _)) if !user.is_empty() => user.split(';').next().unwrap_or(user),
+        _ => from.as_str(),
+    };
+    let clean: String = shown
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(MAX_FROM_LEN)
+        .collect();
+    if clean.is_empty() {
+        "unknown".into()
+    } else {
+        clean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invite(uri: &str, from: &str) -> rsip::Request {
+        let text = format!(
+            "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+From: {from};tag=1\r\nTo: <{uri}>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        );
+        match message::parse(text.as_bytes()).unwrap() {
+            SipMessage::Request(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn account_and_caller_come_from_the_request() {
+        let r = invite(
+            "sip:alice@10.0.0.1:5060",
+            "\"Bob\" <sip:+4930123@carrier.example>",
+        );
+        assert_eq!(request_user(&r).as_deref(), Some("alice"));
+        assert_eq!(caller(&r), "+4930123");
+        let r = invite("sip:10.0.0.1:5060", "<sip:carrier.example>");
+        assert_eq!(request_user(&r), None);
+        assert_eq!(caller(&r), "sip:carrier.example");
+        let r = invite("sip:bob@h", "<tel:+1555;phone-context=x>");
+        assert_eq!(caller(&r), "tel:+1555;phone-context=x");
+    }
+}

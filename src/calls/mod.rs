@@ -11,6 +11,8 @@
 
 pub mod api;
 pub mod call;
+#[cfg(test)]
+mod call_tests;
 pub mod cause;
 pub mod directory;
 pub mod driver;

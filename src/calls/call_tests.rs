@@ -1,0 +1,612 @@
+//! The B2BUA core driven with an explicit clock and no sockets: SIP goes in
+//! as parsed messages and comes out as bytes, sessions and media are plain
+//! inputs and outputs.
+
+use super::api::SessionEvent;
+use super::call::{
+    Call, CallTimers, IncomingSetup, MediaCommand, MediaPlan, OutgoingSetup, Output, SessionInput,
+    SipLocal,
+};
+use super::directory::{Account, Trunk};
+use super::sessions::SessionKey;
+use crate::config::{TrunkTransport, TrunkUri};
+use crate::media::MediaEvent;
+use crate::policy::{CalleeStream, IncomingLegPlan, SecureMedia};
+use crate::sdp::parse_sip_offer;
+use crate::sip::message;
+use crate::sip::uas::IncomingCall;
+use crate::sip::Transport;
+use crate::types::{CallId, Personal, Secret, SrtpSuite, Ssrc};
+use rsip::SipMessage;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TRUNK: &str = "127.0.0.1:5070";
+const CHROME: &str = include_str!("../../tests/fixtures/chrome-offer.sdp");
+
+const TRUNK_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+m=audio 30000 RTP/SAVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n\
+a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYXkK\r\n\
+a=sendrecv\r\n";
+
+fn trunk_addr() -> SocketAddr {
+    TRUNK.parse().unwrap()
+}
+
+fn account() -> Arc<Account> {
+    Arc::new(Account {
+        name: "alice".into(),
+        trunk: Arc::new(Trunk {
+            name: "carrier".into(),
+            uri: TrunkUri {
+                host: "127.0.0.1".into(),
+                port: 5070,
+                transport: TrunkTransport::Udp,
+            },
+            username: None,
+            password: None,
+            callee_stream: CalleeStream::Sdes,
+            secure_media: SecureMedia::Mandatory,
+            srtp_suites: vec![
+                SrtpSuite::AesCm128HmacSha1_80,
+                SrtpSuite::AesCm128HmacSha1_32,
+            ],
+            inbound_sources: vec![("127.0.0.1".parse().unwrap(), 32)],
+            reject_code: 486,
+        }),
+        callee_stream: None,
+        redact: false,
+    })
+}
+
+fn media_plan() -> MediaPlan {
+    MediaPlan {
+        public_ip: "10.0.0.1".parse().unwrap(),
+        browser_port: 20000,
+        trunk_rtp_port: 20002,
+        ice_ufrag: "gwUf".into(),
+        ice_pwd: Secret::new("gatewayicepassword0123".into()),
+        ssrc_to_browser: Ssrc(42),
+        fingerprint_sha256: ["AB"; 32].join(":"),
+    }
+}
+
+fn local() -> SipLocal {
+    SipLocal {
+        host: "10.0.0.1".into(),
+        port: 5060,
+        transport: Transport::Udp,
+    }
+}
+
+fn parse(text: &str) -> SipMessage {
+    message::parse(text.as_bytes()).unwrap()
+}
+
+fn invite() -> SipMessage {
+    parse(&format!(
+        "INVITE sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKinv1\r\n\
+From: <sip:+4930123@carrier.example>;tag=ftag\r\nTo: <sip:alice@10.0.0.1>\r\nCall-ID: in-c1\r\n\
+CSeq: 1 INVITE\r\nContact: <sip:carrier@{TRUNK}>\r\nContent-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{TRUNK_OFFER}",
+        TRUNK_OFFER.len()
+    ))
+}
+
+/// An in-dialog request from the trunk (ACK, BYE) or the CANCEL.
+fn from_trunk(method: &str, cseq: u32, to_tag: Option<&str>, branch: &str) -> SipMessage {
+    let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+    let cseq_method = if method == "ACK" && branch == "z9hG4bKinv1" {
+        "ACK"
+    } else {
+        method
+    };
+    parse(&format!(
+        "{method} sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch={branch}\r\n\
+From: <sip:+4930123@carrier.example>;tag=ftag\r\nTo: <sip:alice@10.0.0.1>{to_tag}\r\n\
+Call-ID: in-c1\r\nCSeq: {cseq} {cseq_method}\r\nContent-Length: 0\r\n\r\n"
+    ))
+}
+
+fn browser_answer() -> String {
+    let fp = ["CD"; 32].join(":");
+    format!(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 8 101\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
+a=ice-ufrag:brUf\r\na=ice-pwd:browsericepassword0123456\r\na=fingerprint:sha-256 {fp}\r\n\
+a=setup:active\r\na=sendrecv\r\na=rtcp-mux\r\na=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\na=ssrc:777 cname:x\r\n"
+    )
+}
+
+fn incoming(sessions: &[SessionKey], reject_code: u16, now: Instant) -> Call {
+    let uas = IncomingCall::new(invite(), trunk_addr(), now).unwrap();
+    let offer = parse_sip_offer(TRUNK_OFFER).unwrap();
+    Call::incoming(
+        IncomingSetup {
+            id: CallId("in-1".into()),
+            uas,
+            offer,
+            plan: IncomingLegPlan::Sdes {
+                tag: 2,
+                suite: SrtpSuite::AesCm128HmacSha1_80,
+            },
+            sessions: sessions.to_vec(),
+            from: Personal::new("+4930123", false),
+            account: account(),
+            media: media_plan(),
+            local: local(),
+            reject_code,
+            timers: CallTimers {
+                ring: Duration::from_secs(30),
+                ..CallTimers::default()
+            },
+        },
+        now,
+    )
+}
+
+/// Everything the call output since the last drain.
+#[derive(Default, Debug)]
+struct Drained {
+    sip: Vec<SipMessage>,
+    events: Vec<(SessionKey, SessionEvent)>,
+    media: Vec<MediaCommand>,
+    connected: usize,
+}
+
+impl Drained {
+    fn statuses(&self) -> Vec<u16> {
+        self.sip
+            .iter()
+            .filter_map(|m| match m {
+                SipMessage::Response(r) => Some(message::status_code(r)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.sip
+            .iter()
+            .filter_map(|m| match m {
+                SipMessage::Request(r) => Some(r.method.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn to(&self, session: SessionKey) -> Vec<&SessionEvent> {
+        self.events
+            .iter()
+            .filter(|(s, _)| *s == session)
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    fn hangup_of(&self, session: SessionKey) -> Option<(u16, String)> {
+        self.to(session).into_iter().find_map(|e| match e {
+            SessionEvent::Hangup { code, reason, .. } => Some((*code, reason.clone())),
+            _ => None,
+        })
+    }
+
+    fn started_media(&self) -> bool {
+        self.media
+            .iter()
+            .any(|m| matches!(m, MediaCommand::Start(_)))
+    }
+
+    fn stopped_media(&self) -> bool {
+        self.media.iter().any(|m| matches!(m, MediaCommand::Stop))
+    }
+
+    /// The 200 OK to the INVITE, if sent.
+    fn ok_to_invite(&self) -> Option<&rsip::Response> {
+        self.sip.iter().find_map(|m| match m {
+            SipMessage::Response(r)
+                if message::status_code(r) == 200
+                    && message::cseq(r).is_ok_and(|(_, m)| m == rsip::Method::Invite) =>
+            {
+                Some(r)
+            }
+            _ => None,
+        })
+    }
+}
+
+fn drain(call: &mut Call) -> Drained {
+    let mut d = Drained::default();
+    while let Some(out) = call.poll_output() {
+        match out {
+            Output::Sip { to, bytes } => {
+                assert_eq!(to, trunk_addr(), "SIP goes back to the trunk");
+                d.sip.push(message::parse(&bytes).unwrap());
+            }
+            Output::Session { session, event } => d.events.push((session, event)),
+            Output::Media(m) => d.media.push(m),
+            Output::Connected => d.connected += 1,
+        }
+    }
+    d
+}
+
+fn to_tag_of(resp: &rsip::Response) -> String {
+    message::to_tag(resp).expect("our response has a To tag")
+}
+
+/// Rings sessions 1..=n, session 1 accepts, its DTLS comes up, the trunk
+/// ACKs the 200: the call is connected. Returns the call, the clock and our
+/// To tag.
+fn connected_call(n: u64) -> (Call, Instant, String) {
+    let now = Instant::now();
+    let sessions: Vec<_> = (1..=n).collect();
+    let mut call = incoming(&sessions, 486, now);
+    drain(&mut call);
+    call.handle_session(
+        now,
+        SessionInput::Accept {
+            session: 1,
+            sdp: browser_answer(),
+        },
+    );
+    drain(&mut call);
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    let d = drain(&mut call);
+    let tag = to_tag_of(d.ok_to_invite().expect("200 OK"));
+    call.handle_sip(now, from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"));
+    let d = drain(&mut call);
+    assert_eq!(d.connected, 1);
+    (call, now, tag)
+}
+
+#[test]
+fn an_incoming_call_rings_every_session_with_one_offer() {
+    let now = Instant::now();
+    let mut call = incoming(&[1, 2, 3], 486, now);
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [100, 180], "100 at once, then 180");
+    let mut sdps = Vec::new();
+    for session in [1, 2, 3] {
+        match d.to(session).as_slice() {
+            [SessionEvent::Incoming {
+                id,
+                from,
+                sdp,
+                verstat,
+            }] => {
+                assert_eq!(id.0, "in-1");
+                assert_eq!(from, "+4930123");
+                assert_eq!(verstat, "");
+                sdps.push(sdp.clone());
+            }
+            other => panic!("session {session}: {other:?}"),
+        }
+    }
+    assert!(sdps.windows(2).all(|w| w[0] == w[1]));
+    assert!(sdps[0].contains("a=setup:actpass") && sdps[0].contains("a=ice-lite"));
+    assert!(!sdps[0].contains("crypto"), "the trunk's keys stay with us");
+    assert!(!call.is_over_for_browsers());
+    assert_eq!(call.poll_timeout(), Some(now + Duration::from_secs(30)));
+}
+
+#[test]
+fn the_first_accept_wins_and_the_others_stop_ringing() {
+    let now = Instant::now();
+    let mut call = incoming(&[1, 2, 3], 486, now);
+    drain(&mut call);
+    call.handle_session(
+        now,
+        SessionInput::Accept {
+            session: 2,
+            sdp: browser_answer(),
+        },
+    );
+    let d = drain(&mut call);
+    assert!(d.started_media(), "the relay starts for the winner");
+    assert!(d.sip.is_empty(), "no 200 before the browser's DTLS is up");
+    for loser in [1, 3] {
+        assert_eq!(d.hangup_of(loser), Some((200, "answered elsewhere".into())));
+    }
+    assert_eq!(d.hangup_of(2), None);
+
+    // A second accept racing the first one is refused; nothing changes.
+    call.handle_session(
+        now,
+        SessionInput::Accept {
+            session: 3,
+            sdp: browser_answer(),
+        },
+    );
+    let d = drain(&mut call);
+    assert!(matches!(
+        d.to(3).as_slice(),
+        [SessionEvent::Error { code: 409, message, .. }] if message.contains("answered elsewhere")
+    ));
+    assert!(!d.started_media());
+
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    let d = drain(&mut call);
+    let ok = d.ok_to_invite().expect("200 OK once DTLS is up");
+    let body = String::from_utf8_lossy(&ok.body).to_string();
+    assert!(body.contains("m=audio 20002 RTP/SAVP 8 101"), "{body}");
+    assert!(
+        body.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:"),
+        "our srtp_suites order picks tag 2: {body}"
+    );
+    assert!(
+        !body.contains("d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYXkK"),
+        "a fresh key"
+    );
+    assert_eq!(d.connected, 0, "connected waits for the ACK");
+
+    let tag = to_tag_of(ok);
+    call.handle_sip(now, from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"));
+    let d = drain(&mut call);
+    assert_eq!(d.connected, 1);
+    match d.to(2).as_slice() {
+        [SessionEvent::Connected { security, .. }] => {
+            assert_eq!(security.browser, "dtls-srtp AEAD_AES_128_GCM");
+            assert_eq!(security.trunk, "sdes-srtp AES_CM_128_HMAC_SHA1_80");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(call.poll_timeout(), None, "no ring timer once answered");
+}
+
+#[test]
+fn an_accept_after_cancel_is_refused() {
+    let now = Instant::now();
+    let mut call = incoming(&[1, 2], 486, now);
+    drain(&mut call);
+    call.handle_sip(now, from_trunk("CANCEL", 1, None, "z9hG4bKinv1"));
+    let d = drain(&mut call);
+    assert_eq!(
+        d.statuses(),
+        [200, 487],
+        "200 for the CANCEL, 487 for the INVITE"
+    );
+    for s in [1, 2] {
+        assert_eq!(
+            d.hangup_of(s),
+            Some((487, "cancelled by the caller".into()))
+        );
+    }
+    assert!(call.is_over_for_browsers());
+    call.handle_session(
+        now,
+        SessionInput::Accept {
+            session: 1,
+            sdp: browser_answer(),
+        },
+    );
+    let d = drain(&mut call);
+    assert!(!d.started_media());
+    assert!(d.sip.is_empty());
+}
+
+#[test]
+fn every_session_declining_gives_the_trunks_reject_code() {
+    for code in [486, 603] {
+        let now = Instant::now();
+        let mut call = incoming(&[1, 2], code, now);
+        drain(&mut call);
+        call.handle_session(now, SessionInput::Reject { session: 1 });
+        let d = drain(&mut call);
+        assert_eq!(d.hangup_of(1), Some((486, "declined".into())));
+        assert!(d.sip.is_empty(), "session 2 still rings");
+        call.handle_session(now, SessionInput::Reject { session: 2 });
+        let d = drain(&mut call);
+        assert_eq!(d.statuses(), [code]);
+        assert_eq!(d.hangup_of(2), Some((486, "declined".into())));
+        // The final response is retransmitted until the ACK (Timer G).
+        call.handle_timeout(now + Duration::from_millis(500));
+        assert_eq!(drain(&mut call).statuses(), [code]);
+        call.handle_sip(now, from_trunk("ACK", 1, None, "z9hG4bKinv1"));
+        call.handle_timeout(now + Duration::from_secs(6));
+        assert!(call.is_finished());
+    }
+}
+
+#[test]
+fn sessions_closing_while_ringing_give_480() {
+    let now = Instant::now();
+    let mut call = incoming(&[1, 2], 486, now);
+    drain(&mut call);
+    call.handle_session(now, SessionInput::Gone { session: 1 });
+    assert!(drain(&mut call).sip.is_empty());
+    call.handle_session(now, SessionInput::Gone { session: 2 });
+    assert_eq!(drain(&mut call).statuses(), [480]);
+}
+
+#[test]
+fn nobody_answering_within_the_ring_timeout_gives_408() {
+    let now = Instant::now();
+    let mut call = incoming(&[1, 2], 486, now);
+    drain(&mut call);
+    let at = call.poll_timeout().unwrap();
+    call.handle_timeout(at - Duration::from_millis(1));
+    assert!(drain(&mut call).sip.is_empty());
+    call.handle_timeout(at);
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [408]);
+    for s in [1, 2] {
+        assert_eq!(d.hangup_of(s), Some((408, "no answer".into())));
+    }
+}
+
+#[test]
+fn a_browser_that_does_not_connect_is_given_up_and_the_trunk_hears_480() {
+    let now = Instant::now();
+    let mut call = incoming(&[1], 486, now);
+    drain(&mut call);
+    call.handle_session(
+        now,
+        SessionInput::Accept {
+            session: 1,
+            sdp: browser_answer(),
+        },
+    );
+    drain(&mut call);
+    call.handle_timeout(now + Duration::from_secs(15));
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [480]);
+    assert_eq!(d.hangup_of(1).map(|h| h.0), Some(408));
+    assert!(d.stopped_media());
+}
+
+#[test]
+fn an_unusable_answer_ends_only_that_sessions_part() {
+    let now = Instant::now();
+    let mut call = incoming(&[1, 2], 486, now);
+    drain(&mut call);
+    call.handle_session(
+        now,
+        SessionInput::Accept {
+            session: 1,
+            sdp: browser_answer().replace("a=setup:active", "a=setup:passive"),
+        },
+    );
+    let d = drain(&mut call);
+    let (code, reason) = d.hangup_of(1).unwrap();
+    assert_eq!(code, 488);
+    assert!(reason.contains("setup"), "{reason}");
+    assert!(!d.started_media() && d.sip.is_empty());
+    assert_eq!(d.hangup_of(2), None, "session 2 still rings");
+}
+
+#[test]
+fn a_bye_from_the_trunk_ends_the_call_for_the_browser() {
+    let (mut call, now, tag) = connected_call(2);
+    call.handle_sip(now, from_trunk("BYE", 2, Some(&tag), "z9hG4bKbye1"));
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [200]);
+    assert_eq!(
+        d.hangup_of(1),
+        Some((200, "the other party hung up".into()))
+    );
+    assert!(d.stopped_media());
+    assert!(call.is_finished());
+}
+
+#[test]
+fn a_hangup_from_the_browser_sends_bye() {
+    let (mut call, now, _) = connected_call(1);
+    call.handle_session(now, SessionInput::Hangup { session: 1 });
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["BYE"]);
+    assert_eq!(d.hangup_of(1), Some((200, "hung up by the browser".into())));
+    assert!(d.stopped_media());
+    // The same for the winner's socket closing.
+    let (mut call, now, _) = connected_call(1);
+    call.handle_session(now, SessionInput::Gone { session: 1 });
+    assert_eq!(drain(&mut call).requests(), ["BYE"]);
+}
+
+#[test]
+fn an_outgoing_call_runs_on_the_same_core() {
+    let now = Instant::now();
+    let mut call = Call::outgoing(
+        OutgoingSetup {
+            id: CallId("c1".into()),
+            session: 7,
+            to: "15551234".into(),
+            browser_sdp: CHROME.into(),
+            account: account(),
+            media: media_plan(),
+            local: local(),
+            destination: trunk_addr(),
+            sip_call_id: "out-c1".into(),
+            timers: CallTimers::default(),
+        },
+        now,
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["INVITE"]);
+    let SipMessage::Request(invite) = &d.sip[0] else {
+        unreachable!()
+    };
+    assert_eq!(invite.uri.to_string(), "sip:15551234@127.0.0.1:5070");
+    let offer = parse_sip_offer(std::str::from_utf8(&invite.body).unwrap()).unwrap();
+    let key = offer.cryptos[0].key().unwrap().material.clone();
+
+    let answer = format!(
+        "v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+m=audio 30000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:{} {} inline:d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYXkK\r\n",
+        offer.cryptos[0].tag, key.suite
+    );
+    let ok = message::build_response(
+        invite,
+        200,
+        message::ResponseParts {
+            to_tag: Some("t1"),
+            contact: Some("<sip:x@127.0.0.1:5070>"),
+            body: Some(("application/sdp", &answer)),
+            ..Default::default()
+        },
+    );
+    call.handle_sip(now, SipMessage::Response(ok));
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK"]);
+    assert!(d.started_media());
+    assert!(matches!(d.to(7).as_slice(), [SessionEvent::Answer { .. }]));
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.connected, 1);
+    assert!(matches!(
+        d.to(7).as_slice(),
+        [SessionEvent::Connected { .. }]
+    ));
+    // Accept/reject make no sense for an outgoing call.
+    call.handle_session(now, SessionInput::Reject { session: 7 });
+    assert!(matches!(
+        drain(&mut call).to(7).as_slice(),
+        [SessionEvent::Error { code: 409, .. }]
+    ));
+    call.handle_session(now, SessionInput::Hangup { session: 7 });
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["BYE"]);
+    assert_eq!(d.hangup_of(7), Some((200, "hung up by the browser".into())));
+}
+
+#[test]
+fn an_unusable_browser_offer_ends_an_outgoing_call_before_any_sip() {
+    let now = Instant::now();
+    let mut call = Call::outgoing(
+        OutgoingSetup {
+            id: CallId("c1".into()),
+            session: 7,
+            to: "1".into(),
+            browser_sdp: "v=0\r\n".into(),
+            account: account(),
+            media: media_plan(),
+            local: local(),
+            destination: trunk_addr(),
+            sip_call_id: "out-c2".into(),
+            timers: CallTimers::default(),
+        },
+        now,
+    );
+    let d = drain(&mut call);
+    assert!(d.sip.is_empty());
+    assert_eq!(d.hangup_of(7).map(|h| h.0), Some(488));
+    assert!(call.is_finished());
+}

@@ -7,7 +7,12 @@
 // Test hooks: `window.gatewayClient.pc` is the current RTCPeerConnection
 // (or null), `window.gatewayClient.state` the call state, also shown as
 // `data-state` on #call-status: idle | dialing | ringing | incoming |
-// connected | ended.
+// connected | ended. While an incoming call is offered the page rings:
+// `data-ringing="true"` on <body> (else "false"), `data-ring-audio` on <body>
+// says what the WebAudio ringer is doing (off | running | suspended, i.e.
+// waiting for a click or key press | unavailable), and
+// `window.gatewayClient.ringLevel()` is the ringer's current output level
+// (RMS, 0 when silent), so tests need no audio hardware.
 
 const TOKEN_KEY = 'gateway.token';
 const ACCOUNT_KEY = 'gateway.account';
@@ -17,6 +22,9 @@ const ICE_GATHER_MAX_MS = 1000;
 const RECONNECT_MIN_MS = 1000;
 const RECONNECT_MAX_MS = 30000;
 const NUMBER_RE = /^\+?[0-9A-Za-z*#._-]{1,64}$/;
+const NORMAL_TITLE = document.title;
+const RING_TITLE = 'Incoming call…';
+const TITLE_FLASH_MS = 1000;
 const DTMF_RE = /^[0-9*#A-D]$/;
 
 const $ = (id) => document.getElementById(id);
@@ -43,6 +51,8 @@ const ui = {
   message: $('call-message'),
   incomingPanel: $('incoming-panel'),
   incomingText: $('incoming-text'),
+  incomingFrom: $('incoming-from'),
+  incomingVerstat: $('incoming-verstat'),
   acceptButton: $('accept-button'),
   rejectButton: $('reject-button'),
   dialForm: $('dial-form'),
@@ -73,12 +83,16 @@ let call = null;
 let idleState = 'idle';
 /** Id of the call that last ended locally, so a late `hangup` can fill in its code. */
 let lastEndedId = null;
+/** Status text to keep when the gateway confirms that call (e.g. "Declined"), or null. */
+let lastEndedText = null;
 
 window.gatewayClient = {
   get pc() { return call ? call.pc : null; },
   get state() { return ui.callStatus.dataset.state; },
   get callId() { return call ? call.id : null; },
   get connection() { return ui.connStatus.dataset.state; },
+  get ringing() { return ringer.active; },
+  ringLevel() { return ringer.level(); },
 };
 
 // ---------------------------------------------------------------------------
@@ -117,6 +131,239 @@ function showMessage(text, kind = 'error') {
 }
 
 function log(...args) { console.info('[gateway]', ...args); }
+
+// ---------------------------------------------------------------------------
+// Ringing: a WebAudio ring tone, the flashing title, vibration, a system
+// notification when one is already allowed. No audio file: two oscillators
+// (400 + 450 Hz, the UK/Commonwealth ring) through a gain envelope with the
+// double-ring cadence 0.4 s on, 0.2 s off, 0.4 s on, 2 s off.
+
+const RING_FREQS = [400, 450];
+const RING_CADENCE = [[0, 0.4], [0.6, 1.0]]; // bursts within one cycle, seconds
+const RING_CYCLE_S = 3.0;
+const RING_VOLUME = 0.18;
+const RING_RAMP_S = 0.015; // soft edges: no clicks
+const VIBRATE_PATTERN = [400, 200, 400];
+
+const ringer = {
+  active: false,
+  ctx: null,
+  unavailable: false,
+  nodes: null, // { oscillators, envelope, analyser }
+  nextCycle: 0,
+  scheduler: null,
+  titleTimer: null,
+  vibrateTimer: null,
+  notification: null,
+
+  audioContext(create) {
+    if (this.ctx || this.unavailable || !create) return this.ctx;
+    const Ctor = window.AudioContext || window.webkitAudioContext;
+    if (typeof Ctor !== 'function') {
+      this.unavailable = true;
+      return null;
+    }
+    try {
+      this.ctx = new Ctor();
+      this.ctx.addEventListener('statechange', () => this.report());
+    } catch (err) {
+      log('AudioContext unavailable', err && err.name);
+      this.unavailable = true;
+      this.ctx = null;
+    }
+    return this.ctx;
+  },
+
+  // Browsers keep an AudioContext suspended until the person interacts with
+  // the page; every click or key press tries again. resume() may reject or
+  // never settle: neither may break the page.
+  resume() {
+    const ctx = this.ctx;
+    if (!ctx || ctx.state !== 'suspended') return;
+    try {
+      const p = ctx.resume();
+      if (p && typeof p.then === 'function') p.then(() => this.report(), () => this.report());
+    } catch { /* not allowed yet */ }
+  },
+
+  onGesture() {
+    // Create the context inside the gesture, so that a later ring may start.
+    const ctx = this.audioContext(true);
+    if (!ctx) return;
+    if (this.active) this.resume();
+    else if (ctx.state === 'suspended') {
+      // Unlock it now, then let it sleep again until needed.
+      try {
+        const p = ctx.resume();
+        if (p && typeof p.then === 'function') {
+          p.then(() => { if (!this.active && ctx.state === 'running') ctx.suspend().catch(() => {}); }, () => {});
+        }
+      } catch { /* ignore */ }
+    }
+  },
+
+  start(from) {
+    if (this.active) return;
+    this.active = true;
+    document.body.dataset.ringing = 'true';
+    this.startTitle();
+    this.startAudio();
+    this.vibrate(true);
+    this.notify(from);
+    this.report();
+  },
+
+  stop() {
+    if (!this.active) return;
+    this.active = false;
+    document.body.dataset.ringing = 'false';
+    this.stopTitle();
+    this.stopAudio();
+    this.vibrate(false);
+    if (this.notification) {
+      try { this.notification.close(); } catch { /* gone */ }
+      this.notification = null;
+    }
+    this.report();
+  },
+
+  report() {
+    let s = 'off';
+    if (this.active) {
+      if (!this.ctx) s = 'unavailable';
+      else s = this.ctx.state === 'running' ? 'running' : 'suspended';
+    }
+    document.body.dataset.ringAudio = s;
+  },
+
+  startAudio() {
+    const ctx = this.audioContext(true);
+    if (!ctx) return;
+    try {
+      const envelope = ctx.createGain();
+      envelope.gain.value = 0;
+      const analyser = ctx.createAnalyser();
+      analyser.fftSize = 1024;
+      const oscillators = RING_FREQS.map((f) => {
+        const o = ctx.createOscillator();
+        o.type = 'sine';
+        o.frequency.value = f;
+        o.connect(envelope);
+        o.start();
+        return o;
+      });
+      envelope.connect(ctx.destination);
+      envelope.connect(analyser);
+      this.nodes = { oscillators, envelope, analyser };
+      this.nextCycle = 0;
+      this.schedule();
+      this.scheduler = setInterval(() => this.schedule(), 250);
+    } catch (err) {
+      log('ring tone failed', err && err.name);
+      this.stopAudio();
+      return;
+    }
+    this.resume();
+  },
+
+  // Schedules the envelope about a second ahead. While the context is
+  // suspended its clock stands still, so the ring starts where it left off.
+  schedule() {
+    const ctx = this.ctx;
+    const n = this.nodes;
+    if (!ctx || !n) return;
+    const now = ctx.currentTime;
+    if (this.nextCycle < now) this.nextCycle = now + 0.05;
+    const gain = n.envelope.gain;
+    const peak = RING_VOLUME / RING_FREQS.length;
+    while (this.nextCycle < now + 1.0) {
+      const t0 = this.nextCycle;
+      for (const [on, off] of RING_CADENCE) {
+        gain.setValueAtTime(0, t0 + on);
+        gain.linearRampToValueAtTime(peak, t0 + on + RING_RAMP_S);
+        gain.setValueAtTime(peak, t0 + off - RING_RAMP_S);
+        gain.linearRampToValueAtTime(0, t0 + off);
+      }
+      this.nextCycle = t0 + RING_CYCLE_S;
+    }
+  },
+
+  stopAudio() {
+    clearInterval(this.scheduler);
+    this.scheduler = null;
+    const n = this.nodes;
+    this.nodes = null;
+    if (!n) return;
+    const ctx = this.ctx;
+    try {
+      const now = ctx.currentTime;
+      n.envelope.gain.cancelScheduledValues(now);
+      n.envelope.gain.setValueAtTime(n.envelope.gain.value, now);
+      n.envelope.gain.linearRampToValueAtTime(0, now + 0.03);
+      for (const o of n.oscillators) o.stop(now + 0.05);
+    } catch { /* context closed */ }
+    setTimeout(() => {
+      try {
+        n.envelope.disconnect();
+        n.analyser.disconnect();
+        for (const o of n.oscillators) o.disconnect();
+      } catch { /* already disconnected */ }
+      // Nothing else plays through this context: let it sleep.
+      if (!this.active && ctx && ctx.state === 'running') ctx.suspend().catch(() => {});
+    }, 100);
+  },
+
+  level() {
+    const n = this.nodes;
+    if (!n) return 0;
+    const buf = new Float32Array(n.analyser.fftSize);
+    n.analyser.getFloatTimeDomainData(buf);
+    let sum = 0;
+    for (const v of buf) sum += v * v;
+    return Math.sqrt(sum / buf.length);
+  },
+
+  startTitle() {
+    let flash = true;
+    document.title = RING_TITLE;
+    this.titleTimer = setInterval(() => {
+      flash = !flash;
+      document.title = flash ? RING_TITLE : NORMAL_TITLE;
+    }, TITLE_FLASH_MS);
+  },
+
+  stopTitle() {
+    clearInterval(this.titleTimer);
+    this.titleTimer = null;
+    document.title = NORMAL_TITLE;
+  },
+
+  vibrate(on) {
+    if (typeof navigator.vibrate !== 'function') return;
+    try {
+      // Once per ring cycle, in step with the tone.
+      clearInterval(this.vibrateTimer);
+      this.vibrateTimer = null;
+      if (!on) { navigator.vibrate(0); return; }
+      navigator.vibrate(VIBRATE_PATTERN);
+      this.vibrateTimer = setInterval(() => navigator.vibrate(VIBRATE_PATTERN), RING_CYCLE_S * 1000);
+    } catch { /* not allowed */ }
+  },
+
+  // Only when the person has already allowed notifications for this site and
+  // the page is in the background: the phone never asks for the permission.
+  notify(from) {
+    if (typeof Notification !== 'function' || Notification.permission !== 'granted') return;
+    if (document.visibilityState === 'visible') return;
+    try {
+      const n = new Notification('Incoming call', {
+        body: from, tag: 'gateway-incoming', requireInteraction: true, icon: 'favicon.svg',
+      });
+      n.addEventListener('click', () => { window.focus(); n.close(); });
+      this.notification = n;
+    } catch { /* e.g. Android Chrome needs a service worker */ }
+  },
+};
 
 // ---------------------------------------------------------------------------
 // Sign in / sign out
@@ -354,7 +601,11 @@ function onSignal(data) {
 
   if (msg.type === 'error') {
     const text = `Gateway error${msg.code !== undefined ? ` ${msg.code}` : ''}: ${msg.message || 'request refused'}`;
-    if (call && msg.id === call.id && (call.state === 'dialing' || call.state === 'ringing')) {
+    if (call && msg.id === call.id && call.direction === 'in' && call.state === 'dialing'
+        && /elsewhere/i.test(msg.message || '')) {
+      // Answer lost the race against another session.
+      endCall(msg.message, msg.code ?? null, true, 'Answered on another device');
+    } else if (call && msg.id === call.id && (call.state === 'dialing' || call.state === 'ringing')) {
       endCall(msg.message || 'Call refused', msg.code ?? null);
       showMessage(text);
     } else {
@@ -364,9 +615,11 @@ function onSignal(data) {
   }
 
   if (msg.type === 'hangup' && !call && msg.id && msg.id === lastEndedId) {
-    // The gateway confirms a call we already ended: show its code and reason.
-    setCallState('ended', endedText(msg.reason, msg.code));
+    // The gateway confirms a call we already ended: show its code and reason
+    // (unless what we showed says it better, e.g. "Declined").
+    if (!lastEndedText) setCallState('ended', endedText(msg.reason, msg.code));
     lastEndedId = null;
+    lastEndedText = null;
     return;
   }
 
@@ -379,7 +632,7 @@ function onSignal(data) {
     case 'progress': onProgress(msg); break;
     case 'answer': onAnswer(msg); break;
     case 'connected': onConnected(msg); break;
-    case 'hangup': endCall(msg.reason || 'Call ended', msg.code ?? null, true); break;
+    case 'hangup': onHangup(msg); break;
     default: log('unknown message type', msg.type);
   }
 }
@@ -406,6 +659,7 @@ function setCallState(state, text) {
   ui.hangupButton.disabled = !active;
   ui.number.readOnly = active;
   show(ui.incomingPanel, state === 'incoming');
+  if (state !== 'incoming') ringer.stop();
   show(ui.callTimer, state === 'connected');
   if (state !== 'connected') stopTimer();
   if (state === 'idle' || state === 'dialing' || state === 'incoming') show(ui.security, false);
@@ -652,6 +906,22 @@ function onConnected(msg) {
 // ---------------------------------------------------------------------------
 // Incoming calls
 
+/** What to show for the caller: the number or user part, or words when withheld. */
+function callerLabel(from) {
+  if (typeof from !== 'string' || !from.trim()) return 'an unknown caller';
+  let f = from.trim();
+  if (/^\*+$/.test(f)) return 'a withheld number';
+  const uri = /^(?:"?([^"<]*)"?\s*)?<?\s*(?:sips?|tel):([^@;>]+)/i.exec(f);
+  if (uri) f = (uri[1] && uri[1].trim()) || uri[2];
+  return f.length > 64 ? `${f.slice(0, 63)}…` : f;
+}
+
+const VERSTAT_TEXT = {
+  'tn-validation-passed': ['Caller ID verified', 'passed'],
+  'tn-validation-failed': ['Caller ID failed verification', 'failed'],
+  'no-tn-validation': ['Caller ID not verified', 'none'],
+};
+
 function onIncoming(msg) {
   if (!msg.id || typeof msg.sdp !== 'string') return;
   if (call && call.state !== 'ended') {
@@ -660,13 +930,24 @@ function onIncoming(msg) {
     return;
   }
   showMessage('');
-  call = { id: msg.id, direction: 'in', pc: null, stream: null, state: 'incoming', offerSdp: msg.sdp };
+  const from = callerLabel(msg.from);
+  call = { id: msg.id, direction: 'in', pc: null, stream: null, state: 'incoming', offerSdp: msg.sdp, from };
   lastEndedId = null;
-  const from = typeof msg.from === 'string' && msg.from ? msg.from : 'unknown caller';
-  let text = `Incoming call from ${from}`;
-  if (msg.verstat) text += ` (${msg.verstat})`;
-  setText(ui.incomingText, text);
-  setCallState('incoming', text);
+  lastEndedText = null;
+  setText(ui.incomingFrom, from);
+  ui.incomingFrom.title = typeof msg.from === 'string' ? msg.from : '';
+  const verstat = typeof msg.verstat === 'string' ? msg.verstat.trim() : '';
+  if (verstat) {
+    const [words, level] = VERSTAT_TEXT[verstat.toLowerCase()] || [`Caller ID: ${verstat}`, 'none'];
+    setText(ui.incomingVerstat, words);
+    ui.incomingVerstat.dataset.level = level;
+  } else {
+    setText(ui.incomingVerstat, '');
+  }
+  show(ui.incomingVerstat, Boolean(verstat));
+  setCallState('incoming', `Incoming call from ${from}`);
+  ringer.start(from);
+  try { ui.incomingPanel.scrollIntoView({ block: 'nearest' }); } catch { /* old browser */ }
   ui.acceptButton.focus();
 }
 
@@ -677,9 +958,10 @@ async function acceptCall() {
   try {
     c.stream = await getMicrophone();
   } catch (err) {
+    log('getUserMedia failed', err);
     if (call === c) {
       send({ type: 'reject', id: c.id });
-      endCall('Microphone unavailable', null);
+      endCall('Microphone unavailable', null, false, 'Could not answer: the microphone is unavailable');
       showMessage(micErrorText(err));
     }
     return;
@@ -693,35 +975,71 @@ async function acceptCall() {
     await c.pc.setLocalDescription(answer);
     await waitIceGathering(c.pc);
   } catch (err) {
+    log('answer failed', err);
     if (call === c) {
       send({ type: 'reject', id: c.id });
-      endCall('Could not answer the call', null);
+      endCall('Could not answer the call', null, false, 'Could not answer the call');
       showMessage(`Could not answer the call: ${err && err.message ? err.message : err}`);
     }
     return;
   }
   if (call !== c) { releaseMedia(c); return; }
-  send({ type: 'accept', id: c.id, sdp: c.pc.localDescription.sdp });
+  if (!send({ type: 'accept', id: c.id, sdp: c.pc.localDescription.sdp })) {
+    endCall('Not connected to the gateway', null);
+    showMessage('Not connected to the gateway: the call could not be answered.');
+    return;
+  }
+  setCallState('dialing', 'Connecting…');
   // The gateway follows with `connected` (and `security`).
 }
 
 function rejectCall() {
   if (!call || call.state !== 'incoming') return;
   send({ type: 'reject', id: call.id });
-  endCall('Declined', null);
+  endCall('Declined', null, false, 'Declined');
+}
+
+/** Words for a `hangup` of an incoming call that was never connected. */
+function unansweredText(c, msg) {
+  const code = Number(msg.code);
+  const reason = typeof msg.reason === 'string' ? msg.reason.toLowerCase() : '';
+  if (/elsewhere|another device|other device/.test(reason) || (code === 200 && !reason)) {
+    return 'Answered on another device';
+  }
+  if (code === 487 || /cancel/.test(reason) || /hung up|hangup|bye/.test(reason)) return 'The caller hung up';
+  if (code === 408 || code === 480 || /no answer|timeout|timed out/.test(reason)) return `Missed call from ${c.from}`;
+  if (code === 486 || code === 603 || /declin|busy/.test(reason)) return 'Declined';
+  return null;
+}
+
+function onHangup(msg) {
+  const c = call;
+  if (c.direction === 'in' && c.state !== 'connected') {
+    const words = unansweredText(c, msg);
+    if (words) {
+      endCall(msg.reason || 'Call ended', msg.code ?? null, true, words);
+      return;
+    }
+  }
+  endCall(msg.reason || 'Call ended', msg.code ?? null, true);
 }
 
 // ---------------------------------------------------------------------------
 // Ending calls
 
-/** Ends the current call locally: releases microphone and peer connection. */
-function endCall(reason, code, fromGateway = false) {
+/**
+ * Ends the current call locally: releases microphone and peer connection,
+ * stops the ring. `text` replaces the usual "Call ended: reason (code)".
+ */
+function endCall(reason, code, fromGateway = false, text = null) {
   const c = call;
   if (!c) return;
   stopTimer();
+  ringer.stop();
   releaseMedia(c);
   lastEndedId = fromGateway ? null : c.id;
-  setCallState('ended', endedText(reason, code));
+  lastEndedText = fromGateway ? null : text;
+  setCallState('ended', text || endedText(reason, code));
   call = null;
   ui.callButton.disabled = false;
   ui.hangupButton.disabled = true;
@@ -779,8 +1097,15 @@ document.addEventListener('keydown', (event) => {
   if (event.key === 'Escape' && call && call.state !== 'ended') hangup();
 });
 window.addEventListener('pagehide', () => {
-  if (call) send({ type: 'hangup', id: call.id });
+  ringer.stop();
+  if (call) send({ type: call.state === 'incoming' ? 'reject' : 'hangup', id: call.id });
 });
+// The ringer's AudioContext may only start after a click or key press.
+for (const type of ['pointerdown', 'keydown', 'touchend']) {
+  window.addEventListener(type, () => ringer.onGesture(), { capture: true, passive: true });
+}
+document.body.dataset.ringing = 'false';
+document.body.dataset.ringAudio = 'off';
 
 session = loadSession();
 if (session) {

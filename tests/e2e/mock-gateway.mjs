@@ -9,6 +9,10 @@
 // microphone, so real DTLS-SRTP media flows: run it inside a network
 // namespace (see selftest.sh), never on the host's interfaces.
 //
+// Test hooks: POST /mock/incoming?from=&verstat= rings every signed-in
+// session ({id} back), POST /mock/incoming-end?id=&code=&reason= ends it from
+// the caller's side, POST /mock/drop-sockets closes every signaling socket.
+//
 // Env: MOCK_PORT (default 8088), MOCK_TRUNK_SECURITY (default
 // "sdes-srtp AES_CM_128_HMAC_SHA1_80"), MOCK_RING_MS (default 300),
 // MOCK_TLS=1 to serve HTTPS/WSS with a fresh self-signed certificate
@@ -145,15 +149,38 @@ function wsAccept(req, socket) {
 }
 
 const sessions = new Set();
-/** Incoming calls: id -> { ringing: Set<peer>, owner: peer|null }. */
+/** Incoming calls still ringing: id -> { ringing: Set<peer>, owner: peer|null }. */
 const incoming = new Map();
+/** Answered incoming calls: id -> the peer that took it. */
+const answered = new Map();
 
-async function ringIncoming(from) {
+async function ringIncoming(from, verstat) {
   const id = randomBytes(8).toString('hex');
   const sdp = await farOffer(id);
   incoming.set(id, { ringing: new Set(sessions), owner: null });
-  for (const p of sessions) p.send({ type: 'incoming', id, from, sdp, verstat: 'TN-Validation-Passed' });
+  for (const p of sessions) p.send({ type: 'incoming', id, from, sdp, verstat });
   return id;
+}
+
+// The trunk's side of a ringing call ends it (CANCEL: 487, ring timeout:
+// 408): every session still ringing gets `hangup`, as PROTOCOL.md says.
+async function endIncoming(id, code, reason) {
+  const inc = incoming.get(id);
+  if (inc) {
+    incoming.delete(id);
+    for (const p of inc.ringing) p.send({ type: 'hangup', id, code, reason });
+    await farHangup(id);
+    return true;
+  }
+  const owner = answered.get(id);
+  if (owner) {
+    // BYE from the trunk during the call.
+    answered.delete(id);
+    owner.send({ type: 'hangup', id, code, reason });
+    await farHangup(id);
+    return true;
+  }
+  return false;
 }
 
 function session(peer) {
@@ -188,18 +215,25 @@ function session(peer) {
       const inc = incoming.get(msg.id);
       if (!inc || inc.owner || !inc.ringing.has(peer)) { peer.send({ type: 'error', id: msg.id, code: 404, message: 'no such call' }); return; }
       if (msg.type === 'reject') {
-        incoming.delete(msg.id);
-        await farHangup(msg.id);
-        for (const p of inc.ringing) if (p !== peer) p.send({ type: 'hangup', id: msg.id, code: 486, reason: 'Busy Here' });
+        // This session declines; the others ring on. When none is left the
+        // trunk gets 486.
+        inc.ringing.delete(peer);
+        peer.send({ type: 'hangup', id: msg.id, code: 486, reason: 'declined' });
+        if (inc.ringing.size === 0) {
+          incoming.delete(msg.id);
+          await farHangup(msg.id);
+        }
         return;
       }
       inc.owner = peer;
-      for (const p of inc.ringing) if (p !== peer) p.send({ type: 'hangup', id: msg.id, code: 200, reason: 'Answered elsewhere' });
+      for (const p of inc.ringing) if (p !== peer) p.send({ type: 'hangup', id: msg.id, code: 200, reason: 'answered elsewhere' });
       await farAccept(msg.id, msg.sdp);
       calls.set(msg.id, true);
       incoming.delete(msg.id);
+      answered.set(msg.id, peer);
       peer.send({ type: 'connected', id: msg.id, security: { browser: 'dtls-srtp AEAD_AES_128_GCM', trunk: TRUNK_SECURITY } });
     } else if (msg.type === 'hangup') {
+      answered.delete(msg.id);
       if (calls.delete(msg.id)) {
         await farHangup(msg.id);
         peer.send({ type: 'hangup', id: msg.id, code: 200, reason: 'Normal call clearing' });
@@ -212,7 +246,15 @@ function session(peer) {
       peer.send({ type: 'error', id: msg.id, code: 400, message: `unsupported message type ${msg.type}` });
     }
   };
-  peer.onclose = () => { sessions.delete(peer); for (const id of calls.keys()) farHangup(id); calls.clear(); };
+  peer.onclose = () => {
+    sessions.delete(peer);
+    for (const id of calls.keys()) { farHangup(id); answered.delete(id); }
+    calls.clear();
+    for (const [id, inc] of incoming) {
+      inc.ringing.delete(peer);
+      if (inc.ringing.size === 0 && !inc.owner) { incoming.delete(id); farHangup(id); }
+    }
+  };
 }
 
 // --- HTTP --------------------------------------------------------------------
@@ -246,9 +288,20 @@ const handler = async (req, res) => {
   }
   if (req.method === 'POST' && url.pathname === '/mock/incoming') {
     // Test hook: ring every signed-in browser with a call from the far end.
-    const id = await ringIncoming(url.searchParams.get('from') || '+15550100');
+    const verstat = url.searchParams.has('verstat') ? url.searchParams.get('verstat') : 'TN-Validation-Passed';
+    const id = await ringIncoming(url.searchParams.get('from') || '+15550100', verstat);
     res.writeHead(200, { 'Content-Type': 'application/json' });
-    res.end(JSON.stringify({ id }));
+    res.end(JSON.stringify({ id, sessions: sessions.size }));
+    return;
+  }
+  if (req.method === 'POST' && url.pathname === '/mock/incoming-end') {
+    // Test hook: the caller's side ends an incoming call: CANCEL (487
+    // "cancelled by the caller"), ring timeout (408 "no answer"), or BYE
+    // after the answer (200 "the other party hung up").
+    const ok = await endIncoming(url.searchParams.get('id') || '', Number(url.searchParams.get('code') || 487),
+      url.searchParams.get('reason') || 'cancelled by the caller');
+    res.writeHead(ok ? 200 : 404);
+    res.end(ok ? 'ok' : 'no such call');
     return;
   }
   if (req.method === 'POST' && url.pathname === '/mock/drop-sockets') {

@@ -1,8 +1,11 @@
 #!/usr/bin/env node
 // Behaviour checks of the web client against mock-gateway.mjs (run by
 // selftest.sh inside a network namespace): sign-in errors, session kept in
-// sessionStorage, refused calls, incoming calls, reconnects, microphone
-// denied, sign-out, CSP. Prints "N passed, N failed"; exit 0 when none failed.
+// sessionStorage, refused calls, incoming calls (ring tone, flashing title,
+// accept/decline, ended by the caller, ring timeout, answered on another
+// device, an AudioContext that is refused or waits for a gesture),
+// reconnects, microphone denied, sign-out, CSP. Prints "N passed, N failed";
+// exit 0 when none failed.
 //
 // Env: GATEWAY_URL (the mock, e.g. http://127.0.0.1:8088), ARTIFACT_DIR.
 
@@ -49,6 +52,81 @@ async function signIn(page, account = 'alice', password = 'secret') {
   await page.fill('#login-account', account);
   await page.fill('#login-password', password);
   await page.click('#login-button');
+}
+
+const NORMAL_TITLE = 'Gateway phone';
+const RING_TITLE = 'Incoming call…';
+
+/** Rings every signed-in session through the mock; returns the call id. */
+async function ringAll(page, query = '') {
+  const res = await page.request.post(`${BASE}/mock/incoming${query}`);
+  expect(res.ok(), `mock incoming ${res.status()}`);
+  return (await res.json()).id;
+}
+
+async function endIncoming(page, id, code, reason) {
+  const q = new URLSearchParams({ id, code: String(code), reason });
+  const res = await page.request.post(`${BASE}/mock/incoming-end?${q}`);
+  expect(res.ok(), `mock incoming-end ${res.status()}`);
+}
+
+const ringing = (page) => page.evaluate(() => document.body.dataset.ringing);
+const ringAudio = (page) => page.evaluate(() => document.body.dataset.ringAudio);
+
+/** The distinct document titles seen over `ms`, sampled every 100 ms. */
+async function titlesDuring(page, ms) {
+  return page.evaluate(async (ms) => {
+    const seen = [];
+    const end = performance.now() + ms;
+    while (performance.now() < end) {
+      if (seen[seen.length - 1] !== document.title) seen.push(document.title);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return seen;
+  }, ms);
+}
+
+/** The highest ringer output level (RMS) seen over `ms`. */
+async function peakRingLevel(page, ms) {
+  return page.evaluate(async (ms) => {
+    let peak = 0;
+    const end = performance.now() + ms;
+    while (performance.now() < end) {
+      peak = Math.max(peak, window.gatewayClient.ringLevel());
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return peak;
+  }, ms);
+}
+
+/** Asserts the page rings: data attribute, audible tone, flashing title. */
+async function expectRinging(page, { audio = 'running' } = {}) {
+  await page.waitForSelector('#call-status[data-state="incoming"]');
+  expect(await page.isVisible('#incoming-panel'), 'incoming panel hidden');
+  expect((await ringing(page)) === 'true', `body data-ringing="${await ringing(page)}"`);
+  if (audio) {
+    const a = await ringAudio(page);
+    expect(a === audio, `data-ring-audio="${a}", expected "${audio}"`);
+  }
+  const titles = await titlesDuring(page, 2300);
+  expect(titles.includes(RING_TITLE) && titles.includes(NORMAL_TITLE), `title did not flash: ${JSON.stringify(titles)}`);
+  if (audio === 'running') {
+    // 3 s cycle: the first double ring starts at once; 1.2 s covers a burst.
+    const peak = await peakRingLevel(page, 1200);
+    expect(peak > 0.01, `ring tone level ${peak} (silent)`);
+  }
+}
+
+/** Asserts the ring has stopped and everything it changed is restored. */
+async function expectQuiet(page) {
+  await page.waitForFunction(() => document.body.dataset.ringing === 'false', null, { timeout: 3000 })
+    .catch(() => { throw new Error('still ringing'); });
+  expect((await ringAudio(page)) === 'off', `data-ring-audio="${await ringAudio(page)}"`);
+  expect(!(await page.isVisible('#incoming-panel')), 'incoming panel still shown');
+  const titles = await titlesDuring(page, 1300);
+  expect(titles.length === 1 && titles[0] === NORMAL_TITLE, `title not restored: ${JSON.stringify(titles)}`);
+  const level = await page.evaluate(() => window.gatewayClient.ringLevel());
+  expect(level === 0, `ring tone still sounding (level ${level})`);
 }
 
 // The browsers answer microphone prompts differently: one grants (fake UI), one denies.
@@ -118,12 +196,22 @@ try {
     expect(await page.evaluate(() => window.gatewayClient.pc === null), 'pc kept after the call ended');
   });
 
-  await check('incoming call rings, is answered, carries media, hangs up', async () => {
-    const res = await page.request.post(`${BASE}/mock/incoming?from=%2B15550123`);
-    expect(res.ok(), `mock incoming ${res.status()}`);
-    await page.waitForSelector('#call-status[data-state="incoming"]');
+  await check('quiet before any call: data-ringing="false", normal title', async () => {
+    expect((await ringing(page)) === 'false', 'data-ringing not "false"');
+    expect((await ringAudio(page)) === 'off', 'data-ring-audio not "off"');
+    expect((await page.title()) === NORMAL_TITLE, `title "${await page.title()}"`);
+  });
+
+  await check('incoming call rings (tone, flashing title), is answered, carries media, hangs up', async () => {
+    await ringAll(page, '?from=sip%3A%2B15550123%40trunk.example');
+    await expectRinging(page);
     expect((await text(page, '#incoming-text')).includes('+15550123'), 'caller not shown');
+    expect((await text(page, '#incoming-from')) === '+15550123', `caller "${await text(page, '#incoming-from')}"`);
+    expect((await text(page, '#incoming-verstat')).includes('verified'), 'verstat not shown in words');
+    expect(await page.evaluate(() => document.activeElement && document.activeElement.id === 'accept-button'), 'Answer not focused');
+    await page.screenshot({ path: path.join(ARTIFACT_DIR, 'web-client-incoming.png') });
     await page.click('#accept-button');
+    await expectQuiet(page);
     await page.waitForSelector('#call-status[data-state="connected"]', { timeout: 10000 });
     await page.waitForTimeout(2500);
     const got = await page.evaluate(async () => {
@@ -138,12 +226,81 @@ try {
     await page.waitForSelector('#call-status[data-state="ended"]');
   });
 
-  await check('incoming call can be declined', async () => {
-    await page.request.post(`${BASE}/mock/incoming`);
-    await page.waitForSelector('#call-status[data-state="incoming"]');
+  await check('incoming call can be declined; the ring stops', async () => {
+    await ringAll(page);
+    await expectRinging(page);
     await page.click('#reject-button');
     await page.waitForSelector('#call-status[data-state="ended"]');
-    expect((await text(page, '#call-status-text')).includes('Declined'), 'no Declined text');
+    await expectQuiet(page);
+    await page.waitForTimeout(300); // the gateway's hangup 486 confirms it
+    expect((await text(page, '#call-status-text')) === 'Declined', `status "${await text(page, '#call-status-text')}"`);
+  });
+
+  await check('the caller hangs up while ringing: panel closes, ring stops, said in words', async () => {
+    const id = await ringAll(page, '?from=%2B15550124');
+    await expectRinging(page);
+    await endIncoming(page, id, 487, 'cancelled by the caller');
+    await page.waitForSelector('#call-status[data-state="ended"]');
+    await expectQuiet(page);
+    const t = await text(page, '#call-status-text');
+    expect(t.includes('The caller hung up'), `status "${t}"`);
+    expect(await page.evaluate(() => window.gatewayClient.pc === null), 'pc kept');
+  });
+
+  await check('ring timeout: "Missed call" with the caller', async () => {
+    const id = await ringAll(page, '?from=%2B15550125');
+    await page.waitForSelector('#call-status[data-state="incoming"]');
+    await endIncoming(page, id, 408, 'no answer');
+    await page.waitForSelector('#call-status[data-state="ended"]');
+    await expectQuiet(page);
+    const t = await text(page, '#call-status-text');
+    expect(t.includes('Missed call') && t.includes('+15550125'), `status "${t}"`);
+  });
+
+  await check('answered on another device: the other session stops ringing and says so', async () => {
+    const ctx2 = await browser.newContext({ permissions: ['microphone'], ignoreHTTPSErrors: true });
+    try {
+      const other = await ctx2.newPage();
+      await other.goto(BASE);
+      await signIn(other);
+      await other.waitForSelector('#conn-status[data-state="open"]');
+      await ringAll(page);
+      await page.waitForSelector('#call-status[data-state="incoming"]');
+      await expectRinging(other);
+      await other.click('#accept-button');
+      await other.waitForSelector('#call-status[data-state="connected"]', { timeout: 10000 });
+      await page.waitForSelector('#call-status[data-state="ended"]');
+      await expectQuiet(page);
+      const t = await text(page, '#call-status-text');
+      expect(t === 'Answered on another device', `status "${t}"`);
+      await other.click('#hangup-button');
+      await other.waitForSelector('#call-status[data-state="ended"]');
+    } finally {
+      await ctx2.close();
+    }
+  });
+
+  await check('the caller hangs up an answered incoming call', async () => {
+    const id = await ringAll(page);
+    await page.waitForSelector('#call-status[data-state="incoming"]');
+    await page.click('#accept-button');
+    await page.waitForSelector('#call-status[data-state="connected"]', { timeout: 10000 });
+    await endIncoming(page, id, 200, 'the other party hung up');
+    await page.waitForSelector('#call-status[data-state="ended"]');
+    const t = await text(page, '#call-status-text');
+    expect(t.includes('the other party hung up') && t.includes('200'), `status "${t}"`);
+    expect(await page.evaluate(() => window.gatewayClient.pc === null), 'pc kept');
+  });
+
+  await check('a withheld number is said in words; Escape declines', async () => {
+    await ringAll(page, '?from=***&verstat=');
+    await page.waitForSelector('#call-status[data-state="incoming"]');
+    const t = await text(page, '#incoming-text');
+    expect(t.includes('withheld'), `incoming text "${t}"`);
+    expect(!(await page.isVisible('#incoming-verstat')), 'empty verstat shown');
+    await page.keyboard.press('Escape');
+    await page.waitForSelector('#call-status[data-state="ended"]');
+    await expectQuiet(page);
   });
 
   await check('a dropped socket reconnects with backoff', async () => {
@@ -174,8 +331,8 @@ try {
     expect(unexpected.length === 0, unexpected.join(' | '));
   });
 
+  const p2 = await openPage(denyBrowser, { mic: false });
   await check('microphone denied is explained in words', async () => {
-    const p2 = await openPage(denyBrowser, { mic: false });
     await signIn(p2);
     await p2.waitForSelector('#conn-status[data-state="open"]');
     await p2.fill('#number', '100');
@@ -184,6 +341,107 @@ try {
     const msg = await text(p2, '#call-message');
     expect(msg.includes('Microphone access was denied') || msg.includes('No microphone found'), `message "${msg}"`);
     await p2.screenshot({ path: path.join(ARTIFACT_DIR, 'web-client-mic-denied.png') });
+  });
+
+  await check('microphone denied when answering: said in words, the ring stops', async () => {
+    await ringAll(p2);
+    await p2.waitForSelector('#call-status[data-state="incoming"]');
+    await p2.click('#accept-button');
+    await p2.waitForSelector('#call-status[data-state="ended"]');
+    await expectQuiet(p2);
+    const msg = await text(p2, '#call-message');
+    expect(msg.includes('Microphone access was denied') || msg.includes('No microphone found'), `message "${msg}"`);
+    const t = await text(p2, '#call-status-text');
+    expect(t.includes('Could not answer'), `status "${t}"`);
+  });
+  await p2.context().close();
+
+  await check('no AudioContext at all: the call still rings (title, panel) and nothing throws', async () => {
+    const ctx = await browser.newContext({ permissions: ['microphone'], ignoreHTTPSErrors: true });
+    try {
+      await ctx.addInitScript(() => {
+        const refuse = function AudioContext() { throw new DOMException('refused by the test', 'NotSupportedError'); };
+        window.AudioContext = refuse;
+        window.webkitAudioContext = refuse;
+      });
+      const p3 = await ctx.newPage();
+      const errors = [];
+      p3.on('pageerror', (e) => errors.push(e.message));
+      await p3.goto(BASE);
+      await signIn(p3);
+      await p3.waitForSelector('#conn-status[data-state="open"]');
+      await ringAll(p3);
+      await expectRinging(p3, { audio: 'unavailable' });
+      await p3.click('#reject-button');
+      await expectQuiet(p3);
+      expect(errors.length === 0, `page errors: ${errors.join(' | ')}`);
+    } finally {
+      await ctx.close();
+    }
+  });
+
+  await check('ring before any user gesture: AudioContext waits (suspended), starts on the first click', async () => {
+    // Headless Chromium lets an AudioContext start without a gesture whatever
+    // --autoplay-policy says (and Playwright's evaluate() counts as user
+    // activation), so a desktop browser's policy is emulated: until the page
+    // has seen a trusted click or key press, a new context stays suspended
+    // and its resume() never settles (as Firefox's does without a sound
+    // device).
+    const ctx = await browser.newContext({ permissions: ['microphone'], ignoreHTTPSErrors: true });
+    try {
+      await ctx.addInitScript(() => {
+        const Real = window.AudioContext;
+        let gesture = false;
+        for (const type of ['pointerdown', 'keydown']) {
+          window.addEventListener(type, (e) => { if (e.isTrusted) gesture = true; }, { capture: true });
+        }
+        const active = () => gesture;
+        class GatedAudioContext extends Real {
+          constructor(...args) {
+            super(...args);
+            this.gated = !active();
+            if (this.gated) super.suspend();
+          }
+          get state() { return this.gated ? 'suspended' : super.state; }
+          resume() {
+            if (this.gated && !active()) return new Promise(() => {});
+            this.gated = false;
+            return super.resume();
+          }
+        }
+        window.AudioContext = GatedAudioContext;
+        window.webkitAudioContext = GatedAudioContext;
+      });
+      const p4 = await ctx.newPage();
+      const errors = [];
+      p4.on('pageerror', (e) => errors.push(e.message));
+      await p4.goto(BASE);
+      // Signed in without a click: a token put into sessionStorage.
+      const login = await p4.request.post(`${BASE}/api/login`, { data: { account: 'alice', password: 'secret' } });
+      expect(login.ok(), `login ${login.status()}`);
+      const { token } = await login.json();
+      await p4.evaluate((token) => {
+        sessionStorage.setItem('gateway.token', token);
+        sessionStorage.setItem('gateway.account', 'alice');
+      }, token);
+      await p4.reload();
+      await p4.waitForSelector('#conn-status[data-state="open"]');
+      await ringAll(p4);
+      await expectRinging(p4, { audio: 'suspended' });
+      expect((await peakRingLevel(p4, 300)) === 0, 'ring heard before a gesture');
+      const box = await p4.locator('#call-status').boundingBox();
+      await p4.mouse.click(box.x + 5, box.y + 5);
+      await p4.waitForFunction(() => document.body.dataset.ringAudio === 'running', null, { timeout: 3000 })
+        .catch(async () => { throw new Error(`data-ring-audio="${await ringAudio(p4)}" after a click`); });
+      const peak = await peakRingLevel(p4, 3100);
+      expect(peak > 0.01, `ring tone level ${peak} after the click`);
+      expect((await state(p4)) === 'incoming', 'the click changed the call state');
+      await p4.click('#reject-button');
+      await expectQuiet(p4);
+      expect(errors.length === 0, `page errors: ${errors.join(' | ')}`);
+    } finally {
+      await ctx.close();
+    }
   });
 } finally {
   await browser.close();

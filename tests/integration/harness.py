@@ -309,9 +309,22 @@ class Baresip:
             buf += chunk
         raise AssertionError(f"no ctrl_tcp response to {command}")
 
+    def dial(self, uri: str) -> dict:
+        """Calls `uri` from this user agent (menu's `dial` over ctrl_tcp);
+        returns once baresip has accepted the command."""
+        r = self.command("dial", uri)
+        assert r.get("ok"), f"baresip refused to dial {uri}: {r}"
+        return r
+
     # -- log readers
     def log(self) -> str:
         return read_text(self.log_path)
+
+    def wait_received(self, method: str = "", status: int = 0, timeout: float = 10.0) -> SipMessage:
+        """The first SIP message baresip received with this method/status."""
+        what = method or str(status)
+        return wait_until(lambda: (self.received(method, status) or [None])[0], timeout,
+                          f"baresip receiving {what} ({self.log_path})")
 
     def sip_messages(self) -> list[SipMessage]:
         out = []
@@ -509,6 +522,47 @@ class SippUas:
                 and (not method or m.method == method) and (not status or m.status == status)]
 
 
+class SippUac(SippUas):
+    """sipp as the calling side (a UAC scenario from sipp/) for one call
+    (-m 1) toward `remote` ("127.0.0.1:<gateway sip port>"), Request-URI
+    user `service` (-s), media address GWT_HOST:<media_port>. `extra` adds
+    command-line options (e.g. ["-rtp_echo"]: RTP arriving at the media port
+    is sent back to its source). Same traces as SippUas."""
+
+    def __init__(self, workdir: Path, scenario: str, remote: str, service: str,
+                 extra: Optional[list] = None, **kw):
+        kw.setdefault("name", "sipp_uac")
+        super().__init__(workdir, scenario, **kw)
+        self.remote = remote
+        self.service = service
+        self.extra = list(extra or [])
+
+    def start(self, timeout: float = 10.0):
+        """Starts the call; returns at once (a UAC may be done before it
+        could be seen listening)."""
+        assert GWT_HOST, "run inside tests/netns-run.sh (GWT_HOST unset)"
+        cmd = ["sipp", self.remote, "-sf", str(self.scenario), "-s", self.service, "-t", self.transport,
+               "-i", "127.0.0.1", "-p", str(self.port),
+               "-mi", GWT_HOST, "-mp", str(self.media_port),
+               "-m", "1", "-timeout", f"{int(self.timeout)}s", "-timeout_error", "-nostdin",
+               "-trace_msg", "-message_file", str(self.msg_path),
+               "-trace_logs", "-log_file", str(self.actions_path),
+               "-trace_err", "-error_file", str(self.err_path)] + self.extra
+        for k, v in self.keys.items():
+            cmd += ["-key", k, str(v)]
+        (self.dir / "command").write_text(" ".join(json.dumps(c) if " " in c else c for c in cmd) + "\n")
+        out = open(self.out_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     cwd=self.dir)
+        out.close()
+        return self
+
+    def wait_received(self, method: str = "", status: int = 0, timeout: float = 10.0) -> SippMessage:
+        what = method or str(status)
+        return wait_until(lambda: (self.received(method, status) or [None])[0], timeout,
+                          f"sipp receiving {what} ({self.msg_path})")
+
+
 def sip_header(text: str, name: str) -> Optional[str]:
     """The value of the first `name:` header of a SIP message (case-insensitive;
     no compact forms)."""
@@ -577,6 +631,7 @@ class TrunkSpec:
     srtp_suites: list = field(default_factory=lambda: ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"])
     username: Optional[str] = None  # digest credentials toward the trunk
     password: Optional[str] = None
+    reject_code: Optional[int] = None  # sent to the trunk when every browser session rejects (486 default)
 
 
 def toml_str(s: str) -> str:
@@ -588,7 +643,8 @@ class Gateway:
     none at all: the built-in defaults)."""
 
     def __init__(self, workdir: Path, trunk: Optional[TrunkSpec] = None, account: str = "alice",
-                 password: Optional[str] = None, use_config: bool = True, tcp: bool = False):
+                 password: Optional[str] = None, use_config: bool = True, tcp: bool = False,
+                 ring_timeout: Optional[int] = None):
         self.dir = workdir / "gateway"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "gateway.log"
@@ -601,6 +657,8 @@ class Gateway:
         self.sip_port = free_port() if use_config else 5060
         # SIP over TCP too ([sip] tcp_listen), on a port of its own
         self.sip_tcp_port: Optional[int] = free_port() if (use_config and tcp) else None
+        # [sip] ring_timeout: seconds an incoming call rings before 408 (gateway default 120)
+        self.ring_timeout = ring_timeout
         self.proc: Optional[subprocess.Popen] = None
         self.exit_code: Optional[int] = None
 
@@ -622,6 +680,8 @@ class Gateway:
         ]
         if self.sip_tcp_port:
             lines.append(f'tcp_listen = "127.0.0.1:{self.sip_tcp_port}"')
+        if self.ring_timeout is not None:
+            lines.append(f"ring_timeout = {int(self.ring_timeout)}")
         lines += [
             "",
             "[media]",
@@ -642,6 +702,8 @@ class Gateway:
             ]
             if t.username is not None:
                 lines += [f"username = {toml_str(t.username)}", f"password = {toml_str(t.password or '')}"]
+            if t.reject_code is not None:
+                lines.append(f"reject_code = {int(t.reject_code)}")
             lines += [
                 "",
                 "[[accounts]]",
@@ -885,6 +947,8 @@ class BrowserPeer:
         self.sink = AudioSink()
         self.rtp_by_ssrc: dict[int, int] = {}
         self.call_id = f"t{os.urandom(6).hex()}"
+        self.incoming: Optional[dict] = None  # the `incoming` message being answered
+        self.accept_sent_at: Optional[float] = None  # time.monotonic() when `accept` was sent
 
     async def connect(self):
         import websockets
@@ -925,12 +989,13 @@ class BrowserPeer:
             if t in ("hangup", "error", "_closed") and msg.get("id") in (None, self.call_id):
                 return msg
 
-    async def make_pc(self):
+    async def make_pc(self, tone: bool = True):
         RTCConfiguration, RTCPeerConnection, _, _ = _aiortc()
         # iceServers=[]: no default STUN server, no traffic out of the namespace
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.tone = make_tone_track()
-        self.pc.addTrack(self.tone)
+        if tone:
+            self.tone = make_tone_track()
+            self.pc.addTrack(self.tone)
 
         @self.pc.on("track")
         def on_track(track):
@@ -967,6 +1032,66 @@ class BrowserPeer:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=msg["sdp"], type="answer"))
             msg = await self.next_message({"connected"}, timeout)
         return msg
+
+    # -- incoming calls (the gateway offers, the browser answers)
+
+    async def wait_for(self, kinds: set, timeout: float, since: int = 0, call_id: Optional[str] = None) -> dict:
+        """The first message (in self.messages[since:], already received or
+        yet to come) whose type is in `kinds`, or a hangup/error for
+        `call_id` (returned too, for the caller to judge). Reads
+        self.messages, not the queue, so waits in any order see everything."""
+        def found():
+            for m in self.messages[since:]:
+                if m.get("type") in kinds:
+                    return m
+                if call_id is not None and m.get("type") in ("hangup", "error") and m.get("id") == call_id:
+                    return m
+            return None
+        return await async_wait_until(found, timeout, f"{sorted(kinds)} at the browser (got {self.messages})",
+                                      interval=0.01)
+
+    async def barrier(self, timeout: float = 5.0):
+        """A round trip through the gateway's reader of this socket (an
+        unknown message type is answered with an `error`): once it returns
+        the session is live on the gateway's side, so it can be rung."""
+        since = len(self.messages)
+        await self.send({"type": "x-barrier"})
+        await async_wait_until(
+            lambda: any(m.get("type") == "error" and m.get("id") is None for m in self.messages[since:]),
+            timeout, f"the error answering a barrier message (got {self.messages[since:]})", interval=0.01)
+
+    async def wait_incoming(self, timeout: float = 10.0) -> dict:
+        """Waits for `incoming`; this peer's call_id becomes the call's id."""
+        msg = await self.wait_for({"incoming"}, timeout)
+        assert msg["type"] == "incoming", msg
+        assert msg.get("id"), f"incoming without an id: {msg}"
+        self.call_id = msg["id"]
+        self.incoming = msg
+        return msg
+
+    async def accept(self, incoming: Optional[dict] = None, mangle=None) -> str:
+        """Answers the incoming call as a browser does: setRemoteDescription
+        (the gateway's offer), addTrack (the tone), createAnswer,
+        setLocalDescription (aiortc gathers before returning), then `accept`
+        with the answer. Returns the SDP sent."""
+        _, _, RTCSessionDescription, _ = _aiortc()
+        incoming = incoming or self.incoming
+        await self.make_pc(tone=False)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=incoming["sdp"], type="offer"))
+        self.tone = make_tone_track()
+        self.pc.addTrack(self.tone)
+        self._count_rtp()
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        sdp = self.pc.localDescription.sdp
+        if mangle:
+            sdp = mangle(sdp)
+        self.accept_sent_at = time.monotonic()  # the moment `accept` leaves (answer built)
+        await self.send({"type": "accept", "id": incoming["id"], "sdp": sdp})
+        return sdp
+
+    async def reject(self, incoming: Optional[dict] = None):
+        incoming = incoming or self.incoming
+        await self.send({"type": "reject", "id": incoming["id"]})
 
     @property
     def packets_received(self) -> int:

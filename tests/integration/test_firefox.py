@@ -42,6 +42,7 @@ from harness import TONE_RMS_MIN, save_result, wait_until
 pytestmark = pytest.mark.gateway
 
 PAGE = Path(__file__).parent / "firefox" / "call.html"
+ANSWER_PAGE = PAGE.parent / "answer.html"  # test_firefox_incoming_call
 FIREFOX = os.environ.get("FIREFOX_BIN", "/usr/bin/firefox-esr")
 MEDIA_MS = 6000
 
@@ -152,8 +153,8 @@ def user_js(prefs: dict) -> str:
 
 
 class PageServer:
-    """Serves call.html on 127.0.0.1 and collects what the page POSTs:
-    /log (its progress events) and /result (the measurements)."""
+    """Serves call.html and answer.html on 127.0.0.1 and collects what the
+    page POSTs: /log (its progress events) and /result (the measurements)."""
 
     def __init__(self):
         self.events: list[dict] = []
@@ -167,8 +168,8 @@ class PageServer:
 
             def do_GET(self):
                 path = urllib.parse.urlsplit(self.path).path
-                if path == "/call.html":
-                    body = PAGE.read_bytes()
+                if path in ("/call.html", "/answer.html"):
+                    body = (PAGE.parent / path[1:]).read_bytes()
                     self.send_response(200)
                     self.send_header("Content-Type", "text/html; charset=utf-8")
                 elif path == "/favicon.ico":
@@ -405,6 +406,120 @@ def test_firefox_call(workdir, gateway_sdes, baresip_sdes):
     invite = trunk.received("INVITE")[0]
     assert invite.sdp_media()[2] == "RTP/SAVP", invite.text
     assert "a=crypto:" in invite.text
+    assert trunk.srtp_enabled()
+    assert bye_failure is None, f"the trunk got no BYE after the hangup: {bye_failure}"
+    tx, rx = stats
+    assert rx > 100, f"baresip received {rx} RTP packets from Firefox"
+    assert tx > 100, f"baresip sent {tx} RTP packets"
+    assert heard.rms > TONE_RMS_MIN, f"baresip heard RMS {heard.rms:.0f} in {heard.path}, expected Firefox's fake tone"
+
+
+@pytest.mark.timeout(240)
+def test_firefox_incoming_call(workdir, gateway_sdes, baresip_sdes):
+    """baresip (SDES trunk) calls alice; Firefox ESR answers on
+    firefox/answer.html: `incoming` with the gateway's ICE-lite offer,
+    `accept` with Firefox's answer, `connected` with dtls-srtp / sdes-srtp,
+    > 100 packets each way with audio energy, baresip hears Firefox, and the
+    page's hangup reaches baresip as BYE."""
+    assert Path(FIREFOX).exists(), f"{FIREFOX} missing: apt-get install firefox-esr"
+    assert ANSWER_PAGE.exists(), ANSWER_PAGE
+    gw, trunk = gateway_sdes, baresip_sdes
+    cert = gw.dir / "data" / "tls-cert.pem"
+    assert cert.exists(), f"the gateway wrote no {cert}"
+    shutil.copy(cert, gw.dir / "tls-cert.pem")
+    token = gw.login()
+    ws_url = gw.base_url.replace("https://", "wss://") + "/ws?token=" + urllib.parse.quote(token)
+    target = f"sip:{gw.account}@127.0.0.1:{gw.sip_port}"
+
+    failure = bye_failure = None
+    dialed_at = None
+    elapsed = 0.0
+    with PageServer() as page:
+        ff = Firefox(workdir, cert).prepare(f"http://127.0.0.1:{page.port}")
+        query = urllib.parse.urlencode({"ws": ws_url, "media_ms": MEDIA_MS, "incoming_ms": 30000})
+        url = f"http://127.0.0.1:{page.port}/answer.html?{query}"
+        t0 = time.monotonic()
+        try:
+            ff.start(url)
+
+            def alive_or_raise():
+                if not ff.alive():
+                    raise AssertionError(f"firefox exited with {ff.proc.returncode} before reporting; "
+                                         f"log {ff.log_path}:\n{ff.log()[-3000:]}")
+
+            def ready():
+                alive_or_raise()
+                return page.got_result.is_set() or any(e.get("what") == "ready" for e in page.events)
+
+            try:
+                # a fresh profile starts in ~10 s here
+                wait_until(ready, 60, "the Firefox page's signaling socket (ready)", interval=0.1)
+                if not page.got_result.is_set():
+                    dialed_at = time.time()
+                    reply = trunk.command("dial", target)
+                    assert reply.get("ok", True), f"baresip refused to dial {target}: {reply}"
+
+                def done():
+                    alive_or_raise()
+                    return page.got_result.is_set()
+
+                wait_until(done, 90, "the Firefox page's result", interval=0.2)
+            except AssertionError as e:
+                failure = f"{e}; last page events: {page.events[-8:]}; log {ff.log_path}:\n{ff.log()[-3000:]}"
+            elapsed = time.monotonic() - t0
+            result = page.result or {}
+            if result.get("ok"):
+                try:
+                    trunk.wait_bye(timeout=10)
+                except AssertionError as e:
+                    bye_failure = str(e)
+        finally:
+            ff.stop()
+            ff.cleanup()
+            (ff.dir / "page-events.json").write_text(json.dumps(page.events, indent=2) + "\n")
+
+    res = page.result or {}
+    (workdir / "firefox-result.json").write_text(json.dumps(res, indent=2) + "\n")
+    for key, name in (("offer", "incoming-offer.sdp"), ("answer", "incoming-answer.sdp")):
+        if res.get(key):
+            (ff.dir / name).write_text(res[key])
+    summary = {k: res.get(k) for k in (
+        "ok", "error", "userAgent", "incoming", "connected", "acceptAfterMs", "connectedAfterMs", "pcConnectedAfterMs",
+        "packetsReceived", "packetsLost", "totalAudioEnergy", "meanAudioLevel", "packetsSent", "dtlsCipher",
+        "srtpCipher", "tlsVersion", "dtlsRole", "codec", "timeline", "finalStates", "wsClosed", "messages")}
+    summary["seconds_to_result"] = round(elapsed, 1)
+    dial_to = {}
+    if dialed_at:
+        for key in ("incomingAtWall", "connectedAtWall"):
+            if res.get(key):
+                dial_to[key.replace("AtWall", "")] = round(res[key] - dialed_at * 1000)
+    stats = None if not res.get("ok") else trunk.wait_rtp_stats()
+    heard = trunk.dec_wav()
+    save_result(workdir, firefox=summary, dial_to_incoming_ms=dial_to.get("incoming"),
+                dial_to_connected_ms=dial_to.get("connected"), trunk_tx=stats and stats[0],
+                trunk_rx=stats and stats[1], trunk_heard_rms=heard.rms, trunk_heard_seconds=heard.seconds)
+
+    assert failure is None, failure
+    assert res.get("ok"), (f"the Firefox answer failed: {res.get('error')}\nevents: {json.dumps(res.get('events'))[-3000:]}"
+                           f"\nsee {workdir}/firefox-result.json, {ff.log_path}, {gw.log_path}")
+    offer = res.get("offer") or ""
+    assert "a=ice-lite" in offer, "the gateway's offer is not ICE-lite"
+    assert "a=setup:actpass" in offer, "the gateway's offer does not say a=setup:actpass"
+    assert "a=fingerprint:" in offer and "a=rtcp-mux" in offer, offer
+    security = res["connected"].get("security") or {}
+    assert "dtls-srtp" in str(security.get("browser", "")).lower(), security
+    assert "sdes-srtp" in str(security.get("trunk", "")).lower(), security
+    assert res["connectedAfterMs"] < 20000, f"connected {res['connectedAfterMs']} ms after incoming"
+
+    assert res["packetsReceived"] > 100, f"Firefox received {res['packetsReceived']} RTP packets"
+    assert res["packetsSent"] > 100, f"Firefox sent {res['packetsSent']} RTP packets"
+    energy = res.get("totalAudioEnergy")
+    assert energy is not None and energy > 0, f"Firefox heard silence: totalAudioEnergy {energy}"
+    level = res.get("meanAudioLevel") or 0.0
+    assert level * 32768 > TONE_RMS_MIN, f"Firefox's mean audio level {level:.4f} is not the trunk's tone"
+
+    invite = trunk.sent("INVITE")
+    assert invite and invite[0].sdp_media()[2] == "RTP/SAVP", f"baresip's INVITE ({trunk.log_path})"
     assert trunk.srtp_enabled()
     assert bye_failure is None, f"the trunk got no BYE after the hangup: {bye_failure}"
     tx, rx = stats

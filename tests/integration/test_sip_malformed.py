@@ -8,7 +8,7 @@ connections stall with half a message each while the gateway's fd limit is
 lowered to 1024 (test_tcp_connection_flood_during_a_call).
 test_healthz_after_sip_tcp_connection_closes needs no call: /healthz must
 stay 200 after a SIP TCP peer closes its connection. Each message must get a clear
-answer where one can be built (400 naming the problem, 481, 200, 480, ...)
+answer where one can be built (400 naming the problem, 481, 200, 404, ...)
 or be dropped in silence (counted: the gateway's debug line "malformed SIP
 message dropped", since the endpoint's counters are not in /metrics), and
 the live call must not notice: the browser's RTP keeps arriving without a
@@ -18,7 +18,7 @@ Silence is decided without sleeping: after each message a valid OPTIONS
 ("marker") is sent on the same socket; the UDP receive loop handles
 datagrams in order and answers parse failures inline, so once the marker's
 200 is back, an answer to the message before it would have been too.
-Answers that come from a task (480 for INVITEs, the live call's 481/488)
+Answers that come from a task (404/400/488 for new INVITEs, the live call's 481/488)
 are waited for by Via branch.
 
 Artifacts: tests/artifacts/<test>/ (gateway/gateway.log with
@@ -60,9 +60,9 @@ pytestmark = pytest.mark.gateway
 # The browser receives 50 packets/s (20 ms ptime); a gap longer than this
 # without one new packet counts as the call being hurt.
 MAX_STALL = 1.0
-# the SIP transport's drop/400 lines and the inbound-INVITE refusals (480 /
-# "too many refusals in progress: INVITE ignored") at debug
-TRANSPORT_DEBUG = "webrtc_sip_gateway::sip::transport=debug,webrtc_sip_gateway::gateway=debug"
+# the SIP transport's drop/400 lines and the inbound-INVITE refusals (404 /
+# "too many refusals in progress") at debug
+TRANSPORT_DEBUG = "webrtc_sip_gateway::sip::transport=debug,webrtc_sip_gateway::calls::inbound=debug"
 DROPPED_LINE = "malformed SIP message dropped"
 
 
@@ -140,6 +140,11 @@ def parse_reply(data: bytes) -> Reply:
     text = data.decode("latin-1")
     return Reply(text.split("\r\n", 1)[0].strip(), text)
 
+
+SDP_OK = (b"v=0\r\no=- 1 1 IN IP4 10.99.0.1\r\ns=-\r\nc=IN IP4 10.99.0.1\r\n"
+          b"t=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+# the gateway's one account (harness.Gateway's default)
+ACCOUNT = "alice"
 
 SDP_BAD = (b"v=0\r\no=- 1 1 IN IP4 10.99.0.1\r\ns=-\r\nc=IN IP4 not-an-address\r\n"
            b"t=0 0\r\nm=audio seventy RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:!!!\r\n")
@@ -257,11 +262,20 @@ def torture_cases(me: str, gw_uri: str, live: dict) -> list[Case]:
     h = base_headers(me, "BYE", branch, live["call_id"], from_tag=live["trunk_tag"], cseq=4243)
     cases.append(Case("bye_live_call_id_no_to_tag", sip_request("BYE", live["contact"], h), {481},
                       branch=branch))
-    # a new INVITE with a nonsense SDP: inbound calls are not enabled -> 480
-    branch = f"z9hG4bK-invitebadsdp-{_id()}"
+    # a new INVITE for a user that is no account -> 404
+    branch = f"z9hG4bK-invitenouser-{_id()}"
     h = base_headers(me, "INVITE", branch, f"invite-{_id()}@torture", to=f"<sip:{TRUNK_NUMBER}@127.0.0.1>")
     h += [("Contact", f"<sip:torture@{me}>"), ("Content-Type", "application/sdp")]
-    cases.append(Case("new_invite_bad_sdp", sip_request("INVITE", gw_uri, h, SDP_BAD), {480},
+    cases.append(Case("new_invite_unknown_user", sip_request("INVITE", gw_uri, h, SDP_OK), {404},
+                      branch=branch, ack=True))
+    # a new INVITE for the account (which has a live session) with a
+    # nonsense SDP: refused (400 for SDP that does not parse, 488 for one
+    # that cannot be used) before any session rings
+    branch = f"z9hG4bK-invitebadsdp-{_id()}"
+    alice_uri = gw_uri.replace("sip:gw@", f"sip:{ACCOUNT}@")
+    h = base_headers(me, "INVITE", branch, f"invite-{_id()}@torture", to=f"<{alice_uri}>")
+    h += [("Contact", f"<sip:torture@{me}>"), ("Content-Type", "application/sdp")]
+    cases.append(Case("new_invite_bad_sdp", sip_request("INVITE", alice_uri, h, SDP_BAD), {400, 488},
                       branch=branch, ack=True))
     # a re-INVITE inside the live dialog (the trunk's tags) with a nonsense
     # SDP: refused (488) without ending the call (RFC 3261 14.2)
@@ -380,7 +394,7 @@ def run_udp_battery(gw: Gateway, probe: UdpProbe, cases: list[Case], peer: Brows
         probe.marker()
         answerable = case.expect is not None and (case.expect - {None})
         if case.branch:
-            # answers from tasks (480, the call's 481/488) may follow the marker's
+            # answers from tasks (404/400/488, the call's 481/488) may follow the marker's
             case.got = probe.wait_branch(case.branch, 3.0 if answerable else 0.0)
         if case.got is None and not case.branch:
             # no Via of ours: anything that is not claimed by a branch is its answer
@@ -598,7 +612,7 @@ async def _end_call(peer: BrowserPeer, trunk):
 
 def test_malformed_sip_during_a_call(workdir, gateway_tcp_sdes, baresip_sdes):
     """During an SDES call: ~30 torture messages over UDP, each answered
-    clearly (400 naming the problem, 481, 480, 488, 200) or dropped and
+    clearly (400 naming the problem, 481, 404, 488, 200) or dropped and
     counted; then over TCP a message whose Content-Length promises more than
     is sent stalls its own connection only. The browser's RTP never stalls
     for more than MAX_STALL, nobody hangs up, /healthz stays 200."""
@@ -695,7 +709,7 @@ def test_malformed_sip_during_a_call(workdir, gateway_tcp_sdes, baresip_sdes):
 
 
 def slowest_bucket(row: dict) -> str:
-    """The slowest non-empty bucket of SIPp's INVITE->480 response-time
+    """The slowest non-empty bucket of SIPp's INVITE->404 response-time
     repartition ("<10" ms, ..., ">=1000")."""
     def bound(k):
         m = re.search(r"(\d+)$", k)
@@ -708,7 +722,7 @@ def run_sipp_flood(workdir: Path, gw: Gateway, rate: int, calls: int, name: str,
     d = workdir / name
     d.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    cmd = ["sipp", "127.0.0.1:%d" % gw.sip_port, "-sf", str(SIPP_DIR / "uac_expect_480.xml"),
+    cmd = ["sipp", "127.0.0.1:%d" % gw.sip_port, "-sf", str(SIPP_DIR / "uac_expect_404.xml"),
            "-s", TRUNK_NUMBER, "-t", "u1", "-i", "127.0.0.1", "-p", str(port),
            "-mi", GWT_HOST, "-mp", str(free_port(socket.SOCK_DGRAM, GWT_HOST)),
            "-r", str(rate), "-rp", "1000", "-m", str(calls), "-l", str(max(rate * 20, 100)),
@@ -744,23 +758,23 @@ def run_sipp_flood(workdir: Path, gw: Gateway, rate: int, calls: int, name: str,
             "failed_unexpected": num("FailedUnexpectedMessage(C)"),
             "dead_call_msgs": num("DeadCallMsgs(C)"),
             "out_of_call_msgs": num("OutOfCallMsgs(C)"),
-            # INVITE -> 480, SIPp's cumulative average (hh:mm:ss:uuuuuu)
-            "invite_to_480_avg": row.get("ResponseTime1(C)", ""),
-            "invite_to_480_slowest_bucket": slowest_bucket(row),
+            # INVITE -> 404, SIPp's cumulative average (hh:mm:ss:uuuuuu)
+            "invite_to_404_avg": row.get("ResponseTime1(C)", ""),
+            "invite_to_404_slowest_bucket": slowest_bucket(row),
             "dir": str(d)}
 
 
 # recorded, not asserted: after the call, floods of 5 s at rising rates, up
 # to the first one with a lost call, to report the rate sustained without loss
 RATE_LADDER = (100, 200, 500, 1000)
-IGNORED_LINE = "too many refusals in progress: INVITE ignored"
+IGNORED_LINE = "too many refusals in progress: INVITE answered 503"
 
 
 @pytest.mark.parametrize("rate,calls", [(50, 500)])
 def test_sipp_invite_flood_keeps_the_call(workdir, gateway_tcp_sdes, baresip_sdes, rate, calls):
     """During an SDES call SIPp sends `calls` new INVITEs at `rate`/s to the
-    gateway's SIP port (sipp/uac_expect_480.xml: INVITE, optional 100/180,
-    480 expected, ACK). Every one gets its 480 (SIPp: all calls successful,
+    gateway's SIP port for a user that is no account (sipp/uac_expect_404.xml:
+    INVITE, optional 100/180, 404 expected, ACK). Every one gets its 404 (SIPp: all calls successful,
     none failed, exit 0), the browser's RTP never stalls, nobody hangs up,
     /healthz stays 200. After the call, RATE_LADDER floods (5 s each, up to
     the first rate that loses a call) are recorded in result.json, not

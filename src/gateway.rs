@@ -11,6 +11,7 @@ use crate::media::dtls::DtlsIdentity;
 use crate::media::{MediaConfig, MediaEngine};
 use crate::signaling::{self, auth, AppState, SignalingConfig};
 use crate::sip::transport::{EndpointConfig, SipEndpoint};
+use crate::stats::live::LiveCalls;
 use crate::stats::CallStats;
 use crate::types::Secret;
 use rand::distributions::{Alphanumeric, DistString};
@@ -108,6 +109,7 @@ pub async fn run(
     .await?;
     let sip_for_health = sip.clone();
     let call_stats = Arc::new(CallStats::default());
+    let live_calls = Arc::new(LiveCalls::default());
     let calls = Calls::new(CallsContext {
         directory,
         sip,
@@ -115,6 +117,7 @@ pub async fn run(
         public_ip: config.server.public_ip,
         stats: call_stats.clone(),
         sessions: Arc::new(LocalSessions::default()),
+        live: live_calls.clone(),
         ring_timeout: Duration::from_secs(config.sip.ring_timeout),
     });
     tokio::spawn(inbound::route(calls.clone(), incoming));

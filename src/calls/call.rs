@@ -41,6 +41,7 @@ use crate::sip::auth::DigestCredentials;
 use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
 use crate::sip::uas::{IncomingCall, UasEvent};
 use crate::sip::Transport;
+use crate::stats::live::{CallInfo, CallState};
 use crate::types::{CallId, PayloadType, Personal, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
 
 /// The clocks of a call; the defaults are the production values.
@@ -209,6 +210,8 @@ struct Common {
     media_started: bool,
     browser_suite: Option<SrtpSuite>,
     trunk_security: String,
+    /// The codec both legs run, once chosen (`PCMU/8000`).
+    codec: Option<String>,
     connected_sent: bool,
     dtls_deadline: Option<Instant>,
     ring_deadline: Option<Instant>,
@@ -230,6 +233,7 @@ impl Common {
             media_started: false,
             browser_suite: None,
             trunk_security: String::new(),
+            codec: None,
             connected_sent: false,
             dtls_deadline: None,
             ring_deadline: None,
@@ -496,6 +500,28 @@ impl Call {
     /// Why the call ended, once it has.
     pub fn cause(&self) -> Option<&Cause> {
         self.c.ended.as_ref()
+    }
+
+    /// What the operator sees of the call now.
+    pub fn info(&self) -> CallInfo {
+        let state = if self.c.ended.is_some() {
+            CallState::Ending
+        } else if self.c.connected_sent {
+            CallState::Connected
+        } else {
+            match &self.kind {
+                Kind::Outgoing(o) if o.answered => CallState::Answering,
+                Kind::Incoming(i) if i.phase != Phase::Ringing => CallState::Answering,
+                _ => CallState::Ringing,
+            }
+        };
+        CallInfo {
+            state,
+            codec: self.c.codec.clone(),
+            browser_security: self.c.browser_suite.map(|s| format!("dtls-srtp {s}")),
+            trunk_security: Some(self.c.trunk_security.clone()).filter(|s| !s.is_empty()),
+            private: false,
+        }
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -808,6 +834,7 @@ impl Outgoing {
             return;
         }
         self.browser_codec = Some(answer.codec.pt);
+        c.codec = Some(codec_label(&answer.codec));
         let answer_params = BrowserAnswerParams {
             local_ip: c.media.public_ip,
             port: c.media.browser_port,
@@ -984,6 +1011,7 @@ impl Incoming {
             }
         };
         info!(session, codec = answer.codec.name.as_str(), "accepted");
+        c.codec = Some(codec_label(&answer.codec));
         self.stop_ringing(session);
         c.owner = Some(session);
         for other in std::mem::take(&mut self.ringing) {
@@ -1117,6 +1145,20 @@ impl Incoming {
             }
         }
         progressed
+    }
+}
+
+/// `PCMU/8000`, `opus/48000/2`: how the operator sees a codec.
+fn codec_label(codec: &sdp::Codec) -> String {
+    if codec.channels > 1 {
+        format!(
+            "{}/{}/{}",
+            codec.name.as_str(),
+            codec.clock_rate,
+            codec.channels
+        )
+    } else {
+        format!("{}/{}", codec.name.as_str(), codec.clock_rate)
     }
 }
 

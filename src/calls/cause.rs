@@ -122,6 +122,46 @@ impl Cause {
     }
 }
 
+/// Which side ended a call, for the call record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Browser,
+    Trunk,
+    Gateway,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Browser => "browser",
+            Side::Trunk => "trunk",
+            Side::Gateway => "gateway",
+        }
+    }
+}
+
+impl Cause {
+    /// Who ended the call: the browser (hung up, declined, went away), the
+    /// trunk (BYE, CANCEL, a rejection or unusable answer), or the gateway
+    /// itself (timeouts, policy, resources, shutdown).
+    pub fn side(&self) -> Side {
+        use Cause::*;
+        match self {
+            BrowserHangup
+            | BrowserGone
+            | BrowserClosedMedia
+            | Declined
+            | AllDeclined { .. }
+            | BrowserSdp(_)
+            | AnsweredElsewhere => Side::Browser,
+            RemoteHangup | CallerCancelled | TrunkRejected { .. } | TrunkSdp { .. } => Side::Trunk,
+            NoSession | BrowserMediaTimeout | Policy(_) | TrunkUnreachable(_) | UnknownUser
+            | NoAnswer | MediaFailed(_) | MediaTimeout | NoResources(_) | Shutdown
+            | NotSupported(_) => Side::Gateway,
+        }
+    }
+}
+
 impl std::fmt::Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (code, reason) = self.browser();

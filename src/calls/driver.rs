@@ -7,8 +7,10 @@ use super::api::SessionEvent;
 use super::call::{Call, MediaCommand, Output, SessionInput};
 use super::sessions::SessionKey;
 use crate::media::{MediaAllocation, MediaEvent, MediaHandle};
+use crate::sip::message;
 use crate::sip::transport::SipEndpoint;
 use crate::sip::Transport;
+use crate::stats::live::{Ending, LiveCall, LiveCalls, SdpRole};
 use crate::stats::CallStats;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rsip::SipMessage;
@@ -37,6 +39,9 @@ pub struct CallIo {
     /// Called once the browsers have been told the call ended (frees the
     /// call's id for its sessions).
     pub on_over: Box<dyn FnOnce() + Send>,
+    /// The operator's view of this call, and the table it sits in.
+    pub live: Arc<LiveCall>,
+    pub live_calls: Arc<LiveCalls>,
 }
 
 type Closed = Pin<Box<dyn Future<Output = SessionKey> + Send>>;
@@ -53,6 +58,8 @@ pub async fn run(mut call: Call, io: CallIo) {
         closed_means,
         stats,
         on_over,
+        live,
+        live_calls,
     } = io;
     let sip_call_id = call.sip_call_id();
     let mut allocation = Some(allocation);
@@ -79,6 +86,7 @@ pub async fn run(mut call: Call, io: CallIo) {
         while let Some(output) = call.poll_output() {
             match output {
                 Output::Sip { to, bytes } => {
+                    observe_sip(&live, "out", &bytes);
                     if let Err(e) = sip.send(to, transport, bytes).await {
                         warn!(error = %e, "sending to the trunk failed");
                         // Over TCP a failed send is a transport error (RFC
@@ -87,6 +95,7 @@ pub async fn run(mut call: Call, io: CallIo) {
                     }
                 }
                 Output::Session { session, event } => {
+                    observe_event(&live, &event);
                     if let Some(tx) = senders.get(&session) {
                         send(tx, event);
                     }
@@ -94,7 +103,9 @@ pub async fn run(mut call: Call, io: CallIo) {
                 Output::Media(cmd) => match cmd {
                     MediaCommand::Start(params) => {
                         if let Some(a) = allocation.take() {
-                            media = Some(a.start(*params, media_tx.clone()));
+                            let handle = a.start(*params, media_tx.clone());
+                            live.set_counters(handle.counters());
+                            media = Some(handle);
                         }
                     }
                     MediaCommand::SetTimeout(t) => {
@@ -118,6 +129,7 @@ pub async fn run(mut call: Call, io: CallIo) {
                 Output::Connected => stats.calls_connected(),
             }
         }
+        live.update(&call.info());
         if transport_failed {
             call.handle_transport_error(Instant::now());
             continue;
@@ -141,12 +153,18 @@ pub async fn run(mut call: Call, io: CallIo) {
         };
         tokio::select! {
             msg = sip_rx.recv() => match msg {
-                Some(msg) => call.handle_sip(Instant::now(), msg),
+                Some(msg) => {
+                    observe_message(&live, "in", &msg);
+                    call.handle_sip(Instant::now(), msg)
+                }
                 // The endpoint is gone (shutdown): nothing more can happen.
                 None => break,
             },
             cmd = commands.recv(), if commands_open => match cmd {
-                Some(input) => call.handle_session(Instant::now(), input),
+                Some(input) => {
+                    observe_input(&live, &input);
+                    call.handle_session(Instant::now(), input)
+                }
                 None => {
                     commands_open = false;
                     if let Some(input) = closed_means.take() {
@@ -169,6 +187,95 @@ pub async fn run(mut call: Call, io: CallIo) {
     if let Some(f) = on_over.take() {
         f();
     }
+    if let Some(cause) = call.cause() {
+        let (code, reason) = cause.browser();
+        live.set_ending(Ending {
+            cause_code: code,
+            cause: reason,
+            hung_up_by: cause.side().as_str(),
+        });
+    }
+    live_calls.finish(&live);
+}
+
+/// A SIP message as the call's ladder shows it: method or status, the CSeq
+/// method, and whether it carried SDP. No URIs: they hold numbers that
+/// redaction may have to hide.
+pub fn sip_summary(msg: &SipMessage) -> String {
+    let sdp = if message::sdp_body(msg).is_some() {
+        " (SDP)"
+    } else {
+        ""
+    };
+    match msg {
+        SipMessage::Request(r) => {
+            let cseq = message::cseq(r).map(|(n, _)| n).unwrap_or(0);
+            format!("{} (CSeq {cseq}){sdp}", r.method)
+        }
+        SipMessage::Response(r) => {
+            let method = message::cseq(r)
+                .map(|(_, m)| m.to_string())
+                .unwrap_or_default();
+            format!(
+                "{} {} ({method}){sdp}",
+                message::status_code(r),
+                message::response_reason(r)
+            )
+        }
+    }
+}
+
+/// Records a SIP message in the call's ladder, and its SDP: an INVITE's is
+/// the trunk leg's offer, a response's the answer (whichever side wrote it:
+/// the trunk answers our INVITEs, we answer the trunk's).
+pub fn observe_message(live: &LiveCall, direction: &'static str, msg: &SipMessage) {
+    live.ladder(direction, "trunk", sip_summary(msg));
+    if let Some(sdp) = message::sdp_body(msg) {
+        let role = match msg {
+            SipMessage::Request(r) if r.method == rsip::Method::Invite => SdpRole::TrunkOffer,
+            SipMessage::Request(_) => return,
+            SipMessage::Response(_) => SdpRole::TrunkAnswer,
+        };
+        live.set_sdp(role, &sdp);
+    }
+}
+
+fn observe_sip(live: &LiveCall, direction: &'static str, bytes: &[u8]) {
+    if let Ok(msg) = message::parse(bytes) {
+        observe_message(live, direction, &msg);
+    }
+}
+
+fn observe_event(live: &LiveCall, event: &SessionEvent) {
+    let summary = match event {
+        SessionEvent::Progress { code, .. } => format!("progress {code}"),
+        SessionEvent::Answer { sdp, .. } => {
+            live.set_sdp(SdpRole::BrowserAnswer, sdp);
+            "answer (SDP)".into()
+        }
+        SessionEvent::Connected { .. } => "connected".into(),
+        SessionEvent::Incoming { sdp, .. } => {
+            live.set_sdp(SdpRole::BrowserOffer, sdp);
+            "incoming (SDP)".into()
+        }
+        SessionEvent::Hangup { code, .. } => format!("hangup {code}"),
+        SessionEvent::Error { code, .. } => format!("error {code}"),
+    };
+    live.ladder("out", "browser", summary);
+}
+
+fn observe_input(live: &LiveCall, input: &SessionInput) {
+    let summary = match input {
+        SessionInput::Accept { sdp, .. } => {
+            live.set_sdp(SdpRole::BrowserAnswer, sdp);
+            "accept (SDP)"
+        }
+        SessionInput::Reject { .. } => "reject",
+        SessionInput::Hangup { .. } => "hangup",
+        SessionInput::Gone { .. } => "socket closed",
+        SessionInput::Shutdown => return,
+    };
+    live.ladder("in", "browser", summary.into());
 }
 
 /// Never waits on the browser: a call task that blocked here could not ACK,

@@ -18,6 +18,7 @@ use crate::sdp;
 use crate::sip::message::{self, ResponseParts};
 use crate::sip::transport::{IncomingRequest, SipEndpoint};
 use crate::sip::uas::{IncomingCall, USER_AGENT};
+use crate::stats::live::{self, CallStart, LiveCall};
 use crate::types::{CallId, Personal};
 use rsip::SipMessage;
 use std::sync::Arc;
@@ -148,6 +149,14 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
     };
     let sip_call_id = uas.call_id();
     let sip_rx = calls.ctx.sip.register_call(&sip_call_id);
+    let live = calls.ctx.live.begin(CallStart {
+        id: id.0.clone(),
+        direction: live::Direction::Incoming,
+        account: account.name.clone(),
+        remote: from.to_string(),
+        trunk: trunk.name.clone(),
+    });
+    driver::observe_message(&live, "in", &SipMessage::Request(uas.invite().clone()));
     let local = calls.sip_local(transport);
     // 100 Trying is queued in `uas`; the call sends it with its 180.
     let call = Call::incoming(
@@ -170,7 +179,9 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
         now,
     );
     drop(_enter);
-    spawn_incoming(calls, call, sessions, allocation, sip_rx, transport, span);
+    spawn_incoming(
+        calls, call, sessions, allocation, sip_rx, transport, live, span,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -181,6 +192,7 @@ fn spawn_incoming(
     allocation: crate::media::MediaAllocation,
     sip_rx: mpsc::Receiver<SipMessage>,
     transport: crate::sip::Transport,
+    live: Arc<LiveCall>,
     span: tracing::Span,
 ) {
     let id = call.id().clone();
@@ -201,6 +213,8 @@ fn spawn_incoming(
         closed_means: None,
         stats: calls.ctx.stats.clone(),
         on_over: forget,
+        live,
+        live_calls: calls.ctx.live.clone(),
     };
     calls.spawn_task(tx, driver::run(call, io).instrument(span));
 }

@@ -25,7 +25,9 @@ use crate::config::TrunkTransport;
 use crate::media::MediaEngine;
 use crate::sip::transport::SipEndpoint;
 use crate::sip::Transport;
+use crate::stats::live::{self, CallStart, LiveCalls, SdpRole};
 use crate::stats::CallStats;
+use crate::types::Personal;
 use crate::types::{AccountName, CallId};
 use api::{CallControl, SessionCommand, SessionControl, SessionEvent};
 use call::{Call, CallTimers, MediaPlan, OutgoingSetup, SessionInput, SipLocal};
@@ -53,6 +55,8 @@ pub struct CallsContext {
     pub sessions: Arc<dyn SessionRegistry>,
     /// How long an incoming call rings the browsers (`sip.ring_timeout`).
     pub ring_timeout: Duration,
+    /// The calls in progress as the operator's stats page shows them.
+    pub live: Arc<LiveCalls>,
 }
 
 type Commands = mpsc::UnboundedSender<SessionInput>;
@@ -237,6 +241,15 @@ async fn run_outgoing(
     };
     let sip_call_id = crate::sip::message::new_call_id();
     let sip_rx = ctx.sip.register_call(&sip_call_id);
+    let live = ctx.live.begin(CallStart {
+        id: req.id.0.clone(),
+        direction: live::Direction::Outgoing,
+        account: req.account.name.clone(),
+        remote: Personal::new(req.to.clone(), req.account.redact).to_string(),
+        trunk: trunk.name.clone(),
+    });
+    live.set_sdp(SdpRole::BrowserOffer, &req.sdp);
+    live.ladder("in", "browser", "call (SDP)".into());
     let media = MediaPlan {
         public_ip: ctx.public_ip,
         browser_port: allocation.browser_port,
@@ -273,6 +286,8 @@ async fn run_outgoing(
         }),
         stats: ctx.stats.clone(),
         on_over: Box::new(|| {}),
+        live,
+        live_calls: ctx.live.clone(),
     };
     driver::run(call, io).await;
 }

@@ -76,6 +76,7 @@ async fn setup() -> Setup {
             public_ip: LO,
             stats: Arc::new(CallStats::default()),
             sessions: Arc::new(LocalSessions::default()),
+            live: Arc::default(),
             ring_timeout: Duration::from_secs(120),
         }),
         trunk,

@@ -2,6 +2,8 @@
 //! of the media plane's counters. Plain atomics: the call tasks add, the
 //! `/metrics` handler reads; nobody locks.
 
+pub mod live;
+
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,0 +1,557 @@
+//! The calls in progress as the operator sees them: who, which trunk, what
+//! state, each leg's security and counters, and, for the detail view, both
+//! legs' SDPs (keys removed) and the SIP ladder.
+//!
+//! Call drivers write here when something happens on the signaling side
+//! (a handful of times per call); the packet path never does: packet
+//! counters are the media plane's atomics, read at snapshot time. The last
+//! ended calls stay for the detail view.
+
+use crate::media::{CallCounters, DropReason, Leg, LegSnapshot};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+/// Ended calls whose detail (SDPs, ladder) stays in memory.
+const KEEP_ENDED: usize = 100;
+/// SIP ladder entries kept per call (a call has a dozen; a flood of
+/// retransmissions must not grow it without bound).
+const MAX_LADDER: usize = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Outgoing,
+    Incoming,
+}
+
+/// Where a call is, for the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CallState {
+    #[default]
+    Ringing,
+    Answering,
+    Connected,
+    Ending,
+}
+
+/// What the B2BUA knows of a call at a moment (see `calls::call::Call::info`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallInfo {
+    pub state: CallState,
+    pub codec: Option<String>,
+    pub browser_security: Option<String>,
+    pub trunk_security: Option<String>,
+    pub private: bool,
+}
+
+/// The fixed facts of a call, known when it starts.
+#[derive(Debug, Clone)]
+pub struct CallStart {
+    pub id: String,
+    pub direction: Direction,
+    pub account: String,
+    /// The remote party, already masked when the account redacts.
+    pub remote: String,
+    pub trunk: String,
+}
+
+/// One SIP message or browser event of the call, summarised.
+#[derive(Debug, Clone, Serialize)]
+pub struct LadderEntry {
+    pub t_ms: u64,
+    /// "in" toward the gateway, "out" from it.
+    pub direction: &'static str,
+    /// "trunk" or "browser".
+    pub peer: &'static str,
+    pub summary: String,
+}
+
+/// The SDPs of both legs, with keys and ICE passwords removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SdpSet {
+    pub browser_offer: Option<String>,
+    pub browser_answer: Option<String>,
+    pub trunk_offer: Option<String>,
+    pub trunk_answer: Option<String>,
+}
+
+/// Which of the four SDPs a text is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SdpRole {
+    BrowserOffer,
+    BrowserAnswer,
+    TrunkOffer,
+    TrunkAnswer,
+}
+
+pub struct LiveCall {
+    start: CallStart,
+    started_at: SystemTime,
+    started: Instant,
+    inner: Mutex<Inner>,
+}
+
+/// How a call ended, for the ended-calls table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ending {
+    pub cause_code: u16,
+    pub cause: String,
+    pub hung_up_by: &'static str,
+}
+
+#[derive(Default)]
+struct Inner {
+    info: CallInfo,
+    answered_at: Option<SystemTime>,
+    ended_at: Option<SystemTime>,
+    ending: Option<Ending>,
+    counters: Option<Arc<CallCounters>>,
+    sdp: SdpSet,
+    ladder: Vec<LadderEntry>,
+}
+
+impl LiveCall {
+    pub fn id(&self) -> &str {
+        &self.start.id
+    }
+
+    /// The B2BUA's view changed (state, codec, security).
+    pub fn update(&self, info: &CallInfo) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.info == *info {
+                return;
+            }
+            if info.state == CallState::Connected && inner.answered_at.is_none() {
+                inner.answered_at = Some(SystemTime::now());
+            }
+            inner.info = info.clone();
+        }
+    }
+
+    /// Why the call ended (before [`LiveCalls::finish`]).
+    pub fn set_ending(&self, ending: Ending) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.ending = Some(ending);
+        }
+    }
+
+    /// The ended-calls row of this call (the same shape as a call record).
+    pub fn ended_view(&self) -> EndedCallView {
+        let view = self.view();
+        let inner = match self.inner.lock() {
+            Ok(inner) => inner,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let ending = inner.ending.clone().unwrap_or(Ending {
+            cause_code: 0,
+            cause: "in progress".into(),
+            hung_up_by: "gateway",
+        });
+        let duration_s = match (inner.answered_at, inner.ended_at) {
+            (Some(a), Some(e)) => e.duration_since(a).ok().map(|d| d.as_secs_f64()),
+            _ => None,
+        };
+        let totals = |leg: &LegView| LegTotals {
+            packets_in: leg.packets_in,
+            packets_out: leg.packets_out,
+            bytes_in: leg.bytes_in,
+            bytes_out: leg.bytes_out,
+            drops_total: leg.drops.values().sum(),
+        };
+        EndedCallView {
+            id: view.id,
+            direction: view.direction,
+            account: view.account,
+            remote: view.remote,
+            trunk: view.trunk,
+            started_at: view.started_at,
+            answered_at: view.answered_at,
+            ended_at: inner.ended_at.map(rfc3339),
+            duration_s: duration_s.map(|d| (d * 10.0).round() / 10.0),
+            cause_code: ending.cause_code,
+            cause: ending.cause,
+            hung_up_by: ending.hung_up_by,
+            codec: view.codec,
+            browser_security: view.legs.browser.security.clone(),
+            trunk_security: view.legs.trunk.security.clone(),
+            private: view.private,
+            legs: LegTotalsPair {
+                browser: totals(&view.legs.browser),
+                trunk: totals(&view.legs.trunk),
+            },
+        }
+    }
+
+    /// The call's media started: its counters become visible.
+    pub fn set_counters(&self, counters: Arc<CallCounters>) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.counters = Some(counters);
+        }
+    }
+
+    pub fn set_sdp(&self, role: SdpRole, sdp: &str) {
+        let clean = strip_secrets(sdp);
+        if let Ok(mut inner) = self.inner.lock() {
+            let slot = match role {
+                SdpRole::BrowserOffer => &mut inner.sdp.browser_offer,
+                SdpRole::BrowserAnswer => &mut inner.sdp.browser_answer,
+                SdpRole::TrunkOffer => &mut inner.sdp.trunk_offer,
+                SdpRole::TrunkAnswer => &mut inner.sdp.trunk_answer,
+            };
+            *slot = Some(clean);
+        }
+    }
+
+    pub fn ladder(&self, direction: &'static str, peer: &'static str, summary: String) {
+        let t_ms = self.started.elapsed().as_millis() as u64;
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.ladder.len() < MAX_LADDER {
+                inner.ladder.push(LadderEntry {
+                    t_ms,
+                    direction,
+                    peer,
+                    summary,
+                });
+            }
+        }
+    }
+
+    /// What the stats page shows of this call now.
+    pub fn view(&self) -> LiveCallView {
+        let inner = match self.inner.lock() {
+            Ok(inner) => inner,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let end = inner.ended_at.unwrap_or_else(SystemTime::now);
+        let duration_s = end
+            .duration_since(self.started_at)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let leg = |leg: Leg, security: &Option<String>| {
+            let snap = inner
+                .counters
+                .as_ref()
+                .map(|c| c.leg(leg).snapshot())
+                .unwrap_or_default();
+            LegView::new(security.clone(), &snap)
+        };
+        LiveCallView {
+            id: self.start.id.clone(),
+            direction: self.start.direction,
+            account: self.start.account.clone(),
+            remote: self.start.remote.clone(),
+            trunk: self.start.trunk.clone(),
+            state: if inner.ended_at.is_some() {
+                CallState::Ending
+            } else {
+                inner.info.state
+            },
+            started_at: rfc3339(self.started_at),
+            answered_at: inner.answered_at.map(rfc3339),
+            duration_s: (duration_s * 10.0).round() / 10.0,
+            codec: inner.info.codec.clone(),
+            private: inner.info.private,
+            legs: Legs {
+                browser: leg(Leg::Browser, &inner.info.browser_security),
+                trunk: leg(Leg::Trunk, &inner.info.trunk_security),
+            },
+        }
+    }
+
+    /// The detail view: SDPs and ladder.
+    pub fn detail(&self) -> (SdpSet, Vec<LadderEntry>) {
+        match self.inner.lock() {
+            Ok(inner) => (inner.sdp.clone(), inner.ladder.clone()),
+            Err(_) => (SdpSet::default(), Vec::new()),
+        }
+    }
+
+    /// Packet and drop figures of both legs now (for the call record).
+    pub fn figures(&self) -> (LegSnapshot, LegSnapshot) {
+        let counters = self.inner.lock().ok().and_then(|i| i.counters.clone());
+        match counters {
+            Some(c) => (c.browser.snapshot(), c.trunk.snapshot()),
+            None => Default::default(),
+        }
+    }
+
+    pub fn info(&self) -> CallInfo {
+        self.inner
+            .lock()
+            .map(|i| i.info.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Every call in progress, and the detail of the last ended ones.
+#[derive(Default)]
+pub struct LiveCalls {
+    active: Mutex<HashMap<String, Arc<LiveCall>>>,
+    ended: Mutex<VecDeque<Arc<LiveCall>>>,
+}
+
+impl LiveCalls {
+    pub fn begin(&self, start: CallStart) -> Arc<LiveCall> {
+        let call = Arc::new(LiveCall {
+            start,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            inner: Mutex::new(Inner::default()),
+        });
+        if let Ok(mut active) = self.active.lock() {
+            active.insert(call.start.id.clone(), call.clone());
+        }
+        call
+    }
+
+    /// The call ended: it leaves the live table, its detail stays a while.
+    pub fn finish(&self, call: &Arc<LiveCall>) {
+        if let Ok(mut inner) = call.inner.lock() {
+            inner.ended_at = Some(SystemTime::now());
+        }
+        if let Ok(mut active) = self.active.lock() {
+            // Remove only this very call: an incoming id is unique, but an
+            // outgoing one is the browser's and may be reused later.
+            if active.get(call.id()).is_some_and(|c| Arc::ptr_eq(c, call)) {
+                active.remove(call.id());
+            }
+        }
+        if let Ok(mut ended) = self.ended.lock() {
+            ended.push_front(call.clone());
+            ended.truncate(KEEP_ENDED);
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.active.lock().map(|a| a.len()).unwrap_or(0)
+    }
+
+    /// Every call in progress, oldest first.
+    pub fn views(&self) -> Vec<LiveCallView> {
+        let calls: Vec<Arc<LiveCall>> = self
+            .active
+            .lock()
+            .map(|a| a.values().cloned().collect())
+            .unwrap_or_default();
+        let mut views: Vec<(SystemTime, LiveCallView)> =
+            calls.iter().map(|c| (c.started_at, c.view())).collect();
+        views.sort_by_key(|(at, _)| *at);
+        views.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// The ended calls kept in memory, newest first.
+    pub fn ended_views(&self, limit: usize) -> Vec<EndedCallView> {
+        let ended: Vec<Arc<LiveCall>> = self
+            .ended
+            .lock()
+            .map(|e| e.iter().take(limit).cloned().collect())
+            .unwrap_or_default();
+        ended.iter().map(|c| c.ended_view()).collect()
+    }
+
+    /// A call in progress or recently ended, by id (the live one first).
+    pub fn find(&self, id: &str) -> Option<(Arc<LiveCall>, bool)> {
+        if let Some(call) = self.active.lock().ok().and_then(|a| a.get(id).cloned()) {
+            return Some((call, true));
+        }
+        self.ended
+            .lock()
+            .ok()
+            .and_then(|e| e.iter().find(|c| c.id() == id).cloned())
+            .map(|c| (c, false))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveCallView {
+    pub id: String,
+    pub direction: Direction,
+    pub account: String,
+    pub remote: String,
+    pub trunk: String,
+    pub state: CallState,
+    pub started_at: String,
+    pub answered_at: Option<String>,
+    pub duration_s: f64,
+    pub codec: Option<String>,
+    pub private: bool,
+    pub legs: Legs,
+}
+
+/// A row of the ended-calls table.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndedCallView {
+    pub id: String,
+    pub direction: Direction,
+    pub account: String,
+    pub remote: String,
+    pub trunk: String,
+    pub started_at: String,
+    pub answered_at: Option<String>,
+    pub ended_at: Option<String>,
+    /// From answer to end; `None` for calls never answered.
+    pub duration_s: Option<f64>,
+    pub cause_code: u16,
+    pub cause: String,
+    pub hung_up_by: &'static str,
+    pub codec: Option<String>,
+    pub browser_security: Option<String>,
+    pub trunk_security: Option<String>,
+    pub private: bool,
+    pub legs: LegTotalsPair,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LegTotalsPair {
+    pub browser: LegTotals,
+    pub trunk: LegTotals,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LegTotals {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub drops_total: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Legs {
+    pub browser: LegView,
+    pub trunk: LegView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LegView {
+    pub security: Option<String>,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub drops: std::collections::BTreeMap<&'static str, u64>,
+    /// From RTCP receiver reports, when the leg sent any.
+    pub loss: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub rtt_ms: Option<f64>,
+}
+
+impl LegView {
+    fn new(security: Option<String>, s: &LegSnapshot) -> Self {
+        LegView {
+            security,
+            packets_in: s.packets_in,
+            packets_out: s.packets_out,
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.label(), s.drops(*r)))
+                .collect(),
+            loss: None,
+            jitter_ms: None,
+            rtt_ms: None,
+        }
+    }
+}
+
+/// `2026-12-03T16:00:00.123Z`.
+pub fn rfc3339(at: SystemTime) -> String {
+    let t: time::OffsetDateTime = at.into();
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// An SDP with its secrets removed: SDES inline keys and ICE passwords.
+/// The rest (addresses, codecs, fingerprints, which are public keys' hashes)
+/// is what an operator needs to debug a call.
+pub fn strip_secrets(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .map(|line| {
+            let trimmed = line.trim_end_matches(['\r', '\n']);
+            let end = &line[trimmed.len()..];
+            if let Some(rest) = trimmed.strip_prefix("a=ice-pwd:") {
+                let _ = rest;
+                format!("a=ice-pwd:<removed>{end}")
+            } else if trimmed.starts_with("a=crypto:") {
+                format!("{}{end}", strip_inline_keys(trimmed))
+            } else {
+                line.to_string()
+            }
+        })
+        .collect()
+}
+
+/// `inline:KEY|2^31|1:1` → `inline:<removed>|2^31|1:1` for every key.
+fn strip_inline_keys(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find("inline:") {
+        out.push_str(&rest[..at + "inline:".len()]);
+        out.push_str("<removed>");
+        rest = &rest[at + "inline:".len()..];
+        let key_end = rest
+            .find(|c: char| c == '|' || c == ';' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        rest = &rest[key_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_leave_the_sdp_and_nothing_else_does() {
+        let sdp = "v=0\r\na=ice-pwd:supersecretpassword\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^31|1:1\r\n\
+a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYXkK\r\n\
+a=fingerprint:sha-256 AB:CD\r\n";
+        let clean = strip_secrets(sdp);
+        assert!(!clean.contains("supersecret"));
+        assert!(!clean.contains("WVNfX19z"));
+        assert!(!clean.contains("d2VsbCBo"));
+        assert!(clean.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:<removed>|2^31|1:1\r\n"));
+        assert!(clean.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:<removed>\r\n"));
+        assert!(clean.contains("a=fingerprint:sha-256 AB:CD\r\n"));
+        assert!(clean.starts_with("v=0\r\n"));
+    }
+
+    #[test]
+    fn calls_move_from_live_to_ended() {
+        let live = LiveCalls::default();
+        let call = live.begin(CallStart {
+            id: "in-1".into(),
+            direction: Direction::Incoming,
+            account: "alice".into(),
+            remote: "+4930******89".into(),
+            trunk: "carrier".into(),
+        });
+        call.update(&CallInfo {
+            state: CallState::Connected,
+            codec: Some("PCMU/8000".into()),
+            browser_security: Some("dtls-srtp AEAD_AES_128_GCM".into()),
+            trunk_security: Some("sdes-srtp AES_CM_128_HMAC_SHA1_80".into()),
+            private: false,
+        });
+        let counters = Arc::new(CallCounters::default());
+        counters.trunk.add_in(172);
+        call.set_counters(counters);
+        let views = live.views();
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].state, CallState::Connected);
+        assert!(views[0].answered_at.is_some());
+        assert_eq!(views[0].legs.trunk.packets_in, 1);
+        assert_eq!(views[0].legs.trunk.bytes_in, 172);
+        live.finish(&call);
+        assert_eq!(live.count(), 0);
+        let (found, is_live) = live.find("in-1").unwrap();
+        assert!(!is_live);
+        assert_eq!(found.view().state, CallState::Ending);
+    }
+}

@@ -3,9 +3,11 @@
 //!
 //! Layers (dependencies point one way, see DESIGN.md):
 //! `signaling → calls → {sip, sdp, policy, media}`; `config`, `types` and
-//! `stats` are shared vocabulary; `gateway` starts everything.
+//! `stats` are shared vocabulary; `cdr` stores call records and depends on
+//! none of the layers; `gateway` starts everything.
 
 pub mod calls;
+pub mod cdr;
 pub mod config;
 pub mod demo;
 pub mod fingerprint;

@@ -6,6 +6,7 @@ use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use webrtc_sip_gateway::cdr::{self, ExportFormat};
 use webrtc_sip_gateway::config::{Config, DEFAULT_CONFIG_PATH};
 use webrtc_sip_gateway::gateway;
 use webrtc_sip_gateway::signaling::auth;
@@ -44,6 +45,41 @@ enum Command {
     },
     /// Read a password on stdin and print its hash for the config.
     HashPassword,
+    /// Call detail records.
+    Cdr {
+        #[command(subcommand)]
+        command: CdrCommand,
+    },
+    /// Accounts' data.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CdrCommand {
+    /// Print every call record of an account (right of access). Audited.
+    Export {
+        #[arg(long)]
+        account: String,
+        /// json or csv
+        #[arg(long, default_value = "json")]
+        format: ExportFormat,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Erase an account's identifiers from the call records (right to
+    /// erasure); what billing needs is kept under a pseudonym. Audited.
+    Purge {
+        name: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -150,7 +186,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", auth::hash_password(password)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cdr {
+            command:
+                CdrCommand::Export {
+                    account,
+                    format,
+                    config,
+                },
+        } => {
+            let (config, _) = load(config)?;
+            let text = cdr::export_account(&config.server.data_dir, &account, format, &cli_user())?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Account {
+            command: AccountCommand::Purge { name, config },
+        } => {
+            let (config, _) = load(config)?;
+            let rows = cdr::purge_account(&config.server.data_dir, &name, &cli_user())?;
+            println!("{rows} call record(s) of {name:?} erased (pseudonymised)");
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// The audit log's `who` for this command: `cli:` and the OS user.
+fn cli_user() -> String {
+    cdr::cli_who(std::env::var("USER").ok().as_deref())
 }
 
 /// The config at `path`, or at the default path, or the built-in defaults

@@ -5,6 +5,7 @@
 use crate::calls::directory::{demo_trunk, Account, Directory};
 use crate::calls::sessions::LocalSessions;
 use crate::calls::{inbound, Calls, CallsContext};
+use crate::cdr::{self, CdrStore};
 use crate::config::Config;
 use crate::demo::EchoTrunk;
 use crate::media::dtls::DtlsIdentity;
@@ -19,7 +20,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
 
 /// The account that exists on defaults (a config without accounts).
@@ -42,6 +43,8 @@ pub enum GatewayError {
     Sip(#[from] crate::sip::SipError),
     #[error("DTLS certificate: {0}")]
     Dtls(#[from] crate::media::dtls::DtlsError),
+    #[error("call records: {0}")]
+    Cdr(#[from] crate::cdr::CdrError),
 }
 
 /// The token secret: from the config, else generated once into `data_dir`.
@@ -110,6 +113,8 @@ pub async fn run(
     let sip_for_health = sip.clone();
     let call_stats = Arc::new(CallStats::default());
     let live_calls = Arc::new(LiveCalls::default());
+    let cdr = CdrStore::open(&cdr::database_path(&data_dir), SystemTime::now())?;
+    tokio::spawn(purge_daily(cdr.clone(), config.privacy.cdr_retention_days));
     let calls = Calls::new(CallsContext {
         directory,
         sip,
@@ -118,6 +123,7 @@ pub async fn run(
         stats: call_stats.clone(),
         sessions: Arc::new(LocalSessions::default()),
         live: live_calls.clone(),
+        cdr: cdr.clone(),
         ring_timeout: Duration::from_secs(config.sip.ring_timeout),
     });
     tokio::spawn(inbound::route(calls.clone(), incoming));
@@ -177,10 +183,40 @@ pub async fn run(
         _ = shutdown => {}
     }
     calls.shutdown(SHUTDOWN_GRACE).await;
+    // Every call's record reaches the database before the process ends.
+    let flushing = cdr.clone();
+    match tokio::task::spawn_blocking(move || flushing.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "call records not flushed"),
+        Err(e) => warn!(error = %e, "call records not flushed"),
+    }
     let _ = stop_http.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     info!("stopped");
     Ok(())
+}
+
+/// Deletes call records past `privacy.cdr_retention_days`: at start, then
+/// once a day (GDPR storage limitation).
+async fn purge_daily(cdr: CdrStore, retention_days: u32) {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    loop {
+        let store = cdr.clone();
+        let purged = tokio::task::spawn_blocking(move || {
+            store.purge_older_than(SystemTime::now(), retention_days)
+        })
+        .await;
+        match purged {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(
+                rows = n,
+                retention_days, "call records past retention deleted"
+            ),
+            Ok(Err(e)) => warn!(error = %e, "call record retention purge failed"),
+            Err(e) => warn!(error = %e, "call record retention purge failed"),
+        }
+        tokio::time::sleep(DAY).await;
+    }
 }
 
 /// The demo account's password hash; on first start a fresh password is made,

@@ -69,8 +69,9 @@ impl<T> fmt::Display for Secret<T> {
     }
 }
 
-/// A number or URI that identifies a person. Its `Display` masks it as `***`
-/// when the account asks for redaction, so a log line cannot forget to.
+/// A number or URI that identifies a person. Its `Display` masks it
+/// (`+4930******89`, see [`crate::cdr::mask_party`]) when the account asks
+/// for redaction, so a log line, page or record cannot forget to.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Personal {
     value: String,
@@ -93,7 +94,7 @@ impl Personal {
 impl fmt::Display for Personal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.redact {
-            f.write_str("***")
+            f.write_str(&crate::cdr::mask_party(&self.value))
         } else {
             f.write_str(&self.value)
         }
@@ -253,7 +254,10 @@ mod tests {
     fn secrets_and_personal_data_do_not_print() {
         let key = SrtpKeyMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
         assert!(!format!("{key:?}").contains(&format!("{:?}", key.key.expose())));
-        assert_eq!(format!("{}", Personal::new("+4930123", true)), "***");
+        assert_eq!(
+            format!("{}", Personal::new("+493012345689", true)),
+            "+4930******89"
+        );
         assert_eq!(format!("{}", Personal::new("+4930123", false)), "+4930123");
     }
 }

@@ -5,12 +5,14 @@
 
 use super::api::SessionEvent;
 use super::call::{Call, MediaCommand, Output, SessionInput};
+use super::cause::Side;
 use super::sessions::SessionKey;
+use crate::cdr::{self, CdrEvent, CdrStore, HungUpBy, LegFigures};
 use crate::media::{MediaAllocation, MediaEvent, MediaHandle};
 use crate::sip::message;
 use crate::sip::transport::SipEndpoint;
 use crate::sip::Transport;
-use crate::stats::live::{Ending, LiveCall, LiveCalls, SdpRole};
+use crate::stats::live::{CallStart, CallState, Direction, Ending, LiveCall, LiveCalls, SdpRole};
 use crate::stats::CallStats;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rsip::SipMessage;
@@ -19,6 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
+use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -42,6 +45,8 @@ pub struct CallIo {
     /// The operator's view of this call, and the table it sits in.
     pub live: Arc<LiveCall>,
     pub live_calls: Arc<LiveCalls>,
+    /// Where the call's record goes (its `Started` is already sent).
+    pub cdr: CdrStore,
 }
 
 type Closed = Pin<Box<dyn Future<Output = SessionKey> + Send>>;
@@ -60,7 +65,9 @@ pub async fn run(mut call: Call, io: CallIo) {
         on_over,
         live,
         live_calls,
+        cdr,
     } = io;
+    let mut answered_recorded = false;
     let sip_call_id = call.sip_call_id();
     let mut allocation = Some(allocation);
     let mut media: Option<MediaHandle> = None;
@@ -129,7 +136,15 @@ pub async fn run(mut call: Call, io: CallIo) {
                 Output::Connected => stats.calls_connected(),
             }
         }
-        live.update(&call.info());
+        let info = call.info();
+        if info.state == CallState::Connected && !answered_recorded {
+            answered_recorded = true;
+            cdr.record(CdrEvent::Answered {
+                id: live.id().to_string(),
+                at: SystemTime::now(),
+            });
+        }
+        live.update(&info);
         if transport_failed {
             call.handle_transport_error(Instant::now());
             continue;
@@ -187,15 +202,61 @@ pub async fn run(mut call: Call, io: CallIo) {
     if let Some(f) = on_over.take() {
         f();
     }
-    if let Some(cause) = call.cause() {
-        let (code, reason) = cause.browser();
-        live.set_ending(Ending {
-            cause_code: code,
-            cause: reason,
-            hung_up_by: cause.side().as_str(),
-        });
-    }
+    let (code, reason, side) = match call.cause() {
+        Some(cause) => {
+            let (code, reason) = cause.browser();
+            (code, reason, cause.side())
+        }
+        None => (500, "call ended".to_string(), Side::Gateway),
+    };
+    live.set_ending(Ending {
+        cause_code: code,
+        cause: reason.clone(),
+        hung_up_by: side.as_str(),
+    });
+    let info = live.info();
+    let (browser, trunk) = live.figures();
+    let figures = |s: crate::media::LegSnapshot| LegFigures {
+        packets_in: s.packets_in,
+        packets_out: s.packets_out,
+        bytes_in: s.bytes_in,
+        bytes_out: s.bytes_out,
+        drops_total: s.drops.iter().sum(),
+    };
+    cdr.record(CdrEvent::Ended {
+        id: live.id().to_string(),
+        at: SystemTime::now(),
+        cause_code: code,
+        cause: reason,
+        hung_up_by: match side {
+            Side::Browser => HungUpBy::Browser,
+            Side::Trunk => HungUpBy::Trunk,
+            Side::Gateway => HungUpBy::Gateway,
+        },
+        codec: info.codec,
+        browser_security: info.browser_security,
+        trunk_security: info.trunk_security,
+        private: info.private,
+        browser: figures(browser),
+        trunk: figures(trunk),
+    });
     live_calls.finish(&live);
+}
+
+/// The first event of a call's record.
+pub fn record_start(cdr: &CdrStore, start: &CallStart, sip_call_id: &str) {
+    cdr.record(CdrEvent::Started {
+        id: start.id.clone(),
+        direction: match start.direction {
+            Direction::Outgoing => cdr::Direction::Outgoing,
+            Direction::Incoming => cdr::Direction::Incoming,
+        },
+        account: start.account.clone(),
+        remote: start.remote.clone(),
+        trunk: start.trunk.clone(),
+        sip_call_id: sip_call_id.to_string(),
+        at: SystemTime::now(),
+    });
 }
 
 /// A SIP message as the call's ladder shows it: method or status, the CSeq

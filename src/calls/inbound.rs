@@ -149,13 +149,15 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
     };
     let sip_call_id = uas.call_id();
     let sip_rx = calls.ctx.sip.register_call(&sip_call_id);
-    let live = calls.ctx.live.begin(CallStart {
+    let start = CallStart {
         id: id.0.clone(),
         direction: live::Direction::Incoming,
         account: account.name.clone(),
         remote: from.to_string(),
         trunk: trunk.name.clone(),
-    });
+    };
+    driver::record_start(&calls.ctx.cdr, &start, &sip_call_id);
+    let live = calls.ctx.live.begin(start);
     driver::observe_message(&live, "in", &SipMessage::Request(uas.invite().clone()));
     let local = calls.sip_local(transport);
     // 100 Trying is queued in `uas`; the call sends it with its 180.
@@ -215,6 +217,7 @@ fn spawn_incoming(
         on_over: forget,
         live,
         live_calls: calls.ctx.live.clone(),
+        cdr: calls.ctx.cdr.clone(),
     };
     calls.spawn_task(tx, driver::run(call, io).instrument(span));
 }

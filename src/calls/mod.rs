@@ -21,6 +21,7 @@ pub mod sessions;
 #[cfg(test)]
 mod tests;
 
+use crate::cdr::CdrStore;
 use crate::config::TrunkTransport;
 use crate::media::MediaEngine;
 use crate::sip::transport::SipEndpoint;
@@ -57,6 +58,8 @@ pub struct CallsContext {
     pub ring_timeout: Duration,
     /// The calls in progress as the operator's stats page shows them.
     pub live: Arc<LiveCalls>,
+    /// Call detail records.
+    pub cdr: CdrStore,
 }
 
 type Commands = mpsc::UnboundedSender<SessionInput>;
@@ -241,13 +244,15 @@ async fn run_outgoing(
     };
     let sip_call_id = crate::sip::message::new_call_id();
     let sip_rx = ctx.sip.register_call(&sip_call_id);
-    let live = ctx.live.begin(CallStart {
+    let start = CallStart {
         id: req.id.0.clone(),
         direction: live::Direction::Outgoing,
         account: req.account.name.clone(),
         remote: Personal::new(req.to.clone(), req.account.redact).to_string(),
         trunk: trunk.name.clone(),
-    });
+    };
+    driver::record_start(&ctx.cdr, &start, &sip_call_id);
+    let live = ctx.live.begin(start);
     live.set_sdp(SdpRole::BrowserOffer, &req.sdp);
     live.ladder("in", "browser", "call (SDP)".into());
     let media = MediaPlan {
@@ -288,6 +293,7 @@ async fn run_outgoing(
         on_over: Box::new(|| {}),
         live,
         live_calls: ctx.live.clone(),
+        cdr: ctx.cdr.clone(),
     };
     driver::run(call, io).await;
 }

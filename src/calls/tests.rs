@@ -77,11 +77,23 @@ async fn setup() -> Setup {
             stats: Arc::new(CallStats::default()),
             sessions: Arc::new(LocalSessions::default()),
             live: Arc::default(),
+            cdr: test_cdr(),
             ring_timeout: Duration::from_secs(120),
         }),
         trunk,
         _incoming: incoming,
     }
+}
+
+/// A call-record store in a directory of its own under the temp dir.
+fn test_cdr() -> crate::cdr::CdrStore {
+    let dir = std::env::temp_dir().join(format!(
+        "gw-calls-test-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    crate::cdr::CdrStore::open(&dir.join("cdr.sqlite3"), std::time::SystemTime::now()).unwrap()
 }
 
 /// A session of alice places call `c1`; keep the session: dropping it is

@@ -71,7 +71,8 @@ pub enum CdrEvent {
         codec: Option<String>,
         browser_security: Option<String>,
         trunk_security: Option<String>,
-        /// The account asked for redaction: `remote` was stored masked.
+        /// A private call: the gateway relayed the media without holding
+        /// its keys (PortaSwitch `forced_relay`).
         private: bool,
         browser: LegFigures,
         trunk: LegFigures,

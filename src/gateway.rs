@@ -12,7 +12,9 @@ use crate::media::dtls::DtlsIdentity;
 use crate::media::{MediaConfig, MediaEngine};
 use crate::signaling::{self, auth, AppState, SignalingConfig};
 use crate::sip::transport::{EndpointConfig, SipEndpoint};
+use crate::stats::history::History;
 use crate::stats::live::LiveCalls;
+use crate::stats::operator::Operator;
 use crate::stats::CallStats;
 use crate::types::Secret;
 use rand::distributions::{Alphanumeric, DistString};
@@ -149,6 +151,23 @@ pub async fn run(
         Arc::new(metrics),
         Arc::new(move || sip_for_health.is_running()),
     );
+    let history = Arc::new(History::default());
+    tokio::spawn(sample_history(
+        history.clone(),
+        live_calls.clone(),
+        media.stats(),
+    ));
+    let operator = Operator {
+        live: live_calls.clone(),
+        history,
+        cdr: cdr.clone(),
+        started,
+        trunks: config.trunks.iter().map(|t| t.name.clone()).collect(),
+    };
+    let state = state.with_operator(
+        Arc::new(operator),
+        config.server.admin_password_hash.clone(),
+    );
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = signaling::serve(state, async {
         let _ = http_stopped.await;
@@ -194,6 +213,32 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     info!("stopped");
     Ok(())
+}
+
+/// Feeds the stats page's charts once a second.
+async fn sample_history(
+    history: Arc<History>,
+    live: Arc<LiveCalls>,
+    media: Arc<crate::media::MediaStats>,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let packets = media
+            .browser
+            .packets_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + media
+                .trunk
+                .packets_in
+                .load(std::sync::atomic::Ordering::Relaxed);
+        let unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        history.tick(Instant::now(), unix, live.count(), packets);
+    }
 }
 
 /// Deletes call records past `privacy.cdr_retention_days`: at start, then

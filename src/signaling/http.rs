@@ -38,7 +38,7 @@ pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
 
 /// The client's address when the server recorded it (not in in-process
 /// tests), for the log lines of failed logins.
-pub(crate) struct Peer(Option<SocketAddr>);
+pub(crate) struct Peer(pub(crate) Option<SocketAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = Infallible;
@@ -73,6 +73,15 @@ async fn login(State(state): State<AppState>, Peer(peer): Peer, body: Bytes) -> 
         }
     };
     let LoginRequest { account, password } = request;
+    let source = peer.map(|p| p.ip());
+    let wait = state
+        .login_throttle
+        .lock()
+        .ok()
+        .and_then(|t| t.check(&source, std::time::Instant::now()).err());
+    if let Some(wait) = wait {
+        return super::admin::too_many(wait);
+    }
 
     // Unknown accounts are checked against a decoy hash: same cost, same
     // answer, so the response time does not reveal which names exist.
@@ -92,6 +101,11 @@ async fn login(State(state): State<AppState>, Peer(peer): Peer, body: Bytes) -> 
             }
         };
     if !(verified && known.is_some()) {
+        // Each failure from this source lengthens its next wait; a right
+        // password from elsewhere is not delayed.
+        if let Ok(mut t) = state.login_throttle.lock() {
+            t.failure(&source, std::time::Instant::now());
+        }
         // Debug formatting escapes control characters in the untrusted name.
         warn!(account = ?account, peer = ?peer, "login refused");
         return json_error(StatusCode::UNAUTHORIZED, "invalid account or password");
@@ -106,6 +120,9 @@ async fn login(State(state): State<AppState>, Peer(peer): Peer, body: Bytes) -> 
             return json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot issue a token");
         }
     };
+    if let Ok(mut t) = state.login_throttle.lock() {
+        t.success(&source);
+    }
     info!(account = %account, peer = ?peer, "login");
     let mut response = Json(serde_json::json!({
         "token": token,

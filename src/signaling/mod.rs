@@ -12,10 +12,12 @@
 //! metrics), `protocol` (the JSON messages, no IO), `session` (the task that
 //! drives one WebSocket).
 
+mod admin;
 pub mod auth;
 mod http;
 pub mod protocol;
 mod session;
+mod throttle;
 mod tls;
 mod web;
 
@@ -48,6 +50,9 @@ const TLS_RELOAD_EVERY: Duration = Duration::from_secs(12 * 3600);
 /// for tens of milliseconds, so a login flood must queue instead of
 /// exhausting memory.
 const CONCURRENT_PASSWORD_CHECKS: usize = 4;
+
+/// Source addresses whose failed `/api/login`s are remembered.
+const LOGIN_THROTTLE_CAPACITY: usize = 16 * 1024;
 
 /// Everything signaling needs from the configuration.
 pub struct SignalingConfig {
@@ -149,6 +154,18 @@ impl Default for WsTiming {
     }
 }
 
+/// The operator's figures (`/api/stats`), supplied by the stats module so
+/// that signaling stays ignorant of calls. Methods may block briefly (call
+/// records are read from SQLite): handlers call them off the async threads.
+pub trait OperatorView: Send + Sync + 'static {
+    /// Everything the stats page shows, as the JSON `/api/stats` returns.
+    fn stats(&self) -> serde_json::Value;
+    /// One call (live or recorded) with its SDPs and SIP ladder.
+    fn call_detail(&self, id: &str) -> Option<serde_json::Value>;
+    /// Records an operator's access in the audit log (who, what, detail).
+    fn audit(&self, who: &str, action: &str, detail: &str);
+}
+
 /// Shared state of every request handler. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -161,6 +178,10 @@ pub struct AppState {
     shutdown: watch::Sender<bool>,
     password_checks: Arc<Semaphore>,
     ws_timing: WsTiming,
+    operator: Option<Arc<dyn OperatorView>>,
+    admin: Arc<admin::AdminAuth>,
+    /// Failed `/api/login`s per source address.
+    login_throttle: Arc<std::sync::Mutex<throttle::Throttle<Option<std::net::IpAddr>>>>,
 }
 
 impl AppState {
@@ -180,7 +201,24 @@ impl AppState {
             shutdown: watch::Sender::new(false),
             password_checks: Arc::new(Semaphore::new(CONCURRENT_PASSWORD_CHECKS)),
             ws_timing: WsTiming::default(),
+            operator: None,
+            admin: Arc::new(admin::AdminAuth::new(None)),
+            login_throttle: Arc::new(std::sync::Mutex::new(throttle::Throttle::new(
+                LOGIN_THROTTLE_CAPACITY,
+            ))),
         }
+    }
+
+    /// Serves the operator's stats page from `operator`, signed in with the
+    /// argon2 `admin_password_hash` (none: operator sign-in is refused).
+    pub fn with_operator(
+        mut self,
+        operator: Arc<dyn OperatorView>,
+        admin_password_hash: Option<String>,
+    ) -> Self {
+        self.operator = Some(operator);
+        self.admin = Arc::new(admin::AdminAuth::new(admin_password_hash));
+        self
     }
 
     pub fn config(&self) -> &SignalingConfig {
@@ -205,6 +243,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(web::routes())
         .merge(http::routes())
+        .merge(admin::routes())
         .route("/ws", axum::routing::get(session::upgrade))
         .layer(axum::middleware::from_fn(web::security_headers))
         .with_state(state)

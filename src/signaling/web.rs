@@ -33,6 +33,31 @@ const ASSETS: &[Asset] = &[
         body: include_str!("../../web-client/style.css"),
     },
     Asset {
+        paths: &["/stats", "/stats.html"],
+        content_type: "text/html; charset=utf-8",
+        body: include_str!("../../web-client/stats.html"),
+    },
+    Asset {
+        paths: &["/stats.js"],
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../web-client/stats.js"),
+    },
+    Asset {
+        paths: &["/stats.css"],
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("../../web-client/stats.css"),
+    },
+    Asset {
+        paths: &["/vendor/uplot.min.js"],
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../web-client/vendor/uplot.min.js"),
+    },
+    Asset {
+        paths: &["/vendor/uplot.min.css"],
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("../../web-client/vendor/uplot.min.css"),
+    },
+    Asset {
         paths: &["/favicon.svg"],
         content_type: "image/svg+xml",
         body: include_str!("../../web-client/favicon.svg"),

@@ -2,7 +2,9 @@
 //! of the media plane's counters. Plain atomics: the call tasks add, the
 //! `/metrics` handler reads; nobody locks.
 
+pub mod history;
 pub mod live;
+pub mod operator;
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,80 @@
+//! The operator's figures as the stats page and `/api/stats` show them:
+//! live calls (from [`LiveCalls`]), the last hour's charts ([`History`]),
+//! and the last ended calls from the call records in SQLite.
+
+use super::history::History;
+use super::live::{rfc3339, LiveCalls};
+use crate::cdr::CdrStore;
+use crate::signaling::OperatorView;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Ended calls listed under the live ones.
+const RECENT_ENDED: usize = 100;
+
+pub struct Operator {
+    pub live: Arc<LiveCalls>,
+    pub history: Arc<History>,
+    pub cdr: CdrStore,
+    pub started: Instant,
+    /// Trunk names, in config order (their liveness comes with OPTIONS pings).
+    pub trunks: Vec<String>,
+}
+
+impl OperatorView for Operator {
+    fn stats(&self) -> Value {
+        let ended = match self.cdr.recent(RECENT_ENDED) {
+            Ok(rows) => serde_json::to_value(rows).unwrap_or(Value::Array(vec![])),
+            Err(e) => {
+                tracing::warn!(error = %e, "call records unreadable for the stats page");
+                Value::Array(vec![])
+            }
+        };
+        let trunks: Vec<Value> = self
+            .trunks
+            .iter()
+            .map(|name| json!({"name": name, "status": "unknown", "last_options_rtt_ms": null}))
+            .collect();
+        json!({
+            "generated_at": rfc3339(SystemTime::now()),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "calls_active": self.live.count(),
+            "packets_per_second": self.history.packets_per_second(),
+            "history": self.history.points(),
+            "trunks": trunks,
+            "bans": [],
+            "calls": self.live.views(),
+            "ended": ended,
+        })
+    }
+
+    fn call_detail(&self, id: &str) -> Option<Value> {
+        let found = self.live.find(id);
+        let record = self.cdr.get(id).ok().flatten();
+        if found.is_none() && record.is_none() {
+            return None;
+        }
+        let (call, sdp, ladder) = match &found {
+            Some((call, is_live)) => {
+                let (sdp, ladder) = call.detail();
+                let view = is_live.then(|| call.view());
+                (view, Some(sdp), ladder)
+            }
+            None => (None, None, Vec::new()),
+        };
+        Some(json!({
+            "call": call,
+            "record": record,
+            "sdp": sdp.unwrap_or_default(),
+            "ladder": ladder,
+        }))
+    }
+
+    fn audit(&self, who: &str, action: &str, detail: &str) {
+        if let Err(e) = self.cdr.audit(who, action, detail) {
+            tracing::warn!(error = %e, "audit record not written");
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! together. `main` calls `run`; integration tests can too.
 
 use crate::calls::directory::{demo_trunk, Account, Directory};
-use crate::calls::sessions::LocalSessions;
+use crate::calls::sessions::{LocalSessions, SessionRegistry};
 use crate::calls::{inbound, Calls, CallsContext};
 use crate::cdr::{self, CdrStore};
 use crate::config::Config;
@@ -19,6 +19,7 @@ use crate::stats::CallStats;
 use crate::types::Secret;
 use rand::distributions::{Alphanumeric, DistString};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,6 +116,7 @@ pub async fn run(
     let sip_for_health = sip.clone();
     let call_stats = Arc::new(CallStats::default());
     let live_calls = Arc::new(LiveCalls::default());
+    let sessions: Arc<dyn SessionRegistry> = Arc::new(LocalSessions::default());
     let cdr = CdrStore::open(&cdr::database_path(&data_dir), SystemTime::now())?;
     tokio::spawn(purge_daily(cdr.clone(), config.privacy.cdr_retention_days));
     let calls = Calls::new(CallsContext {
@@ -123,7 +125,7 @@ pub async fn run(
         media: media.clone(),
         public_ip: config.server.public_ip,
         stats: call_stats.clone(),
-        sessions: Arc::new(LocalSessions::default()),
+        sessions: sessions.clone(),
         live: live_calls.clone(),
         cdr: cdr.clone(),
         ring_timeout: Duration::from_secs(config.sip.ring_timeout),
@@ -131,10 +133,18 @@ pub async fn run(
     tokio::spawn(inbound::route(calls.clone(), incoming));
 
     let media_stats = media.stats();
+    let sip_for_metrics = sip_for_health.clone();
+    let sessions_for_metrics = sessions.clone();
     let metrics = move || {
         let mut out = String::new();
         call_stats.render_prometheus(&mut out);
         media_stats.render_prometheus(&mut out);
+        sip_for_metrics.stats().render_prometheus(&mut out);
+        let _ = writeln!(
+            out,
+            "# HELP gateway_websocket_sessions Browser signaling sessions open.\n# TYPE gateway_websocket_sessions gauge\ngateway_websocket_sessions {}",
+            sessions_for_metrics.count()
+        );
         out
     };
     let state = AppState::new(

@@ -47,6 +47,9 @@ pub struct CallIo {
     pub live_calls: Arc<LiveCalls>,
     /// Where the call's record goes (its `Started` is already sent).
     pub cdr: CdrStore,
+    /// When the call began (browser `call`, trunk INVITE), for setup times.
+    pub started: Instant,
+    pub direction: Direction,
 }
 
 type Closed = Pin<Box<dyn Future<Output = SessionKey> + Send>>;
@@ -66,6 +69,8 @@ pub async fn run(mut call: Call, io: CallIo) {
         live,
         live_calls,
         cdr,
+        started,
+        direction,
     } = io;
     let mut answered_recorded = false;
     let sip_call_id = call.sip_call_id();
@@ -133,7 +138,7 @@ pub async fn run(mut call: Call, io: CallIo) {
                         allocation = None;
                     }
                 },
-                Output::Connected => stats.calls_connected(),
+                Output::Connected => stats.call_connected(direction, started.elapsed()),
             }
         }
         let info = call.info();
@@ -209,6 +214,7 @@ pub async fn run(mut call: Call, io: CallIo) {
         }
         None => (500, "call ended".to_string(), Side::Gateway),
     };
+    stats.call_ended(direction, code, side.as_str());
     live.set_ending(Ending {
         cause_code: code,
         cause: reason.clone(),

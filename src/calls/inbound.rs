@@ -64,6 +64,14 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
         }
     };
     let refuse = |uas: IncomingCall, cause: Cause| {
+        // A refusal is an incoming call that ended at once, with its cause.
+        let stats = &calls.ctx.stats;
+        stats.call_started(live::Direction::Incoming);
+        stats.call_ended(
+            live::Direction::Incoming,
+            cause.sip_status(),
+            cause.side().as_str(),
+        );
         spawn_refusal(calls.ctx.sip.clone(), refusals, uas, transport, cause);
     };
     if !calls.is_accepting() {
@@ -181,8 +189,9 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
         now,
     );
     drop(_enter);
+    calls.ctx.stats.call_started(live::Direction::Incoming);
     spawn_incoming(
-        calls, call, sessions, allocation, sip_rx, transport, live, span,
+        calls, call, sessions, allocation, sip_rx, transport, live, now, span,
     );
 }
 
@@ -195,6 +204,7 @@ fn spawn_incoming(
     sip_rx: mpsc::Receiver<SipMessage>,
     transport: crate::sip::Transport,
     live: Arc<LiveCall>,
+    now: Instant,
     span: tracing::Span,
 ) {
     let id = call.id().clone();
@@ -218,6 +228,8 @@ fn spawn_incoming(
         live,
         live_calls: calls.ctx.live.clone(),
         cdr: calls.ctx.cdr.clone(),
+        started: now,
+        direction: live::Direction::Incoming,
     };
     calls.spawn_task(tx, driver::run(call, io).instrument(span));
 }

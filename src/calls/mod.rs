@@ -149,12 +149,6 @@ impl Calls {
     }
 
     fn spawn_task(&self, tx: Commands, task: impl Future<Output = ()> + Send + 'static) {
-        let stats = self.ctx.stats.clone();
-        stats.call_started();
-        let task = async move {
-            task.await;
-            stats.call_ended();
-        };
         if let Ok(mut tasks) = self.tasks.lock() {
             // Reap finished tasks so the set does not grow without bound.
             while tasks.try_join_next().is_some() {}
@@ -210,8 +204,12 @@ async fn run_outgoing(
     commands: mpsc::UnboundedReceiver<SessionInput>,
 ) {
     let ctx = &calls.ctx;
+    let started = Instant::now();
+    ctx.stats.call_started(live::Direction::Outgoing);
     let refuse = |cause: Cause| {
         let (code, reason) = cause.browser();
+        ctx.stats
+            .call_ended(live::Direction::Outgoing, code, cause.side().as_str());
         tracing::info!(cause = %cause, "call refused");
         let _ = req.events.try_send(SessionEvent::Hangup {
             id: req.id.clone(),
@@ -294,6 +292,8 @@ async fn run_outgoing(
         live,
         live_calls: ctx.live.clone(),
         cdr: ctx.cdr.clone(),
+        started,
+        direction: live::Direction::Outgoing,
     };
     driver::run(call, io).await;
 }

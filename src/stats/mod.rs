@@ -6,30 +6,89 @@ pub mod history;
 pub mod live;
 pub mod operator;
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
+/// Upper bounds (seconds) of the call setup histogram: from the browser's
+/// `call` (or the trunk's INVITE) to `connected`.
+const SETUP_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Directions as label values, indexed by [`live::Direction`].
+const DIRECTIONS: [live::Direction; 2] = [live::Direction::Outgoing, live::Direction::Incoming];
+
+fn dir_index(d: live::Direction) -> usize {
+    match d {
+        live::Direction::Outgoing => 0,
+        live::Direction::Incoming => 1,
+    }
+}
+
+fn dir_label(d: live::Direction) -> &'static str {
+    match d {
+        live::Direction::Outgoing => "outgoing",
+        live::Direction::Incoming => "incoming",
+    }
+}
+
+/// A Prometheus histogram of plain atomics (microsecond sum).
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; SETUP_BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, seconds: f64) {
+        for (bound, bucket) in SETUP_BUCKETS.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+/// Call counters by direction, end causes and setup times. Written a few
+/// times per call by the call drivers, read by `/metrics`.
 #[derive(Debug, Default)]
 pub struct CallStats {
-    started: AtomicU64,
-    ended: AtomicU64,
-    connected: AtomicU64,
+    started: [AtomicU64; 2],
+    ended: [AtomicU64; 2],
+    connected: [AtomicU64; 2],
+    /// (direction, code, side) → calls ended so. Codes are SIP statuses
+    /// (bounded), sides three: a small, bounded label set.
+    ended_by: Mutex<BTreeMap<(usize, u16, &'static str), u64>>,
+    setup: [Histogram; 2],
 }
 
 impl CallStats {
-    pub fn call_started(&self) {
-        self.started.fetch_add(1, Ordering::Relaxed);
+    pub fn call_started(&self, d: live::Direction) {
+        self.started[dir_index(d)].fetch_add(1, Ordering::Relaxed);
     }
-    pub fn call_ended(&self) {
-        self.ended.fetch_add(1, Ordering::Relaxed);
+
+    /// The call is over; `code` and `side` as the call record has them.
+    pub fn call_ended(&self, d: live::Direction, code: u16, side: &'static str) {
+        self.ended[dir_index(d)].fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut by) = self.ended_by.lock() {
+            *by.entry((dir_index(d), code, side)).or_default() += 1;
+        }
     }
-    pub fn calls_connected(&self) {
-        self.connected.fetch_add(1, Ordering::Relaxed);
+
+    /// The call reached `connected`, `setup` after it began.
+    pub fn call_connected(&self, d: live::Direction, setup: std::time::Duration) {
+        self.connected[dir_index(d)].fetch_add(1, Ordering::Relaxed);
+        self.setup[dir_index(d)].observe(setup.as_secs_f64());
     }
 
     pub fn active(&self) -> u64 {
-        let started = self.started.load(Ordering::Relaxed);
-        started.saturating_sub(self.ended.load(Ordering::Relaxed))
+        let started: u64 = self.started.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+        let ended: u64 = self.ended.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+        started.saturating_sub(ended)
     }
 
     /// Appends this module's metrics in Prometheus text format.
@@ -37,41 +96,98 @@ impl CallStats {
         let _ = writeln!(out, "# HELP gateway_calls_active Calls in progress.");
         let _ = writeln!(out, "# TYPE gateway_calls_active gauge");
         let _ = writeln!(out, "gateway_calls_active {}", self.active());
-        let _ = writeln!(out, "# HELP gateway_calls_total Calls started.");
-        let _ = writeln!(out, "# TYPE gateway_calls_total counter");
+        for (name, help, values) in [
+            (
+                "gateway_calls_started_total",
+                "Calls started.",
+                &self.started,
+            ),
+            (
+                "gateway_calls_connected_total",
+                "Calls that reached connected (trunk side up, browser DTLS up).",
+                &self.connected,
+            ),
+            ("gateway_calls_ended_total", "Calls ended.", &self.ended),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for d in DIRECTIONS {
+                let _ = writeln!(
+                    out,
+                    "{name}{{direction=\"{}\"}} {}",
+                    dir_label(d),
+                    values[dir_index(d)].load(Ordering::Relaxed)
+                );
+            }
+        }
         let _ = writeln!(
             out,
-            "gateway_calls_total {}",
-            self.started.load(Ordering::Relaxed)
+            "# HELP gateway_call_ends_total Calls ended, by direction, the status or cause code the browser was given, and the side that ended them.\n# TYPE gateway_call_ends_total counter"
         );
+        if let Ok(by) = self.ended_by.lock() {
+            for ((d, code, side), n) in by.iter() {
+                let _ = writeln!(
+                    out,
+                    "gateway_call_ends_total{{direction=\"{}\",code=\"{code}\",side=\"{side}\"}} {n}",
+                    dir_label(DIRECTIONS[*d])
+                );
+            }
+        }
+        let name = "gateway_call_setup_seconds";
         let _ = writeln!(
             out,
-            "# HELP gateway_calls_connected_total Calls that reached connected (trunk answered, browser DTLS up)."
+            "# HELP {name} Time from the call's start (browser call, trunk INVITE) to connected.\n# TYPE {name} histogram"
         );
-        let _ = writeln!(out, "# TYPE gateway_calls_connected_total counter");
-        let _ = writeln!(
-            out,
-            "gateway_calls_connected_total {}",
-            self.connected.load(Ordering::Relaxed)
-        );
+        for d in DIRECTIONS {
+            let h = &self.setup[dir_index(d)];
+            let label = dir_label(d);
+            for (bound, bucket) in SETUP_BUCKETS.iter().zip(&h.buckets) {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{direction=\"{label}\",le=\"{bound}\"}} {}",
+                    bucket.load(Ordering::Relaxed)
+                );
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{direction=\"{label}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "{name}_sum{{direction=\"{label}\"}} {}",
+                h.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(out, "{name}_count{{direction=\"{label}\"}} {count}");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
-    fn renders_counts() {
+    fn renders_counts_by_direction_cause_and_setup_time() {
         let stats = CallStats::default();
-        stats.call_started();
-        stats.call_started();
-        stats.call_ended();
-        stats.calls_connected();
+        stats.call_started(live::Direction::Outgoing);
+        stats.call_started(live::Direction::Incoming);
+        stats.call_connected(live::Direction::Incoming, Duration::from_millis(300));
+        stats.call_ended(live::Direction::Outgoing, 486, "trunk");
         let mut out = String::new();
         stats.render_prometheus(&mut out);
-        assert!(out.contains("gateway_calls_active 1\n"));
-        assert!(out.contains("gateway_calls_total 2\n"));
-        assert!(out.contains("gateway_calls_connected_total 1\n"));
+        for line in [
+            "gateway_calls_active 1\n",
+            "gateway_calls_started_total{direction=\"outgoing\"} 1\n",
+            "gateway_calls_connected_total{direction=\"incoming\"} 1\n",
+            "gateway_call_ends_total{direction=\"outgoing\",code=\"486\",side=\"trunk\"} 1\n",
+            "gateway_call_setup_seconds_bucket{direction=\"incoming\",le=\"0.25\"} 0\n",
+            "gateway_call_setup_seconds_bucket{direction=\"incoming\",le=\"0.5\"} 1\n",
+            "gateway_call_setup_seconds_bucket{direction=\"incoming\",le=\"+Inf\"} 1\n",
+            "gateway_call_setup_seconds_count{direction=\"incoming\"} 1\n",
+            "gateway_call_setup_seconds_sum{direction=\"incoming\"} 0.3\n",
+        ] {
+            assert!(out.contains(line), "{line} missing in\n{out}");
+        }
     }
 }

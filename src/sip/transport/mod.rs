@@ -13,6 +13,7 @@
 //! in the call's channel instead of reaching the B2BUA a second time.
 
 mod tcp;
+pub mod traffic;
 mod udp;
 
 use std::collections::HashMap;
@@ -70,11 +71,53 @@ pub struct EndpointStats {
     pub incoming_queue_full: AtomicU64,
     /// Responses matching no call.
     pub stray_responses: AtomicU64,
+    /// Messages in and out by method and status.
+    pub traffic: traffic::SipTraffic,
 }
 
 impl EndpointStats {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Appends the SIP plane's counters in Prometheus text format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write;
+        let counters: [(&str, &str, &AtomicU64); 5] = [
+            (
+                "gateway_sip_malformed_dropped_total",
+                "Unparseable SIP messages that could not be answered.",
+                &self.malformed_dropped,
+            ),
+            (
+                "gateway_sip_bad_requests_total",
+                "Malformed SIP requests answered 400.",
+                &self.bad_requests_answered,
+            ),
+            (
+                "gateway_sip_call_queue_full_total",
+                "SIP messages dropped because their call's queue was full.",
+                &self.call_queue_full,
+            ),
+            (
+                "gateway_sip_incoming_queue_full_total",
+                "New INVITEs answered 503 because the call layer's queue was full.",
+                &self.incoming_queue_full,
+            ),
+            (
+                "gateway_sip_stray_responses_total",
+                "SIP responses that matched no call.",
+                &self.stray_responses,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        self.traffic.render_prometheus(out);
     }
 }
 
@@ -307,6 +350,9 @@ impl Inner {
         data: Bytes,
     ) -> Result<(), SipError> {
         let (dest, transport) = self.response_route(&data).unwrap_or((dest, transport));
+        self.stats
+            .traffic
+            .count_bytes(traffic::Direction::Out, &data);
         match transport {
             Transport::Udp => self
                 .udp
@@ -328,6 +374,7 @@ impl Inner {
             Ok(msg) => msg,
             Err(e) => return self.answer_malformed(data, &e, source, transport).await,
         };
+        self.stats.traffic.count(traffic::Direction::In, &msg);
         let Ok(call_id) = message::call_id(&msg) else {
             return;
         };

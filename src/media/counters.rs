@@ -81,6 +81,12 @@ pub struct LegCounters {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    /// From the peer's latest RTCP report block: fraction lost (parts per
+    /// million), interarrival jitter and round trip (µs); each stored + 1 so
+    /// that 0 means "no report yet".
+    rtcp_loss_ppm: AtomicU64,
+    rtcp_jitter_us: AtomicU64,
+    rtcp_rtt_us: AtomicU64,
 }
 
 impl LegCounters {
@@ -102,6 +108,26 @@ impl LegCounters {
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
+        }
+    }
+
+    /// Loss (ppm), jitter (µs) and round trip (µs) from RTCP, when known.
+    pub fn rtcp(&self) -> (Option<u64>, Option<u64>, Option<u64>) {
+        let get = |a: &AtomicU64| a.load(Relaxed).checked_sub(1);
+        (
+            get(&self.rtcp_loss_ppm),
+            get(&self.rtcp_jitter_us),
+            get(&self.rtcp_rtt_us),
+        )
+    }
+
+    pub(crate) fn set_rtcp(&self, loss_ppm: u64, jitter_us: u64, rtt_us: Option<u64>) {
+        self.rtcp_loss_ppm
+            .store(loss_ppm.saturating_add(1), Relaxed);
+        self.rtcp_jitter_us
+            .store(jitter_us.saturating_add(1), Relaxed);
+        if let Some(rtt) = rtt_us {
+            self.rtcp_rtt_us.store(rtt.saturating_add(1), Relaxed);
         }
     }
 

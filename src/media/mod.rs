@@ -26,6 +26,7 @@ pub mod ice_lite;
 pub mod port_pool;
 pub mod relay;
 pub mod rewrite;
+pub mod rtcp_stats;
 pub mod session;
 pub mod srtp;
 pub mod ssrc_filter;

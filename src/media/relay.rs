@@ -39,6 +39,7 @@ use super::dtls::{DtlsEvent, DtlsIdentity, DtlsServer};
 use super::fingerprint::Fingerprint;
 use super::ice_lite::IceLite;
 use super::rewrite::{parse_rtp, rewrite_rtcp, rtp_ssrc, PayloadMap, StreamRewriter, Toward};
+use super::rtcp_stats::RtcpWatch;
 use super::srtp::{SrtpContext, SrtpError};
 use super::ssrc_filter::SsrcFilter;
 use crate::types::{PayloadType, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
@@ -220,6 +221,8 @@ pub struct CallRelay {
     to_browser: StreamRewriter,
     counters: Arc<CallCounters>,
     stats: Arc<MediaStats>,
+    /// Loss, jitter and round trip per leg from the RTCP relayed.
+    rtcp_watch: RtcpWatch,
     /// Plaintext of the packet being relayed.
     scratch: Vec<u8>,
     queue: VecDeque<Queued>,
@@ -301,6 +304,8 @@ impl CallRelay {
                 filter: SsrcFilter::new(trunk.ssrcs, SsrcFilter::DEFAULT_SILENCE),
                 retired: Vec::new(),
             },
+            // Jitter is reported in the clock of the stream: the codec's.
+            rtcp_watch: RtcpWatch::new(payload_map.first().map_or(8000, |(_, _, clock)| *clock)),
             payload_map: PayloadMap::new(&payload_map),
             to_trunk: StreamRewriter::new(random_ssrc()),
             to_browser: StreamRewriter::new(random_ssrc()),
@@ -731,6 +736,8 @@ impl CallRelay {
             .unprotect_rtcp(data, &mut self.scratch)
             .map_err(drop_reason)?;
         self.last_browser_rx = now;
+        self.rtcp_watch
+            .observe(Leg::Browser, &self.scratch, now, &self.counters);
         // RTCP is not SSRC-filtered: a receive-only browser reports with an
         // SSRC it never sends RTP from, and authentication already proved
         // the sender.
@@ -884,6 +891,8 @@ impl CallRelay {
                 self.scratch.extend_from_slice(data);
             }
         }
+        self.rtcp_watch
+            .observe(Leg::Trunk, &self.scratch, now, &self.counters);
         let len = rewrite_rtcp(&mut self.scratch, &self.to_browser, &self.to_trunk)?;
         self.latch(leg, from, now);
         if len == 0 {

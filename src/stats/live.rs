@@ -231,12 +231,12 @@ impl LiveCall {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         let leg = |leg: Leg, security: &Option<String>| {
-            let snap = inner
+            let (snap, rtcp) = inner
                 .counters
                 .as_ref()
-                .map(|c| c.leg(leg).snapshot())
+                .map(|c| (c.leg(leg).snapshot(), c.leg(leg).rtcp()))
                 .unwrap_or_default();
-            LegView::new(security.clone(), &snap)
+            LegView::new(security.clone(), &snap, rtcp)
         };
         LiveCallView {
             id: self.start.id.clone(),
@@ -440,7 +440,8 @@ pub struct LegView {
 }
 
 impl LegView {
-    fn new(security: Option<String>, s: &LegSnapshot) -> Self {
+    fn new(security: Option<String>, s: &LegSnapshot, rtcp: RtcpFigures) -> Self {
+        let (loss, jitter_us, rtt_us) = rtcp;
         LegView {
             security,
             packets_in: s.packets_in,
@@ -451,12 +452,15 @@ impl LegView {
                 .iter()
                 .map(|r| (r.label(), s.drops(*r)))
                 .collect(),
-            loss: None,
-            jitter_ms: None,
-            rtt_ms: None,
+            loss: loss.map(|ppm| ppm as f64 / 1e6),
+            jitter_ms: jitter_us.map(|us| (us as f64 / 100.0).round() / 10.0),
+            rtt_ms: rtt_us.map(|us| (us as f64 / 100.0).round() / 10.0),
         }
     }
 }
+
+/// Loss (ppm), jitter (µs), round trip (µs) from RTCP.
+type RtcpFigures = (Option<u64>, Option<u64>, Option<u64>);
 
 /// `2026-12-03T16:00:00.123Z`.
 pub fn rfc3339(at: SystemTime) -> String {

@@ -243,7 +243,9 @@ async fn run_outgoing(
     let sip_call_id = crate::sip::message::new_call_id();
     let sip_rx = ctx.sip.register_call(&sip_call_id);
     let start = CallStart {
-        id: req.id.0.clone(),
+        // The browser's id is unique only within its session: records and
+        // the stats page name the call with one of ours.
+        id: format!("out-{:016x}", rand::random::<u64>()),
         direction: live::Direction::Outgoing,
         account: req.account.name.clone(),
         remote: Personal::new(req.to.clone(), req.account.redact).to_string(),

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Checks the web client, chromium-call.mjs and chromium-incoming.mjs against
-# mock-gateway.mjs (no Rust gateway needed). Runs inside a network namespace
-# made for it, since both Chromium peers use the host's interfaces for ICE
-# otherwise. Needs root.
+# Checks the web client, the stats page (stats-checks.mjs), chromium-call.mjs
+# and chromium-incoming.mjs against mock-gateway.mjs (no Rust gateway
+# needed). Runs inside a network namespace made for it, since both Chromium
+# peers use the host's interfaces for ICE otherwise. Needs root.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 netns_run="${NETNS_RUN:-$here/../netns-run.sh}"
@@ -30,4 +30,5 @@ GW_ACCOUNT=alice GW_PASSWORD=secret GW_NUMBER="${GW_NUMBER:-100*#}" EXPECT_TRUNK
 GW_ACCOUNT=alice GW_PASSWORD=secret EXPECT_FROM=+15550100 EXPECT_TRUNK_SECURITY="${EXPECT_TRUNK_SECURITY:-sdes-srtp}" \
   TRIGGER_URL="$GATEWAY_URL/mock/incoming?from=%2B15550100" node chromium-incoming.mjs || rc=1
 node web-client-checks.mjs || rc=1
+node stats-checks.mjs || rc=1
 exit $rc

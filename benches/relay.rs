@@ -119,7 +119,12 @@ struct Keys {
     browser_out: SrtpKeyMaterial,
 }
 
-fn relay_for(s: &Scenario, keys: &Keys, identity: &Arc<DtlsIdentity>) -> CallRelay {
+fn relay_for(
+    s: &Scenario,
+    keys: &Keys,
+    identity: &Arc<DtlsIdentity>,
+    counters: Arc<CallCounters>,
+) -> CallRelay {
     let crypto = match s.trunk {
         Input::Sdes(_) => TrunkCrypto::Sdes {
             inbound: keys.trunk_in.clone(),
@@ -149,7 +154,7 @@ fn relay_for(s: &Scenario, keys: &Keys, identity: &Arc<DtlsIdentity>) -> CallRel
         &keys.browser_in,
         &keys.browser_out,
         addr(BROWSER),
-        Arc::new(CallCounters::default()),
+        counters,
         Arc::new(MediaStats::default()),
         Instant::now(),
     )
@@ -158,7 +163,12 @@ fn relay_for(s: &Scenario, keys: &Keys, identity: &Arc<DtlsIdentity>) -> CallRel
 
 /// Best packets/s of the relay step over `ROUNDS` rounds, and heap
 /// allocations per packet.
-fn bench_relay(s: &Scenario, keys: &Keys, identity: &Arc<DtlsIdentity>) -> (f64, f64) {
+fn bench_relay(
+    s: &Scenario,
+    keys: &Keys,
+    identity: &Arc<DtlsIdentity>,
+    counters: &Arc<CallCounters>,
+) -> (f64, f64) {
     let plain = plain_stream(0x1234_5678);
     let (leg, from, input) = match (s.direction, s.trunk) {
         (Direction::TrunkToBrowser, Input::Sdes(_)) => (
@@ -176,7 +186,7 @@ fn bench_relay(s: &Scenario, keys: &Keys, identity: &Arc<DtlsIdentity>) -> (f64,
     let mut best = f64::MAX;
     let mut allocs = 0;
     for _ in 0..ROUNDS {
-        let mut relay = relay_for(s, keys, identity);
+        let mut relay = relay_for(s, keys, identity, counters.clone());
         let now = Instant::now();
         let allocs_before = ALLOCATIONS.load(Relaxed);
         let start = Instant::now();
@@ -288,7 +298,8 @@ fn main() {
             browser_in: SrtpKeyMaterial::generate(s.browser),
             browser_out: SrtpKeyMaterial::generate(s.browser),
         };
-        let (relay_pps, relay_allocs) = bench_relay(s, &keys, &identity);
+        let counters = Arc::new(CallCounters::default());
+        let (relay_pps, relay_allocs) = bench_relay(s, &keys, &identity, &counters);
         let (crypto_pps, crypto_allocs) = match s.direction {
             Direction::TrunkToBrowser => bench_crypto(trunk_suite, s.browser),
             Direction::BrowserToTrunk => bench_crypto(Some(s.browser), trunk_suite.unwrap_or(cm80)),
@@ -304,4 +315,115 @@ fn main() {
             crypto_allocs
         );
     }
+    observers(&scenarios[0], &identity);
+}
+
+/// The same relay step with and without the operator's side running on the
+/// other core: a thread that, in a loop, snapshots the call's counters into
+/// the stats page's JSON (as `/api/stats` does once a second per viewer)
+/// and writes a call record (Started + Ended) into SQLite through the CDR
+/// queue, as fast as it can (a worst case: far above one page refresh per
+/// second). Alternating rounds, best of each.
+fn observers(s: &Scenario, identity: &Arc<DtlsIdentity>) {
+    use std::sync::atomic::AtomicBool;
+    use webrtc_sip_gateway::cdr::{self, CdrEvent, CdrStore, HungUpBy, LegFigures};
+    use webrtc_sip_gateway::stats::live::{CallStart, Direction as CallDirection, LiveCalls};
+
+    let cm80 = SrtpSuite::AesCm128HmacSha1_80;
+    let keys = Keys {
+        trunk_in: SrtpKeyMaterial::generate(cm80),
+        trunk_out: SrtpKeyMaterial::generate(cm80),
+        browser_in: SrtpKeyMaterial::generate(s.browser),
+        browser_out: SrtpKeyMaterial::generate(s.browser),
+    };
+    let dir = std::env::temp_dir().join(format!("gw-bench-cdr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let store =
+        CdrStore::open(&dir.join(cdr::DB_FILE), std::time::SystemTime::now()).expect("CDR store");
+    let live = Arc::new(LiveCalls::default());
+    let call = live.begin(CallStart {
+        id: "bench".into(),
+        direction: CallDirection::Outgoing,
+        account: "alice".into(),
+        remote: "+4930******89".into(),
+        trunk: "carrier".into(),
+    });
+    let counters = Arc::new(CallCounters::default());
+    call.set_counters(counters.clone());
+
+    let run = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let observer = {
+        let (run, stop, reads, live, store) = (
+            run.clone(),
+            stop.clone(),
+            reads.clone(),
+            live.clone(),
+            store.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Relaxed) {
+                if !run.load(Relaxed) {
+                    std::thread::yield_now();
+                    continue;
+                }
+                let page = serde_json::to_string(&live.views()).unwrap_or_default();
+                black_box(page.len());
+                let id = format!("bench-{n}");
+                let at = std::time::SystemTime::now();
+                store.record(CdrEvent::Started {
+                    id: id.clone(),
+                    direction: cdr::Direction::Outgoing,
+                    account: "alice".into(),
+                    remote: "+4930******89".into(),
+                    trunk: "carrier".into(),
+                    sip_call_id: "x".into(),
+                    at,
+                });
+                store.record(CdrEvent::Ended {
+                    id,
+                    at,
+                    cause_code: 200,
+                    cause: "bench".into(),
+                    hung_up_by: HungUpBy::Browser,
+                    codec: None,
+                    browser_security: None,
+                    trunk_security: None,
+                    private: false,
+                    browser: LegFigures::default(),
+                    trunk: LegFigures::default(),
+                });
+                n += 1;
+                reads.fetch_add(1, Relaxed);
+            }
+        })
+    };
+    let mut quiet = f64::MAX;
+    let mut busy = f64::MAX;
+    for _ in 0..ROUNDS {
+        run.store(false, Relaxed);
+        quiet = quiet.min(1.0 / bench_relay(s, &keys, identity, &counters).0);
+        run.store(true, Relaxed);
+        let before = reads.load(Relaxed);
+        let t = Instant::now();
+        busy = busy.min(1.0 / bench_relay(s, &keys, identity, &counters).0);
+        let rate = (reads.load(Relaxed) - before) as f64 / t.elapsed().as_secs_f64();
+        black_box(rate);
+    }
+    stop.store(true, Relaxed);
+    let _ = observer.join();
+    let rate = reads.load(Relaxed);
+    println!();
+    println!("{} with the operator's side busy on the other core", s.name);
+    println!(
+        "  quiet: {:.0} ns/packet; stats snapshots + call records running: {:.0} ns/packet ({:.2}x); {} snapshots and records written during the runs, {} records dropped by the full queue",
+        quiet * 1e9,
+        busy * 1e9,
+        busy / quiet,
+        rate,
+        store.dropped()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

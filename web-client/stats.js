@@ -1222,13 +1222,16 @@ async function loadDetail() {
 function refreshDetail(snap) {
   if (detail.id === null || ui.detailView.hidden || !detail.data) return;
   const live = Array.isArray(snap.calls) && snap.calls.some((c) => c && String(c.id) === detail.id);
-  // Once more after the call ended, to get its record; then the detail stands still.
-  if (live || (detail.data.call && !detail.data.record)) loadDetail();
+  // Once more after the call ended (it was live when last fetched), to get its
+  // final record; then the detail stands still.
+  if (live || detail.data.call) loadDetail();
 }
 
 function renderDetail(data) {
   const call = data.call && typeof data.call === 'object' ? data.call : null;
   const rec = data.record && typeof data.record === 'object' ? data.record : null;
+  // A live call may come with its record in progress: it has not ended yet.
+  const over = Boolean(rec && (!call || parseTime(rec.ended_at)));
   const c = call || rec || {};
   const f = detail.fields;
   const dirText = labelOf(DIRECTION, c.direction);
@@ -1243,7 +1246,7 @@ function renderDetail(data) {
   };
   if (call) {
     put('status', `${labelOf(STATE, call.state)} (live)`);
-  } else if (rec) {
+  } else if (over) {
     const cause = [str(rec.cause, ''), isNum(rec.cause_code) ? `(${rec.cause_code})` : ''].filter(Boolean).join(' ');
     put('status', cause ? `Ended: ${cause}` : 'Ended');
   } else {
@@ -1255,11 +1258,11 @@ function renderDetail(data) {
   put('trunk', str(c.trunk));
   put('started', fmtClock(parseTime(c.started_at)));
   put('answered', c.answered_at ? fmtClock(parseTime(c.answered_at)) : 'not answered');
-  put('ended', rec ? fmtClock(parseTime(rec.ended_at)) : null);
+  put('ended', over ? fmtClock(parseTime(rec.ended_at)) : null);
   detail.base = call && isNum(call.duration_s) ? call.duration_s : null;
   put('duration', call ? fmtDuration(call.duration_s) : isNum(rec && rec.duration_s) ? fmtDuration(rec.duration_s) : 'not answered');
   put('codec', str(c.codec));
-  put('hung_up_by', rec ? labelOf(HUNG_UP_BY, rec.hung_up_by) : null);
+  put('hung_up_by', over ? labelOf(HUNG_UP_BY, rec.hung_up_by) : null);
 
   const isPrivate = c.private === true;
   for (const [leg] of LEGS) {

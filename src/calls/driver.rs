@@ -73,6 +73,7 @@ pub async fn run(mut call: Call, io: CallIo) {
         direction,
     } = io;
     let mut answered_recorded = false;
+    let mut concluded = false;
     let sip_call_id = call.sip_call_id();
     let mut allocation = Some(allocation);
     let mut media: Option<MediaHandle> = None;
@@ -158,6 +159,10 @@ pub async fn run(mut call: Call, io: CallIo) {
             if let Some(f) = on_over.take() {
                 f();
             }
+            if !concluded {
+                concluded = true;
+                conclude(&call, &live, &live_calls, &cdr, &stats, direction);
+            }
             // Nothing a session says matters any more.
             commands.close();
         }
@@ -207,6 +212,22 @@ pub async fn run(mut call: Call, io: CallIo) {
     if let Some(f) = on_over.take() {
         f();
     }
+    if !concluded {
+        conclude(&call, &live, &live_calls, &cdr, &stats, direction);
+    }
+}
+
+/// The call is over for the browsers: its counters, its record and the
+/// stats page's table learn how it ended, at once (the SIP dialog may take
+/// seconds more to wind down, which is not the call's duration).
+fn conclude(
+    call: &Call,
+    live: &Arc<LiveCall>,
+    live_calls: &LiveCalls,
+    cdr: &CdrStore,
+    stats: &CallStats,
+    direction: Direction,
+) {
     let (code, reason, side) = match call.cause() {
         Some(cause) => {
             let (code, reason) = cause.browser();
@@ -246,7 +267,7 @@ pub async fn run(mut call: Call, io: CallIo) {
         browser: figures(browser),
         trunk: figures(trunk),
     });
-    live_calls.finish(&live);
+    live_calls.finish(live);
 }
 
 /// The first event of a call's record.

@@ -503,9 +503,12 @@ function callDetail(id) {
     else ladder.push({ t_ms: t, direction: 'in', peer: 'trunk', summary: 'BYE' }, { t_ms: t + 1, direction: 'out', peer: 'trunk', summary: '200 OK' }, { t_ms: t + 2, direction: 'out', peer: 'browser', summary: `hangup ${ended.record.cause_code}` });
   }
   const browserOffer = c.direction === 'outgoing' ? sdpBrowserOffer(9) : sdpBrowserAnswer(codec);
+  // Like the gateway, a live call's detail carries its call record in
+  // progress (not ended: no ended_at, cause or hung_up_by yet).
+  const inProgress = () => ({ ...endedRecord(c, now, null, null, null), ended_at: null, duration_s: null });
   return {
     call: live ? liveJson(c, now) : null,
-    record: ended ? ended.record : null,
+    record: ended ? ended.record : inProgress(),
     sdp: c.direction === 'outgoing'
       ? { browser_offer: browserOffer, browser_answer: answered ? sdpBrowserAnswer(codec) : null,
         trunk_offer: sdpTrunkOffer(codec, sdes), trunk_answer: answered ? sdpTrunkAnswer(codec, sdes) : null }

@@ -361,6 +361,14 @@ impl Config {
                 "must be the address trunks and browsers reach, not 0.0.0.0 or ::".into(),
             );
         }
+        if let Some(hash) = &self.server.admin_password_hash {
+            if !hash.starts_with("$argon2") {
+                add(
+                    "server.admin_password_hash".into(),
+                    "must be an argon2 hash from `webrtc-sip-gateway hash-password`".into(),
+                );
+            }
+        }
         if !(1..=3600).contains(&self.sip.ring_timeout) {
             add(
                 "sip.ring_timeout".into(),

@@ -157,6 +157,9 @@ pub struct TrunkConfig {
     /// Sent when every browser session declines an incoming call.
     #[serde(default = "default_reject_code")]
     pub reject_code: u16,
+    /// Seconds between OPTIONS pings to the trunk; 0 = off.
+    #[serde(default = "default_options_interval")]
+    pub options_interval: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +207,9 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_ring_timeout() -> u64 {
     120
+}
+fn default_options_interval() -> u64 {
+    30
 }
 fn default_reject_code() -> u16 {
     486

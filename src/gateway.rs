@@ -4,6 +4,7 @@
 
 use crate::calls::directory::{demo_trunk, Account, Directory};
 use crate::calls::sessions::{LocalSessions, SessionRegistry};
+use crate::calls::trunk_health::TrunkHealth;
 use crate::calls::{inbound, Calls, CallsContext};
 use crate::cdr::{self, CdrStore};
 use crate::config::Config;
@@ -116,6 +117,7 @@ pub async fn run(
     let sip_for_health = sip.clone();
     let call_stats = Arc::new(CallStats::default());
     let live_calls = Arc::new(LiveCalls::default());
+    let trunk_health = Arc::new(TrunkHealth::default());
     let sessions: Arc<dyn SessionRegistry> = Arc::new(LocalSessions::default());
     let cdr = CdrStore::open(&cdr::database_path(&data_dir), SystemTime::now())?;
     tokio::spawn(purge_daily(cdr.clone(), config.privacy.cdr_retention_days));
@@ -128,18 +130,22 @@ pub async fn run(
         sessions: sessions.clone(),
         live: live_calls.clone(),
         cdr: cdr.clone(),
+        trunk_health: trunk_health.clone(),
         ring_timeout: Duration::from_secs(config.sip.ring_timeout),
     });
     tokio::spawn(inbound::route(calls.clone(), incoming));
+    calls.start_trunk_monitors();
 
     let media_stats = media.stats();
     let sip_for_metrics = sip_for_health.clone();
     let sessions_for_metrics = sessions.clone();
+    let health_for_metrics = trunk_health.clone();
     let metrics = move || {
         let mut out = String::new();
         call_stats.render_prometheus(&mut out);
         media_stats.render_prometheus(&mut out);
         sip_for_metrics.stats().render_prometheus(&mut out);
+        health_for_metrics.render_prometheus(&mut out);
         let _ = writeln!(
             out,
             "# HELP gateway_websocket_sessions Browser signaling sessions open.\n# TYPE gateway_websocket_sessions gauge\ngateway_websocket_sessions {}",
@@ -173,6 +179,7 @@ pub async fn run(
         cdr: cdr.clone(),
         started,
         trunks: config.trunks.iter().map(|t| t.name.clone()).collect(),
+        trunk_health: trunk_health.clone(),
     };
     let state = state.with_operator(
         Arc::new(operator),

@@ -56,6 +56,7 @@ fn account() -> Arc<Account> {
             ],
             inbound_sources: vec![("127.0.0.1".parse().unwrap(), 32)],
             reject_code: 486,
+            options_interval: Duration::ZERO,
         }),
         callee_stream: None,
         redact: false,

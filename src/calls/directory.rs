@@ -21,6 +21,8 @@ pub struct Trunk {
     pub inbound_sources: Vec<(IpAddr, u8)>,
     /// The status when every browser session declines an incoming call.
     pub reject_code: u16,
+    /// Between OPTIONS pings; zero: not probed.
+    pub options_interval: std::time::Duration,
 }
 
 impl Trunk {
@@ -83,6 +85,7 @@ impl Directory {
                             .filter_map(|s| parse_cidr(s))
                             .collect(),
                         reject_code: t.reject_code,
+                        options_interval: std::time::Duration::from_secs(t.options_interval),
                     }),
                 ))
             })
@@ -124,6 +127,11 @@ impl Directory {
         self.trunks.push(trunk);
     }
 
+    /// The configured trunks, in config order.
+    pub fn trunks(&self) -> &[Arc<Trunk>] {
+        &self.trunks
+    }
+
     /// The trunk a request from `ip` comes in on, if any admits it.
     pub fn trunk_for_source(&self, ip: IpAddr) -> Option<Arc<Trunk>> {
         self.trunks.iter().find(|t| t.admits(ip)).cloned()
@@ -150,5 +158,7 @@ pub fn demo_trunk(port: u16) -> Trunk {
         // The echo trunk never calls in.
         inbound_sources: Vec::new(),
         reject_code: 486,
+        // It is inside the process: no need to ask whether it is there.
+        options_interval: std::time::Duration::ZERO,
     }
 }

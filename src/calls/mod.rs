@@ -20,6 +20,7 @@ pub mod inbound;
 pub mod sessions;
 #[cfg(test)]
 mod tests;
+pub mod trunk_health;
 
 use crate::cdr::CdrStore;
 use crate::config::TrunkTransport;
@@ -45,6 +46,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{info_span, Instrument};
+use trunk_health::TrunkHealth;
 
 /// What every call needs, shared read-only.
 pub struct CallsContext {
@@ -60,6 +62,8 @@ pub struct CallsContext {
     pub live: Arc<LiveCalls>,
     /// Call detail records.
     pub cdr: CdrStore,
+    /// Which trunks answer their OPTIONS pings.
+    pub trunk_health: Arc<TrunkHealth>,
 }
 
 type Commands = mpsc::UnboundedSender<SessionInput>;
@@ -148,6 +152,30 @@ impl Calls {
         }
     }
 
+    /// Starts an OPTIONS prober for every configured trunk whose
+    /// `options_interval` is not zero.
+    pub fn start_trunk_monitors(&self) {
+        for trunk in self.ctx.directory.trunks() {
+            if trunk.options_interval.is_zero() {
+                continue;
+            }
+            let transport = match trunk.uri.transport {
+                TrunkTransport::Tcp => Transport::Tcp,
+                _ => Transport::Udp,
+            };
+            let local = self.sip_local(transport);
+            tokio::spawn(trunk_health::monitor(
+                trunk.clone(),
+                self.ctx.sip.clone(),
+                trunk_health::ProbeLocal {
+                    host: local.host,
+                    port: local.port,
+                },
+                self.ctx.trunk_health.clone(),
+            ));
+        }
+    }
+
     fn spawn_task(&self, tx: Commands, task: impl Future<Output = ()> + Send + 'static) {
         if let Ok(mut tasks) = self.tasks.lock() {
             // Reap finished tasks so the set does not grow without bound.
@@ -227,6 +255,12 @@ async fn run_outgoing(
             ))
         }
     };
+    if ctx.trunk_health.is_down(&trunk.name) {
+        return refuse(Cause::TrunkUnreachable(format!(
+            "trunk {} is not answering (OPTIONS)",
+            trunk.name
+        )));
+    }
     let allocation = match ctx.media.allocate().await {
         Ok(a) => a,
         Err(e) => {

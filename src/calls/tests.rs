@@ -60,6 +60,7 @@ async fn setup() -> Setup {
         srtp_suites: vec![SrtpSuite::AesCm128HmacSha1_80],
         inbound_sources: Vec::new(),
         reject_code: 486,
+        options_interval: Duration::ZERO,
     });
     let mut directory = Directory::default();
     directory.insert(Account {
@@ -78,6 +79,7 @@ async fn setup() -> Setup {
             sessions: Arc::new(LocalSessions::default()),
             live: Arc::default(),
             cdr: test_cdr(),
+            trunk_health: Arc::default(),
             ring_timeout: Duration::from_secs(120),
         }),
         trunk,

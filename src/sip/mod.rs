@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod dialog;
 pub mod message;
+pub mod probe;
 pub mod transaction;
 pub mod transport;
 pub mod uac;

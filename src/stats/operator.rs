@@ -4,8 +4,10 @@
 
 use super::history::History;
 use super::live::{rfc3339, LiveCalls};
+use crate::calls::trunk_health::TrunkHealth;
 use crate::cdr::CdrStore;
 use crate::signaling::OperatorView;
+use crate::sip::probe::Health;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -18,8 +20,10 @@ pub struct Operator {
     pub history: Arc<History>,
     pub cdr: CdrStore,
     pub started: Instant,
-    /// Trunk names, in config order (their liveness comes with OPTIONS pings).
+    /// Trunk names, in config order.
     pub trunks: Vec<String>,
+    /// Their liveness from OPTIONS pings.
+    pub trunk_health: Arc<TrunkHealth>,
 }
 
 impl OperatorView for Operator {
@@ -31,10 +35,21 @@ impl OperatorView for Operator {
                 Value::Array(vec![])
             }
         };
+        let health: std::collections::HashMap<String, Health> =
+            self.trunk_health.all().into_iter().collect();
         let trunks: Vec<Value> = self
             .trunks
             .iter()
-            .map(|name| json!({"name": name, "status": "unknown", "last_options_rtt_ms": null}))
+            .map(|name| {
+                let (status, rtt) = match health.get(name) {
+                    Some(Health::Up { rtt }) => {
+                        ("up", Some((rtt.as_secs_f64() * 10_000.0).round() / 10.0))
+                    }
+                    Some(Health::Down) => ("down", None),
+                    Some(Health::Unknown) | None => ("unknown", None),
+                };
+                json!({"name": name, "status": status, "last_options_rtt_ms": rtt})
+            })
             .collect();
         json!({
             "generated_at": rfc3339(SystemTime::now()),

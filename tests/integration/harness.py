@@ -632,6 +632,9 @@ class TrunkSpec:
     username: Optional[str] = None  # digest credentials toward the trunk
     password: Optional[str] = None
     reject_code: Optional[int] = None  # sent to the trunk when every browser session rejects (486 default)
+    # OPTIONS pings to the trunk: off unless a test asks (SIPp scenarios
+    # would take an unexpected OPTIONS for a failed call)
+    options_interval: int = 0
 
 
 def toml_str(s: str) -> str:
@@ -644,7 +647,8 @@ class Gateway:
 
     def __init__(self, workdir: Path, trunk: Optional[TrunkSpec] = None, account: str = "alice",
                  password: Optional[str] = None, use_config: bool = True, tcp: bool = False,
-                 ring_timeout: Optional[int] = None):
+                 ring_timeout: Optional[int] = None, redact: bool = False,
+                 privacy: Optional[dict] = None, operator_password: Optional[str] = None):
         self.dir = workdir / "gateway"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "gateway.log"
@@ -659,12 +663,23 @@ class Gateway:
         self.sip_tcp_port: Optional[int] = free_port() if (use_config and tcp) else None
         # [sip] ring_timeout: seconds an incoming call rings before 408 (gateway default 120)
         self.ring_timeout = ring_timeout
+        # `redact = true` on the account; `privacy` the keys of [privacy]
+        # (redact_all, cdr_retention_days); `operator_password` is written as
+        # [server] admin_password_hash. All left out of the config when unset.
+        self.redact = redact
+        self.privacy = dict(privacy or {})
+        self.operator_password = operator_password
         self.proc: Optional[subprocess.Popen] = None
         self.exit_code: Optional[int] = None
 
     @property
     def base_url(self) -> str:
         return f"https://127.0.0.1:{self.https_port}"
+
+    @property
+    def data_dir(self) -> Path:
+        """server.data_dir (call records in cdr.sqlite3, generated secrets)."""
+        return self.dir / "data"
 
     def write_config(self):
         host = GWT_HOST or "127.0.0.1"
@@ -674,6 +689,10 @@ class Gateway:
             f'public_ip = "{host}"',
             f"data_dir = {toml_str(str(self.dir / 'data'))}",
             f'token_secret = "{os.urandom(24).hex()}"',
+        ]
+        if self.operator_password is not None:
+            lines.append(f"admin_password_hash = {toml_str(hash_password(self.operator_password))}")
+        lines += [
             "",
             "[sip]",
             f'udp_listen = "127.0.0.1:{self.sip_port}"',
@@ -699,6 +718,7 @@ class Gateway:
                 f"secure_media = {toml_str(t.secure_media)}",
                 "srtp_suites = [" + ", ".join(toml_str(s) for s in t.srtp_suites) + "]",
                 'inbound_sources = ["127.0.0.1/32"]',
+                f"options_interval = {int(t.options_interval)}",
             ]
             if t.username is not None:
                 lines += [f"username = {toml_str(t.username)}", f"password = {toml_str(t.password or '')}"]
@@ -710,8 +730,15 @@ class Gateway:
                 f"name = {toml_str(self.account)}",
                 f"password_hash = {toml_str(hash_password(self.password))}",
                 f"trunk = {toml_str(t.name)}",
-                "",
             ]
+            if self.redact:
+                lines.append("redact = true")
+            lines.append("")
+        if self.privacy:
+            lines.append("[privacy]")
+            for k, v in self.privacy.items():
+                lines.append(f"{k} = {json.dumps(v)}")  # bools, numbers, strings: JSON = TOML here
+            lines.append("")
         self.config_path.write_text("\n".join(lines))
 
     def start(self, timeout: float = 30.0):
@@ -756,6 +783,21 @@ class Gateway:
                 return None
         self.exit_code = self.proc.returncode
         return self.exit_code
+
+    def kill(self):
+        """SIGKILL (a crash: no BYE, no flush, call records left open)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.exit_code = self.proc.returncode if self.proc else None
+
+    def cli(self, *args: str, timeout: float = 60.0, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+        """Runs `webrtc-sip-gateway ARGS --config <this gateway's config>`
+        (cdr export, account purge, ...); returns the completed process."""
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        return subprocess.run([str(gateway_bin()), *args, "--config", str(self.config_path)],
+                              capture_output=True, timeout=timeout, cwd=self.dir, env=full_env)
 
     def log(self) -> str:
         return read_text(self.log_path)

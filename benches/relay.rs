@@ -347,6 +347,7 @@ fn observers(s: &Scenario, identity: &Arc<DtlsIdentity>) {
         account: "alice".into(),
         remote: "+4930******89".into(),
         trunk: "carrier".into(),
+        redact: true,
     });
     let counters = Arc::new(CallCounters::default());
     call.set_counters(counters.clone());

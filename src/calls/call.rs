@@ -689,6 +689,12 @@ struct Outgoing {
 impl Outgoing {
     fn handle_session(&mut self, c: &mut Common, now: Instant, input: SessionInput) {
         let cause = match input {
+            // Before the trunk answered, the browser's end is a CANCEL.
+            SessionInput::Hangup { session } | SessionInput::Gone { session }
+                if Some(session) == c.owner && !self.answered =>
+            {
+                Cause::BrowserCancelled
+            }
             SessionInput::Hangup { session } if Some(session) == c.owner => Cause::BrowserHangup,
             SessionInput::Gone { session } if Some(session) == c.owner => Cause::BrowserGone,
             SessionInput::Shutdown => Cause::Shutdown,

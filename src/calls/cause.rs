@@ -12,6 +12,9 @@ pub enum Cause {
     BrowserHangup,
     /// The browser's socket closed.
     BrowserGone,
+    /// The browser hung up (or went away) before the trunk answered: the
+    /// gateway CANCELled its INVITE.
+    BrowserCancelled,
     /// The browser closed its DTLS association (close_notify).
     BrowserClosedMedia,
     /// This session declined a ringing call (`reject`).
@@ -66,6 +69,7 @@ impl Cause {
         match self {
             BrowserHangup => (200, "hung up by the browser".into()),
             BrowserGone => (200, "browser disconnected".into()),
+            BrowserCancelled => (487, "cancelled by the browser".into()),
             BrowserClosedMedia => (200, "hung up by the browser".into()),
             Declined => (486, "declined".into()),
             AllDeclined { code } => (*code, "declined".into()),
@@ -100,6 +104,7 @@ impl Cause {
             // The browser went away or failed: it is "temporarily" not
             // reachable from the trunk's point of view.
             BrowserHangup | BrowserGone | BrowserClosedMedia | NoSession => 480,
+            BrowserCancelled => 487,
             BrowserMediaTimeout | MediaFailed(_) | MediaTimeout => 480,
             BrowserSdp(_) => 488,
             Declined => 486,
@@ -149,6 +154,7 @@ impl Cause {
         match self {
             BrowserHangup
             | BrowserGone
+            | BrowserCancelled
             | BrowserClosedMedia
             | Declined
             | AllDeclined { .. }
@@ -189,6 +195,7 @@ mod tests {
             (RemoteHangup, 200, "the other party hung up", 487),
             (BrowserHangup, 200, "hung up by the browser", 480),
             (BrowserGone, 200, "browser disconnected", 480),
+            (BrowserCancelled, 487, "cancelled by the browser", 487),
             (
                 BrowserMediaTimeout,
                 408,

@@ -163,6 +163,7 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
         account: account.name.clone(),
         remote: from.to_string(),
         trunk: trunk.name.clone(),
+        redact: account.redact,
     };
     driver::record_start(&calls.ctx.cdr, &start, &sip_call_id);
     let live = calls.ctx.live.begin(start);

@@ -284,6 +284,7 @@ async fn run_outgoing(
         account: req.account.name.clone(),
         remote: Personal::new(req.to.clone(), req.account.redact).to_string(),
         trunk: trunk.name.clone(),
+        redact: req.account.redact,
     };
     driver::record_start(&ctx.cdr, &start, &sip_call_id);
     let live = ctx.live.begin(start);

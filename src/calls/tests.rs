@@ -213,7 +213,7 @@ async fn a_hangup_while_ringing_cancels() {
     });
     let ended = tokio::time::timeout(WAIT, browser.recv()).await.unwrap();
     assert!(
-        matches!(ended, Some(SessionEvent::Hangup { code: 200, .. })),
+        matches!(ended, Some(SessionEvent::Hangup { code: 487, .. })),
         "{ended:?}"
     );
     loop {

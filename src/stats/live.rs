@@ -56,6 +56,8 @@ pub struct CallStart {
     /// The remote party, already masked when the account redacts.
     pub remote: String,
     pub trunk: String,
+    /// The account redacts: SDPs shown lose what can name a person too.
+    pub redact: bool,
 }
 
 /// One SIP message or browser event of the call, summarised.
@@ -193,7 +195,10 @@ impl LiveCall {
     }
 
     pub fn set_sdp(&self, role: SdpRole, sdp: &str) {
-        let clean = strip_secrets(sdp);
+        let mut clean = strip_secrets(sdp);
+        if self.start.redact {
+            clean = strip_personal(&clean);
+        }
         if let Ok(mut inner) = self.inner.lock() {
             let slot = match role {
                 SdpRole::BrowserOffer => &mut inner.sdp.browser_offer,
@@ -489,6 +494,37 @@ pub fn strip_secrets(sdp: &str) -> String {
         .collect()
 }
 
+/// An SDP without what can name a person, for accounts that redact: peers
+/// put their SIP URI or number in `a=ssrc ... cname:`, the `o=` user name,
+/// and the free-text lines (`i=`, `u=`, `e=`, `p=`); any other line holding
+/// a `sip:`/`sips:`/`tel:` URI is dropped whole.
+pub fn strip_personal(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .filter_map(|line| {
+            let trimmed = line.trim_end_matches(['\r', '\n']);
+            let end = &line[trimmed.len()..];
+            if let Some(at) = trimmed.find("cname:") {
+                return Some(format!("{}cname:<removed>{end}", &trimmed[..at]));
+            }
+            if let Some(rest) = trimmed.strip_prefix("o=") {
+                let fields = rest.split_once(' ').map_or("", |(_, f)| f);
+                return Some(format!("o=- {fields}{end}"));
+            }
+            if ["i=", "u=", "e=", "p="]
+                .iter()
+                .any(|p| trimmed.starts_with(p))
+            {
+                return None;
+            }
+            let lower = trimmed.to_ascii_lowercase();
+            if ["sip:", "sips:", "tel:"].iter().any(|s| lower.contains(s)) {
+                return None;
+            }
+            Some(line.to_string())
+        })
+        .collect()
+}
+
 /// `inline:KEY|2^31|1:1` → `inline:<removed>|2^31|1:1` for every key.
 fn strip_inline_keys(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
@@ -527,6 +563,19 @@ a=fingerprint:sha-256 AB:CD\r\n";
     }
 
     #[test]
+    fn personal_data_leaves_a_redacted_calls_sdp() {
+        let sdp = "v=0\r\no=+4930123456789 1 2 IN IP4 10.0.0.1\r\ns=-\r\ni=call from Bob\r\n\
+e=bob@example.com\r\nm=audio 4000 RTP/AVP 0\r\na=ssrc:26 cname:sip:+4930123456789@127.0.0.1:5060\r\n\
+a=x-who:tel:+4930123456789\r\na=rtpmap:0 PCMU/8000\r\n";
+        let clean = strip_personal(sdp);
+        assert!(!clean.contains("4930123456789"), "{clean}");
+        assert!(!clean.contains("Bob") && !clean.contains("bob@"), "{clean}");
+        assert!(clean.contains("o=- 1 2 IN IP4 10.0.0.1\r\n"), "{clean}");
+        assert!(clean.contains("a=ssrc:26 cname:<removed>\r\n"), "{clean}");
+        assert!(clean.contains("a=rtpmap:0 PCMU/8000\r\n"));
+    }
+
+    #[test]
     fn calls_move_from_live_to_ended() {
         let live = LiveCalls::default();
         let call = live.begin(CallStart {
@@ -535,6 +584,7 @@ a=fingerprint:sha-256 AB:CD\r\n";
             account: "alice".into(),
             remote: "+4930******89".into(),
             trunk: "carrier".into(),
+            redact: true,
         });
         call.update(&CallInfo {
             state: CallState::Connected,

@@ -938,30 +938,25 @@ impl Incoming {
     fn handle_session(&mut self, c: &mut Common, now: Instant, input: SessionInput) {
         match input {
             SessionInput::Accept { session, sdp } => self.accept(c, session, &sdp, now),
+            // Hanging up a ringing call is declining it.
+            SessionInput::Reject { session } | SessionInput::Hangup { session }
+                if self.stop_ringing(session) =>
+            {
+                info!(session, "a session declined");
+                self.declined_any = true;
+                let event = c.hangup_event(&Cause::Declined);
+                c.tell(session, event);
+                self.check_all_gone(c, now);
+            }
+            SessionInput::Reject { session } | SessionInput::Hangup { session }
+                if Some(session) == c.owner =>
+            {
+                self.end(c, Cause::BrowserHangup, now);
+            }
             SessionInput::Reject { session } => {
-                if self.stop_ringing(session) {
-                    info!(session, "a session declined");
-                    self.declined_any = true;
-                    let event = c.hangup_event(&Cause::Declined);
-                    c.tell(session, event);
-                    self.check_all_gone(c, now);
-                } else if Some(session) == c.owner {
-                    self.end(c, Cause::BrowserHangup, now);
-                } else {
-                    c.error(session, 404, "no ringing call with this id");
-                }
+                c.error(session, 404, "no ringing call with this id");
             }
-            SessionInput::Hangup { session } => {
-                if self.stop_ringing(session) {
-                    // Hanging up a ringing call is declining it.
-                    self.declined_any = true;
-                    let event = c.hangup_event(&Cause::Declined);
-                    c.tell(session, event);
-                    self.check_all_gone(c, now);
-                } else if Some(session) == c.owner {
-                    self.end(c, Cause::BrowserHangup, now);
-                }
-            }
+            SessionInput::Hangup { .. } => {}
             SessionInput::Gone { session } => {
                 if self.stop_ringing(session) {
                     self.check_all_gone(c, now);

@@ -6,8 +6,8 @@
 //! The figures come from an [`OperatorView`](super::OperatorView) the stats
 //! module implements; signaling only authenticates and carries them.
 
-use super::http::{json_error, Peer};
-use super::{auth, AppState};
+use super::http::{check_password, json_error, Peer};
+use super::AppState;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -143,17 +143,10 @@ async fn login(State(state): State<AppState>, Peer(peer): Peer, body: Bytes) -> 
             "expected JSON {\"password\": string}",
         );
     };
-    let Ok(_permit) = state.password_checks.acquire().await else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    let verified = match check_password(&state, password, phc).await {
+        Ok(verified) => verified,
+        Err(refusal) => return refusal,
     };
-    let verified =
-        match tokio::task::spawn_blocking(move || auth::verify_password(&password, &phc)).await {
-            Ok(verified) => verified,
-            Err(e) => {
-                warn!(error = %e, "password check failed");
-                return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-            }
-        };
     if !verified {
         let wait = admin
             .throttle

@@ -89,17 +89,10 @@ async fn login(State(state): State<AppState>, Peer(peer): Peer, body: Bytes) -> 
     let phc = known
         .clone()
         .unwrap_or_else(|| auth::DECOY_HASH.to_string());
-    let Ok(_permit) = state.password_checks.acquire().await else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    let verified = match check_password(&state, password, phc).await {
+        Ok(verified) => verified,
+        Err(refusal) => return refusal,
     };
-    let verified =
-        match tokio::task::spawn_blocking(move || auth::verify_password(&password, &phc)).await {
-            Ok(verified) => verified,
-            Err(e) => {
-                warn!(error = %e, "password check failed");
-                return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-            }
-        };
     if !(verified && known.is_some()) {
         // Each failure from this source lengthens its next wait; a right
         // password from elsewhere is not delayed.
@@ -134,6 +127,24 @@ async fn login(State(state): State<AppState>, Peer(peer): Peer, body: Bytes) -> 
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Verifies `password` against the argon2 `phc` on the bounded pool of
+/// password checks, off the async threads. `Err` is the response to give.
+pub(crate) async fn check_password(
+    state: &AppState,
+    password: String,
+    phc: String,
+) -> Result<bool, Response> {
+    let Ok(_permit) = state.password_checks.acquire().await else {
+        return Err(json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+    };
+    tokio::task::spawn_blocking(move || auth::verify_password(&password, &phc))
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "password check failed");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        })
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

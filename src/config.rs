@@ -99,6 +99,38 @@ pub struct SipConfig {
     /// Seconds an incoming call rings the browsers before 408.
     #[serde(default = "default_ring_timeout")]
     pub ring_timeout: u64,
+    /// Requests from outside every trunk's sources: false = silence,
+    /// true = 403.
+    #[serde(default)]
+    pub answer_strangers: bool,
+    #[serde(default)]
+    pub limits: SipLimits,
+}
+
+/// `[sip.limits]`: per source outside every trunk's addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipLimits {
+    #[serde(default = "default_requests_per_second")]
+    pub requests_per_second: u32,
+    #[serde(default = "default_ban_seconds")]
+    pub ban_seconds: u64,
+}
+
+impl Default for SipLimits {
+    fn default() -> Self {
+        SipLimits {
+            requests_per_second: default_requests_per_second(),
+            ban_seconds: default_ban_seconds(),
+        }
+    }
+}
+
+fn default_requests_per_second() -> u32 {
+    50
+}
+fn default_ban_seconds() -> u64 {
+    60
 }
 
 impl Default for SipConfig {
@@ -108,6 +140,8 @@ impl Default for SipConfig {
             tcp_listen: None,
             tls_listen: None,
             ring_timeout: default_ring_timeout(),
+            answer_strangers: false,
+            limits: SipLimits::default(),
         }
     }
 }
@@ -374,6 +408,15 @@ impl Config {
                     "must be an argon2 hash from `webrtc-sip-gateway hash-password`".into(),
                 );
             }
+        }
+        if self.sip.limits.requests_per_second == 0 {
+            add(
+                "sip.limits.requests_per_second".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.sip.limits.ban_seconds == 0 {
+            add("sip.limits.ban_seconds".into(), "must be at least 1".into());
         }
         if !(1..=3600).contains(&self.sip.ring_timeout) {
             add(

@@ -7,11 +7,12 @@ use crate::calls::sessions::{LocalSessions, SessionRegistry};
 use crate::calls::trunk_health::TrunkHealth;
 use crate::calls::{inbound, Calls, CallsContext};
 use crate::cdr::{self, CdrStore};
-use crate::config::Config;
+use crate::config::{parse_cidr, Config, TrunkUri};
 use crate::demo::EchoTrunk;
 use crate::media::dtls::DtlsIdentity;
 use crate::media::{MediaConfig, MediaEngine};
 use crate::signaling::{self, auth, AppState, SignalingConfig};
+use crate::sip::transport::door::DoorConfig;
 use crate::sip::transport::{EndpointConfig, SipEndpoint};
 use crate::stats::history::History;
 use crate::stats::live::LiveCalls;
@@ -112,9 +113,17 @@ pub async fn run(
     let (sip, incoming) = SipEndpoint::start_with(EndpointConfig {
         udp_listen: config.sip.udp_listen,
         tcp_listen: config.sip.tcp_listen,
+        door: DoorConfig {
+            known: known_sources(&config, demo_password.is_some()).await,
+            answer_strangers: config.sip.answer_strangers,
+            requests_per_second: config.sip.limits.requests_per_second,
+            ban: Duration::from_secs(config.sip.limits.ban_seconds),
+            ..DoorConfig::default()
+        },
     })
     .await?;
     let sip_for_health = sip.clone();
+    let sip_for_operator = sip.clone();
     let call_stats = Arc::new(CallStats::default());
     let live_calls = Arc::new(LiveCalls::default());
     let trunk_health = Arc::new(TrunkHealth::default());
@@ -145,6 +154,7 @@ pub async fn run(
         call_stats.render_prometheus(&mut out);
         media_stats.render_prometheus(&mut out);
         sip_for_metrics.stats().render_prometheus(&mut out);
+        sip_for_metrics.render_door_prometheus(&mut out);
         health_for_metrics.render_prometheus(&mut out);
         let _ = writeln!(
             out,
@@ -180,6 +190,7 @@ pub async fn run(
         started,
         trunks: config.trunks.iter().map(|t| t.name.clone()).collect(),
         trunk_health: trunk_health.clone(),
+        sip: sip_for_operator,
     };
     let state = state.with_operator(
         Arc::new(operator),
@@ -230,6 +241,36 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     info!("stopped");
     Ok(())
+}
+
+/// The sources the SIP door serves: every trunk's `inbound_sources`, each
+/// trunk's own address (its responses and in-dialog requests), and loopback
+/// for the built-in demo trunk.
+async fn known_sources(config: &Config, demo: bool) -> Vec<(std::net::IpAddr, u8)> {
+    let mut known: Vec<(std::net::IpAddr, u8)> = config
+        .trunks
+        .iter()
+        .flat_map(|t| t.inbound_sources.iter().filter_map(|s| parse_cidr(s)))
+        .collect();
+    for trunk in &config.trunks {
+        let Ok(uri) = TrunkUri::parse(&trunk.uri) else {
+            continue;
+        };
+        let resolved = tokio::net::lookup_host((uri.host.clone(), uri.port)).await;
+        match resolved {
+            Ok(addrs) => known.extend(addrs.map(|a| {
+                let bits = if a.is_ipv4() { 32 } else { 128 };
+                (a.ip(), bits)
+            })),
+            Err(e) => {
+                warn!(trunk = %trunk.name, error = %e, "trunk address does not resolve; its SIP is answered only from inbound_sources")
+            }
+        }
+    }
+    if demo {
+        known.push((std::net::IpAddr::from([127u8, 0, 0, 1]), 32));
+    }
+    known
 }
 
 /// Feeds the stats page's charts once a second.

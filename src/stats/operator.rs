@@ -8,6 +8,7 @@ use crate::calls::trunk_health::TrunkHealth;
 use crate::cdr::CdrStore;
 use crate::signaling::OperatorView;
 use crate::sip::probe::Health;
+use crate::sip::transport::SipEndpoint;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -24,6 +25,25 @@ pub struct Operator {
     pub trunks: Vec<String>,
     /// Their liveness from OPTIONS pings.
     pub trunk_health: Arc<TrunkHealth>,
+    /// The SIP endpoint, for its current bans.
+    pub sip: SipEndpoint,
+}
+
+impl Operator {
+    fn bans(&self) -> Vec<Value> {
+        let now = SystemTime::now();
+        self.sip
+            .bans()
+            .into_iter()
+            .map(|(source, left)| {
+                json!({
+                    "source": source.to_string(),
+                    "until": rfc3339(now + left),
+                    "reason": "over sip.limits.requests_per_second",
+                })
+            })
+            .collect()
+    }
 }
 
 impl OperatorView for Operator {
@@ -59,7 +79,7 @@ impl OperatorView for Operator {
             "packets_per_second": self.history.packets_per_second(),
             "history": self.history.points(),
             "trunks": trunks,
-            "bans": [],
+            "bans": self.bans(),
             "calls": self.live.views(),
             "ended": ended,
         })

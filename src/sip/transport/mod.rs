@@ -12,6 +12,7 @@
 //! INVITE (or a quick CANCEL) that arrives before the owner registers waits
 //! in the call's channel instead of reaching the B2BUA a second time.
 
+pub mod door;
 mod tcp;
 pub mod traffic;
 mod udp;
@@ -121,11 +122,12 @@ impl EndpointStats {
     }
 }
 
-/// Where the endpoint listens.
-#[derive(Debug, Clone, Copy)]
+/// Where the endpoint listens, and who it serves.
+#[derive(Debug, Clone)]
 pub struct EndpointConfig {
     pub udp_listen: SocketAddr,
     pub tcp_listen: Option<SocketAddr>,
+    pub door: door::DoorConfig,
 }
 
 #[derive(Clone)]
@@ -157,6 +159,8 @@ struct Inner {
     /// (RFC 3261 18.2.2: over TCP on the connection the request came on; over
     /// UDP to the source address, RFC 3581).
     response_routes: Mutex<HashMap<String, ResponseRoute>>,
+    /// Who gets service; who is banned.
+    door: door::Door,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +193,7 @@ pub async fn start(
     start_with(EndpointConfig {
         udp_listen,
         tcp_listen: None,
+        door: door::DoorConfig::open(),
     })
     .await
 }
@@ -233,6 +238,7 @@ pub async fn start_with(
         incoming,
         tcp: tcp::Connections::default(),
         stats: EndpointStats::default(),
+        door: door::Door::new(cfg.door.clone()),
         tasks: Mutex::new(Vec::new()),
         response_routes: Mutex::new(HashMap::new()),
     });
@@ -277,6 +283,37 @@ impl SipEndpoint {
 
     pub fn stats(&self) -> &EndpointStats {
         &self.inner.stats
+    }
+
+    /// Sources banned now, with the time left.
+    pub fn bans(&self) -> Vec<(std::net::IpAddr, Duration)> {
+        self.inner.door.bans(Instant::now())
+    }
+
+    /// The front door's counters in Prometheus text format.
+    pub fn render_door_prometheus(&self, out: &mut String) {
+        use std::fmt::Write;
+        let d = &self.inner.door;
+        let _ = writeln!(
+            out,
+            "# HELP gateway_sip_bans_total Sources banned for exceeding sip.limits.requests_per_second.\n# TYPE gateway_sip_bans_total counter\ngateway_sip_bans_total {}",
+            d.bans_total.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gateway_sip_banned_sources Sources banned now.\n# TYPE gateway_sip_banned_sources gauge\ngateway_sip_banned_sources {}",
+            self.bans().len()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gateway_sip_banned_dropped_total Datagrams and frames from banned sources, dropped unread.\n# TYPE gateway_sip_banned_dropped_total counter\ngateway_sip_banned_dropped_total {}",
+            d.dropped_banned.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gateway_sip_strangers_ignored_total Messages from outside every trunk's sources that got no service.\n# TYPE gateway_sip_strangers_ignored_total counter\ngateway_sip_strangers_ignored_total {}",
+            d.strangers_ignored.load(Ordering::Relaxed)
+        );
     }
 
     /// Whether the receive tasks (UDP, and the TCP listener if any) still
@@ -370,8 +407,27 @@ impl Inner {
 
     /// Routes one received datagram or frame.
     async fn dispatch(self: &Arc<Self>, data: &[u8], source: SocketAddr, transport: Transport) {
+        let known = match self.door.admit(source.ip(), Instant::now()) {
+            door::Verdict::Known => true,
+            door::Verdict::Stranger => false,
+            door::Verdict::Banned { newly } => {
+                if newly {
+                    tracing::warn!(
+                        %source,
+                        limit = self.door.requests_per_second(),
+                        "SIP source banned: over its requests per second; its packets are dropped unanswered"
+                    );
+                }
+                return;
+            }
+        };
         let msg = match message::parse(data) {
             Ok(msg) => msg,
+            // Strangers learn nothing, not even that their message was bad.
+            Err(_) if !known => {
+                self.door.strangers_ignored.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             Err(e) => return self.answer_malformed(data, &e, source, transport).await,
         };
         self.stats.traffic.count(traffic::Direction::In, &msg);
@@ -386,6 +442,9 @@ impl Inner {
             .lock()
             .ok()
             .and_then(|c| c.get(&call_id).cloned());
+        if !known && sender.is_none() {
+            return self.answer_stranger(msg, source, transport).await;
+        }
         if let Some(sender) = sender {
             match sender.try_send(msg) {
                 Ok(()) => return,
@@ -551,6 +610,33 @@ impl Inner {
         calls.insert(call_id.to_string(), tx.clone());
         pending.insert(call_id.to_string(), Pending { rx, tx, since: now });
         true
+    }
+
+    /// A stranger's message for no call: silence (nothing to probe or
+    /// reflect), or 403 to requests with `sip.answer_strangers`.
+    async fn answer_stranger(
+        self: &Arc<Self>,
+        msg: SipMessage,
+        source: SocketAddr,
+        transport: Transport,
+    ) {
+        self.door.strangers_ignored.fetch_add(1, Ordering::Relaxed);
+        let SipMessage::Request(req) = msg else {
+            return;
+        };
+        if !self.door.answer_strangers() || req.method == Method::Ack {
+            tracing::debug!(%source, method = %req.method, "request from a stranger ignored");
+            return;
+        }
+        let resp = message::build_response(
+            &req,
+            403,
+            ResponseParts {
+                user_agent: USER_AGENT,
+                ..Default::default()
+            },
+        );
+        let _ = self.send(source, transport, message::to_bytes(resp)).await;
     }
 
     async fn answer_malformed(

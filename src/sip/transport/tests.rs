@@ -166,8 +166,9 @@ async fn invite_200_ack_bye_over_tcp() {
     let cfg = EndpointConfig {
         udp_listen: local(),
         tcp_listen: Some(local()),
+        door: super::door::DoorConfig::open(),
     };
-    let (gw, _gw_in) = start_with(cfg).await.unwrap();
+    let (gw, _gw_in) = start_with(cfg.clone()).await.unwrap();
     let (trunk, trunk_in) = start_with(cfg).await.unwrap();
     let (done_tx, mut done_rx) = mpsc::channel(1);
     tokio::spawn(echo_trunk(trunk.clone(), trunk_in, done_tx));

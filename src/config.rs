@@ -73,6 +73,27 @@ pub struct ServerConfig {
     /// When absent, a random secret is generated into `data_dir` and reused.
     pub token_secret: Option<Secret<String>>,
     pub admin_password_hash: Option<String>,
+    /// Who may read `/metrics` without the bearer token.
+    #[serde(default = "default_metrics_allow")]
+    pub metrics_allow: Vec<String>,
+    /// `Authorization: Bearer` token that opens `/metrics` from anywhere.
+    pub metrics_token: Option<Secret<String>>,
+    /// Signaling WebSockets one account may hold open at once.
+    #[serde(default = "default_sessions_per_account")]
+    pub max_sessions_per_account: usize,
+    /// Signaling WebSockets one source address may hold open at once.
+    #[serde(default = "default_sessions_per_source")]
+    pub max_sessions_per_source: usize,
+}
+
+fn default_metrics_allow() -> Vec<String> {
+    vec!["127.0.0.1/32".into(), "::1/128".into()]
+}
+fn default_sessions_per_account() -> usize {
+    32
+}
+fn default_sessions_per_source() -> usize {
+    64
 }
 
 impl Default for ServerConfig {
@@ -85,6 +106,10 @@ impl Default for ServerConfig {
             tls_key: None,
             token_secret: None,
             admin_password_hash: None,
+            metrics_allow: default_metrics_allow(),
+            metrics_token: None,
+            max_sessions_per_account: default_sessions_per_account(),
+            max_sessions_per_source: default_sessions_per_source(),
         }
     }
 }
@@ -400,6 +425,14 @@ impl Config {
                 "server.public_ip".into(),
                 "must be the address trunks and browsers reach, not 0.0.0.0 or ::".into(),
             );
+        }
+        for (i, net) in self.server.metrics_allow.iter().enumerate() {
+            if parse_cidr(net).is_none() {
+                add(
+                    format!("server.metrics_allow[{i}]"),
+                    format!("{net:?} is not an address or CIDR block"),
+                );
+            }
         }
         if let Some(hash) = &self.server.admin_password_hash {
             if !hash.starts_with("$argon2") {

@@ -11,7 +11,7 @@ use crate::config::{parse_cidr, Config, TrunkUri};
 use crate::demo::EchoTrunk;
 use crate::media::dtls::DtlsIdentity;
 use crate::media::{MediaConfig, MediaEngine};
-use crate::signaling::{self, auth, AppState, SignalingConfig};
+use crate::signaling::{self, auth, AccessLimits, AppState, SignalingConfig};
 use crate::sip::transport::door::DoorConfig;
 use crate::sip::transport::{EndpointConfig, SipEndpoint};
 use crate::stats::history::History;
@@ -192,12 +192,27 @@ pub async fn run(
         trunk_health: trunk_health.clone(),
         sip: sip_for_operator,
     };
-    let state = state.with_operator(
-        Arc::new(operator),
-        config.server.admin_password_hash.clone(),
-    );
+    let state = state
+        .with_operator(
+            Arc::new(operator),
+            config.server.admin_password_hash.clone(),
+        )
+        .with_limits(AccessLimits {
+            metrics_allow: config
+                .server
+                .metrics_allow
+                .iter()
+                .filter_map(|s| parse_cidr(s))
+                .collect(),
+            metrics_token: config.server.metrics_token.clone(),
+            sessions_per_account: config.server.max_sessions_per_account,
+            sessions_per_source: config.server.max_sessions_per_source,
+        });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = signaling::serve(state, async {
+    // Bound before "ready" is logged: a port in use is an error, not a
+    // ready gateway that then fails.
+    let https = signaling::bind(config.server.https_listen)?;
+    let server = signaling::serve_bound(state, https, async {
         let _ = http_stopped.await;
     });
     let mut server = tokio::spawn(server);

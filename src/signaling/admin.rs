@@ -175,13 +175,14 @@ async fn login(State(state): State<AppState>, Peer(peer): Peer, body: Bytes) -> 
     response
 }
 
-/// 429 with `Retry-After` in whole seconds (at least 1).
+/// 429 with `Retry-After` in whole seconds, rounded up (at least 1).
 pub(crate) fn too_many(wait: Duration) -> Response {
     let mut response = json_error(
         StatusCode::TOO_MANY_REQUESTS,
         "too many failed sign-ins from this address; try again later",
     );
-    let secs = wait.as_secs().max(1).to_string();
+    // Rounded up: a client that waits what it is told is not refused again.
+    let secs = wait.as_millis().div_ceil(1000).max(1).to_string();
     if let Ok(value) = HeaderValue::from_str(&secs) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }

@@ -161,7 +161,22 @@ async fn healthz(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !state.may_read_metrics(peer.map(|p| p.ip()), bearer) {
+        warn!(peer = ?peer, "/metrics refused: not in server.metrics_allow and no valid bearer token");
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "metrics are readable from server.metrics_allow or with the bearer token",
+        );
+    }
     (
         [
             (

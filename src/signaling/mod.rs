@@ -166,6 +166,67 @@ pub trait OperatorView: Send + Sync + 'static {
     fn audit(&self, who: &str, action: &str, detail: &str);
 }
 
+/// Who may use what on the HTTPS side beyond signing in.
+#[derive(Debug, Clone)]
+pub struct AccessLimits {
+    /// Sources that may read `/metrics` without the bearer token.
+    pub metrics_allow: Vec<(std::net::IpAddr, u8)>,
+    /// `Authorization: Bearer` token that opens `/metrics` from anywhere.
+    pub metrics_token: Option<Secret<String>>,
+    /// Signaling WebSockets one account, and one source address, may hold.
+    pub sessions_per_account: usize,
+    pub sessions_per_source: usize,
+}
+
+impl Default for AccessLimits {
+    fn default() -> Self {
+        AccessLimits {
+            metrics_allow: vec![
+                (std::net::IpAddr::from([127u8, 0, 0, 1]), 32),
+                (std::net::IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128),
+            ],
+            metrics_token: None,
+            sessions_per_account: 32,
+            sessions_per_source: 64,
+        }
+    }
+}
+
+/// Open signaling WebSockets per account and per source address.
+#[derive(Debug, Default)]
+pub(crate) struct WsCounts {
+    by_account: HashMap<String, usize>,
+    by_source: HashMap<std::net::IpAddr, usize>,
+}
+
+/// One counted WebSocket; the counts go down when it is dropped.
+pub(crate) struct WsSlot {
+    counts: Arc<std::sync::Mutex<WsCounts>>,
+    account: String,
+    source: Option<std::net::IpAddr>,
+}
+
+impl Drop for WsSlot {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.counts.lock() {
+            if let Some(n) = c.by_account.get_mut(&self.account) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.by_account.remove(&self.account);
+                }
+            }
+            if let Some(ip) = self.source {
+                if let Some(n) = c.by_source.get_mut(&ip) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        c.by_source.remove(&ip);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Shared state of every request handler. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -182,6 +243,8 @@ pub struct AppState {
     admin: Arc<admin::AdminAuth>,
     /// Failed `/api/login`s per source address.
     login_throttle: Arc<std::sync::Mutex<throttle::Throttle<Option<std::net::IpAddr>>>>,
+    limits: Arc<AccessLimits>,
+    ws_counts: Arc<std::sync::Mutex<WsCounts>>,
 }
 
 impl AppState {
@@ -206,6 +269,72 @@ impl AppState {
             login_throttle: Arc::new(std::sync::Mutex::new(throttle::Throttle::new(
                 LOGIN_THROTTLE_CAPACITY,
             ))),
+            limits: Arc::new(AccessLimits::default()),
+            ws_counts: Arc::default(),
+        }
+    }
+
+    /// Replaces the default access limits (metrics sources, session caps).
+    pub fn with_limits(mut self, limits: AccessLimits) -> Self {
+        self.limits = Arc::new(limits);
+        self
+    }
+
+    /// Takes a WebSocket slot for `account` from `source`, or says which cap
+    /// is reached.
+    pub(crate) fn take_ws_slot(
+        &self,
+        account: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<WsSlot, &'static str> {
+        let Ok(mut c) = self.ws_counts.lock() else {
+            return Err("internal error");
+        };
+        if c.by_account.get(account).copied().unwrap_or(0) >= self.limits.sessions_per_account {
+            return Err("too many sessions open for this account");
+        }
+        if let Some(ip) = source {
+            if c.by_source.get(&ip).copied().unwrap_or(0) >= self.limits.sessions_per_source {
+                return Err("too many sessions open from this address");
+            }
+            *c.by_source.entry(ip).or_default() += 1;
+        }
+        *c.by_account.entry(account.to_string()).or_default() += 1;
+        Ok(WsSlot {
+            counts: self.ws_counts.clone(),
+            account: account.to_string(),
+            source,
+        })
+    }
+
+    /// May this request read `/metrics`?
+    pub(crate) fn may_read_metrics(
+        &self,
+        source: Option<std::net::IpAddr>,
+        bearer: Option<&str>,
+    ) -> bool {
+        if let (Some(token), Some(given)) = (&self.limits.metrics_token, bearer) {
+            let want = token.expose().as_bytes();
+            let given = given.as_bytes();
+            // Compares every byte whatever differs first.
+            if want.len() == given.len()
+                && want
+                    .iter()
+                    .zip(given)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+            {
+                return true;
+            }
+        }
+        match source {
+            Some(ip) => self
+                .limits
+                .metrics_allow
+                .iter()
+                .any(|net| crate::config::cidr_contains(*net, ip)),
+            // In-process (tests): no socket, no address to refuse.
+            None => true,
         }
     }
 
@@ -258,6 +387,20 @@ pub async fn serve(
     let addr = state.config.https_listen;
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|source| SignalingError::Bind { addr, source })?;
+    serve_on(state, listener, shutdown).await
+}
+
+/// Binds the HTTPS port (before the gateway says it is ready).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, SignalingError> {
+    std::net::TcpListener::bind(addr).map_err(|source| SignalingError::Bind { addr, source })
+}
+
+/// [`serve`] on a listener bound with [`bind`].
+pub async fn serve_bound(
+    state: AppState,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SignalingError> {
     serve_on(state, listener, shutdown).await
 }
 

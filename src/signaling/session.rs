@@ -36,6 +36,7 @@ pub(crate) struct WsQuery {
 /// refused browser gets a plain `401` and no socket.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
+    super::http::Peer(peer): super::http::Peer,
     query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -61,6 +62,13 @@ pub(crate) async fn upgrade(
         warn!(account = ?account, "websocket refused: token for unknown account");
         return json_error(StatusCode::UNAUTHORIZED, "unknown account");
     }
+    let slot = match state.take_ws_slot(&account, peer.map(|p| p.ip())) {
+        Ok(slot) => slot,
+        Err(why) => {
+            warn!(account = ?account, peer = ?peer, why, "websocket refused");
+            return json_error(StatusCode::TOO_MANY_REQUESTS, why);
+        }
+    };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
@@ -71,7 +79,12 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| {
             let seq = SESSION_SEQ.fetch_add(1, Ordering::Relaxed);
             let span = info_span!("ws", account = %account, session = seq);
-            run(state, AccountName(account), socket).instrument(span)
+            async move {
+                // Held for the socket's life: the caps count open sessions.
+                let _slot = slot;
+                run(state, AccountName(account), socket).await
+            }
+            .instrument(span)
         })
 }
 

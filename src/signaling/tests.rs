@@ -938,3 +938,34 @@ fn config_debug_shows_no_secrets() {
     assert!(!shown.contains(SECRET), "{shown}");
     assert!(!shown.contains("argon2"), "{shown}");
 }
+
+/// One account may hold `sessions_per_account` sockets; the next is refused
+/// 429 before the upgrade, and a closed socket frees its slot.
+#[tokio::test]
+async fn websocket_sessions_are_capped_per_account() {
+    let mut f = fixture();
+    f.state = f.state.clone().with_limits(crate::signaling::AccessLimits {
+        sessions_per_account: 2,
+        ..Default::default()
+    });
+    let addr = listen(f.state.clone()).await;
+    let first = attached(&mut f, addr).await;
+    let _second = attached(&mut f, addr).await;
+    match connect(addr, &token("alice")).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
+        other => panic!("third socket: {:?}", other.map(|_| ())),
+    }
+    drop(first);
+    // The slot is freed once the first session's task has ended.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if connect(addr, &token("alice")).await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

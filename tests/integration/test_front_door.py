@@ -177,3 +177,98 @@ def test_flooders_are_banned_while_calls_go_on(workdir, gateway_door, baresip_sd
     assert r["rss_after_kib"] - r["rss_before_kib"] < 20 * 1024, r
     log = gw.log()
     assert log.count("SIP source banned") == 2, "one log line per ban"
+
+
+# --------------------------------------------------------------------------
+# the HTTPS side of the door
+
+
+def _https_from(gw, source: str, method: str, path: str, body=None, headers=None):
+    """An HTTPS request to the gateway from a socket bound to `source`."""
+    import http.client
+    import json as _json
+    from harness import unverified_ssl
+    conn = http.client.HTTPSConnection("127.0.0.1", gw.https_port, context=unverified_ssl(), timeout=10,
+                                       source_address=(source, 0))
+    try:
+        hdrs = dict(headers or {})
+        data = None
+        if body is not None:
+            data = _json.dumps(body).encode()
+            hdrs["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        # header names lowercased: HTTP/1.1 names are case-insensitive
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def gateway_metrics_token(workdir, baresip_sdes, monkeypatch):
+    from harness import Gateway
+    orig = Gateway.write_config
+
+    def write_config(self):
+        orig(self)
+        text = self.config_path.read_text().replace(
+            "[server]\n", '[server]\nmetrics_token = "metrics-bearer-0123456789"\n', 1)
+        self.config_path.write_text(text)
+
+    monkeypatch.setattr(Gateway, "write_config", write_config)
+    yield from _gw(workdir, baresip_sdes.sip_port)
+
+
+def test_metrics_only_from_allowed_sources_or_with_the_token(gateway_metrics_token):
+    gw = gateway_metrics_token
+    status, _, _ = _https_from(gw, "127.0.0.1", "GET", "/metrics")
+    assert status == 200
+    status, _, body = _https_from(gw, GWT_HOST, "GET", "/metrics")
+    assert status == 403, (status, body[:200])
+    status, _, _ = _https_from(gw, GWT_HOST, "GET", "/metrics",
+                               headers={"Authorization": "Bearer wrong-token-0123456789"})
+    assert status == 403
+    status, _, body = _https_from(gw, GWT_HOST, "GET", "/metrics",
+                                  headers={"Authorization": "Bearer metrics-bearer-0123456789"})
+    assert status == 200 and b"gateway_calls_active" in body
+
+
+def test_login_back_off_per_source(workdir, gateway_door):
+    gw = gateway_door
+    waits = []
+    for _ in range(7):
+        status, headers, _ = _https_from(gw, GWT_HOST, "POST", "/api/login",
+                                         {"account": gw.account, "password": "wrong"})
+        if status == 429:
+            waits.append(int(headers["retry-after"]))
+            # let the wait pass, then the next wrong try counts again
+            time.sleep(waits[-1])
+            status, headers, _ = _https_from(gw, GWT_HOST, "POST", "/api/login",
+                                             {"account": gw.account, "password": "wrong"})
+        assert status == 401, status
+    # the guesser is held now; the right password from another source is not
+    status, headers, _ = _https_from(gw, GWT_HOST, "POST", "/api/login",
+                                     {"account": gw.account, "password": gw.password})
+    assert status == 429 and int(headers["retry-after"]) >= 2, (status, headers)
+    t = time.monotonic()
+    status, _, body = _https_from(gw, "127.0.0.1", "POST", "/api/login",
+                                  {"account": gw.account, "password": gw.password})
+    took = time.monotonic() - t
+    assert status == 200 and b"token" in body, (status, body)
+    save_result(workdir, waits_seen=waits, other_source_login_s=round(took, 3))
+    assert waits == sorted(waits) and len(waits) >= 2, waits
+
+
+def test_a_port_in_use_fails_before_ready(workdir):
+    from harness import Gateway
+    gw = Gateway(workdir, trunk=TrunkSpec("carrier", "sip:127.0.0.1:5999;transport=udp"))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.bind(("127.0.0.1", gw.https_port))
+        blocker.listen(1)
+        with pytest.raises(AssertionError):
+            gw.start(timeout=15)
+        code = gw.proc.wait(10)
+    log = gw.log()
+    assert code != 0, code
+    assert "in use" in log.lower(), log[-2000:]
+    assert "gateway ready" not in log, log[-2000:]

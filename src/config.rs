@@ -2,7 +2,7 @@
 //! with the key path in every error, and validation that reports every
 //! problem at once (for `check-config`).
 
-use crate::policy::{self, CalleeStream, CallerStream, OutgoingPolicy, SecureMedia};
+use crate::policy::{self, CalleeStream, CallerStream, SecureMedia, TrunkMedia};
 use crate::types::{Secret, SrtpSuite};
 use serde::Deserialize;
 use std::fmt;
@@ -519,11 +519,12 @@ impl Config {
                     "username and password must be given together".into(),
                 );
             }
-            if let Err(e) = policy::plan_outgoing(OutgoingPolicy {
-                callee_stream: trunk.callee_stream,
-                secure_media: trunk.secure_media,
-                srtp_suites: &trunk.srtp_suites,
-            }) {
+            // As an account with the default caller_stream would call it.
+            if let Err(e) = policy::plan_outgoing(
+                CallerStream::RelayOrDecrypt,
+                trunk.callee_stream,
+                trunk_media(trunk),
+            ) {
                 add(key("callee_stream"), e.to_string());
             }
             if !matches!(trunk.reject_code, 480 | 486 | 600 | 603) {
@@ -573,13 +574,20 @@ impl Config {
                     format!("no [[trunks]] entry named {:?}", account.trunk),
                 ),
                 Some(trunk) => {
-                    if let Some(callee) = account.callee_stream {
-                        if let Err(e) = policy::plan_outgoing(OutgoingPolicy {
-                            callee_stream: callee,
-                            secure_media: trunk.secure_media,
-                            srtp_suites: &trunk.srtp_suites,
-                        }) {
-                            add(key("callee_stream"), e.to_string());
+                    // The trunk's own callee_stream is checked above; an
+                    // account's override or caller_stream may add a problem.
+                    let callee = account.callee_stream.unwrap_or(trunk.callee_stream);
+                    let own = account.callee_stream.is_some()
+                        || account.caller_stream != CallerStream::RelayOrDecrypt;
+                    if own {
+                        if let Err(e) =
+                            policy::plan_outgoing(account.caller_stream, callee, trunk_media(trunk))
+                        {
+                            let k = match e {
+                                policy::PolicyError::PrivateCallUnsupported(_) => "caller_stream",
+                                _ => "callee_stream",
+                            };
+                            add(key(k), e.to_string());
                         }
                     }
                 }
@@ -632,6 +640,14 @@ pub fn cidr_contains((net, len): (IpAddr, u8), ip: IpAddr) -> bool {
             u128::from(n) & mask == u128::from(a) & mask
         }
         _ => false,
+    }
+}
+
+/// A trunk's `secure_media` and `srtp_suites`, as the policy reads them.
+fn trunk_media(trunk: &TrunkConfig) -> TrunkMedia<'_> {
+    TrunkMedia {
+        secure_media: trunk.secure_media,
+        srtp_suites: &trunk.srtp_suites,
     }
 }
 

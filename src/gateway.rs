@@ -94,6 +94,7 @@ pub async fn run(
         directory.insert(Account {
             name: DEMO_ACCOUNT.into(),
             trunk: Arc::new(demo_trunk(echo.sip_addr.port())),
+            caller_stream: crate::policy::CallerStream::RelayOrDecrypt,
             callee_stream: None,
             redact: config.privacy.redact_all,
         });

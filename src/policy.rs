@@ -2,8 +2,21 @@
 //! caller/callee table (`reference/portaswitch-media-encryption.txt`) and
 //! FreeSWITCH's `rtp_secure_media` (mandatory / optional / forbidden).
 //!
-//! A pure function: the account and trunk settings in, what each leg of the
-//! call must be out. No IO, no state.
+//! A pure function, [`resolve`]: the calling side's `caller_stream`, the
+//! called side's `callee_stream`, each trunk's `secure_media` and
+//! `srtp_suites`, and whether the caller asked for encryption in; what each
+//! leg of the call must be (key agreement, suites in order) and whether the
+//! gateway decrypts or relays out. No IO, no state.
+//!
+//! The sides are a browser (always DTLS-SRTP, always asks for encryption) or
+//! a trunk (SDES-SRTP or plain RTP; it asks for encryption when it offered
+//! `RTP/SAVP`). The gateway today places browser → trunk and trunk → browser
+//! calls; the function also answers trunk → trunk so that every row of the
+//! PortaSwitch table can be checked, including "the caller did not ask".
+//!
+//! What the media plane cannot do yet comes out as a named [`PolicyError`]:
+//! relaying an encrypted stream without decrypting it (a private call) and
+//! DTLS-SRTP toward a trunk.
 
 use crate::types::SrtpSuite;
 use serde::Deserialize;
@@ -18,8 +31,19 @@ pub enum CalleeStream {
     Decrypted,
     /// SDES-SRTP keyed by the gateway.
     Sdes,
-    /// DTLS-SRTP toward the trunk.
+    /// DTLS-SRTP (a browser callee always; toward trunks not supported yet).
     Dtls,
+}
+
+impl CalleeStream {
+    fn name(self) -> &'static str {
+        match self {
+            CalleeStream::AsCaller => "as_caller",
+            CalleeStream::Decrypted => "decrypted",
+            CalleeStream::Sdes => "sdes",
+            CalleeStream::Dtls => "dtls",
+        }
+    }
 }
 
 /// How the gateway treats the stream received from the calling party.
@@ -28,9 +52,10 @@ pub enum CalleeStream {
 pub enum CallerStream {
     /// Relay without decrypting (fully private call).
     ForcedRelay,
-    /// Relay when both legs agree on keys, otherwise decrypt.
+    /// Relay when the callee's settings allow the stream as is, otherwise
+    /// decrypt (and re-encrypt as the callee needs).
     RelayOrDecrypt,
-    /// Always decrypt and re-encrypt (the gateway holds both key sets).
+    /// Always decrypt (the gateway holds the keys of both legs).
     Decrypt,
 }
 
@@ -40,19 +65,347 @@ pub enum CallerStream {
 pub enum SecureMedia {
     /// Offer and accept SAVP only.
     Mandatory,
-    /// Offer SAVP, accept AVP too.
+    /// Offer SAVP, fall back to AVP when the trunk refuses it.
     Optional,
     /// Never SAVP toward this trunk.
     Forbidden,
 }
 
-/// The trunk leg of an outgoing call.
+/// How a leg's SRTP keys are agreed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAgreement {
+    /// DTLS-SRTP (browsers).
+    Dtls,
+    /// SDES `a=crypto` (RFC 4568).
+    Sdes,
+    /// None: plain RTP.
+    None,
+}
+
+/// Whether the gateway holds the keys of the call's media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    /// The gateway decrypts and/or encrypts: it terminates SRTP on at least
+    /// one leg (PortaSwitch's "Encrypt 1 / Encrypt 2" and "decrypted" rows).
+    Decrypt,
+    /// The stream passes as it came: plain RTP relayed as plain RTP (an
+    /// encrypted stream relayed as is would be a private call, which
+    /// [`resolve`] refuses for now).
+    Relay,
+}
+
+/// One leg of the call as the policy decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegPolicy {
+    pub key_agreement: KeyAgreement,
+    /// In preference order: the SDES suites to offer (callee trunk), the one
+    /// chosen from the trunk's offer (caller trunk), the DTLS-SRTP profiles
+    /// (browser). Empty for plain RTP.
+    pub suites: Vec<SrtpSuite>,
+    /// A caller trunk's `a=crypto` tag we answer (its tag kept, our key).
+    pub sdes_tag: Option<u32>,
+    /// A callee trunk with `secure_media = "optional"`: if it refuses SRTP
+    /// the gateway re-offers plain RTP.
+    pub plain_fallback: bool,
+}
+
+impl LegPolicy {
+    fn plain() -> Self {
+        LegPolicy {
+            key_agreement: KeyAgreement::None,
+            suites: Vec::new(),
+            sdes_tag: None,
+            plain_fallback: false,
+        }
+    }
+
+    fn dtls() -> Self {
+        LegPolicy {
+            key_agreement: KeyAgreement::Dtls,
+            suites: BROWSER_DTLS_SUITES.to_vec(),
+            sdes_tag: None,
+            plain_fallback: false,
+        }
+    }
+}
+
+/// The DTLS-SRTP profiles the browser leg offers (`use_srtp`), in order.
+pub const BROWSER_DTLS_SUITES: &[SrtpSuite] =
+    &[SrtpSuite::AeadAes128Gcm, SrtpSuite::AesCm128HmacSha1_80];
+
+/// The decision for one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallPolicy {
+    /// The leg toward the calling party.
+    pub caller: LegPolicy,
+    /// The leg toward the called party.
+    pub callee: LegPolicy,
+    pub handling: Handling,
+}
+
+/// A trunk's media settings.
+#[derive(Debug, Clone, Copy)]
+pub struct TrunkMedia<'a> {
+    pub secure_media: SecureMedia,
+    pub srtp_suites: &'a [SrtpSuite],
+}
+
+impl TrunkMedia<'_> {
+    /// Can this trunk take a stream with this key agreement as is?
+    fn can_take(&self, ka: KeyAgreement) -> bool {
+        match ka {
+            KeyAgreement::None => self.secure_media != SecureMedia::Mandatory,
+            KeyAgreement::Sdes => self.secure_media != SecureMedia::Forbidden,
+            // DTLS-SRTP toward trunks is not built yet.
+            KeyAgreement::Dtls => false,
+        }
+    }
+}
+
+/// What a trunk's INVITE offered, as the policy needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct IncomingOffer<'a> {
+    /// RTP/SAVP (SDES) rather than RTP/AVP.
+    pub secure: bool,
+    /// The usable `a=crypto` lines as `(tag, suite)`, in the trunk's order.
+    pub cryptos: &'a [(u32, SrtpSuite)],
+}
+
+/// The calling side.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    /// A browser: DTLS-SRTP, always asks for encryption.
+    Browser,
+    /// A trunk whose INVITE carried `offer`.
+    Trunk {
+        media: TrunkMedia<'a>,
+        offer: IncomingOffer<'a>,
+    },
+}
+
+/// The called side.
+#[derive(Debug, Clone, Copy)]
+pub enum Callee<'a> {
+    /// A browser: always DTLS-SRTP (its `callee_stream` is `dtls`).
+    Browser,
+    /// A trunk; `callee_stream` is the account's override on outgoing calls,
+    /// else the trunk's.
+    Trunk {
+        media: TrunkMedia<'a>,
+        callee_stream: CalleeStream,
+    },
+}
+
+impl Callee<'_> {
+    fn callee_stream(&self) -> CalleeStream {
+        match self {
+            Callee::Browser => CalleeStream::Dtls,
+            Callee::Trunk { callee_stream, .. } => *callee_stream,
+        }
+    }
+
+    fn can_take(&self, ka: KeyAgreement) -> bool {
+        match self {
+            Callee::Browser => ka == KeyAgreement::Dtls,
+            Callee::Trunk { media, .. } => media.can_take(ka),
+        }
+    }
+
+    /// The encrypted stream this callee takes when the gateway encrypts for
+    /// it: DTLS for a browser, SDES for a trunk that allows SRTP.
+    fn encrypted(&self) -> Option<KeyAgreement> {
+        match self {
+            Callee::Browser => Some(KeyAgreement::Dtls),
+            Callee::Trunk { media, .. } if media.can_take(KeyAgreement::Sdes) => {
+                Some(KeyAgreement::Sdes)
+            }
+            Callee::Trunk { .. } => None,
+        }
+    }
+}
+
+/// The inputs of [`resolve`].
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyInput<'a> {
+    /// The calling side's: the account's on outgoing calls, the trunk's on
+    /// incoming ones.
+    pub caller_stream: CallerStream,
+    pub caller: Caller<'a>,
+    pub callee: Callee<'a>,
+}
+
+/// Why a call cannot be placed under the configured policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("private (relayed, never decrypted) calls are not supported yet ({0})")]
+    PrivateCallUnsupported(&'static str),
+    #[error("callee_stream = \"dtls\": DTLS-SRTP toward trunks is not supported yet")]
+    DtlsTowardTrunkUnsupported,
+    #[error("secure_media = \"mandatory\" conflicts with callee_stream = \"{0}\" (plain RTP toward the trunk)")]
+    MandatoryButPlain(&'static str),
+    #[error("secure_media = \"forbidden\" conflicts with callee_stream = \"sdes\"")]
+    ForbiddenButSdes,
+    #[error("no SRTP suite to offer (srtp_suites is empty)")]
+    NoSuites,
+    #[error("the trunk offered plain RTP but its secure_media is \"mandatory\"")]
+    PlainOfferRefused,
+    #[error("the trunk offered SRTP but its secure_media is \"forbidden\"")]
+    SecureOfferRefused,
+    #[error("no a=crypto suite offered by the trunk is in its srtp_suites")]
+    NoCommonSuite,
+}
+
+/// Decides both legs of a call. See the module documentation; each arm
+/// names the row of the PortaSwitch table it carries out.
+pub fn resolve(input: PolicyInput<'_>) -> Result<CallPolicy, PolicyError> {
+    // The caller's leg is what it offered, within its trunk's secure_media.
+    let caller = match input.caller {
+        Caller::Browser => LegPolicy::dtls(),
+        Caller::Trunk { media, offer } => caller_trunk_leg(media, offer)?,
+    };
+    let asked = caller.key_agreement != KeyAgreement::None;
+    let callee = &input.callee;
+    let callee_stream = callee.callee_stream();
+
+    // The key agreement of the callee's leg.
+    let callee_ka = match (input.caller_stream, callee_stream, asked) {
+        // forced_relay, any callee, requested: "Relayed via PortaSwitch or
+        // sent directly", never decrypted.
+        (CallerStream::ForcedRelay, _, true) => {
+            return Err(PolicyError::PrivateCallUnsupported(
+                "caller_stream = \"forced_relay\"",
+            ))
+        }
+        // The caller sent plain RTP and either nothing says otherwise
+        // (forced_relay ignores the callee's settings; as_caller), or the
+        // callee wants it decrypted (decrypted; decrypt + as_caller): it is
+        // relayed plain, unless the callee cannot take plain RTP at all (a
+        // browser; a mandatory trunk), which then gets it encrypted by the
+        // gateway: there is nothing private to keep.
+        (CallerStream::ForcedRelay, _, false)
+        | (_, CalleeStream::AsCaller | CalleeStream::Decrypted, false) => {
+            if callee.can_take(KeyAgreement::None) {
+                KeyAgreement::None
+            } else if callee_stream == CalleeStream::Decrypted {
+                return Err(PolicyError::MandatoryButPlain("decrypted"));
+            } else {
+                match callee.encrypted() {
+                    Some(ka) => ka,
+                    None => return Err(PolicyError::MandatoryButPlain(callee_stream.name())),
+                }
+            }
+        }
+        // relay_or_decrypt, as_caller, requested: relayed as is when the
+        // callee could take the caller's stream (a private call: not yet);
+        // otherwise "the media stream is encrypted/decrypted": the callee
+        // gets the encrypted stream it can take (a trunk: SDES; one that
+        // forbids SRTP: plain RTP, as today).
+        (CallerStream::RelayOrDecrypt, CalleeStream::AsCaller, true) => {
+            if callee.can_take(caller.key_agreement) {
+                return Err(PolicyError::PrivateCallUnsupported(
+                    "caller_stream = \"relay_or_decrypt\" with callee_stream = \"as_caller\": \
+                     both sides could take the stream as is",
+                ));
+            }
+            callee.encrypted().unwrap_or(KeyAgreement::None)
+        }
+        // decrypt, as_caller/decrypted, requested and relay_or_decrypt,
+        // decrypted, requested: "Caller <-encrypted-> PortaSwitch
+        // <-non-encrypted-> Callee".
+        (CallerStream::Decrypt, CalleeStream::AsCaller, true)
+        | (_, CalleeStream::Decrypted, true) => {
+            if !callee.can_take(KeyAgreement::None) {
+                return Err(PolicyError::MandatoryButPlain(callee_stream.name()));
+            }
+            KeyAgreement::None
+        }
+        // sdes/dtls, requested or not: "(Encrypt 1) PortaSwitch (Encrypt 2)"
+        // or "non-encrypted -> PortaSwitch -> encrypted".
+        (_, CalleeStream::Sdes, _) => {
+            if !callee.can_take(KeyAgreement::Sdes) {
+                return Err(PolicyError::ForbiddenButSdes);
+            }
+            KeyAgreement::Sdes
+        }
+        (_, CalleeStream::Dtls, _) => {
+            if !callee.can_take(KeyAgreement::Dtls) {
+                return Err(PolicyError::DtlsTowardTrunkUnsupported);
+            }
+            KeyAgreement::Dtls
+        }
+    };
+
+    let callee_leg = match (callee_ka, &input.callee) {
+        (KeyAgreement::None, _) => LegPolicy::plain(),
+        (KeyAgreement::Dtls, _) => LegPolicy::dtls(),
+        (KeyAgreement::Sdes, Callee::Trunk { media, .. }) => {
+            if media.srtp_suites.is_empty() {
+                return Err(PolicyError::NoSuites);
+            }
+            LegPolicy {
+                key_agreement: KeyAgreement::Sdes,
+                suites: media.srtp_suites.to_vec(),
+                sdes_tag: None,
+                plain_fallback: media.secure_media == SecureMedia::Optional,
+            }
+        }
+        // `encrypted()` never gives SDES for a browser.
+        (KeyAgreement::Sdes, Callee::Browser) => LegPolicy::dtls(),
+    };
+    let handling = if caller.key_agreement == KeyAgreement::None
+        && callee_leg.key_agreement == KeyAgreement::None
+    {
+        Handling::Relay
+    } else {
+        Handling::Decrypt
+    };
+    Ok(CallPolicy {
+        caller,
+        callee: callee_leg,
+        handling,
+    })
+}
+
+/// A calling trunk's leg from its offer: its `secure_media` says which
+/// profile it may use (FreeSWITCH's `rtp_secure_media`), and among the
+/// offered `a=crypto` lines the first suite in *our* `srtp_suites` order wins
+/// (the operator's preference; the trunk's tag is kept).
+fn caller_trunk_leg(
+    media: TrunkMedia<'_>,
+    offer: IncomingOffer<'_>,
+) -> Result<LegPolicy, PolicyError> {
+    match (offer.secure, media.secure_media) {
+        (false, SecureMedia::Mandatory) => Err(PolicyError::PlainOfferRefused),
+        (false, _) => Ok(LegPolicy::plain()),
+        (true, SecureMedia::Forbidden) => Err(PolicyError::SecureOfferRefused),
+        (true, _) => media
+            .srtp_suites
+            .iter()
+            .find_map(|ours| {
+                offer
+                    .cryptos
+                    .iter()
+                    .find(|(_, theirs)| theirs == ours)
+                    .map(|&(tag, suite)| LegPolicy {
+                        key_agreement: KeyAgreement::Sdes,
+                        suites: vec![suite],
+                        sdes_tag: Some(tag),
+                        plain_fallback: false,
+                    })
+            })
+            .ok_or(PolicyError::NoCommonSuite),
+    }
+}
+
+/// The trunk leg of an outgoing (browser → trunk) call, as the B2BUA
+/// writes its offer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrunkLegPlan {
     /// RTP/SAVP with these suites offered in this order.
     Sdes {
         suites: Vec<SrtpSuite>,
-        /// Whether a plain RTP answer is acceptable (secure_media = optional).
+        /// secure_media = "optional": when the trunk refuses SRTP (488, or a
+        /// plain answer) the call goes on with plain RTP.
         accept_plain: bool,
     },
     /// RTP/AVP.
@@ -69,65 +422,7 @@ impl TrunkLegPlan {
     }
 }
 
-/// Why a call cannot be placed under the configured policy.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PolicyError {
-    #[error("callee_stream = \"{0}\" toward trunks is not supported yet")]
-    Unsupported(&'static str),
-    #[error("secure_media = \"mandatory\" conflicts with callee_stream = \"decrypted\"")]
-    MandatoryButDecrypted,
-    #[error("secure_media = \"forbidden\" conflicts with callee_stream = \"sdes\"")]
-    ForbiddenButSdes,
-    #[error("no SRTP suite to offer (srtp_suites is empty)")]
-    NoSuites,
-    #[error("the trunk offered plain RTP but its secure_media is \"mandatory\"")]
-    PlainOfferRefused,
-    #[error("the trunk offered SRTP but its secure_media is \"forbidden\"")]
-    SecureOfferRefused,
-    #[error("no a=crypto suite offered by the trunk is in its srtp_suites")]
-    NoCommonSuite,
-}
-
-/// Settings that decide an outgoing call's trunk leg.
-#[derive(Debug, Clone, Copy)]
-pub struct OutgoingPolicy<'a> {
-    /// The account's override, if any, else the trunk's `callee_stream`.
-    pub callee_stream: CalleeStream,
-    pub secure_media: SecureMedia,
-    pub srtp_suites: &'a [SrtpSuite],
-}
-
-/// Decides the trunk leg of a browser-to-trunk call. The browser leg is always
-/// DTLS-SRTP, so `as_caller` means an encrypted trunk leg; the gateway keys it
-/// with SDES because the browser's DTLS keys cannot be carried to a SIP trunk
-/// (DTLS toward trunks and private relay come with the full policy table).
-pub fn plan_outgoing(p: OutgoingPolicy<'_>) -> Result<TrunkLegPlan, PolicyError> {
-    let encrypted = match p.callee_stream {
-        CalleeStream::Sdes | CalleeStream::AsCaller => true,
-        CalleeStream::Decrypted => false,
-        CalleeStream::Dtls => return Err(PolicyError::Unsupported("dtls")),
-    };
-    match (encrypted, p.secure_media) {
-        (true, SecureMedia::Forbidden) if p.callee_stream == CalleeStream::Sdes => {
-            Err(PolicyError::ForbiddenButSdes)
-        }
-        // as_caller on a trunk that forbids SAVP: the trunk's rule wins.
-        (true, SecureMedia::Forbidden) => Ok(TrunkLegPlan::Plain),
-        (true, secure) => {
-            if p.srtp_suites.is_empty() {
-                return Err(PolicyError::NoSuites);
-            }
-            Ok(TrunkLegPlan::Sdes {
-                suites: p.srtp_suites.to_vec(),
-                accept_plain: secure == SecureMedia::Optional,
-            })
-        }
-        (false, SecureMedia::Mandatory) => Err(PolicyError::MandatoryButDecrypted),
-        (false, _) => Ok(TrunkLegPlan::Plain),
-    }
-}
-
-/// The trunk leg of a trunk-to-browser call, decided from the trunk's offer.
+/// The trunk leg of an incoming (trunk → browser) call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IncomingLegPlan {
     /// Answer RTP/SAVP with the trunk's `a=crypto` line `tag` (of `suite`)
@@ -137,161 +432,342 @@ pub enum IncomingLegPlan {
     Plain,
 }
 
-/// What a trunk's INVITE offered, as the policy needs it.
-#[derive(Debug, Clone, Copy)]
-pub struct IncomingOffer<'a> {
-    /// RTP/SAVP (SDES) rather than RTP/AVP.
-    pub secure: bool,
-    /// The usable `a=crypto` lines as `(tag, suite)`, in the trunk's order.
-    pub cryptos: &'a [(u32, SrtpSuite)],
+/// What an account's outgoing calls get toward its trunk.
+pub fn plan_outgoing(
+    caller_stream: CallerStream,
+    callee_stream: CalleeStream,
+    trunk: TrunkMedia<'_>,
+) -> Result<TrunkLegPlan, PolicyError> {
+    let p = resolve(PolicyInput {
+        caller_stream,
+        caller: Caller::Browser,
+        callee: Callee::Trunk {
+            media: trunk,
+            callee_stream,
+        },
+    })?;
+    Ok(match p.callee.key_agreement {
+        KeyAgreement::Sdes => TrunkLegPlan::Sdes {
+            suites: p.callee.suites,
+            accept_plain: p.callee.plain_fallback,
+        },
+        KeyAgreement::None => TrunkLegPlan::Plain,
+        // resolve() refuses DTLS toward trunks.
+        KeyAgreement::Dtls => return Err(PolicyError::DtlsTowardTrunkUnsupported),
+    })
 }
 
-/// Decides how the gateway answers a trunk's offer: the trunk's
-/// `secure_media` says which profile it may use (FreeSWITCH's
-/// `rtp_secure_media`), and among the offered `a=crypto` lines the first
-/// suite in *our* `srtp_suites` order wins (the operator's preference; the
-/// trunk's tag is kept). The browser leg is DTLS-SRTP whatever happens here.
+/// How a trunk's offer to one of our browsers is answered.
 pub fn plan_incoming(
-    secure_media: SecureMedia,
-    srtp_suites: &[SrtpSuite],
+    caller_stream: CallerStream,
+    trunk: TrunkMedia<'_>,
     offer: IncomingOffer<'_>,
 ) -> Result<IncomingLegPlan, PolicyError> {
-    match (offer.secure, secure_media) {
-        (false, SecureMedia::Mandatory) => Err(PolicyError::PlainOfferRefused),
-        (false, _) => Ok(IncomingLegPlan::Plain),
-        (true, SecureMedia::Forbidden) => Err(PolicyError::SecureOfferRefused),
-        (true, _) => srtp_suites
-            .iter()
-            .find_map(|ours| {
-                offer
-                    .cryptos
-                    .iter()
-                    .find(|(_, theirs)| theirs == ours)
-                    .map(|&(tag, suite)| IncomingLegPlan::Sdes { tag, suite })
-            })
-            .ok_or(PolicyError::NoCommonSuite),
-    }
+    let p = resolve(PolicyInput {
+        caller_stream,
+        caller: Caller::Trunk {
+            media: trunk,
+            offer,
+        },
+        callee: Callee::Browser,
+    })?;
+    Ok(match (p.caller.sdes_tag, p.caller.suites.first()) {
+        (Some(tag), Some(&suite)) => IncomingLegPlan::Sdes { tag, suite },
+        _ => IncomingLegPlan::Plain,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use CallerStream::*;
+    use KeyAgreement as K;
 
     const SUITES: &[SrtpSuite] = &[
         SrtpSuite::AesCm128HmacSha1_80,
         SrtpSuite::AesCm128HmacSha1_32,
     ];
+    const OFFERED: &[(u32, SrtpSuite)] = &[
+        (1, SrtpSuite::AesCm128HmacSha1_32),
+        (2, SrtpSuite::AesCm128HmacSha1_80),
+    ];
 
-    fn plan(callee: CalleeStream, secure: SecureMedia) -> Result<TrunkLegPlan, PolicyError> {
-        plan_outgoing(OutgoingPolicy {
-            callee_stream: callee,
-            secure_media: secure,
+    fn trunk(secure_media: SecureMedia) -> TrunkMedia<'static> {
+        TrunkMedia {
+            secure_media,
             srtp_suites: SUITES,
-        })
+        }
+    }
+
+    /// A calling trunk that asked for encryption (RTP/SAVP) or did not.
+    fn trunk_caller(asked: bool) -> Caller<'static> {
+        Caller::Trunk {
+            media: trunk(SecureMedia::Optional),
+            offer: IncomingOffer {
+                secure: asked,
+                cryptos: if asked { OFFERED } else { &[] },
+            },
+        }
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Who {
+        /// A trunk whose secure_media (optional) allows both profiles, so
+        /// that only caller_stream/callee_stream decide.
+        Trunk,
+        Browser,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Expect {
+        /// Caller leg, callee leg, handling.
+        Plan(KeyAgreement, KeyAgreement, Handling),
+        NotYet(PolicyError),
+    }
+    use Expect::*;
+
+    fn private(why: &'static str) -> Expect {
+        NotYet(PolicyError::PrivateCallUnsupported(why))
+    }
+    const FORCED: &str = "caller_stream = \"forced_relay\"";
+    const AS_IS: &str = "caller_stream = \"relay_or_decrypt\" with callee_stream = \"as_caller\": \
+                         both sides could take the stream as is";
+
+    /// The PortaSwitch results table (reference/portaswitch-media-encryption.txt),
+    /// one line per (caller_stream, callee_stream, encryption asked), the
+    /// row quoted. zrtp is not a setting of this gateway. The callee is a
+    /// trunk except where the row is about DTLS to a browser.
+    #[rustfmt::skip]
+    fn table() -> Vec<(CallerStream, CalleeStream, Who, bool, &'static str, Expect)> {
+        use CalleeStream::*;
+        use Handling::{Decrypt as Dec, Relay};
+        let forced = "Caller <-> Relayed via PortaSwitch or sent directly <-> Callee";
+        let mut rows = Vec::new();
+        // forced_relay | decrypted, as_caller, sdes, dtls, zrtp
+        for callee in [Decrypted, AsCaller, Sdes, Dtls] {
+            // requested: "Caller <-> Relayed via PortaSwitch or sent directly <-> Callee" (media features: No)
+            rows.push((ForcedRelay, callee, Who::Trunk, true, forced, private(FORCED)));
+            rows.push((ForcedRelay, callee, Who::Browser, true, forced, private(FORCED)));
+            // no: "Caller <-> Relayed via PortaSwitch or sent directly <-> Callee" (Yes)
+            rows.push((ForcedRelay, callee, Who::Trunk, false, forced, Plan(K::None, K::None, Relay)));
+        }
+        rows.extend([
+            // relay_or_decrypt | as_caller | requested: "Caller <-> Relayed via PortaSwitch or sent directly <-> Callee" (No)
+            (RelayOrDecrypt, AsCaller, Who::Trunk, true, forced, private(AS_IS)),
+            // relay_or_decrypt | as_caller | no: "Caller <-> Relayed via PortaSwitch or sent directly <-> Callee" (Yes)
+            (RelayOrDecrypt, AsCaller, Who::Trunk, false, forced, Plan(K::None, K::None, Relay)),
+            // relay_or_decrypt | decrypted | requested: "Caller <-encrypted-> PortaSwitch <-non-encrypted-> Callee" (Yes)
+            (RelayOrDecrypt, Decrypted, Who::Trunk, true, "Caller <-encrypted-> PortaSwitch <-non-encrypted-> Callee",
+             Plan(K::Sdes, K::None, Dec)),
+            // relay_or_decrypt | decrypted | no: "Caller <-> Non-encrypted stream relayed via PortaSwitch<-> Callee" (Yes)
+            (RelayOrDecrypt, Decrypted, Who::Trunk, false, "Caller <-> Non-encrypted stream relayed via PortaSwitch<-> Callee",
+             Plan(K::None, K::None, Relay)),
+        ]);
+        for caller in [RelayOrDecrypt, Decrypt] {
+            // relay_or_decrypt / decrypt | sdes, dtls, zrtp | requested:
+            // "Caller <-encrypted-> (Encrypt 1)  PortaSwitch (Encrypt 2)  <-encrypted-> Callee" (Yes)
+            let both = "Caller <-encrypted-> (Encrypt 1)  PortaSwitch (Encrypt 2)  <-encrypted-> Callee";
+            rows.push((caller, Sdes, Who::Trunk, true, both, Plan(K::Sdes, K::Sdes, Dec)));
+            rows.push((caller, Dtls, Who::Browser, true, both, Plan(K::Sdes, K::Dtls, Dec)));
+            rows.push((caller, Dtls, Who::Trunk, true, both, NotYet(PolicyError::DtlsTowardTrunkUnsupported)));
+            // ... | no: "Caller <-non-encrypted-> PortaSwitch <-encrypted-> Callee" (Yes)
+            let one = "Caller <-non-encrypted-> PortaSwitch <-encrypted-> Callee";
+            rows.push((caller, Sdes, Who::Trunk, false, one, Plan(K::None, K::Sdes, Dec)));
+            rows.push((caller, Dtls, Who::Browser, false, one, Plan(K::None, K::Dtls, Dec)));
+            rows.push((caller, Dtls, Who::Trunk, false, one, NotYet(PolicyError::DtlsTowardTrunkUnsupported)));
+        }
+        for callee in [AsCaller, Decrypted] {
+            // decrypt | as_caller, decrypted | requested: "Caller <-encrypted-> PortaSwitch <-non-encrypted-> Callee" (Yes)
+            rows.push((Decrypt, callee, Who::Trunk, true, "Caller <-encrypted-> PortaSwitch <-non-encrypted-> Callee",
+                       Plan(K::Sdes, K::None, Dec)));
+            // decrypt | as_caller, decrypted | no: "Caller <-> Non-encrypted stream relayed via PortaSwitch <-> Callee" (Yes)
+            rows.push((Decrypt, callee, Who::Trunk, false, "Caller <-> Non-encrypted stream relayed via PortaSwitch <-> Callee",
+                       Plan(K::None, K::None, Relay)));
+        }
+        rows
     }
 
     #[test]
-    fn sdes_mandatory_offers_suites_in_order_and_refuses_plain() {
-        let p = plan(CalleeStream::Sdes, SecureMedia::Mandatory).unwrap();
-        assert_eq!(
-            p,
-            TrunkLegPlan::Sdes {
+    fn the_portaswitch_table() {
+        let rows = table();
+        assert_eq!(rows.len(), 12 + 4 + 12 + 4);
+        for (caller_stream, callee_stream, who, asked, row, expect) in rows {
+            let callee = match who {
+                Who::Trunk => Callee::Trunk {
+                    media: trunk(SecureMedia::Optional),
+                    callee_stream,
+                },
+                Who::Browser => Callee::Browser,
+            };
+            let got = match resolve(PolicyInput {
+                caller_stream,
+                caller: trunk_caller(asked),
+                callee,
+            }) {
+                Ok(p) => Plan(p.caller.key_agreement, p.callee.key_agreement, p.handling),
+                Err(e) => NotYet(e),
+            };
+            assert_eq!(
+                got, expect,
+                "{caller_stream:?} / {callee_stream:?} to {who:?}, asked {asked}: {row}"
+            );
+        }
+    }
+
+    fn outgoing(
+        caller: CallerStream,
+        callee: CalleeStream,
+        secure: SecureMedia,
+    ) -> Result<TrunkLegPlan, PolicyError> {
+        plan_outgoing(caller, callee, trunk(secure))
+    }
+
+    /// A browser always asks for encryption: the "requested" rows, with the
+    /// browser's DTLS stream, which no trunk can take as is yet.
+    #[test]
+    fn browser_caller_rows() {
+        use CalleeStream::*;
+        let sdes = |accept_plain| {
+            Ok(TrunkLegPlan::Sdes {
                 suites: SUITES.to_vec(),
-                accept_plain: false
-            }
-        );
-        assert!(!p.accepts_plain_answer());
-    }
-
-    #[test]
-    fn optional_accepts_a_plain_answer() {
-        let p = plan(CalleeStream::Sdes, SecureMedia::Optional).unwrap();
-        assert!(p.accepts_plain_answer());
-    }
-
-    #[test]
-    fn decrypted_gives_plain_rtp_unless_mandatory() {
+                accept_plain,
+            })
+        };
+        // The defaults (relay_or_decrypt, sdes, mandatory): SDES, no plain.
         assert_eq!(
-            plan(CalleeStream::Decrypted, SecureMedia::Optional),
+            outgoing(RelayOrDecrypt, Sdes, SecureMedia::Mandatory),
+            sdes(false)
+        );
+        assert_eq!(
+            outgoing(RelayOrDecrypt, Sdes, SecureMedia::Optional),
+            sdes(true)
+        );
+        // as_caller: the trunk cannot take DTLS as is, so relay_or_decrypt
+        // decrypts and the trunk gets SDES (what works today), or plain RTP
+        // where it forbids SRTP.
+        assert_eq!(
+            outgoing(RelayOrDecrypt, AsCaller, SecureMedia::Mandatory),
+            sdes(false)
+        );
+        assert_eq!(
+            outgoing(RelayOrDecrypt, AsCaller, SecureMedia::Forbidden),
+            Ok(TrunkLegPlan::Plain)
+        );
+        // decrypted: plain RTP, never when the trunk says mandatory.
+        for caller in [RelayOrDecrypt, Decrypt] {
+            assert_eq!(
+                outgoing(caller, Decrypted, SecureMedia::Optional),
+                Ok(TrunkLegPlan::Plain)
+            );
+            assert_eq!(
+                outgoing(caller, Decrypted, SecureMedia::Forbidden),
+                Ok(TrunkLegPlan::Plain)
+            );
+            assert_eq!(
+                outgoing(caller, Decrypted, SecureMedia::Mandatory),
+                Err(PolicyError::MandatoryButPlain("decrypted"))
+            );
+        }
+        // decrypt + as_caller: "<-non-encrypted-> Callee".
+        assert_eq!(
+            outgoing(Decrypt, AsCaller, SecureMedia::Optional),
             Ok(TrunkLegPlan::Plain)
         );
         assert_eq!(
-            plan(CalleeStream::Decrypted, SecureMedia::Forbidden),
-            Ok(TrunkLegPlan::Plain)
+            outgoing(Decrypt, AsCaller, SecureMedia::Mandatory),
+            Err(PolicyError::MandatoryButPlain("as_caller"))
+        );
+        assert_eq!(outgoing(Decrypt, Sdes, SecureMedia::Mandatory), sdes(false));
+        // Not supported yet, and conflicts.
+        for callee in [Sdes, Decrypted, AsCaller, Dtls] {
+            assert_eq!(
+                outgoing(ForcedRelay, callee, SecureMedia::Mandatory),
+                Err(PolicyError::PrivateCallUnsupported(FORCED))
+            );
+        }
+        assert_eq!(
+            outgoing(RelayOrDecrypt, Dtls, SecureMedia::Mandatory),
+            Err(PolicyError::DtlsTowardTrunkUnsupported)
         );
         assert_eq!(
-            plan(CalleeStream::Decrypted, SecureMedia::Mandatory),
-            Err(PolicyError::MandatoryButDecrypted)
-        );
-    }
-
-    #[test]
-    fn as_caller_follows_the_encrypted_browser_leg() {
-        assert!(matches!(
-            plan(CalleeStream::AsCaller, SecureMedia::Mandatory),
-            Ok(TrunkLegPlan::Sdes { .. })
-        ));
-        assert_eq!(
-            plan(CalleeStream::AsCaller, SecureMedia::Forbidden),
-            Ok(TrunkLegPlan::Plain)
-        );
-    }
-
-    #[test]
-    fn conflicts_and_unsupported_are_errors() {
-        assert_eq!(
-            plan(CalleeStream::Sdes, SecureMedia::Forbidden),
+            outgoing(RelayOrDecrypt, Sdes, SecureMedia::Forbidden),
             Err(PolicyError::ForbiddenButSdes)
         );
         assert_eq!(
-            plan(CalleeStream::Dtls, SecureMedia::Mandatory),
-            Err(PolicyError::Unsupported("dtls"))
-        );
-        assert_eq!(
-            plan_outgoing(OutgoingPolicy {
-                callee_stream: CalleeStream::Sdes,
-                secure_media: SecureMedia::Mandatory,
-                srtp_suites: &[],
-            }),
+            plan_outgoing(
+                RelayOrDecrypt,
+                Sdes,
+                TrunkMedia {
+                    secure_media: SecureMedia::Mandatory,
+                    srtp_suites: &[]
+                }
+            ),
             Err(PolicyError::NoSuites)
         );
+        let msg = PolicyError::PrivateCallUnsupported(FORCED).to_string();
+        assert!(
+            msg.contains("private (relayed, never decrypted) calls are not supported yet"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn suites_per_leg_in_order() {
+        let p = resolve(PolicyInput {
+            caller_stream: RelayOrDecrypt,
+            caller: Caller::Browser,
+            callee: Callee::Trunk {
+                media: trunk(SecureMedia::Mandatory),
+                callee_stream: CalleeStream::Sdes,
+            },
+        })
+        .unwrap();
+        assert_eq!(p.caller.key_agreement, K::Dtls);
+        assert_eq!(p.caller.suites, BROWSER_DTLS_SUITES);
+        assert_eq!(p.callee.suites, SUITES);
+        assert_eq!(p.handling, Handling::Decrypt);
     }
 
     #[test]
     fn incoming_sdes_picks_our_preferred_suite_and_keeps_the_trunks_tag() {
-        let offered = [
-            (1, SrtpSuite::AesCm128HmacSha1_32),
-            (2, SrtpSuite::AesCm128HmacSha1_80),
-        ];
         let offer = IncomingOffer {
             secure: true,
-            cryptos: &offered,
+            cryptos: OFFERED,
         };
         assert_eq!(
-            plan_incoming(SecureMedia::Mandatory, SUITES, offer),
+            plan_incoming(RelayOrDecrypt, trunk(SecureMedia::Mandatory), offer),
             Ok(IncomingLegPlan::Sdes {
                 tag: 2,
                 suite: SrtpSuite::AesCm128HmacSha1_80
             })
         );
+        let only_32 = TrunkMedia {
+            secure_media: SecureMedia::Optional,
+            srtp_suites: &[SrtpSuite::AesCm128HmacSha1_32],
+        };
         assert_eq!(
-            plan_incoming(
-                SecureMedia::Optional,
-                &[SrtpSuite::AesCm128HmacSha1_32],
-                offer
-            ),
+            plan_incoming(Decrypt, only_32, offer),
             Ok(IncomingLegPlan::Sdes {
                 tag: 1,
                 suite: SrtpSuite::AesCm128HmacSha1_32
             })
         );
+        let gcm = TrunkMedia {
+            secure_media: SecureMedia::Mandatory,
+            srtp_suites: &[SrtpSuite::AeadAes128Gcm],
+        };
         assert_eq!(
-            plan_incoming(SecureMedia::Mandatory, &[SrtpSuite::AeadAes128Gcm], offer),
+            plan_incoming(RelayOrDecrypt, gcm, offer),
             Err(PolicyError::NoCommonSuite)
         );
         assert_eq!(
-            plan_incoming(SecureMedia::Forbidden, SUITES, offer),
+            plan_incoming(RelayOrDecrypt, trunk(SecureMedia::Forbidden), offer),
             Err(PolicyError::SecureOfferRefused)
+        );
+        // A private call from a trunk is refused (488 toward it).
+        assert_eq!(
+            plan_incoming(ForcedRelay, trunk(SecureMedia::Mandatory), offer),
+            Err(PolicyError::PrivateCallUnsupported(FORCED))
         );
     }
 
@@ -302,14 +778,18 @@ mod tests {
             cryptos: &[],
         };
         assert_eq!(
-            plan_incoming(SecureMedia::Mandatory, SUITES, offer),
+            plan_incoming(RelayOrDecrypt, trunk(SecureMedia::Mandatory), offer),
             Err(PolicyError::PlainOfferRefused)
         );
-        for mode in [SecureMedia::Optional, SecureMedia::Forbidden] {
-            assert_eq!(
-                plan_incoming(mode, SUITES, offer),
-                Ok(IncomingLegPlan::Plain)
-            );
+        // Nothing private in a plain stream: even forced_relay rings the
+        // browser, which gets it DTLS-SRTP encrypted.
+        for caller in [ForcedRelay, RelayOrDecrypt, Decrypt] {
+            for mode in [SecureMedia::Optional, SecureMedia::Forbidden] {
+                assert_eq!(
+                    plan_incoming(caller, trunk(mode), offer),
+                    Ok(IncomingLegPlan::Plain)
+                );
+            }
         }
     }
 }

@@ -147,6 +147,9 @@ pub enum Output {
     Media(MediaCommand),
     /// The call reached `connected` (for the counters).
     Connected,
+    /// The trunk refused SRTP and the call went on with plain RTP
+    /// (`secure_media = "optional"`; for the counters).
+    SecureMediaFallback,
 }
 
 /// An outgoing call as the browser's `call` message and the config give it.
@@ -344,7 +347,7 @@ impl Call {
                 return refuse(c, Cause::BrowserSdp(format!("unusable SDP offer: {e}")));
             }
         };
-        let plan = match setup.account.outgoing_plan() {
+        let plan = match setup.account.outgoing_policy() {
             Ok(plan) => plan,
             Err(e) => return refuse(c, Cause::Policy(e.to_string())),
         };
@@ -366,8 +369,25 @@ impl Call {
             session_version: 1,
         };
         let trunk_offer = sdp::write_trunk_offer(&offer, &offer_params);
+        // secure_media = "optional": a plain RTP offer ready for a trunk that
+        // refuses SRTP with 488 (FreeSWITCH's "SAVP preferred, AVP
+        // accepted"). It goes in a new INVITE of the same call (see
+        // `sip::uac`: a 488 leaves no dialog to re-INVITE in).
+        let fallback = match &plan {
+            TrunkLegPlan::Sdes {
+                accept_plain: true, ..
+            } => {
+                let params = TrunkOfferParams {
+                    media: TrunkOfferMedia::Plain,
+                    session_version: offer_params.session_version + 1,
+                    ..offer_params.clone()
+                };
+                Some((sdp::write_trunk_offer(&offer, &params), params))
+            }
+            _ => None,
+        };
         let account = &setup.account.name;
-        let uac = OutgoingCall::new(
+        let mut uac = OutgoingCall::new(
             UacConfig {
                 call_id: setup.sip_call_id,
                 request_uri: format!(
@@ -393,6 +413,10 @@ impl Call {
             trunk_offer,
             now,
         );
+        let fallback_params = fallback.map(|(sdp, params)| {
+            uac.set_fallback_offer(sdp);
+            params
+        });
         let to = Personal::new(setup.to.clone(), setup.account.redact);
         info!(sip_call_id = %uac.call_id(), to = %to, trunk = %trunk.name, "calling trunk");
         c.ring_deadline = Some(now + c.timers.ring);
@@ -404,6 +428,8 @@ impl Call {
                 offer: Some(offer),
                 offer_params: Some(offer_params),
                 plan,
+                fallback_params,
+                fell_back: false,
                 answered: false,
                 trunk_sdp: None,
                 browser_codec: None,
@@ -680,6 +706,11 @@ struct Outgoing {
     offer: Option<BrowserOffer>,
     offer_params: Option<TrunkOfferParams>,
     plan: TrunkLegPlan,
+    /// The plain RTP offer sent if the trunk refuses SRTP with 488.
+    fallback_params: Option<TrunkOfferParams>,
+    /// The trunk refused SRTP and the call went on with plain RTP (counted
+    /// once).
+    fell_back: bool,
     answered: bool,
     /// The trunk SDP the media runs on, and the browser's PT of its codec.
     trunk_sdp: Option<String>,
@@ -772,11 +803,32 @@ impl Outgoing {
                 info!(code, reason = %reason, "trunk rejected the call");
                 c.finish(Cause::TrunkRejected { code, reason }, now);
             }
+            UacEvent::Reoffered { code, reason } => {
+                // The first INVITE is done with: what comes now answers the
+                // plain RTP offer.
+                let Some(params) = self.fallback_params.take() else {
+                    return;
+                };
+                warn!(code, reason = %reason, "trunk refused SRTP; offering plain RTP (secure_media = \"optional\")");
+                self.offer_params = Some(params);
+                self.plan = TrunkLegPlan::Plain;
+                self.trunk_sdp = None;
+                self.note_fallback(c);
+            }
             UacEvent::RemoteHangup => {
                 info!("trunk hung up");
                 c.finish(Cause::RemoteHangup, now);
             }
             UacEvent::Terminated => c.finished = true,
+        }
+    }
+
+    /// Counts (once) a call that went on with plain RTP because the trunk
+    /// refused SRTP.
+    fn note_fallback(&mut self, c: &mut Common) {
+        if !self.fell_back {
+            self.fell_back = true;
+            c.out.push_back(Output::SecureMediaFallback);
         }
     }
 
@@ -808,10 +860,26 @@ impl Outgoing {
                 inbound: a.remote_key.clone(),
                 outbound: a.local_key.clone(),
             },
-            None if self.plan.accepts_plain_answer() => TrunkCrypto::Plain,
+            // An RTP/AVP answer to our RTP/SAVP offer on an optional trunk:
+            // the dialog exists once it comes in a 200, so the RFC-correct
+            // way to restate the session would be a re-INVITE with RTP/AVP
+            // (RFC 3261 14.1), which sip::uac does not send yet; the trunk's
+            // answer already names plain RTP with its address and codec, so
+            // the gateway runs plain RTP on it, counted as a fallback.
+            None if self.plan.accepts_plain_answer() => {
+                if matches!(self.plan, TrunkLegPlan::Sdes { .. }) && !self.fell_back {
+                    warn!(
+                        "trunk answered plain RTP to the SRTP offer (secure_media = \"optional\")"
+                    );
+                    self.fell_back = true;
+                    c.out.push_back(Output::SecureMediaFallback);
+                }
+                TrunkCrypto::Plain
+            }
             None => {
-                let cause =
-                    Cause::Policy("trunk answered plain RTP but secure media is mandatory".into());
+                let cause = Cause::Policy(
+                    "the trunk answered plain RTP but its secure_media is \"mandatory\"".into(),
+                );
                 return self.end(c, cause, now);
             }
         };

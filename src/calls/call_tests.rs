@@ -10,8 +10,9 @@ use super::call::{
 use super::directory::{Account, Trunk};
 use super::sessions::SessionKey;
 use crate::config::{TrunkTransport, TrunkUri};
+use crate::media::relay::TrunkCrypto;
 use crate::media::MediaEvent;
-use crate::policy::{CalleeStream, IncomingLegPlan, SecureMedia};
+use crate::policy::{CalleeStream, CallerStream, IncomingLegPlan, SecureMedia};
 use crate::sdp::parse_sip_offer;
 use crate::sip::message;
 use crate::sip::uas::IncomingCall;
@@ -49,6 +50,7 @@ fn account() -> Arc<Account> {
             username: None,
             password: None,
             callee_stream: CalleeStream::Sdes,
+            caller_stream: CallerStream::RelayOrDecrypt,
             secure_media: SecureMedia::Mandatory,
             srtp_suites: vec![
                 SrtpSuite::AesCm128HmacSha1_80,
@@ -58,6 +60,7 @@ fn account() -> Arc<Account> {
             reject_code: 486,
             options_interval: Duration::ZERO,
         }),
+        caller_stream: CallerStream::RelayOrDecrypt,
         callee_stream: None,
         redact: false,
     })
@@ -157,6 +160,7 @@ struct Drained {
     events: Vec<(SessionKey, SessionEvent)>,
     media: Vec<MediaCommand>,
     connected: usize,
+    fallbacks: usize,
 }
 
 impl Drained {
@@ -230,6 +234,7 @@ fn drain(call: &mut Call) -> Drained {
             Output::Session { session, event } => d.events.push((session, event)),
             Output::Media(m) => d.media.push(m),
             Output::Connected => d.connected += 1,
+            Output::SecureMediaFallback => d.fallbacks += 1,
         }
     }
     d
@@ -610,4 +615,198 @@ fn an_unusable_browser_offer_ends_an_outgoing_call_before_any_sip() {
     assert!(d.sip.is_empty());
     assert_eq!(d.hangup_of(7).map(|h| h.0), Some(488));
     assert!(call.is_finished());
+}
+
+/// An account on a trunk with this secure_media, and these streams.
+fn account_with(
+    secure_media: SecureMedia,
+    caller_stream: CallerStream,
+    callee_stream: Option<CalleeStream>,
+) -> Arc<Account> {
+    let base = account();
+    let mut trunk = (*base.trunk).clone();
+    trunk.secure_media = secure_media;
+    Arc::new(Account {
+        trunk: Arc::new(trunk),
+        caller_stream,
+        callee_stream,
+        ..(*base).clone()
+    })
+}
+
+fn outgoing_with(account: Arc<Account>, now: Instant) -> Call {
+    Call::outgoing(
+        OutgoingSetup {
+            id: CallId("c1".into()),
+            session: 7,
+            to: "15551234".into(),
+            browser_sdp: CHROME.into(),
+            account,
+            media: media_plan(),
+            local: local(),
+            destination: trunk_addr(),
+            sip_call_id: "out-p1".into(),
+            timers: CallTimers::default(),
+        },
+        now,
+    )
+}
+
+fn the_invite(d: &Drained) -> rsip::Request {
+    d.sip
+        .iter()
+        .find_map(|m| match m {
+            SipMessage::Request(r) if r.method == rsip::Method::Invite => Some(r.clone()),
+            _ => None,
+        })
+        .expect("an INVITE went out")
+}
+
+fn reply(invite: &rsip::Request, code: u16, body: Option<&str>) -> SipMessage {
+    SipMessage::Response(message::build_response(
+        invite,
+        code,
+        message::ResponseParts {
+            to_tag: Some("t1"),
+            contact: Some("<sip:x@127.0.0.1:5070>"),
+            body: body.map(|b| ("application/sdp", b)),
+            ..Default::default()
+        },
+    ))
+}
+
+const PLAIN_ANSWER: &str =
+    "v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+m=audio 30000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+
+fn trunk_crypto_of(d: &Drained) -> Option<TrunkCrypto> {
+    d.media.iter().find_map(|m| match m {
+        MediaCommand::Start(p) => Some(p.trunk.crypto.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn optional_secure_media_re_offers_plain_rtp_in_a_new_invite_after_488() {
+    let now = Instant::now();
+    let mut call = outgoing_with(
+        account_with(SecureMedia::Optional, CallerStream::RelayOrDecrypt, None),
+        now,
+    );
+    let d = drain(&mut call);
+    let first = the_invite(&d);
+    let body = std::str::from_utf8(&first.body).unwrap();
+    assert!(
+        body.contains("RTP/SAVP") && body.contains("a=crypto:"),
+        "{body}"
+    );
+
+    let t1 = now + Duration::from_millis(300);
+    call.handle_sip(t1, reply(&first, 488, None));
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK", "INVITE"]);
+    assert_eq!(d.fallbacks, 1, "counted");
+    assert!(d.hangup_of(7).is_none(), "the browser's call goes on");
+    let second = the_invite(&d);
+    assert_eq!(message::cseq(&second).unwrap(), (2, rsip::Method::Invite));
+    assert_eq!(message::call_id(&second).unwrap(), "out-p1");
+    assert_eq!(message::from_tag(&second), message::from_tag(&first));
+    let body = std::str::from_utf8(&second.body).unwrap();
+    assert!(body.contains("m=audio 20002 RTP/AVP "), "{body}");
+    assert!(!body.contains("a=crypto"), "{body}");
+
+    call.handle_sip(t1, reply(&second, 200, Some(PLAIN_ANSWER)));
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK"]);
+    assert!(matches!(trunk_crypto_of(&d), Some(TrunkCrypto::Plain)));
+    assert_eq!(d.fallbacks, 0, "counted once");
+    call.handle_media(
+        t1,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    let d = drain(&mut call);
+    let security = d.to(7).into_iter().find_map(|e| match e {
+        SessionEvent::Connected { security, .. } => Some(security.trunk.clone()),
+        _ => None,
+    });
+    assert_eq!(security.as_deref(), Some("rtp (unencrypted)"));
+}
+
+#[test]
+fn optional_secure_media_takes_a_plain_200_and_counts_it() {
+    let now = Instant::now();
+    let mut call = outgoing_with(
+        account_with(SecureMedia::Optional, CallerStream::RelayOrDecrypt, None),
+        now,
+    );
+    let first = the_invite(&drain(&mut call));
+    call.handle_sip(now, reply(&first, 200, Some(PLAIN_ANSWER)));
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK"]);
+    assert!(matches!(trunk_crypto_of(&d), Some(TrunkCrypto::Plain)));
+    assert_eq!(d.fallbacks, 1);
+}
+
+/// Item 3: mandatory never ends in plain RTP: a plain 200 is BYEd with a
+/// policy reason (488 to the browser), a 488 ends the call, no re-offer.
+#[test]
+fn mandatory_secure_media_never_runs_plain_rtp() {
+    let now = Instant::now();
+    let mut call = outgoing_with(
+        account_with(SecureMedia::Mandatory, CallerStream::RelayOrDecrypt, None),
+        now,
+    );
+    let first = the_invite(&drain(&mut call));
+    call.handle_sip(now, reply(&first, 200, Some(PLAIN_ANSWER)));
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK", "BYE"]);
+    assert!(!d.started_media());
+    assert_eq!(d.fallbacks, 0);
+    let (code, reason) = d.hangup_of(7).expect("hangup");
+    assert_eq!(code, 488);
+    assert!(reason.contains("mandatory"), "{reason}");
+
+    let mut call = outgoing_with(
+        account_with(SecureMedia::Mandatory, CallerStream::RelayOrDecrypt, None),
+        now,
+    );
+    let first = the_invite(&drain(&mut call));
+    call.handle_sip(now, reply(&first, 488, None));
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK"], "no second INVITE");
+    assert_eq!(d.hangup_of(7).map(|h| h.0), Some(488));
+}
+
+/// Rows the gateway cannot carry yet end before any SIP with 488 and a
+/// reason that names the policy.
+#[test]
+fn unsupported_policy_rows_end_the_call_with_488_naming_the_policy() {
+    let now = Instant::now();
+    for (caller, callee, words) in [
+        (
+            CallerStream::ForcedRelay,
+            None,
+            "private (relayed, never decrypted) calls are not supported yet",
+        ),
+        (
+            CallerStream::RelayOrDecrypt,
+            Some(CalleeStream::Dtls),
+            "DTLS-SRTP toward trunks is not supported yet",
+        ),
+        (
+            CallerStream::RelayOrDecrypt,
+            Some(CalleeStream::Decrypted),
+            "secure_media = \"mandatory\" conflicts",
+        ),
+    ] {
+        let mut call = outgoing_with(account_with(SecureMedia::Mandatory, caller, callee), now);
+        let d = drain(&mut call);
+        assert!(d.sip.is_empty(), "{caller:?}");
+        let (code, reason) = d.hangup_of(7).expect("hangup");
+        assert_eq!(code, 488);
+        assert!(reason.contains(words), "{reason}");
+        assert!(call.is_finished());
+    }
 }

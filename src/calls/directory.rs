@@ -2,7 +2,7 @@
 //! config (plus the demo account on defaults), read-only afterwards.
 
 use crate::config::{cidr_contains, parse_cidr, Config, TrunkTransport, TrunkUri};
-use crate::policy::{self, CalleeStream, OutgoingPolicy, SecureMedia, TrunkLegPlan};
+use crate::policy::{self, CalleeStream, CallerStream, SecureMedia, TrunkLegPlan, TrunkMedia};
 use crate::types::{Secret, SrtpSuite};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,6 +15,8 @@ pub struct Trunk {
     pub username: Option<String>,
     pub password: Option<Secret<String>>,
     pub callee_stream: CalleeStream,
+    /// How the gateway treats this trunk's stream on its incoming calls.
+    pub caller_stream: CallerStream,
     pub secure_media: SecureMedia,
     pub srtp_suites: Vec<SrtpSuite>,
     /// Who may send INVITEs in on this trunk (`inbound_sources`).
@@ -26,6 +28,14 @@ pub struct Trunk {
 }
 
 impl Trunk {
+    /// Its `secure_media` and `srtp_suites`, as the policy reads them.
+    pub fn media(&self) -> TrunkMedia<'_> {
+        TrunkMedia {
+            secure_media: self.secure_media,
+            srtp_suites: &self.srtp_suites,
+        }
+    }
+
     pub fn admits(&self, ip: IpAddr) -> bool {
         self.inbound_sources
             .iter()
@@ -37,18 +47,23 @@ impl Trunk {
 pub struct Account {
     pub name: String,
     pub trunk: Arc<Trunk>,
+    /// How the gateway treats the browser's stream on this account's
+    /// outgoing calls.
+    pub caller_stream: CallerStream,
     pub callee_stream: Option<CalleeStream>,
     pub redact: bool,
 }
 
 impl Account {
-    /// The trunk leg this account's outgoing calls get.
-    pub fn outgoing_plan(&self) -> Result<TrunkLegPlan, policy::PolicyError> {
-        policy::plan_outgoing(OutgoingPolicy {
-            callee_stream: self.callee_stream.unwrap_or(self.trunk.callee_stream),
-            secure_media: self.trunk.secure_media,
-            srtp_suites: &self.trunk.srtp_suites,
-        })
+    /// The trunk leg this account's outgoing calls get: the account's
+    /// `caller_stream` (a browser always asks for encryption), its
+    /// `callee_stream` override or else the trunk's, the trunk's media.
+    pub fn outgoing_policy(&self) -> Result<TrunkLegPlan, policy::PolicyError> {
+        policy::plan_outgoing(
+            self.caller_stream,
+            self.callee_stream.unwrap_or(self.trunk.callee_stream),
+            self.trunk.media(),
+        )
     }
 }
 
@@ -77,6 +92,7 @@ impl Directory {
                         username: t.username.clone(),
                         password: t.password.clone(),
                         callee_stream: t.callee_stream,
+                        caller_stream: t.caller_stream,
                         secure_media: t.secure_media,
                         srtp_suites: t.srtp_suites.clone(),
                         inbound_sources: t
@@ -106,6 +122,7 @@ impl Directory {
             directory.insert(Account {
                 name: a.name.clone(),
                 trunk: trunk.clone(),
+                caller_stream: a.caller_stream,
                 callee_stream: a.callee_stream,
                 redact: a.redact || config.privacy.redact_all,
             });
@@ -150,6 +167,7 @@ pub fn demo_trunk(port: u16) -> Trunk {
         username: None,
         password: None,
         callee_stream: CalleeStream::Sdes,
+        caller_stream: CallerStream::RelayOrDecrypt,
         secure_media: SecureMedia::Mandatory,
         srtp_suites: vec![
             SrtpSuite::AesCm128HmacSha1_80,

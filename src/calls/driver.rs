@@ -140,6 +140,7 @@ pub async fn run(mut call: Call, io: CallIo) {
                     }
                 },
                 Output::Connected => stats.call_connected(direction, started.elapsed()),
+                Output::SecureMediaFallback => stats.secure_media_fallback(),
             }
         }
         let info = call.info();

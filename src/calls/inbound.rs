@@ -121,9 +121,11 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
         .filter(|c| c.key().is_some_and(|k| k.mki.is_none()))
         .map(|c| (c.tag, c.suite))
         .collect();
+    // The trunk calls: its caller_stream, its secure_media and suites, and
+    // whether it asked for encryption (RTP/SAVP); the callee is a browser.
     let plan = match policy::plan_incoming(
-        trunk.secure_media,
-        &trunk.srtp_suites,
+        trunk.caller_stream,
+        trunk.media(),
         IncomingOffer {
             secure: offer.proto.is_secure(),
             cryptos: &cryptos,

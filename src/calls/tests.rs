@@ -10,7 +10,7 @@ use super::{Calls, CallsContext, Directory};
 use crate::config::{TrunkTransport, TrunkUri};
 use crate::media::dtls::DtlsIdentity;
 use crate::media::{MediaConfig, MediaEngine};
-use crate::policy::{CalleeStream, SecureMedia};
+use crate::policy::{CalleeStream, CallerStream, SecureMedia};
 use crate::sip::message::{self, ResponseParts};
 use crate::sip::transport::SipEndpoint;
 use crate::stats::CallStats;
@@ -56,6 +56,7 @@ async fn setup() -> Setup {
         username: None,
         password: None,
         callee_stream: CalleeStream::Sdes,
+        caller_stream: CallerStream::RelayOrDecrypt,
         secure_media: SecureMedia::Optional,
         srtp_suites: vec![SrtpSuite::AesCm128HmacSha1_80],
         inbound_sources: Vec::new(),
@@ -66,6 +67,7 @@ async fn setup() -> Setup {
     directory.insert(Account {
         name: "alice".into(),
         trunk: trunk_config,
+        caller_stream: CallerStream::RelayOrDecrypt,
         callee_stream: None,
         redact: true,
     });

@@ -5,9 +5,21 @@
 //! Call-ID), `handle_timeout`, `hangup`. Outputs: `poll_transmit` (bytes for
 //! the trunk), `poll_event`, `poll_timeout`.
 //!
-//! Event contract: zero or more `Provisional`, then at most one of
-//! `Answered` / `Rejected` / `RemoteHangup` as the call's outcome, and always
-//! exactly one `Terminated` last. After `Terminated`, `poll_timeout` is `None`
+//! Event contract: zero or more `Provisional`, at most one `Reoffered`
+//! (followed by zero or more `Provisional` of the new INVITE), then at most
+//! one of `Answered` / `Rejected` / `RemoteHangup` as the call's outcome, and
+//! always exactly one `Terminated` last.
+//!
+//! A second INVITE in the same call: with [`OutgoingCall::set_fallback_offer`]
+//! a 488 (Not Acceptable Here) to the INVITE is not the outcome; it is ACKed
+//! (by its transaction) and a new INVITE with the fallback offer goes out,
+//! reported as `Reoffered`. A non-2xx final response creates no dialog
+//! (RFC 3261 12.1), so this is a new request outside any dialog, which RFC
+//! 3261 8.1.3.5 says SHOULD keep the Call-ID, To and From (tag included) of
+//! the refused one with a CSeq one higher, as the 401/407 retry does; its own
+//! branch makes it a new transaction (17.1.1). After a 2xx the dialog exists
+//! and a change of offer would be a re-INVITE inside it (14.1), which this
+//! UAC does not send. After `Terminated`, `poll_timeout` is `None`
 //! and the object can be dropped (and its Call-ID unregistered). Between the
 //! outcome and `Terminated` the object still absorbs retransmissions (e.g.
 //! Timer D after a rejection), so keep feeding it until then.
@@ -53,6 +65,9 @@ pub enum UacEvent {
     Answered { sdp: Option<String> },
     /// A 3xx-6xx final (after auth retries), or 408 when Timer B fired.
     Rejected { code: u16, reason: String },
+    /// The INVITE was refused with `code` (488) and a new INVITE with the
+    /// fallback offer is out; what follows is about that one.
+    Reoffered { code: u16, reason: String },
     /// The trunk sent BYE; the 200 OK is queued.
     RemoteHangup,
     /// Nothing left to do: the object can be dropped.
@@ -65,6 +80,8 @@ pub struct OutgoingCall {
     local: LocalEndpoint,
     local_tag: String,
     sdp_offer: String,
+    /// Sent once in a new INVITE if the first offer is refused with 488.
+    fallback_offer: Option<String>,
     /// The INVITE currently outstanding (the last one after auth retries).
     invite: Request,
     invite_cseq: u32,
@@ -109,6 +126,7 @@ impl OutgoingCall {
             local,
             local_tag: message::new_tag(),
             sdp_offer,
+            fallback_offer: None,
             invite: placeholder_request(),
             invite_cseq: 1,
             invite_tx: None,
@@ -154,6 +172,13 @@ impl OutgoingCall {
             }
         }
         call
+    }
+
+    /// An offer to send, once, in a new INVITE when the trunk refuses the
+    /// current one with 488 (see the module documentation). The B2BUA uses
+    /// it for `secure_media = "optional"`: SRTP first, then plain RTP.
+    pub fn set_fallback_offer(&mut self, sdp: String) {
+        self.fallback_offer = Some(sdp);
     }
 
     pub fn call_id(&self) -> &str {
@@ -445,6 +470,9 @@ impl OutgoingCall {
                 if (code == 401 || code == 407) && self.retry_with_auth(&resp, now) {
                     return;
                 }
+                if code == 488 && self.retry_with_fallback(&resp, now) {
+                    return;
+                }
                 if !self.ended {
                     let reason = message::response_reason(&resp);
                     if !self.hangup_requested {
@@ -537,6 +565,42 @@ impl OutgoingCall {
         };
         // The old transaction stays to ACK retransmissions of the challenge;
         // its first ACK goes out before the new INVITE.
+        self.pump();
+        if let Some(old) = self.invite_tx.take() {
+            self.background.push(old);
+        }
+        self.start_invite(invite, now);
+        true
+    }
+
+    /// Sends the fallback offer in a new INVITE after a 488. False when
+    /// there is none (or it went out already), or the call is ending.
+    fn retry_with_fallback(&mut self, resp: &Response, now: Instant) -> bool {
+        if self.hangup_requested || self.ended || self.dialog.is_some() {
+            return false;
+        }
+        let Some(offer) = self.fallback_offer.take() else {
+            return false;
+        };
+        let previous = std::mem::replace(&mut self.sdp_offer, offer);
+        self.invite_cseq += 1;
+        let invite = match self.build_invite() {
+            Ok(i) => i,
+            Err(_) => {
+                self.sdp_offer = previous;
+                self.invite_cseq -= 1;
+                return false;
+            }
+        };
+        let reason = message::response_reason(resp);
+        tracing::info!(call_id = %self.cfg.call_id, code = message::status_code(resp), %reason,
+            "offer refused; sending the fallback offer in a new INVITE");
+        self.events.push_back(UacEvent::Reoffered {
+            code: message::status_code(resp),
+            reason,
+        });
+        // As for a challenge: the old transaction ACKs the 488 (and its
+        // retransmissions) before the new INVITE goes out.
         self.pump();
         if let Some(old) = self.invite_tx.take() {
             self.background.push(old);
@@ -985,6 +1049,106 @@ mod tests {
         assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(33)));
         run_until(&mut call, t0 + Duration::from_secs(33));
         assert_eq!(events(&mut call), vec![UacEvent::Terminated]);
+    }
+
+    #[test]
+    fn a_488_sends_the_fallback_offer_in_a_new_invite_once() {
+        let (mut call, invite, t0) = start(None);
+        call.set_fallback_offer("v=0 plain\r\n".into());
+        call.handle_message(reply(&invite, 180, None, vec![]), t0);
+        events(&mut call);
+        let t1 = t0 + Duration::from_secs(1);
+        let refused = reply(&invite, 488, None, vec![]);
+        call.handle_message(refused.clone(), t1);
+        let out = sent(&mut call);
+        assert_eq!(out.len(), 2, "ACK for the 488, then the new INVITE");
+        let ack = req(&out[0]);
+        assert_eq!(ack.method, Method::Ack);
+        assert_eq!(message::cseq(ack).unwrap(), (1, Method::Ack));
+        let invite2 = req(&out[1]).clone();
+        assert_eq!(invite2.method, Method::Invite);
+        // RFC 3261 8.1.3.5: same Call-ID, From (tag) and To, CSeq + 1; a new
+        // transaction (branch).
+        assert_eq!(message::cseq(&invite2).unwrap(), (2, Method::Invite));
+        assert_eq!(
+            message::call_id(&invite2).unwrap(),
+            message::call_id(&invite).unwrap()
+        );
+        assert_eq!(message::from_tag(&invite2), message::from_tag(&invite));
+        assert_eq!(message::to_tag(&invite2), None);
+        assert_ne!(
+            message::top_via_branch(&invite2),
+            message::top_via_branch(&invite)
+        );
+        assert_eq!(
+            message::sdp_body(&invite2).as_deref(),
+            Some("v=0 plain\r\n")
+        );
+        assert_eq!(
+            events(&mut call),
+            vec![UacEvent::Reoffered {
+                code: 488,
+                reason: "Not Acceptable Here".into()
+            }]
+        );
+        // A retransmitted 488 is ACKed again by the old transaction only.
+        call.handle_message(refused, t1 + Duration::from_millis(500));
+        let out = sent(&mut call);
+        assert_eq!(out.len(), 1);
+        assert_eq!(req(&out[0]).method, Method::Ack);
+        assert!(events(&mut call).is_empty());
+
+        call.handle_message(reply(&invite2, 200, Some("v=0 answer\r\n"), vec![]), t1);
+        assert_eq!(
+            events(&mut call),
+            vec![UacEvent::Answered {
+                sdp: Some("v=0 answer\r\n".into())
+            }]
+        );
+        let out = sent(&mut call);
+        assert_eq!(message::cseq(req(&out[0])).unwrap(), (2, Method::Ack));
+        // Hanging up CANCELs or BYEs the new INVITE's dialog.
+        call.hangup(t1 + Duration::from_secs(5));
+        let bye = req(&sent(&mut call)[0]).clone();
+        assert_eq!(bye.method, Method::Bye);
+        assert_eq!(message::cseq(&bye).unwrap(), (3, Method::Bye));
+    }
+
+    #[test]
+    fn a_second_488_is_the_outcome() {
+        let (mut call, invite, t0) = start(None);
+        call.set_fallback_offer("v=0 plain\r\n".into());
+        call.handle_message(reply(&invite, 488, None, vec![]), t0);
+        let invite2 = req(&sent(&mut call)[1]).clone();
+        events(&mut call);
+        call.handle_message(reply(&invite2, 488, None, vec![]), t0);
+        assert_eq!(
+            events(&mut call),
+            vec![UacEvent::Rejected {
+                code: 488,
+                reason: "Not Acceptable Here".into()
+            }]
+        );
+        run_until(&mut call, t0 + Duration::from_secs(40));
+        assert_eq!(events(&mut call), vec![UacEvent::Terminated]);
+    }
+
+    #[test]
+    fn without_a_fallback_a_488_is_rejected_and_other_codes_never_reoffer() {
+        let (mut call, invite, t0) = start(None);
+        call.handle_message(reply(&invite, 488, None, vec![]), t0);
+        assert!(matches!(
+            events(&mut call)[..],
+            [UacEvent::Rejected { code: 488, .. }]
+        ));
+        let (mut call, invite, t0) = start(None);
+        call.set_fallback_offer("v=0 plain\r\n".into());
+        call.handle_message(reply(&invite, 486, None, vec![]), t0);
+        assert!(matches!(
+            events(&mut call)[..],
+            [UacEvent::Rejected { code: 486, .. }]
+        ));
+        assert_eq!(sent(&mut call).len(), 1, "only the ACK");
     }
 
     #[test]

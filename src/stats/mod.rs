@@ -64,6 +64,9 @@ pub struct CallStats {
     /// (bounded), sides three: a small, bounded label set.
     ended_by: Mutex<BTreeMap<(usize, u16, &'static str), u64>>,
     setup: [Histogram; 2],
+    /// Outgoing calls whose trunk refused SRTP (`secure_media = "optional"`)
+    /// and went on with plain RTP.
+    secure_media_fallbacks: AtomicU64,
 }
 
 impl CallStats {
@@ -83,6 +86,11 @@ impl CallStats {
     pub fn call_connected(&self, d: live::Direction, setup: std::time::Duration) {
         self.connected[dir_index(d)].fetch_add(1, Ordering::Relaxed);
         self.setup[dir_index(d)].observe(setup.as_secs_f64());
+    }
+
+    /// A trunk refused SRTP and the call fell back to plain RTP.
+    pub fn secure_media_fallback(&self) {
+        self.secure_media_fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn active(&self) -> u64 {
@@ -132,6 +140,12 @@ impl CallStats {
                 );
             }
         }
+        let name = "gateway_secure_media_fallbacks_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Calls whose trunk refused SRTP (secure_media optional) and that went on with plain RTP.\n# TYPE {name} counter\n{name} {}",
+            self.secure_media_fallbacks.load(Ordering::Relaxed)
+        );
         let name = "gateway_call_setup_seconds";
         let _ = writeln!(
             out,
@@ -174,10 +188,12 @@ mod tests {
         stats.call_started(live::Direction::Incoming);
         stats.call_connected(live::Direction::Incoming, Duration::from_millis(300));
         stats.call_ended(live::Direction::Outgoing, 486, "trunk");
+        stats.secure_media_fallback();
         let mut out = String::new();
         stats.render_prometheus(&mut out);
         for line in [
             "gateway_calls_active 1\n",
+            "gateway_secure_media_fallbacks_total 1\n",
             "gateway_calls_started_total{direction=\"outgoing\"} 1\n",
             "gateway_calls_connected_total{direction=\"incoming\"} 1\n",
             "gateway_call_ends_total{direction=\"outgoing\",code=\"486\",side=\"trunk\"} 1\n",

@@ -418,7 +418,9 @@ class SippUas:
     scenario ran to its end for that call."""
 
     def __init__(self, workdir: Path, scenario: str, keys: Optional[dict] = None, name: str = "sipp",
-                 timeout: float = 60.0, transport: str = "u1"):
+                 timeout: float = 60.0, transport: str = "u1", extra: Optional[list] = None):
+        # extra: more command-line options, e.g. ["-rtp_echo"]
+        self.extra = list(extra or [])
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.scenario = SIPP_DIR / scenario
@@ -442,7 +444,7 @@ class SippUas:
                "-m", "1", "-timeout", f"{int(self.timeout)}s", "-timeout_error", "-nostdin",
                "-trace_msg", "-message_file", str(self.msg_path),
                "-trace_logs", "-log_file", str(self.actions_path),
-               "-trace_err", "-error_file", str(self.err_path)]
+               "-trace_err", "-error_file", str(self.err_path)] + self.extra
         for k, v in self.keys.items():
             cmd += ["-key", k, str(v)]
         (self.dir / "command").write_text(" ".join(json.dumps(c) if " " in c else c for c in cmd) + "\n")

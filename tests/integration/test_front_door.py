@@ -272,3 +272,46 @@ def test_a_port_in_use_fails_before_ready(workdir):
     assert code != 0, code
     assert "in use" in log.lower(), log[-2000:]
     assert "gateway ready" not in log, log[-2000:]
+
+
+def test_a_forged_bye_from_a_foreign_address_does_not_end_the_call(workdir, gateway_door, baresip_sdes):
+    """A BYE with the live call's Call-ID and both tags, as the trunk would
+    send it, but from a stranger's address: no answer, the call goes on with
+    audio; the same BYE from the trunk's address (baresip's own hangup
+    later) still ends it."""
+    from test_sip_malformed import live_dialog
+    gw, trunk = gateway_door, baresip_sdes
+
+    async def run():
+        peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+        try:
+            connected = await peer.call(TRUNK_NUMBER)
+            assert connected["type"] == "connected", connected
+            await asyncio.to_thread(trunk.wait_established)
+            await peer.receive(50, timeout=15)
+            live = live_dialog(trunk)
+            ignored0 = gw.metrics().sum("gateway_sip_strangers_ignored_total")
+
+            def forged(me: str) -> bytes:
+                uri = live["contact"]
+                return (f"BYE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{uuid.uuid4().hex[:16]};rport\r\n"
+                        f"Max-Forwards: 70\r\nFrom: {live['trunk_side']}\r\nTo: {live['gateway_side']}\r\n"
+                        f"Call-ID: {live['call_id']}\r\nCSeq: 900 BYE\r\nContent-Length: 0\r\n\r\n").encode()
+
+            answer = await asyncio.to_thread(_ask, GWT_HOST, gw.sip_port, forged)
+            before = peer.packets_received
+            await peer.receive(before + 100, timeout=10)  # two more seconds of audio
+            hangups = [m for m in peer.messages if m.get("type") == "hangup"]
+            ignored1 = gw.metrics().sum("gateway_sip_strangers_ignored_total")
+            await peer.hangup()
+            await asyncio.to_thread(trunk.wait_bye)
+            return answer, hangups, ignored1 - ignored0
+        finally:
+            await peer.close()
+
+    answer, hangups, ignored = asyncio.run(run())
+    save_result(workdir, forged_bye_answer=answer.decode(errors="replace")[:60] if answer else None,
+                strangers_ignored=ignored)
+    assert answer is None, answer
+    assert not hangups, hangups
+    assert ignored >= 1

@@ -1,10 +1,11 @@
 //! The SIP front door: who gets service, and who is shut out for flooding.
 //!
 //! A source inside a trunk's `inbound_sources` or at a trunk's address is
-//! known and gets full service. Anyone else is a stranger: out-of-dialog
-//! requests from strangers are answered with nothing (or 403 with
-//! `sip.answer_strangers`), so the gateway cannot be used as a reflector or
-//! fingerprinted. A stranger sending more than `requests_per_second` is
+//! known and gets full service. Anyone else is a stranger: its requests are
+//! answered with nothing (or 403 with `sip.answer_strangers`) and nothing it
+//! sends reaches a call, even with a live call's Call-ID and tags, so the
+//! gateway cannot be used as a reflector, fingerprinted, or have its calls
+//! ended by a forged BYE from elsewhere. A stranger sending more than `requests_per_second` is
 //! banned for `ban`: its datagrams are dropped before they are even parsed,
 //! logged once per ban and counted.
 //!
@@ -63,7 +64,8 @@ impl DoorConfig {
 pub enum Verdict {
     /// Full service.
     Known,
-    /// Parse it; route it only to an existing call; no other answer.
+    /// No service: not routed to any call, answered with nothing (or 403
+    /// with `answer_strangers`).
     Stranger,
     /// Drop it unread. `newly` on the message that caused the ban.
     Banned { newly: bool },

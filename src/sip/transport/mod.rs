@@ -442,7 +442,10 @@ impl Inner {
             .lock()
             .ok()
             .and_then(|c| c.get(&call_id).cloned());
-        if !known && sender.is_none() {
+        // A stranger reaches no call either: a BYE or response forged with a
+        // live call's Call-ID and tags, from outside every trunk's
+        // addresses, is dropped here and the call goes on.
+        if !known {
             return self.answer_stranger(msg, source, transport).await;
         }
         if let Some(sender) = sender {

@@ -118,6 +118,8 @@ pub enum SessionInput {
     Hangup { session: SessionKey },
     /// The session's socket closed.
     Gone { session: SessionKey },
+    /// A session of the account opened while the call rings: ring it too.
+    Join { session: SessionKey },
     /// The gateway is stopping.
     Shutdown,
 }
@@ -456,16 +458,14 @@ impl Call {
                 ssrc: setup.media.ssrc_to_browser,
             },
         );
+        let ring_event = SessionEvent::Incoming {
+            id: setup.id.clone(),
+            from: setup.from.to_string(),
+            sdp: browser_offer,
+            verstat: String::new(),
+        };
         for &session in &setup.sessions {
-            c.tell(
-                session,
-                SessionEvent::Incoming {
-                    id: setup.id.clone(),
-                    from: setup.from.to_string(),
-                    sdp: browser_offer.clone(),
-                    verstat: String::new(),
-                },
-            );
+            c.tell(session, ring_event.clone());
         }
         c.ring_deadline = Some(now + c.timers.ring);
         c.trunk_security = match setup.plan {
@@ -487,6 +487,7 @@ impl Call {
                 plan: setup.plan,
                 contact: setup.local.contact(&setup.account.name),
                 ringing: setup.sessions,
+                ring_event,
                 declined_any: false,
                 reject_code: setup.reject_code,
                 phase: Phase::Ringing,
@@ -995,6 +996,8 @@ struct Incoming {
     contact: String,
     /// Sessions still ringing (the winner is not among them).
     ringing: Vec<SessionKey>,
+    /// The `incoming` every ringing session got (for sessions that join).
+    ring_event: SessionEvent,
     declined_any: bool,
     reject_code: u16,
     phase: Phase,
@@ -1030,6 +1033,16 @@ impl Incoming {
                     self.check_all_gone(c, now);
                 } else if Some(session) == c.owner {
                     self.end(c, Cause::BrowserGone, now);
+                }
+            }
+            SessionInput::Join { session } => {
+                if self.phase == Phase::Ringing
+                    && c.ended.is_none()
+                    && !self.ringing.contains(&session)
+                {
+                    info!(session, "a session opened while ringing: it rings too");
+                    self.ringing.push(session);
+                    c.tell(session, self.ring_event.clone());
                 }
             }
             SessionInput::Shutdown => self.end(c, Cause::Shutdown, now),

@@ -810,3 +810,29 @@ fn unsupported_policy_rows_end_the_call_with_488_naming_the_policy() {
         assert!(call.is_finished());
     }
 }
+
+#[test]
+fn a_session_that_opens_while_the_call_rings_rings_too() {
+    let now = Instant::now();
+    let mut call = incoming(&[1], 486, now);
+    let first = drain(&mut call);
+    call.handle_session(now, SessionInput::Join { session: 2 });
+    let d = drain(&mut call);
+    assert_eq!(d.to(2), first.to(1), "the same `incoming` as the others");
+    // Joining twice changes nothing; declining by 1 leaves 2 ringing.
+    call.handle_session(now, SessionInput::Join { session: 2 });
+    assert!(drain(&mut call).events.is_empty());
+    call.handle_session(now, SessionInput::Reject { session: 1 });
+    assert!(drain(&mut call).sip.is_empty(), "session 2 still rings");
+    call.handle_session(
+        now,
+        SessionInput::Accept {
+            session: 2,
+            sdp: browser_answer(),
+        },
+    );
+    assert!(drain(&mut call).started_media());
+    // Once answered, a newcomer is not rung.
+    call.handle_session(now, SessionInput::Join { session: 3 });
+    assert!(drain(&mut call).to(3).is_empty());
+}

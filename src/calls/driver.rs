@@ -38,6 +38,9 @@ pub struct CallIo {
     /// (an outgoing call's only session dropped its sender: its hangup).
     pub commands: mpsc::UnboundedReceiver<SessionInput>,
     pub closed_means: Option<SessionInput>,
+    /// Sessions that open while the call rings (incoming calls), with
+    /// their event senders.
+    pub joins: Option<mpsc::UnboundedReceiver<(SessionKey, mpsc::Sender<SessionEvent>)>>,
     pub stats: Arc<CallStats>,
     /// Called once the browsers have been told the call ended (frees the
     /// call's id for its sessions).
@@ -64,6 +67,7 @@ pub async fn run(mut call: Call, io: CallIo) {
         sessions,
         mut commands,
         closed_means,
+        joins,
         stats,
         on_over,
         live,
@@ -89,7 +93,9 @@ pub async fn run(mut call: Call, io: CallIo) {
             }) as Closed
         })
         .collect();
-    let senders: HashMap<SessionKey, mpsc::Sender<SessionEvent>> = sessions.into_iter().collect();
+    let mut senders: HashMap<SessionKey, mpsc::Sender<SessionEvent>> =
+        sessions.into_iter().collect();
+    let mut joins = joins;
     let mut commands_open = true;
     let mut closed_means = closed_means;
     let mut on_over = Some(on_over);
@@ -198,6 +204,20 @@ pub async fn run(mut call: Call, io: CallIo) {
                     }
                 }
             },
+            Some((key, tx)) = async {
+                match joins.as_mut() {
+                    Some(j) => j.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if !call.is_over_for_browsers() => {
+                let watched = tx.clone();
+                gone.push(Box::pin(async move {
+                    watched.closed().await;
+                    key
+                }));
+                senders.insert(key, tx);
+                call.handle_session(Instant::now(), SessionInput::Join { session: key });
+            }
             Some(key) = gone.next(), if !gone.is_empty() => {
                 call.handle_session(Instant::now(), SessionInput::Gone { session: key });
             }
@@ -362,6 +382,7 @@ fn observe_input(live: &LiveCall, input: &SessionInput) {
         SessionInput::Reject { .. } => "reject",
         SessionInput::Hangup { .. } => "hangup",
         SessionInput::Gone { .. } => "socket closed",
+        SessionInput::Join { .. } => return,
         SessionInput::Shutdown => return,
     };
     live.ladder("in", "browser", summary.into());

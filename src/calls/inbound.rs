@@ -12,7 +12,7 @@ use super::call::{Call, CallTimers, IncomingSetup, MediaPlan, SessionInput};
 use super::cause::Cause;
 use super::driver::{self, CallIo};
 use super::sessions::SessionHandle;
-use super::Calls;
+use super::{Calls, IncomingEntry};
 use crate::policy::{self, IncomingOffer};
 use crate::sdp;
 use crate::sip::message::{self, ResponseParts};
@@ -194,7 +194,16 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
     drop(_enter);
     calls.ctx.stats.call_started(live::Direction::Incoming);
     spawn_incoming(
-        calls, call, sessions, allocation, sip_rx, transport, live, now, span,
+        calls,
+        call,
+        sessions,
+        allocation,
+        sip_rx,
+        transport,
+        live,
+        now,
+        &account.name,
+        span,
     );
 }
 
@@ -208,11 +217,20 @@ fn spawn_incoming(
     transport: crate::sip::Transport,
     live: Arc<LiveCall>,
     now: Instant,
+    account: &str,
     span: tracing::Span,
 ) {
     let id = call.id().clone();
     let (tx, commands) = mpsc::unbounded_channel::<SessionInput>();
-    calls.register_incoming(id.clone(), tx.clone());
+    let (joins_tx, joins) = mpsc::unbounded_channel();
+    calls.register_incoming(
+        id.clone(),
+        IncomingEntry {
+            commands: tx.clone(),
+            joins: joins_tx,
+            account: account.to_string(),
+        },
+    );
     let forget = {
         let calls = calls.clone();
         let id = id.clone();
@@ -226,6 +244,7 @@ fn spawn_incoming(
         sessions: sessions.into_iter().map(|s| (s.key, s.events)).collect(),
         commands,
         closed_means: None,
+        joins: Some(joins),
         stats: calls.ctx.stats.clone(),
         on_over: forget,
         live,

@@ -67,6 +67,14 @@ pub struct CallsContext {
 }
 
 type Commands = mpsc::UnboundedSender<SessionInput>;
+type Joins = mpsc::UnboundedSender<(SessionKey, mpsc::Sender<SessionEvent>)>;
+
+#[derive(Clone)]
+struct IncomingEntry {
+    commands: Commands,
+    joins: Joins,
+    account: String,
+}
 
 /// The call layer as signaling and `main` see it.
 #[derive(Clone)]
@@ -77,8 +85,9 @@ pub struct Calls {
     /// Every call's command sender, weak so that only the sessions keep a
     /// call's channel open; shutdown upgrades them to hang every call up.
     live: Arc<Mutex<Vec<mpsc::WeakUnboundedSender<SessionInput>>>>,
-    /// Incoming calls still open to their sessions, by their id.
-    incoming: Arc<Mutex<HashMap<CallId, Commands>>>,
+    /// Incoming calls still open to their sessions, by their id: commands,
+    /// where new sessions of the account join, and the account.
+    incoming: Arc<Mutex<HashMap<CallId, IncomingEntry>>>,
     accepting: Arc<AtomicBool>,
 }
 
@@ -188,9 +197,26 @@ impl Calls {
         }
     }
 
-    fn register_incoming(&self, id: CallId, tx: Commands) {
+    fn register_incoming(&self, id: CallId, entry: IncomingEntry) {
         if let Ok(mut map) = self.incoming.lock() {
-            map.insert(id, tx);
+            map.insert(id, entry);
+        }
+    }
+
+    /// A session of `account` opened: the account's ringing calls ring it.
+    fn join_ringing(&self, account: &str, key: SessionKey, events: &mpsc::Sender<SessionEvent>) {
+        let joins: Vec<Joins> = self
+            .incoming
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter(|e| e.account == account)
+                    .map(|e| e.joins.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for j in joins {
+            let _ = j.send((key, events.clone()));
         }
     }
 
@@ -201,7 +227,11 @@ impl Calls {
     }
 
     fn incoming_call(&self, id: &CallId) -> Option<Commands> {
-        self.incoming.lock().ok()?.get(id).cloned()
+        self.incoming
+            .lock()
+            .ok()?
+            .get(id)
+            .map(|e| e.commands.clone())
     }
 
     fn spawn_outgoing(&self, req: OutgoingRequest) -> Commands {
@@ -324,6 +354,7 @@ async fn run_outgoing(
         closed_means: Some(SessionInput::Gone {
             session: req.session,
         }),
+        joins: None,
         stats: ctx.stats.clone(),
         on_over: Box::new(|| {}),
         live,
@@ -346,6 +377,7 @@ impl CallControl for Calls {
         events: mpsc::Sender<SessionEvent>,
     ) -> Box<dyn SessionControl> {
         let key = self.ctx.sessions.register(&account.0, events.clone());
+        self.join_ringing(&account.0, key, &events);
         Box::new(Session {
             calls: self.clone(),
             key,

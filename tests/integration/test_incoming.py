@@ -627,3 +627,40 @@ def test_sipp_sdes_suite_follows_trunk_order(workdir, start_gateway, start_sipp,
     assert key not in [k for _, _, k in offer], "the gateway answered with the offer's own key"
     assert suites[0].lower() in str((connected.get("security") or {}).get("trunk", "")).lower(), connected
     assert sipp.received("BYE") and code == 0, f"sipp exit {code}, BYE {bool(sipp.received('BYE'))} ({sipp.msg_path})"
+
+
+def test_incoming_rings_a_session_opened_while_ringing(workdir, gateway_sdes, baresip_sdes):
+    """alice has one session when baresip calls; a second tab opens while it
+    rings: it gets the same `incoming`, accepts, and talks (audio at both
+    ends); the first tab gets "answered elsewhere"."""
+    gw, caller = gateway_sdes, baresip_sdes
+
+    async def run():
+        first = await BrowserPeer(gw.base_url, gw.login()).connect()
+        second = None
+        try:
+            await first.barrier()
+            caller.dial(f"sip:{gw.account}@127.0.0.1:{gw.sip_port}")
+            ringing = await first.wait_incoming(10)
+            second = await BrowserPeer(gw.base_url, gw.login()).connect()
+            late = await second.wait_incoming(10)
+            assert late["id"] == ringing["id"] and late["sdp"] == ringing["sdp"], (late, ringing)
+            await second.accept()
+            connected = await second.wait_for({"connected"}, 15, call_id=late["id"])
+            assert connected["type"] == "connected", connected
+            elsewhere = await first.wait_for({"hangup"}, 10, call_id=ringing["id"])
+            await second.receive(100, timeout=15)
+            rms = second.sink.rms
+            await asyncio.to_thread(caller.wait_heard_seconds, 1.5, 15)
+            await second.hangup()
+            await asyncio.to_thread(caller.wait_call_ended, 10)
+            return elsewhere, rms, second.packets_received
+        finally:
+            await first.close()
+            if second is not None:
+                await second.close()
+
+    elsewhere, rms, packets = asyncio.run(run())
+    save_result(workdir, elsewhere=elsewhere, late_session_rms=rms, late_session_packets=packets)
+    assert elsewhere.get("code") == 200 and "elsewhere" in elsewhere.get("reason", ""), elsewhere
+    assert rms > TONE_RMS_MIN, rms

@@ -327,7 +327,7 @@ fn main() {
 fn observers(s: &Scenario, identity: &Arc<DtlsIdentity>) {
     use std::sync::atomic::AtomicBool;
     use webrtc_sip_gateway::cdr::{self, CdrEvent, CdrStore, HungUpBy, LegFigures};
-    use webrtc_sip_gateway::stats::live::{CallStart, Direction as CallDirection, LiveCalls};
+    use webrtc_sip_gateway::stats::live::{CallStart, LiveCalls};
 
     let cm80 = SrtpSuite::AesCm128HmacSha1_80;
     let keys = Keys {
@@ -343,7 +343,7 @@ fn observers(s: &Scenario, identity: &Arc<DtlsIdentity>) {
     let live = Arc::new(LiveCalls::default());
     let call = live.begin(CallStart {
         id: "bench".into(),
-        direction: CallDirection::Outgoing,
+        direction: cdr::Direction::Outgoing,
         account: "alice".into(),
         remote: "+4930******89".into(),
         trunk: "carrier".into(),

@@ -127,23 +127,8 @@ impl Cause {
     }
 }
 
-/// Which side ended a call, for the call record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Browser,
-    Trunk,
-    Gateway,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Browser => "browser",
-            Side::Trunk => "trunk",
-            Side::Gateway => "gateway",
-        }
-    }
-}
+/// Which side ended a call: the call record's vocabulary.
+pub use crate::cdr::HungUpBy as Side;
 
 impl Cause {
     /// Who ended the call: the browser (hung up, declined, went away), the

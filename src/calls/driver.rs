@@ -7,12 +7,12 @@ use super::api::SessionEvent;
 use super::call::{Call, MediaCommand, Output, SessionInput};
 use super::cause::Side;
 use super::sessions::SessionKey;
-use crate::cdr::{self, CdrEvent, CdrStore, HungUpBy, LegFigures};
+use crate::cdr::{CdrEvent, CdrStore, LegFigures};
 use crate::media::{MediaAllocation, MediaEvent, MediaHandle};
 use crate::sip::message;
 use crate::sip::transport::SipEndpoint;
 use crate::sip::Transport;
-use crate::stats::live::{CallStart, CallState, Direction, Ending, LiveCall, LiveCalls, SdpRole};
+use crate::stats::live::{CallStart, CallState, Direction, LiveCall, LiveCalls, SdpRole};
 use crate::stats::CallStats;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rsip::SipMessage;
@@ -257,11 +257,6 @@ fn conclude(
         None => (500, "call ended".to_string(), Side::Gateway),
     };
     stats.call_ended(direction, code, side.as_str());
-    live.set_ending(Ending {
-        cause_code: code,
-        cause: reason.clone(),
-        hung_up_by: side.as_str(),
-    });
     let info = live.info();
     let (browser, trunk) = live.figures();
     let figures = |s: crate::media::LegSnapshot| LegFigures {
@@ -276,11 +271,7 @@ fn conclude(
         at: SystemTime::now(),
         cause_code: code,
         cause: reason,
-        hung_up_by: match side {
-            Side::Browser => HungUpBy::Browser,
-            Side::Trunk => HungUpBy::Trunk,
-            Side::Gateway => HungUpBy::Gateway,
-        },
+        hung_up_by: side,
         codec: info.codec,
         browser_security: info.browser_security,
         trunk_security: info.trunk_security,
@@ -295,10 +286,7 @@ fn conclude(
 pub fn record_start(cdr: &CdrStore, start: &CallStart, sip_call_id: &str) {
     cdr.record(CdrEvent::Started {
         id: start.id.clone(),
-        direction: match start.direction {
-            Direction::Outgoing => cdr::Direction::Outgoing,
-            Direction::Incoming => cdr::Direction::Incoming,
-        },
+        direction: start.direction,
         account: start.account.clone(),
         remote: start.remote.clone(),
         trunk: start.trunk.clone(),

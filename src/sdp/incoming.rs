@@ -38,20 +38,15 @@ pub struct BrowserOfferParams {
     pub ssrc: Ssrc,
 }
 
-/// The codecs of `offer` a browser can take (opus, PCMU, PCMA, G722 and the
-/// telephone-event at one of their clocks), in the trunk's order.
-/// `parse_sip_offer` already keeps only those; this names the rule.
-pub fn browser_codecs(offer: &SipOffer) -> Vec<Codec> {
-    offer.codecs.clone()
-}
-
 /// The gateway's offer to the browsers of an inbound call: ICE-lite with our
 /// one host candidate, `a=setup:actpass` (every browser then answers active
 /// and starts DTLS, our server role), our fingerprint, rtcp-mux, and the
 /// trunk's browser-compatible codecs. The direction mirrors the trunk's
 /// offer: what the trunk sends, we send to the browser.
 pub fn write_browser_offer(offer: &SipOffer, p: &BrowserOfferParams) -> String {
-    let codecs = browser_codecs(offer);
+    // `parse_sip_offer` kept only what browsers take (opus, PCMU, PCMA,
+    // G722, telephone-event at one of their clocks), in the trunk's order.
+    let codecs = &offer.codecs;
     let session_attrs = vec![
         flag("ice-lite"),
         attr("group", format!("BUNDLE {MID}")),
@@ -72,7 +67,7 @@ pub fn write_browser_offer(offer: &SipOffer, p: &BrowserOfferParams) -> String {
         flag("rtcp-mux"),
         flag("rtcp-rsize"),
     ];
-    attrs.extend(codec_attributes(&codecs));
+    attrs.extend(codec_attributes(codecs));
     if let Some(ptime) = offer.ptime {
         attrs.push(attr("ptime", ptime.to_string()));
     }

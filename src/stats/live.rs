@@ -19,12 +19,8 @@ const KEEP_ENDED: usize = 100;
 /// retransmissions must not grow it without bound).
 const MAX_LADDER: usize = 200;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Outgoing,
-    Incoming,
-}
+/// Who placed the call: the same vocabulary as the call records.
+pub use crate::cdr::Direction;
 
 /// Where a call is, for the operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -96,20 +92,11 @@ pub struct LiveCall {
     inner: Mutex<Inner>,
 }
 
-/// How a call ended, for the ended-calls table.
-#[derive(Debug, Clone, Serialize)]
-pub struct Ending {
-    pub cause_code: u16,
-    pub cause: String,
-    pub hung_up_by: &'static str,
-}
-
 #[derive(Default)]
 struct Inner {
     info: CallInfo,
     answered_at: Option<SystemTime>,
     ended_at: Option<SystemTime>,
-    ending: Option<Ending>,
     counters: Option<Arc<CallCounters>>,
     sdp: SdpSet,
     ladder: Vec<LadderEntry>,
@@ -130,60 +117,6 @@ impl LiveCall {
                 inner.answered_at = Some(SystemTime::now());
             }
             inner.info = info.clone();
-        }
-    }
-
-    /// Why the call ended (before [`LiveCalls::finish`]).
-    pub fn set_ending(&self, ending: Ending) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.ending = Some(ending);
-        }
-    }
-
-    /// The ended-calls row of this call (the same shape as a call record).
-    pub fn ended_view(&self) -> EndedCallView {
-        let view = self.view();
-        let inner = match self.inner.lock() {
-            Ok(inner) => inner,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let ending = inner.ending.clone().unwrap_or(Ending {
-            cause_code: 0,
-            cause: "in progress".into(),
-            hung_up_by: "gateway",
-        });
-        let duration_s = match (inner.answered_at, inner.ended_at) {
-            (Some(a), Some(e)) => e.duration_since(a).ok().map(|d| d.as_secs_f64()),
-            _ => None,
-        };
-        let totals = |leg: &LegView| LegTotals {
-            packets_in: leg.packets_in,
-            packets_out: leg.packets_out,
-            bytes_in: leg.bytes_in,
-            bytes_out: leg.bytes_out,
-            drops_total: leg.drops.values().sum(),
-        };
-        EndedCallView {
-            id: view.id,
-            direction: view.direction,
-            account: view.account,
-            remote: view.remote,
-            trunk: view.trunk,
-            started_at: view.started_at,
-            answered_at: view.answered_at,
-            ended_at: inner.ended_at.map(rfc3339),
-            duration_s: duration_s.map(|d| (d * 10.0).round() / 10.0),
-            cause_code: ending.cause_code,
-            cause: ending.cause,
-            hung_up_by: ending.hung_up_by,
-            codec: view.codec,
-            browser_security: view.legs.browser.security.clone(),
-            trunk_security: view.legs.trunk.security.clone(),
-            private: view.private,
-            legs: LegTotalsPair {
-                browser: totals(&view.legs.browser),
-                trunk: totals(&view.legs.trunk),
-            },
         }
     }
 
@@ -347,16 +280,6 @@ impl LiveCalls {
         views.into_iter().map(|(_, v)| v).collect()
     }
 
-    /// The ended calls kept in memory, newest first.
-    pub fn ended_views(&self, limit: usize) -> Vec<EndedCallView> {
-        let ended: Vec<Arc<LiveCall>> = self
-            .ended
-            .lock()
-            .map(|e| e.iter().take(limit).cloned().collect())
-            .unwrap_or_default();
-        ended.iter().map(|c| c.ended_view()).collect()
-    }
-
     /// A call in progress or recently ended, by id (the live one first).
     pub fn find(&self, id: &str) -> Option<(Arc<LiveCall>, bool)> {
         if let Some(call) = self.active.lock().ok().and_then(|a| a.get(id).cloned()) {
@@ -384,44 +307,6 @@ pub struct LiveCallView {
     pub codec: Option<String>,
     pub private: bool,
     pub legs: Legs,
-}
-
-/// A row of the ended-calls table.
-#[derive(Debug, Clone, Serialize)]
-pub struct EndedCallView {
-    pub id: String,
-    pub direction: Direction,
-    pub account: String,
-    pub remote: String,
-    pub trunk: String,
-    pub started_at: String,
-    pub answered_at: Option<String>,
-    pub ended_at: Option<String>,
-    /// From answer to end; `None` for calls never answered.
-    pub duration_s: Option<f64>,
-    pub cause_code: u16,
-    pub cause: String,
-    pub hung_up_by: &'static str,
-    pub codec: Option<String>,
-    pub browser_security: Option<String>,
-    pub trunk_security: Option<String>,
-    pub private: bool,
-    pub legs: LegTotalsPair,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct LegTotalsPair {
-    pub browser: LegTotals,
-    pub trunk: LegTotals,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct LegTotals {
-    pub packets_in: u64,
-    pub packets_out: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub drops_total: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -26,10 +26,7 @@ fn dir_index(d: live::Direction) -> usize {
 }
 
 fn dir_label(d: live::Direction) -> &'static str {
-    match d {
-        live::Direction::Outgoing => "outgoing",
-        live::Direction::Incoming => "incoming",
-    }
+    d.as_str()
 }
 
 /// A Prometheus histogram of plain atomics (microsecond sum).

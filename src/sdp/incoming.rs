@@ -73,7 +73,7 @@ pub fn write_browser_offer(offer: &SipOffer, p: &BrowserOfferParams) -> String {
     }
     attrs.push(attr("msid", format!("{CNAME} audio")));
     attrs.push(attr("ssrc", format!("{} cname:{CNAME}", p.ssrc.0)));
-    let media = audio_media(p.port, Proto::UdpTlsRtpSavpf, &codecs, p.local_ip, attrs);
+    let media = audio_media(p.port, Proto::UdpTlsRtpSavpf, codecs, p.local_ip, attrs);
     super::write_session(&session(
         p.local_ip,
         p.session_id,

@@ -245,6 +245,10 @@ pub struct TrunkConfig {
     pub tls_fingerprint: Option<String>,
     #[serde(default)]
     pub register: bool,
+    /// Digest credentials this trunk answers the gateway's challenge with
+    /// when it calls from outside `inbound_sources`.
+    pub inbound_username: Option<String>,
+    pub inbound_password: Option<Secret<String>>,
     /// Sent when every browser session declines an incoming call.
     #[serde(default = "default_reject_code")]
     pub reject_code: u16,
@@ -587,6 +591,23 @@ impl Config {
             if let Some(ca) = &trunk.ca_file {
                 if let Err(e) = crate::sip::tls::read_ca_file(ca) {
                     add(key("ca_file"), e.to_string());
+                }
+            }
+            if trunk.inbound_username.is_some() != trunk.inbound_password.is_some() {
+                add(
+                    key("inbound_password"),
+                    "inbound_username and inbound_password must be given together".into(),
+                );
+            }
+            if let Some(user) = &trunk.inbound_username {
+                if self.trunks[..i]
+                    .iter()
+                    .any(|t| t.inbound_username.as_ref() == Some(user))
+                {
+                    add(
+                        key("inbound_username"),
+                        format!("{user:?} is already another trunk's inbound_username"),
+                    );
                 }
             }
             if trunk.username.is_some() != trunk.password.is_some() {

@@ -133,6 +133,7 @@ pub async fn run(
         udp_listen: config.sip.udp_listen,
         tcp_listen: config.sip.tcp_listen,
         tls_listen,
+        digest: Some(Arc::new(digest_guard(&config))),
         stream_limits: StreamLimits {
             idle: Duration::from_secs(config.sip.limits.idle_seconds),
             message: Duration::from_secs(config.sip.limits.message_seconds),
@@ -274,6 +275,28 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     info!("stopped");
     Ok(())
+}
+
+/// Who may answer the gateway's digest challenge: the trunks with inbound
+/// credentials. The nonce key is new at every start.
+fn digest_guard(config: &Config) -> crate::sip::auth_server::DigestGuard {
+    use crate::sip::auth_server::{DigestGuard, InboundCredential};
+    let credentials = config
+        .trunks
+        .iter()
+        .filter_map(|t| {
+            Some(InboundCredential {
+                trunk: t.name.clone(),
+                username: t.inbound_username.clone()?,
+                password: t.inbound_password.clone()?,
+            })
+        })
+        .collect();
+    DigestGuard::new(
+        rand::random(),
+        config.server.public_ip.to_string(),
+        credentials,
+    )
 }
 
 /// The SIP TLS listener's configuration: the HTTPS certificate, without

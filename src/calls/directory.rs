@@ -149,6 +149,10 @@ impl Directory {
         &self.trunks
     }
 
+    pub fn trunk(&self, name: &str) -> Option<Arc<Trunk>> {
+        self.trunks.iter().find(|t| t.name == name).cloned()
+    }
+
     /// The trunk a request from `ip` comes in on, if any admits it.
     pub fn trunk_for_source(&self, ip: IpAddr) -> Option<Arc<Trunk>> {
         self.trunks.iter().find(|t| t.admits(ip)).cloned()

@@ -42,7 +42,11 @@ pub async fn route(calls: Calls, mut incoming: mpsc::Receiver<IncomingRequest>) 
 
 async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRequest) {
     let source = request.source;
-    let Some(trunk) = calls.ctx.directory.trunk_for_source(source.ip()) else {
+    let trunk = match &request.trunk {
+        Some(name) => calls.ctx.directory.trunk(name),
+        None => calls.ctx.directory.trunk_for_source(source.ip()),
+    };
+    let Some(trunk) = trunk else {
         debug!(%source, "request from a source outside every trunk's inbound_sources: ignored");
         return;
     };

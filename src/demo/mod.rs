@@ -68,6 +68,7 @@ async fn echo_call(endpoint: SipEndpoint, request: IncomingRequest) -> Result<()
         msg,
         source,
         transport,
+        ..
     } = request;
     let mut uas = match IncomingCall::new(msg, source, now) {
         Ok(uas) => uas,

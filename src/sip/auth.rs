@@ -29,7 +29,7 @@ pub enum DigestAlgorithm {
 }
 
 impl DigestAlgorithm {
-    fn parse(s: &str) -> Result<Self, SipError> {
+    pub(crate) fn parse(s: &str) -> Result<Self, SipError> {
         match s.to_ascii_uppercase().as_str() {
             "MD5" => Ok(Self::Md5),
             "MD5-SESS" => Ok(Self::Md5Sess),
@@ -51,11 +51,11 @@ impl DigestAlgorithm {
         }
     }
 
-    fn is_sess(self) -> bool {
+    pub(crate) fn is_sess(self) -> bool {
         matches!(self, Self::Md5Sess | Self::Sha256Sess)
     }
 
-    fn hash(self, data: &str) -> String {
+    pub(crate) fn hash(self, data: &str) -> String {
         match self {
             Self::Md5 | Self::Md5Sess => hex::encode(Md5::digest(data.as_bytes())),
             Self::Sha256 | Self::Sha256Sess => hex::encode(Sha256::digest(data.as_bytes())),
@@ -123,7 +123,7 @@ impl Challenge {
 
 /// `name=value` pairs separated by commas; values may be quoted strings
 /// with backslash escapes.
-fn parse_params(input: &str) -> Result<Vec<(String, String)>, SipError> {
+pub(crate) fn parse_params(input: &str) -> Result<Vec<(String, String)>, SipError> {
     let mut out = Vec::new();
     let mut chars = input.chars().peekable();
     loop {

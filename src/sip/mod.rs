@@ -7,6 +7,7 @@
 //! `Instant`, and gives back bytes to send, events and the next deadline.
 
 pub mod auth;
+pub mod auth_server;
 pub mod dialog;
 pub mod message;
 pub mod probe;

@@ -555,9 +555,13 @@ class SippUac(SippUas):
     is sent back to its source). Same traces as SippUas."""
 
     def __init__(self, workdir: Path, scenario: str, remote: str, service: str,
-                 extra: Optional[list] = None, **kw):
+                 extra: Optional[list] = None, host: str = "127.0.0.1", **kw):
         kw.setdefault("name", "sipp_uac")
         super().__init__(workdir, scenario, **kw)
+        # the address SIPp sends from: 127.0.0.1 is the trunk's side inside
+        # the namespace, GWT_HOST / 10.99.0.2 are strangers
+        self.host = host
+        self.port = free_port(socket.SOCK_DGRAM, host)
         self.remote = remote
         self.service = service
         self.extra = list(extra or [])
@@ -567,7 +571,7 @@ class SippUac(SippUas):
         could be seen listening)."""
         assert GWT_HOST, "run inside tests/netns-run.sh (GWT_HOST unset)"
         cmd = ["sipp", self.remote, "-sf", str(self.scenario), "-s", self.service, "-t", self.transport,
-               "-i", "127.0.0.1", "-p", str(self.port),
+               "-i", self.host, "-p", str(self.port),
                "-mi", GWT_HOST, "-mp", str(self.media_port),
                "-m", "1", "-timeout", f"{int(self.timeout)}s", "-timeout_error", "-nostdin",
                "-trace_msg", "-message_file", str(self.msg_path),
@@ -660,6 +664,10 @@ class TrunkSpec:
     # OPTIONS pings to the trunk: off unless a test asks (SIPp scenarios
     # would take an unexpected OPTIONS for a failed call)
     options_interval: int = 0
+    # digest credentials the trunk answers the gateway's challenge with
+    # when it calls from outside inbound_sources
+    inbound_username: Optional[str] = None
+    inbound_password: Optional[str] = None
     # TLS trunks: CA file, "ca" | "pinned", "sha-256 AB:..."
     ca_file: Optional[str] = None
     tls_verify: Optional[str] = None
@@ -764,7 +772,7 @@ class Gateway:
                 lines += [f"username = {toml_str(t.username)}", f"password = {toml_str(t.password or '')}"]
             if t.reject_code is not None:
                 lines.append(f"reject_code = {int(t.reject_code)}")
-            for key in ("ca_file", "tls_verify", "tls_fingerprint"):
+            for key in ("ca_file", "tls_verify", "tls_fingerprint", "inbound_username", "inbound_password"):
                 if getattr(t, key) is not None:
                     lines.append(f"{key} = {toml_str(str(getattr(t, key)))}")
             lines += [

@@ -9,6 +9,7 @@ addresses 10.99.0.1 / 10.99.0.2 are strangers."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import subprocess
 import time
@@ -315,3 +316,43 @@ def test_a_forged_bye_from_a_foreign_address_does_not_end_the_call(workdir, gate
     assert answer is None, answer
     assert not hangups, hangups
     assert ignored >= 1
+
+
+@pytest.fixture
+def gateway_digest(workdir, baresip_sdes):
+    """The trunk has inbound credentials: strangers are challenged."""
+    trunk = TrunkSpec("carrier", f"sip:127.0.0.1:{baresip_sdes.sip_port};transport=udp",
+                      inbound_username="carrier-in", inbound_password="in-s3cret")
+    yield from _gateway(workdir, trunk)
+
+
+@pytest.mark.parametrize("password,final", [("in-s3cret", 480), ("guess", 403)])
+def test_a_stranger_with_the_trunks_inbound_credentials_is_that_trunk(workdir, gateway_digest, password, final):
+    """SIPp calls alice from 10.99.0.1 (outside inbound_sources): its INVITE
+    gets a stateless 401 (SHA-256 and MD5 challenges, nothing retransmitted);
+    answered with the trunk's inbound credentials it reaches the call logic
+    (100, then 480: alice has no session), with a wrong password 403. A
+    request without credentials from a third address gets the challenge,
+    never a 200 or 480."""
+    from harness import SippUac, sip_header
+    gw = gateway_digest
+    sipp = SippUac(workdir, "uac_invite_digest.xml", remote=f"127.0.0.1:{gw.sip_port}", service="alice",
+                   host=GWT_HOST, extra=["-au", "carrier-in", "-ap", password]).start()
+    code = sipp.wait(30)
+    got = [m.status for m in sipp.received() if m.status]
+    save_result(workdir, sipp_exit=code, received=got)
+    challenge = sipp.received(status=401)
+    assert len(challenge) == 1, got
+    values = [v for v in re.findall(r"^WWW-Authenticate:\s*(.*)$", challenge[0].text, re.M | re.I)]
+    assert any("SHA-256" in v for v in values) and any("MD5" in v for v in values), values
+    assert final in got, got
+    assert code == 0, f"sipp exit {code} ({sipp.err_path})"
+    if final == 480:
+        assert 100 in got, got
+    # an unauthenticated OPTIONS from elsewhere: challenged, not served
+    answer = _ask(SECOND_STRANGER, gw.sip_port, lambda me: _request("OPTIONS", gw.sip_port, me))
+    assert answer and answer.startswith(b"SIP/2.0 401"), answer
+    assert gw.metrics().sum("gateway_sip_challenges_total") >= 2
+    # the challenge is sent once: nothing retransmitted for a stateless 401
+    time.sleep(1.2)
+    assert len(sipp.received(status=401)) == 1

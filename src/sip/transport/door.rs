@@ -64,6 +64,10 @@ impl DoorConfig {
 pub enum Verdict {
     /// Full service.
     Known,
+    /// A source that proved itself a trunk with digest credentials lately:
+    /// its in-dialog messages reach their calls and it is not rate-limited,
+    /// but each new request must still carry credentials.
+    Trusted,
     /// No service: not routed to any call, answered with nothing (or 403
     /// with `answer_strangers`).
     Stranger,
@@ -79,13 +83,21 @@ struct Entry {
     last_seen: Instant,
 }
 
+/// How long a source stays trusted after its last authenticated request.
+const TRUST_FOR: Duration = Duration::from_secs(3600);
+
 #[derive(Debug)]
 pub struct Door {
     cfg: DoorConfig,
     table: Mutex<HashMap<IpAddr, Entry>>,
+    /// Sources that authenticated as a trunk, until when (bounded like
+    /// `table`).
+    trusted: Mutex<HashMap<IpAddr, Instant>>,
     pub bans_total: AtomicU64,
     pub dropped_banned: AtomicU64,
     pub strangers_ignored: AtomicU64,
+    /// 401s sent to strangers (stateless digest challenges).
+    pub challenges_sent: AtomicU64,
 }
 
 impl Door {
@@ -93,9 +105,11 @@ impl Door {
         Door {
             cfg,
             table: Mutex::new(HashMap::new()),
+            trusted: Mutex::new(HashMap::new()),
             bans_total: AtomicU64::new(0),
             dropped_banned: AtomicU64::new(0),
             strangers_ignored: AtomicU64::new(0),
+            challenges_sent: AtomicU64::new(0),
         }
     }
 
@@ -107,10 +121,39 @@ impl Door {
         self.cfg.known.iter().any(|net| cidr_contains(*net, ip))
     }
 
+    /// `ip` answered a digest challenge as a trunk: trust it for a while.
+    pub fn trust(&self, ip: IpAddr, now: Instant) {
+        let Ok(mut trusted) = self.trusted.lock() else {
+            return;
+        };
+        if !trusted.contains_key(&ip) && trusted.len() >= self.cfg.capacity {
+            trusted.retain(|_, until| *until > now);
+            if trusted.len() >= self.cfg.capacity {
+                if let Some(oldest) = trusted.iter().min_by_key(|(_, u)| **u).map(|(ip, _)| *ip) {
+                    trusted.remove(&oldest);
+                }
+            }
+        }
+        trusted.insert(ip, now + TRUST_FOR);
+        // A source banned before it authenticated is not banned now.
+        if let Ok(mut table) = self.table.lock() {
+            table.remove(&ip);
+        }
+    }
+
+    fn is_trusted(&self, ip: IpAddr, now: Instant) -> bool {
+        self.trusted
+            .lock()
+            .is_ok_and(|t| t.get(&ip).is_some_and(|until| *until > now))
+    }
+
     /// Counts one message from `ip` and says how to treat it.
     pub fn admit(&self, ip: IpAddr, now: Instant) -> Verdict {
         if self.is_known(ip) {
             return Verdict::Known;
+        }
+        if self.is_trusted(ip, now) {
+            return Verdict::Trusted;
         }
         let Ok(mut table) = self.table.lock() else {
             return Verdict::Stranger;
@@ -253,6 +296,25 @@ mod tests {
                 Verdict::Stranger
             );
         }
+    }
+
+    #[test]
+    fn an_authenticated_source_is_trusted_for_a_while_and_never_banned() {
+        let d = door(2, 100);
+        let t0 = Instant::now();
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        for i in 0..3 {
+            d.admit(ip, t0 + Duration::from_millis(i));
+        }
+        assert!(matches!(d.admit(ip, t0), Verdict::Banned { .. }));
+        d.trust(ip, t0);
+        for i in 0..100 {
+            assert_eq!(d.admit(ip, t0 + Duration::from_millis(i)), Verdict::Trusted);
+        }
+        assert_eq!(
+            d.admit(ip, t0 + TRUST_FOR + Duration::from_secs(1)),
+            Verdict::Stranger
+        );
     }
 
     #[test]

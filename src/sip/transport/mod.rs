@@ -52,6 +52,10 @@ pub struct IncomingRequest {
     pub msg: SipMessage,
     pub source: SocketAddr,
     pub transport: Transport,
+    /// The trunk whose inbound digest credentials it carried, when it came
+    /// from outside every trunk's addresses; None: the source names the
+    /// trunk (`inbound_sources`).
+    pub trunk: Option<String>,
 }
 
 /// The channel opened for a new INVITE, until its owner registers.
@@ -155,6 +159,8 @@ pub struct EndpointConfig {
     pub tls_listen: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
     pub door: door::DoorConfig,
     pub stream_limits: StreamLimits,
+    /// Challenges strangers when some trunk has inbound credentials.
+    pub digest: Option<Arc<super::auth_server::DigestGuard>>,
 }
 
 #[derive(Clone)]
@@ -190,9 +196,10 @@ struct Inner {
     /// its responses go back there whatever destination the sender names
     /// (RFC 3261 18.2.2: over TCP on the connection the request came on; over
     /// UDP to the source address, RFC 3581).
-    response_routes: Mutex<HashMap<String, ResponseRoute>>,
+    response_routes: Mutex<ResponseRoutes>,
     /// Who gets service; who is banned.
     door: door::Door,
+    digest: Option<Arc<super::auth_server::DigestGuard>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -205,6 +212,36 @@ struct ResponseRoute {
 /// Routes are kept for the lifetime of a server transaction (64*T1), and at
 /// most this many at once (oldest dropped first when full).
 const MAX_RESPONSE_ROUTES: usize = 10_000;
+
+/// The response routes by branch, with their insertion order so that the
+/// oldest go first in O(1) (no scan of the table on insert).
+#[derive(Default)]
+struct ResponseRoutes {
+    map: HashMap<String, ResponseRoute>,
+    order: std::collections::VecDeque<(String, Instant)>,
+}
+
+impl ResponseRoutes {
+    fn insert(&mut self, branch: String, route: ResponseRoute) {
+        let lifetime = super::T1 * 64;
+        while let Some((oldest, at)) = self.order.front() {
+            let expired = route.at.saturating_duration_since(*at) >= lifetime;
+            let full = self.map.len() >= MAX_RESPONSE_ROUTES
+                || self.order.len() >= 2 * MAX_RESPONSE_ROUTES;
+            if !expired && !full {
+                break;
+            }
+            // A branch seen again has a newer entry further back; drop the
+            // map entry only when it is this one.
+            if self.map.get(oldest).is_some_and(|r| r.at == *at) {
+                self.map.remove(oldest);
+            }
+            self.order.pop_front();
+        }
+        self.order.push_back((branch.clone(), route.at));
+        self.map.insert(branch, route);
+    }
+}
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -228,6 +265,7 @@ pub async fn start(
         tls_listen: None,
         door: door::DoorConfig::open(),
         stream_limits: StreamLimits::default(),
+        digest: None,
     })
     .await
 }
@@ -275,8 +313,9 @@ pub async fn start_with(
         stream_limits: cfg.stream_limits,
         stats: EndpointStats::default(),
         door: door::Door::new(cfg.door.clone()),
+        digest: cfg.digest.clone().filter(|d| d.is_active()),
         tasks: Mutex::new(Vec::new()),
-        response_routes: Mutex::new(HashMap::new()),
+        response_routes: Mutex::new(ResponseRoutes::default()),
     });
     let mut tasks = vec![tokio::spawn(udp::receive_loop(udp, Arc::downgrade(&inner)))];
     if let Some(listener) = listener {
@@ -377,6 +416,11 @@ impl SipEndpoint {
         );
         let _ = writeln!(
             out,
+            "# HELP gateway_sip_challenges_total Digest challenges (401) sent to requests from outside every trunk's addresses.\n# TYPE gateway_sip_challenges_total counter\ngateway_sip_challenges_total {}",
+            d.challenges_sent.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
             "# HELP gateway_sip_strangers_ignored_total Messages from outside every trunk's sources that got no service.\n# TYPE gateway_sip_strangers_ignored_total counter\ngateway_sip_strangers_ignored_total {}",
             d.strangers_ignored.load(Ordering::Relaxed)
         );
@@ -471,9 +515,7 @@ impl Inner {
 
     /// Routes one received datagram or frame.
     async fn dispatch(self: &Arc<Self>, data: &[u8], source: SocketAddr, transport: Transport) {
-        let known = match self.door.admit(source.ip(), Instant::now()) {
-            door::Verdict::Known => true,
-            door::Verdict::Stranger => false,
+        let verdict = match self.door.admit(source.ip(), Instant::now()) {
             door::Verdict::Banned { newly } => {
                 if newly {
                     tracing::warn!(
@@ -484,7 +526,9 @@ impl Inner {
                 }
                 return;
             }
+            verdict => verdict,
         };
+        let known = verdict == door::Verdict::Known;
         let msg = match message::parse(data) {
             Ok(msg) => msg,
             // Strangers learn nothing, not even that their message was bad.
@@ -498,9 +542,6 @@ impl Inner {
         let Ok(call_id) = message::call_id(&msg) else {
             return;
         };
-        if let SipMessage::Request(req) = &msg {
-            self.remember_route(req, source, transport);
-        }
         let sender = self
             .calls
             .lock()
@@ -508,9 +549,25 @@ impl Inner {
             .and_then(|c| c.get(&call_id).cloned());
         // A stranger reaches no call either: a BYE or response forged with a
         // live call's Call-ID and tags, from outside every trunk's
-        // addresses, is dropped here and the call goes on.
+        // addresses, is dropped here and the call goes on. A source that
+        // authenticated as a trunk reaches the calls it is in; anything
+        // new from it must authenticate again.
+        let mut trunk = None;
         if !known {
-            return self.answer_stranger(msg, source, transport).await;
+            let in_dialog = verdict == door::Verdict::Trusted && sender.is_some();
+            if !in_dialog {
+                match self.authenticate(&msg, source.ip()) {
+                    Ok(name) => trunk = Some(name),
+                    Err(answer) => {
+                        return self.answer_stranger(msg, answer, source, transport).await
+                    }
+                }
+            }
+        }
+        // Only requests that get service: a stranger's answer goes to its
+        // source directly, and a flood must not churn this table.
+        if let SipMessage::Request(req) = &msg {
+            self.remember_route(req, source, transport);
         }
         if let Some(sender) = sender {
             match sender.try_send(msg) {
@@ -526,42 +583,68 @@ impl Inner {
                     if let Ok(mut calls) = self.calls.lock() {
                         calls.remove(&call_id);
                     }
-                    return self.unknown_call(msg, call_id, source, transport).await;
+                    return self
+                        .unknown_call(msg, call_id, source, transport, trunk)
+                        .await;
                 }
             }
         }
-        self.unknown_call(msg, call_id, source, transport).await
+        self.unknown_call(msg, call_id, source, transport, trunk)
+            .await
+    }
+
+    /// Whether a stranger's request carries a trunk's inbound credentials:
+    /// the trunk's name, or how to answer it.
+    fn authenticate(
+        &self,
+        msg: &SipMessage,
+        source: std::net::IpAddr,
+    ) -> Result<String, StrangerAnswer> {
+        use super::auth_server::AuthOutcome;
+        let (Some(guard), SipMessage::Request(req)) = (&self.digest, msg) else {
+            return Err(StrangerAnswer::Refuse);
+        };
+        // An ACK cannot be challenged (it has no response); CANCEL must
+        // match a transaction a stranger cannot have.
+        if matches!(req.method, Method::Ack | Method::Cancel) {
+            return Err(StrangerAnswer::Refuse);
+        }
+        let authorization = message::header_values(req, "Authorization");
+        let now = unix_now();
+        match guard.verify(
+            authorization.first().map(String::as_str),
+            &req.method.to_string(),
+            &req.uri.to_string(),
+            source,
+            now,
+        ) {
+            AuthOutcome::Trunk(name) => {
+                self.door.trust(source, Instant::now());
+                Ok(name)
+            }
+            AuthOutcome::Stale => Err(StrangerAnswer::Challenge { stale: true }),
+            AuthOutcome::Challenge => Err(StrangerAnswer::Challenge { stale: false }),
+            AuthOutcome::Refused => {
+                tracing::info!(%source, method = %req.method, "SIP digest credentials refused");
+                Err(StrangerAnswer::Refuse)
+            }
+        }
     }
 
     fn remember_route(&self, req: &rsip::Request, source: SocketAddr, transport: Transport) {
         let Some(branch) = message::top_via_branch(req) else {
             return;
         };
-        let Ok(mut routes) = self.response_routes.lock() else {
-            return;
-        };
-        let now = std::time::Instant::now();
-        if routes.len() >= MAX_RESPONSE_ROUTES {
-            let lifetime = super::T1 * 64;
-            routes.retain(|_, r| now.duration_since(r.at) < lifetime);
-            if routes.len() >= MAX_RESPONSE_ROUTES {
-                if let Some(oldest) = routes
-                    .iter()
-                    .min_by_key(|(_, r)| r.at)
-                    .map(|(k, _)| k.clone())
-                {
-                    routes.remove(&oldest);
-                }
-            }
+        if let Ok(mut routes) = self.response_routes.lock() {
+            routes.insert(
+                branch,
+                ResponseRoute {
+                    source,
+                    transport,
+                    at: Instant::now(),
+                },
+            );
         }
-        routes.insert(
-            branch,
-            ResponseRoute {
-                source,
-                transport,
-                at: now,
-            },
-        );
     }
 
     /// For a response we are about to send: where its request came from.
@@ -572,7 +655,7 @@ impl Inner {
         let msg = message::parse_lenient(data).ok()?;
         let branch = message::top_via_branch(&msg)?;
         let routes = self.response_routes.lock().ok()?;
-        routes.get(&branch).map(|r| (r.source, r.transport))
+        routes.map.get(&branch).map(|r| (r.source, r.transport))
     }
 
     async fn unknown_call(
@@ -581,6 +664,7 @@ impl Inner {
         call_id: String,
         source: SocketAddr,
         transport: Transport,
+        trunk: Option<String>,
     ) {
         let req = match msg {
             SipMessage::Response(_) => {
@@ -598,6 +682,7 @@ impl Inner {
                     msg: SipMessage::Request(req),
                     source,
                     transport,
+                    trunk,
                 };
                 let refused = if open {
                     self.incoming.try_send(incoming).map_err(|e| e.into_inner())
@@ -679,11 +764,14 @@ impl Inner {
         true
     }
 
-    /// A stranger's message for no call: silence (nothing to probe or
-    /// reflect), or 403 to requests with `sip.answer_strangers`.
+    /// A stranger's message for no call: a digest challenge when some
+    /// trunk has inbound credentials, else silence (nothing to probe or
+    /// reflect), or 403 with `sip.answer_strangers`. The challenge is
+    /// stateless: one response, no transaction, no retransmission.
     async fn answer_stranger(
         self: &Arc<Self>,
         msg: SipMessage,
+        answer: StrangerAnswer,
         source: SocketAddr,
         transport: Transport,
     ) {
@@ -691,18 +779,41 @@ impl Inner {
         let SipMessage::Request(req) = msg else {
             return;
         };
-        if !self.door.answer_strangers() || req.method == Method::Ack {
-            tracing::debug!(%source, method = %req.method, "request from a stranger ignored");
+        if req.method == Method::Ack {
             return;
         }
-        let resp = message::build_response(
-            &req,
-            403,
-            ResponseParts {
-                user_agent: USER_AGENT,
-                ..Default::default()
-            },
-        );
+        let resp = match (answer, &self.digest) {
+            (StrangerAnswer::Challenge { stale }, Some(guard)) => {
+                self.door.challenges_sent.fetch_add(1, Ordering::Relaxed);
+                let tag = message::new_tag();
+                message::build_response(
+                    &req,
+                    401,
+                    ResponseParts {
+                        user_agent: USER_AGENT,
+                        to_tag: Some(&tag),
+                        extra: guard
+                            .challenges(source.ip(), unix_now(), stale)
+                            .into_iter()
+                            .map(|v| rsip::Header::WwwAuthenticate(v.into()))
+                            .collect(),
+                        ..Default::default()
+                    },
+                )
+            }
+            _ if self.door.answer_strangers() || self.digest.is_some() => message::build_response(
+                &req,
+                403,
+                ResponseParts {
+                    user_agent: USER_AGENT,
+                    ..Default::default()
+                },
+            ),
+            _ => {
+                tracing::debug!(%source, method = %req.method, "request from a stranger ignored");
+                return;
+            }
+        };
         let _ = self.send(source, transport, message::to_bytes(resp)).await;
     }
 
@@ -750,6 +861,22 @@ impl Inner {
         );
         let _ = self.send(source, transport, message::to_bytes(resp)).await;
     }
+}
+
+/// How a stranger's request is answered.
+#[derive(Debug, Clone, Copy)]
+enum StrangerAnswer {
+    /// 401 with a fresh nonce.
+    Challenge { stale: bool },
+    /// 403, or silence.
+    Refuse,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Helper for the receive tasks: the endpoint, if any handle is left.

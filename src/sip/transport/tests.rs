@@ -46,6 +46,7 @@ async fn echo_trunk(
                 msg,
                 source,
                 transport,
+                ..
             } = req;
             let mut call = IncomingCall::new(msg, source, Instant::now()).unwrap();
             let call_id = call.call_id();
@@ -169,6 +170,7 @@ async fn invite_200_ack_bye_over_tcp() {
         tls_listen: None,
         door: super::door::DoorConfig::open(),
         stream_limits: super::StreamLimits::default(),
+        digest: None,
     };
     let (gw, _gw_in) = start_with(cfg.clone()).await.unwrap();
     let (trunk, trunk_in) = start_with(cfg).await.unwrap();
@@ -358,6 +360,7 @@ fn tls_config(server: Option<Arc<rustls::ServerConfig>>, limits: StreamLimits) -
         tls_listen: server.map(|s| (local(), s)),
         door: super::door::DoorConfig::open(),
         stream_limits: limits,
+        digest: None,
     }
 }
 
@@ -569,4 +572,32 @@ async fn stalled_and_idle_stream_connections_are_closed() {
         .expect("closed at once, long before the message clock");
     assert!(gw.stats().connections_refused.load(Ordering::Relaxed) >= 1);
     drop((a, b));
+}
+
+#[test]
+fn response_routes_stay_bounded_and_drop_the_oldest_first() {
+    let mut routes = super::ResponseRoutes::default();
+    let t0 = Instant::now();
+    let route = |at| super::ResponseRoute {
+        source: "127.0.0.1:5060".parse().unwrap(),
+        transport: Transport::Udp,
+        at,
+    };
+    for i in 0..(super::MAX_RESPONSE_ROUTES + 10) {
+        routes.insert(format!("b{i}"), route(t0));
+    }
+    assert_eq!(routes.map.len(), super::MAX_RESPONSE_ROUTES);
+    assert!(!routes.map.contains_key("b0"));
+    assert!(routes
+        .map
+        .contains_key(&format!("b{}", super::MAX_RESPONSE_ROUTES + 9)));
+    // Retransmissions of one branch do not grow the table without bound.
+    for _ in 0..(3 * super::MAX_RESPONSE_ROUTES) {
+        routes.insert("again".into(), route(t0));
+    }
+    assert!(routes.order.len() <= 2 * super::MAX_RESPONSE_ROUTES);
+    assert!(routes.map.contains_key("again"));
+    // Past a transaction's lifetime everything older goes.
+    routes.insert("late".into(), route(t0 + crate::sip::T1 * 65));
+    assert_eq!(routes.map.len(), 1);
 }

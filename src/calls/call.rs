@@ -95,7 +95,8 @@ pub struct SipLocal {
 }
 
 impl SipLocal {
-    fn contact(&self, user: &str) -> String {
+    /// `<sip:{user}@{host}:{port};transport=udp|tcp>`
+    pub(crate) fn contact(&self, user: &str) -> String {
         let transport = match self.transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",

@@ -220,7 +220,7 @@ async fn drive(
             _ = tokio::time::sleep_until(deadline.into()) => {
                 let now = Instant::now();
                 if unregister_by.is_some_and(|by| now >= by) {
-                    debug!("unregistration unanswered; the binding will expire by itself");
+                    info!("unregistration unanswered; the binding expires by itself");
                     break;
                 }
                 reg.handle_timeout(now);
@@ -325,7 +325,10 @@ impl EventLog {
                         consecutive, "registration with the trunk failed");
                 }
             }
-            RegEvent::Unregistered => info!("unregistered from the trunk"),
+            RegEvent::Unregistered { removed: true } => info!("unregistered from the trunk"),
+            RegEvent::Unregistered { removed: false } => {
+                info!("unregistration refused; the binding expires by itself")
+            }
         }
     }
 }

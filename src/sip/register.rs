@@ -100,8 +100,9 @@ pub enum RegEvent {
         retry_in: Duration,
         consecutive: u32,
     },
-    /// Unregistering is over (accepted, refused or unanswered: best effort).
-    Unregistered,
+    /// The REGISTER with `Expires: 0` got its final answer: `removed` when
+    /// the registrar accepted it (otherwise the binding expires by itself).
+    Unregistered { removed: bool },
 }
 
 /// The REGISTER in flight and what this attempt has tried so far.
@@ -207,8 +208,9 @@ impl Registration {
     }
 
     /// Removes the binding: a REGISTER with `Expires: 0` when the registrar
-    /// may hold one, then [`RegEvent::Unregistered`]; at once when it cannot.
-    /// A REGISTER in flight is abandoned (its binding is removed with it).
+    /// may hold one, then [`RegEvent::Unregistered`]; when it cannot, the
+    /// state is [`RegState::Unregistered`] at once, without an event. A
+    /// REGISTER in flight is abandoned (its binding is removed with it).
     pub fn unregister(&mut self, now: Instant) {
         if self.unregistering {
             return;
@@ -220,7 +222,7 @@ impl Registration {
         if in_flight || bound {
             self.start_attempt(0, now);
         } else {
-            self.finish_unregister();
+            self.finish_unregister(None);
         }
     }
 
@@ -358,7 +360,7 @@ impl Registration {
             200..=299 => {
                 self.attempt = None;
                 if self.unregistering {
-                    self.finish_unregister();
+                    self.finish_unregister(Some(true));
                 } else {
                     self.registered(granted_expiry(&resp, &self.cfg.contact, asked), now);
                 }
@@ -419,7 +421,7 @@ impl Registration {
     fn fail(&mut self, failure: Failure, now: Instant) {
         if self.unregistering {
             // Best effort: the binding will expire by itself.
-            self.finish_unregister();
+            self.finish_unregister(Some(false));
             return;
         }
         self.failures += 1;
@@ -437,13 +439,17 @@ impl Registration {
         });
     }
 
-    fn finish_unregister(&mut self) {
+    /// `answered`: `None` when no REGISTER went out, else whether the
+    /// registrar accepted it.
+    fn finish_unregister(&mut self, answered: Option<bool>) {
         self.attempt = None;
         self.next_at = None;
         self.bound_until = None;
         if self.state != RegState::Unregistered {
             self.state = RegState::Unregistered;
-            self.events.push_back(RegEvent::Unregistered);
+            if let Some(removed) = answered {
+                self.events.push_back(RegEvent::Unregistered { removed });
+            }
         }
     }
 

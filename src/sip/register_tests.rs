@@ -559,7 +559,10 @@ fn unregister_sends_expires_zero_and_answers_a_challenge() {
     assert_eq!(header(&authorised, "Expires").unwrap(), "0");
     assert!(header(&authorised, "Authorization").is_some());
     reg.handle_message(reply(&authorised, 200, None, vec![]), t1);
-    assert_eq!(events(&mut reg), vec![RegEvent::Unregistered]);
+    assert_eq!(
+        events(&mut reg),
+        vec![RegEvent::Unregistered { removed: true }]
+    );
     assert_eq!(reg.state(), &RegState::Unregistered);
     assert_eq!(reg.poll_timeout(), None, "no refresh after unregistering");
     reg.unregister(t1);
@@ -575,7 +578,9 @@ fn unregister_without_a_binding_is_immediate_and_a_refusal_ends_it_too() {
     events(&mut reg);
     reg.unregister(t0);
     assert!(sent(&mut reg).is_none());
-    assert_eq!(events(&mut reg), vec![RegEvent::Unregistered]);
+    assert!(events(&mut reg).is_empty());
+    assert_eq!(reg.state(), &RegState::Unregistered);
+    assert_eq!(reg.poll_timeout(), None);
 
     // A REGISTER in flight may have bound us: remove it anyway; a refusal
     // ends the attempt without a retry and without counting a failure.
@@ -584,8 +589,22 @@ fn unregister_without_a_binding_is_immediate_and_a_refusal_ends_it_too() {
     let bye = sent(&mut reg).expect("REGISTER Expires: 0");
     assert_eq!(header(&bye, "Expires").unwrap(), "0");
     reg.handle_message(reply(&bye, 500, None, vec![]), t0);
-    assert_eq!(events(&mut reg), vec![RegEvent::Unregistered]);
+    assert_eq!(
+        events(&mut reg),
+        vec![RegEvent::Unregistered { removed: false }]
+    );
     assert_eq!(reg.failures(), 0);
+    assert_eq!(reg.poll_timeout(), None);
+
+    // Unanswered: over when the transaction times out (the driver gives
+    // up sooner at shutdown).
+    let (mut reg, first) = started(3600, t0);
+    reg.handle_message(reply(&first, 200, Some(CONTACT), vec![]), t0);
+    events(&mut reg);
+    reg.unregister(t0);
+    let (starts, evs) = unanswered(&mut reg, t0, S(60));
+    assert_eq!(starts, [0], "one REGISTER Expires: 0, no retry");
+    assert_eq!(evs, vec![RegEvent::Unregistered { removed: false }]);
     assert_eq!(reg.poll_timeout(), None);
 }
 

@@ -637,6 +637,10 @@ class TrunkSpec:
     # OPTIONS pings to the trunk: off unless a test asks (SIPp scenarios
     # would take an unexpected OPTIONS for a failed call)
     options_interval: int = 0
+    # REGISTER to the trunk with username/password; register_expires is left
+    # out of the config when None (gateway default 3600)
+    register: bool = False
+    register_expires: Optional[int] = None
 
 
 def toml_str(s: str) -> str:
@@ -726,6 +730,10 @@ class Gateway:
                 lines += [f"username = {toml_str(t.username)}", f"password = {toml_str(t.password or '')}"]
             if t.reject_code is not None:
                 lines.append(f"reject_code = {int(t.reject_code)}")
+            if t.register:
+                lines.append("register = true")
+            if t.register_expires is not None:
+                lines.append(f"register_expires = {int(t.register_expires)}")
             lines += [
                 "",
                 "[[accounts]]",

@@ -158,11 +158,10 @@ async fn drive(
     status: Arc<TrunkRegistrations>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (Some(expires), Some(username), Some(password)) = (
-        trunk.register,
-        trunk.username.clone(),
-        trunk.password.clone(),
-    ) else {
+    let Some(expires) = trunk.register else {
+        return;
+    };
+    let (Some(username), Some(password)) = (trunk.username.clone(), trunk.password.clone()) else {
         warn!("register = true without username and password: not registering");
         return;
     };
@@ -225,9 +224,8 @@ async fn drive(
                 }
                 reg.handle_timeout(now);
             }
-            changed = stop.changed(), if unregister_by.is_none() => {
-                // A closed channel means the gateway is going away too.
-                let _ = changed;
+            // A closed channel (the handle dropped) means stop as well.
+            _ = stop.changed(), if unregister_by.is_none() => {
                 let now = Instant::now();
                 unregister_by = Some(now + UNREGISTER_WAIT);
                 reg.unregister(now);

@@ -319,29 +319,29 @@ impl Registration {
         while let Some(bytes) = attempt.tx.poll_transmit() {
             self.transmit.push_back(bytes);
         }
-        let mut outcome = None;
+        // The transaction reports at most one final outcome.
+        let mut final_response = None;
+        let mut timed_out = false;
         while let Some(event) = attempt.tx.poll_event() {
             match event {
                 TxEvent::Response(resp) if message::status_code(&resp) >= 200 => {
-                    outcome = Some(Some(resp));
+                    final_response = Some(resp);
                 }
                 TxEvent::Response(_) => {}
-                TxEvent::Timeout => outcome = Some(None),
+                TxEvent::Timeout => timed_out = true,
             }
         }
-        match outcome {
-            None => {}
-            Some(Some(resp)) => self.handle_final(resp, now),
-            Some(None) => {
-                self.attempt = None;
-                self.fail(
-                    Failure {
-                        code: 408,
-                        reason: "no answer from the registrar".into(),
-                    },
-                    now,
-                );
-            }
+        if let Some(resp) = final_response {
+            self.handle_final(resp, now);
+        } else if timed_out {
+            self.attempt = None;
+            self.fail(
+                Failure {
+                    code: 408,
+                    reason: "no answer from the registrar".into(),
+                },
+                now,
+            );
         }
         // A retry started above queued its REGISTER.
         if let Some(attempt) = self.attempt.as_mut() {

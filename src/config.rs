@@ -238,6 +238,8 @@ pub struct TrunkConfig {
     /// TLS trunks: the CAs that may sign the trunk's certificate (PEM);
     /// absent: the system's trust store.
     pub ca_file: Option<PathBuf>,
+    /// REGISTER to the trunk with `username`/`password`, so that a
+    /// registration-based carrier knows where to send calls.
     #[serde(default)]
     pub tls_verify: TlsVerify,
     /// With `tls_verify = "pinned"`: `sha-256 AB:CD:...` of the trunk's
@@ -249,6 +251,9 @@ pub struct TrunkConfig {
     /// when it calls from outside `inbound_sources`.
     pub inbound_username: Option<String>,
     pub inbound_password: Option<Secret<String>>,
+    /// Seconds a registration asks to last (the registrar may grant less).
+    #[serde(default = "default_register_expires")]
+    pub register_expires: u32,
     /// Sent when every browser session declines an incoming call.
     #[serde(default = "default_reject_code")]
     pub reject_code: u16,
@@ -305,6 +310,9 @@ fn default_ring_timeout() -> u64 {
 }
 fn default_options_interval() -> u64 {
     30
+}
+fn default_register_expires() -> u32 {
+    3600
 }
 fn default_reject_code() -> u16 {
     486
@@ -616,6 +624,21 @@ impl Config {
                     "username and password must be given together".into(),
                 );
             }
+            if trunk.register && trunk.username.is_none() && trunk.password.is_none() {
+                add(
+                    key("register"),
+                    "registering needs the trunk's username and password".into(),
+                );
+            }
+            if !(60..=86_400).contains(&trunk.register_expires) {
+                add(
+                    key("register_expires"),
+                    format!(
+                        "{} is not between 60 and 86400 seconds",
+                        trunk.register_expires
+                    ),
+                );
+            }
             // As an account with the default caller_stream would call it.
             if let Err(e) = policy::plan_outgoing(
                 CallerStream::RelayOrDecrypt,
@@ -856,6 +879,42 @@ trunk = "carrier"
         assert!(keys.contains(&"server.token_secret"), "{keys:?}");
         assert!(keys.contains(&"trunks[0].inbound_sources[0]"), "{keys:?}");
         assert!(keys.contains(&"server.public_ip"), "{keys:?}");
+    }
+
+    #[test]
+    fn register_keys() {
+        let c = parse(&full()).unwrap();
+        assert!(!c.trunks[0].register);
+        assert_eq!(c.trunks[0].register_expires, 3600);
+        let text = full().replace(
+            "inbound_sources",
+            "register = true\nregister_expires = 600\ninbound_sources",
+        );
+        let c = parse(&text).unwrap();
+        assert!(c.trunks[0].register);
+        assert_eq!(c.trunks[0].register_expires, 600);
+        assert_eq!(c.problems(), vec![]);
+        for bad in ["59", "86401", "0"] {
+            let text = full().replace(
+                "inbound_sources",
+                &format!("register_expires = {bad}\ninbound_sources"),
+            );
+            let problems = parse(&text).unwrap().problems();
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert_eq!(problems[0].key, "trunks[0].register_expires");
+        }
+        let text = full()
+            .replace("username = \"gw\"\n", "")
+            .replace("password = \"secret\"\n", "")
+            .replace("inbound_sources", "register = true\ninbound_sources");
+        let problems = parse(&text).unwrap().problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "trunks[0].register");
+        let err =
+            parse(&full().replace("inbound_sources", "register_expires = -1\ninbound_sources"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("trunks[0].register_expires"), "{err}");
     }
 
     #[test]

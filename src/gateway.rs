@@ -3,6 +3,7 @@
 //! together. `main` calls `run`; integration tests can too.
 
 use crate::calls::directory::{demo_trunk, Account, Directory};
+use crate::calls::registration::{TrunkRegistrations, UNREGISTER_WAIT};
 use crate::calls::sessions::{LocalSessions, SessionRegistry};
 use crate::calls::trunk_health::TrunkHealth;
 use crate::calls::{inbound, Calls, CallsContext};
@@ -171,11 +172,14 @@ pub async fn run(
     });
     tokio::spawn(inbound::route(calls.clone(), incoming));
     calls.start_trunk_monitors();
+    let registrations = Arc::new(TrunkRegistrations::default());
+    let registrars = calls.start_registrations(registrations.clone());
 
     let media_stats = media.stats();
     let sip_for_metrics = sip_for_health.clone();
     let sessions_for_metrics = sessions.clone();
     let health_for_metrics = trunk_health.clone();
+    let registrations_for_metrics = registrations.clone();
     let metrics = move || {
         let mut out = String::new();
         call_stats.render_prometheus(&mut out);
@@ -183,6 +187,7 @@ pub async fn run(
         sip_for_metrics.stats().render_prometheus(&mut out);
         sip_for_metrics.render_door_prometheus(&mut out);
         health_for_metrics.render_prometheus(&mut out);
+        registrations_for_metrics.render_prometheus(&mut out);
         let _ = writeln!(
             out,
             "# HELP gateway_websocket_sessions Browser signaling sessions open.\n# TYPE gateway_websocket_sessions gauge\ngateway_websocket_sessions {}",
@@ -209,6 +214,7 @@ pub async fn run(
         started,
         trunks: config.trunks.iter().map(|t| t.name.clone()).collect(),
         trunk_health: trunk_health.clone(),
+        registrations,
         sip: sip_for_operator,
     };
     let state = state
@@ -263,7 +269,11 @@ pub async fn run(
         }
         _ = shutdown => {}
     }
-    calls.shutdown(SHUTDOWN_GRACE).await;
+    // Calls end and bindings are removed side by side; both waits are short.
+    tokio::join!(
+        calls.shutdown(SHUTDOWN_GRACE),
+        registrars.stop(UNREGISTER_WAIT + Duration::from_millis(500))
+    );
     // Every call's record reaches the database before the process ends.
     let flushing = cdr.clone();
     match tokio::task::spawn_blocking(move || flushing.flush()).await {

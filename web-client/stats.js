@@ -551,9 +551,22 @@ function renderTrunks(trunks) {
     return el('li', { 'data-trunk': str(t.name, ''), 'data-status': status },
       el('span', { class: 'trunk-name' }, str(t.name)),
       el('span', { class: 'badge', 'data-status': status }, status),
-      el('span', { class: 'rtt' }, `OPTIONS round trip ${fmtMs(t.last_options_rtt_ms)}`));
+      el('span', { class: 'rtt' }, `OPTIONS round trip ${fmtMs(t.last_options_rtt_ms)}`),
+      registrationText(t.registration));
   }));
   show(ui.trunksEmpty, list.length === 0);
+}
+
+// A registering trunk's state in words (null: the trunk does not register).
+function registrationText(r) {
+  if (!r || typeof r !== 'object') return null;
+  const text = {
+    registered: () => `registered for ${str(r.expires_s)} s`,
+    failed: () => `registration failed: ${str(r.code)} ${str(r.reason)}, retry in ${str(r.retry_in_s)} s`,
+    registering: () => 'registering…',
+    unregistered: () => 'unregistered',
+  }[r.state];
+  return text ? el('span', { class: 'registration', 'data-state': r.state }, text()) : null;
 }
 
 function renderBans(bans) {

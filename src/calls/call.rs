@@ -95,7 +95,8 @@ pub struct SipLocal {
 }
 
 impl SipLocal {
-    fn contact(&self, user: &str) -> String {
+    /// `<sip:{user}@{host}:{port};transport=udp|tcp|tls>`
+    pub(crate) fn contact(&self, user: &str) -> String {
         format!(
             "<sip:{user}@{}:{};transport={}>",
             self.host,

@@ -59,6 +59,7 @@ fn account() -> Arc<Account> {
             inbound_sources: vec![("127.0.0.1".parse().unwrap(), 32)],
             reject_code: 486,
             options_interval: Duration::ZERO,
+            register: None,
         }),
         caller_stream: CallerStream::RelayOrDecrypt,
         callee_stream: None,

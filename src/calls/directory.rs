@@ -25,6 +25,9 @@ pub struct Trunk {
     pub reject_code: u16,
     /// Between OPTIONS pings; zero: not probed.
     pub options_interval: std::time::Duration,
+    /// The expiry to ask when the gateway REGISTERs to this trunk; `None`:
+    /// it does not.
+    pub register: Option<std::time::Duration>,
 }
 
 impl Trunk {
@@ -102,6 +105,9 @@ impl Directory {
                             .collect(),
                         reject_code: t.reject_code,
                         options_interval: std::time::Duration::from_secs(t.options_interval),
+                        register: t
+                            .register
+                            .then(|| std::time::Duration::from_secs(u64::from(t.register_expires))),
                     }),
                 ))
             })
@@ -182,5 +188,6 @@ pub fn demo_trunk(port: u16) -> Trunk {
         reject_code: 486,
         // It is inside the process: no need to ask whether it is there.
         options_interval: std::time::Duration::ZERO,
+        register: None,
     }
 }

@@ -7,7 +7,8 @@
 //! - [`call`]: the state machine; [`cause`]: the table of end causes;
 //! - [`inbound`]: routing of a trunk's new INVITE (404/480/488/503 or ring);
 //! - [`sessions`]: which browser sessions each account has open;
-//! - [`directory`]: accounts and trunks from the config.
+//! - [`directory`]: accounts and trunks from the config;
+//! - [`trunk_health`], [`registration`]: OPTIONS pings and REGISTER per trunk.
 
 pub mod api;
 pub mod call;
@@ -17,6 +18,7 @@ pub mod cause;
 pub mod directory;
 pub mod driver;
 pub mod inbound;
+pub mod registration;
 pub mod sessions;
 #[cfg(test)]
 mod tests;
@@ -176,6 +178,29 @@ impl Calls {
                 self.ctx.trunk_health.clone(),
             ));
         }
+    }
+
+    /// Starts a registration task for every trunk with `register = true`;
+    /// the returned handle unregisters them at shutdown.
+    pub fn start_registrations(
+        &self,
+        status: Arc<registration::TrunkRegistrations>,
+    ) -> registration::Registrars {
+        let (mut registrars, stop) = registration::Registrars::new();
+        for trunk in self.ctx.directory.trunks() {
+            if trunk.register.is_none() {
+                continue;
+            }
+            let transport = Transport::from(trunk.uri.transport);
+            registrars.spawn(registration::run(
+                trunk.clone(),
+                self.ctx.sip.clone(),
+                self.sip_local(transport),
+                status.clone(),
+                stop.clone(),
+            ));
+        }
+        registrars
     }
 
     fn spawn_task(&self, tx: Commands, task: impl Future<Output = ()> + Send + 'static) {

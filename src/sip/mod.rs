@@ -1,7 +1,8 @@
 //! The SIP layer: message parsing and writing (over `rsip`), RFC 3261 client
 //! transactions, dialogs, digest authentication, the sans-IO outgoing
-//! (`OutgoingCall`) and incoming (`IncomingCall`) call state machines, and the
-//! tokio transport driver (`SipEndpoint`).
+//! (`OutgoingCall`) and incoming (`IncomingCall`) call state machines, the
+//! trunk OPTIONS prober (`probe`) and registration (`register`), and the tokio
+//! transport driver (`SipEndpoint`).
 //!
 //! Everything except `transport` is sans-IO: it takes messages and an explicit
 //! `Instant`, and gives back bytes to send, events and the next deadline.
@@ -11,6 +12,7 @@ pub mod auth_server;
 pub mod dialog;
 pub mod message;
 pub mod probe;
+pub mod register;
 pub mod tls;
 pub mod transaction;
 pub mod transport;

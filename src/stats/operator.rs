@@ -4,10 +4,12 @@
 
 use super::history::History;
 use super::live::{rfc3339, LiveCalls};
+use crate::calls::registration::{RegStatus, TrunkRegistrations};
 use crate::calls::trunk_health::TrunkHealth;
 use crate::cdr::CdrStore;
 use crate::signaling::OperatorView;
 use crate::sip::probe::Health;
+use crate::sip::register::RegState;
 use crate::sip::transport::SipEndpoint;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -25,6 +27,8 @@ pub struct Operator {
     pub trunks: Vec<String>,
     /// Their liveness from OPTIONS pings.
     pub trunk_health: Arc<TrunkHealth>,
+    /// Their registration, for trunks with `register = true`.
+    pub registrations: Arc<TrunkRegistrations>,
     /// The SIP endpoint, for its current bans.
     pub sip: SipEndpoint,
 }
@@ -43,6 +47,26 @@ impl Operator {
                 })
             })
             .collect()
+    }
+}
+
+/// A trunk's registration for the stats page (`null` for a trunk that does
+/// not register).
+fn registration_view(status: &RegStatus) -> Value {
+    let failures = status.failures;
+    match &status.state {
+        RegState::Registering => json!({"state": "registering", "failures": failures}),
+        RegState::Registered { expires } => {
+            json!({"state": "registered", "expires_s": expires.as_secs(), "failures": failures})
+        }
+        RegState::Failed { failure, retry_at } => json!({
+            "state": "failed",
+            "code": failure.code,
+            "reason": failure.reason,
+            "retry_in_s": retry_at.saturating_duration_since(Instant::now()).as_secs(),
+            "failures": failures,
+        }),
+        RegState::Unregistered => json!({"state": "unregistered", "failures": failures}),
     }
 }
 
@@ -68,7 +92,12 @@ impl OperatorView for Operator {
                     Some(Health::Down) => ("down", None),
                     Some(Health::Unknown) | None => ("unknown", None),
                 };
-                json!({"name": name, "status": status, "last_options_rtt_ms": rtt})
+                json!({
+                    "name": name,
+                    "status": status,
+                    "last_options_rtt_ms": rtt,
+                    "registration": self.registrations.get(name).map(|r| registration_view(&r)),
+                })
             })
             .collect();
         json!({

@@ -672,6 +672,10 @@ class TrunkSpec:
     ca_file: Optional[str] = None
     tls_verify: Optional[str] = None
     tls_fingerprint: Optional[str] = None
+    # REGISTER to the trunk with username/password; register_expires is left
+    # out of the config when None (gateway default 3600)
+    register: bool = False
+    register_expires: Optional[int] = None
 
 
 def toml_str(s: str) -> str:
@@ -775,6 +779,10 @@ class Gateway:
             for key in ("ca_file", "tls_verify", "tls_fingerprint", "inbound_username", "inbound_password"):
                 if getattr(t, key) is not None:
                     lines.append(f"{key} = {toml_str(str(getattr(t, key)))}")
+            if t.register:
+                lines.append("register = true")
+            if t.register_expires is not None:
+                lines.append(f"register_expires = {int(t.register_expires)}")
             lines += [
                 "",
                 "[[accounts]]",

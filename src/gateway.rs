@@ -44,6 +44,8 @@ pub enum GatewayError {
     },
     #[error(transparent)]
     Signaling(#[from] signaling::SignalingError),
+    #[error("TLS certificate: {0}")]
+    Cert(#[from] crate::certs::CertError),
     #[error("SIP: {0}")]
     Sip(#[from] crate::sip::SipError),
     #[error("DTLS certificate: {0}")]
@@ -101,6 +103,8 @@ pub async fn run(
         password_hashes.insert(DEMO_ACCOUNT.into(), hash);
     }
 
+    // One certificate for every TLS listener, reloaded hourly and on SIGHUP.
+    let cert = crate::certs::start(&config.server).await?;
     let identity = Arc::new(DtlsIdentity::generate()?);
     let media = MediaEngine::new(
         MediaConfig {
@@ -167,9 +171,6 @@ pub async fn run(
     let state = AppState::new(
         SignalingConfig {
             https_listen: config.server.https_listen,
-            data_dir: data_dir.clone(),
-            tls_cert: config.server.tls_cert.clone(),
-            tls_key: config.server.tls_key.clone(),
             token_secret: secret,
             token_ttl: Duration::from_secs(12 * 3600),
             accounts: password_hashes,
@@ -213,7 +214,7 @@ pub async fn run(
     // Bound before "ready" is logged: a port in use is an error, not a
     // ready gateway that then fails.
     let https = signaling::bind(config.server.https_listen)?;
-    let server = signaling::serve_bound(state, https, async {
+    let server = signaling::serve_bound(state, https, cert.clone(), async {
         let _ = http_stopped.await;
     });
     let mut server = tokio::spawn(server);

@@ -132,7 +132,8 @@ pub struct SipConfig {
     pub limits: SipLimits,
 }
 
-/// `[sip.limits]`: per source outside every trunk's addresses.
+/// `[sip.limits]`: per source outside every trunk's addresses, and the
+/// hygiene of TCP and TLS connections.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SipLimits {
@@ -140,6 +141,17 @@ pub struct SipLimits {
     pub requests_per_second: u32,
     #[serde(default = "default_ban_seconds")]
     pub ban_seconds: u64,
+    /// A TCP or TLS connection with no complete message for this long is
+    /// closed (CRLF keep-alives count as traffic).
+    #[serde(default = "default_idle_seconds")]
+    pub idle_seconds: u64,
+    /// A message started on a TCP or TLS connection must be complete
+    /// within this many seconds (and a TLS handshake must end in it).
+    #[serde(default = "default_message_seconds")]
+    pub message_seconds: u64,
+    /// Open TCP plus TLS connections from one address at most.
+    #[serde(default = "default_connections_per_source")]
+    pub connections_per_source: u32,
 }
 
 impl Default for SipLimits {
@@ -147,8 +159,21 @@ impl Default for SipLimits {
         SipLimits {
             requests_per_second: default_requests_per_second(),
             ban_seconds: default_ban_seconds(),
+            idle_seconds: default_idle_seconds(),
+            message_seconds: default_message_seconds(),
+            connections_per_source: default_connections_per_source(),
         }
     }
+}
+
+fn default_idle_seconds() -> u64 {
+    300
+}
+fn default_message_seconds() -> u64 {
+    10
+}
+fn default_connections_per_source() -> u32 {
+    16
 }
 
 fn default_requests_per_second() -> u32 {
@@ -210,7 +235,14 @@ pub struct TrunkConfig {
     pub srtp_suites: Vec<SrtpSuite>,
     #[serde(default)]
     pub inbound_sources: Vec<String>,
+    /// TLS trunks: the CAs that may sign the trunk's certificate (PEM);
+    /// absent: the system's trust store.
     pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_verify: TlsVerify,
+    /// With `tls_verify = "pinned"`: `sha-256 AB:CD:...` of the trunk's
+    /// certificate.
+    pub tls_fingerprint: Option<String>,
     #[serde(default)]
     pub register: bool,
     /// Sent when every browser session declines an incoming call.
@@ -296,6 +328,17 @@ fn default_suites() -> Vec<SrtpSuite> {
 }
 fn default_retention() -> u32 {
     90
+}
+
+/// How a TLS trunk's certificate is checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsVerify {
+    /// Signed by a CA in `ca_file` (or the system's), for the URI's host.
+    #[default]
+    Ca,
+    /// Exactly the certificate whose SHA-256 is `tls_fingerprint`.
+    Pinned,
 }
 
 /// The SIP transport named in a trunk URI.
@@ -457,11 +500,20 @@ impl Config {
                 "must be between 1 and 3600 seconds".into(),
             );
         }
-        if self.sip.tls_listen.is_some() {
-            add(
-                "sip.tls_listen".into(),
-                "SIP over TLS is not supported yet (udp_listen, tcp_listen)".into(),
-            );
+        for (key, value) in [
+            ("sip.limits.idle_seconds", self.sip.limits.idle_seconds),
+            (
+                "sip.limits.message_seconds",
+                self.sip.limits.message_seconds,
+            ),
+            (
+                "sip.limits.connections_per_source",
+                u64::from(self.sip.limits.connections_per_source),
+            ),
+        ] {
+            if value == 0 {
+                add(key.into(), "must be at least 1".into());
+            }
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             add(
@@ -500,10 +552,13 @@ impl Config {
             }
             match TrunkUri::parse(&trunk.uri) {
                 Err(message) => add(key("uri"), message),
-                Ok(uri) if uri.transport == TrunkTransport::Tls => add(
-                    key("uri"),
-                    "transport=tls toward trunks is not supported yet (udp, tcp)".into(),
-                ),
+                Ok(uri) if uri.transport == TrunkTransport::Tls && self.sip.tls_listen.is_none() => {
+                    add(
+                        key("uri"),
+                        "transport=tls needs sip.tls_listen (the trunk's in-dialog requests come back there)"
+                            .into(),
+                    )
+                }
                 Ok(uri) if uri.transport == TrunkTransport::Tcp && self.sip.tcp_listen.is_none() => {
                     add(
                         key("uri"),
@@ -512,6 +567,27 @@ impl Config {
                     )
                 }
                 Ok(_) => {}
+            }
+            match (trunk.tls_verify, &trunk.tls_fingerprint) {
+                (TlsVerify::Pinned, None) => add(
+                    key("tls_fingerprint"),
+                    "tls_verify = \"pinned\" needs the trunk certificate's \"sha-256 AB:CD:...\""
+                        .into(),
+                ),
+                (TlsVerify::Pinned, Some(f)) if crate::sip::tls::parse_pin(f).is_none() => add(
+                    key("tls_fingerprint"),
+                    format!("{f:?} is not \"sha-256\" and 32 colon-separated hex bytes"),
+                ),
+                (TlsVerify::Ca, Some(_)) => add(
+                    key("tls_fingerprint"),
+                    "only used with tls_verify = \"pinned\"".into(),
+                ),
+                _ => {}
+            }
+            if let Some(ca) = &trunk.ca_file {
+                if let Err(e) = crate::sip::tls::read_ca_file(ca) {
+                    add(key("ca_file"), e.to_string());
+                }
             }
             if trunk.username.is_some() != trunk.password.is_some() {
                 add(
@@ -766,6 +842,48 @@ trunk = "carrier"
         let text = full().replace("callee_stream = \"sdes\"", "callee_stream = \"decrypted\"");
         let problems = parse(&text).unwrap().problems();
         assert_eq!(problems[0].key, "trunks[0].callee_stream");
+    }
+
+    #[test]
+    fn tls_trunks_need_a_listener_and_a_usable_check() {
+        let tls = full().replace("transport=udp", "transport=tls");
+        let keys = |text: &str| -> Vec<String> {
+            parse(text)
+                .unwrap()
+                .problems()
+                .into_iter()
+                .map(|p| p.key)
+                .collect()
+        };
+        assert_eq!(keys(&tls), ["trunks[0].uri"]);
+        let tls = tls.replace("[sip]\n", "[sip]\ntls_listen = \"127.0.0.1:5061\"\n");
+        assert!(keys(&tls).is_empty(), "{:?}", keys(&tls));
+        let pinned = tls.replace(
+            "inbound_sources",
+            "tls_verify = \"pinned\"\ninbound_sources",
+        );
+        assert_eq!(keys(&pinned), ["trunks[0].tls_fingerprint"]);
+        let bad_pin = pinned.replace(
+            "inbound_sources",
+            "tls_fingerprint = \"sha-256 AB:CD\"\ninbound_sources",
+        );
+        assert_eq!(keys(&bad_pin), ["trunks[0].tls_fingerprint"]);
+        let missing_ca = tls.replace(
+            "inbound_sources",
+            "ca_file = \"/nonexistent/ca.pem\"\ninbound_sources",
+        );
+        assert_eq!(keys(&missing_ca), ["trunks[0].ca_file"]);
+        let limits = tls.replace(
+            "[media]",
+            "[sip.limits]\nidle_seconds = 0\nconnections_per_source = 0\n\n[media]",
+        );
+        assert_eq!(
+            keys(&limits),
+            [
+                "sip.limits.idle_seconds",
+                "sip.limits.connections_per_source"
+            ]
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::media::dtls::DtlsIdentity;
 use crate::media::{MediaConfig, MediaEngine};
 use crate::signaling::{self, auth, AccessLimits, AppState, SignalingConfig};
 use crate::sip::transport::door::DoorConfig;
-use crate::sip::transport::{EndpointConfig, SipEndpoint};
+use crate::sip::transport::{EndpointConfig, SipEndpoint, StreamLimits};
 use crate::stats::history::History;
 use crate::stats::live::LiveCalls;
 use crate::stats::operator::Operator;
@@ -48,6 +48,11 @@ pub enum GatewayError {
     Cert(#[from] crate::certs::CertError),
     #[error("SIP: {0}")]
     Sip(#[from] crate::sip::SipError),
+    #[error("trunk {trunk}: {source}")]
+    TrunkTls {
+        trunk: String,
+        source: crate::sip::tls::TlsSetupError,
+    },
     #[error("DTLS certificate: {0}")]
     Dtls(#[from] crate::media::dtls::DtlsError),
     #[error("call records: {0}")]
@@ -115,9 +120,23 @@ pub async fn run(
         },
         identity,
     );
+    // The HTTPS certificate, looked up per handshake: a reload reaches new
+    // SIP-TLS connections too.
+    let tls_listen = config.sip.tls_listen.map(|addr| {
+        (
+            addr,
+            Arc::new(crate::certs::sip_server_config(cert.clone())),
+        )
+    });
     let (sip, incoming) = SipEndpoint::start_with(EndpointConfig {
         udp_listen: config.sip.udp_listen,
         tcp_listen: config.sip.tcp_listen,
+        tls_listen,
+        stream_limits: StreamLimits {
+            idle: Duration::from_secs(config.sip.limits.idle_seconds),
+            message: Duration::from_secs(config.sip.limits.message_seconds),
+            per_source: config.sip.limits.connections_per_source as usize,
+        },
         door: DoorConfig {
             known: known_sources(&config, demo_password.is_some()).await,
             answer_strangers: config.sip.answer_strangers,
@@ -127,6 +146,7 @@ pub async fn run(
         },
     })
     .await?;
+    add_tls_trunks(&config, &sip).await?;
     let sip_for_health = sip.clone();
     let sip_for_operator = sip.clone();
     let call_stats = Arc::new(CallStats::default());
@@ -257,6 +277,41 @@ pub async fn run(
     let _ = stop_http.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     info!("stopped");
+    Ok(())
+}
+
+/// Tells the SIP endpoint how to check each TLS trunk, at its address.
+async fn add_tls_trunks(config: &Config, sip: &SipEndpoint) -> Result<(), GatewayError> {
+    for trunk in &config.trunks {
+        let Ok(uri) = TrunkUri::parse(&trunk.uri) else {
+            continue;
+        };
+        if uri.transport != crate::config::TrunkTransport::Tls {
+            continue;
+        }
+        let tls = crate::sip::tls::TrunkTls {
+            host: uri.host.clone(),
+            verify: trunk.tls_verify,
+            ca_file: trunk.ca_file.clone(),
+            fingerprint: trunk.tls_fingerprint.clone(),
+        };
+        let peer = crate::sip::tls::TlsPeer::for_trunk(&trunk.name, &tls).map_err(|source| {
+            GatewayError::TrunkTls {
+                trunk: trunk.name.clone(),
+                source,
+            }
+        })?;
+        match tokio::net::lookup_host((uri.host.clone(), uri.port)).await {
+            Ok(addrs) => {
+                for addr in addrs {
+                    sip.add_tls_peer(addr, peer.clone());
+                }
+            }
+            Err(e) => {
+                warn!(trunk = %trunk.name, error = %e, "TLS trunk address does not resolve; nothing is sent to it")
+            }
+        }
+    }
     Ok(())
 }
 

@@ -96,13 +96,11 @@ pub struct SipLocal {
 
 impl SipLocal {
     fn contact(&self, user: &str) -> String {
-        let transport = match self.transport {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        };
         format!(
-            "<sip:{user}@{}:{};transport={transport}>",
-            self.host, self.port
+            "<sip:{user}@{}:{};transport={}>",
+            self.host,
+            self.port,
+            self.transport.uri_param()
         )
     }
 }
@@ -601,11 +599,13 @@ impl Call {
 
     /// Sending toward the trunk failed on a connection-oriented transport
     /// (RFC 3261 8.1.3.1: as a 503).
-    pub fn handle_transport_error(&mut self, now: Instant) {
+    /// A send over TCP or TLS failed; `reason` says why, in words the
+    /// browser may see (never a key or password).
+    pub fn handle_transport_error(&mut self, now: Instant, reason: String) {
         if self.c.finished {
             return;
         }
-        let cause = Cause::TrunkUnreachable("the trunk cannot be reached".into());
+        let cause = Cause::TrunkUnreachable(reason);
         match &mut self.kind {
             Kind::Outgoing(_) | Kind::Refused => {
                 // The dialog cannot finish over a dead connection.

@@ -101,16 +101,21 @@ pub async fn run(mut call: Call, io: CallIo) {
     let mut on_over = Some(on_over);
 
     loop {
-        let mut transport_failed = false;
+        let mut transport_failed: Option<String> = None;
         while let Some(output) = call.poll_output() {
             match output {
                 Output::Sip { to, bytes } => {
                     observe_sip(&live, "out", &bytes);
                     if let Err(e) = sip.send(to, transport, bytes).await {
                         warn!(error = %e, "sending to the trunk failed");
-                        // Over TCP a failed send is a transport error (RFC
-                        // 3261 8.1.3.1); over UDP the timers decide.
-                        transport_failed |= transport == Transport::Tcp;
+                        // Over TCP and TLS a failed send is a transport
+                        // error (RFC 3261 8.1.3.1); over UDP the timers decide.
+                        if transport.is_reliable() {
+                            transport_failed = Some(match e {
+                                crate::sip::SipError::Tls { reason, .. } => reason,
+                                _ => "the trunk cannot be reached".into(),
+                            });
+                        }
                     }
                 }
                 Output::Session { session, event } => {
@@ -158,8 +163,8 @@ pub async fn run(mut call: Call, io: CallIo) {
             });
         }
         live.update(&info);
-        if transport_failed {
-            call.handle_transport_error(Instant::now());
+        if let Some(reason) = transport_failed {
+            call.handle_transport_error(Instant::now(), reason);
             continue;
         }
         if call.is_over_for_browsers() {

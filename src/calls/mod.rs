@@ -23,7 +23,6 @@ mod tests;
 pub mod trunk_health;
 
 use crate::cdr::CdrStore;
-use crate::config::TrunkTransport;
 use crate::media::MediaEngine;
 use crate::sip::transport::SipEndpoint;
 use crate::sip::Transport;
@@ -137,16 +136,14 @@ impl Calls {
 
     /// Where our SIP side is for a dialog on `transport`, for Via and Contact.
     fn sip_local(&self, transport: Transport) -> SipLocal {
-        // The TCP listener is where in-dialog requests come back on TCP
-        // trunks (config validation makes sure there is one).
+        // The TCP (TLS) listener is where in-dialog requests come back on
+        // TCP (TLS) trunks (config validation makes sure there is one).
         let local = match transport {
-            Transport::Tcp => self
-                .ctx
-                .sip
-                .tcp_local_addr()
-                .unwrap_or(self.ctx.sip.local_addr()),
-            Transport::Udp => self.ctx.sip.local_addr(),
-        };
+            Transport::Tcp => self.ctx.sip.tcp_local_addr(),
+            Transport::Tls => self.ctx.sip.tls_local_addr(),
+            Transport::Udp => None,
+        }
+        .unwrap_or(self.ctx.sip.local_addr());
         // Via and Contact name where the trunk reaches our SIP socket: its own
         // address, or public_ip when it listens on all addresses (NAT setups).
         let host = if local.ip().is_unspecified() {
@@ -168,11 +165,7 @@ impl Calls {
             if trunk.options_interval.is_zero() {
                 continue;
             }
-            let transport = match trunk.uri.transport {
-                TrunkTransport::Tcp => Transport::Tcp,
-                _ => Transport::Udp,
-            };
-            let local = self.sip_local(transport);
+            let local = self.sip_local(trunk.uri.transport.into());
             tokio::spawn(trunk_health::monitor(
                 trunk.clone(),
                 self.ctx.sip.clone(),
@@ -276,15 +269,7 @@ async fn run_outgoing(
         });
     };
     let trunk = req.account.trunk.clone();
-    let transport = match trunk.uri.transport {
-        TrunkTransport::Udp => Transport::Udp,
-        TrunkTransport::Tcp => Transport::Tcp,
-        TrunkTransport::Tls => {
-            return refuse(Cause::NotSupported(
-                "SIP over TLS is not supported yet".into(),
-            ))
-        }
-    };
+    let transport = Transport::from(trunk.uri.transport);
     if ctx.trunk_health.is_down(&trunk.name) {
         return refuse(Cause::TrunkUnreachable(format!(
             "trunk {} is not answering (OPTIONS)",

@@ -4,7 +4,6 @@
 //! `/metrics` and the log show each trunk's state.
 
 use super::directory::Trunk;
-use crate::config::TrunkTransport;
 use crate::sip::probe::{Health, OptionsProbe, ProbeConfig, ProbeEvent};
 use crate::sip::transport::SipEndpoint;
 use crate::sip::Transport;
@@ -105,11 +104,7 @@ pub async fn monitor(
     local: ProbeLocal,
     health: Arc<TrunkHealth>,
 ) {
-    let transport = match trunk.uri.transport {
-        TrunkTransport::Udp => Transport::Udp,
-        TrunkTransport::Tcp => Transport::Tcp,
-        TrunkTransport::Tls => return,
-    };
+    let transport = Transport::from(trunk.uri.transport);
     let Some(destination) = tokio::net::lookup_host((trunk.uri.host.as_str(), trunk.uri.port))
         .await
         .ok()

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod dialog;
 pub mod message;
 pub mod probe;
+pub mod tls;
 pub mod transaction;
 pub mod transport;
 pub mod uac;
@@ -31,24 +32,45 @@ pub const T2: Duration = Duration::from_secs(4);
 /// RFC 3261 timer T4: maximum time a message stays in the network.
 pub const T4: Duration = Duration::from_secs(5);
 
-/// The transport a SIP message travels on. Reliable transports (TCP) switch
-/// off the retransmission timers (RFC 3261 section 17).
+/// The transport a SIP message travels on. Reliable transports (TCP, TLS)
+/// switch off the retransmission timers (RFC 3261 section 17).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Transport {
     pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp)
+        matches!(self, Transport::Tcp | Transport::Tls)
     }
 
-    /// The token used in `Via: SIP/2.0/UDP` and `;transport=udp`.
+    /// The token used in `Via: SIP/2.0/UDP`.
     pub fn via_name(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+
+    /// The value of a URI's `;transport=` parameter.
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+impl From<crate::config::TrunkTransport> for Transport {
+    fn from(t: crate::config::TrunkTransport) -> Self {
+        match t {
+            crate::config::TrunkTransport::Udp => Transport::Udp,
+            crate::config::TrunkTransport::Tcp => Transport::Tcp,
+            crate::config::TrunkTransport::Tls => Transport::Tls,
         }
     }
 }
@@ -96,6 +118,11 @@ pub enum SipError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The TLS connection to a peer could not be made safely (its
+    /// certificate is not trusted, no TLS profile for the address, the
+    /// handshake failed). Nothing was sent, over any transport.
+    #[error("TLS to {addr} failed: {reason}")]
+    Tls { addr: SocketAddr, reason: String },
 }
 
 impl SipError {

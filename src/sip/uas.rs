@@ -98,7 +98,8 @@ impl IncomingCall {
         };
         let via = message::top_via(&invite)?;
         let transport = match via.transport {
-            rsip::Transport::Tcp | rsip::Transport::Tls => Transport::Tcp,
+            rsip::Transport::Tcp => Transport::Tcp,
+            rsip::Transport::Tls => Transport::Tls,
             _ => Transport::Udp,
         };
         let mut call = IncomingCall {

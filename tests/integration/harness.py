@@ -201,7 +201,7 @@ class Baresip:
     """
 
     def __init__(self, workdir: Path, tone_wav: Path, user: str = "1000", srtp: bool = True,
-                 name: str = "baresip", answer: bool = True):
+                 name: str = "baresip", answer: bool = True, tls_certificate: Optional[Path] = None):
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dump_dir = self.dir / "dump"
@@ -211,6 +211,12 @@ class Baresip:
         self.srtp = srtp
         self.tone_wav = tone_wav
         self.answer = answer
+        # SIP over TLS too when given a certificate (PEM: certificate and
+        # key): baresip 1.0 listens for TLS on sip_port + 1.
+        self.tls_certificate = tls_certificate
+        # Listening addresses of the other side ("127.0.0.1:port"), for
+        # messages on connections baresip opened (see _direction).
+        self.peers: set[str] = set()
         self.sip_port = free_port(span=2)
         self.ctrl_port = free_port()
         self.proc: Optional[subprocess.Popen] = None
@@ -219,6 +225,10 @@ class Baresip:
     @property
     def uri(self) -> str:
         return f"sip:{self.user}@127.0.0.1:{self.sip_port}"
+
+    @property
+    def tls_port(self) -> int:
+        return self.sip_port + 1
 
     def write_config(self):
         modules = ["g711.so", "aufile.so", "aubridge.so", "sndfile.so", "ctrl_tcp.so"]
@@ -235,6 +245,7 @@ class Baresip:
             f"snd_path {self.dump_dir}",
             f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
             f"sip_listen 127.0.0.1:{self.sip_port}",
+            *([f"sip_certificate {self.tls_certificate}"] if self.tls_certificate else []),
             "rtp_ports 30000-31999",
             "rtp_stats yes",
             "statmode_default off",
@@ -334,18 +345,30 @@ class Baresip:
                 out.append(SipMessage(m.group(1), m.group(2), m.group(3), m.group(4).strip(), block))
         return out
 
+    def _me(self) -> set[str]:
+        return {f"127.0.0.1:{self.sip_port}", f"127.0.0.1:{self.tls_port}"}
+
+    def _direction(self, m: SipMessage) -> str:
+        """"in" or "out" for baresip. Its trace names no direction; over a
+        TLS connection baresip opened, its own end is an ephemeral port, so
+        the gateway's listening addresses (`self.peers`) decide."""
+        if m.src in self.peers:
+            return "in"
+        if m.dst in self.peers:
+            return "out"
+        me = self._me()
+        return "in" if m.dst in me else "out" if m.src in me else ""
+
     def received(self, method: str = "", status: int = 0) -> list[SipMessage]:
-        me = f"127.0.0.1:{self.sip_port}"
         return [
             m for m in self.sip_messages()
-            if m.dst == me and (not method or m.method == method) and (not status or m.status == status)
+            if self._direction(m) == "in" and (not method or m.method == method) and (not status or m.status == status)
         ]
 
     def sent(self, method: str = "", status: int = 0) -> list[SipMessage]:
-        me = f"127.0.0.1:{self.sip_port}"
         return [
             m for m in self.sip_messages()
-            if m.src == me and (not method or m.method == method) and (not status or m.status == status)
+            if self._direction(m) == "out" and (not method or m.method == method) and (not status or m.status == status)
         ]
 
     def call_established(self) -> bool:
@@ -637,6 +660,10 @@ class TrunkSpec:
     # OPTIONS pings to the trunk: off unless a test asks (SIPp scenarios
     # would take an unexpected OPTIONS for a failed call)
     options_interval: int = 0
+    # TLS trunks: CA file, "ca" | "pinned", "sha-256 AB:..."
+    ca_file: Optional[str] = None
+    tls_verify: Optional[str] = None
+    tls_fingerprint: Optional[str] = None
 
 
 def toml_str(s: str) -> str:
@@ -650,7 +677,8 @@ class Gateway:
     def __init__(self, workdir: Path, trunk: Optional[TrunkSpec] = None, account: str = "alice",
                  password: Optional[str] = None, use_config: bool = True, tcp: bool = False,
                  ring_timeout: Optional[int] = None, redact: bool = False,
-                 privacy: Optional[dict] = None, operator_password: Optional[str] = None):
+                 privacy: Optional[dict] = None, operator_password: Optional[str] = None,
+                 tls: bool = False, sip_limits: Optional[dict] = None):
         self.dir = workdir / "gateway"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "gateway.log"
@@ -663,6 +691,10 @@ class Gateway:
         self.sip_port = free_port() if use_config else 5060
         # SIP over TCP too ([sip] tcp_listen), on a port of its own
         self.sip_tcp_port: Optional[int] = free_port() if (use_config and tcp) else None
+        # SIP over TLS ([sip] tls_listen), with the gateway's HTTPS certificate
+        self.sip_tls_port: Optional[int] = free_port() if (use_config and tls) else None
+        # [sip.limits] keys (idle_seconds, message_seconds, ...)
+        self.sip_limits = dict(sip_limits or {})
         # [sip] ring_timeout: seconds an incoming call rings before 408 (gateway default 120)
         self.ring_timeout = ring_timeout
         # `redact = true` on the account; `privacy` the keys of [privacy]
@@ -701,8 +733,14 @@ class Gateway:
         ]
         if self.sip_tcp_port:
             lines.append(f'tcp_listen = "127.0.0.1:{self.sip_tcp_port}"')
+        if self.sip_tls_port:
+            lines.append(f'tls_listen = "127.0.0.1:{self.sip_tls_port}"')
         if self.ring_timeout is not None:
             lines.append(f"ring_timeout = {int(self.ring_timeout)}")
+        if self.sip_limits:
+            lines.append("[sip.limits]")
+            for k, v in self.sip_limits.items():
+                lines.append(f"{k} = {json.dumps(v)}")
         lines += [
             "",
             "[media]",
@@ -726,6 +764,9 @@ class Gateway:
                 lines += [f"username = {toml_str(t.username)}", f"password = {toml_str(t.password or '')}"]
             if t.reject_code is not None:
                 lines.append(f"reject_code = {int(t.reject_code)}")
+            for key in ("ca_file", "tls_verify", "tls_fingerprint"):
+                if getattr(t, key) is not None:
+                    lines.append(f"{key} = {toml_str(str(getattr(t, key)))}")
             lines += [
                 "",
                 "[[accounts]]",
@@ -1177,3 +1218,64 @@ def save_result(workdir: Path, **values):
     old.update(values)
     path.write_text(json.dumps(old, indent=2, default=str) + "\n")
     print(f"[result] {json.dumps(values, default=str)}")
+
+
+# --------------------------------------------------------------------------
+# Certificates for TLS trunks
+
+
+@dataclass
+class TestPki:
+    ca: Path            # the CA's certificate (PEM): a trunk's ca_file
+    server: Path        # certificate + key (PEM) for 127.0.0.1, signed by the CA
+    fingerprint: str    # "sha-256 AB:CD:..." of the server certificate
+
+
+def make_pki(directory: Path, name: str = "pki") -> TestPki:
+    """A throwaway CA and an ECDSA P-256 certificate it signed for
+    127.0.0.1 (what a TLS trunk presents)."""
+    import datetime
+    import hashlib
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory = directory / name
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"test CA {name}")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_path = directory / "ca.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    server_path = directory / "server.pem"
+    server_path.write_bytes(
+        leaf.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption()))
+    digest = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
+    fingerprint = "sha-256 " + ":".join(digest[i:i + 2] for i in range(0, 64, 2))
+    return TestPki(ca=ca_path, server=server_path, fingerprint=fingerprint)

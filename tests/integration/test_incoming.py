@@ -176,7 +176,7 @@ def gw_uri(gw: Gateway, user: str = ACCOUNT) -> str:
 # 1, 2. baresip calls alice, two sessions ring, one answers: audio both ways
 
 
-async def _incoming_audio_call(gw: Gateway, trunk, n_sessions: int = 2):
+async def _incoming_audio_call(gw: Gateway, trunk, n_sessions: int = 2, uri: str = ""):
     """baresip dials the account; every session gets `incoming`; the first
     accepts, the others must get hangup 200 "answered elsewhere"; media
     both ways measured; the browser hangs up and baresip must get BYE."""
@@ -184,7 +184,7 @@ async def _incoming_audio_call(gw: Gateway, trunk, n_sessions: int = 2):
     winner, others = peers[0], peers[1:]
     try:
         t_dial = time.monotonic()
-        trunk.dial(gw_uri(gw))
+        trunk.dial(uri or gw_uri(gw))
         incoming = [await p.wait_incoming(10) for p in peers]
         t_incoming = time.monotonic()
         invite = wait_until(lambda: (trunk.sent("INVITE") or [None])[0], 5, "baresip's INVITE in its trace")

@@ -13,9 +13,11 @@
 //! in the call's channel instead of reaching the B2BUA a second time.
 
 pub mod door;
-mod tcp;
+mod stream;
 pub mod traffic;
 mod udp;
+
+pub use stream::StreamLimits;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -72,6 +74,13 @@ pub struct EndpointStats {
     pub incoming_queue_full: AtomicU64,
     /// Responses matching no call.
     pub stray_responses: AtomicU64,
+    /// TCP and TLS connections closed at accept (stranger, banned, caps).
+    pub connections_refused: AtomicU64,
+    /// TCP and TLS connections closed for a time limit (handshake, idle,
+    /// a message not completed).
+    pub connections_timed_out: AtomicU64,
+    /// TLS connections to trunks that failed (certificate, handshake).
+    pub tls_failures: AtomicU64,
     /// Messages in and out by method and status.
     pub traffic: traffic::SipTraffic,
 }
@@ -84,7 +93,7 @@ impl EndpointStats {
     /// Appends the SIP plane's counters in Prometheus text format.
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write;
-        let counters: [(&str, &str, &AtomicU64); 5] = [
+        let counters: [(&str, &str, &AtomicU64); 8] = [
             (
                 "gateway_sip_malformed_dropped_total",
                 "Unparseable SIP messages that could not be answered.",
@@ -110,6 +119,21 @@ impl EndpointStats {
                 "SIP responses that matched no call.",
                 &self.stray_responses,
             ),
+            (
+                "gateway_sip_connections_refused_total",
+                "SIP TCP/TLS connections closed at accept (stranger, banned, over a cap).",
+                &self.connections_refused,
+            ),
+            (
+                "gateway_sip_connections_timed_out_total",
+                "SIP TCP/TLS connections closed for a time limit (handshake, idle, stalled message).",
+                &self.connections_timed_out,
+            ),
+            (
+                "gateway_sip_tls_failures_total",
+                "TLS connections to trunks that failed (certificate not accepted, handshake).",
+                &self.tls_failures,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -127,7 +151,10 @@ impl EndpointStats {
 pub struct EndpointConfig {
     pub udp_listen: SocketAddr,
     pub tcp_listen: Option<SocketAddr>,
+    /// SIP over TLS: where, and the server side's rustls configuration.
+    pub tls_listen: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
     pub door: door::DoorConfig,
+    pub stream_limits: StreamLimits,
 }
 
 #[derive(Clone)]
@@ -140,6 +167,7 @@ impl std::fmt::Debug for SipEndpoint {
         f.debug_struct("SipEndpoint")
             .field("udp", &self.inner.udp_addr)
             .field("tcp", &self.inner.tcp_addr)
+            .field("tls", &self.inner.tls_addr)
             .finish()
     }
 }
@@ -148,11 +176,15 @@ struct Inner {
     udp: Arc<UdpSocket>,
     udp_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     calls: Mutex<HashMap<String, mpsc::Sender<SipMessage>>>,
     pending: Mutex<HashMap<String, Pending>>,
     incoming: mpsc::Sender<IncomingRequest>,
-    tcp: tcp::Connections,
+    /// TCP and TLS connections.
+    streams: stream::Connections,
+    stream_limits: StreamLimits,
     stats: EndpointStats,
+    /// The receive loop and listeners.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Where each received request came from, by its top Via branch, so that
     /// its responses go back there whatever destination the sender names
@@ -182,7 +214,7 @@ impl Drop for Inner {
                 t.abort();
             }
         }
-        self.tcp.close_all();
+        self.streams.close_all();
     }
 }
 
@@ -193,7 +225,9 @@ pub async fn start(
     start_with(EndpointConfig {
         udp_listen,
         tcp_listen: None,
+        tls_listen: None,
         door: door::DoorConfig::open(),
+        stream_limits: StreamLimits::default(),
     })
     .await
 }
@@ -215,28 +249,30 @@ pub async fn start_with(
         source,
     })?;
     let listener = match cfg.tcp_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| SipError::Bind {
-                    transport: Transport::Tcp,
-                    addr,
-                    source,
-                })?,
-        ),
+        Some(addr) => Some(bind_stream(addr, Transport::Tcp).await?),
         None => None,
     };
     let tcp_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+    let tls_listener = match &cfg.tls_listen {
+        Some((addr, config)) => Some((
+            bind_stream(*addr, Transport::Tls).await?,
+            tokio_rustls::TlsAcceptor::from(config.clone()),
+        )),
+        None => None,
+    };
+    let tls_addr = tls_listener.as_ref().and_then(|(l, _)| l.local_addr().ok());
     let (incoming, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
     let udp = Arc::new(udp);
     let inner = Arc::new(Inner {
         udp: udp.clone(),
         udp_addr,
         tcp_addr,
+        tls_addr,
         calls: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
         incoming,
-        tcp: tcp::Connections::default(),
+        streams: stream::Connections::default(),
+        stream_limits: cfg.stream_limits,
         stats: EndpointStats::default(),
         door: door::Door::new(cfg.door.clone()),
         tasks: Mutex::new(Vec::new()),
@@ -244,16 +280,34 @@ pub async fn start_with(
     });
     let mut tasks = vec![tokio::spawn(udp::receive_loop(udp, Arc::downgrade(&inner)))];
     if let Some(listener) = listener {
-        tasks.push(tokio::spawn(tcp::accept_loop(
+        tasks.push(tokio::spawn(stream::accept_loop(
             listener,
+            None,
+            Arc::downgrade(&inner),
+        )));
+    }
+    if let Some((listener, acceptor)) = tls_listener {
+        tasks.push(tokio::spawn(stream::accept_loop(
+            listener,
+            Some(acceptor),
             Arc::downgrade(&inner),
         )));
     }
     if let Ok(mut t) = inner.tasks.lock() {
         t.extend(tasks);
     }
-    tracing::info!(udp = %udp_addr, tcp = ?tcp_addr, "SIP endpoint listening");
+    tracing::info!(udp = %udp_addr, tcp = ?tcp_addr, tls = ?tls_addr, "SIP endpoint listening");
     Ok((SipEndpoint { inner }, incoming_rx))
+}
+
+async fn bind_stream(addr: SocketAddr, transport: Transport) -> Result<TcpListener, SipError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| SipError::Bind {
+            transport,
+            addr,
+            source,
+        })
 }
 
 impl SipEndpoint {
@@ -279,6 +333,18 @@ impl SipEndpoint {
     /// The bound TCP address, when TCP is enabled.
     pub fn tcp_local_addr(&self) -> Option<SocketAddr> {
         self.inner.tcp_addr
+    }
+
+    /// The bound TLS address, when SIP over TLS is enabled.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.inner.tls_addr
+    }
+
+    /// How TLS connections to `addr` (a TLS trunk's address; also used for
+    /// other ports of the same host) are checked. Without one, nothing is
+    /// sent over TLS to that host.
+    pub fn add_tls_peer(&self, addr: SocketAddr, peer: super::tls::TlsPeer) {
+        self.inner.streams.add_tls_peer(addr, peer);
     }
 
     pub fn stats(&self) -> &EndpointStats {
@@ -316,16 +382,14 @@ impl SipEndpoint {
         );
     }
 
-    /// Whether the receive tasks (UDP, and the TCP listener if any) still
-    /// run: `/healthz` reports the SIP plane down when one has ended.
+    /// Whether the receive tasks (UDP, and the TCP and TLS listeners if
+    /// any) still run: `/healthz` reports the SIP plane down when one has
+    /// ended.
     pub fn is_running(&self) -> bool {
-        // The listeners are the first tasks pushed; TCP connection tasks
-        // after them come and go with their peers.
-        let listeners = 1 + usize::from(self.inner.tcp_addr.is_some());
         self.inner
             .tasks
             .lock()
-            .map(|tasks| tasks.iter().take(listeners).all(|t| !t.is_finished()))
+            .map(|tasks| tasks.iter().all(|t| !t.is_finished()))
             .unwrap_or(false)
     }
 
@@ -401,7 +465,7 @@ impl Inner {
                     addr: dest,
                     source,
                 }),
-            Transport::Tcp => tcp::send(self, dest, data).await,
+            Transport::Tcp | Transport::Tls => stream::send(self, dest, transport, data).await,
         }
     }
 

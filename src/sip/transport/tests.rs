@@ -166,7 +166,9 @@ async fn invite_200_ack_bye_over_tcp() {
     let cfg = EndpointConfig {
         udp_listen: local(),
         tcp_listen: Some(local()),
+        tls_listen: None,
         door: super::door::DoorConfig::open(),
+        stream_limits: super::StreamLimits::default(),
     };
     let (gw, _gw_in) = start_with(cfg.clone()).await.unwrap();
     let (trunk, trunk_in) = start_with(cfg).await.unwrap();
@@ -311,4 +313,260 @@ Content-Length: 0\r\n\r\n";
         .unwrap()
         .unwrap();
     assert!(buf[..n].starts_with(b"OPTIONS"));
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, as a TLS trunk has.
+struct TestPki {
+    ca_pem: String,
+    server: Arc<rustls::ServerConfig>,
+    leaf_der: Vec<u8>,
+}
+
+fn test_pki() -> TestPki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test trunk CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(crate::sip::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    TestPki {
+        ca_pem: ca.pem(),
+        server: Arc::new(server),
+        leaf_der: leaf.der().to_vec(),
+    }
+}
+
+fn tls_config(server: Option<Arc<rustls::ServerConfig>>, limits: StreamLimits) -> EndpointConfig {
+    EndpointConfig {
+        udp_listen: local(),
+        tcp_listen: Some(local()),
+        tls_listen: server.map(|s| (local(), s)),
+        door: super::door::DoorConfig::open(),
+        stream_limits: limits,
+    }
+}
+
+fn trunk_profile(ca_pem: &str, pin: Option<String>) -> crate::sip::tls::TlsPeer {
+    let dir = std::env::temp_dir().join(format!(
+        "sip-tls-test-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let tls = crate::sip::tls::TrunkTls {
+        host: "127.0.0.1".into(),
+        verify: if pin.is_some() {
+            crate::config::TlsVerify::Pinned
+        } else {
+            crate::config::TlsVerify::Ca
+        },
+        ca_file: Some(ca_file),
+        fingerprint: pin,
+    };
+    let peer = crate::sip::tls::TlsPeer::for_trunk("trunk", &tls).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    peer
+}
+
+#[tokio::test]
+async fn invite_200_ack_bye_over_tls_with_a_verified_trunk() {
+    let pki = test_pki();
+    let (gw, _gw_in) = start_with(tls_config(
+        Some(pki.server.clone()),
+        StreamLimits::default(),
+    ))
+    .await
+    .unwrap();
+    let (trunk, trunk_in) = start_with(tls_config(
+        Some(pki.server.clone()),
+        StreamLimits::default(),
+    ))
+    .await
+    .unwrap();
+    let dest = trunk.tls_local_addr().unwrap();
+    gw.add_tls_peer(dest, trunk_profile(&pki.ca_pem, None));
+    let (done_tx, mut done_rx) = mpsc::channel(1);
+    tokio::spawn(echo_trunk(trunk.clone(), trunk_in, done_tx));
+    let uac_events = timeout(WAIT, place_call(&gw, dest, Transport::Tls))
+        .await
+        .expect("call finished");
+    let uas_events = timeout(WAIT, done_rx.recv()).await.unwrap().unwrap();
+    check_call(&uac_events, &uas_events);
+    assert!(received(&trunk, "INVITE") >= 1);
+}
+
+/// Requests of `method` an endpoint received, from its metrics.
+fn received(ep: &SipEndpoint, method: &str) -> u64 {
+    let mut out = String::new();
+    ep.stats().traffic.render_prometheus(&mut out);
+    let prefix = format!("gateway_sip_requests_total{{direction=\"in\",method=\"{method}\"}} ");
+    out.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn pinned_trunk_certificate_is_accepted_and_another_is_not() {
+    let pki = test_pki();
+    let (gw, _gw_in) = start_with(tls_config(None, StreamLimits::default()))
+        .await
+        .unwrap();
+    let (trunk, mut trunk_in) = start_with(tls_config(
+        Some(pki.server.clone()),
+        StreamLimits::default(),
+    ))
+    .await
+    .unwrap();
+    let dest = trunk.tls_local_addr().unwrap();
+    let invite = |branch: &str| {
+        Bytes::from(format!(
+            "OPTIONS sip:t@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:9;branch=z9hG4bK{branch}\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:t@127.0.0.1>\r\nCall-ID: {branch}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ))
+    };
+    // Someone else's certificate under the pin: nothing leaves.
+    let other = test_pki();
+    let wrong = format!("sha-256 {}", crate::sip::tls::fingerprint(&other.leaf_der));
+    gw.add_tls_peer(dest, trunk_profile(&pki.ca_pem, Some(wrong)));
+    let err = gw
+        .send(dest, Transport::Tls, invite("a"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SipError::Tls { .. }), "{err}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    assert_eq!(gw.stats().tls_failures.load(Ordering::Relaxed), 1);
+    // The right pin: the message arrives.
+    let right = format!("sha-256 {}", crate::sip::tls::fingerprint(&pki.leaf_der));
+    gw.add_tls_peer(dest, trunk_profile(&other.ca_pem, Some(right)));
+    gw.send(dest, Transport::Tls, invite("b")).await.unwrap();
+    // OPTIONS is answered by the endpoint itself, never queued as a call.
+    timeout(WAIT, async {
+        while received(&trunk, "OPTIONS") == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(trunk_in.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn an_untrusted_trunk_gets_nothing_on_any_transport() {
+    let pki = test_pki();
+    let stranger_ca = test_pki();
+    let (gw, _gw_in) = start_with(tls_config(None, StreamLimits::default()))
+        .await
+        .unwrap();
+    let (trunk, _trunk_in) = start_with(tls_config(
+        Some(pki.server.clone()),
+        StreamLimits::default(),
+    ))
+    .await
+    .unwrap();
+    let dest = trunk.tls_local_addr().unwrap();
+    gw.add_tls_peer(dest, trunk_profile(&stranger_ca.ca_pem, None));
+    let events = timeout(WAIT, async {
+        let call_id = message::new_call_id();
+        let mut call = OutgoingCall::new(
+            UacConfig {
+                call_id: call_id.clone(),
+                request_uri: format!("sip:echo@{dest};transport=tls"),
+                from_uri: "sip:alice@127.0.0.1".into(),
+                contact: "<sip:alice@127.0.0.1;transport=tls>".into(),
+                via_host: "127.0.0.1".into(),
+                via_port: 5061,
+                transport: Transport::Tls,
+                credentials: None,
+                user_agent: "test".into(),
+            },
+            "v=0 offer\r\n".into(),
+            Instant::now(),
+        );
+        let bytes = call.poll_transmit().unwrap();
+        gw.send(dest, Transport::Tls, bytes).await
+    })
+    .await
+    .unwrap();
+    let err = events.unwrap_err();
+    assert!(
+        err.to_string().contains("trunk certificate not accepted"),
+        "{err}"
+    );
+    // The trunk counted no message.
+    assert_eq!(received(&trunk, "INVITE"), 0);
+    // Without a profile for an address, no TLS connection is even tried.
+    let nowhere: SocketAddr = "127.0.0.2:9".parse().unwrap();
+    let err = gw
+        .send(nowhere, Transport::Tls, Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no TLS trunk"), "{err}");
+}
+
+#[tokio::test]
+async fn stalled_and_idle_stream_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = StreamLimits {
+        idle: Duration::from_millis(600),
+        message: Duration::from_millis(300),
+        per_source: 2,
+    };
+    let (gw, _gw_in) = start_with(tls_config(None, limits)).await.unwrap();
+    let addr = gw.tcp_local_addr().unwrap();
+    let closed = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    // Half a message, then nothing: closed on the message clock.
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(
+        b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKa\r\n",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    timeout(WAIT, closed(half)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Connected and silent: closed on the message clock too.
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    timeout(WAIT, closed(silent)).await.unwrap();
+    // One whole message, then idle: closed on the idle clock.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKb\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: idle\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    timeout(WAIT, closed(idle)).await.unwrap();
+    assert!(gw.stats().connections_timed_out.load(Ordering::Relaxed) >= 3);
+    // A cap per source: the third connection at once is closed at accept.
+    let a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    timeout(Duration::from_millis(250), closed(third))
+        .await
+        .expect("closed at once, long before the message clock");
+    assert!(gw.stats().connections_refused.load(Ordering::Relaxed) >= 1);
+    drop((a, b));
 }

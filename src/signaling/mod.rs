@@ -97,8 +97,6 @@ pub enum SignalingError {
     TokenExpired,
     #[error("invalid token: {0}")]
     TokenInvalid(String),
-    #[error("signaling task failed: {0}")]
-    Task(String),
 }
 
 /// How often the session pings the browser and how long it waits for any

@@ -45,6 +45,8 @@ pub enum GatewayError {
     },
     #[error(transparent)]
     Signaling(#[from] signaling::SignalingError),
+    #[error("TLS certificate: {0}")]
+    Cert(#[from] crate::certs::CertError),
     #[error("SIP: {0}")]
     Sip(#[from] crate::sip::SipError),
     #[error("trunk {trunk}: {source}")]
@@ -107,6 +109,8 @@ pub async fn run(
         password_hashes.insert(DEMO_ACCOUNT.into(), hash);
     }
 
+    // One certificate for every TLS listener, reloaded hourly and on SIGHUP.
+    let cert = crate::certs::start(&config.server).await?;
     let identity = Arc::new(DtlsIdentity::generate()?);
     let media = MediaEngine::new(
         MediaConfig {
@@ -117,19 +121,14 @@ pub async fn run(
         },
         identity,
     );
-    let signaling_config = SignalingConfig {
-        https_listen: config.server.https_listen,
-        data_dir: data_dir.clone(),
-        tls_cert: config.server.tls_cert.clone(),
-        tls_key: config.server.tls_key.clone(),
-        token_secret: secret,
-        token_ttl: Duration::from_secs(12 * 3600),
-        accounts: password_hashes,
-    };
-    let tls_listen = match config.sip.tls_listen {
-        Some(addr) => Some((addr, Arc::new(sip_tls_server(&signaling_config)?))),
-        None => None,
-    };
+    // The HTTPS certificate, looked up per handshake: a reload reaches new
+    // SIP-TLS connections too.
+    let tls_listen = config.sip.tls_listen.map(|addr| {
+        (
+            addr,
+            Arc::new(crate::certs::sip_server_config(cert.clone())),
+        )
+    });
     let (sip, incoming) = SipEndpoint::start_with(EndpointConfig {
         udp_listen: config.sip.udp_listen,
         tcp_listen: config.sip.tcp_listen,
@@ -196,7 +195,12 @@ pub async fn run(
         out
     };
     let state = AppState::new(
-        signaling_config,
+        SignalingConfig {
+            https_listen: config.server.https_listen,
+            token_secret: secret,
+            token_ttl: Duration::from_secs(12 * 3600),
+            accounts: password_hashes,
+        },
         Arc::new(calls.clone()),
         Arc::new(metrics),
         Arc::new(move || sip_for_health.is_running()),
@@ -237,7 +241,7 @@ pub async fn run(
     // Bound before "ready" is logged: a port in use is an error, not a
     // ready gateway that then fails.
     let https = signaling::bind(config.server.https_listen)?;
-    let server = signaling::serve_bound(state, https, async {
+    let server = signaling::serve_bound(state, https, cert.clone(), async {
         let _ = http_stopped.await;
     });
     let mut server = tokio::spawn(server);
@@ -307,14 +311,6 @@ fn digest_guard(config: &Config) -> crate::sip::auth_server::DigestGuard {
         config.server.public_ip.to_string(),
         credentials,
     )
-}
-
-/// The SIP TLS listener's configuration: the HTTPS certificate, without
-/// HTTP's ALPN.
-fn sip_tls_server(cfg: &SignalingConfig) -> Result<rustls::ServerConfig, GatewayError> {
-    let mut server = signaling::load_or_generate_tls(cfg)?;
-    server.alpn_protocols.clear();
-    Ok(server)
 }
 
 /// Tells the SIP endpoint how to check each TLS trunk, at its address.

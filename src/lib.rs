@@ -4,10 +4,12 @@
 //! Layers (dependencies point one way, see DESIGN.md):
 //! `signaling → calls → {sip, sdp, policy, media}`; `config`, `types` and
 //! `stats` are shared vocabulary; `cdr` stores call records and depends on
-//! none of the layers; `gateway` starts everything.
+//! none of the layers; `certs` is the TLS certificate every TLS listener
+//! serves; `gateway` starts everything.
 
 pub mod calls;
 pub mod cdr;
+pub mod certs;
 pub mod config;
 pub mod demo;
 pub mod fingerprint;

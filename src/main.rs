@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use webrtc_sip_gateway::cdr::{self, ExportFormat};
+use webrtc_sip_gateway::certs;
 use webrtc_sip_gateway::config::{Config, DEFAULT_CONFIG_PATH};
 use webrtc_sip_gateway::gateway;
 use webrtc_sip_gateway::signaling::auth;
@@ -29,7 +30,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Validate the config and print every problem with its key path.
+    /// Validate the config and print every problem with its key path, and
+    /// each certificate's subject, expiry and days left.
     CheckConfig {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -139,9 +141,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            let problems = config.problems();
+            let mut problems = config.problems();
             for p in &problems {
                 println!("{p}");
+            }
+            let now = time::OffsetDateTime::now_utc();
+            for finding in certs::check_certificates(&config, now) {
+                match finding {
+                    certs::Finding::Info(line) => println!("{line}"),
+                    certs::Finding::Warning(line) => println!("warning: {line}"),
+                    certs::Finding::Problem(p) => {
+                        println!("{p}");
+                        problems.push(p);
+                    }
+                }
             }
             if problems.is_empty() {
                 println!("{}: ok", path.display());

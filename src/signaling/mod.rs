@@ -7,8 +7,8 @@
 //! and the call layer's [`SessionEvent`](crate::calls::api::SessionEvent)s back
 //! into JSON. It knows nothing about SIP or SRTP.
 //!
-//! Layout: `auth` (passwords, tokens), `tls` (certificate and rustls
-//! config), `web` (embedded client, security headers), `http` (login, health,
+//! Layout: `auth` (passwords, tokens), `tls` (per-connection TLS logging;
+//! the certificate is [`crate::certs`]'), `web` (embedded client, security headers), `http` (login, health,
 //! metrics), `protocol` (the JSON messages, no IO), `session` (the task that
 //! drives one WebSocket).
 
@@ -24,16 +24,14 @@ mod web;
 #[cfg(test)]
 mod tests;
 
-pub use tls::load_or_generate_tls;
-
 use crate::calls::api::CallControl;
+use crate::certs::{https_server_config, GatewayCert};
 use crate::types::Secret;
 use axum::Router;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
@@ -41,10 +39,6 @@ use tracing::info;
 
 /// How long `serve` lets open HTTP requests finish after the shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// How often a running server reloads its certificate: renews the
-/// self-signed one before it expires, picks up a replaced configured one.
-const TLS_RELOAD_EVERY: Duration = Duration::from_secs(12 * 3600);
 
 /// Argon2 verifications running at once. Each one takes ~19 MiB and a core
 /// for tens of milliseconds, so a login flood must queue instead of
@@ -57,12 +51,6 @@ const LOGIN_THROTTLE_CAPACITY: usize = 16 * 1024;
 /// Everything signaling needs from the configuration.
 pub struct SignalingConfig {
     pub https_listen: SocketAddr,
-    /// Where the self-signed certificate lives when none is configured.
-    pub data_dir: PathBuf,
-    /// PEM certificate chain and private key. Both or neither: when absent a
-    /// self-signed pair is generated into `data_dir` and reused.
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
     /// HMAC key of the HS256 signaling tokens.
     pub token_secret: Secret<String>,
     /// Lifetime of tokens handed out by `/api/login`.
@@ -80,9 +68,6 @@ impl fmt::Debug for SignalingConfig {
         accounts.sort_unstable();
         f.debug_struct("SignalingConfig")
             .field("https_listen", &self.https_listen)
-            .field("data_dir", &self.data_dir)
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
             .field("token_secret", &self.token_secret)
             .field("token_ttl", &self.token_ttl)
             .field("accounts", &accounts)
@@ -104,27 +89,6 @@ pub enum SignalingError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("server.tls_cert and server.tls_key must be given together (or both left out for a self-signed certificate)")]
-    TlsPathsIncomplete,
-    #[error("cannot read {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot write {path}: {source}")]
-    WriteFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {problem}")]
-    Pem { path: PathBuf, problem: String },
-    #[error("cannot generate a self-signed certificate for {path}: {source}")]
-    CertGen { path: PathBuf, source: rcgen::Error },
-    #[error("TLS configuration with certificate {path}: {source}")]
-    Tls {
-        path: PathBuf,
-        source: rustls::Error,
-    },
     #[error("cannot hash password: {0}")]
     PasswordHash(String),
     #[error("server.token_secret is empty: refusing to sign or accept tokens")]
@@ -133,8 +97,6 @@ pub enum SignalingError {
     TokenExpired,
     #[error("invalid token: {0}")]
     TokenInvalid(String),
-    #[error("signaling task failed: {0}")]
-    Task(String),
 }
 
 /// How often the session pings the browser and how long it waits for any
@@ -378,16 +340,18 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Binds `https_listen`, serves [`app`] over TLS until `shutdown` completes,
-/// then closes the WebSockets and lets open requests finish.
+/// Binds `https_listen`, serves [`app`] over TLS with `cert` until
+/// `shutdown` completes, then closes the WebSockets and lets open requests
+/// finish.
 pub async fn serve(
     state: AppState,
+    cert: Arc<GatewayCert>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SignalingError> {
     let addr = state.config.https_listen;
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|source| SignalingError::Bind { addr, source })?;
-    serve_on(state, listener, shutdown).await
+    serve_on(state, listener, cert, shutdown).await
 }
 
 /// Binds the HTTPS port (before the gateway says it is ready).
@@ -399,34 +363,28 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, SignalingError> {
 pub async fn serve_bound(
     state: AppState,
     listener: std::net::TcpListener,
+    cert: Arc<GatewayCert>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SignalingError> {
-    serve_on(state, listener, shutdown).await
+    serve_on(state, listener, cert, shutdown).await
 }
 
 /// [`serve`] on a listener that is already bound (tests bind port 0).
 pub(crate) async fn serve_on(
     state: AppState,
     listener: std::net::TcpListener,
+    cert: Arc<GatewayCert>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SignalingError> {
     let addr = listener.local_addr().unwrap_or(state.config.https_listen);
-    // Key generation and file IO block; keep them off the executor threads.
-    let config = state.config.clone();
-    let tls = tokio::task::spawn_blocking(move || load_or_generate_tls(&config))
-        .await
-        .map_err(|e| SignalingError::Task(e.to_string()))??;
     listener
         .set_nonblocking(true)
         .map_err(|source| SignalingError::Bind { addr, source })?;
 
-    let rustls_config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-    // Dropped (and so stopped) whichever way this function returns.
-    let _reloader = tls::AbortOnDrop(tokio::spawn(tls::reload_periodically(
-        state.config.clone(),
-        rustls_config.clone(),
-        TLS_RELOAD_EVERY,
-    )));
+    // Built once: the certificate is looked up per handshake, so a reload
+    // of `cert` reaches new connections without touching this config.
+    let rustls_config =
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(https_server_config(cert)));
     let handle = axum_server::Handle::new();
     let acceptor =
         tls::LoggingAcceptor::new(axum_server::tls_rustls::RustlsAcceptor::new(rustls_config));

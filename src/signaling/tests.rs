@@ -11,6 +11,7 @@ use axum::http::{header, Request, StatusCode};
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use serde_json::{json, Value};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use tokio::sync::mpsc;
@@ -93,12 +94,9 @@ impl Fixture {
     }
 }
 
-fn config(data_dir: PathBuf) -> SignalingConfig {
+fn config() -> SignalingConfig {
     SignalingConfig {
         https_listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir,
-        tls_cert: None,
-        tls_key: None,
         token_secret: Secret::new(SECRET.to_string()),
         token_ttl: Duration::from_secs(12 * 3600),
         accounts: HashMap::from([("alice".to_string(), alice_hash().to_string())]),
@@ -128,7 +126,7 @@ fn fixture_with(config: SignalingConfig) -> Fixture {
 }
 
 fn fixture() -> Fixture {
-    fixture_with(config(std::env::temp_dir()))
+    fixture_with(config())
 }
 
 fn token(account: &str) -> String {
@@ -685,99 +683,27 @@ async fn shutdown_closes_sessions_going_away() {
 }
 
 // ---------------------------------------------------------------- TLS
+// (Loading, renewal and reload of the certificate: crate::certs.)
 
-fn read_bytes(path: &std::path::Path) -> Vec<u8> {
-    std::fs::read(path).unwrap()
-}
-
-#[test]
-fn self_signed_certificate_is_generated_once_and_reused() {
+/// A generated certificate in a directory of its own.
+fn self_signed_cert() -> (TempDir, Arc<crate::certs::GatewayCert>) {
     let dir = TempDir::new();
-    let cfg = config(dir.0.join("data"));
-    load_or_generate_tls(&cfg).unwrap();
-    let cert_path = cfg.data_dir.join(tls::CERT_FILE);
-    let key_path = cfg.data_dir.join(tls::KEY_FILE);
-    let (cert, key) = (read_bytes(&cert_path), read_bytes(&key_path));
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(&cert).unwrap();
-    let end = tls::not_after(&der).unwrap();
-    assert!(end > time::OffsetDateTime::now_utc() + time::Duration::days(300));
-
-    load_or_generate_tls(&cfg).unwrap();
-    assert_eq!(read_bytes(&cert_path), cert, "certificate reused");
-    assert_eq!(read_bytes(&key_path), key, "key reused");
-}
-
-#[test]
-fn self_signed_certificate_near_expiry_or_broken_is_replaced() {
-    let dir = TempDir::new();
-    let cfg = config(dir.0.clone());
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let cert_path = cfg.data_dir.join(tls::CERT_FILE);
-    let key_path = cfg.data_dir.join(tls::KEY_FILE);
-
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let old = params.self_signed(&key).unwrap().pem();
-    std::fs::write(&cert_path, &old).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    load_or_generate_tls(&cfg).unwrap();
-    assert_ne!(read_bytes(&cert_path), old.as_bytes(), "renewed");
-
-    std::fs::write(&cert_path, "not a certificate").unwrap();
-    load_or_generate_tls(&cfg).unwrap();
-    assert!(String::from_utf8(read_bytes(&cert_path))
-        .unwrap()
-        .contains("BEGIN CERTIFICATE"));
-}
-
-#[test]
-fn configured_certificate_errors_name_the_file() {
-    let dir = TempDir::new();
-    let mut cfg = config(dir.0.clone());
-    cfg.tls_cert = Some(dir.0.join("missing-cert.pem"));
-    assert!(matches!(
-        load_or_generate_tls(&cfg),
-        Err(SignalingError::TlsPathsIncomplete)
-    ));
-    cfg.tls_key = Some(dir.0.join("missing-key.pem"));
-    let err = load_or_generate_tls(&cfg).unwrap_err().to_string();
-    assert!(err.contains("missing-cert.pem"), "{err}");
-
-    // A configured pair is used as is.
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["gw.example".to_string()]).unwrap();
-    std::fs::write(
-        dir.0.join("missing-cert.pem"),
-        params.self_signed(&key).unwrap().pem(),
-    )
-    .unwrap();
-    std::fs::write(dir.0.join("missing-key.pem"), "garbage").unwrap();
-    let err = load_or_generate_tls(&cfg).unwrap_err().to_string();
-    assert!(err.contains("missing-key.pem"), "{err}");
-    std::fs::write(dir.0.join("missing-key.pem"), key.serialize_pem()).unwrap();
-    load_or_generate_tls(&cfg).unwrap();
-    assert!(
-        !cfg.data_dir.join(tls::CERT_FILE).exists(),
-        "nothing generated"
-    );
+    let source = crate::certs::CertSource::SelfSigned {
+        dir: dir.0.clone(),
+        names: vec!["localhost".into()],
+    };
+    let cert = crate::certs::GatewayCert::load(source, time::OffsetDateTime::now_utc()).unwrap();
+    (dir, Arc::new(cert))
 }
 
 #[tokio::test]
 async fn serve_reports_the_address_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dir = TempDir::new();
-    let mut cfg = config(dir.0.clone());
+    let (_dir, cert) = self_signed_cert();
+    let mut cfg = config();
     cfg.https_listen = taken.local_addr().unwrap();
     let f = fixture_with(cfg);
-    let err = serve(f.state.clone(), std::future::pending())
+    let err = serve(f.state.clone(), cert, std::future::pending())
         .await
         .unwrap_err();
     assert!(matches!(err, SignalingError::Bind { .. }));
@@ -810,28 +736,16 @@ fn client_trusting(cert_pem: &[u8]) -> rustls::ClientConfig {
 
 #[tokio::test]
 async fn https_and_wss_with_the_generated_certificate() {
-    let dir = TempDir::new();
-    let mut f = fixture_with(config(dir.0.clone()));
+    let (dir, cert) = self_signed_cert();
+    let mut f = fixture_with(config());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_on(f.state.clone(), listener, async move {
+    let server = tokio::spawn(serve_on(f.state.clone(), listener, cert, async move {
         let _ = stop_rx.await;
     }));
-
-    // The certificate is written before the server accepts; wait for it.
-    let cert_path = dir.0.join(tls::CERT_FILE);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let client = loop {
-        if let Ok(pem) = std::fs::read(&cert_path) {
-            if rustls::pki_types::CertificateDer::from_pem_slice(&pem).is_ok() {
-                break client_trusting(&pem);
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no certificate");
-        tokio::task::yield_now().await;
-    };
-    let client = Arc::new(client);
+    let pem = std::fs::read(dir.0.join(crate::certs::CERT_FILE)).unwrap();
+    let client = Arc::new(client_trusting(&pem));
 
     // One plain HTTPS request, synchronously over rustls::Stream.
     let https = client.clone();
@@ -898,41 +812,9 @@ async fn https_and_wss_with_the_generated_certificate() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn a_running_server_renews_its_certificate() {
-    let dir = TempDir::new();
-    let cfg = Arc::new(config(dir.0.clone()));
-    let first = load_or_generate_tls(&cfg).unwrap();
-    let cert_path = cfg.data_dir.join(tls::CERT_FILE);
-
-    // Replace the pair with one that expires in 10 days, as if a year passed.
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let old = params.self_signed(&key).unwrap().pem();
-    std::fs::write(&cert_path, &old).unwrap();
-    std::fs::write(cfg.data_dir.join(tls::KEY_FILE), key.serialize_pem()).unwrap();
-
-    let server = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(first));
-    let _task = tls::AbortOnDrop(tokio::spawn(tls::reload_periodically(
-        cfg.clone(),
-        server.clone(),
-        Duration::from_millis(20),
-    )));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while read_bytes(&cert_path) == old.as_bytes() {
-        assert!(tokio::time::Instant::now() < deadline, "not renewed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(&read_bytes(&cert_path)).unwrap();
-    assert!(
-        tls::not_after(&der).unwrap() > time::OffsetDateTime::now_utc() + time::Duration::days(300)
-    );
-}
-
 #[test]
 fn config_debug_shows_no_secrets() {
-    let cfg = config(PathBuf::from("data"));
+    let cfg = config();
     let shown = format!("{cfg:?}");
     assert!(shown.contains("alice"), "{shown}");
     assert!(!shown.contains(SECRET), "{shown}");

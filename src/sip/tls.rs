@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -37,13 +37,10 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
-/// The crypto provider of every SIP TLS connection, client and server.
+/// The crypto provider of every SIP TLS connection, client and server:
+/// the same as HTTPS's.
 pub fn provider() -> Arc<CryptoProvider> {
-    use aws_lc_rs::kx_group::{SECP256R1, SECP384R1, X25519, X25519MLKEM768};
-    let mut provider = aws_lc_rs::default_provider();
-    // Explicit order: the provider's default puts the hybrid group last.
-    provider.kx_groups = vec![X25519MLKEM768, X25519, SECP256R1, SECP384R1];
-    Arc::new(provider)
+    crate::certs::provider()
 }
 
 /// What a TLS connection to one trunk needs: the name its certificate must

@@ -179,6 +179,12 @@ pub async fn run(
     let sessions_for_metrics = sessions.clone();
     let health_for_metrics = trunk_health.clone();
     let registrations_for_metrics = registrations.clone();
+    let trunk_detail = {
+        let health = trunk_health.clone();
+        let registrations = registrations.clone();
+        let names: Vec<String> = config.trunks.iter().map(|t| t.name.clone()).collect();
+        move || health_detail(&names, &health, &registrations)
+    };
     let metrics = move || {
         let mut out = String::new();
         call_stats.render_prometheus(&mut out);
@@ -226,6 +232,7 @@ pub async fn run(
             Arc::new(operator),
             config.server.admin_password_hash.clone(),
         )
+        .with_health_detail(Arc::new(trunk_detail))
         .with_limits(AccessLimits {
             metrics_allow: config
                 .server
@@ -311,6 +318,42 @@ fn digest_guard(config: &Config) -> crate::sip::auth_server::DigestGuard {
         config.server.public_ip.to_string(),
         credentials,
     )
+}
+
+/// `/healthz?detail`: every configured trunk's OPTIONS liveness and
+/// registration.
+fn health_detail(
+    names: &[String],
+    health: &TrunkHealth,
+    registrations: &TrunkRegistrations,
+) -> serde_json::Value {
+    use crate::sip::probe::Health;
+    use crate::sip::register::RegState;
+    let probed: HashMap<String, Health> = health.all().into_iter().collect();
+    let trunks: Vec<serde_json::Value> = names
+        .iter()
+        .map(|name| {
+            let (state, rtt_ms) = match probed.get(name) {
+                None => ("not probed", None),
+                Some(Health::Unknown) => ("unknown", None),
+                Some(Health::Up { rtt }) => ("up", Some(rtt.as_secs_f64() * 1000.0)),
+                Some(Health::Down) => ("down", None),
+            };
+            let registration = registrations.get(name).map(|r| match r.state {
+                RegState::Registering => "registering",
+                RegState::Registered { .. } => "registered",
+                RegState::Failed { .. } => "failed",
+                RegState::Unregistered => "unregistered",
+            });
+            serde_json::json!({
+                "name": name,
+                "options": state,
+                "rtt_ms": rtt_ms,
+                "registration": registration,
+            })
+        })
+        .collect();
+    serde_json::json!({ "trunks": trunks })
 }
 
 /// Tells the SIP endpoint how to check each TLS trunk, at its address.

@@ -147,12 +147,45 @@ pub(crate) async fn check_password(
         })
 }
 
-async fn healthz(State(state): State<AppState>) -> Response {
-    let (status, body) = if (state.healthy)() {
+async fn healthz(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let healthy = (state.healthy)();
+    let (status, body) = if healthy {
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
+    // The detail names the trunks: only for who may read /metrics (a load
+    // balancer's plain check keeps getting "ok").
+    let wants_detail = uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "detail" || p.starts_with("detail="))
+    });
+    if wants_detail {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let (Some(detail), true) = (
+            &state.health_detail,
+            state.may_read_metrics(peer.map(|p| p.ip()), bearer),
+        ) {
+            let mut json = detail();
+            if let Some(map) = json.as_object_mut() {
+                map.insert("status".into(), body.into());
+            }
+            return (
+                status,
+                [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+                Json(json),
+            )
+                .into_response();
+        }
+    }
     (
         status,
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],

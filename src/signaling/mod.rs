@@ -196,6 +196,9 @@ pub struct AppState {
     calls: Arc<dyn CallControl>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
     healthy: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// `/healthz?detail`: each trunk's liveness and registration, for those
+    /// who may read `/metrics`.
+    health_detail: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
     /// Flipped to `true` by `serve` on shutdown so that open WebSockets close
     /// with "going away" instead of being cut.
     shutdown: watch::Sender<bool>,
@@ -223,6 +226,7 @@ impl AppState {
             calls,
             metrics,
             healthy,
+            health_detail: None,
             shutdown: watch::Sender::new(false),
             password_checks: Arc::new(Semaphore::new(CONCURRENT_PASSWORD_CHECKS)),
             ws_timing: WsTiming::default(),
@@ -237,6 +241,15 @@ impl AppState {
     }
 
     /// Replaces the default access limits (metrics sources, session caps).
+    /// What `/healthz?detail` adds (trunks), for metrics readers only.
+    pub fn with_health_detail(
+        mut self,
+        detail: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    ) -> Self {
+        self.health_detail = Some(detail);
+        self
+    }
+
     pub fn with_limits(mut self, limits: AccessLimits) -> Self {
         self.limits = Arc::new(limits);
         self

@@ -232,6 +232,11 @@ def test_metrics_only_from_allowed_sources_or_with_the_token(gateway_metrics_tok
     status, _, body = _https_from(gw, GWT_HOST, "GET", "/metrics",
                                   headers={"Authorization": "Bearer metrics-bearer-0123456789"})
     assert status == 200 and b"gateway_calls_active" in body
+    # /healthz?detail names trunks: the same rule; others get the plain "ok"
+    status, _, body = _https_from(gw, GWT_HOST, "GET", "/healthz?detail")
+    assert (status, body) == (200, b"ok"), body[:200]
+    status, _, body = _https_from(gw, "127.0.0.1", "GET", "/healthz?detail")
+    assert status == 200 and b'"trunks"' in body and b'"carrier"' in body, body[:300]
 
 
 def test_login_back_off_per_source(workdir, gateway_door):

@@ -5,6 +5,7 @@ with 503 instead of waiting for Timer B; it comes back up when it answers."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -31,6 +32,13 @@ def _trunk_up(gw):
     return m.sum("gateway_trunk_up", trunk="carrier")
 
 
+def _health_detail(gw) -> dict:
+    """GET /healthz?detail (from loopback: metrics_allow's default)."""
+    status, body = gw.http("GET", "/healthz?detail")
+    assert status == 200, (status, body)
+    return json.loads(body)
+
+
 def test_trunk_down_fails_calls_fast_and_comes_back(workdir, gateway_probing, baresip_sdes):
     gw, trunk = gateway_probing, baresip_sdes
     wait_until(lambda: _trunk_up(gw) == 1, 10, "gateway_trunk_up 1 (baresip answers OPTIONS)")
@@ -43,6 +51,9 @@ def test_trunk_down_fails_calls_fast_and_comes_back(workdir, gateway_probing, ba
         wait_until(lambda: _trunk_up(gw) == 0, 10, "gateway_trunk_up 0 after baresip stopped")
         down_after = time.monotonic() - t0
         assert "trunk is down" in gw.log()
+        detail = _health_detail(gw)
+        assert detail["status"] == "ok", detail  # the gateway is up; one trunk is not
+        assert {"name": "carrier", "options": "down"}.items() <= detail["trunks"][0].items(), detail
 
         async def refused():
             peer = await BrowserPeer(gw.base_url, gw.login()).connect()
@@ -63,6 +74,10 @@ def test_trunk_down_fails_calls_fast_and_comes_back(workdir, gateway_probing, ba
     t1 = time.monotonic()
     wait_until(lambda: _trunk_up(gw) == 1, 10, "gateway_trunk_up 1 again after baresip resumed")
     up_after = time.monotonic() - t1
+    detail = _health_detail(gw)
+    assert detail["trunks"][0]["options"] == "up" and detail["trunks"][0]["rtt_ms"] is not None, detail
+    # a plain /healthz stays the contract's "ok"
+    assert gw.http("GET", "/healthz") == (200, b"ok")
 
     async def answered():
         peer = await BrowserPeer(gw.base_url, gw.login()).connect()

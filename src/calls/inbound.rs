@@ -81,7 +81,7 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
     if !calls.is_accepting() {
         return refuse(uas, Cause::Shutdown);
     }
-    let user = request_user(uas.invite());
+    let user = called_user(uas.invite(), &trunk);
     let Some(account) = user.as_deref().and_then(|u| calls.ctx.directory.account(u)) else {
         info!(%source, trunk = %trunk.name, "INVITE for no account: 404");
         return refuse(uas, Cause::UnknownUser);
@@ -330,7 +330,30 @@ fn spawn_refusal(
     });
 }
 
-/// The Request-URI's user part: the account called.
+/// The account called: the Request-URI's user, except on a trunk the
+/// gateway registers to, whose calls come to the registered Contact (its
+/// user is the trunk's `username`): then the To URI's user (the number or
+/// name dialled) names the account.
+fn called_user(invite: &rsip::Request, trunk: &super::directory::Trunk) -> Option<String> {
+    let user = request_user(invite)?;
+    let registered_contact =
+        trunk.register.is_some() && trunk.username.as_deref() == Some(user.as_str());
+    if !registered_contact {
+        return Some(user);
+    }
+    let to = message::header_values(invite, "To")
+        .into_iter()
+        .next()
+        .and_then(|v| message::addr_uri(&v))?;
+    let rest = to
+        .strip_prefix("sip:")
+        .or_else(|| to.strip_prefix("sips:"))?;
+    rest.split_once('@')
+        .map(|(user, _)| user.split(';').next().unwrap_or(user).to_string())
+        .filter(|u| !u.is_empty())
+}
+
+/// The Request-URI's user part.
 fn request_user(invite: &rsip::Request) -> Option<String> {
     invite
         .uri
@@ -397,5 +420,20 @@ From: {from};tag=1\r\nTo: <{uri}>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Le
         assert_eq!(caller(&r), "sip:carrier.example");
         let r = invite("sip:bob@h", "<tel:+1555;phone-context=x>");
         assert_eq!(caller(&r), "tel:+1555;phone-context=x");
+    }
+
+    #[test]
+    fn calls_to_a_registered_contact_name_the_account_in_to() {
+        let text = "INVITE sip:gw-user@192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+From: <sip:+4930123@carrier.example>;tag=1\r\nTo: <sip:alice@carrier.example>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let SipMessage::Request(r) = message::parse(text.as_bytes()).unwrap() else {
+            unreachable!()
+        };
+        let mut trunk = crate::calls::directory::demo_trunk(5070);
+        trunk.username = Some("gw-user".into());
+        // Not registering: the Request-URI's user is the account.
+        assert_eq!(called_user(&r, &trunk).as_deref(), Some("gw-user"));
+        trunk.register = Some(std::time::Duration::from_secs(3600));
+        assert_eq!(called_user(&r, &trunk).as_deref(), Some("alice"));
     }
 }

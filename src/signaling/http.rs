@@ -136,14 +136,16 @@ pub(crate) async fn check_password(
     password: String,
     phc: String,
 ) -> Result<bool, Response> {
-    let Ok(_permit) = state.password_checks.acquire().await else {
-        return Err(json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
-    };
-    tokio::task::spawn_blocking(move || auth::verify_password(&password, &phc))
+    state
+        .password_checks
+        .verify(password, phc)
         .await
         .map_err(|e| {
-            warn!(error = %e, "password check failed");
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            warn!(error = %e, "password check not run");
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many sign-ins; try again",
+            )
         })
 }
 

@@ -15,6 +15,7 @@
 mod admin;
 pub mod auth;
 mod http;
+mod password_pool;
 pub mod protocol;
 mod session;
 mod throttle;
@@ -34,16 +35,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tracing::info;
 
 /// How long `serve` lets open HTTP requests finish after the shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Argon2 verifications running at once. Each one takes ~19 MiB and a core
-/// for tens of milliseconds, so a login flood must queue instead of
-/// exhausting memory.
-const CONCURRENT_PASSWORD_CHECKS: usize = 4;
+/// Argon2 verifications running at once (threads of the password pool).
+/// Each one holds ~19 MiB for good and takes a core for tens of
+/// milliseconds, so a login flood queues instead of exhausting memory.
+const CONCURRENT_PASSWORD_CHECKS: usize = 2;
 
 /// Source addresses whose failed `/api/login`s are remembered.
 const LOGIN_THROTTLE_CAPACITY: usize = 16 * 1024;
@@ -202,7 +203,7 @@ pub struct AppState {
     /// Flipped to `true` by `serve` on shutdown so that open WebSockets close
     /// with "going away" instead of being cut.
     shutdown: watch::Sender<bool>,
-    password_checks: Arc<Semaphore>,
+    password_checks: password_pool::PasswordPool,
     ws_timing: WsTiming,
     operator: Option<Arc<dyn OperatorView>>,
     admin: Arc<admin::AdminAuth>,
@@ -228,7 +229,7 @@ impl AppState {
             healthy,
             health_detail: None,
             shutdown: watch::Sender::new(false),
-            password_checks: Arc::new(Semaphore::new(CONCURRENT_PASSWORD_CHECKS)),
+            password_checks: password_pool::PasswordPool::new(CONCURRENT_PASSWORD_CHECKS),
             ws_timing: WsTiming::default(),
             operator: None,
             admin: Arc::new(admin::AdminAuth::new(None)),

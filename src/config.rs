@@ -141,6 +141,11 @@ pub struct SipLimits {
     pub requests_per_second: u32,
     #[serde(default = "default_ban_seconds")]
     pub ban_seconds: u64,
+    /// INVITE transactions in progress at once from one source that is
+    /// not a trunk's address (one that authenticated with digest); over
+    /// it the source is banned.
+    #[serde(default = "default_concurrent_transactions")]
+    pub concurrent_transactions: u32,
     /// A TCP or TLS connection with no complete message for this long is
     /// closed (CRLF keep-alives count as traffic).
     #[serde(default = "default_idle_seconds")]
@@ -159,6 +164,7 @@ impl Default for SipLimits {
         SipLimits {
             requests_per_second: default_requests_per_second(),
             ban_seconds: default_ban_seconds(),
+            concurrent_transactions: default_concurrent_transactions(),
             idle_seconds: default_idle_seconds(),
             message_seconds: default_message_seconds(),
             connections_per_source: default_connections_per_source(),
@@ -166,6 +172,9 @@ impl Default for SipLimits {
     }
 }
 
+fn default_concurrent_transactions() -> u32 {
+    20
+}
 fn default_idle_seconds() -> u64 {
     300
 }
@@ -517,6 +526,10 @@ impl Config {
             (
                 "sip.limits.message_seconds",
                 self.sip.limits.message_seconds,
+            ),
+            (
+                "sip.limits.concurrent_transactions",
+                u64::from(self.sip.limits.concurrent_transactions),
             ),
             (
                 "sip.limits.connections_per_source",

@@ -143,6 +143,7 @@ pub async fn run(
             known: known_sources(&config, demo_password.is_some()).await,
             answer_strangers: config.sip.answer_strangers,
             requests_per_second: config.sip.limits.requests_per_second,
+            concurrent_transactions: config.sip.limits.concurrent_transactions,
             ban: Duration::from_secs(config.sip.limits.ban_seconds),
             ..DoorConfig::default()
         },

@@ -389,9 +389,55 @@ def test_a_stranger_with_the_trunks_inbound_credentials_is_that_trunk(workdir, g
     if final == 480:
         assert 100 in got, got
     # an unauthenticated OPTIONS from elsewhere: challenged, not served
+    subprocess.run(["ip", "addr", "add", f"{SECOND_STRANGER}/24", "dev", "v0"], check=False,
+                   capture_output=True)
     answer = _ask(SECOND_STRANGER, gw.sip_port, lambda me: _request("OPTIONS", gw.sip_port, me))
     assert answer and answer.startswith(b"SIP/2.0 401"), answer
     assert gw.metrics().sum("gateway_sip_challenges_total") >= 2
     # the challenge is sent once: nothing retransmitted for a stateless 401
     time.sleep(1.2)
     assert len(sipp.received(status=401)) == 1
+
+
+def test_a_source_over_its_concurrent_transactions_is_banned(workdir, baresip_sdes):
+    """[sip.limits] concurrent_transactions = 3: SIPp, authenticated as the
+    trunk from 10.99.0.1, starts 6 calls at once to alice, whose session
+    rings and never answers. Three ring; the fourth INVITE bans the source
+    (logged once, counted), the rest go unanswered; the trunk's own
+    address is never limited."""
+    from harness import SippUac
+    # secure_media optional: SIPp offers plain RTP/AVP
+    trunk = TrunkSpec("carrier", f"sip:127.0.0.1:{baresip_sdes.sip_port};transport=udp",
+                      secure_media="optional",
+                      inbound_username="carrier-in", inbound_password="in-s3cret")
+    gens = _gateway(workdir, trunk, ring_timeout=4, sip_limits={"concurrent_transactions": 3})
+    gw = next(gens)
+    try:
+        async def run():
+            peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+            try:
+                sipp = SippUac(workdir, "uac_invite_digest.xml", remote=f"127.0.0.1:{gw.sip_port}",
+                               service="alice", host=GWT_HOST, timeout=15,
+                               extra=["-au", "carrier-in", "-ap", "in-s3cret", "-m", "6", "-l", "6",
+                                      "-r", "50"])
+                # -m given twice: SIPp takes the last
+                sipp.start()
+                await asyncio.to_thread(wait_until, lambda: gw.metrics().sum("gateway_sip_bans_total") >= 1,
+                                        10, "the source banned")
+                await asyncio.to_thread(sipp.wait, 30)
+                rang = [m for m in peer.messages if m.get("type") == "incoming"]
+                return sipp, rang
+            finally:
+                await peer.close()
+
+        sipp, rang = asyncio.run(run())
+        from harness import sip_header
+        finals = {sip_header(m.text, "Call-ID"): m.status for m in sipp.received()
+                  if m.status >= 200 and m.status != 401}
+        save_result(workdir, rang=len(rang), finals=finals)
+        assert len(rang) == 3, f"{len(rang)} calls rang"
+        assert sorted(finals.values()) == [408, 408, 408], finals
+        assert gw.log().count("over its concurrent INVITE transactions") == 1
+        assert gw.metrics().sum("gateway_sip_bans_total") == 1
+    finally:
+        next(gens, None)

@@ -28,6 +28,9 @@ pub struct DoorConfig {
     /// Answer strangers' out-of-dialog requests with 403 instead of silence.
     pub answer_strangers: bool,
     pub requests_per_second: u32,
+    /// INVITE transactions in progress per source outside the trunks'
+    /// addresses (sources that authenticated as a trunk).
+    pub concurrent_transactions: u32,
     pub ban: Duration,
     /// Sources tracked at most.
     pub capacity: usize,
@@ -39,6 +42,7 @@ impl Default for DoorConfig {
             known: Vec::new(),
             answer_strangers: false,
             requests_per_second: 50,
+            concurrent_transactions: 20,
             ban: Duration::from_secs(60),
             capacity: 16 * 1024,
         }
@@ -191,6 +195,42 @@ impl Door {
         Verdict::Stranger
     }
 
+    /// Bans `ip` now (over its concurrent transactions), trusted or not;
+    /// false when it was banned already. Known sources are never banned.
+    pub fn ban(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.is_known(ip) {
+            return false;
+        }
+        if let Ok(mut trusted) = self.trusted.lock() {
+            trusted.remove(&ip);
+        }
+        let Ok(mut table) = self.table.lock() else {
+            return false;
+        };
+        if !table.contains_key(&ip) && table.len() >= self.cfg.capacity {
+            evict(&mut table, now, self.cfg.capacity);
+        }
+        let entry = table.entry(ip).or_insert(Entry {
+            window_start: now,
+            count: 0,
+            banned_until: None,
+            last_seen: now,
+        });
+        entry.last_seen = now;
+        if entry.banned_until.is_some_and(|until| until > now) {
+            return false;
+        }
+        entry.banned_until = Some(now + self.cfg.ban);
+        self.bans_total.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// At most this many INVITE transactions in progress from one source
+    /// outside the trunks' addresses.
+    pub fn concurrent_transactions(&self) -> u32 {
+        self.cfg.concurrent_transactions
+    }
+
     /// Sources banned now, with the time left.
     pub fn bans(&self, now: Instant) -> Vec<(IpAddr, Duration)> {
         let Ok(table) = self.table.lock() else {
@@ -248,6 +288,7 @@ mod tests {
             known: vec![("127.0.0.1".parse().unwrap(), 32)],
             answer_strangers: false,
             requests_per_second: rps,
+            concurrent_transactions: 20,
             ban: Duration::from_secs(60),
             capacity,
         })
@@ -315,6 +356,12 @@ mod tests {
             d.admit(ip, t0 + TRUST_FOR + Duration::from_secs(1)),
             Verdict::Stranger
         );
+        // Banned for its transactions: no longer trusted, dropped unread.
+        d.trust(ip, t0);
+        assert!(d.ban(ip, t0));
+        assert!(!d.ban(ip, t0));
+        assert_eq!(d.admit(ip, t0), Verdict::Banned { newly: false });
+        assert!(!d.ban("127.0.0.1".parse().unwrap(), t0));
     }
 
     #[test]

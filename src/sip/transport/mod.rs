@@ -199,6 +199,9 @@ struct Inner {
     response_routes: Mutex<ResponseRoutes>,
     /// Who gets service; who is banned.
     door: door::Door,
+    /// INVITE transactions in progress of sources outside the trunks'
+    /// addresses.
+    inflight: Mutex<Inflight>,
     digest: Option<Arc<super::auth_server::DigestGuard>>,
 }
 
@@ -313,6 +316,7 @@ pub async fn start_with(
         stream_limits: cfg.stream_limits,
         stats: EndpointStats::default(),
         door: door::Door::new(cfg.door.clone()),
+        inflight: Mutex::new(Inflight::default()),
         digest: cfg.digest.clone().filter(|d| d.is_active()),
         tasks: Mutex::new(Vec::new()),
         response_routes: Mutex::new(ResponseRoutes::default()),
@@ -654,6 +658,13 @@ impl Inner {
         }
         let msg = message::parse_lenient(data).ok()?;
         let branch = message::top_via_branch(&msg)?;
+        if let SipMessage::Response(resp) = &msg {
+            if message::status_code(resp) >= 200 {
+                if let Ok(mut inflight) = self.inflight.lock() {
+                    inflight.end(&branch);
+                }
+            }
+        }
         let routes = self.response_routes.lock().ok()?;
         routes.map.get(&branch).map(|r| (r.source, r.transport))
     }
@@ -677,6 +688,11 @@ impl Inner {
         let code = match req.method {
             Method::Ack => return,
             Method::Invite => {
+                // A source that is not a trunk's address (it authenticated)
+                // may hold only so many INVITE transactions at once.
+                if trunk.is_some() && !self.begin_invite(&req, source) {
+                    return;
+                }
                 let open = self.open_pending(&call_id);
                 let incoming = IncomingRequest {
                     msg: SipMessage::Request(req),
@@ -739,6 +755,29 @@ impl Inner {
         if let Err(e) = self.send(source, transport, message::to_bytes(resp)).await {
             tracing::debug!(error = %e, "cannot answer an out-of-dialog request");
         }
+    }
+
+    /// Counts an INVITE transaction of `source`; over the limit the source
+    /// is banned (logged once) and the INVITE dropped unanswered, like all
+    /// it sends while banned.
+    fn begin_invite(&self, req: &rsip::Request, source: SocketAddr) -> bool {
+        let Some(branch) = message::top_via_branch(req) else {
+            return true;
+        };
+        let limit = self.door.concurrent_transactions();
+        let admitted = self
+            .inflight
+            .lock()
+            .map(|mut i| i.begin(branch, source.ip(), limit, Instant::now()))
+            .unwrap_or(true);
+        if !admitted && self.door.ban(source.ip(), Instant::now()) {
+            tracing::warn!(
+                %source,
+                limit,
+                "SIP source banned: over its concurrent INVITE transactions; its packets are dropped unanswered"
+            );
+        }
+        admitted
     }
 
     /// Opens the channel of a new call and routes its Call-ID there;
@@ -860,6 +899,69 @@ impl Inner {
             },
         );
         let _ = self.send(source, transport, message::to_bytes(resp)).await;
+    }
+}
+
+/// INVITE server transactions in progress by source, for sources that are
+/// not a trunk's address: counted when the INVITE is handed to the call
+/// layer, ended when a final response goes out for its branch (or after
+/// `INFLIGHT_TTL`, for a call that ended without one).
+#[derive(Default)]
+struct Inflight {
+    by_branch: HashMap<String, (std::net::IpAddr, Instant)>,
+    per_source: HashMap<std::net::IpAddr, u32>,
+}
+
+/// Longer than any INVITE transaction (ring_timeout is at most an hour).
+const INFLIGHT_TTL: Duration = Duration::from_secs(3700);
+/// Transactions tracked at most (each source is capped far below).
+const MAX_INFLIGHT: usize = 10_000;
+
+impl Inflight {
+    /// False when `source` holds `limit` transactions already (or the table
+    /// is full).
+    fn begin(
+        &mut self,
+        branch: String,
+        source: std::net::IpAddr,
+        limit: u32,
+        now: Instant,
+    ) -> bool {
+        if self.by_branch.contains_key(&branch) {
+            return true;
+        }
+        if self.by_branch.len() >= MAX_INFLIGHT {
+            let stale: Vec<String> = self
+                .by_branch
+                .iter()
+                .filter(|(_, (_, at))| now.saturating_duration_since(*at) >= INFLIGHT_TTL)
+                .map(|(b, _)| b.clone())
+                .collect();
+            for b in stale {
+                self.end(&b);
+            }
+            if self.by_branch.len() >= MAX_INFLIGHT {
+                return false;
+            }
+        }
+        let count = self.per_source.entry(source).or_default();
+        if *count >= limit {
+            return false;
+        }
+        *count += 1;
+        self.by_branch.insert(branch, (source, now));
+        true
+    }
+
+    fn end(&mut self, branch: &str) {
+        if let Some((source, _)) = self.by_branch.remove(branch) {
+            if let Some(count) = self.per_source.get_mut(&source) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.per_source.remove(&source);
+                }
+            }
+        }
     }
 }
 

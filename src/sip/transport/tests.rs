@@ -601,3 +601,24 @@ fn response_routes_stay_bounded_and_drop_the_oldest_first() {
     routes.insert("late".into(), route(t0 + crate::sip::T1 * 65));
     assert_eq!(routes.map.len(), 1);
 }
+
+#[test]
+fn inflight_invites_are_capped_per_source_and_end_with_a_final() {
+    let mut inflight = super::Inflight::default();
+    let t0 = Instant::now();
+    let a: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+    let b: std::net::IpAddr = "198.51.100.2".parse().unwrap();
+    assert!(inflight.begin("b1".into(), a, 2, t0));
+    assert!(inflight.begin("b2".into(), a, 2, t0));
+    // A retransmission is the same transaction.
+    assert!(inflight.begin("b2".into(), a, 2, t0));
+    assert!(!inflight.begin("b3".into(), a, 2, t0));
+    // Another source has its own count.
+    assert!(inflight.begin("c1".into(), b, 2, t0));
+    inflight.end("b1");
+    assert!(inflight.begin("b3".into(), a, 2, t0));
+    inflight.end("b2");
+    inflight.end("b3");
+    inflight.end("c1");
+    assert!(inflight.per_source.is_empty() && inflight.by_branch.is_empty());
+}

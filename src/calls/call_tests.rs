@@ -15,6 +15,7 @@ use crate::media::MediaEvent;
 use crate::policy::{CalleeStream, CallerStream, IncomingLegPlan, SecureMedia};
 use crate::sdp::parse_sip_offer;
 use crate::sip::message;
+use crate::sip::target::Target;
 use crate::sip::uas::IncomingCall;
 use crate::sip::Transport;
 use crate::types::{CallId, Personal, Secret, SrtpSuite, Ssrc};
@@ -143,6 +144,7 @@ fn incoming(sessions: &[SessionKey], reject_code: u16, now: Instant) -> Call {
             account: account(),
             media: media_plan(),
             local: local(),
+            trunk_sources: account().trunk.signaling_sources(Some(trunk_addr().ip())),
             reject_code,
             timers: CallTimers {
                 ring: Duration::from_secs(30),
@@ -228,7 +230,11 @@ fn drain(call: &mut Call) -> Drained {
     while let Some(out) = call.poll_output() {
         match out {
             Output::Sip { to, bytes } => {
-                assert_eq!(to, trunk_addr(), "SIP goes back to the trunk");
+                assert_eq!(
+                    to,
+                    Target::addr(trunk_addr(), Transport::Udp),
+                    "SIP goes back to the trunk"
+                );
                 d.sip.push(message::parse(&bytes).unwrap());
             }
             Output::Session { session, event } => d.events.push((session, event)),
@@ -268,7 +274,11 @@ fn connected_call(n: u64) -> (Call, Instant, String) {
     );
     let d = drain(&mut call);
     let tag = to_tag_of(d.ok_to_invite().expect("200 OK"));
-    call.handle_sip(now, from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"));
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"),
+        trunk_addr(),
+    );
     let d = drain(&mut call);
     assert_eq!(d.connected, 1);
     (call, now, tag)
@@ -360,7 +370,11 @@ fn the_first_accept_wins_and_the_others_stop_ringing() {
     assert_eq!(d.connected, 0, "connected waits for the ACK");
 
     let tag = to_tag_of(ok);
-    call.handle_sip(now, from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"));
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"),
+        trunk_addr(),
+    );
     let d = drain(&mut call);
     assert_eq!(d.connected, 1);
     match d.to(2).as_slice() {
@@ -378,7 +392,11 @@ fn an_accept_after_cancel_is_refused() {
     let now = Instant::now();
     let mut call = incoming(&[1, 2], 486, now);
     drain(&mut call);
-    call.handle_sip(now, from_trunk("CANCEL", 1, None, "z9hG4bKinv1"));
+    call.handle_sip(
+        now,
+        from_trunk("CANCEL", 1, None, "z9hG4bKinv1"),
+        trunk_addr(),
+    );
     let d = drain(&mut call);
     assert_eq!(
         d.statuses(),
@@ -421,7 +439,7 @@ fn every_session_declining_gives_the_trunks_reject_code() {
         // The final response is retransmitted until the ACK (Timer G).
         call.handle_timeout(now + Duration::from_millis(500));
         assert_eq!(drain(&mut call).statuses(), [code]);
-        call.handle_sip(now, from_trunk("ACK", 1, None, "z9hG4bKinv1"));
+        call.handle_sip(now, from_trunk("ACK", 1, None, "z9hG4bKinv1"), trunk_addr());
         call.handle_timeout(now + Duration::from_secs(6));
         assert!(call.is_finished());
     }
@@ -497,7 +515,11 @@ fn an_unusable_answer_ends_only_that_sessions_part() {
 #[test]
 fn a_bye_from_the_trunk_ends_the_call_for_the_browser() {
     let (mut call, now, tag) = connected_call(2);
-    call.handle_sip(now, from_trunk("BYE", 2, Some(&tag), "z9hG4bKbye1"));
+    call.handle_sip(
+        now,
+        from_trunk("BYE", 2, Some(&tag), "z9hG4bKbye1"),
+        trunk_addr(),
+    );
     let d = drain(&mut call);
     assert_eq!(d.statuses(), [200]);
     assert_eq!(
@@ -564,7 +586,7 @@ m=audio 30000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:{} {} inline:d2VsbC
             ..Default::default()
         },
     );
-    call.handle_sip(now, SipMessage::Response(ok));
+    call.handle_sip(now, SipMessage::Response(ok), trunk_addr());
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["ACK"]);
     assert!(d.started_media());
@@ -702,7 +724,7 @@ fn optional_secure_media_re_offers_plain_rtp_in_a_new_invite_after_488() {
     );
 
     let t1 = now + Duration::from_millis(300);
-    call.handle_sip(t1, reply(&first, 488, None));
+    call.handle_sip(t1, reply(&first, 488, None), trunk_addr());
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["ACK", "INVITE"]);
     assert_eq!(d.fallbacks, 1, "counted");
@@ -715,7 +737,7 @@ fn optional_secure_media_re_offers_plain_rtp_in_a_new_invite_after_488() {
     assert!(body.contains("m=audio 20002 RTP/AVP "), "{body}");
     assert!(!body.contains("a=crypto"), "{body}");
 
-    call.handle_sip(t1, reply(&second, 200, Some(PLAIN_ANSWER)));
+    call.handle_sip(t1, reply(&second, 200, Some(PLAIN_ANSWER)), trunk_addr());
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["ACK"]);
     assert!(matches!(trunk_crypto_of(&d), Some(TrunkCrypto::Plain)));
@@ -742,7 +764,7 @@ fn optional_secure_media_takes_a_plain_200_and_counts_it() {
         now,
     );
     let first = the_invite(&drain(&mut call));
-    call.handle_sip(now, reply(&first, 200, Some(PLAIN_ANSWER)));
+    call.handle_sip(now, reply(&first, 200, Some(PLAIN_ANSWER)), trunk_addr());
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["ACK"]);
     assert!(matches!(trunk_crypto_of(&d), Some(TrunkCrypto::Plain)));
@@ -759,7 +781,7 @@ fn mandatory_secure_media_never_runs_plain_rtp() {
         now,
     );
     let first = the_invite(&drain(&mut call));
-    call.handle_sip(now, reply(&first, 200, Some(PLAIN_ANSWER)));
+    call.handle_sip(now, reply(&first, 200, Some(PLAIN_ANSWER)), trunk_addr());
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["ACK", "BYE"]);
     assert!(!d.started_media());
@@ -773,7 +795,7 @@ fn mandatory_secure_media_never_runs_plain_rtp() {
         now,
     );
     let first = the_invite(&drain(&mut call));
-    call.handle_sip(now, reply(&first, 488, None));
+    call.handle_sip(now, reply(&first, 488, None), trunk_addr());
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["ACK"], "no second INVITE");
     assert_eq!(d.hangup_of(7).map(|h| h.0), Some(488));

@@ -16,7 +16,7 @@ use super::{Calls, IncomingEntry};
 use crate::policy::{self, IncomingOffer};
 use crate::sdp;
 use crate::sip::message::{self, ResponseParts};
-use crate::sip::transport::{IncomingRequest, SipEndpoint};
+use crate::sip::transport::{CallMessage, IncomingRequest, SipEndpoint};
 use crate::sip::uas::{IncomingCall, USER_AGENT};
 use crate::stats::live::{self, CallStart, LiveCall};
 use crate::types::{CallId, Personal};
@@ -171,6 +171,12 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
     let live = calls.ctx.live.begin(start);
     driver::observe_message(&live, "in", &SipMessage::Request(uas.invite().clone()));
     let local = calls.sip_local(transport);
+    // The call hears only this trunk: its inbound_sources (the INVITE's
+    // source among them) and its own address.
+    let trunk_address = super::resolve(&trunk.uri.host, trunk.uri.port)
+        .await
+        .map(|a| a.ip());
+    let trunk_sources = trunk.signaling_sources(trunk_address);
     // 100 Trying is queued in `uas`; the call sends it with its 180.
     let call = Call::incoming(
         IncomingSetup {
@@ -183,6 +189,7 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
             account: account.clone(),
             media,
             local,
+            trunk_sources,
             reject_code: trunk.reject_code,
             timers: CallTimers {
                 ring: calls.ctx.ring_timeout,
@@ -199,7 +206,6 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
         sessions,
         allocation,
         sip_rx,
-        transport,
         live,
         now,
         &account.name,
@@ -213,8 +219,7 @@ fn spawn_incoming(
     call: Call,
     sessions: Vec<SessionHandle>,
     allocation: crate::media::MediaAllocation,
-    sip_rx: mpsc::Receiver<SipMessage>,
-    transport: crate::sip::Transport,
+    sip_rx: mpsc::Receiver<CallMessage>,
     live: Arc<LiveCall>,
     now: Instant,
     account: &str,
@@ -238,7 +243,6 @@ fn spawn_incoming(
     };
     let io = CallIo {
         sip: calls.ctx.sip.clone(),
-        transport,
         sip_rx,
         allocation,
         sessions: sessions.into_iter().map(|s| (s.key, s.events)).collect(),
@@ -293,8 +297,12 @@ fn spawn_refusal(
     tokio::spawn(async move {
         let mut permit = Some(permit);
         while !uas.is_finished() {
-            while let Some((bytes, dest)) = uas.poll_transmit() {
-                if let Err(e) = sip.send(dest, transport, bytes).await {
+            // Only responses here, to the INVITE's source: always an address.
+            while let Some((bytes, to)) = uas.poll_transmit() {
+                let Some(dest) = to.socket_addr() else {
+                    continue;
+                };
+                if let Err(e) = sip.send(dest, to.transport, bytes).await {
                     warn!(error = %e, "could not answer an inbound INVITE");
                 }
             }
@@ -307,7 +315,7 @@ fn spawn_refusal(
             };
             tokio::select! {
                 msg = messages.recv() => match msg {
-                    Some(msg) => {
+                    Some(CallMessage { msg, .. }) => {
                         // Once the final response is ACKed only Timer I's
                         // absorbing of ACK copies is left (the transport
                         // drops stray ACKs anyway): free the slot now.

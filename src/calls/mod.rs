@@ -346,7 +346,6 @@ async fn run_outgoing(
     );
     let io = CallIo {
         sip: ctx.sip.clone(),
-        transport,
         sip_rx,
         allocation,
         sessions: vec![(req.session, req.events.clone())],
@@ -366,7 +365,9 @@ async fn run_outgoing(
     driver::run(call, io).await;
 }
 
-async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+/// A trunk's address, and any host a dialog names as its next hop: plain
+/// A/AAAA lookup, first answer (no SRV, as for the configured `uri`).
+pub(crate) async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     tokio::net::lookup_host((host, port)).await.ok()?.next()
 }
 

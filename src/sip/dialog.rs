@@ -1,9 +1,24 @@
 //! Dialog state (RFC 3261 section 12): identifiers, remote target, route
-//! set and CSeq counters; builds in-dialog requests and answers the peer's.
+//! set and CSeq counters; builds in-dialog requests, says where they go
+//! ([`Dialog::next_hop`]), and answers the peer's.
+//!
+//! Where requests go: every request of the dialog (the ACK for a 2xx, BYE,
+//! re-INVITE) carries the remote target as Request-URI and the route set as
+//! Route headers (12.2.1.1), and is sent to the first route, or to the remote
+//! target when there is no route set: not to the address the INVITE went to.
+//! Only the INVITE's own transaction (its CANCEL, the ACK of a non-2xx) keeps
+//! that address (9.1, 17.1.1.3); `sip::uac` sees to it.
+//!
+//! What is accepted from the peer: a request must name this dialog (Call-ID
+//! and both tags, else 481), and carry a CSeq above the last one seen (else
+//! 500, 12.2.2); a retransmission of the last request is answered again with
+//! the same response, as its server transaction would.
 
+use rsip::message::HeadersExt;
 use rsip::{Method, Request, Response};
 
 use super::message::{self, RequestParts, ResponseParts};
+use super::target::Target;
 use super::{SipError, Transport};
 
 /// How the gateway appears in the requests it writes.
@@ -32,6 +47,9 @@ pub struct Dialog {
     pub route_set: Vec<String>,
     local_cseq: u32,
     remote_cseq: Option<u32>,
+    /// The last request of the peer (top Via branch, method, CSeq) and our
+    /// answer, resent for its retransmissions.
+    last_remote: Option<(String, Method, u32, Response)>,
     local: LocalEndpoint,
 }
 
@@ -44,6 +62,9 @@ pub enum InDialog {
     Ack,
     /// Anything else, with the answer to send.
     Other(Response),
+    /// A retransmission of the peer's last request: its answer again, and
+    /// nothing else to do (the BYE was reported the first time).
+    Retransmission(Response),
 }
 
 impl Dialog {
@@ -75,6 +96,7 @@ impl Dialog {
             route_set,
             local_cseq: cseq,
             remote_cseq: None,
+            last_remote: None,
             local,
         })
     }
@@ -111,6 +133,7 @@ impl Dialog {
             route_set: message::record_routes(invite),
             local_cseq: 0,
             remote_cseq: Some(cseq),
+            last_remote: None,
             local,
         })
     }
@@ -189,13 +212,21 @@ impl Dialog {
             _ => (self.remote_target.clone(), self.route_set.clone()),
         };
         let branch = message::new_branch();
+        // The Via names the transport the request really goes on. Its port
+        // stays ours for the dialog's transport: over TCP the answer comes
+        // back on the connection (18.2.2), over UDP to our source port
+        // (`rport`, RFC 3581).
+        let transport = self
+            .next_hop()
+            .map(|t| t.transport)
+            .unwrap_or(self.local.transport);
         message::build_request(RequestParts {
             method,
             uri: &uri,
             via: message::via_value(
                 &self.local.via_host,
                 self.local.via_port,
-                self.local.transport,
+                transport,
                 &branch,
             ),
             from: &self.local_header,
@@ -211,8 +242,39 @@ impl Dialog {
         })
     }
 
-    /// Answers a request of this dialog from the peer. A CSeq lower than the
-    /// last one seen gets 500 (RFC 3261 12.2.2).
+    /// Where the dialog's requests go (RFC 3261 12.2.1.1 and 8.1.2): the
+    /// first route (loose or strict, the request is sent to it either way),
+    /// else the remote target. An error when that URI is unusable; the
+    /// caller then falls back to an address it knows.
+    pub fn next_hop(&self) -> Result<Target, SipError> {
+        let uri = match self.route_set.first() {
+            Some(route) => message::addr_uri(route).ok_or_else(|| SipError::InvalidUri {
+                uri: route.chars().take(80).collect(),
+                reason: "Route without a URI".into(),
+            })?,
+            None => self.remote_target.clone(),
+        };
+        Target::from_uri(&uri, self.local.transport)
+    }
+
+    /// Target refresh (RFC 3261 12.2.1.2 and 12.2.2): the Contact of a 2xx
+    /// to our target refresh request, or of a target refresh request of the
+    /// peer that we accept, becomes the remote target. The route set never
+    /// changes after the dialog is established.
+    pub fn refresh_target<H: HeadersExt>(&mut self, msg: &H) {
+        if let Some(contact) = message::contact_uri(msg) {
+            if rsip::Uri::try_from(contact.as_str()).is_ok() && contact != self.remote_target {
+                tracing::info!(call_id = %self.call_id, "the peer moved: new remote target");
+                self.remote_target = contact;
+            }
+        }
+    }
+
+    /// Answers a request of this dialog from the peer (the caller has
+    /// checked [`Dialog::matches_request`]). A CSeq not above the last one
+    /// seen gets 500 (RFC 3261 12.2.2), unless the request is a
+    /// retransmission of the last one (same Via branch, method and CSeq),
+    /// which gets the same answer again (17.2.2).
     pub fn handle_request(&mut self, req: &Request) -> InDialog {
         let ua = self.local.user_agent.clone();
         let respond = |code: u16| {
@@ -231,18 +293,35 @@ impl Dialog {
         let Ok((seq, _)) = message::cseq(req) else {
             return InDialog::Other(respond(400));
         };
-        if self.remote_cseq.is_some_and(|last| seq < last) {
+        let branch = message::top_via_branch(req).unwrap_or_default();
+        if let Some((b, m, s, resp)) = &self.last_remote {
+            if *b == branch && !b.is_empty() && *m == req.method && *s == seq {
+                return InDialog::Retransmission(resp.clone());
+            }
+        }
+        if self.remote_cseq.is_some_and(|last| seq <= last) {
             return InDialog::Other(respond(500));
         }
         self.remote_cseq = Some(seq);
-        match req.method {
-            Method::Bye => InDialog::Bye(respond(200)),
+        let answer = match req.method {
+            Method::Bye => respond(200),
             // Keep-alives and mid-call notifications are harmless to accept.
-            Method::Options | Method::Info | Method::Notify => InDialog::Other(respond(200)),
+            Method::Options | Method::Info | Method::Notify => respond(200),
             // Re-INVITE and UPDATE need the B2BUA's media answer; until that
             // exists, refuse them without ending the call (RFC 3261 14.2).
-            Method::Invite | Method::Update => InDialog::Other(respond(488)),
-            _ => InDialog::Other(respond(501)),
+            Method::Invite | Method::Update => respond(488),
+            _ => respond(501),
+        };
+        // A target refresh takes effect only when it succeeds (the refused
+        // re-INVITE above leaves the dialog as it was).
+        let refresh = matches!(req.method, Method::Invite | Method::Update);
+        if refresh && (200..300).contains(&answer.status_code.code()) {
+            self.refresh_target(req);
+        }
+        self.last_remote = Some((branch, req.method, seq, answer.clone()));
+        match req.method {
+            Method::Bye => InDialog::Bye(answer),
+            _ => InDialog::Other(answer),
         }
     }
 

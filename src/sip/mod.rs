@@ -10,6 +10,7 @@ pub mod auth;
 pub mod dialog;
 pub mod message;
 pub mod probe;
+pub mod target;
 pub mod transaction;
 pub mod transport;
 pub mod uac;

@@ -159,6 +159,8 @@ fn incoming(sessions: &[SessionKey], reject_code: u16, now: Instant) -> Call {
 #[derive(Default, Debug)]
 struct Drained {
     sip: Vec<SipMessage>,
+    /// Where each of `sip` went.
+    sip_to: Vec<Target>,
     events: Vec<(SessionKey, SessionEvent)>,
     media: Vec<MediaCommand>,
     connected: usize,
@@ -226,16 +228,25 @@ impl Drained {
 }
 
 fn drain(call: &mut Call) -> Drained {
+    let d = drain_anywhere(call);
+    for to in &d.sip_to {
+        assert_eq!(
+            *to,
+            Target::addr(trunk_addr(), Transport::Udp),
+            "SIP goes back to the trunk"
+        );
+    }
+    d
+}
+
+/// [`drain`] without the check that all SIP goes to the trunk.
+fn drain_anywhere(call: &mut Call) -> Drained {
     let mut d = Drained::default();
     while let Some(out) = call.poll_output() {
         match out {
             Output::Sip { to, bytes } => {
-                assert_eq!(
-                    to,
-                    Target::addr(trunk_addr(), Transport::Udp),
-                    "SIP goes back to the trunk"
-                );
                 d.sip.push(message::parse(&bytes).unwrap());
+                d.sip_to.push(to);
             }
             Output::Session { session, event } => d.events.push((session, event)),
             Output::Media(m) => d.media.push(m),
@@ -510,6 +521,115 @@ fn an_unusable_answer_ends_only_that_sessions_part() {
     assert!(reason.contains("setup"), "{reason}");
     assert!(!d.started_media() && d.sip.is_empty());
     assert_eq!(d.hangup_of(2), None, "session 2 still rings");
+}
+
+/// Another trunk of the config: the endpoint's door lets it in, the call
+/// does not listen to it.
+fn other_trunk() -> SocketAddr {
+    "127.0.0.2:5060".parse().unwrap()
+}
+
+#[test]
+fn a_bye_from_another_trunk_is_refused_and_the_incoming_call_goes_on() {
+    let (mut call, now, tag) = connected_call(1);
+    // The right Call-ID, tags and CSeq: only the source is wrong.
+    call.handle_sip(
+        now,
+        from_trunk("BYE", 2, Some(&tag), "z9hG4bKforged"),
+        other_trunk(),
+    );
+    let d = drain_anywhere(&mut call);
+    assert_eq!(d.statuses(), [403]);
+    assert_eq!(d.sip_to, [Target::addr(other_trunk(), Transport::Udp)]);
+    assert_eq!(d.hangup_of(1), None);
+    assert!(!d.stopped_media());
+    assert!(!call.is_over_for_browsers() && !call.is_finished());
+    // An ACK from there is dropped without an answer.
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 1, Some(&tag), "z9hG4bKack9"),
+        other_trunk(),
+    );
+    assert!(drain_anywhere(&mut call).sip.is_empty());
+    // The trunk's own BYE, with the same CSeq, still ends the call: the
+    // forged one left no trace in the dialog.
+    call.handle_sip(
+        now,
+        from_trunk("BYE", 2, Some(&tag), "z9hG4bKbye1"),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [200]);
+    assert_eq!(
+        d.hangup_of(1),
+        Some((200, "the other party hung up".into()))
+    );
+}
+
+#[test]
+fn in_dialog_requests_from_the_trunk_are_checked_against_the_dialog() {
+    let (mut call, now, tag) = connected_call(1);
+    // A tag that names no dialog: 481.
+    call.handle_sip(
+        now,
+        from_trunk("BYE", 3, Some("not-ours"), "z9hG4bKwrongtag"),
+        trunk_addr(),
+    );
+    assert_eq!(drain(&mut call).statuses(), [481]);
+    // CSeq 1 is the INVITE's: a BYE with it is out of order (500).
+    call.handle_sip(
+        now,
+        from_trunk("BYE", 1, Some(&tag), "z9hG4bKstale"),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [500]);
+    assert_eq!(d.hangup_of(1), None);
+    assert!(!call.is_over_for_browsers());
+}
+
+#[test]
+fn a_bye_from_another_trunk_is_refused_and_the_outgoing_call_goes_on() {
+    let now = Instant::now();
+    let mut call = outgoing_with(account(), now);
+    let invite = the_invite(&drain(&mut call));
+    let offer = parse_sip_offer(std::str::from_utf8(&invite.body).unwrap()).unwrap();
+    let key = offer.cryptos[0].key().unwrap().material.clone();
+    let answer = format!(
+        "v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+m=audio 30000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:{} {} inline:d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYXkK\r\n",
+        offer.cryptos[0].tag, key.suite
+    );
+    let ok = message::build_response(
+        &invite,
+        200,
+        message::ResponseParts {
+            to_tag: Some("t1"),
+            contact: Some("<sip:x@127.0.0.1:5070>"),
+            body: Some(("application/sdp", &answer)),
+            ..Default::default()
+        },
+    );
+    call.handle_sip(now, SipMessage::Response(ok), trunk_addr());
+    assert_eq!(drain(&mut call).requests(), ["ACK"]);
+    // The trunk's BYE as another trunk would forge it.
+    let from = message::header_values(&invite, "From")[0].clone();
+    let forged = parse(&format!(
+        "BYE sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKf1\r\n\
+From: <sip:15551234@127.0.0.1>;tag=t1\r\nTo: {from}\r\nCall-ID: out-p1\r\nCSeq: 9 BYE\r\n\
+Content-Length: 0\r\n\r\n"
+    ));
+    call.handle_sip(now, forged.clone(), other_trunk());
+    let d = drain_anywhere(&mut call);
+    assert_eq!(d.statuses(), [403]);
+    assert_eq!(d.hangup_of(7), None);
+    assert!(!call.is_over_for_browsers());
+    // The same BYE from the trunk is the end of the call: the test above
+    // failed for the source alone.
+    call.handle_sip(now, forged, trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [200]);
+    assert!(d.hangup_of(7).is_some());
 }
 
 #[test]

@@ -472,4 +472,231 @@ mod tests {
         stranger.headers.push(Header::CallId("other".into()));
         assert!(!ours.matches_request(&stranger));
     }
+
+    fn addr(s: &str) -> Option<std::net::SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    /// The 2xx of the issue: Contact sip:x@192.0.2.7:5099 and, in one
+    /// header, Record-Route <sip:192.0.2.8:5070;lr>,<sip:192.0.2.9;lr>.
+    fn ok_via_two_proxies(inv: &Request) -> Response {
+        message::build_response(
+            inv,
+            200,
+            ResponseParts {
+                to_tag: Some("theirs"),
+                contact: Some("<sip:x@192.0.2.7:5099>"),
+                extra: vec![Header::RecordRoute(
+                    "<sip:192.0.2.8:5070;lr>,<sip:192.0.2.9;lr>".into(),
+                )],
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn uac_requests_go_to_the_last_record_route_first() {
+        let inv = invite();
+        let mut d = Dialog::uac(&inv, &ok_via_two_proxies(&inv), local()).unwrap();
+        // 12.1.2: the UAC's route set is the Record-Route reversed, so the
+        // proxy nearest to us (listed last by the proxies) comes first.
+        let hop = d.next_hop().unwrap();
+        assert_eq!(hop.socket_addr(), addr("192.0.2.9:5060"));
+        assert_eq!(hop.transport, Transport::Udp);
+        for req in [d.ack(7).unwrap(), d.bye().unwrap()] {
+            assert_eq!(
+                req.uri.to_string(),
+                "sip:x@192.0.2.7:5099",
+                "{}",
+                req.method
+            );
+            assert_eq!(
+                message::header_values(&req, "Route"),
+                vec!["<sip:192.0.2.9;lr>", "<sip:192.0.2.8:5070;lr>"]
+            );
+        }
+    }
+
+    #[test]
+    fn without_record_route_requests_go_to_the_contact() {
+        let inv = invite();
+        let ok = message::build_response(
+            &inv,
+            200,
+            ResponseParts {
+                to_tag: Some("theirs"),
+                contact: Some("<sip:x@192.0.2.7:5099;transport=tcp>"),
+                ..Default::default()
+            },
+        );
+        let mut d = Dialog::uac(&inv, &ok, local()).unwrap();
+        let hop = d.next_hop().unwrap();
+        assert_eq!(hop.socket_addr(), addr("192.0.2.7:5099"));
+        // The Contact's transport parameter wins over the dialog's, and the
+        // Via says so.
+        assert_eq!(hop.transport, Transport::Tcp);
+        let bye = d.bye().unwrap();
+        assert!(message::header_values(&bye, "Route").is_empty());
+        // (rsip writes the parameter's value in capitals: same URI, 19.1.4.)
+        assert!(bye
+            .uri
+            .to_string()
+            .eq_ignore_ascii_case("sip:x@192.0.2.7:5099;transport=tcp"));
+        assert!(message::header_values(&bye, "Via")[0].starts_with("SIP/2.0/TCP "));
+    }
+
+    #[test]
+    fn a_strict_router_is_the_request_uri_and_the_destination() {
+        let inv = invite();
+        let ok = message::build_response(
+            &inv,
+            200,
+            ResponseParts {
+                to_tag: Some("theirs"),
+                contact: Some("<sip:x@192.0.2.7:5099>"),
+                // Reversed by the UAC: the strict 192.0.2.9 comes first.
+                extra: vec![Header::RecordRoute(
+                    "<sip:192.0.2.8:5070;lr>, <sip:192.0.2.9:5062>".into(),
+                )],
+                ..Default::default()
+            },
+        );
+        let mut d = Dialog::uac(&inv, &ok, local()).unwrap();
+        assert_eq!(d.next_hop().unwrap().socket_addr(), addr("192.0.2.9:5062"));
+        let bye = d.bye().unwrap();
+        // 12.2.1.1: the strict router's URI as Request-URI, the rest of the
+        // route set, then the remote target last.
+        assert_eq!(bye.uri.to_string(), "sip:192.0.2.9:5062");
+        assert_eq!(
+            message::header_values(&bye, "Route"),
+            vec!["<sip:192.0.2.8:5070;lr>", "<sip:x@192.0.2.7:5099>"]
+        );
+    }
+
+    #[test]
+    fn uas_requests_follow_the_invites_record_route_in_order() {
+        let mut inv = invite();
+        inv.headers.push(Header::RecordRoute(
+            "<sip:192.0.2.8:5070;lr>,<sip:192.0.2.9;lr>".into(),
+        ));
+        let mut d = Dialog::uas(&inv, "mine", local()).unwrap();
+        // 12.1.1: in order, so the proxy nearest to us is the first one.
+        assert_eq!(d.next_hop().unwrap().socket_addr(), addr("192.0.2.8:5070"));
+        let bye = d.bye().unwrap();
+        // The INVITE's Contact is the remote target.
+        assert_eq!(bye.uri.to_string(), "sip:gw@192.0.2.1:5060");
+        assert_eq!(
+            message::header_values(&bye, "Route"),
+            vec!["<sip:192.0.2.8:5070;lr>", "<sip:192.0.2.9;lr>"]
+        );
+        // Without Record-Route: the Contact itself.
+        let d = Dialog::uas(&invite(), "mine", local()).unwrap();
+        assert_eq!(d.next_hop().unwrap().socket_addr(), addr("192.0.2.1:5060"));
+    }
+
+    #[test]
+    fn an_unusable_contact_is_an_error_for_the_caller_to_handle() {
+        let inv = invite();
+        let ok = message::build_response(
+            &inv,
+            200,
+            ResponseParts {
+                to_tag: Some("theirs"),
+                contact: Some("<tel:+4930123>"),
+                ..Default::default()
+            },
+        );
+        let d = Dialog::uac(&inv, &ok, local()).unwrap();
+        assert!(d.next_hop().is_err());
+    }
+
+    /// A request of the peer in the dialog `ours` (a UAC dialog on `invite()`).
+    fn peer_request(method: Method, cseq: u32, branch: &str) -> Request {
+        message::build_request(RequestParts {
+            method,
+            uri: "sip:gw@192.0.2.1:5060",
+            via: message::via_value("198.51.100.9", 5080, Transport::Udp, branch),
+            from: "<sip:bob@192.0.2.2>;tag=theirs",
+            to: "<sip:gw@192.0.2.1>;tag=ours",
+            call_id: "cid",
+            cseq,
+            contact: Some("<sip:bob@198.51.100.10:5080>"),
+            routes: &[],
+            user_agent: "peer",
+            body: None,
+            extra: vec![],
+        })
+        .unwrap()
+    }
+
+    fn code(answer: InDialog) -> (&'static str, u16) {
+        match answer {
+            InDialog::Bye(r) => ("bye", r.status_code.code()),
+            InDialog::Other(r) => ("other", r.status_code.code()),
+            InDialog::Retransmission(r) => ("again", r.status_code.code()),
+            InDialog::Ack => ("ack", 0),
+        }
+    }
+
+    #[test]
+    fn cseq_must_rise_and_retransmissions_get_the_same_answer() {
+        let inv = invite();
+        let mut d = Dialog::uac(&inv, &ok_with_routes(&inv, &[]), local()).unwrap();
+        let options = peer_request(Method::Options, 20, "z9hG4bKo20");
+        assert!(d.matches_request(&options));
+        assert_eq!(code(d.handle_request(&options)), ("other", 200));
+        // The same request again (same branch): answered again, not 500.
+        assert_eq!(code(d.handle_request(&options)), ("again", 200));
+        // Same CSeq, another transaction: out of order (12.2.2).
+        let same = peer_request(Method::Info, 20, "z9hG4bKi20");
+        assert_eq!(code(d.handle_request(&same)), ("other", 500));
+        let older = peer_request(Method::Bye, 19, "z9hG4bKb19");
+        assert_eq!(code(d.handle_request(&older)), ("other", 500));
+        let bye = peer_request(Method::Bye, 21, "z9hG4bKb21");
+        assert_eq!(code(d.handle_request(&bye)), ("bye", 200));
+        // A retransmitted BYE is not a second hangup.
+        assert_eq!(code(d.handle_request(&bye)), ("again", 200));
+    }
+
+    #[test]
+    fn a_uas_dialog_counts_from_the_invites_cseq() {
+        let inv = invite(); // CSeq 7
+        let mut d = Dialog::uas(&inv, "mine", local()).unwrap();
+        let mut bye = peer_request(Method::Bye, 7, "z9hG4bKb7");
+        // The peer of a UAS dialog is the INVITE's sender: its tags.
+        bye.headers
+            .retain(|h| !matches!(h, Header::From(_) | Header::To(_)));
+        bye.headers
+            .push(Header::From("<sip:gw@192.0.2.1>;tag=ours".into()));
+        bye.headers
+            .push(Header::To("<sip:bob@192.0.2.2>;tag=mine".into()));
+        assert!(d.matches_request(&bye));
+        assert_eq!(code(d.handle_request(&bye)), ("other", 500));
+    }
+
+    #[test]
+    fn target_refresh_moves_the_remote_target_not_the_route_set() {
+        let inv = invite();
+        let mut d = Dialog::uac(&inv, &ok_via_two_proxies(&inv), local()).unwrap();
+        // A refused re-INVITE changes nothing (its Contact names .10).
+        let reinvite = peer_request(Method::Invite, 5, "z9hG4bKr5");
+        assert_eq!(code(d.handle_request(&reinvite)), ("other", 488));
+        assert_eq!(d.remote_target, "sip:x@192.0.2.7:5099");
+        // A 2xx to a target refresh of ours does (12.2.1.2).
+        let mut ok = ok_via_two_proxies(&inv);
+        ok.headers.retain(|h| !matches!(h, Header::Contact(_)));
+        ok.headers
+            .push(Header::Contact("<sip:x@192.0.2.70:5099>".into()));
+        d.refresh_target(&ok);
+        assert_eq!(d.remote_target, "sip:x@192.0.2.70:5099");
+        assert_eq!(d.bye().unwrap().uri.to_string(), "sip:x@192.0.2.70:5099");
+        assert_eq!(d.next_hop().unwrap().socket_addr(), addr("192.0.2.9:5060"));
+        // No route set: the new target is the destination.
+        let mut direct = Dialog::uac(&inv, &ok_with_routes(&inv, &[]), local()).unwrap();
+        direct.refresh_target(&ok);
+        assert_eq!(
+            direct.next_hop().unwrap().socket_addr(),
+            addr("192.0.2.70:5099")
+        );
+    }
 }

@@ -1408,4 +1408,209 @@ mod tests {
         ));
         assert!(call.poll_transmit().is_none());
     }
+
+    /// A 2xx whose Contact and Record-Route (one header, proxies' order)
+    /// are given.
+    fn answer_via(invite: &Request, tag: &str, contact: &str, rr: Option<&str>) -> SipMessage {
+        message::build_response(
+            invite,
+            200,
+            ResponseParts {
+                to_tag: Some(tag),
+                contact: Some(contact),
+                body: Some(("application/sdp", "v=0\r\n")),
+                extra: rr
+                    .map(|r| Header::RecordRoute(r.into()))
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            },
+        )
+        .into()
+    }
+
+    fn at(addr: &str) -> Target {
+        Target::addr(addr.parse().unwrap(), Transport::Udp)
+    }
+
+    #[test]
+    fn ack_and_bye_go_along_the_record_route_to_the_contact() {
+        let (mut call, invite, t0) = start(None);
+        let ok = answer_via(
+            &invite,
+            "trunktag",
+            "<sip:x@192.0.2.7:5099>",
+            Some("<sip:192.0.2.8:5070;lr>,<sip:192.0.2.9;lr>"),
+        );
+        call.handle_message(ok.clone(), t0);
+        let out = sent_to(&mut call);
+        assert_eq!(out.len(), 1);
+        let (ack, to) = (req(&out[0].0), &out[0].1);
+        assert_eq!(ack.method, Method::Ack);
+        // Reversed by the UAC (12.1.2): 192.0.2.9 is the first hop.
+        assert_eq!(*to, at("192.0.2.9:5060"));
+        assert_eq!(ack.uri.to_string(), "sip:x@192.0.2.7:5099");
+        let routes = vec!["<sip:192.0.2.9;lr>", "<sip:192.0.2.8:5070;lr>"];
+        assert_eq!(message::header_values(ack, "Route"), routes);
+        // A retransmitted 2xx: the same ACK, the same way.
+        call.handle_message(ok, t0 + Duration::from_millis(500));
+        assert_eq!(sent_to(&mut call)[0].1, at("192.0.2.9:5060"));
+
+        call.hangup(t0 + Duration::from_secs(3));
+        let out = sent_to(&mut call);
+        let (bye, to) = (req(&out[0].0).clone(), out[0].1.clone());
+        assert_eq!(bye.method, Method::Bye);
+        assert_eq!(to, at("192.0.2.9:5060"));
+        assert_eq!(bye.uri.to_string(), "sip:x@192.0.2.7:5099");
+        assert_eq!(message::header_values(&bye, "Route"), routes);
+        call.handle_message(reply(&bye, 200, None, vec![]), t0 + Duration::from_secs(4));
+        run_until(&mut call, t0 + Duration::from_secs(20));
+        assert!(events(&mut call).contains(&UacEvent::Terminated));
+    }
+
+    #[test]
+    fn retransmitted_bye_goes_where_the_first_went() {
+        let (mut call, invite, t0) = start(None);
+        call.handle_message(answer_via(&invite, "t", "<sip:x@192.0.2.7:5099>", None), t0);
+        sent(&mut call);
+        call.hangup(t0);
+        assert_eq!(sent_to(&mut call)[0].1, at("192.0.2.7:5099"));
+        call.handle_timeout(t0 + T1);
+        let again = sent_to(&mut call);
+        assert_eq!(req(&again[0].0).method, Method::Bye);
+        assert_eq!(
+            again[0].1,
+            at("192.0.2.7:5099"),
+            "without Record-Route: the Contact"
+        );
+    }
+
+    #[test]
+    fn a_strict_router_gets_the_requests() {
+        let (mut call, invite, t0) = start(None);
+        call.handle_message(
+            answer_via(
+                &invite,
+                "t",
+                "<sip:x@192.0.2.7:5099>",
+                Some("<sip:192.0.2.9:5062>"),
+            ),
+            t0,
+        );
+        let out = sent_to(&mut call);
+        let ack = req(&out[0].0);
+        assert_eq!(out[0].1, at("192.0.2.9:5062"));
+        assert_eq!(ack.uri.to_string(), "sip:192.0.2.9:5062");
+        assert_eq!(
+            message::header_values(ack, "Route"),
+            vec!["<sip:x@192.0.2.7:5099>"]
+        );
+    }
+
+    #[test]
+    fn cancel_and_the_ack_of_its_487_go_where_the_invite_went() {
+        let (mut call, invite, t0) = start(None);
+        // The 180 names another Contact: irrelevant to the INVITE's transaction.
+        call.handle_message(reply(&invite, 180, None, vec![]), t0);
+        events(&mut call);
+        call.hangup(t0 + Duration::from_secs(1));
+        let out = sent_to(&mut call);
+        assert_eq!(req(&out[0].0).method, Method::Cancel);
+        assert_eq!(out[0].1, Target::addr(trunk(), Transport::Udp));
+        call.handle_message(
+            reply(&invite, 487, None, vec![]),
+            t0 + Duration::from_secs(1),
+        );
+        let out = sent_to(&mut call);
+        assert_eq!(req(&out[0].0).method, Method::Ack);
+        assert_eq!(out[0].1, Target::addr(trunk(), Transport::Udp));
+    }
+
+    #[test]
+    fn a_fork_is_acked_and_ended_at_its_own_contact() {
+        let (mut call, invite, t0) = start(None);
+        call.handle_message(answer_via(&invite, "a", "<sip:a@192.0.2.7:5099>", None), t0);
+        sent(&mut call);
+        // A second 2xx with another tag: another dialog, ended at once.
+        call.handle_message(
+            answer_via(&invite, "b", "<sip:b@192.0.2.77:5098>", None),
+            t0,
+        );
+        let out = sent_to(&mut call);
+        let kinds: Vec<(Method, Target)> = out
+            .iter()
+            .map(|(m, to)| (req(m).method, to.clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (Method::Ack, at("192.0.2.77:5098")),
+                (Method::Bye, at("192.0.2.77:5098"))
+            ]
+        );
+    }
+
+    /// The trunk's side of the dialog the 2xx `ok` made, to write its requests.
+    fn trunk_side(invite: &Request, ok: &SipMessage) -> Dialog {
+        let SipMessage::Response(ok) = ok else {
+            unreachable!()
+        };
+        let local = LocalEndpoint {
+            via_host: "192.0.2.7".into(),
+            via_port: 5099,
+            transport: Transport::Udp,
+            contact: "<sip:x@192.0.2.7:5099>".into(),
+            user_agent: "trunk".into(),
+        };
+        Dialog::uas(invite, &message::to_tag(ok).unwrap(), local).unwrap()
+    }
+
+    fn status(msg: &SipMessage) -> u16 {
+        match msg {
+            SipMessage::Response(r) => r.status_code.code(),
+            SipMessage::Request(r) => panic!("expected a response, got {}", r.method),
+        }
+    }
+
+    #[test]
+    fn trunk_requests_need_the_tags_and_a_rising_cseq() {
+        let (mut call, invite, t0) = start(None);
+        let ok = answer_via(&invite, "trunktag", "<sip:x@192.0.2.7:5099>", None);
+        call.handle_message(ok.clone(), t0);
+        sent(&mut call);
+        events(&mut call);
+        let mut theirs = trunk_side(&invite, &ok);
+        let options = theirs.request(Method::Options, None).unwrap();
+        call.handle_message(options.clone().into(), t0);
+        assert_eq!(status(&sent(&mut call)[0]), 200);
+
+        // Wrong tag: no such dialog.
+        let mut forged = theirs.bye().unwrap();
+        forged.headers.retain(|h| !matches!(h, Header::From(_)));
+        forged
+            .headers
+            .push(Header::From("<sip:15551234@192.0.2.9>;tag=guess".into()));
+        call.handle_message(forged.into(), t0);
+        assert_eq!(status(&sent(&mut call)[0]), 481);
+
+        // An older CSeq than the OPTIONS (not its retransmission): 500.
+        let mut stale = theirs.bye().unwrap();
+        stale.headers.retain(|h| !matches!(h, Header::CSeq(_)));
+        stale.headers.push(Header::CSeq("1 BYE".into()));
+        call.handle_message(stale.into(), t0);
+        assert_eq!(status(&sent(&mut call)[0]), 500);
+        assert!(events(&mut call).is_empty(), "the call goes on");
+
+        // The OPTIONS again (a retransmission): its answer again.
+        call.handle_message(options.into(), t0);
+        assert_eq!(status(&sent(&mut call)[0]), 200);
+
+        let bye = theirs.bye().unwrap();
+        call.handle_message(bye.clone().into(), t0);
+        assert_eq!(status(&sent(&mut call)[0]), 200);
+        assert_eq!(
+            events(&mut call),
+            vec![UacEvent::RemoteHangup, UacEvent::Terminated]
+        );
+    }
 }

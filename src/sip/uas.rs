@@ -800,4 +800,50 @@ mod tests {
         uac.handle_timeout(t1 + T4);
         assert_eq!(uac.poll_event(), Some(UacEvent::Terminated));
     }
+
+    #[test]
+    fn our_bye_goes_to_the_invites_contact_via_its_record_route() {
+        let t0 = Instant::now();
+        let mut inv = invite();
+        inv.headers
+            .retain(|h| !matches!(h, rsip::Header::Contact(_)));
+        inv.headers
+            .push(rsip::Header::Contact("<sip:alice@192.0.2.70:5072>".into()));
+        inv.headers.push(rsip::Header::RecordRoute(
+            "<sip:192.0.2.8:5070;lr>, <sip:192.0.2.80;lr>".into(),
+        ));
+        let mut call = IncomingCall::new(inv.clone().into(), peer(), t0).unwrap();
+        call.answer("v=0\r\n".into(), "<sip:echo@192.0.2.1:5060>".into(), t0);
+        let sent: Vec<(SipMessage, Target)> = std::iter::from_fn(|| call.poll_transmit())
+            .map(|(b, to)| (message::parse(&b).unwrap(), to))
+            .collect();
+        // Responses go back where the INVITE came from.
+        assert_eq!(
+            codes(&[sent[0].0.clone(), sent[1].0.clone()]),
+            vec![100, 200]
+        );
+        assert!(sent
+            .iter()
+            .all(|(_, to)| *to == Target::addr(peer(), Transport::Udp)));
+        let ack = caller_dialog(&inv, &sent[1].0).ack(1).unwrap();
+        call.handle_message(ack.into(), t0);
+        assert_eq!(events(&mut call), vec![UasEvent::Acked]);
+
+        call.hangup(t0 + Duration::from_secs(1));
+        let (bytes, to) = call.poll_transmit().unwrap();
+        let SipMessage::Request(bye) = message::parse(&bytes).unwrap() else {
+            panic!("expected the BYE")
+        };
+        assert_eq!(bye.method, Method::Bye);
+        // 12.1.1: the route set in the INVITE's order; the first proxy gets it.
+        assert_eq!(
+            to,
+            Target::addr("192.0.2.8:5070".parse().unwrap(), Transport::Udp)
+        );
+        assert_eq!(bye.uri.to_string(), "sip:alice@192.0.2.70:5072");
+        assert_eq!(
+            message::header_values(&bye, "Route"),
+            vec!["<sip:192.0.2.8:5070;lr>", "<sip:192.0.2.80;lr>"]
+        );
+    }
 }

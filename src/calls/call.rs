@@ -177,6 +177,9 @@ pub struct OutgoingSetup {
     pub local: SipLocal,
     /// The trunk's address (resolved by the driver).
     pub destination: SocketAddr,
+    /// Who may send requests in this call: the account's trunk
+    /// (`Trunk::signaling_sources`, all its addresses).
+    pub trunk_sources: Vec<(IpAddr, u8)>,
     /// Generate with `sip::message::new_call_id()`.
     pub sip_call_id: String,
     pub timers: CallTimers,
@@ -363,19 +366,13 @@ impl Call {
     /// unusable browser offer or policy ends the call at once (the owner
     /// gets `hangup`, [`is_finished`](Self::is_finished) is true).
     pub fn outgoing(setup: OutgoingSetup, now: Instant) -> Call {
-        // An outgoing call's trunk: its configured address as resolved for
-        // this call, and its inbound_sources.
-        let trunk_sources = setup
-            .account
-            .trunk
-            .signaling_sources(Some(setup.destination.ip()));
         let mut c = Common::new(
             setup.id.clone(),
             setup.timers,
             setup.media.clone(),
             Some(setup.session),
             &setup.local,
-            trunk_sources,
+            setup.trunk_sources.clone(),
         );
         let refuse = |mut c: Common, cause: Cause| {
             c.finish(cause, now);

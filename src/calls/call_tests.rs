@@ -144,7 +144,7 @@ fn incoming(sessions: &[SessionKey], reject_code: u16, now: Instant) -> Call {
             account: account(),
             media: media_plan(),
             local: local(),
-            trunk_sources: account().trunk.signaling_sources(Some(trunk_addr().ip())),
+            trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
             reject_code,
             timers: CallTimers {
                 ring: Duration::from_secs(30),
@@ -677,6 +677,7 @@ fn an_outgoing_call_runs_on_the_same_core() {
             media: media_plan(),
             local: local(),
             destination: trunk_addr(),
+            trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
             sip_call_id: "out-c1".into(),
             timers: CallTimers::default(),
         },
@@ -748,6 +749,7 @@ fn an_unusable_browser_offer_ends_an_outgoing_call_before_any_sip() {
             media: media_plan(),
             local: local(),
             destination: trunk_addr(),
+            trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
             sip_call_id: "out-c2".into(),
             timers: CallTimers::default(),
         },
@@ -777,6 +779,7 @@ fn account_with(
 }
 
 fn outgoing_with(account: Arc<Account>, now: Instant) -> Call {
+    let trunk_sources = account.trunk.signaling_sources(&[trunk_addr().ip()]);
     Call::outgoing(
         OutgoingSetup {
             id: CallId("c1".into()),
@@ -787,6 +790,7 @@ fn outgoing_with(account: Arc<Account>, now: Instant) -> Call {
             media: media_plan(),
             local: local(),
             destination: trunk_addr(),
+            trunk_sources,
             sip_call_id: "out-p1".into(),
             timers: CallTimers::default(),
         },

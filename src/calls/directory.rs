@@ -43,13 +43,15 @@ impl Trunk {
     }
 
     /// The addresses a call on this trunk accepts requests from: its
-    /// `inbound_sources` and its own address (`address`, its `uri` host as
-    /// the caller resolved it), the same sets the SIP door knows it by.
-    pub fn signaling_sources(&self, address: Option<IpAddr>) -> Vec<(IpAddr, u8)> {
+    /// `inbound_sources` and its own addresses (`addresses`, every address
+    /// its `uri` host resolved to), the same sets the SIP door knows it by.
+    pub fn signaling_sources(&self, addresses: &[IpAddr]) -> Vec<(IpAddr, u8)> {
         let mut sources = self.inbound_sources.clone();
-        if let Some(ip) = address {
-            sources.push((ip, if ip.is_ipv4() { 32 } else { 128 }));
-        }
+        sources.extend(
+            addresses
+                .iter()
+                .map(|ip| (*ip, if ip.is_ipv4() { 32 } else { 128 })),
+        );
         sources
     }
 }

@@ -106,8 +106,9 @@ pub async fn run(mut call: Call, io: CallIo) {
                 Output::Sip { to, bytes } => {
                     observe_sip(&live, "out", &bytes);
                     let Some(addr) = names.address(&to).await else {
-                        // The transaction's timers end what cannot be sent.
-                        warn!(to = %to, "SIP destination does not resolve; message dropped");
+                        // The transaction's timers end what cannot be sent
+                        // (logged once, where the name failed).
+                        tracing::debug!(to = %to, "SIP destination does not resolve; message dropped");
                         continue;
                     };
                     if let Err(e) = sip.send(addr, to.transport, bytes).await {
@@ -260,7 +261,11 @@ impl Names {
             return *known;
         }
         let resolved = super::resolve(name, to.port).await;
-        info!(host = %name, port = to.port, address = ?resolved, "SIP next hop resolved");
+        match resolved {
+            Some(addr) => info!(host = %name, port = to.port, %addr, "SIP next hop resolved"),
+            None => warn!(host = %name, port = to.port,
+                "SIP next hop (Contact or Record-Route) does not resolve; what goes there is dropped"),
+        }
         self.0.insert(key, resolved);
         resolved
     }

@@ -173,10 +173,13 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
     let local = calls.sip_local(transport);
     // The call hears only this trunk: its inbound_sources (the INVITE's
     // source among them) and its own address.
-    let trunk_address = super::resolve(&trunk.uri.host, trunk.uri.port)
-        .await
-        .map(|a| a.ip());
-    let trunk_sources = trunk.signaling_sources(trunk_address);
+    let trunk_addresses: Vec<std::net::IpAddr> =
+        super::resolve_all(&trunk.uri.host, trunk.uri.port)
+            .await
+            .iter()
+            .map(|a| a.ip())
+            .collect();
+    let trunk_sources = trunk.signaling_sources(&trunk_addresses);
     // 100 Trying is queued in `uas`; the call sends it with its 180.
     let call = Call::incoming(
         IncomingSetup {

@@ -299,6 +299,16 @@ impl Dialog {
                 return InDialog::Retransmission(resp.clone());
             }
         }
+        if req.method == Method::Cancel {
+            // A CANCEL repeats the CSeq number of the request it cancels, so
+            // the order check is not for it (9.2). Every request here got its
+            // final answer at once: one that matches has no effect but 200.
+            let known = self
+                .last_remote
+                .as_ref()
+                .is_some_and(|(b, _, s, _)| *b == branch && !b.is_empty() && *s == seq);
+            return InDialog::Other(respond(if known { 200 } else { 481 }));
+        }
         if self.remote_cseq.is_some_and(|last| seq <= last) {
             return InDialog::Other(respond(500));
         }
@@ -652,6 +662,12 @@ mod tests {
         assert_eq!(code(d.handle_request(&same)), ("other", 500));
         let older = peer_request(Method::Bye, 19, "z9hG4bKb19");
         assert_eq!(code(d.handle_request(&older)), ("other", 500));
+        // A CANCEL of the OPTIONS (its branch and CSeq): 200, no effect;
+        // of nothing known: 481. Neither moves the CSeq.
+        let cancel = peer_request(Method::Cancel, 20, "z9hG4bKo20");
+        assert_eq!(code(d.handle_request(&cancel)), ("other", 200));
+        let stray = peer_request(Method::Cancel, 20, "z9hG4bKx");
+        assert_eq!(code(d.handle_request(&stray)), ("other", 481));
         let bye = peer_request(Method::Bye, 21, "z9hG4bKb21");
         assert_eq!(code(d.handle_request(&bye)), ("bye", 200));
         // A retransmitted BYE is not a second hangup.

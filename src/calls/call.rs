@@ -16,6 +16,14 @@
 //! table of causes ([`Cause`]). Nothing here reads the clock, binds a socket
 //! or spawns a task: the driver (`calls::driver`) does that and feeds the
 //! results back, and tests drive it with a fake clock.
+//!
+//! A call hears only its own trunk: a request from another address (another
+//! trunk's, which the endpoint's door lets in) is refused with 403 before the
+//! dialog sees it, so a BYE forged with the call's Call-ID and tags from
+//! there ends nothing. 403 rather than silence: the sender is a configured
+//! peer, not a stranger to hide from, and a final answer stops its
+//! retransmissions and shows up in its traces (a carrier that really sends
+//! its BYEs from an address of another trunk entry gets told, visibly).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +38,7 @@ use super::api::{Security, SessionEvent};
 use super::cause::Cause;
 use super::directory::Account;
 use super::sessions::SessionKey;
+use crate::config::cidr_contains;
 use crate::media::relay::{BrowserLegParams, TrunkCrypto, TrunkLegParams};
 use crate::media::{MediaEvent, RelayParams};
 use crate::policy::{IncomingLegPlan, TrunkLegPlan};
@@ -38,6 +47,8 @@ use crate::sdp::{
     TrunkAnswer, TrunkOfferMedia, TrunkOfferParams,
 };
 use crate::sip::auth::DigestCredentials;
+use crate::sip::message::{self, ResponseParts};
+use crate::sip::target::Target;
 use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
 use crate::sip::uas::{IncomingCall, UasEvent};
 use crate::sip::Transport;
@@ -137,8 +148,9 @@ pub enum MediaCommand {
 /// What the driver must carry out, in order.
 #[derive(Debug, Clone)]
 pub enum Output {
+    /// SIP to send; `to` may name a host the driver has to resolve.
     Sip {
-        to: SocketAddr,
+        to: Target,
         bytes: Bytes,
     },
     Session {
@@ -164,6 +176,9 @@ pub struct OutgoingSetup {
     pub local: SipLocal,
     /// The trunk's address (resolved by the driver).
     pub destination: SocketAddr,
+    /// Who may send requests in this call: the account's trunk
+    /// (`Trunk::signaling_sources`, all its addresses).
+    pub trunk_sources: Vec<(IpAddr, u8)>,
     /// Generate with `sip::message::new_call_id()`.
     pub sip_call_id: String,
     pub timers: CallTimers,
@@ -183,6 +198,9 @@ pub struct IncomingSetup {
     pub account: Arc<Account>,
     pub media: MediaPlan,
     pub local: SipLocal,
+    /// Who may send requests in this call: the trunk the INVITE came in on
+    /// (`Trunk::signaling_sources`).
+    pub trunk_sources: Vec<(IpAddr, u8)>,
     /// The status when every session declined (the trunk's `reject_code`).
     pub reject_code: u16,
     pub timers: CallTimers,
@@ -207,6 +225,10 @@ struct Common {
     id: CallId,
     timers: CallTimers,
     media: MediaPlan,
+    /// The addresses of the call's trunk: requests from elsewhere get 403.
+    trunk_sources: Vec<(IpAddr, u8)>,
+    /// The dialog's transport (for the 403s).
+    transport: Transport,
     /// The session whose call this is: the caller (outgoing) or the one that
     /// accepted (incoming).
     owner: Option<SessionKey>,
@@ -227,11 +249,20 @@ struct Common {
 }
 
 impl Common {
-    fn new(id: CallId, timers: CallTimers, media: MediaPlan, owner: Option<SessionKey>) -> Self {
+    fn new(
+        id: CallId,
+        timers: CallTimers,
+        media: MediaPlan,
+        owner: Option<SessionKey>,
+        local: &SipLocal,
+        trunk_sources: Vec<(IpAddr, u8)>,
+    ) -> Self {
         Common {
             id,
             timers,
             media,
+            trunk_sources,
+            transport: local.transport,
             owner,
             out: VecDeque::new(),
             media_started: false,
@@ -245,6 +276,13 @@ impl Common {
             ended: None,
             finished: false,
         }
+    }
+
+    /// Whether `source` is an address of the call's trunk.
+    fn is_trunk(&self, source: SocketAddr) -> bool {
+        self.trunk_sources
+            .iter()
+            .any(|net| cidr_contains(*net, source.ip()))
     }
 
     fn tell(&mut self, session: SessionKey, event: SessionEvent) {
@@ -332,6 +370,8 @@ impl Call {
             setup.timers,
             setup.media.clone(),
             Some(setup.session),
+            &setup.local,
+            setup.trunk_sources.clone(),
         );
         let refuse = |mut c: Common, cause: Cause| {
             c.finish(cause, now);
@@ -410,6 +450,7 @@ impl Call {
                     _ => None,
                 },
                 user_agent: crate::sip::uas::USER_AGENT.to_string(),
+                destination: setup.destination,
             },
             trunk_offer,
             now,
@@ -425,7 +466,6 @@ impl Call {
             c,
             kind: Kind::Outgoing(Box::new(Outgoing {
                 uac,
-                destination: setup.destination,
                 offer: Some(offer),
                 offer_params: Some(offer_params),
                 plan,
@@ -443,7 +483,14 @@ impl Call {
     /// Starts a trunk-to-browser call: every session gets `incoming` with
     /// the gateway's offer, and the trunk hears 180.
     pub fn incoming(setup: IncomingSetup, now: Instant) -> Call {
-        let mut c = Common::new(setup.id.clone(), setup.timers, setup.media.clone(), None);
+        let mut c = Common::new(
+            setup.id.clone(),
+            setup.timers,
+            setup.media.clone(),
+            None,
+            &setup.local,
+            setup.trunk_sources,
+        );
         let browser_offer = sdp::write_browser_offer(
             &setup.offer,
             &BrowserOfferParams {
@@ -586,9 +633,32 @@ impl Call {
         self.pump(now);
     }
 
-    pub fn handle_sip(&mut self, now: Instant, msg: SipMessage) {
+    /// A message of this call's Call-ID from `source`.
+    pub fn handle_sip(&mut self, now: Instant, msg: SipMessage, source: SocketAddr) {
         if self.c.finished {
             return;
+        }
+        if let SipMessage::Request(req) = &msg {
+            if !self.c.is_trunk(source) {
+                // Responses need no such check: they match a transaction of
+                // ours by its random branch, which a third party never saw.
+                warn!(%source, method = %req.method, "request from outside the call's trunk refused");
+                if req.method != rsip::Method::Ack {
+                    let refusal = message::build_response(
+                        req,
+                        403,
+                        ResponseParts {
+                            user_agent: crate::sip::uas::USER_AGENT,
+                            ..Default::default()
+                        },
+                    );
+                    self.c.out.push_back(Output::Sip {
+                        to: Target::addr(source, self.c.transport),
+                        bytes: message::to_bytes(refusal),
+                    });
+                }
+                return;
+            }
         }
         match &mut self.kind {
             Kind::Outgoing(o) => o.uac.handle_message(msg, now),
@@ -704,7 +774,6 @@ impl Call {
 
 struct Outgoing {
     uac: OutgoingCall,
-    destination: SocketAddr,
     offer: Option<BrowserOffer>,
     offer_params: Option<TrunkOfferParams>,
     plan: TrunkLegPlan,
@@ -751,11 +820,8 @@ impl Outgoing {
 
     fn pump(&mut self, c: &mut Common, now: Instant) -> bool {
         let mut progressed = false;
-        while let Some(bytes) = self.uac.poll_transmit() {
-            c.out.push_back(Output::Sip {
-                to: self.destination,
-                bytes,
-            });
+        while let Some((bytes, to)) = self.uac.poll_transmit() {
+            c.out.push_back(Output::Sip { to, bytes });
             progressed = true;
         }
         while let Some(event) = self.uac.poll_event() {

@@ -15,6 +15,7 @@ use crate::media::MediaEvent;
 use crate::policy::{CalleeStream, CallerStream, IncomingLegPlan, SecureMedia};
 use crate::sdp::parse_sip_offer;
 use crate::sip::message;
+use crate::sip::target::Target;
 use crate::sip::uas::IncomingCall;
 use crate::sip::Transport;
 use crate::types::{CallId, Personal, Secret, SrtpSuite, Ssrc};
@@ -144,6 +145,7 @@ fn incoming(sessions: &[SessionKey], reject_code: u16, now: Instant) -> Call {
             account: account(),
             media: media_plan(),
             local: local(),
+            trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
             reject_code,
             timers: CallTimers {
                 ring: Duration::from_secs(30),
@@ -158,6 +160,8 @@ fn incoming(sessions: &[SessionKey], reject_code: u16, now: Instant) -> Call {
 #[derive(Default, Debug)]
 struct Drained {
     sip: Vec<SipMessage>,
+    /// Where each of `sip` went.
+    sip_to: Vec<Target>,
     events: Vec<(SessionKey, SessionEvent)>,
     media: Vec<MediaCommand>,
     connected: usize,
@@ -225,12 +229,25 @@ impl Drained {
 }
 
 fn drain(call: &mut Call) -> Drained {
+    let d = drain_anywhere(call);
+    for to in &d.sip_to {
+        assert_eq!(
+            *to,
+            Target::addr(trunk_addr(), Transport::Udp),
+            "SIP goes back to the trunk"
+        );
+    }
+    d
+}
+
+/// [`drain`] without the check that all SIP goes to the trunk.
+fn drain_anywhere(call: &mut Call) -> Drained {
     let mut d = Drained::default();
     while let Some(out) = call.poll_output() {
         match out {
             Output::Sip { to, bytes } => {
-                assert_eq!(to, trunk_addr(), "SIP goes back to the trunk");
                 d.sip.push(message::parse(&bytes).unwrap());
+                d.sip_to.push(to);
             }
             Output::Session { session, event } => d.events.push((session, event)),
             Output::Media(m) => d.media.push(m),
@@ -269,7 +286,11 @@ fn connected_call(n: u64) -> (Call, Instant, String) {
     );
     let d = drain(&mut call);
     let tag = to_tag_of(d.ok_to_invite().expect("200 OK"));
-    call.handle_sip(now, from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"));
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"),
+        trunk_addr(),
+    );
     let d = drain(&mut call);
     assert_eq!(d.connected, 1);
     (call, now, tag)
@@ -361,7 +382,11 @@ fn the_first_accept_wins_and_the_others_stop_ringing() {
     assert_eq!(d.connected, 0, "connected waits for the ACK");
 
     let tag = to_tag_of(ok);
-    call.handle_sip(now, from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"));
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"),
+        trunk_addr(),
+    );
     let d = drain(&mut call);
     assert_eq!(d.connected, 1);
     match d.to(2).as_slice() {
@@ -379,7 +404,11 @@ fn an_accept_after_cancel_is_refused() {
     let now = Instant::now();
     let mut call = incoming(&[1, 2], 486, now);
     drain(&mut call);
-    call.handle_sip(now, from_trunk("CANCEL", 1, None, "z9hG4bKinv1"));
+    call.handle_sip(
+        now,
+        from_trunk("CANCEL", 1, None, "z9hG4bKinv1"),
+        trunk_addr(),
+    );
     let d = drain(&mut call);
     assert_eq!(
         d.statuses(),
@@ -422,7 +451,7 @@ fn every_session_declining_gives_the_trunks_reject_code() {
         // The final response is retransmitted until the ACK (Timer G).
         call.handle_timeout(now + Duration::from_millis(500));
         assert_eq!(drain(&mut call).statuses(), [code]);
-        call.handle_sip(now, from_trunk("ACK", 1, None, "z9hG4bKinv1"));
+        call.handle_sip(now, from_trunk("ACK", 1, None, "z9hG4bKinv1"), trunk_addr());
         call.handle_timeout(now + Duration::from_secs(6));
         assert!(call.is_finished());
     }
@@ -495,10 +524,123 @@ fn an_unusable_answer_ends_only_that_sessions_part() {
     assert_eq!(d.hangup_of(2), None, "session 2 still rings");
 }
 
+/// Another trunk of the config: the endpoint's door lets it in, the call
+/// does not listen to it.
+fn other_trunk() -> SocketAddr {
+    "127.0.0.2:5060".parse().unwrap()
+}
+
+#[test]
+fn a_bye_from_another_trunk_is_refused_and_the_incoming_call_goes_on() {
+    let (mut call, now, tag) = connected_call(1);
+    // The right Call-ID, tags and CSeq: only the source is wrong.
+    call.handle_sip(
+        now,
+        from_trunk("BYE", 2, Some(&tag), "z9hG4bKforged"),
+        other_trunk(),
+    );
+    let d = drain_anywhere(&mut call);
+    assert_eq!(d.statuses(), [403]);
+    assert_eq!(d.sip_to, [Target::addr(other_trunk(), Transport::Udp)]);
+    assert_eq!(d.hangup_of(1), None);
+    assert!(!d.stopped_media());
+    assert!(!call.is_over_for_browsers() && !call.is_finished());
+    // An ACK from there is dropped without an answer.
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 1, Some(&tag), "z9hG4bKack9"),
+        other_trunk(),
+    );
+    assert!(drain_anywhere(&mut call).sip.is_empty());
+    // The trunk's own BYE, with the same CSeq, still ends the call: the
+    // forged one left no trace in the dialog.
+    call.handle_sip(
+        now,
+        from_trunk("BYE", 2, Some(&tag), "z9hG4bKbye1"),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [200]);
+    assert_eq!(
+        d.hangup_of(1),
+        Some((200, "the other party hung up".into()))
+    );
+}
+
+#[test]
+fn in_dialog_requests_from_the_trunk_are_checked_against_the_dialog() {
+    let (mut call, now, tag) = connected_call(1);
+    // A tag that names no dialog: 481.
+    call.handle_sip(
+        now,
+        from_trunk("BYE", 3, Some("not-ours"), "z9hG4bKwrongtag"),
+        trunk_addr(),
+    );
+    assert_eq!(drain(&mut call).statuses(), [481]);
+    // CSeq 1 is the INVITE's: a BYE with it is out of order (500).
+    call.handle_sip(
+        now,
+        from_trunk("BYE", 1, Some(&tag), "z9hG4bKstale"),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [500]);
+    assert_eq!(d.hangup_of(1), None);
+    assert!(!call.is_over_for_browsers());
+}
+
+#[test]
+fn a_bye_from_another_trunk_is_refused_and_the_outgoing_call_goes_on() {
+    let now = Instant::now();
+    let mut call = outgoing_with(account(), now);
+    let invite = the_invite(&drain(&mut call));
+    let offer = parse_sip_offer(std::str::from_utf8(&invite.body).unwrap()).unwrap();
+    let key = offer.cryptos[0].key().unwrap().material.clone();
+    let answer = format!(
+        "v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+m=audio 30000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:{} {} inline:d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYXkK\r\n",
+        offer.cryptos[0].tag, key.suite
+    );
+    let ok = message::build_response(
+        &invite,
+        200,
+        message::ResponseParts {
+            to_tag: Some("t1"),
+            contact: Some("<sip:x@127.0.0.1:5070>"),
+            body: Some(("application/sdp", &answer)),
+            ..Default::default()
+        },
+    );
+    call.handle_sip(now, SipMessage::Response(ok), trunk_addr());
+    assert_eq!(drain(&mut call).requests(), ["ACK"]);
+    // The trunk's BYE as another trunk would forge it.
+    let from = message::header_values(&invite, "From")[0].clone();
+    let forged = parse(&format!(
+        "BYE sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKf1\r\n\
+From: <sip:15551234@127.0.0.1>;tag=t1\r\nTo: {from}\r\nCall-ID: out-p1\r\nCSeq: 9 BYE\r\n\
+Content-Length: 0\r\n\r\n"
+    ));
+    call.handle_sip(now, forged.clone(), other_trunk());
+    let d = drain_anywhere(&mut call);
+    assert_eq!(d.statuses(), [403]);
+    assert_eq!(d.hangup_of(7), None);
+    assert!(!call.is_over_for_browsers());
+    // The same BYE from the trunk is the end of the call: the test above
+    // failed for the source alone.
+    call.handle_sip(now, forged, trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [200]);
+    assert!(d.hangup_of(7).is_some());
+}
+
 #[test]
 fn a_bye_from_the_trunk_ends_the_call_for_the_browser() {
     let (mut call, now, tag) = connected_call(2);
-    call.handle_sip(now, from_trunk("BYE", 2, Some(&tag), "z9hG4bKbye1"));
+    call.handle_sip(
+        now,
+        from_trunk("BYE", 2, Some(&tag), "z9hG4bKbye1"),
+        trunk_addr(),
+    );
     let d = drain(&mut call);
     assert_eq!(d.statuses(), [200]);
     assert_eq!(
@@ -536,6 +678,7 @@ fn an_outgoing_call_runs_on_the_same_core() {
             media: media_plan(),
             local: local(),
             destination: trunk_addr(),
+            trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
             sip_call_id: "out-c1".into(),
             timers: CallTimers::default(),
         },
@@ -565,7 +708,7 @@ m=audio 30000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:{} {} inline:d2VsbC
             ..Default::default()
         },
     );
-    call.handle_sip(now, SipMessage::Response(ok));
+    call.handle_sip(now, SipMessage::Response(ok), trunk_addr());
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["ACK"]);
     assert!(d.started_media());
@@ -607,6 +750,7 @@ fn an_unusable_browser_offer_ends_an_outgoing_call_before_any_sip() {
             media: media_plan(),
             local: local(),
             destination: trunk_addr(),
+            trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
             sip_call_id: "out-c2".into(),
             timers: CallTimers::default(),
         },
@@ -636,6 +780,7 @@ fn account_with(
 }
 
 fn outgoing_with(account: Arc<Account>, now: Instant) -> Call {
+    let trunk_sources = account.trunk.signaling_sources(&[trunk_addr().ip()]);
     Call::outgoing(
         OutgoingSetup {
             id: CallId("c1".into()),
@@ -646,6 +791,7 @@ fn outgoing_with(account: Arc<Account>, now: Instant) -> Call {
             media: media_plan(),
             local: local(),
             destination: trunk_addr(),
+            trunk_sources,
             sip_call_id: "out-p1".into(),
             timers: CallTimers::default(),
         },
@@ -703,7 +849,7 @@ fn optional_secure_media_re_offers_plain_rtp_in_a_new_invite_after_488() {
     );
 
     let t1 = now + Duration::from_millis(300);
-    call.handle_sip(t1, reply(&first, 488, None));
+    call.handle_sip(t1, reply(&first, 488, None), trunk_addr());
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["ACK", "INVITE"]);
     assert_eq!(d.fallbacks, 1, "counted");
@@ -716,7 +862,7 @@ fn optional_secure_media_re_offers_plain_rtp_in_a_new_invite_after_488() {
     assert!(body.contains("m=audio 20002 RTP/AVP "), "{body}");
     assert!(!body.contains("a=crypto"), "{body}");
 
-    call.handle_sip(t1, reply(&second, 200, Some(PLAIN_ANSWER)));
+    call.handle_sip(t1, reply(&second, 200, Some(PLAIN_ANSWER)), trunk_addr());
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["ACK"]);
     assert!(matches!(trunk_crypto_of(&d), Some(TrunkCrypto::Plain)));
@@ -743,7 +889,7 @@ fn optional_secure_media_takes_a_plain_200_and_counts_it() {
         now,
     );
     let first = the_invite(&drain(&mut call));
-    call.handle_sip(now, reply(&first, 200, Some(PLAIN_ANSWER)));
+    call.handle_sip(now, reply(&first, 200, Some(PLAIN_ANSWER)), trunk_addr());
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["ACK"]);
     assert!(matches!(trunk_crypto_of(&d), Some(TrunkCrypto::Plain)));
@@ -760,7 +906,7 @@ fn mandatory_secure_media_never_runs_plain_rtp() {
         now,
     );
     let first = the_invite(&drain(&mut call));
-    call.handle_sip(now, reply(&first, 200, Some(PLAIN_ANSWER)));
+    call.handle_sip(now, reply(&first, 200, Some(PLAIN_ANSWER)), trunk_addr());
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["ACK", "BYE"]);
     assert!(!d.started_media());
@@ -774,7 +920,7 @@ fn mandatory_secure_media_never_runs_plain_rtp() {
         now,
     );
     let first = the_invite(&drain(&mut call));
-    call.handle_sip(now, reply(&first, 488, None));
+    call.handle_sip(now, reply(&first, 488, None), trunk_addr());
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["ACK"], "no second INVITE");
     assert_eq!(d.hangup_of(7).map(|h| h.0), Some(488));

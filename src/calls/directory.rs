@@ -44,6 +44,19 @@ impl Trunk {
             .iter()
             .any(|net| cidr_contains(*net, ip))
     }
+
+    /// The addresses a call on this trunk accepts requests from: its
+    /// `inbound_sources` and its own addresses (`addresses`, every address
+    /// its `uri` host resolved to), the same sets the SIP door knows it by.
+    pub fn signaling_sources(&self, addresses: &[IpAddr]) -> Vec<(IpAddr, u8)> {
+        let mut sources = self.inbound_sources.clone();
+        sources.extend(
+            addresses
+                .iter()
+                .map(|ip| (*ip, if ip.is_ipv4() { 32 } else { 128 })),
+        );
+        sources
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -10,14 +10,15 @@ use super::sessions::SessionKey;
 use crate::cdr::{CdrEvent, CdrStore, LegFigures};
 use crate::media::{MediaAllocation, MediaEvent, MediaHandle};
 use crate::sip::message;
-use crate::sip::transport::SipEndpoint;
-use crate::sip::Transport;
+use crate::sip::target::{Host, Target};
+use crate::sip::transport::{CallMessage, SipEndpoint};
 use crate::stats::live::{CallStart, CallState, Direction, LiveCall, LiveCalls, SdpRole};
 use crate::stats::CallStats;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rsip::SipMessage;
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,9 +29,7 @@ use tracing::{info, warn};
 /// What the driver needs besides the call.
 pub struct CallIo {
     pub sip: SipEndpoint,
-    /// The transport of the call's SIP dialog.
-    pub transport: Transport,
-    pub sip_rx: mpsc::Receiver<SipMessage>,
+    pub sip_rx: mpsc::Receiver<CallMessage>,
     pub allocation: MediaAllocation,
     /// The sessions the call may address, with their event senders.
     pub sessions: Vec<(SessionKey, mpsc::Sender<SessionEvent>)>,
@@ -61,7 +60,6 @@ type Closed = Pin<Box<dyn Future<Output = SessionKey> + Send>>;
 pub async fn run(mut call: Call, io: CallIo) {
     let CallIo {
         sip,
-        transport,
         mut sip_rx,
         allocation,
         sessions,
@@ -99,6 +97,7 @@ pub async fn run(mut call: Call, io: CallIo) {
     let mut commands_open = true;
     let mut closed_means = closed_means;
     let mut on_over = Some(on_over);
+    let mut names = Names::default();
 
     loop {
         let mut transport_failed: Option<String> = None;
@@ -106,11 +105,17 @@ pub async fn run(mut call: Call, io: CallIo) {
             match output {
                 Output::Sip { to, bytes } => {
                     observe_sip(&live, "out", &bytes);
-                    if let Err(e) = sip.send(to, transport, bytes).await {
+                    let Some(addr) = names.address(&to).await else {
+                        // The transaction's timers end what cannot be sent
+                        // (logged once, where the name failed).
+                        tracing::debug!(to = %to, "SIP destination does not resolve; message dropped");
+                        continue;
+                    };
+                    if let Err(e) = sip.send(addr, to.transport, bytes).await {
                         warn!(error = %e, "sending to the trunk failed");
                         // Over TCP and TLS a failed send is a transport
                         // error (RFC 3261 8.1.3.1); over UDP the timers decide.
-                        if transport.is_reliable() {
+                        if to.transport.is_reliable() {
                             transport_failed = Some(match e {
                                 crate::sip::SipError::Tls { reason, .. } => reason,
                                 _ => "the trunk cannot be reached".into(),
@@ -190,9 +195,9 @@ pub async fn run(mut call: Call, io: CallIo) {
         };
         tokio::select! {
             msg = sip_rx.recv() => match msg {
-                Some(msg) => {
+                Some(CallMessage { msg, source }) => {
                     observe_message(&live, "in", &msg);
-                    call.handle_sip(Instant::now(), msg)
+                    call.handle_sip(Instant::now(), msg, source)
                 }
                 // The endpoint is gone (shutdown): nothing more can happen.
                 None => break,
@@ -240,6 +245,34 @@ pub async fn run(mut call: Call, io: CallIo) {
     }
     if !concluded {
         conclude(&call, &live, &live_calls, &cdr, &stats, direction);
+    }
+}
+
+/// Host names of a call's SIP destinations (a Contact or Record-Route that
+/// names its host), resolved once per call with the lookup the trunk's own
+/// address gets (`calls::resolve`). A dialog has one next hop, so this stays
+/// tiny.
+#[derive(Default)]
+struct Names(HashMap<(String, u16), Option<SocketAddr>>);
+
+impl Names {
+    async fn address(&mut self, to: &Target) -> Option<SocketAddr> {
+        let name = match &to.host {
+            Host::Ip(_) => return to.socket_addr(),
+            Host::Name(name) => name,
+        };
+        let key = (name.clone(), to.port);
+        if let Some(known) = self.0.get(&key) {
+            return *known;
+        }
+        let resolved = super::resolve(name, to.port).await;
+        match resolved {
+            Some(addr) => info!(host = %name, port = to.port, %addr, "SIP next hop resolved"),
+            None => warn!(host = %name, port = to.port,
+                "SIP next hop (Contact or Record-Route) does not resolve; what goes there is dropped"),
+        }
+        self.0.insert(key, resolved);
+        resolved
     }
 }
 

@@ -16,7 +16,7 @@ use super::{Calls, IncomingEntry};
 use crate::policy::{self, IncomingOffer};
 use crate::sdp;
 use crate::sip::message::{self, ResponseParts};
-use crate::sip::transport::{IncomingRequest, SipEndpoint};
+use crate::sip::transport::{CallMessage, IncomingRequest, SipEndpoint};
 use crate::sip::uas::{IncomingCall, USER_AGENT};
 use crate::stats::live::{self, CallStart, LiveCall};
 use crate::types::{CallId, Personal};
@@ -42,6 +42,7 @@ pub async fn route(calls: Calls, mut incoming: mpsc::Receiver<IncomingRequest>) 
 
 async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRequest) {
     let source = request.source;
+    let authenticated = request.trunk.is_some();
     let trunk = match &request.trunk {
         Some(name) => calls.ctx.directory.trunk(name),
         None => calls.ctx.directory.trunk_for_source(source.ip()),
@@ -175,6 +176,19 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
     let live = calls.ctx.live.begin(start);
     driver::observe_message(&live, "in", &SipMessage::Request(uas.invite().clone()));
     let local = calls.sip_local(transport);
+    // The call hears only this trunk: its inbound_sources (the INVITE's
+    // source among them), its own address, and the INVITE's source when
+    // it proved itself the trunk with digest credentials.
+    let mut trunk_addresses: Vec<std::net::IpAddr> =
+        super::resolve_all(&trunk.uri.host, trunk.uri.port)
+            .await
+            .iter()
+            .map(|a| a.ip())
+            .collect();
+    if authenticated {
+        trunk_addresses.push(source.ip());
+    }
+    let trunk_sources = trunk.signaling_sources(&trunk_addresses);
     // 100 Trying is queued in `uas`; the call sends it with its 180.
     let call = Call::incoming(
         IncomingSetup {
@@ -187,6 +201,7 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
             account: account.clone(),
             media,
             local,
+            trunk_sources,
             reject_code: trunk.reject_code,
             timers: CallTimers {
                 ring: calls.ctx.ring_timeout,
@@ -203,7 +218,6 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
         sessions,
         allocation,
         sip_rx,
-        transport,
         live,
         now,
         &account.name,
@@ -217,8 +231,7 @@ fn spawn_incoming(
     call: Call,
     sessions: Vec<SessionHandle>,
     allocation: crate::media::MediaAllocation,
-    sip_rx: mpsc::Receiver<SipMessage>,
-    transport: crate::sip::Transport,
+    sip_rx: mpsc::Receiver<CallMessage>,
     live: Arc<LiveCall>,
     now: Instant,
     account: &str,
@@ -242,7 +255,6 @@ fn spawn_incoming(
     };
     let io = CallIo {
         sip: calls.ctx.sip.clone(),
-        transport,
         sip_rx,
         allocation,
         sessions: sessions.into_iter().map(|s| (s.key, s.events)).collect(),
@@ -297,8 +309,12 @@ fn spawn_refusal(
     tokio::spawn(async move {
         let mut permit = Some(permit);
         while !uas.is_finished() {
-            while let Some((bytes, dest)) = uas.poll_transmit() {
-                if let Err(e) = sip.send(dest, transport, bytes).await {
+            // Only responses here, to the INVITE's source: always an address.
+            while let Some((bytes, to)) = uas.poll_transmit() {
+                let Some(dest) = to.socket_addr() else {
+                    continue;
+                };
+                if let Err(e) = sip.send(dest, to.transport, bytes).await {
                     warn!(error = %e, "could not answer an inbound INVITE");
                 }
             }
@@ -311,7 +327,7 @@ fn spawn_refusal(
             };
             tokio::select! {
                 msg = messages.recv() => match msg {
-                    Some(msg) => {
+                    Some(CallMessage { msg, .. }) => {
                         // Once the final response is ACKed only Timer I's
                         // absorbing of ACK copies is left (the transport
                         // drops stray ACKs anyway): free the slot now.

@@ -308,7 +308,10 @@ async fn run_outgoing(
             return refuse(Cause::NoResources("no media ports available".into()));
         }
     };
-    let Some(destination) = resolve(&trunk.uri.host, trunk.uri.port).await else {
+    // The INVITE goes to the first address; requests of the call are taken
+    // from any of them (a trunk name with several nodes behind it).
+    let addresses = resolve_all(&trunk.uri.host, trunk.uri.port).await;
+    let Some(&destination) = addresses.first() else {
         return refuse(Cause::TrunkUnreachable(format!(
             "trunk {} cannot be resolved",
             trunk.name
@@ -349,6 +352,8 @@ async fn run_outgoing(
             media,
             local: calls.sip_local(transport),
             destination,
+            trunk_sources: trunk
+                .signaling_sources(&addresses.iter().map(|a| a.ip()).collect::<Vec<_>>()),
             sip_call_id,
             timers: CallTimers::default(),
         },
@@ -356,7 +361,6 @@ async fn run_outgoing(
     );
     let io = CallIo {
         sip: ctx.sip.clone(),
-        transport,
         sip_rx,
         allocation,
         sessions: vec![(req.session, req.events.clone())],
@@ -376,8 +380,18 @@ async fn run_outgoing(
     driver::run(call, io).await;
 }
 
-async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
-    tokio::net::lookup_host((host, port)).await.ok()?.next()
+/// A trunk's address, and any host a dialog names as its next hop: plain
+/// A/AAAA lookup, first answer (no SRV, as for the configured `uri`).
+pub(crate) async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    resolve_all(host, port).await.into_iter().next()
+}
+
+/// Every address `host` resolves to (none when it does not).
+pub(crate) async fn resolve_all(host: &str, port: u16) -> Vec<SocketAddr> {
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addrs) => addrs.collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 impl CallControl for Calls {

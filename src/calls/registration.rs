@@ -203,7 +203,7 @@ async fn drive(
         };
         tokio::select! {
             msg = messages.recv() => match msg {
-                Some(msg) => reg.handle_message(msg, Instant::now()),
+                Some(m) => reg.handle_message(m.msg, Instant::now()),
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline.into()) => {

@@ -134,12 +134,15 @@ async fn recv_invite(sock: &UdpSocket) -> (rsip::Request, SocketAddr) {
 }
 
 fn respond(req: &rsip::Request, code: u16) -> bytes::Bytes {
+    // The Contact names the trunk itself (the Request-URI's host and port):
+    // the dialog's ACK and BYE come there.
+    let contact = format!("<sip:x@{}>", req.uri.host_with_port);
     message::to_bytes(message::build_response(
         req,
         code,
         ResponseParts {
             to_tag: Some("trunktag"),
-            contact: (code < 300).then_some("<sip:x@127.0.0.1:5999>"),
+            contact: (code < 300).then_some(contact.as_str()),
             user_agent: "scripted-trunk",
             ..Default::default()
         },

@@ -159,7 +159,7 @@ pub async fn monitor(
             .unwrap_or_else(|| Instant::now() + trunk.options_interval);
         tokio::select! {
             msg = messages.recv() => match msg {
-                Some(msg) => probe.handle_message(msg, Instant::now()),
+                Some(m) => probe.handle_message(m.msg, Instant::now()),
                 None => break,
             },
             _ = tokio::time::sleep_until(at.into()) => probe.handle_timeout(Instant::now()),

@@ -64,12 +64,8 @@ enum EchoError {
 
 async fn echo_call(endpoint: SipEndpoint, request: IncomingRequest) -> Result<(), EchoError> {
     let now = Instant::now();
-    let IncomingRequest {
-        msg,
-        source,
-        transport,
-        ..
-    } = request;
+    // The transport is the INVITE's Via's, which IncomingCall reads itself.
+    let IncomingRequest { msg, source, .. } = request;
     let mut uas = match IncomingCall::new(msg, source, now) {
         Ok(uas) => uas,
         Err(e) => {
@@ -79,7 +75,7 @@ async fn echo_call(endpoint: SipEndpoint, request: IncomingRequest) -> Result<()
     };
     let call_id = uas.call_id().to_string();
     let mut sip_rx = endpoint.register_call(&call_id);
-    let result = run_echo(&endpoint, &mut uas, &mut sip_rx, transport).await;
+    let result = run_echo(&endpoint, &mut uas, &mut sip_rx).await;
     endpoint.unregister_call(&call_id);
     result
 }
@@ -87,31 +83,30 @@ async fn echo_call(endpoint: SipEndpoint, request: IncomingRequest) -> Result<()
 async fn run_echo(
     endpoint: &SipEndpoint,
     uas: &mut IncomingCall,
-    sip_rx: &mut mpsc::Receiver<rsip::SipMessage>,
-    transport: crate::sip::transport::Transport,
+    sip_rx: &mut mpsc::Receiver<crate::sip::transport::CallMessage>,
 ) -> Result<(), EchoError> {
     let offer = match uas.offer_sdp().map(sdp::parse_sip_offer) {
         Some(Ok(offer)) => offer,
         Some(Err(e)) => {
             uas.reject(488, Instant::now());
-            flush(endpoint, uas, transport).await;
+            flush(endpoint, uas).await;
             return Err(EchoError::Offer(e.to_string()));
         }
         None => {
             uas.reject(488, Instant::now());
-            flush(endpoint, uas, transport).await;
+            flush(endpoint, uas).await;
             return Err(EchoError::Offer("no SDP".into()));
         }
     };
     // The echo only speaks SRTP: it is there to exercise the secure path.
     let Some(their_crypto) = offer.choose_crypto(&SrtpSuite::ALL).cloned() else {
         uas.reject(488, Instant::now());
-        flush(endpoint, uas, transport).await;
+        flush(endpoint, uas).await;
         return Err(EchoError::Offer("no supported a=crypto".into()));
     };
     let Some(their_key) = their_crypto.key().map(|k| k.material.clone()) else {
         uas.reject(488, Instant::now());
-        flush(endpoint, uas, transport).await;
+        flush(endpoint, uas).await;
         return Err(EchoError::Offer("a=crypto without a key".into()));
     };
     let our_key = SrtpKeyMaterial::generate(their_crypto.suite);
@@ -127,7 +122,7 @@ async fn run_echo(
     let contact = format!("<sip:echo@127.0.0.1:{}>", endpoint.local_addr().port());
     uas.ringing(Instant::now());
     uas.answer(answer, contact, Instant::now());
-    flush(endpoint, uas, transport).await;
+    flush(endpoint, uas).await;
 
     let mut inbound = SrtpContext::new(&their_key).map_err(|e| EchoError::Offer(e.to_string()))?;
     let mut outbound = SrtpContext::new(&our_key).map_err(|e| EchoError::Offer(e.to_string()))?;
@@ -139,7 +134,7 @@ async fn run_echo(
     let mut hung_up = false;
     let mut echoed: u64 = 0;
     loop {
-        flush(endpoint, uas, transport).await;
+        flush(endpoint, uas).await;
         let mut done = false;
         while let Some(event) = uas.poll_event() {
             // Keep absorbing retransmissions until the UAS says it is done.
@@ -160,7 +155,7 @@ async fn run_echo(
         };
         tokio::select! {
             msg = sip_rx.recv() => match msg {
-                Some(msg) => uas.handle_message(msg, Instant::now()),
+                Some(m) => uas.handle_message(m.msg, Instant::now()),
                 None => break,
             },
             _ = sleep => uas.handle_timeout(Instant::now()),
@@ -185,18 +180,20 @@ async fn run_echo(
             }
         }
     }
-    flush(endpoint, uas, transport).await;
+    flush(endpoint, uas).await;
     info!(echoed, "echo call ended");
     Ok(())
 }
 
-async fn flush(
-    endpoint: &SipEndpoint,
-    uas: &mut IncomingCall,
-    transport: crate::sip::transport::Transport,
-) {
-    while let Some((bytes, dest)) = uas.poll_transmit() {
-        if let Err(e) = endpoint.send(dest, transport, bytes).await {
+/// Sends what `uas` queued, each message on the transport it names.
+async fn flush(endpoint: &SipEndpoint, uas: &mut IncomingCall) {
+    while let Some((bytes, to)) = uas.poll_transmit() {
+        // The gateway's Contact is its address: no name to resolve.
+        let Some(dest) = to.socket_addr() else {
+            warn!(to = %to, "echo trunk cannot send to a host name");
+            continue;
+        };
+        if let Err(e) = endpoint.send(dest, to.transport, bytes).await {
             warn!(error = %e, "echo trunk could not send");
         }
     }

@@ -1,9 +1,24 @@
 //! Dialog state (RFC 3261 section 12): identifiers, remote target, route
-//! set and CSeq counters; builds in-dialog requests and answers the peer's.
+//! set and CSeq counters; builds in-dialog requests, says where they go
+//! ([`Dialog::next_hop`]), and answers the peer's.
+//!
+//! Where requests go: every request of the dialog (the ACK for a 2xx, BYE,
+//! re-INVITE) carries the remote target as Request-URI and the route set as
+//! Route headers (12.2.1.1), and is sent to the first route, or to the remote
+//! target when there is no route set: not to the address the INVITE went to.
+//! Only the INVITE's own transaction (its CANCEL, the ACK of a non-2xx) keeps
+//! that address (9.1, 17.1.1.3); `sip::uac` sees to it.
+//!
+//! What is accepted from the peer: a request must name this dialog (Call-ID
+//! and both tags, else 481), and carry a CSeq above the last one seen (else
+//! 500, 12.2.2); a retransmission of the last request is answered again with
+//! the same response, as its server transaction would.
 
+use rsip::message::HeadersExt;
 use rsip::{Method, Request, Response};
 
 use super::message::{self, RequestParts, ResponseParts};
+use super::target::Target;
 use super::{SipError, Transport};
 
 /// How the gateway appears in the requests it writes.
@@ -32,6 +47,9 @@ pub struct Dialog {
     pub route_set: Vec<String>,
     local_cseq: u32,
     remote_cseq: Option<u32>,
+    /// The last request of the peer (top Via branch, method, CSeq) and our
+    /// answer, resent for its retransmissions.
+    last_remote: Option<(String, Method, u32, Response)>,
     local: LocalEndpoint,
 }
 
@@ -44,6 +62,9 @@ pub enum InDialog {
     Ack,
     /// Anything else, with the answer to send.
     Other(Response),
+    /// A retransmission of the peer's last request: its answer again, and
+    /// nothing else to do (the BYE was reported the first time).
+    Retransmission(Response),
 }
 
 impl Dialog {
@@ -75,6 +96,7 @@ impl Dialog {
             route_set,
             local_cseq: cseq,
             remote_cseq: None,
+            last_remote: None,
             local,
         })
     }
@@ -111,6 +133,7 @@ impl Dialog {
             route_set: message::record_routes(invite),
             local_cseq: 0,
             remote_cseq: Some(cseq),
+            last_remote: None,
             local,
         })
     }
@@ -189,13 +212,21 @@ impl Dialog {
             _ => (self.remote_target.clone(), self.route_set.clone()),
         };
         let branch = message::new_branch();
+        // The Via names the transport the request really goes on. Its port
+        // stays ours for the dialog's transport: over TCP the answer comes
+        // back on the connection (18.2.2), over UDP to our source port
+        // (`rport`, RFC 3581).
+        let transport = self
+            .next_hop()
+            .map(|t| t.transport)
+            .unwrap_or(self.local.transport);
         message::build_request(RequestParts {
             method,
             uri: &uri,
             via: message::via_value(
                 &self.local.via_host,
                 self.local.via_port,
-                self.local.transport,
+                transport,
                 &branch,
             ),
             from: &self.local_header,
@@ -211,8 +242,39 @@ impl Dialog {
         })
     }
 
-    /// Answers a request of this dialog from the peer. A CSeq lower than the
-    /// last one seen gets 500 (RFC 3261 12.2.2).
+    /// Where the dialog's requests go (RFC 3261 12.2.1.1 and 8.1.2): the
+    /// first route (loose or strict, the request is sent to it either way),
+    /// else the remote target. An error when that URI is unusable; the
+    /// caller then falls back to an address it knows.
+    pub fn next_hop(&self) -> Result<Target, SipError> {
+        let uri = match self.route_set.first() {
+            Some(route) => message::addr_uri(route).ok_or_else(|| SipError::InvalidUri {
+                uri: route.chars().take(80).collect(),
+                reason: "Route without a URI".into(),
+            })?,
+            None => self.remote_target.clone(),
+        };
+        Target::from_uri(&uri, self.local.transport)
+    }
+
+    /// Target refresh (RFC 3261 12.2.1.2 and 12.2.2): the Contact of a 2xx
+    /// to our target refresh request, or of a target refresh request of the
+    /// peer that we accept, becomes the remote target. The route set never
+    /// changes after the dialog is established.
+    pub fn refresh_target<H: HeadersExt>(&mut self, msg: &H) {
+        if let Some(contact) = message::contact_uri(msg) {
+            if rsip::Uri::try_from(contact.as_str()).is_ok() && contact != self.remote_target {
+                tracing::info!(call_id = %self.call_id, "the peer moved: new remote target");
+                self.remote_target = contact;
+            }
+        }
+    }
+
+    /// Answers a request of this dialog from the peer (the caller has
+    /// checked [`Dialog::matches_request`]). A CSeq not above the last one
+    /// seen gets 500 (RFC 3261 12.2.2), unless the request is a
+    /// retransmission of the last one (same Via branch, method and CSeq),
+    /// which gets the same answer again (17.2.2).
     pub fn handle_request(&mut self, req: &Request) -> InDialog {
         let ua = self.local.user_agent.clone();
         let respond = |code: u16| {
@@ -231,18 +293,45 @@ impl Dialog {
         let Ok((seq, _)) = message::cseq(req) else {
             return InDialog::Other(respond(400));
         };
-        if self.remote_cseq.is_some_and(|last| seq < last) {
+        let branch = message::top_via_branch(req).unwrap_or_default();
+        if let Some((b, m, s, resp)) = &self.last_remote {
+            if *b == branch && !b.is_empty() && *m == req.method && *s == seq {
+                return InDialog::Retransmission(resp.clone());
+            }
+        }
+        if req.method == Method::Cancel {
+            // A CANCEL repeats the CSeq number of the request it cancels, so
+            // the order check is not for it (9.2). Every request here got its
+            // final answer at once: one that matches has no effect but 200.
+            let known = self
+                .last_remote
+                .as_ref()
+                .is_some_and(|(b, _, s, _)| *b == branch && !b.is_empty() && *s == seq);
+            return InDialog::Other(respond(if known { 200 } else { 481 }));
+        }
+        if self.remote_cseq.is_some_and(|last| seq <= last) {
             return InDialog::Other(respond(500));
         }
         self.remote_cseq = Some(seq);
-        match req.method {
-            Method::Bye => InDialog::Bye(respond(200)),
+        let answer = match req.method {
+            Method::Bye => respond(200),
             // Keep-alives and mid-call notifications are harmless to accept.
-            Method::Options | Method::Info | Method::Notify => InDialog::Other(respond(200)),
+            Method::Options | Method::Info | Method::Notify => respond(200),
             // Re-INVITE and UPDATE need the B2BUA's media answer; until that
             // exists, refuse them without ending the call (RFC 3261 14.2).
-            Method::Invite | Method::Update => InDialog::Other(respond(488)),
-            _ => InDialog::Other(respond(501)),
+            Method::Invite | Method::Update => respond(488),
+            _ => respond(501),
+        };
+        // A target refresh takes effect only when it succeeds (the refused
+        // re-INVITE above leaves the dialog as it was).
+        let refresh = matches!(req.method, Method::Invite | Method::Update);
+        if refresh && (200..300).contains(&answer.status_code.code()) {
+            self.refresh_target(req);
+        }
+        self.last_remote = Some((branch, req.method, seq, answer.clone()));
+        match req.method {
+            Method::Bye => InDialog::Bye(answer),
+            _ => InDialog::Other(answer),
         }
     }
 
@@ -392,5 +481,238 @@ mod tests {
         stranger.headers.retain(|h| !matches!(h, Header::CallId(_)));
         stranger.headers.push(Header::CallId("other".into()));
         assert!(!ours.matches_request(&stranger));
+    }
+
+    fn addr(s: &str) -> Option<std::net::SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    /// The 2xx of the issue: Contact sip:x@192.0.2.7:5099 and, in one
+    /// header, Record-Route <sip:192.0.2.8:5070;lr>,<sip:192.0.2.9;lr>.
+    fn ok_via_two_proxies(inv: &Request) -> Response {
+        message::build_response(
+            inv,
+            200,
+            ResponseParts {
+                to_tag: Some("theirs"),
+                contact: Some("<sip:x@192.0.2.7:5099>"),
+                extra: vec![Header::RecordRoute(
+                    "<sip:192.0.2.8:5070;lr>,<sip:192.0.2.9;lr>".into(),
+                )],
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn uac_requests_go_to_the_last_record_route_first() {
+        let inv = invite();
+        let mut d = Dialog::uac(&inv, &ok_via_two_proxies(&inv), local()).unwrap();
+        // 12.1.2: the UAC's route set is the Record-Route reversed, so the
+        // proxy nearest to us (listed last by the proxies) comes first.
+        let hop = d.next_hop().unwrap();
+        assert_eq!(hop.socket_addr(), addr("192.0.2.9:5060"));
+        assert_eq!(hop.transport, Transport::Udp);
+        for req in [d.ack(7).unwrap(), d.bye().unwrap()] {
+            assert_eq!(
+                req.uri.to_string(),
+                "sip:x@192.0.2.7:5099",
+                "{}",
+                req.method
+            );
+            assert_eq!(
+                message::header_values(&req, "Route"),
+                vec!["<sip:192.0.2.9;lr>", "<sip:192.0.2.8:5070;lr>"]
+            );
+        }
+    }
+
+    #[test]
+    fn without_record_route_requests_go_to_the_contact() {
+        let inv = invite();
+        let ok = message::build_response(
+            &inv,
+            200,
+            ResponseParts {
+                to_tag: Some("theirs"),
+                contact: Some("<sip:x@192.0.2.7:5099;transport=tcp>"),
+                ..Default::default()
+            },
+        );
+        let mut d = Dialog::uac(&inv, &ok, local()).unwrap();
+        let hop = d.next_hop().unwrap();
+        assert_eq!(hop.socket_addr(), addr("192.0.2.7:5099"));
+        // The Contact's transport parameter wins over the dialog's, and the
+        // Via says so.
+        assert_eq!(hop.transport, Transport::Tcp);
+        let bye = d.bye().unwrap();
+        assert!(message::header_values(&bye, "Route").is_empty());
+        // (rsip writes the parameter's value in capitals: same URI, 19.1.4.)
+        assert!(bye
+            .uri
+            .to_string()
+            .eq_ignore_ascii_case("sip:x@192.0.2.7:5099;transport=tcp"));
+        assert!(message::header_values(&bye, "Via")[0].starts_with("SIP/2.0/TCP "));
+    }
+
+    #[test]
+    fn a_strict_router_is_the_request_uri_and_the_destination() {
+        let inv = invite();
+        let ok = message::build_response(
+            &inv,
+            200,
+            ResponseParts {
+                to_tag: Some("theirs"),
+                contact: Some("<sip:x@192.0.2.7:5099>"),
+                // Reversed by the UAC: the strict 192.0.2.9 comes first.
+                extra: vec![Header::RecordRoute(
+                    "<sip:192.0.2.8:5070;lr>, <sip:192.0.2.9:5062>".into(),
+                )],
+                ..Default::default()
+            },
+        );
+        let mut d = Dialog::uac(&inv, &ok, local()).unwrap();
+        assert_eq!(d.next_hop().unwrap().socket_addr(), addr("192.0.2.9:5062"));
+        let bye = d.bye().unwrap();
+        // 12.2.1.1: the strict router's URI as Request-URI, the rest of the
+        // route set, then the remote target last.
+        assert_eq!(bye.uri.to_string(), "sip:192.0.2.9:5062");
+        assert_eq!(
+            message::header_values(&bye, "Route"),
+            vec!["<sip:192.0.2.8:5070;lr>", "<sip:x@192.0.2.7:5099>"]
+        );
+    }
+
+    #[test]
+    fn uas_requests_follow_the_invites_record_route_in_order() {
+        let mut inv = invite();
+        inv.headers.push(Header::RecordRoute(
+            "<sip:192.0.2.8:5070;lr>,<sip:192.0.2.9;lr>".into(),
+        ));
+        let mut d = Dialog::uas(&inv, "mine", local()).unwrap();
+        // 12.1.1: in order, so the proxy nearest to us is the first one.
+        assert_eq!(d.next_hop().unwrap().socket_addr(), addr("192.0.2.8:5070"));
+        let bye = d.bye().unwrap();
+        // The INVITE's Contact is the remote target.
+        assert_eq!(bye.uri.to_string(), "sip:gw@192.0.2.1:5060");
+        assert_eq!(
+            message::header_values(&bye, "Route"),
+            vec!["<sip:192.0.2.8:5070;lr>", "<sip:192.0.2.9;lr>"]
+        );
+        // Without Record-Route: the Contact itself.
+        let d = Dialog::uas(&invite(), "mine", local()).unwrap();
+        assert_eq!(d.next_hop().unwrap().socket_addr(), addr("192.0.2.1:5060"));
+    }
+
+    #[test]
+    fn an_unusable_contact_is_an_error_for_the_caller_to_handle() {
+        let inv = invite();
+        let ok = message::build_response(
+            &inv,
+            200,
+            ResponseParts {
+                to_tag: Some("theirs"),
+                contact: Some("<tel:+4930123>"),
+                ..Default::default()
+            },
+        );
+        let d = Dialog::uac(&inv, &ok, local()).unwrap();
+        assert!(d.next_hop().is_err());
+    }
+
+    /// A request of the peer in the dialog `ours` (a UAC dialog on `invite()`).
+    fn peer_request(method: Method, cseq: u32, branch: &str) -> Request {
+        message::build_request(RequestParts {
+            method,
+            uri: "sip:gw@192.0.2.1:5060",
+            via: message::via_value("198.51.100.9", 5080, Transport::Udp, branch),
+            from: "<sip:bob@192.0.2.2>;tag=theirs",
+            to: "<sip:gw@192.0.2.1>;tag=ours",
+            call_id: "cid",
+            cseq,
+            contact: Some("<sip:bob@198.51.100.10:5080>"),
+            routes: &[],
+            user_agent: "peer",
+            body: None,
+            extra: vec![],
+        })
+        .unwrap()
+    }
+
+    fn code(answer: InDialog) -> (&'static str, u16) {
+        match answer {
+            InDialog::Bye(r) => ("bye", r.status_code.code()),
+            InDialog::Other(r) => ("other", r.status_code.code()),
+            InDialog::Retransmission(r) => ("again", r.status_code.code()),
+            InDialog::Ack => ("ack", 0),
+        }
+    }
+
+    #[test]
+    fn cseq_must_rise_and_retransmissions_get_the_same_answer() {
+        let inv = invite();
+        let mut d = Dialog::uac(&inv, &ok_with_routes(&inv, &[]), local()).unwrap();
+        let options = peer_request(Method::Options, 20, "z9hG4bKo20");
+        assert!(d.matches_request(&options));
+        assert_eq!(code(d.handle_request(&options)), ("other", 200));
+        // The same request again (same branch): answered again, not 500.
+        assert_eq!(code(d.handle_request(&options)), ("again", 200));
+        // Same CSeq, another transaction: out of order (12.2.2).
+        let same = peer_request(Method::Info, 20, "z9hG4bKi20");
+        assert_eq!(code(d.handle_request(&same)), ("other", 500));
+        let older = peer_request(Method::Bye, 19, "z9hG4bKb19");
+        assert_eq!(code(d.handle_request(&older)), ("other", 500));
+        // A CANCEL of the OPTIONS (its branch and CSeq): 200, no effect;
+        // of nothing known: 481. Neither moves the CSeq.
+        let cancel = peer_request(Method::Cancel, 20, "z9hG4bKo20");
+        assert_eq!(code(d.handle_request(&cancel)), ("other", 200));
+        let stray = peer_request(Method::Cancel, 20, "z9hG4bKx");
+        assert_eq!(code(d.handle_request(&stray)), ("other", 481));
+        let bye = peer_request(Method::Bye, 21, "z9hG4bKb21");
+        assert_eq!(code(d.handle_request(&bye)), ("bye", 200));
+        // A retransmitted BYE is not a second hangup.
+        assert_eq!(code(d.handle_request(&bye)), ("again", 200));
+    }
+
+    #[test]
+    fn a_uas_dialog_counts_from_the_invites_cseq() {
+        let inv = invite(); // CSeq 7
+        let mut d = Dialog::uas(&inv, "mine", local()).unwrap();
+        let mut bye = peer_request(Method::Bye, 7, "z9hG4bKb7");
+        // The peer of a UAS dialog is the INVITE's sender: its tags.
+        bye.headers
+            .retain(|h| !matches!(h, Header::From(_) | Header::To(_)));
+        bye.headers
+            .push(Header::From("<sip:gw@192.0.2.1>;tag=ours".into()));
+        bye.headers
+            .push(Header::To("<sip:bob@192.0.2.2>;tag=mine".into()));
+        assert!(d.matches_request(&bye));
+        assert_eq!(code(d.handle_request(&bye)), ("other", 500));
+    }
+
+    #[test]
+    fn target_refresh_moves_the_remote_target_not_the_route_set() {
+        let inv = invite();
+        let mut d = Dialog::uac(&inv, &ok_via_two_proxies(&inv), local()).unwrap();
+        // A refused re-INVITE changes nothing (its Contact names .10).
+        let reinvite = peer_request(Method::Invite, 5, "z9hG4bKr5");
+        assert_eq!(code(d.handle_request(&reinvite)), ("other", 488));
+        assert_eq!(d.remote_target, "sip:x@192.0.2.7:5099");
+        // A 2xx to a target refresh of ours does (12.2.1.2).
+        let mut ok = ok_via_two_proxies(&inv);
+        ok.headers.retain(|h| !matches!(h, Header::Contact(_)));
+        ok.headers
+            .push(Header::Contact("<sip:x@192.0.2.70:5099>".into()));
+        d.refresh_target(&ok);
+        assert_eq!(d.remote_target, "sip:x@192.0.2.70:5099");
+        assert_eq!(d.bye().unwrap().uri.to_string(), "sip:x@192.0.2.70:5099");
+        assert_eq!(d.next_hop().unwrap().socket_addr(), addr("192.0.2.9:5060"));
+        // No route set: the new target is the destination.
+        let mut direct = Dialog::uac(&inv, &ok_with_routes(&inv, &[]), local()).unwrap();
+        direct.refresh_target(&ok);
+        assert_eq!(
+            direct.next_hop().unwrap().socket_addr(),
+            addr("192.0.2.70:5099")
+        );
     }
 }

@@ -2,8 +2,17 @@
 //! as the B2BUA drives it for every browser call toward a trunk.
 //!
 //! Inputs: `handle_message` (responses and in-dialog requests with this
-//! Call-ID), `handle_timeout`, `hangup`. Outputs: `poll_transmit` (bytes for
-//! the trunk), `poll_event`, `poll_timeout`.
+//! Call-ID), `handle_timeout`, `hangup`. Outputs: `poll_transmit` (bytes and
+//! where they go), `poll_event`, `poll_timeout`.
+//!
+//! Where messages go: the INVITE, its retransmissions, its CANCEL and the ACK
+//! of a non-2xx answer go to the configured trunk address
+//! ([`UacConfig::destination`], RFC 3261 9.1 and 17.1.1.3); once a 2xx made
+//! the dialog, its ACK, our BYE and any later request go where the dialog
+//! says: the first Record-Route of the 2xx (the set reversed, 12.1.2), else
+//! its Contact ([`Dialog::next_hop`]). Responses to the trunk's requests are
+//! addressed to the trunk too; the endpoint sends every response back where
+//! its request came from anyway.
 //!
 //! Event contract: zero or more `Provisional`, at most one `Reoffered`
 //! (followed by zero or more `Provisional` of the new INVITE), then at most
@@ -25,6 +34,7 @@
 //! Timer D after a rejection), so keep feeding it until then.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -33,6 +43,7 @@ use rsip::{Header, Method, Request, Response, SipMessage};
 use super::auth::{Challenge, DigestAlgorithm, DigestClient, DigestCredentials};
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
 use super::message::{self, RequestParts, ResponseParts};
+use super::target::Target;
 use super::transaction::{ClientTransaction, TxEvent, TIMEOUT};
 use super::Transport;
 
@@ -55,6 +66,8 @@ pub struct UacConfig {
     pub transport: Transport,
     pub credentials: Option<DigestCredentials>,
     pub user_agent: String,
+    /// The trunk's resolved address: where the INVITE (and its CANCEL) go.
+    pub destination: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,13 +98,15 @@ pub struct OutgoingCall {
     /// The INVITE currently outstanding (the last one after auth retries).
     invite: Request,
     invite_cseq: u32,
+    /// Its messages go to the trunk address.
     invite_tx: Option<ClientTransaction>,
-    bye_tx: Option<ClientTransaction>,
+    bye_tx: Option<Routed>,
     /// Transactions whose outcome no longer matters but that must keep
     /// absorbing retransmissions: superseded INVITEs, CANCEL, stray BYEs.
-    background: Vec<ClientTransaction>,
+    background: Vec<Routed>,
     dialog: Option<Dialog>,
-    ack_2xx: Option<Bytes>,
+    /// The ACK of our 2xx, resent for each retransmitted 2xx.
+    ack_2xx: Option<(Bytes, Target)>,
     digest: DigestClient,
     auth_headers: Vec<Header>,
     answered_nonces: Vec<String>,
@@ -105,8 +120,15 @@ pub struct OutgoingCall {
     /// The call is over; `Terminated` follows once the transactions finish.
     ended: bool,
     terminated: bool,
-    transmit: VecDeque<Bytes>,
+    transmit: VecDeque<(Bytes, Target)>,
     events: VecDeque<UacEvent>,
+}
+
+/// A client transaction and where its messages go.
+#[derive(Debug)]
+struct Routed {
+    tx: ClientTransaction,
+    to: Target,
 }
 
 impl OutgoingCall {
@@ -248,12 +270,12 @@ impl OutgoingCall {
             tx.handle_response(resp, now);
             return;
         }
-        if let Some(tx) = self.bye_tx.as_mut().filter(|tx| tx.matches(&resp)) {
-            tx.handle_response(resp, now);
+        if let Some(r) = self.bye_tx.as_mut().filter(|r| r.tx.matches(&resp)) {
+            r.tx.handle_response(resp, now);
             return;
         }
-        if let Some(tx) = self.background.iter_mut().find(|tx| tx.matches(&resp)) {
-            tx.handle_response(resp, now);
+        if let Some(r) = self.background.iter_mut().find(|r| r.tx.matches(&resp)) {
+            r.tx.handle_response(resp, now);
             return;
         }
         // 2xx retransmissions arrive after the INVITE transaction is gone
@@ -274,7 +296,7 @@ impl OutgoingCall {
         if !in_dialog {
             if req.method != Method::Ack {
                 let resp = self.response(&req, 481);
-                self.transmit.push_back(message::to_bytes(resp));
+                self.reply(resp);
             }
             return;
         }
@@ -283,7 +305,7 @@ impl OutgoingCall {
         };
         match dialog.handle_request(&req) {
             InDialog::Bye(resp) => {
-                self.transmit.push_back(message::to_bytes(resp));
+                self.reply(resp);
                 if !self.ended {
                     tracing::info!(call_id = %self.cfg.call_id, "trunk hung up");
                     if !self.hangup_requested {
@@ -297,8 +319,31 @@ impl OutgoingCall {
                 }
             }
             InDialog::Ack => {}
-            InDialog::Other(resp) => self.transmit.push_back(message::to_bytes(resp)),
+            InDialog::Other(resp) | InDialog::Retransmission(resp) => self.reply(resp),
         }
+    }
+
+    /// Queues a response to one of the trunk's requests. Addressed to the
+    /// trunk; the endpoint sends it where the request came from.
+    fn reply(&mut self, resp: Response) {
+        let to = self.trunk();
+        self.transmit.push_back((message::to_bytes(resp), to));
+    }
+
+    /// Where the INVITE went.
+    fn trunk(&self) -> Target {
+        Target::addr(self.cfg.destination, self.cfg.transport)
+    }
+
+    /// Where requests of `dialog` go. A route or Contact that cannot be
+    /// used (not a SIP URI) leaves the trunk address: the request may still
+    /// reach the peer that way, and the call can end.
+    fn hop_of(&self, dialog: &Dialog) -> Target {
+        dialog.next_hop().unwrap_or_else(|e| {
+            tracing::warn!(call_id = %self.cfg.call_id, error = %e,
+                "unusable route or Contact in the answer; in-dialog requests go to the trunk address");
+            self.trunk()
+        })
     }
 
     fn response(&self, req: &Request, code: u16) -> Response {
@@ -319,11 +364,11 @@ impl OutgoingCall {
         if let Some(tx) = self.invite_tx.as_mut() {
             tx.handle_timeout(now);
         }
-        if let Some(tx) = self.bye_tx.as_mut() {
-            tx.handle_timeout(now);
+        if let Some(r) = self.bye_tx.as_mut() {
+            r.tx.handle_timeout(now);
         }
-        for tx in &mut self.background {
-            tx.handle_timeout(now);
+        for r in &mut self.background {
+            r.tx.handle_timeout(now);
         }
         if self.cancel_deadline.is_some_and(|t| t <= now) {
             self.cancel_deadline = None;
@@ -344,15 +389,15 @@ impl OutgoingCall {
         }
         self.invite_tx
             .iter()
-            .chain(self.bye_tx.iter())
-            .chain(self.background.iter())
+            .chain(self.bye_tx.iter().map(|r| &r.tx))
+            .chain(self.background.iter().map(|r| &r.tx))
             .filter_map(|tx| tx.poll_timeout())
             .chain(self.cancel_deadline)
             .min()
     }
 
-    /// Bytes for the trunk.
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+    /// Bytes to send, and where to.
+    pub fn poll_transmit(&mut self) -> Option<(Bytes, Target)> {
         self.transmit.pop_front()
     }
 
@@ -384,18 +429,29 @@ impl OutgoingCall {
             return;
         }
         self.cancel_sent = true;
+        // RFC 3261 9.1: the CANCEL goes where the INVITE went.
         let cancel = message::cancel_for(&self.invite, &self.cfg.user_agent);
-        self.background
-            .push(ClientTransaction::new(cancel, self.cfg.transport, now));
+        self.background.push(Routed {
+            tx: ClientTransaction::new(cancel, self.cfg.transport, now),
+            to: self.trunk(),
+        });
         self.cancel_deadline = Some(now + TIMEOUT);
     }
 
     fn send_bye(&mut self, now: Instant) {
+        let Some(to) = self.dialog.as_ref().map(|d| self.hop_of(d)) else {
+            return;
+        };
         let Some(dialog) = self.dialog.as_mut() else {
             return;
         };
         match dialog.bye() {
-            Ok(bye) => self.bye_tx = Some(ClientTransaction::new(bye, self.cfg.transport, now)),
+            Ok(bye) => {
+                self.bye_tx = Some(Routed {
+                    tx: ClientTransaction::new(bye, to.transport, now),
+                    to,
+                })
+            }
             Err(e) => {
                 tracing::warn!(call_id = %self.cfg.call_id, error = %e, "cannot build BYE");
                 self.ended = true;
@@ -422,7 +478,7 @@ impl OutgoingCall {
                 }
             }
         }
-        while let Some(ev) = self.bye_tx.as_mut().and_then(|tx| tx.poll_event()) {
+        while let Some(ev) = self.bye_tx.as_mut().and_then(|r| r.tx.poll_event()) {
             match ev {
                 TxEvent::Response(resp) if message::status_code(&resp) < 200 => {}
                 TxEvent::Response(resp)
@@ -433,16 +489,16 @@ impl OutgoingCall {
                 _ => self.ended = true,
             }
         }
-        for tx in &mut self.background {
-            while tx.poll_event().is_some() {}
+        for r in &mut self.background {
+            while r.tx.poll_event().is_some() {}
         }
         if self.invite_tx.as_ref().is_some_and(|tx| tx.is_terminated()) {
             self.invite_tx = None;
         }
-        if self.bye_tx.as_ref().is_some_and(|tx| tx.is_terminated()) {
+        if self.bye_tx.as_ref().is_some_and(|r| r.tx.is_terminated()) {
             self.bye_tx = None;
         }
-        self.background.retain(|tx| !tx.is_terminated());
+        self.background.retain(|r| !r.tx.is_terminated());
     }
 
     fn on_invite_response(&mut self, resp: Response, now: Instant) {
@@ -508,9 +564,13 @@ impl OutgoingCall {
                 return;
             }
         };
+        // The ACK of a 2xx belongs to the dialog (13.2.2.4): it goes where
+        // the dialog's requests go, not where the INVITE went.
+        let to = self.hop_of(&dialog);
+        tracing::debug!(call_id = %self.cfg.call_id, next_hop = %to, "dialog established");
         match dialog.ack_with(self.invite_cseq, self.auth_headers.clone()) {
             Ok(ack) => {
-                let ack = message::to_bytes(ack);
+                let ack = (message::to_bytes(ack), to);
                 self.transmit.push_back(ack.clone());
                 self.ack_2xx = Some(ack);
             }
@@ -534,12 +594,16 @@ impl OutgoingCall {
         let Ok(mut dialog) = Dialog::uac(&self.invite, &resp, self.local.clone()) else {
             return;
         };
+        let to = self.hop_of(&dialog);
         if let Ok(ack) = dialog.ack(self.invite_cseq) {
-            self.transmit.push_back(message::to_bytes(ack));
+            self.transmit
+                .push_back((message::to_bytes(ack), to.clone()));
         }
         if let Ok(bye) = dialog.bye() {
-            self.background
-                .push(ClientTransaction::new(bye, self.cfg.transport, now));
+            self.background.push(Routed {
+                tx: ClientTransaction::new(bye, to.transport, now),
+                to,
+            });
         }
     }
 
@@ -567,7 +631,8 @@ impl OutgoingCall {
         // its first ACK goes out before the new INVITE.
         self.pump();
         if let Some(old) = self.invite_tx.take() {
-            self.background.push(old);
+            let to = self.trunk();
+            self.background.push(Routed { tx: old, to });
         }
         self.start_invite(invite, now);
         true
@@ -603,7 +668,8 @@ impl OutgoingCall {
         // retransmissions) before the new INVITE goes out.
         self.pump();
         if let Some(old) = self.invite_tx.take() {
-            self.background.push(old);
+            let to = self.trunk();
+            self.background.push(Routed { tx: old, to });
         }
         self.start_invite(invite, now);
         true
@@ -613,7 +679,7 @@ impl OutgoingCall {
     /// authenticate every request). False when it cannot.
     fn retry_bye_with_auth(&mut self, resp: &Response, now: Instant) -> bool {
         self.bye_auth_tried = true;
-        let Some(uri) = self.bye_tx.as_ref().map(|tx| tx.request().uri.to_string()) else {
+        let Some(uri) = self.bye_tx.as_ref().map(|r| r.tx.request().uri.to_string()) else {
             return false;
         };
         let Some(header) = self.answer_challenge(resp, "BYE", &uri, false) else {
@@ -625,10 +691,15 @@ impl OutgoingCall {
         let Ok(bye) = dialog.request_with(Method::Bye, None, vec![header]) else {
             return false;
         };
-        if let Some(old) = self.bye_tx.take() {
-            self.background.push(old);
-        }
-        self.bye_tx = Some(ClientTransaction::new(bye, self.cfg.transport, now));
+        let Some(old) = self.bye_tx.take() else {
+            return false;
+        };
+        let to = old.to.clone();
+        self.background.push(old);
+        self.bye_tx = Some(Routed {
+            tx: ClientTransaction::new(bye, to.transport, now),
+            to,
+        });
         true
     }
 
@@ -690,14 +761,15 @@ impl OutgoingCall {
 
     /// Moves bytes queued by the transactions into our queue.
     fn pump(&mut self) {
-        let txs = self
-            .invite_tx
-            .iter_mut()
-            .chain(self.bye_tx.iter_mut())
-            .chain(self.background.iter_mut());
-        for tx in txs {
+        let trunk = self.trunk();
+        if let Some(tx) = self.invite_tx.as_mut() {
             while let Some(b) = tx.poll_transmit() {
-                self.transmit.push_back(b);
+                self.transmit.push_back((b, trunk.clone()));
+            }
+        }
+        for r in self.bye_tx.iter_mut().chain(self.background.iter_mut()) {
+            while let Some(b) = r.tx.poll_transmit() {
+                self.transmit.push_back((b, r.to.clone()));
             }
         }
     }
@@ -746,7 +818,13 @@ mod tests {
             transport: Transport::Udp,
             credentials,
             user_agent: "gw-test".into(),
+            destination: trunk(),
         }
+    }
+
+    /// The configured trunk address.
+    fn trunk() -> SocketAddr {
+        "192.0.2.9:5070".parse().unwrap()
     }
 
     fn creds() -> DigestCredentials {
@@ -758,8 +836,13 @@ mod tests {
 
     /// Everything the call sent, parsed.
     fn sent(call: &mut OutgoingCall) -> Vec<SipMessage> {
+        sent_to(call).into_iter().map(|(m, _)| m).collect()
+    }
+
+    /// Everything the call sent, parsed, with where it went.
+    fn sent_to(call: &mut OutgoingCall) -> Vec<(SipMessage, Target)> {
         std::iter::from_fn(|| call.poll_transmit())
-            .map(|b| message::parse(&b).expect("we send valid SIP"))
+            .map(|(b, to)| (message::parse(&b).expect("we send valid SIP"), to))
             .collect()
     }
 
@@ -1324,5 +1407,210 @@ mod tests {
             [UacEvent::Rejected { code: 400, .. }, UacEvent::Terminated]
         ));
         assert!(call.poll_transmit().is_none());
+    }
+
+    /// A 2xx whose Contact and Record-Route (one header, proxies' order)
+    /// are given.
+    fn answer_via(invite: &Request, tag: &str, contact: &str, rr: Option<&str>) -> SipMessage {
+        message::build_response(
+            invite,
+            200,
+            ResponseParts {
+                to_tag: Some(tag),
+                contact: Some(contact),
+                body: Some(("application/sdp", "v=0\r\n")),
+                extra: rr
+                    .map(|r| Header::RecordRoute(r.into()))
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            },
+        )
+        .into()
+    }
+
+    fn at(addr: &str) -> Target {
+        Target::addr(addr.parse().unwrap(), Transport::Udp)
+    }
+
+    #[test]
+    fn ack_and_bye_go_along_the_record_route_to_the_contact() {
+        let (mut call, invite, t0) = start(None);
+        let ok = answer_via(
+            &invite,
+            "trunktag",
+            "<sip:x@192.0.2.7:5099>",
+            Some("<sip:192.0.2.8:5070;lr>,<sip:192.0.2.9;lr>"),
+        );
+        call.handle_message(ok.clone(), t0);
+        let out = sent_to(&mut call);
+        assert_eq!(out.len(), 1);
+        let (ack, to) = (req(&out[0].0), &out[0].1);
+        assert_eq!(ack.method, Method::Ack);
+        // Reversed by the UAC (12.1.2): 192.0.2.9 is the first hop.
+        assert_eq!(*to, at("192.0.2.9:5060"));
+        assert_eq!(ack.uri.to_string(), "sip:x@192.0.2.7:5099");
+        let routes = vec!["<sip:192.0.2.9;lr>", "<sip:192.0.2.8:5070;lr>"];
+        assert_eq!(message::header_values(ack, "Route"), routes);
+        // A retransmitted 2xx: the same ACK, the same way.
+        call.handle_message(ok, t0 + Duration::from_millis(500));
+        assert_eq!(sent_to(&mut call)[0].1, at("192.0.2.9:5060"));
+
+        call.hangup(t0 + Duration::from_secs(3));
+        let out = sent_to(&mut call);
+        let (bye, to) = (req(&out[0].0).clone(), out[0].1.clone());
+        assert_eq!(bye.method, Method::Bye);
+        assert_eq!(to, at("192.0.2.9:5060"));
+        assert_eq!(bye.uri.to_string(), "sip:x@192.0.2.7:5099");
+        assert_eq!(message::header_values(&bye, "Route"), routes);
+        call.handle_message(reply(&bye, 200, None, vec![]), t0 + Duration::from_secs(4));
+        run_until(&mut call, t0 + Duration::from_secs(20));
+        assert!(events(&mut call).contains(&UacEvent::Terminated));
+    }
+
+    #[test]
+    fn retransmitted_bye_goes_where_the_first_went() {
+        let (mut call, invite, t0) = start(None);
+        call.handle_message(answer_via(&invite, "t", "<sip:x@192.0.2.7:5099>", None), t0);
+        sent(&mut call);
+        call.hangup(t0);
+        assert_eq!(sent_to(&mut call)[0].1, at("192.0.2.7:5099"));
+        call.handle_timeout(t0 + T1);
+        let again = sent_to(&mut call);
+        assert_eq!(req(&again[0].0).method, Method::Bye);
+        assert_eq!(
+            again[0].1,
+            at("192.0.2.7:5099"),
+            "without Record-Route: the Contact"
+        );
+    }
+
+    #[test]
+    fn a_strict_router_gets_the_requests() {
+        let (mut call, invite, t0) = start(None);
+        call.handle_message(
+            answer_via(
+                &invite,
+                "t",
+                "<sip:x@192.0.2.7:5099>",
+                Some("<sip:192.0.2.9:5062>"),
+            ),
+            t0,
+        );
+        let out = sent_to(&mut call);
+        let ack = req(&out[0].0);
+        assert_eq!(out[0].1, at("192.0.2.9:5062"));
+        assert_eq!(ack.uri.to_string(), "sip:192.0.2.9:5062");
+        assert_eq!(
+            message::header_values(ack, "Route"),
+            vec!["<sip:x@192.0.2.7:5099>"]
+        );
+    }
+
+    #[test]
+    fn cancel_and_the_ack_of_its_487_go_where_the_invite_went() {
+        let (mut call, invite, t0) = start(None);
+        // The 180 names another Contact: irrelevant to the INVITE's transaction.
+        call.handle_message(reply(&invite, 180, None, vec![]), t0);
+        events(&mut call);
+        call.hangup(t0 + Duration::from_secs(1));
+        let out = sent_to(&mut call);
+        assert_eq!(req(&out[0].0).method, Method::Cancel);
+        assert_eq!(out[0].1, Target::addr(trunk(), Transport::Udp));
+        call.handle_message(
+            reply(&invite, 487, None, vec![]),
+            t0 + Duration::from_secs(1),
+        );
+        let out = sent_to(&mut call);
+        assert_eq!(req(&out[0].0).method, Method::Ack);
+        assert_eq!(out[0].1, Target::addr(trunk(), Transport::Udp));
+    }
+
+    #[test]
+    fn a_fork_is_acked_and_ended_at_its_own_contact() {
+        let (mut call, invite, t0) = start(None);
+        call.handle_message(answer_via(&invite, "a", "<sip:a@192.0.2.7:5099>", None), t0);
+        sent(&mut call);
+        // A second 2xx with another tag: another dialog, ended at once.
+        call.handle_message(
+            answer_via(&invite, "b", "<sip:b@192.0.2.77:5098>", None),
+            t0,
+        );
+        let out = sent_to(&mut call);
+        let kinds: Vec<(Method, Target)> = out
+            .iter()
+            .map(|(m, to)| (req(m).method, to.clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (Method::Ack, at("192.0.2.77:5098")),
+                (Method::Bye, at("192.0.2.77:5098"))
+            ]
+        );
+    }
+
+    /// The trunk's side of the dialog the 2xx `ok` made, to write its requests.
+    fn trunk_side(invite: &Request, ok: &SipMessage) -> Dialog {
+        let SipMessage::Response(ok) = ok else {
+            unreachable!()
+        };
+        let local = LocalEndpoint {
+            via_host: "192.0.2.7".into(),
+            via_port: 5099,
+            transport: Transport::Udp,
+            contact: "<sip:x@192.0.2.7:5099>".into(),
+            user_agent: "trunk".into(),
+        };
+        Dialog::uas(invite, &message::to_tag(ok).unwrap(), local).unwrap()
+    }
+
+    fn status(msg: &SipMessage) -> u16 {
+        match msg {
+            SipMessage::Response(r) => r.status_code.code(),
+            SipMessage::Request(r) => panic!("expected a response, got {}", r.method),
+        }
+    }
+
+    #[test]
+    fn trunk_requests_need_the_tags_and_a_rising_cseq() {
+        let (mut call, invite, t0) = start(None);
+        let ok = answer_via(&invite, "trunktag", "<sip:x@192.0.2.7:5099>", None);
+        call.handle_message(ok.clone(), t0);
+        sent(&mut call);
+        events(&mut call);
+        let mut theirs = trunk_side(&invite, &ok);
+        let options = theirs.request(Method::Options, None).unwrap();
+        call.handle_message(options.clone().into(), t0);
+        assert_eq!(status(&sent(&mut call)[0]), 200);
+
+        // Wrong tag: no such dialog.
+        let mut forged = theirs.bye().unwrap();
+        forged.headers.retain(|h| !matches!(h, Header::From(_)));
+        forged
+            .headers
+            .push(Header::From("<sip:15551234@192.0.2.9>;tag=guess".into()));
+        call.handle_message(forged.into(), t0);
+        assert_eq!(status(&sent(&mut call)[0]), 481);
+
+        // An older CSeq than the OPTIONS (not its retransmission): 500.
+        let mut stale = theirs.bye().unwrap();
+        stale.headers.retain(|h| !matches!(h, Header::CSeq(_)));
+        stale.headers.push(Header::CSeq("1 BYE".into()));
+        call.handle_message(stale.into(), t0);
+        assert_eq!(status(&sent(&mut call)[0]), 500);
+        assert!(events(&mut call).is_empty(), "the call goes on");
+
+        // The OPTIONS again (a retransmission): its answer again.
+        call.handle_message(options.into(), t0);
+        assert_eq!(status(&sent(&mut call)[0]), 200);
+
+        let bye = theirs.bye().unwrap();
+        call.handle_message(bye.clone().into(), t0);
+        assert_eq!(status(&sent(&mut call)[0]), 200);
+        assert_eq!(
+            events(&mut call),
+            vec![UacEvent::RemoteHangup, UacEvent::Terminated]
+        );
     }
 }

@@ -8,7 +8,10 @@
 //! after 64*T1 without one), CANCEL (9.2) and the dialog's BYE both ways.
 //!
 //! Responses go to the address the INVITE came from (symmetric signaling as
-//! with `rport`, RFC 3581), and so does our BYE.
+//! with `rport`, RFC 3581). Our BYE belongs to the dialog: it goes to the
+//! INVITE's Contact through its Record-Route set (RFC 3261 12.1.1, 12.2.1.1),
+//! see [`Dialog::next_hop`]; only when those are unusable does it go back to
+//! where the INVITE came from.
 //!
 //! Event contract: `Acked`, `Cancelled` or `RemoteHangup` as they happen,
 //! and always exactly one `Terminated` last; after it `poll_timeout` is
@@ -23,6 +26,7 @@ use rsip::{Method, Request, Response, SipMessage};
 
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
 use super::message::{self, ResponseParts};
+use super::target::Target;
 use super::transaction::{ClientTransaction, TxEvent, TIMEOUT};
 use super::{SipError, Transport, T1, T2, T4};
 
@@ -74,12 +78,13 @@ pub struct IncomingCall {
     /// Timer I.
     linger_until: Option<Instant>,
     dialog: Option<Dialog>,
-    bye_tx: Option<ClientTransaction>,
+    /// Our BYE, and where it goes.
+    bye_tx: Option<(ClientTransaction, Target)>,
     /// `hangup` came between our 2xx and its ACK (RFC 3261 15: BYE waits).
     bye_pending: bool,
     ended: bool,
     terminated: bool,
-    transmit: VecDeque<(Bytes, SocketAddr)>,
+    transmit: VecDeque<(Bytes, Target)>,
     events: VecDeque<UasEvent>,
 }
 
@@ -244,7 +249,7 @@ impl IncomingCall {
         match msg {
             SipMessage::Request(req) => self.handle_request(req, now),
             SipMessage::Response(resp) => {
-                if let Some(tx) = self.bye_tx.as_mut().filter(|tx| tx.matches(&resp)) {
+                if let Some((tx, _)) = self.bye_tx.as_mut().filter(|(tx, _)| tx.matches(&resp)) {
                     tx.handle_response(resp, now);
                 }
             }
@@ -259,7 +264,7 @@ impl IncomingCall {
             Method::Invite if same_tx => {
                 // A retransmitted INVITE: our last response got lost.
                 if let Some(r) = &self.last_response {
-                    self.transmit.push_back((r.clone(), self.source));
+                    self.transmit.push_back((r.clone(), self.caller()));
                 }
             }
             Method::Ack if same_tx && self.state == State::Completed => {
@@ -304,7 +309,7 @@ impl IncomingCall {
                     },
                 );
                 self.transmit
-                    .push_back((message::to_bytes(ok), self.source));
+                    .push_back((message::to_bytes(ok), self.caller()));
                 if self.state == State::Proceeding {
                     tracing::info!(call_id = %self.call_id(), "cancelled by the caller");
                     self.respond(
@@ -328,9 +333,12 @@ impl IncomingCall {
                     return;
                 };
                 match dialog.handle_request(&req) {
+                    InDialog::Retransmission(resp) => self
+                        .transmit
+                        .push_back((message::to_bytes(resp), self.caller())),
                     InDialog::Bye(resp) => {
                         self.transmit
-                            .push_back((message::to_bytes(resp), self.source));
+                            .push_back((message::to_bytes(resp), self.caller()));
                         if !self.ended {
                             tracing::info!(call_id = %self.call_id(), "caller hung up");
                             self.events.push_back(UasEvent::RemoteHangup);
@@ -342,7 +350,7 @@ impl IncomingCall {
                     InDialog::Ack => {}
                     InDialog::Other(resp) => self
                         .transmit
-                        .push_back((message::to_bytes(resp), self.source)),
+                        .push_back((message::to_bytes(resp), self.caller())),
                 }
             }
         }
@@ -367,7 +375,7 @@ impl IncomingCall {
         }
         if let Some(at) = self.retransmit_at.filter(|t| *t <= now) {
             if let Some(r) = &self.last_response {
-                self.transmit.push_back((r.clone(), self.source));
+                self.transmit.push_back((r.clone(), self.caller()));
             }
             self.retransmit_interval = (self.retransmit_interval * 2).min(T2);
             self.retransmit_at = Some(at + self.retransmit_interval);
@@ -376,7 +384,7 @@ impl IncomingCall {
             self.linger_until = None;
             self.finish();
         }
-        if let Some(tx) = self.bye_tx.as_mut() {
+        if let Some((tx, _)) = self.bye_tx.as_mut() {
             tx.handle_timeout(now);
         }
         self.pump();
@@ -390,13 +398,19 @@ impl IncomingCall {
         [self.retransmit_at, self.give_up_at, self.linger_until]
             .into_iter()
             .flatten()
-            .chain(self.bye_tx.as_ref().and_then(|tx| tx.poll_timeout()))
+            .chain(self.bye_tx.as_ref().and_then(|(tx, _)| tx.poll_timeout()))
             .min()
     }
 
-    /// Bytes to send and where to (the INVITE's source address).
-    pub fn poll_transmit(&mut self) -> Option<(Bytes, SocketAddr)> {
+    /// Bytes to send and where to: responses to the INVITE's source, our
+    /// BYE along the dialog's route.
+    pub fn poll_transmit(&mut self) -> Option<(Bytes, Target)> {
         self.transmit.pop_front()
+    }
+
+    /// Where the INVITE came from: where responses go.
+    fn caller(&self) -> Target {
+        Target::addr(self.source, self.transport)
     }
 
     pub fn poll_event(&mut self) -> Option<UasEvent> {
@@ -407,7 +421,7 @@ impl IncomingCall {
         parts.user_agent = USER_AGENT;
         let resp = message::build_response(&self.invite, code, parts);
         let bytes = message::to_bytes(resp);
-        self.transmit.push_back((bytes.clone(), self.source));
+        self.transmit.push_back((bytes.clone(), self.caller()));
         self.last_response = Some(bytes);
     }
 
@@ -424,7 +438,7 @@ impl IncomingCall {
             },
         );
         self.transmit
-            .push_back((message::to_bytes(resp), self.source));
+            .push_back((message::to_bytes(resp), self.caller()));
     }
 
     fn enter_completed(&mut self, now: Instant) {
@@ -436,13 +450,20 @@ impl IncomingCall {
     }
 
     fn send_bye(&mut self, now: Instant) {
+        let caller = self.caller();
         let Some(dialog) = self.dialog.as_mut() else {
             return;
         };
+        // A Contact or Record-Route that cannot be used leaves the INVITE's
+        // source, which answered to the INVITE all along.
+        let to = dialog.next_hop().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "unusable Contact or Record-Route; BYE goes to the INVITE's source");
+            caller
+        });
         match dialog.bye() {
             Ok(bye) => {
-                tracing::info!(call_id = %message::call_id(&bye).unwrap_or_default(), "sending BYE");
-                self.bye_tx = Some(ClientTransaction::new(bye, self.transport, now));
+                tracing::info!(call_id = %message::call_id(&bye).unwrap_or_default(), to = %to, "sending BYE");
+                self.bye_tx = Some((ClientTransaction::new(bye, to.transport, now), to));
                 self.state = State::Ended;
             }
             Err(e) => {
@@ -454,11 +475,11 @@ impl IncomingCall {
     }
 
     fn pump(&mut self) {
-        let Some(tx) = self.bye_tx.as_mut() else {
+        let Some((tx, to)) = self.bye_tx.as_mut() else {
             return;
         };
         while let Some(b) = tx.poll_transmit() {
-            self.transmit.push_back((b, self.source));
+            self.transmit.push_back((b, to.clone()));
         }
         while let Some(ev) = tx.poll_event() {
             match ev {
@@ -538,7 +559,7 @@ mod tests {
     fn out(call: &mut IncomingCall) -> Vec<SipMessage> {
         std::iter::from_fn(|| call.poll_transmit())
             .map(|(b, dest)| {
-                assert_eq!(dest, peer());
+                assert_eq!(dest, Target::addr(peer(), Transport::Udp));
                 message::parse(&b).unwrap()
             })
             .collect()
@@ -723,15 +744,16 @@ mod tests {
                 transport: Transport::Udp,
                 credentials: None,
                 user_agent: "uac".into(),
+                destination: "192.0.2.1:5060".parse().unwrap(),
             },
             "v=0 offer\r\n".into(),
             t0,
         );
-        let first = message::parse(&uac.poll_transmit().unwrap()).unwrap();
+        let first = message::parse(&uac.poll_transmit().unwrap().0).unwrap();
         let mut uas = IncomingCall::new(first, peer(), t0).unwrap();
         let shuttle = |uac: &mut OutgoingCall, uas: &mut IncomingCall, now: Instant| loop {
             let mut moved = false;
-            while let Some(b) = uac.poll_transmit() {
+            while let Some((b, _)) = uac.poll_transmit() {
                 uas.handle_message(message::parse(&b).unwrap(), now);
                 moved = true;
             }
@@ -778,5 +800,51 @@ mod tests {
         );
         uac.handle_timeout(t1 + T4);
         assert_eq!(uac.poll_event(), Some(UacEvent::Terminated));
+    }
+
+    #[test]
+    fn our_bye_goes_to_the_invites_contact_via_its_record_route() {
+        let t0 = Instant::now();
+        let mut inv = invite();
+        inv.headers
+            .retain(|h| !matches!(h, rsip::Header::Contact(_)));
+        inv.headers
+            .push(rsip::Header::Contact("<sip:alice@192.0.2.70:5072>".into()));
+        inv.headers.push(rsip::Header::RecordRoute(
+            "<sip:192.0.2.8:5070;lr>, <sip:192.0.2.80;lr>".into(),
+        ));
+        let mut call = IncomingCall::new(inv.clone().into(), peer(), t0).unwrap();
+        call.answer("v=0\r\n".into(), "<sip:echo@192.0.2.1:5060>".into(), t0);
+        let sent: Vec<(SipMessage, Target)> = std::iter::from_fn(|| call.poll_transmit())
+            .map(|(b, to)| (message::parse(&b).unwrap(), to))
+            .collect();
+        // Responses go back where the INVITE came from.
+        assert_eq!(
+            codes(&[sent[0].0.clone(), sent[1].0.clone()]),
+            vec![100, 200]
+        );
+        assert!(sent
+            .iter()
+            .all(|(_, to)| *to == Target::addr(peer(), Transport::Udp)));
+        let ack = caller_dialog(&inv, &sent[1].0).ack(1).unwrap();
+        call.handle_message(ack.into(), t0);
+        assert_eq!(events(&mut call), vec![UasEvent::Acked]);
+
+        call.hangup(t0 + Duration::from_secs(1));
+        let (bytes, to) = call.poll_transmit().unwrap();
+        let SipMessage::Request(bye) = message::parse(&bytes).unwrap() else {
+            panic!("expected the BYE")
+        };
+        assert_eq!(bye.method, Method::Bye);
+        // 12.1.1: the route set in the INVITE's order; the first proxy gets it.
+        assert_eq!(
+            to,
+            Target::addr("192.0.2.8:5070".parse().unwrap(), Transport::Udp)
+        );
+        assert_eq!(bye.uri.to_string(), "sip:alice@192.0.2.70:5072");
+        assert_eq!(
+            message::header_values(&bye, "Route"),
+            vec!["<sip:192.0.2.8:5070;lr>", "<sip:192.0.2.80;lr>"]
+        );
     }
 }

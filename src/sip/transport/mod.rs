@@ -58,10 +58,18 @@ pub struct IncomingRequest {
     pub trunk: Option<String>,
 }
 
+/// A message routed to a registered call, with the address it came from
+/// (the call refuses in-dialog requests from outside its own trunk).
+#[derive(Debug)]
+pub struct CallMessage {
+    pub msg: SipMessage,
+    pub source: SocketAddr,
+}
+
 /// The channel opened for a new INVITE, until its owner registers.
 struct Pending {
-    rx: mpsc::Receiver<SipMessage>,
-    tx: mpsc::Sender<SipMessage>,
+    rx: mpsc::Receiver<CallMessage>,
+    tx: mpsc::Sender<CallMessage>,
     since: Instant,
 }
 
@@ -183,7 +191,7 @@ struct Inner {
     udp_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
-    calls: Mutex<HashMap<String, mpsc::Sender<SipMessage>>>,
+    calls: Mutex<HashMap<String, mpsc::Sender<CallMessage>>>,
     pending: Mutex<HashMap<String, Pending>>,
     incoming: mpsc::Sender<IncomingRequest>,
     /// TCP and TLS connections.
@@ -444,7 +452,7 @@ impl SipEndpoint {
     /// Routes every message with this Call-ID (responses and in-dialog
     /// requests) to the returned receiver. Registering again replaces the
     /// previous receiver.
-    pub fn register_call(&self, call_id: &str) -> mpsc::Receiver<SipMessage> {
+    pub fn register_call(&self, call_id: &str) -> mpsc::Receiver<CallMessage> {
         // The channel the endpoint opened for a new INVITE, with whatever
         // arrived for that call in the meantime.
         let pending = self
@@ -574,14 +582,14 @@ impl Inner {
             self.remember_route(req, source, transport);
         }
         if let Some(sender) = sender {
-            match sender.try_send(msg) {
+            match sender.try_send(CallMessage { msg, source }) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     EndpointStats::bump(&self.stats.call_queue_full);
                     tracing::debug!(%call_id, "call queue full; SIP message dropped");
                     return;
                 }
-                Err(mpsc::error::TrySendError::Closed(msg)) => {
+                Err(mpsc::error::TrySendError::Closed(CallMessage { msg, .. })) => {
                     // The call went away without unregistering: forget it and
                     // treat the message as one for an unknown call.
                     if let Ok(mut calls) = self.calls.lock() {

@@ -20,15 +20,15 @@ fn local() -> SocketAddr {
 
 /// Waits for the next input of a sans-IO machine: a message or its deadline.
 async fn next_input(
-    rx: &mut mpsc::Receiver<SipMessage>,
+    rx: &mut mpsc::Receiver<CallMessage>,
     deadline: Option<Instant>,
 ) -> Option<SipMessage> {
     match deadline {
         Some(at) => tokio::select! {
-            msg = rx.recv() => msg,
+            msg = rx.recv() => msg.map(|m| m.msg),
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => None,
         },
-        None => rx.recv().await,
+        None => rx.recv().await.map(|m| m.msg),
     }
 }
 
@@ -52,12 +52,23 @@ async fn echo_trunk(
             let call_id = call.call_id();
             let mut messages = ep.register_call(&call_id);
             call.ringing(Instant::now());
-            let contact = format!("<sip:echo@{}>", ep.local_addr());
+            // The Contact is where the caller's ACK and BYE come (RFC 3261
+            // 12.2.1.1): the listener of the transport the INVITE came on.
+            let contact = match transport {
+                Transport::Tcp => {
+                    format!("<sip:echo@{};transport=tcp>", ep.tcp_local_addr().unwrap())
+                }
+                Transport::Tls => {
+                    format!("<sip:echo@{};transport=tls>", ep.tls_local_addr().unwrap())
+                }
+                Transport::Udp => format!("<sip:echo@{}>", ep.local_addr()),
+            };
             call.answer("v=0 echo\r\n".into(), contact, Instant::now());
             let mut events = vec![];
             loop {
-                while let Some((bytes, dest)) = call.poll_transmit() {
-                    ep.send(dest, transport, bytes).await.unwrap();
+                while let Some((bytes, to)) = call.poll_transmit() {
+                    let dest = to.socket_addr().unwrap();
+                    ep.send(dest, to.transport, bytes).await.unwrap();
                 }
                 while let Some(ev) = call.poll_event() {
                     events.push(ev);
@@ -91,14 +102,16 @@ async fn place_call(ep: &SipEndpoint, trunk: SocketAddr, transport: Transport) -
             transport,
             credentials: None,
             user_agent: "test".into(),
+            destination: trunk,
         },
         "v=0 offer\r\n".into(),
         Instant::now(),
     );
     let mut events = vec![];
     loop {
-        while let Some(bytes) = call.poll_transmit() {
-            ep.send(trunk, transport, bytes).await.unwrap();
+        while let Some((bytes, to)) = call.poll_transmit() {
+            let dest = to.socket_addr().unwrap();
+            ep.send(dest, to.transport, bytes).await.unwrap();
         }
         while let Some(ev) = call.poll_event() {
             if matches!(ev, UacEvent::Answered { .. }) {
@@ -110,8 +123,9 @@ async fn place_call(ep: &SipEndpoint, trunk: SocketAddr, transport: Transport) -
             break;
         }
         // Transmissions queued by the hangup above go out first.
-        if let Some(bytes) = call.poll_transmit() {
-            ep.send(trunk, transport, bytes).await.unwrap();
+        if let Some((bytes, to)) = call.poll_transmit() {
+            let dest = to.socket_addr().unwrap();
+            ep.send(dest, to.transport, bytes).await.unwrap();
             continue;
         }
         match next_input(&mut messages, call.poll_timeout()).await {
@@ -261,7 +275,8 @@ async fn malformed_unknown_and_probe_requests_are_answered_or_counted() {
     assert_eq!(code(&answered).0, 200);
     let mut messages = ep.register_call("inv-1");
     let again = timeout(WAIT, messages.recv()).await.unwrap().unwrap();
-    assert_eq!(message::call_id(&again).unwrap(), "inv-1");
+    assert_eq!(message::call_id(&again.msg).unwrap(), "inv-1");
+    assert_eq!(again.source, sock.local_addr().unwrap());
     assert!(incoming.try_recv().is_err());
 }
 
@@ -291,9 +306,18 @@ Call-ID: routed-1\r\n\
 CSeq: 2 BYE\r\n\
 Content-Length: 0\r\n\r\n";
     peer.send_to(bye.as_bytes(), ep.local_addr()).await.unwrap();
-    let Some(SipMessage::Request(req)) = timeout(WAIT, calls.recv()).await.unwrap() else {
+    let Some(CallMessage {
+        msg: SipMessage::Request(req),
+        source,
+    }) = timeout(WAIT, calls.recv()).await.unwrap()
+    else {
         panic!("expected the BYE");
     };
+    assert_eq!(
+        source,
+        peer.local_addr().unwrap(),
+        "the call learns the source"
+    );
     let ok = message::build_response(&req, 200, ResponseParts::default());
     let named = elsewhere.local_addr().unwrap();
     ep.send(named, Transport::Udp, message::to_bytes(ok))
@@ -496,13 +520,14 @@ async fn an_untrusted_trunk_gets_nothing_on_any_transport() {
                 via_host: "127.0.0.1".into(),
                 via_port: 5061,
                 transport: Transport::Tls,
+                destination: dest,
                 credentials: None,
                 user_agent: "test".into(),
             },
             "v=0 offer\r\n".into(),
             Instant::now(),
         );
-        let bytes = call.poll_transmit().unwrap();
+        let (bytes, _) = call.poll_transmit().unwrap();
         gw.send(dest, Transport::Tls, bytes).await
     })
     .await

@@ -338,6 +338,12 @@ impl Dialog {
     pub fn local_cseq(&self) -> u32 {
         self.local_cseq
     }
+
+    /// Our next request's CSeq will be above `cseq` (requests sent in the
+    /// early dialog, such as PRACK, used the numbers up to it).
+    pub fn raise_local_cseq(&mut self, cseq: u32) {
+        self.local_cseq = self.local_cseq.max(cseq);
+    }
 }
 
 fn is_loose(route: &str) -> bool {

@@ -110,6 +110,11 @@ pub struct OutgoingCall {
     digest: DigestClient,
     auth_headers: Vec<Header>,
     answered_nonces: Vec<String>,
+    /// Reliable provisionals (RFC 3262): the last RSeq PRACKed per early
+    /// dialog (To tag), and the highest CSeq a PRACK used, which the
+    /// confirmed dialog's own requests must exceed.
+    prack_rseq: Vec<(String, u32)>,
+    prack_cseq: u32,
     bye_auth_tried: bool,
     provisional_seen: bool,
     trying_reported: bool,
@@ -159,6 +164,8 @@ impl OutgoingCall {
             digest: DigestClient::new(),
             auth_headers: Vec::new(),
             answered_nonces: Vec::new(),
+            prack_rseq: Vec::new(),
+            prack_cseq: 0,
             bye_auth_tried: false,
             provisional_seen: false,
             trying_reported: false,
@@ -215,7 +222,11 @@ impl OutgoingCall {
     fn build_invite(&self) -> Result<Request, super::SipError> {
         let from = format!("<{}>;tag={}", self.cfg.from_uri, self.local_tag);
         let to = format!("<{}>", self.cfg.request_uri);
-        let mut extra = vec![Header::Allow("INVITE, ACK, CANCEL, BYE, OPTIONS".into())];
+        let mut extra = vec![
+            Header::Allow("INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK".into()),
+            // RFC 3262: carriers that insist on reliable 183s get them.
+            Header::Supported("100rel".into()),
+        ];
         extra.extend(self.auth_headers.iter().cloned());
         message::build_request(RequestParts {
             method: Method::Invite,
@@ -516,6 +527,11 @@ impl OutgoingCall {
                     }
                     self.trying_reported = true;
                 }
+                if code > 100 && requires_100rel(&resp) && !self.prack(&resp, now) {
+                    // A retransmission or an out-of-order reliable
+                    // provisional: already handled, or to be discarded.
+                    return;
+                }
                 self.events.push_back(UacEvent::Provisional {
                     code,
                     sdp: message::sdp_body(&resp),
@@ -564,6 +580,9 @@ impl OutgoingCall {
                 return;
             }
         };
+        let mut dialog = dialog;
+        // Our PRACKs used CSeqs of this dialog already.
+        dialog.raise_local_cseq(self.prack_cseq);
         // The ACK of a 2xx belongs to the dialog (13.2.2.4): it goes where
         // the dialog's requests go, not where the INVITE went.
         let to = self.hop_of(&dialog);
@@ -586,6 +605,49 @@ impl OutgoingCall {
                 sdp: message::sdp_body(&resp),
             });
         }
+    }
+
+    /// Answers a reliable provisional with PRACK (RFC 3262 section 4) in
+    /// its early dialog. False when it must not be reported: a
+    /// retransmission (its RSeq was PRACKed) or out of order.
+    fn prack(&mut self, resp: &Response, now: Instant) -> bool {
+        let (Some(tag), Some(rseq)) = (message::to_tag(resp), rseq(resp)) else {
+            // Require: 100rel without RSeq or To tag: not reliable at all.
+            return true;
+        };
+        let last = self
+            .prack_rseq
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, r)| *r);
+        match last {
+            Some(last) if rseq <= last => return false,
+            Some(last) if rseq != last.wrapping_add(1) => return false,
+            _ => {}
+        }
+        let Ok(mut early) = Dialog::uac(&self.invite, resp, self.local.clone()) else {
+            return true;
+        };
+        early.raise_local_cseq(self.prack_cseq.max(self.invite_cseq));
+        let rack = Header::Other("RAck".into(), format!("{rseq} {} INVITE", self.invite_cseq));
+        let mut extra = vec![rack];
+        extra.extend(self.auth_headers.iter().cloned());
+        match early.request_with(Method::PRack, None, extra) {
+            Ok(prack) => {
+                self.prack_cseq = early.local_cseq();
+                let to = self.hop_of(&early);
+                self.background.push(Routed {
+                    tx: ClientTransaction::new(prack, to.transport, now),
+                    to,
+                });
+                match self.prack_rseq.iter_mut().find(|(t, _)| *t == tag) {
+                    Some(entry) => entry.1 = rseq,
+                    None => self.prack_rseq.push((tag, rseq)),
+                }
+            }
+            Err(e) => tracing::warn!(call_id = %self.cfg.call_id, error = %e, "cannot build PRACK"),
+        }
+        true
     }
 
     /// A 2xx from another fork (or after we gave up): ACK it and BYE it,
@@ -799,6 +861,21 @@ fn placeholder_request() -> Request {
     }
 }
 
+/// Whether a provisional response asks to be acknowledged (`Require: 100rel`).
+fn requires_100rel(resp: &Response) -> bool {
+    message::header_values(resp, "Require")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|o| o.trim().eq_ignore_ascii_case("100rel"))
+}
+
+/// The `RSeq` of a reliable provisional.
+fn rseq(resp: &Response) -> Option<u32> {
+    message::header_values(resp, "RSeq")
+        .first()
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -957,6 +1034,71 @@ mod tests {
         assert_eq!(events(&mut call), vec![UacEvent::Terminated]);
         assert!(call.is_finished());
         assert_eq!(call.poll_timeout(), None);
+    }
+
+    #[test]
+    fn reliable_provisionals_are_pracked_once_each_in_order() {
+        let (mut call, invite, t0) = start(None);
+        let supported = message::header_values(&invite, "Supported");
+        assert!(
+            supported.iter().any(|v| v.contains("100rel")),
+            "{supported:?}"
+        );
+        let reliable = |rseq: u32, sdp: Option<&str>| {
+            reply(
+                &invite,
+                183,
+                sdp,
+                vec![
+                    Header::Other("Require".into(), "100rel".into()),
+                    Header::Other("RSeq".into(), rseq.to_string()),
+                    Header::RecordRoute("<sip:192.0.2.50:5060;lr>".into()),
+                ],
+            )
+        };
+        let t = t0 + Duration::from_millis(100);
+        call.handle_message(reliable(7, Some("v=0 early\r\n")), t);
+        assert_eq!(
+            events(&mut call),
+            vec![UacEvent::Provisional {
+                code: 183,
+                sdp: Some("v=0 early\r\n".into())
+            }]
+        );
+        let out = sent_to(&mut call);
+        assert_eq!(out.len(), 1, "one PRACK");
+        let prack = req(&out[0].0).clone();
+        assert_eq!(prack.method, Method::PRack);
+        // In the early dialog: the 183's Contact, through its Record-Route.
+        assert_eq!(prack.uri.to_string(), "sip:15551234@192.0.2.9:5070");
+        assert_eq!(
+            out[0].1.socket_addr(),
+            Some("192.0.2.50:5060".parse().unwrap())
+        );
+        assert_eq!(message::to_tag(&prack).as_deref(), Some("trunktag"));
+        assert_eq!(
+            message::header_values(&prack, "RAck"),
+            vec!["7 1 INVITE".to_string()]
+        );
+        assert_eq!(message::cseq(&prack).unwrap(), (2, Method::PRack));
+        // Its retransmission is neither reported nor PRACKed again (the
+        // PRACK transaction retransmits itself); a skipped RSeq is dropped.
+        call.handle_message(reliable(7, Some("v=0 early\r\n")), t);
+        call.handle_message(reliable(9, None), t);
+        assert!(events(&mut call).is_empty());
+        assert!(sent(&mut call).is_empty());
+        call.handle_message(reliable(8, None), t);
+        assert_eq!(events(&mut call).len(), 1);
+        let prack2 = sent(&mut call);
+        assert_eq!(message::cseq(req(&prack2[0])).unwrap(), (3, Method::PRack));
+        call.handle_message(reply(req(&prack2[0]), 200, None, vec![]), t);
+        // The confirmed dialog's BYE comes after the PRACKs' CSeqs.
+        call.handle_message(reply(&invite, 200, Some("v=0 answer\r\n"), vec![]), t);
+        let _ = events(&mut call);
+        let _ = sent(&mut call);
+        call.hangup(t + Duration::from_secs(1));
+        let bye = sent(&mut call);
+        assert_eq!(message::cseq(req(&bye[0])).unwrap(), (4, Method::Bye));
     }
 
     #[test]

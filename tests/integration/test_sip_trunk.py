@@ -558,3 +558,37 @@ def test_sigterm_byes_live_calls(workdir, state, start_baresip, start_gateway):
     assert code == 0, f"gateway exit {code} after SIGTERM ({gw.log_path})"
     assert "by the browser" not in str(hangup.get("reason", "")), \
         f"the gateway's own shutdown is reported to the browser as {hangup}"
+
+
+def test_reliable_183_is_pracked(workdir, start_sipp, start_gateway):
+    """A trunk that sends 183 with Require: 100rel (SIPp, uas_100rel.xml):
+    the gateway's INVITE says Supported: 100rel, its PRACK carries RAck
+    "1 <CSeq> INVITE" in the early dialog, the call is answered and carries
+    audio (SIPp echoes the browser's RTP), and the BYE's CSeq comes after
+    the PRACK's. Without PRACK SIPp never answers 200 and the call fails."""
+    sipp = start_sipp("uas_100rel.xml", extra=["-rtp_echo"])
+    gw = start_gateway(plain_trunk(sipp.uri))
+
+    async def run():
+        peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+        try:
+            connected = await peer.call(TRUNK_NUMBER, timeout=20)
+            assert connected["type"] == "connected", connected
+            await peer.receive(50, timeout=15)
+            await peer.hangup()
+            return peer.packets_received
+        finally:
+            await peer.close()
+
+    packets = asyncio.run(run())
+    assert sipp.wait(15) == 0, f"SIPp scenario failed ({sipp.err_path})"
+    prack = sipp.received("PRACK")
+    assert len(prack) == 1, [m.first_line for m in sipp.received()]
+    rack = sip_header(prack[0].text, "RAck")
+    invite_cseq = sip_header(sipp.received("INVITE")[0].text, "CSeq").split()[0]
+    assert rack == f"1 {invite_cseq} INVITE", rack
+    bye_cseq = int(sip_header(sipp.received("BYE")[0].text, "CSeq").split()[0])
+    prack_cseq = int(sip_header(prack[0].text, "CSeq").split()[0])
+    assert bye_cseq > prack_cseq > int(invite_cseq)
+    save_result(workdir, rack=rack, packets_echoed=packets)
+    assert packets >= 50

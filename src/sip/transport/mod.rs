@@ -693,6 +693,23 @@ impl Inner {
             }
             SipMessage::Request(req) => req,
         };
+        // RFC 3261 8.2.2.3: an extension we do not implement that the
+        // request requires is refused with 420 and named in Unsupported.
+        let unsupported = unsupported_requirements(&req);
+        if req.method == Method::Invite && !unsupported.is_empty() {
+            tracing::info!(%call_id, %source, required = %unsupported, "INVITE requires an extension we lack: 420");
+            let resp = message::build_response(
+                &req,
+                420,
+                ResponseParts {
+                    user_agent: USER_AGENT,
+                    extra: vec![rsip::Header::Unsupported(unsupported.into())],
+                    ..Default::default()
+                },
+            );
+            let _ = self.send(source, transport, message::to_bytes(resp)).await;
+            return;
+        }
         let code = match req.method {
             Method::Ack => return,
             Method::Invite => {
@@ -971,6 +988,20 @@ impl Inflight {
             }
         }
     }
+}
+
+/// Option tags of a request's `Require` that the gateway does not
+/// implement as a UAS, comma-separated (empty: none). It implements none of
+/// them yet: not 100rel (it sends no reliable provisionals), not timer.
+fn unsupported_requirements(req: &rsip::Request) -> String {
+    const SUPPORTED: [&str; 0] = [];
+    message::header_values(req, "Require")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|tag| !tag.is_empty() && !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(tag)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// How a stranger's request is answered.

@@ -647,3 +647,36 @@ fn inflight_invites_are_capped_per_source_and_end_with_a_final() {
     inflight.end("c1");
     assert!(inflight.per_source.is_empty() && inflight.by_branch.is_empty());
 }
+
+#[tokio::test]
+async fn an_invite_requiring_an_extension_we_lack_gets_420_and_reaches_no_call() {
+    let (ep, mut incoming) = start(local()).await.unwrap();
+    let sock = UdpSocket::bind(local()).await.unwrap();
+    let invite = OPTIONS.replace("OPTIONS", "INVITE").replace(
+        "Content-Length: 0",
+        "Require: 100rel, timer\r\nContent-Length: 0",
+    );
+    let answer = exchange(&ep, &sock, invite.as_bytes()).await;
+    assert_eq!(code(&answer).0, 420);
+    let SipMessage::Response(resp) = &answer else {
+        unreachable!()
+    };
+    assert_eq!(
+        message::header_values(resp, "Unsupported"),
+        vec!["100rel, timer".to_string()]
+    );
+    assert!(incoming.try_recv().is_err(), "the B2BUA never saw it");
+    // Supported (not Require) is no obstacle.
+    let fine = OPTIONS
+        .replace("OPTIONS", "INVITE")
+        .replace("probe-1", "probe-2")
+        .replace(
+            "Content-Length: 0",
+            "Supported: 100rel\r\nContent-Length: 0",
+        );
+    sock.send_to(fine.as_bytes(), ep.local_addr())
+        .await
+        .unwrap();
+    let got = timeout(WAIT, incoming.recv()).await.unwrap().unwrap();
+    assert_eq!(message::call_id(&got.msg).unwrap(), "probe-2");
+}

@@ -963,9 +963,10 @@ fn drop_reason(e: SrtpError) -> DropReason {
     match e {
         SrtpError::AuthFailed => DropReason::AuthFailed,
         SrtpError::Replay => DropReason::Replay,
-        SrtpError::Malformed | SrtpError::UnsupportedSuite(_) | SrtpError::Other(_) => {
-            DropReason::Malformed
-        }
+        SrtpError::Malformed
+        | SrtpError::NoRoom { .. }
+        | SrtpError::UnsupportedSuite(_)
+        | SrtpError::Other(_) => DropReason::Malformed,
     }
 }
 

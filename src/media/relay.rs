@@ -448,12 +448,12 @@ impl CallRelay {
     pub fn handle_datagram(&mut self, leg: LegId, from: SocketAddr, data: &[u8], now: Instant) {
         match leg {
             LegId::Browser => {
-                self.counters.browser.add_in(data.len());
+                self.counters.browser.add_in_single_writer(data.len());
                 self.stats.browser.add_in(data.len());
                 self.handle_browser(from, data, now);
             }
             LegId::TrunkRtp | LegId::TrunkRtcp => {
-                self.counters.trunk.add_in(data.len());
+                self.counters.trunk.add_in_single_writer(data.len());
                 self.stats.trunk.add_in(data.len());
                 self.handle_trunk(leg, from, data, now);
             }
@@ -486,12 +486,12 @@ impl CallRelay {
             }
         };
         let arrival = counted_leg(leg);
-        self.counters.leg(arrival).add_in(buf.len());
+        self.counters.leg(arrival).add_in_single_writer(buf.len());
         self.stats.leg(arrival).add_in(buf.len());
         match self.forward(leg, from, kind, buf, now) {
             Ok(Some((out_leg, to))) => {
                 let out = counted_leg(out_leg);
-                self.counters.leg(out).add_out(buf.len());
+                self.counters.leg(out).add_out_single_writer(buf.len());
                 self.stats.leg(out).add_out(buf.len());
                 Some((out_leg, to))
             }
@@ -955,7 +955,7 @@ impl CallRelay {
 
     fn push(&mut self, leg: LegId, to: SocketAddr, buf: Vec<u8>) {
         let out_leg = counted_leg(leg);
-        self.counters.leg(out_leg).add_out(buf.len());
+        self.counters.leg(out_leg).add_out_single_writer(buf.len());
         self.stats.leg(out_leg).add_out(buf.len());
         self.queue.push_back(Queued { leg, to, buf });
     }

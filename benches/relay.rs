@@ -5,10 +5,14 @@
 //! (12 + 160, G.711 20 ms) through a pre-keyed `CallRelay`: datagram in →
 //! classify → source and SSRC checks → unprotect → PT map → rewrite →
 //! protect → transmit handed out. No sockets: this is the CPU cost the relay
-//! adds on top of the kernel's UDP cost. The "crypto only" rows do just
-//! `SrtpContext::unprotect_rtp` + `protect_rtp` (or `protect_rtp` alone for
-//! plain input) on the same packets, so the ratio shows the relay's own
-//! overhead. Packets are built and protected before the clock starts; each
+//! adds on top of the kernel's UDP cost. "relay" is `handle_datagram` (the
+//! datagram copied once into a pooled buffer, handed out by `poll_transmit`),
+//! "in place" is `handle_datagram_in_place` on the caller's buffer. The
+//! "crypto" column does just `SrtpContext::unprotect_rtp_in_place` +
+//! `protect_rtp_in_place` (or protect alone for plain input) on the same
+//! packets copied into one buffer, so the ratio shows the relay's own
+//! overhead; "rtc-srtp" is the same with the `rtc-srtp` crate this gateway
+//! used before (allocating, copying), for a before/after in one run. Packets are built and protected before the clock starts; each
 //! round uses a fresh relay (fresh replay window) and the best round counts.
 //! A counting allocator shows heap allocations per packet in both loops (the
 //! relay's own share is the difference).
@@ -168,6 +172,7 @@ fn bench_relay(
     keys: &Keys,
     identity: &Arc<DtlsIdentity>,
     counters: &Arc<CallCounters>,
+    in_place: bool,
 ) -> (f64, f64) {
     let plain = plain_stream(0x1234_5678);
     let (leg, from, input) = match (s.direction, s.trunk) {
@@ -191,7 +196,19 @@ fn bench_relay(
         let allocs_before = ALLOCATIONS.load(Relaxed);
         let start = Instant::now();
         let mut out_bytes = 0usize;
+        let mut buf = Vec::with_capacity(2048);
         for pkt in &input {
+            if in_place {
+                buf.clear();
+                buf.extend_from_slice(black_box(pkt));
+                if relay
+                    .handle_datagram_in_place(leg, from, &mut buf, now)
+                    .is_some()
+                {
+                    out_bytes += black_box(&buf).len();
+                }
+                continue;
+            }
             relay.handle_datagram(leg, from, black_box(pkt), now);
             while let Some(t) = relay.poll_transmit() {
                 out_bytes += black_box(t.data).len();
@@ -210,7 +227,7 @@ fn bench_relay(
 }
 
 /// Best packets/s of the bare primitives: unprotect (if SRTP input) +
-/// protect, and heap allocations per packet.
+/// protect in place on one buffer, and heap allocations per packet.
 fn bench_crypto(input_suite: Option<SrtpSuite>, output_suite: SrtpSuite) -> (f64, f64) {
     let plain = plain_stream(0x1234_5678);
     let in_keys = input_suite.map(SrtpKeyMaterial::generate);
@@ -224,25 +241,82 @@ fn bench_crypto(input_suite: Option<SrtpSuite>, output_suite: SrtpSuite) -> (f64
     for _ in 0..ROUNDS {
         let mut rx = in_keys.as_ref().map(|k| SrtpContext::new(k).expect("keys"));
         let mut tx = SrtpContext::new(&out_keys).expect("keys");
-        let mut scratch = Vec::with_capacity(1500);
-        let mut out = Vec::with_capacity(1500);
+        let mut buf = vec![0u8; 2048];
         let allocs_before = ALLOCATIONS.load(Relaxed);
         let start = Instant::now();
         for pkt in &input {
-            match rx.as_mut() {
-                Some(rx) => {
-                    rx.unprotect_rtp(black_box(pkt), &mut scratch)
-                        .expect("unprotect");
-                    tx.protect_rtp(&scratch, &mut out).expect("protect");
-                }
-                None => tx.protect_rtp(black_box(pkt), &mut out).expect("protect"),
-            }
-            black_box(&out);
+            let pkt = black_box(pkt);
+            buf[..pkt.len()].copy_from_slice(pkt);
+            let len = match rx.as_mut() {
+                Some(rx) => rx
+                    .unprotect_rtp_in_place(&mut buf[..pkt.len()])
+                    .expect("unprotect"),
+                None => pkt.len(),
+            };
+            let len = tx.protect_rtp_in_place(&mut buf, len).expect("protect");
+            black_box(&buf[..len]);
         }
         best = best.min(start.elapsed().as_secs_f64());
         allocs = ALLOCATIONS.load(Relaxed) - allocs_before;
     }
     (PACKETS as f64 / best, allocs as f64 / PACKETS as f64)
+}
+
+/// The same with `rtc-srtp` (what `SrtpContext` wrapped before it worked in
+/// place): `decrypt_rtp` + `encrypt_rtp`, each returning a fresh buffer.
+fn bench_rtc_srtp(input_suite: Option<SrtpSuite>, output_suite: SrtpSuite) -> f64 {
+    use rtc_srtp::context::Context;
+    use rtc_srtp::option::srtp_replay_protection;
+    use rtc_srtp::protection_profile::ProtectionProfile as P;
+    let profile = |suite: SrtpSuite| match suite {
+        SrtpSuite::AesCm128HmacSha1_80 => P::Aes128CmHmacSha1_80,
+        SrtpSuite::AesCm128HmacSha1_32 => P::Aes128CmHmacSha1_32,
+        SrtpSuite::AesCm256HmacSha1_80 => P::Aes256CmHmacSha1_80,
+        SrtpSuite::AesCm256HmacSha1_32 => P::Aes256CmHmacSha1_32,
+        SrtpSuite::AeadAes128Gcm => P::AeadAes128Gcm,
+        SrtpSuite::AeadAes256Gcm => P::AeadAes256Gcm,
+    };
+    let provider = rtc_crypto::default_provider().expect("provider");
+    let context = |k: &SrtpKeyMaterial| {
+        Context::new(
+            k.key.expose(),
+            k.salt.expose(),
+            profile(k.suite),
+            Some(srtp_replay_protection(128)),
+            None,
+            provider.crypto(),
+        )
+        .expect("keys")
+    };
+    let plain = plain_stream(0x1234_5678);
+    let in_keys = input_suite.map(SrtpKeyMaterial::generate);
+    let out_keys = SrtpKeyMaterial::generate(output_suite);
+    let input = match &in_keys {
+        Some(k) => protected_stream(k, &plain),
+        None => plain,
+    };
+    let mut best = f64::MAX;
+    for _ in 0..ROUNDS {
+        let mut rx = in_keys.as_ref().map(context);
+        let mut tx = context(&out_keys);
+        let mut out = Vec::with_capacity(1500);
+        let start = Instant::now();
+        for pkt in &input {
+            let protected = match rx.as_mut() {
+                Some(rx) => {
+                    let clear = rx.decrypt_rtp(black_box(pkt)).expect("unprotect");
+                    tx.encrypt_rtp(&clear).expect("protect")
+                }
+                None => tx.encrypt_rtp(black_box(pkt)).expect("protect"),
+            };
+            // As the old SrtpContext did: into the caller's buffer.
+            out.clear();
+            out.extend_from_slice(&protected);
+            black_box(&out);
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    PACKETS as f64 / best
 }
 
 fn main() {
@@ -284,8 +358,17 @@ fn main() {
 
     println!("relay step, one core, {PACKETS} packets of 172 bytes, best of {ROUNDS} rounds");
     println!(
-        "{:<68} {:>10} {:>7} {:>10} {:>6} {:>12} {:>13}",
-        "path", "relay pps", "ns/pkt", "crypto pps", "ratio", "relay alloc/p", "crypto alloc/p"
+        "{:<68} {:>10} {:>7} {:>8} {:>10} {:>6} {:>7} {:>10} {:>7} {:>8}",
+        "path",
+        "relay pps",
+        "ns/pkt",
+        "in place",
+        "crypto pps",
+        "ratio",
+        "in pl.",
+        "rtc-srtp",
+        "ns/pkt",
+        "alloc/p"
     );
     for s in &scenarios {
         let trunk_suite = match s.trunk {
@@ -299,22 +382,31 @@ fn main() {
             browser_out: SrtpKeyMaterial::generate(s.browser),
         };
         let counters = Arc::new(CallCounters::default());
-        let (relay_pps, relay_allocs) = bench_relay(s, &keys, &identity, &counters);
-        let (crypto_pps, crypto_allocs) = match s.direction {
-            Direction::TrunkToBrowser => bench_crypto(trunk_suite, s.browser),
-            Direction::BrowserToTrunk => bench_crypto(Some(s.browser), trunk_suite.unwrap_or(cm80)),
+        let (relay_pps, relay_allocs) = bench_relay(s, &keys, &identity, &counters, false);
+        let (in_place_pps, in_place_allocs) = bench_relay(s, &keys, &identity, &counters, true);
+        let (input, output) = match s.direction {
+            Direction::TrunkToBrowser => (trunk_suite, s.browser),
+            Direction::BrowserToTrunk => (Some(s.browser), trunk_suite.unwrap_or(cm80)),
         };
+        let (crypto_pps, crypto_allocs) = bench_crypto(input, output);
+        let rtc_pps = bench_rtc_srtp(input, output);
         println!(
-            "{:<68} {:>10.0} {:>7.0} {:>10.0} {:>5.2}x {:>12.2} {:>13.2}",
+            "{:<68} {:>10.0} {:>7.0} {:>8.0} {:>10.0} {:>5.2}x {:>6.2}x {:>10.0} {:>7.0} {:>8.2}",
             s.name,
             relay_pps,
             1e9 / relay_pps,
+            1e9 / in_place_pps,
             crypto_pps,
             crypto_pps / relay_pps,
-            relay_allocs,
-            crypto_allocs
+            crypto_pps / in_place_pps,
+            rtc_pps,
+            1e9 / rtc_pps,
+            relay_allocs.max(in_place_allocs).max(crypto_allocs)
         );
     }
+    println!(
+        "ratio: crypto pps / relay pps (\"in pl.\": / in-place relay pps); rtc-srtp: the previous SRTP crate, same work; alloc/p: most heap allocations per packet of the relay, in-place relay and crypto loops"
+    );
     observers(&scenarios[0], &identity);
 }
 
@@ -406,11 +498,11 @@ fn observers(s: &Scenario, identity: &Arc<DtlsIdentity>) {
     let mut busy = f64::MAX;
     for _ in 0..ROUNDS {
         run.store(false, Relaxed);
-        quiet = quiet.min(1.0 / bench_relay(s, &keys, identity, &counters).0);
+        quiet = quiet.min(1.0 / bench_relay(s, &keys, identity, &counters, false).0);
         run.store(true, Relaxed);
         let before = reads.load(Relaxed);
         let t = Instant::now();
-        busy = busy.min(1.0 / bench_relay(s, &keys, identity, &counters).0);
+        busy = busy.min(1.0 / bench_relay(s, &keys, identity, &counters, false).0);
         let rate = (reads.load(Relaxed) - before) as f64 / t.elapsed().as_secs_f64();
         black_box(rate);
     }

@@ -144,6 +144,26 @@ impl LegCounters {
     pub(crate) fn add_drop(&self, reason: DropReason) {
         self.drops[reason.index()].fetch_add(1, Relaxed);
     }
+
+    // The same for counters with a single writer (a call's own, written only
+    // by its relay): a load and a store rather than a locked add, which is a
+    // plain `mov` on x86 and takes a few ns off every packet. Readers still
+    // see whole values. Never for the process-wide `MediaStats`.
+
+    pub(crate) fn add_in_single_writer(&self, bytes: usize) {
+        bump(&self.packets_in, 1);
+        bump(&self.bytes_in, bytes as u64);
+    }
+
+    pub(crate) fn add_out_single_writer(&self, bytes: usize) {
+        bump(&self.packets_out, 1);
+        bump(&self.bytes_out, bytes as u64);
+    }
+}
+
+/// `counter += n` for a counter only the calling thread writes.
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
 /// Plain values copied out of a [`LegCounters`].

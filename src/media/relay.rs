@@ -12,9 +12,10 @@
 //!   (once nominated) is where media to the browser goes;
 //! - browser DTLS (only from an allowed address) → the DTLS server, created on
 //!   the first one; `Connected` keys the browser SRTP contexts;
-//! - RTP → source check → SSRC pre-check → unprotect → SSRC accept → payload
-//!   type map → header rewrite → protect → queued for the other leg;
-//! - RTCP → source check → unprotect → minimal rewrite → protect → queued.
+//! - RTP and RTCP, either way, SRTP or plain → one pipeline
+//!   ([`CallRelay::forward`]) working in place in one buffer: source check →
+//!   SSRC pre-check → unprotect → SSRC accept → payload type map → header
+//!   rewrite (RTCP: minimal rewrite) → protect → queued for the other leg.
 //!
 //! Every drop is counted by reason on the leg it arrived on.
 //!
@@ -22,10 +23,11 @@
 //! - nothing is forwarded in either direction before the browser's DTLS
 //!   handshake completed with the fingerprint of its SDP (`Phase::Connected`);
 //! - after `Failed` or `Timeout` nothing is forwarded any more;
-//! - the packet path allocates nothing in steady state: plaintext goes
-//!   through one scratch buffer, output buffers come back to a pool when the
-//!   driver polls the next transmit (rtc-srtp's own per-packet `BytesMut` is
-//!   the only allocation left, inside `SrtpContext`).
+//! - the packet path allocates nothing in steady state: a media datagram is
+//!   copied once into a pooled buffer (or not at all, through
+//!   [`CallRelay::handle_datagram_in_place`]), decrypted, rewritten and
+//!   encrypted there, and sent from it; buffers come back to the pool when
+//!   the driver polls the next transmit.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -40,7 +42,7 @@ use super::fingerprint::Fingerprint;
 use super::ice_lite::IceLite;
 use super::rewrite::{parse_rtp, rewrite_rtcp, rtp_ssrc, PayloadMap, StreamRewriter, Toward};
 use super::rtcp_stats::RtcpWatch;
-use super::srtp::{SrtpContext, SrtpError};
+use super::srtp::{SrtpContext, SrtpError, MAX_OVERHEAD};
 use super::ssrc_filter::SsrcFilter;
 use crate::types::{PayloadType, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
 
@@ -150,8 +152,16 @@ enum Phase {
 const MAX_BROWSER_ADDRS: usize = 8;
 /// Output buffers kept for reuse; a burst larger than this allocates.
 const POOL_LIMIT: usize = 64;
-/// Capacity of a fresh output buffer: any datagram we relay fits.
-const BUFFER_CAPACITY: usize = 1500;
+/// Capacity of a fresh output buffer: an Ethernet-sized datagram plus the
+/// most SRTP can add to it.
+const BUFFER_CAPACITY: usize = 1500 + MAX_OVERHEAD;
+
+/// What the pipeline is forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    Rtp,
+    Rtcp,
+}
 
 struct BrowserLeg {
     ice: IceLite,
@@ -223,8 +233,6 @@ pub struct CallRelay {
     stats: Arc<MediaStats>,
     /// Loss, jitter and round trip per leg from the RTCP relayed.
     rtcp_watch: RtcpWatch,
-    /// Plaintext of the packet being relayed.
-    scratch: Vec<u8>,
     queue: VecDeque<Queued>,
     /// The transmit last handed out by `poll_transmit` (its buffer goes back
     /// to the pool on the next call).
@@ -311,7 +319,6 @@ impl CallRelay {
             to_browser: StreamRewriter::new(random_ssrc()),
             counters,
             stats,
-            scratch: Vec::with_capacity(BUFFER_CAPACITY),
             queue: VecDeque::with_capacity(16),
             in_flight: None,
             pool: Vec::with_capacity(POOL_LIMIT),
@@ -441,14 +448,57 @@ impl CallRelay {
     pub fn handle_datagram(&mut self, leg: LegId, from: SocketAddr, data: &[u8], now: Instant) {
         match leg {
             LegId::Browser => {
-                self.counters.browser.add_in(data.len());
+                self.counters.browser.add_in_single_writer(data.len());
                 self.stats.browser.add_in(data.len());
                 self.handle_browser(from, data, now);
             }
             LegId::TrunkRtp | LegId::TrunkRtcp => {
-                self.counters.trunk.add_in(data.len());
+                self.counters.trunk.add_in_single_writer(data.len());
                 self.stats.trunk.add_in(data.len());
                 self.handle_trunk(leg, from, data, now);
+            }
+        }
+    }
+
+    /// Handles one datagram received on `leg` from `from` in the caller's
+    /// buffer, without copying it: RTP and RTCP are decrypted, rewritten and
+    /// re-encrypted in place, and `Some((leg, to))` means `buf` now holds the
+    /// datagram to send on `leg` to `to`. Anything else (STUN, DTLS, a drop)
+    /// gives `None`; answers to STUN and DTLS are queued for
+    /// [`poll_transmit`](Self::poll_transmit) as with
+    /// [`handle_datagram`](Self::handle_datagram). `buf` grows by at most
+    /// [`MAX_OVERHEAD`] bytes; with that much spare capacity it never
+    /// reallocates. The seam for a driver that receives into its own buffers
+    /// (recvmmsg batches) and sends from them.
+    pub fn handle_datagram_in_place(
+        &mut self,
+        leg: LegId,
+        from: SocketAddr,
+        buf: &mut Vec<u8>,
+        now: Instant,
+    ) -> Option<(LegId, SocketAddr)> {
+        let kind = match classify(buf) {
+            PacketKind::Rtp => Media::Rtp,
+            PacketKind::Rtcp => Media::Rtcp,
+            _ => {
+                self.handle_datagram(leg, from, buf, now);
+                return None;
+            }
+        };
+        let arrival = counted_leg(leg);
+        self.counters.leg(arrival).add_in_single_writer(buf.len());
+        self.stats.leg(arrival).add_in(buf.len());
+        match self.forward(leg, from, kind, buf, now) {
+            Ok(Some((out_leg, to))) => {
+                let out = counted_leg(out_leg);
+                self.counters.leg(out).add_out_single_writer(buf.len());
+                self.stats.leg(out).add_out(buf.len());
+                Some((out_leg, to))
+            }
+            Ok(None) => None,
+            Err(reason) => {
+                self.drop(arrival, reason);
+                None
             }
         }
     }
@@ -517,8 +567,8 @@ impl CallRelay {
         match classify(data) {
             PacketKind::Stun => self.browser_stun(from, data, now),
             PacketKind::Dtls => self.browser_dtls(from, data, now),
-            PacketKind::Rtp => self.browser_rtp(from, data, now),
-            PacketKind::Rtcp => self.browser_rtcp(from, data, now),
+            PacketKind::Rtp => self.media(LegId::Browser, from, Media::Rtp, data, now),
+            PacketKind::Rtcp => self.media(LegId::Browser, from, Media::Rtcp, data, now),
             PacketKind::Unknown => self.drop(Leg::Browser, DropReason::Malformed),
         }
     }
@@ -660,124 +710,14 @@ impl CallRelay {
         }
     }
 
-    /// Checks common to browser media: from a checked address, keys ready.
-    fn browser_media_ready(&mut self, from: SocketAddr) -> bool {
-        if !self.browser.allowed.contains(&from) {
-            self.drop(Leg::Browser, DropReason::WrongSource);
-            return false;
-        }
-        if self.phase != Phase::Connected {
-            self.drop(Leg::Browser, DropReason::NotReady);
-            return false;
-        }
-        true
-    }
-
-    fn browser_rtp(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
-        if !self.browser_media_ready(from) {
-            return;
-        }
-        if let Err(reason) = self.browser_rtp_inner(data, now) {
-            self.drop(Leg::Browser, reason);
-        }
-    }
-
-    fn browser_rtp_inner(&mut self, data: &[u8], now: Instant) -> Result<(), DropReason> {
-        let ssrc = rtp_ssrc(data).ok_or(DropReason::Malformed)?;
-        // Before decrypting: cheaper, and rtc-srtp would otherwise keep
-        // per-SSRC state for every SSRC an attacker sprays.
-        self.browser.filter.check(ssrc, now)?;
-        let srtp_in = self.browser.srtp_in.as_mut().ok_or(DropReason::NotReady)?;
-        srtp_in
-            .unprotect_rtp(data, &mut self.scratch)
-            .map_err(drop_reason)?;
-        self.browser.filter.accept(ssrc, now);
-        self.last_browser_rx = now;
-        let fields = parse_rtp(&self.scratch)?;
-        let (pt, clock_rate) = self
-            .payload_map
-            .map(Toward::Trunk, fields.payload_type)
-            .ok_or(DropReason::UnknownPayloadType)?;
-        self.to_trunk
-            .rewrite(&mut self.scratch, &fields, pt, clock_rate, now);
-        let mut buf = self.take_buffer();
-        let protected = match self.trunk.srtp.as_mut() {
-            Some((_, out)) => out.protect_rtp(&self.scratch, &mut buf),
-            None => {
-                buf.extend_from_slice(&self.scratch);
-                Ok(())
-            }
-        };
-        match protected {
-            Ok(()) => {
-                let dest = self.trunk.rtp_dest();
-                self.push(LegId::TrunkRtp, dest, buf);
-                Ok(())
-            }
-            Err(e) => {
-                self.recycle(buf);
-                Err(drop_reason(e))
-            }
-        }
-    }
-
-    fn browser_rtcp(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
-        if !self.browser_media_ready(from) {
-            return;
-        }
-        if let Err(reason) = self.browser_rtcp_inner(data, now) {
-            self.drop(Leg::Browser, reason);
-        }
-    }
-
-    fn browser_rtcp_inner(&mut self, data: &[u8], now: Instant) -> Result<(), DropReason> {
-        let srtp_in = self.browser.srtp_in.as_mut().ok_or(DropReason::NotReady)?;
-        srtp_in
-            .unprotect_rtcp(data, &mut self.scratch)
-            .map_err(drop_reason)?;
-        self.last_browser_rx = now;
-        self.rtcp_watch
-            .observe(Leg::Browser, &self.scratch, now, &self.counters);
-        // RTCP is not SSRC-filtered: a receive-only browser reports with an
-        // SSRC it never sends RTP from, and authentication already proved
-        // the sender.
-        let len = rewrite_rtcp(&mut self.scratch, &self.to_trunk, &self.to_browser)?;
-        if len == 0 {
-            return Ok(()); // only feedback the trunk never negotiated
-        }
-        self.scratch.truncate(len);
-        let mut buf = self.take_buffer();
-        let protected = match self.trunk.srtp.as_mut() {
-            Some((_, out)) => out.protect_rtcp(&self.scratch, &mut buf),
-            None => {
-                buf.extend_from_slice(&self.scratch);
-                Ok(())
-            }
-        };
-        match protected {
-            Ok(()) => {
-                let (leg, dest) = self.trunk.rtcp_dest();
-                self.push(leg, dest, buf);
-                Ok(())
-            }
-            Err(e) => {
-                self.recycle(buf);
-                Err(drop_reason(e))
-            }
-        }
-    }
-
     // ---- trunk leg --------------------------------------------------------
 
     fn handle_trunk(&mut self, leg: LegId, from: SocketAddr, data: &[u8], now: Instant) {
-        let result = match classify(data) {
-            PacketKind::Rtp => self.trunk_rtp(leg, from, data, now),
-            PacketKind::Rtcp => self.trunk_rtcp(leg, from, data, now),
+        match classify(data) {
+            PacketKind::Rtp => self.media(leg, from, Media::Rtp, data, now),
+            PacketKind::Rtcp => self.media(leg, from, Media::Rtcp, data, now),
             // STUN/DTLS toward a SDES or plain trunk, or noise.
-            _ => Err(DropReason::Malformed),
-        };
-        if let Err(reason) = result {
-            self.drop(Leg::Trunk, reason);
+            _ => self.drop(Leg::Trunk, DropReason::Malformed),
         }
     }
 
@@ -820,102 +760,167 @@ impl CallRelay {
         self.last_trunk_rx = now;
     }
 
-    fn trunk_rtp(
-        &mut self,
-        leg: LegId,
-        from: SocketAddr,
-        data: &[u8],
-        now: Instant,
-    ) -> Result<(), DropReason> {
-        self.trunk_source_ok(leg, from, now)?;
-        if self.phase != Phase::Connected {
-            return Err(DropReason::NotReady);
-        }
-        let ssrc = rtp_ssrc(data).ok_or(DropReason::Malformed)?;
-        self.trunk.filter.check(ssrc, now)?;
-        match self.trunk.srtp.as_mut() {
-            Some((srtp_in, _)) => srtp_in
-                .unprotect_rtp(data, &mut self.scratch)
-                .map_err(drop_reason)?,
-            None => {
-                self.scratch.clear();
-                self.scratch.extend_from_slice(data);
-            }
-        }
-        let fields = parse_rtp(&self.scratch)?;
-        self.trunk.filter.accept(ssrc, now);
-        self.latch(leg, from, now);
-        let (pt, clock_rate) = self
-            .payload_map
-            .map(Toward::Browser, fields.payload_type)
-            .ok_or(DropReason::UnknownPayloadType)?;
-        self.to_browser
-            .rewrite(&mut self.scratch, &fields, pt, clock_rate, now);
-        let (Some(srtp_out), Some(dest)) = (self.browser.srtp_out.as_mut(), self.browser.dest)
-        else {
-            return Err(DropReason::NotReady);
-        };
-        let mut buf = self
-            .pool
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY));
-        match srtp_out.protect_rtp(&self.scratch, &mut buf) {
-            Ok(()) => {
-                self.push(LegId::Browser, dest, buf);
-                Ok(())
-            }
-            Err(e) => {
+    // ---- the forwarding pipeline ------------------------------------------
+
+    /// One RTP or RTCP datagram from `leg`: copied once into the buffer it
+    /// will be sent from, forwarded in place, then queued, or dropped and
+    /// counted.
+    fn media(&mut self, leg: LegId, from: SocketAddr, kind: Media, data: &[u8], now: Instant) {
+        let mut buf = self.take_buffer();
+        buf.extend_from_slice(data);
+        match self.forward(leg, from, kind, &mut buf, now) {
+            Ok(Some((out_leg, to))) => self.push(out_leg, to, buf),
+            Ok(None) => self.recycle(buf),
+            Err(reason) => {
                 self.recycle(buf);
-                Err(drop_reason(e))
+                self.drop(counted_leg(leg), reason);
             }
         }
     }
 
-    fn trunk_rtcp(
+    /// The one pipeline for both directions, RTP and RTCP, SRTP and plain,
+    /// in place in `buf` (the datagram on entry, what to send on success):
+    ///
+    /// 1. admit: browser media only from an address that passed ICE, trunk
+    ///    media only from the signaled/latched source; nothing before the
+    ///    browser's DTLS completed;
+    /// 2. SSRC pre-check (RTP), before spending a decryption;
+    /// 3. unprotect in place (a plain trunk's packet already is plaintext);
+    /// 4. RTP: parse, accept the SSRC, mark the leg alive, map the payload
+    ///    type, rewrite SSRC/sequence/timestamp; RTCP: watch, rewrite, mark
+    ///    the leg alive;
+    /// 5. protect in place for the other leg (or leave plain).
+    ///
+    /// Returns where `buf` goes, `None` when nothing is left to forward (RTCP
+    /// made only of feedback the other side never negotiated), or the reason
+    /// to drop it.
+    fn forward(
         &mut self,
         leg: LegId,
         from: SocketAddr,
-        data: &[u8],
+        kind: Media,
+        buf: &mut Vec<u8>,
         now: Instant,
-    ) -> Result<(), DropReason> {
-        self.trunk_source_ok(leg, from, now)?;
+    ) -> Result<Option<(LegId, SocketAddr)>, DropReason> {
+        let toward = match leg {
+            LegId::Browser => Toward::Trunk,
+            LegId::TrunkRtp | LegId::TrunkRtcp => Toward::Browser,
+        };
+        match toward {
+            Toward::Trunk if !self.browser.allowed.contains(&from) => {
+                return Err(DropReason::WrongSource)
+            }
+            Toward::Trunk => {}
+            Toward::Browser => self.trunk_source_ok(leg, from, now)?,
+        }
         if self.phase != Phase::Connected {
             return Err(DropReason::NotReady);
         }
-        match self.trunk.srtp.as_mut() {
-            Some((srtp_in, _)) => srtp_in
-                .unprotect_rtcp(data, &mut self.scratch)
-                .map_err(drop_reason)?,
-            None => {
-                self.scratch.clear();
-                self.scratch.extend_from_slice(data);
+
+        // Before decrypting: cheaper, and the SRTP context keeps no state
+        // for SSRCs an attacker sprays.
+        let ssrc = match kind {
+            Media::Rtp => {
+                let ssrc = rtp_ssrc(buf).ok_or(DropReason::Malformed)?;
+                self.arrival_filter(toward).check(ssrc, now)?;
+                Some(ssrc)
             }
-        }
-        self.rtcp_watch
-            .observe(Leg::Trunk, &self.scratch, now, &self.counters);
-        let len = rewrite_rtcp(&mut self.scratch, &self.to_browser, &self.to_trunk)?;
-        self.latch(leg, from, now);
-        if len == 0 {
-            return Ok(());
-        }
-        self.scratch.truncate(len);
-        let (Some(srtp_out), Some(dest)) = (self.browser.srtp_out.as_mut(), self.browser.dest)
-        else {
-            return Err(DropReason::NotReady);
+            Media::Rtcp => None,
         };
-        let mut buf = self
-            .pool
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY));
-        match srtp_out.protect_rtcp(&self.scratch, &mut buf) {
-            Ok(()) => {
-                self.push(LegId::Browser, dest, buf);
-                Ok(())
+
+        let inbound = match toward {
+            Toward::Trunk => Some(self.browser.srtp_in.as_mut().ok_or(DropReason::NotReady)?),
+            Toward::Browser => self.trunk.srtp.as_mut().map(|(srtp_in, _)| srtp_in),
+        };
+        if let Some(srtp_in) = inbound {
+            let len = match kind {
+                Media::Rtp => srtp_in.unprotect_rtp_in_place(buf),
+                Media::Rtcp => srtp_in.unprotect_rtcp_in_place(buf),
             }
-            Err(e) => {
-                self.recycle(buf);
-                Err(drop_reason(e))
+            .map_err(drop_reason)?;
+            buf.truncate(len);
+        }
+
+        match (kind, ssrc) {
+            (Media::Rtp, Some(ssrc)) => {
+                let fields = parse_rtp(buf)?;
+                self.arrival_filter(toward).accept(ssrc, now);
+                self.heard_from(leg, from, now);
+                let (pt, clock_rate) = self
+                    .payload_map
+                    .map(toward, fields.payload_type)
+                    .ok_or(DropReason::UnknownPayloadType)?;
+                let rewriter = match toward {
+                    Toward::Trunk => &mut self.to_trunk,
+                    Toward::Browser => &mut self.to_browser,
+                };
+                rewriter.rewrite(buf, &fields, pt, clock_rate, now);
             }
+            _ => {
+                self.rtcp_watch
+                    .observe(counted_leg(leg), buf, now, &self.counters);
+                // RTCP is not SSRC-filtered: a receive-only browser reports
+                // with an SSRC it never sends RTP from, and authentication
+                // (or a plain trunk's source check) already vetted the sender.
+                let (same, opposite) = match toward {
+                    Toward::Trunk => (&self.to_trunk, &self.to_browser),
+                    Toward::Browser => (&self.to_browser, &self.to_trunk),
+                };
+                let len = rewrite_rtcp(buf, same, opposite)?;
+                self.heard_from(leg, from, now);
+                if len == 0 {
+                    return Ok(None);
+                }
+                buf.truncate(len);
+            }
+        }
+
+        let (out_leg, to, outbound) = match toward {
+            Toward::Trunk => {
+                let (out_leg, to) = match kind {
+                    Media::Rtp => (LegId::TrunkRtp, self.trunk.rtp_dest()),
+                    Media::Rtcp => self.trunk.rtcp_dest(),
+                };
+                (out_leg, to, self.trunk.srtp.as_mut().map(|(_, out)| out))
+            }
+            Toward::Browser => {
+                let (Some(srtp_out), Some(dest)) =
+                    (self.browser.srtp_out.as_mut(), self.browser.dest)
+                else {
+                    return Err(DropReason::NotReady);
+                };
+                (LegId::Browser, dest, Some(srtp_out))
+            }
+        };
+        if let Some(srtp_out) = outbound {
+            let len = buf.len();
+            // Room for the tag (and SRTCP index); within the buffer's
+            // capacity, so no reallocation.
+            buf.resize(len + MAX_OVERHEAD, 0);
+            let len = match kind {
+                Media::Rtp => srtp_out.protect_rtp_in_place(buf, len),
+                Media::Rtcp => srtp_out.protect_rtcp_in_place(buf, len),
+            }
+            .map_err(drop_reason)?;
+            buf.truncate(len);
+        }
+        Ok(Some((out_leg, to)))
+    }
+
+    /// The SSRC filter of the leg a packet going `toward` arrived on.
+    fn arrival_filter(&mut self, toward: Toward) -> &mut SsrcFilter {
+        match toward {
+            Toward::Trunk => &mut self.browser.filter,
+            Toward::Browser => &mut self.trunk.filter,
+        }
+    }
+
+    /// A packet from `leg` proved genuine (authenticated, or a plain trunk's
+    /// packet that parsed): the leg is alive, and a trunk latches to it.
+    fn heard_from(&mut self, leg: LegId, from: SocketAddr, now: Instant) {
+        match leg {
+            LegId::Browser => self.last_browser_rx = now,
+            LegId::TrunkRtp | LegId::TrunkRtcp => self.latch(leg, from, now),
         }
     }
 
@@ -949,11 +954,8 @@ impl CallRelay {
     }
 
     fn push(&mut self, leg: LegId, to: SocketAddr, buf: Vec<u8>) {
-        let out_leg = match leg {
-            LegId::Browser => Leg::Browser,
-            LegId::TrunkRtp | LegId::TrunkRtcp => Leg::Trunk,
-        };
-        self.counters.leg(out_leg).add_out(buf.len());
+        let out_leg = counted_leg(leg);
+        self.counters.leg(out_leg).add_out_single_writer(buf.len());
         self.stats.leg(out_leg).add_out(buf.len());
         self.queue.push_back(Queued { leg, to, buf });
     }
@@ -963,9 +965,18 @@ fn drop_reason(e: SrtpError) -> DropReason {
     match e {
         SrtpError::AuthFailed => DropReason::AuthFailed,
         SrtpError::Replay => DropReason::Replay,
-        SrtpError::Malformed | SrtpError::UnsupportedSuite(_) | SrtpError::Other(_) => {
-            DropReason::Malformed
-        }
+        SrtpError::Malformed
+        | SrtpError::NoRoom { .. }
+        | SrtpError::UnsupportedSuite(_)
+        | SrtpError::Other(_) => DropReason::Malformed,
+    }
+}
+
+/// The counters' name for a socket of the call.
+fn counted_leg(leg: LegId) -> Leg {
+    match leg {
+        LegId::Browser => Leg::Browser,
+        LegId::TrunkRtp | LegId::TrunkRtcp => Leg::Trunk,
     }
 }
 
@@ -1611,6 +1622,81 @@ pub(crate) mod tests {
             handled <= sent && handled > sent * 9 / 10,
             "{handled} of {sent}"
         );
+    }
+
+    #[test]
+    fn in_place_forwarding_sends_from_the_callers_buffer() {
+        let mut k = keyed(true, None);
+        let src = addr("192.0.2.10:30000");
+        let mut buf = Vec::with_capacity(1600);
+        let mut last = Vec::new();
+        for i in 0..3u16 {
+            last = protect(
+                k.trunk_tx.as_mut().unwrap(),
+                &rtp_packet(OPUS_TRUNK, i, 960 * u32::from(i), 0x71, 0x22),
+            );
+            buf.clear();
+            buf.extend_from_slice(&last);
+            let ptr = buf.as_ptr();
+            let now = k.t0 + ms(20 * u64::from(i));
+            let out = k
+                .relay
+                .handle_datagram_in_place(LegId::TrunkRtp, src, &mut buf, now);
+            assert_eq!(out, Some((LegId::Browser, addr(BROWSER))));
+            assert_eq!(buf.as_ptr(), ptr, "sent from the same allocation");
+            let plain = unprotect(&mut k.browser_rx, &buf);
+            let f = parse_rtp(&plain).unwrap();
+            assert_eq!((f.payload_type, f.ssrc), (OPUS_BROWSER, Ssrc(0xB0B0)));
+            assert_eq!(&plain[12..], &[0x22; 160][..]);
+        }
+        // A replay is dropped and counted as on the copying path.
+        buf.clear();
+        buf.extend_from_slice(&last);
+        let out = k
+            .relay
+            .handle_datagram_in_place(LegId::TrunkRtp, src, &mut buf, k.t0 + ms(60));
+        assert_eq!(out, None);
+        // Browser to trunk, and RTCP, through the same entry.
+        buf.clear();
+        buf.extend_from_slice(&protect(
+            &mut k.browser_tx,
+            &rtp_packet(OPUS_BROWSER, 5, 0, 0xB1, 0x11),
+        ));
+        let out = k.relay.handle_datagram_in_place(
+            LegId::Browser,
+            addr(BROWSER),
+            &mut buf,
+            k.t0 + ms(61),
+        );
+        assert_eq!(out, Some((LegId::TrunkRtp, src)));
+        let plain = unprotect(k.trunk_rx.as_mut().unwrap(), &buf);
+        assert_eq!(parse_rtp(&plain).unwrap().payload_type, OPUS_TRUNK);
+        buf.clear();
+        k.browser_tx
+            .protect_rtcp(&rtcp_rr(0xB1, 0xB0B0), &mut buf)
+            .unwrap();
+        let out = k.relay.handle_datagram_in_place(
+            LegId::Browser,
+            addr(BROWSER),
+            &mut buf,
+            k.t0 + ms(62),
+        );
+        assert_eq!(out, Some((LegId::TrunkRtp, src)));
+        // STUN goes the queued way.
+        let mut stun = SimBrowser::stun_request("gwuf", "gateway-password-0123456", false);
+        let out = k.relay.handle_datagram_in_place(
+            LegId::Browser,
+            addr(BROWSER),
+            &mut stun,
+            k.t0 + ms(63),
+        );
+        assert_eq!(out, None);
+        assert_eq!(drain(&mut k.relay).len(), 1, "the Binding response");
+        let t = trunk_snap(&k);
+        assert_eq!((t.packets_in, t.packets_out), (4, 2));
+        assert_eq!(t.drops(DropReason::Replay), 1);
+        let b = k.counters.browser.snapshot();
+        assert_eq!((b.packets_in, b.packets_out), (3, 4));
     }
 
     #[test]

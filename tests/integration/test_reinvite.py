@@ -1,0 +1,151 @@
+"""The trunk's re-INVITEs (RFC 3261 14, issue 13 item 3): hold, a silence
+longer than media.timeout while held, resume, and a new media port.
+
+SIPp 3.6.1 plays the trunk (sipp/uac_reinvite_hold_move.xml: plain RTP/AVP
+PCMU, no RTP of its own) and calls the account; an aiortc browser
+(harness.BrowserPeer) accepts. The gateway runs with media.timeout = 5 and
+media.hold_timeout = 60, so the 8 s of silence while held would end an
+unheld call. The new port is a UDP socket of the test, which counts the
+RTP the gateway relays from the browser once the re-INVITE moved the leg.
+
+Artifacts in tests/artifacts/<test name>/: gateway/gateway.log,
+sipp_uac/messages.log (SIPp's trace), result.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+
+import pytest
+
+from conftest import _gateway
+from harness import GWT_HOST, save_result, sip_header
+from test_incoming import _cseq_method, plain_trunk, sdp_body, sessions
+
+pytestmark = pytest.mark.gateway
+
+MEDIA_TIMEOUT = 5
+HOLD_TIMEOUT = 60
+
+
+@pytest.fixture
+def gateway_short_timeouts(workdir):
+    """A plain-RTP trunk (SIPp calls in; its uri is never called) and
+    [media] timeout = 5, hold_timeout = 60."""
+    from harness import free_port
+    yield from _gateway(workdir, plain_trunk(f"sip:127.0.0.1:{free_port()};transport=udp"),
+                        media={"timeout": MEDIA_TIMEOUT, "hold_timeout": HOLD_TIMEOUT})
+
+
+@pytest.fixture
+def start_sipp(workdir):
+    from harness import SippUac
+    started = []
+
+    def start(gw, **kw):
+        s = SippUac(workdir, "uac_reinvite_hold_move.xml", remote=f"127.0.0.1:{gw.sip_port}",
+                    service="alice", **kw)
+        started.append(s)
+        return s.start()
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def _origin_version(sdp: str) -> int:
+    m = re.search(r"^o=\S+ \S+ (\d+) ", sdp, re.M)
+    assert m, sdp
+    return int(m.group(1))
+
+
+def _rtp_count(sock: socket.socket, seconds: float) -> tuple[int, set]:
+    """RTP packets (version 2) arriving at `sock` within `seconds`, and
+    their sources."""
+    n, sources = 0, set()
+    end = time.monotonic() + seconds
+    sock.settimeout(0.2)
+    while time.monotonic() < end:
+        try:
+            data, src = sock.recvfrom(2048)
+        except socket.timeout:
+            continue
+        if len(data) >= 12 and data[0] >> 6 == 2:
+            n += 1
+            sources.add(src)
+    return n, sources
+
+
+def test_trunk_hold_silence_resume_and_move(workdir, gateway_short_timeouts, start_sipp):
+    """SIPp calls alice, the browser accepts. re-INVITE a=sendonly: 200 with
+    a=recvonly, the browser gets `held` {by: trunk}; 8 s without any RTP
+    from SIPp (media.timeout is 5) and the call is up: the next re-INVITE
+    (a=sendrecv) gets 200 a=sendrecv and the browser `resumed`; a re-INVITE
+    naming a UDP socket of the test as the new port gets 200 (same gateway
+    address and port, o= version one up each time), and the browser's audio
+    arrives at that socket within 1.5 s; SIPp's BYE is answered 200 and the
+    browser gets `hangup`. Before this change each re-INVITE got 488 and
+    the call ended in the media timeout."""
+    gw = gateway_short_timeouts
+    new_media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    new_media.bind((GWT_HOST, 0))
+    new_port = new_media.getsockname()[1]
+
+    async def run():
+        (peer,) = await sessions(gw, 1)
+        try:
+            sipp = start_sipp(gw, keys={"newport": new_port})
+            incoming = await peer.wait_incoming(10)
+            await peer.accept()
+            connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
+            assert connected["type"] == "connected", connected
+            t_connected = time.monotonic()
+            held = await peer.wait_for({"held"}, 10, call_id=peer.call_id)
+            t_held = time.monotonic()
+            resumed = await peer.wait_for({"resumed"}, 20, call_id=peer.call_id)
+            t_resumed = time.monotonic()
+            # The move comes 0.3 s after the resume; count for 2 s.
+            moved, sources = await asyncio.to_thread(_rtp_count, new_media, 2.0)
+            hangup = await peer.wait_for({"hangup"}, 10)
+            code = await asyncio.to_thread(sipp.wait, 20)
+            return dict(sipp=sipp, code=code, incoming=incoming, held=held, resumed=resumed, hangup=hangup,
+                        moved=moved, sources=sorted(map(str, sources)),
+                        held_for_s=round(t_resumed - t_held, 2), held_after_s=round(t_held - t_connected, 2),
+                        messages=[m for m in peer.messages if m.get("type") != "error"])
+        finally:
+            await peer.close()
+
+    try:
+        r = asyncio.run(run())
+    finally:
+        new_media.close()
+    sipp = r["sipp"]
+    oks = [m for m in sipp.received(status=200) if _cseq_method(m) == "INVITE"]
+    save_result(workdir, sipp_exit=r["code"], held=r["held"], resumed=r["resumed"], hangup=r["hangup"],
+                moved_packets=r["moved"], moved_sources=r["sources"], held_for_s=r["held_for_s"],
+                browser_messages=[m.get("type") for m in r["messages"]],
+                sipp_received=[m.first_line for m in sipp.received()])
+    assert r["code"] == 0, f"sipp exit {r['code']} ({sipp.msg_path}, {sipp.err_path})"
+    assert r["held"] == {"type": "held", "id": r["incoming"]["id"], "by": "trunk"}, r["held"]
+    assert r["resumed"] == {"type": "resumed", "id": r["incoming"]["id"], "by": "trunk"}, r["resumed"]
+    assert r["held_for_s"] > MEDIA_TIMEOUT + 1, f"held only {r['held_for_s']} s"
+    # One 200 per INVITE (retransmissions aside): the call's, then three.
+    by_cseq = {}
+    for m in oks:
+        by_cseq.setdefault(sip_header(m.text, "CSeq").split()[0], m)
+    assert sorted(by_cseq) == ["1", "2", "3", "4"], [m.first_line for m in oks]
+    sdps = [sdp_body(by_cseq[c].text) for c in ["1", "2", "3", "4"]]
+    assert "a=recvonly" in sdps[1], sdps[1]
+    assert "a=sendrecv" in sdps[2] and "a=sendrecv" in sdps[3], sdps[2:]
+    media = [by_cseq[c].sdp_media() for c in ["1", "2", "3", "4"]]
+    assert len(set(media)) == 1 and media[0][0] == GWT_HOST and media[0][2] == "RTP/AVP", media
+    versions = [_origin_version(s) for s in sdps]
+    assert versions == list(range(versions[0], versions[0] + 4)), versions
+    assert r["moved"] > 20, f"{r['moved']} RTP packets at the new port {new_port}"
+    assert r["sources"] == [str((GWT_HOST, media[0][1]))], r["sources"]
+    assert r["hangup"].get("code") == 200, r["hangup"]
+    assert "hangup" not in [m.get("type") for m in r["messages"][:-1]], r["messages"]
+    assert "panicked" not in gw.log()

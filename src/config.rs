@@ -926,6 +926,28 @@ trunk = "carrier"
     }
 
     #[test]
+    fn media_timeouts_default_and_are_checked() {
+        let c = parse(&full()).unwrap();
+        assert_eq!((c.media.timeout, c.media.hold_timeout), (30, 3600));
+        let set = |extra: &str| {
+            parse(&full().replace("port_min = 30000", &format!("port_min = 30000\n{extra}")))
+                .unwrap()
+        };
+        let c = set("timeout = 5\nhold_timeout = 60");
+        assert_eq!((c.media.timeout, c.media.hold_timeout), (5, 60));
+        assert_eq!(c.problems(), vec![]);
+        let keys = |extra: &str| -> Vec<String> {
+            set(extra).problems().into_iter().map(|p| p.key).collect()
+        };
+        assert_eq!(keys("timeout = 0"), ["media.timeout"]);
+        assert_eq!(
+            keys("timeout = 60\nhold_timeout = 30"),
+            ["media.hold_timeout"]
+        );
+        assert_eq!(keys("hold_timeout = 100000"), ["media.hold_timeout"]);
+    }
+
+    #[test]
     fn register_keys() {
         let c = parse(&full()).unwrap();
         assert!(!c.trunks[0].register);

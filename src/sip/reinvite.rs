@@ -182,3 +182,138 @@ impl PeerUpdates {
         self.events.pop_front()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::dialog::{InDialog, LocalEndpoint};
+    use crate::sip::message::{RequestParts, ResponseParts};
+    use crate::sip::Transport;
+
+    fn local() -> LocalEndpoint {
+        LocalEndpoint {
+            via_host: "192.0.2.1".into(),
+            via_port: 5060,
+            transport: Transport::Udp,
+            contact: "<sip:gw@192.0.2.1:5060>".into(),
+            user_agent: "t".into(),
+        }
+    }
+
+    /// Our dialog as the UAC of `cid`, and a maker of the peer's requests.
+    fn dialog() -> Dialog {
+        let invite = message::build_request(RequestParts {
+            method: Method::Invite,
+            uri: "sip:bob@192.0.2.2",
+            via: message::via_value("192.0.2.1", 5060, Transport::Udp, "z9hG4bKi"),
+            from: "<sip:gw@192.0.2.1>;tag=ours",
+            to: "<sip:bob@192.0.2.2>",
+            call_id: "cid",
+            cseq: 1,
+            contact: Some("<sip:gw@192.0.2.1:5060>"),
+            routes: &[],
+            user_agent: "t",
+            body: None,
+            extra: vec![],
+        })
+        .unwrap();
+        let ok = message::build_response(
+            &invite,
+            200,
+            ResponseParts {
+                to_tag: Some("theirs"),
+                contact: Some("<sip:bob@192.0.2.2:5080>"),
+                ..Default::default()
+            },
+        );
+        Dialog::uac(&invite, &ok, local()).unwrap()
+    }
+
+    fn peer(method: Method, cseq: u32, sdp: Option<&str>) -> Request {
+        message::build_request(RequestParts {
+            method,
+            uri: "sip:gw@192.0.2.1:5060",
+            via: message::via_value("192.0.2.2", 5080, Transport::Udp, &message::new_branch()),
+            from: "<sip:bob@192.0.2.2>;tag=theirs",
+            to: "<sip:gw@192.0.2.1>;tag=ours",
+            call_id: "cid",
+            cseq,
+            contact: Some("<sip:bob@192.0.2.2:5080>"),
+            routes: &[],
+            user_agent: "peer",
+            body: sdp.map(|s| ("application/sdp", s)),
+            extra: vec![],
+        })
+        .unwrap()
+    }
+
+    fn code(bytes: &Bytes) -> u16 {
+        match message::parse(bytes).unwrap() {
+            rsip::SipMessage::Response(r) => r.status_code.code(),
+            _ => panic!("not a response"),
+        }
+    }
+
+    /// Feeds `req` through the dialog as `sip::uac` does.
+    fn offer(d: &mut Dialog, u: &mut PeerUpdates, req: Request) -> Option<Bytes> {
+        assert!(matches!(d.handle_request(&req), InDialog::Offer));
+        u.begin(d, req, false)
+    }
+
+    #[test]
+    fn an_offerless_reinvite_gets_our_offer_and_the_ack_answers_it() {
+        let (mut d, mut u, t0) = (dialog(), PeerUpdates::default(), Instant::now());
+        assert!(offer(&mut d, &mut u, peer(Method::Invite, 2, None)).is_none());
+        assert_eq!(
+            u.poll_event(),
+            Some(RenegotiationEvent::Offer {
+                update: false,
+                sdp: None
+            })
+        );
+        let ok = u
+            .answer(&mut d, OfferAnswer::Sdp("v=0\r\n".into()), t0)
+            .unwrap();
+        assert_eq!(code(&ok), 200);
+        // While our offer waits for the ACK, an UPDATE with another is glare.
+        let glare = offer(&mut d, &mut u, peer(Method::Update, 3, Some("v=0\r\n"))).unwrap();
+        assert_eq!(code(&glare), 491);
+        let mut ack = peer(Method::Ack, 2, Some("v=0\r\nanswer\r\n"));
+        assert!(u.on_ack(&ack), "the ACK of the re-INVITE's 200");
+        assert_eq!(
+            u.poll_event(),
+            Some(RenegotiationEvent::AckAnswer {
+                sdp: Some("v=0\r\nanswer\r\n".into())
+            })
+        );
+        ack.body.clear();
+        assert!(!u.on_ack(&ack), "once");
+        assert_eq!(u.poll_timeout(), None);
+    }
+
+    #[test]
+    fn an_unacked_2xx_is_resent_then_given_up() {
+        let (mut d, mut u, t0) = (dialog(), PeerUpdates::default(), Instant::now());
+        offer(&mut d, &mut u, peer(Method::Invite, 2, Some("v=0\r\n")));
+        u.poll_event();
+        let ok = u
+            .answer(&mut d, OfferAnswer::Sdp("v=0\r\n".into()), t0)
+            .unwrap();
+        let mut resent = 0;
+        let mut now = t0;
+        while let Some(at) = u.poll_timeout() {
+            now = at;
+            if let Some(again) = u.handle_timeout(now) {
+                assert_eq!(again, ok);
+                resent += 1;
+            }
+        }
+        assert!(now >= t0 + TIMEOUT, "given up after 64*T1");
+        assert!((7..=11).contains(&resent), "{resent}");
+        // A refusal is final at once: nothing to resend, no ACK awaited.
+        offer(&mut d, &mut u, peer(Method::Invite, 3, Some("v=0\r\n")));
+        let no = u.answer(&mut d, OfferAnswer::Refuse(488), now).unwrap();
+        assert_eq!(code(&no), 488);
+        assert_eq!(u.poll_timeout(), None);
+    }
+}

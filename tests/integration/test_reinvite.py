@@ -149,3 +149,50 @@ def test_trunk_hold_silence_resume_and_move(workdir, gateway_short_timeouts, sta
     assert r["hangup"].get("code") == 200, r["hangup"]
     assert "hangup" not in [m.get("type") for m in r["messages"][:-1]], r["messages"]
     assert "panicked" not in gw.log()
+
+
+def test_trunk_holds_and_resumes_an_outgoing_call(workdir):
+    """The browser calls SIPp (sipp/uas_answer_hold_resume.xml, plain
+    RTP/AVP, no RTP from SIPp); 1 s after its ACK SIPp re-INVITEs with
+    a=sendonly: 200 a=recvonly from the gateway's dialog as UAC, `held`
+    {by: trunk} at the browser; 7 s of silence (media.timeout is 5) and
+    SIPp's re-INVITE a=sendrecv gets 200 a=sendrecv, `resumed`; SIPp's BYE
+    ends the call (browser `hangup` 200, its only hangup)."""
+    from harness import BrowserPeer, Gateway, SippUas, TrunkSpec
+    from conftest import TRUNK_NUMBER
+    sipp = SippUas(workdir, "uas_answer_hold_resume.xml").start()
+    gw = Gateway(workdir, trunk=TrunkSpec("carrier", sipp.uri, callee_stream="decrypted",
+                                          secure_media="forbidden"),
+                 media={"timeout": MEDIA_TIMEOUT, "hold_timeout": HOLD_TIMEOUT}).start()
+    try:
+        async def run():
+            peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+            try:
+                connected = await peer.call(TRUNK_NUMBER)
+                assert connected["type"] == "connected", connected
+                held = await peer.wait_for({"held"}, 10, call_id=peer.call_id)
+                t_held = time.monotonic()
+                resumed = await peer.wait_for({"resumed"}, 20, call_id=peer.call_id)
+                held_for = time.monotonic() - t_held
+                hangup = await peer.wait_for({"hangup"}, 10)
+                return dict(held=held, resumed=resumed, hangup=hangup, held_for_s=round(held_for, 2),
+                            id=peer.call_id, types=[m.get("type") for m in peer.messages])
+            finally:
+                await peer.close()
+
+        r = asyncio.run(run())
+        code = sipp.wait(20)
+    finally:
+        sipp.stop()
+        gw_code = gw.stop()
+    save_result(workdir, sipp_exit=code, **{k: r[k] for k in ("held", "resumed", "hangup", "held_for_s", "types")})
+    assert code == 0, f"sipp exit {code} ({sipp.msg_path}, {sipp.err_path})"
+    assert gw_code == 0 and "panicked" not in gw.log()
+    assert r["held"] == {"type": "held", "id": r["id"], "by": "trunk"}, r["held"]
+    assert r["resumed"] == {"type": "resumed", "id": r["id"], "by": "trunk"}, r["resumed"]
+    assert r["held_for_s"] > MEDIA_TIMEOUT + 1, r["held_for_s"]
+    assert r["hangup"].get("code") == 200 and r["types"].count("hangup") == 1, r["types"]
+    oks = [m for m in sipp.received(status=200) if _cseq_method(m) == "INVITE"]
+    sdps = {sip_header(m.text, "CSeq").split()[0]: sdp_body(m.text) for m in oks}
+    assert "a=recvonly" in sdps["1"] and "a=sendrecv" in sdps["2"], sdps
+    assert _origin_version(sdps["2"]) == _origin_version(sdps["1"]) + 1, sdps

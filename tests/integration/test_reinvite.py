@@ -196,3 +196,46 @@ def test_trunk_holds_and_resumes_an_outgoing_call(workdir):
     sdps = {sip_header(m.text, "CSeq").split()[0]: sdp_body(m.text) for m in oks}
     assert "a=recvonly" in sdps["1"] and "a=sendrecv" in sdps["2"], sdps
     assert _origin_version(sdps["2"]) == _origin_version(sdps["1"]) + 1, sdps
+
+
+def test_a_held_call_ends_at_the_hold_timeout(workdir):
+    """SIPp calls alice, holds (a=sendonly, 200 a=recvonly, `held`) and
+    never sends RTP nor resumes. With media.timeout = 3 and
+    media.hold_timeout = 8 the call outlives the 3 s but the gateway ends
+    it at the hold timeout: the browser's `hangup` is 408 "no media
+    received" about 8 s after the call connected, and SIPp gets the BYE."""
+    from harness import free_port, Gateway, SippUac
+    gw = Gateway(workdir, trunk=plain_trunk(f"sip:127.0.0.1:{free_port()};transport=udp"),
+                 media={"timeout": 3, "hold_timeout": 8}).start()
+    sipp = None
+    try:
+        async def run():
+            nonlocal sipp
+            (peer,) = await sessions(gw, 1)
+            try:
+                sipp = SippUac(workdir, "uac_reinvite_hold_forever.xml", remote=f"127.0.0.1:{gw.sip_port}",
+                               service="alice").start()
+                await peer.wait_incoming(10)
+                await peer.accept()
+                connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
+                assert connected["type"] == "connected", connected
+                t_connected = time.monotonic()
+                held = await peer.wait_for({"held"}, 10, call_id=peer.call_id)
+                hangup = await peer.wait_for({"hangup"}, 20)
+                return dict(held=held, hangup=hangup, ended_after_s=round(time.monotonic() - t_connected, 2))
+            finally:
+                await peer.close()
+
+        r = asyncio.run(run())
+        code = sipp.wait(20)
+    finally:
+        if sipp is not None:
+            sipp.stop()
+        gw_code = gw.stop()
+    save_result(workdir, sipp_exit=code, **r)
+    assert r["held"].get("type") == "held", r
+    assert r["hangup"].get("code") == 408, r["hangup"]
+    assert 6.5 <= r["ended_after_s"] <= 11, f"ended {r['ended_after_s']} s after connected"
+    assert code == 0, f"sipp exit {code} ({sipp.msg_path}, {sipp.err_path})"
+    assert sipp.received("BYE"), sipp.msg_path
+    assert gw_code == 0 and "panicked" not in gw.log()

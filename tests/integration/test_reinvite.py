@@ -239,3 +239,62 @@ def test_a_held_call_ends_at_the_hold_timeout(workdir):
     assert code == 0, f"sipp exit {code} ({sipp.msg_path}, {sipp.err_path})"
     assert sipp.received("BYE"), sipp.msg_path
     assert gw_code == 0 and "panicked" not in gw.log()
+
+
+def _crypto(sdp: str) -> list[tuple[str, str, str]]:
+    """(tag, suite, inline key) of every a=crypto line."""
+    return re.findall(r"^a=crypto:(\d+) (\S+) inline:([^\s|]+)", sdp, re.M)
+
+
+def test_sdes_trunk_rekeys_and_a_downgrade_is_refused(workdir):
+    """An SDES trunk (secure_media = "mandatory"): SIPp
+    (sipp/uac_reinvite_sdes.xml) calls alice, the browser accepts. A
+    re-INVITE with the same key and a=sendonly gets 200 a=recvonly with our
+    key unchanged (`held`); one with a new key of the trunk gets 200 with a
+    fresh key of ours (same tag 2, same suite; `resumed`); an RTP/AVP
+    re-INVITE gets 488 and the call goes on: SIPp's BYE gets 200 and the
+    browser's only `hangup` is that one."""
+    from harness import free_port, Gateway, SippUac, TrunkSpec
+    gw = Gateway(workdir, trunk=TrunkSpec("carrier", f"sip:127.0.0.1:{free_port()};transport=udp",
+                                          callee_stream="sdes", secure_media="mandatory")).start()
+    sipp = None
+    try:
+        async def run():
+            nonlocal sipp
+            (peer,) = await sessions(gw, 1)
+            try:
+                sipp = SippUac(workdir, "uac_reinvite_sdes.xml", remote=f"127.0.0.1:{gw.sip_port}",
+                               service="alice").start()
+                await peer.wait_incoming(10)
+                await peer.accept()
+                connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
+                assert connected["type"] == "connected", connected
+                await peer.wait_for({"hangup"}, 20)
+                return [m for m in peer.messages if m.get("type") not in ("error", "incoming")]
+            finally:
+                await peer.close()
+
+        messages = asyncio.run(run())
+        code = sipp.wait(20)
+    finally:
+        if sipp is not None:
+            sipp.stop()
+        gw_code = gw.stop()
+    finals = {}
+    for m in sipp.received():
+        if _cseq_method(m) == "INVITE" and not m.first_line.split()[1].startswith("1"):
+            finals.setdefault(sip_header(m.text, "CSeq").split()[0], m)
+    save_result(workdir, sipp_exit=code, browser=[m.get("type") for m in messages],
+                finals={k: v.first_line for k, v in finals.items()})
+    assert code == 0, f"sipp exit {code} ({sipp.msg_path}, {sipp.err_path})"
+    assert [m.get("type") for m in messages] == ["connected", "held", "resumed", "hangup"], messages
+    assert messages[-1].get("code") == 200, messages[-1]
+    assert {k: v.first_line.split()[1] for k, v in finals.items()} == \
+        {"1": "200", "2": "200", "3": "200", "4": "488"}, finals
+    first, hold, rekey = (_crypto(sdp_body(finals[c].text)) for c in ("1", "2", "3"))
+    assert len(first) == len(hold) == len(rekey) == 1, (first, hold, rekey)
+    assert first[0][:2] == ("2", "AES_CM_128_HMAC_SHA1_80"), first
+    assert "a=recvonly" in sdp_body(finals["2"].text)
+    assert hold == first, "a direction change keeps our key"
+    assert rekey[0][:2] == first[0][:2] and rekey[0][2] != first[0][2], "a re-key gets a fresh key of ours"
+    assert gw_code == 0 and "panicked" not in gw.log()

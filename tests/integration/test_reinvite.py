@@ -1,12 +1,14 @@
 """The trunk's re-INVITEs (RFC 3261 14, issue 13 item 3): hold, a silence
-longer than media.timeout while held, resume, and a new media port.
+longer than media.timeout while held, resume, a new media port, the end at
+media.hold_timeout, an SDES re-key and a refused downgrade.
 
-SIPp 3.6.1 plays the trunk (sipp/uac_reinvite_hold_move.xml: plain RTP/AVP
-PCMU, no RTP of its own) and calls the account; an aiortc browser
-(harness.BrowserPeer) accepts. The gateway runs with media.timeout = 5 and
-media.hold_timeout = 60, so the 8 s of silence while held would end an
-unheld call. The new port is a UDP socket of the test, which counts the
-RTP the gateway relays from the browser once the re-INVITE moved the leg.
+SIPp 3.6.1 plays the trunk and sends no RTP of its own: it calls the account
+(sipp/uac_reinvite_*.xml; an aiortc browser, harness.BrowserPeer, accepts)
+or answers the browser's call (sipp/uas_answer_hold_resume.xml). The
+gateway runs with short media timeouts (timeout 5, hold_timeout 60; or 3
+and 8), so a silence that would end an unheld call is survived while held.
+A new port is a UDP socket of the test, which counts the RTP the gateway
+relays from the browser once the re-INVITE moved the leg.
 
 Artifacts in tests/artifacts/<test name>/: gateway/gateway.log,
 sipp_uac/messages.log (SIPp's trace), result.json.

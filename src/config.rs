@@ -215,6 +215,13 @@ pub struct MediaConfig {
     /// Address the media sockets bind to; defaults to `server.public_ip`.
     /// Set it (e.g. to 0.0.0.0) when `public_ip` is a NAT's address.
     pub bind_ip: Option<IpAddr>,
+    /// Seconds without media from a leg of an answered call before it ends.
+    #[serde(default = "default_media_timeout")]
+    pub timeout: u64,
+    /// The same while the trunk holds the call (a=sendonly/inactive or
+    /// c=0.0.0.0): a held trunk legitimately sends nothing for a long time.
+    #[serde(default = "default_hold_timeout")]
+    pub hold_timeout: u64,
 }
 
 impl Default for MediaConfig {
@@ -223,6 +230,8 @@ impl Default for MediaConfig {
             port_min: default_port_min(),
             port_max: default_port_max(),
             bind_ip: None,
+            timeout: default_media_timeout(),
+            hold_timeout: default_hold_timeout(),
         }
     }
 }
@@ -331,6 +340,12 @@ fn default_port_min() -> u16 {
 }
 fn default_port_max() -> u16 {
     20999
+}
+fn default_media_timeout() -> u64 {
+    30
+}
+fn default_hold_timeout() -> u64 {
+    3600
 }
 fn default_callee_stream() -> CalleeStream {
     CalleeStream::Sdes
@@ -562,6 +577,22 @@ impl Config {
         }
         if self.media.port_min < 1024 {
             add("media.port_min".into(), "must be 1024 or above".into());
+        }
+        // A day bounds both: a longer silence is a dead call, and the
+        // deadline arithmetic stays far from overflow.
+        for (key, value) in [
+            ("media.timeout", self.media.timeout),
+            ("media.hold_timeout", self.media.hold_timeout),
+        ] {
+            if !(1..=86_400).contains(&value) {
+                add(key.into(), "must be 1 to 86400 seconds".into());
+            }
+        }
+        if self.media.hold_timeout < self.media.timeout {
+            add(
+                "media.hold_timeout".into(),
+                format!("must not be below media.timeout ({})", self.media.timeout),
+            );
         }
 
         for (i, trunk) in self.trunks.iter().enumerate() {
@@ -892,6 +923,28 @@ trunk = "carrier"
         assert!(keys.contains(&"server.token_secret"), "{keys:?}");
         assert!(keys.contains(&"trunks[0].inbound_sources[0]"), "{keys:?}");
         assert!(keys.contains(&"server.public_ip"), "{keys:?}");
+    }
+
+    #[test]
+    fn media_timeouts_default_and_are_checked() {
+        let c = parse(&full()).unwrap();
+        assert_eq!((c.media.timeout, c.media.hold_timeout), (30, 3600));
+        let set = |extra: &str| {
+            parse(&full().replace("port_min = 30000", &format!("port_min = 30000\n{extra}")))
+                .unwrap()
+        };
+        let c = set("timeout = 5\nhold_timeout = 60");
+        assert_eq!((c.media.timeout, c.media.hold_timeout), (5, 60));
+        assert_eq!(c.problems(), vec![]);
+        let keys = |extra: &str| -> Vec<String> {
+            set(extra).problems().into_iter().map(|p| p.key).collect()
+        };
+        assert_eq!(keys("timeout = 0"), ["media.timeout"]);
+        assert_eq!(
+            keys("timeout = 60\nhold_timeout = 30"),
+            ["media.hold_timeout"]
+        );
+        assert_eq!(keys("hold_timeout = 100000"), ["media.hold_timeout"]);
     }
 
     #[test]

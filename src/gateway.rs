@@ -169,6 +169,8 @@ pub async fn run(
         cdr: cdr.clone(),
         trunk_health: trunk_health.clone(),
         ring_timeout: Duration::from_secs(config.sip.ring_timeout),
+        media_timeout: Duration::from_secs(config.media.timeout),
+        hold_timeout: Duration::from_secs(config.media.hold_timeout),
     });
     tokio::spawn(inbound::route(calls.clone(), incoming));
     calls.start_trunk_monitors();

@@ -28,6 +28,14 @@ pub struct Security {
     pub trunk: String,
 }
 
+/// Who put a call on hold or took it back (`held` / `resumed`, field `by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldParty {
+    /// The trunk's re-INVITE or UPDATE (a=sendonly/inactive, c=0.0.0.0).
+    Trunk,
+}
+
 /// What the gateway tells a browser session (PROTOCOL.md section 3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
@@ -47,6 +55,16 @@ pub enum SessionEvent {
         id: CallId,
         code: u16,
         reason: String,
+    },
+    /// The call was put on hold (`by` the trunk).
+    Held {
+        id: CallId,
+        by: HoldParty,
+    },
+    /// The call was taken off hold.
+    Resumed {
+        id: CallId,
+        by: HoldParty,
     },
     /// A call for this account; `sdp` is the gateway's offer.
     Incoming {

@@ -34,9 +34,10 @@ use bytes::Bytes;
 use rsip::SipMessage;
 use tracing::{info, warn};
 
-use super::api::{Security, SessionEvent};
+use super::api::{HoldParty, Security, SessionEvent};
 use super::cause::Cause;
 use super::directory::Account;
+use super::renegotiate::{Change, TrunkSession};
 use super::sessions::SessionKey;
 use crate::config::cidr_contains;
 use crate::media::relay::{BrowserLegParams, TrunkCrypto, TrunkLegParams};
@@ -48,6 +49,7 @@ use crate::sdp::{
 };
 use crate::sip::auth::DigestCredentials;
 use crate::sip::message::{self, ResponseParts};
+use crate::sip::reinvite::{OfferAnswer, RenegotiationEvent};
 use crate::sip::target::Target;
 use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
 use crate::sip::uas::{IncomingCall, UasEvent};
@@ -64,8 +66,10 @@ pub struct CallTimers {
     /// provisional response, so a trunk that rings for ever would otherwise
     /// hold an outgoing call; an incoming one rings the browsers this long).
     pub ring: Duration,
-    /// How long a leg of an answered call may be silent.
+    /// How long a leg of an answered call may be silent (`media.timeout`).
     pub answered_media: Duration,
+    /// The same while the trunk holds the call (`media.hold_timeout`).
+    pub held_media: Duration,
     /// How long we keep the dialog alive to finish BYE/CANCEL after the end:
     /// a CANCEL's 487 may come up to 64*T1 later, then Timer D runs 32 s.
     pub teardown: Duration,
@@ -77,6 +81,7 @@ impl Default for CallTimers {
             dtls: Duration::from_secs(15),
             ring: Duration::from_secs(120),
             answered_media: Duration::from_secs(30),
+            held_media: Duration::from_secs(3600),
             teardown: Duration::from_secs(70),
         }
     }
@@ -242,6 +247,14 @@ struct Common {
     dtls_deadline: Option<Instant>,
     ring_deadline: Option<Instant>,
     teardown_deadline: Option<Instant>,
+    /// The trunk leg as last negotiated, once media runs: what a re-offer
+    /// of the trunk is checked against and answered from.
+    trunk_session: Option<TrunkSession>,
+    /// The trunk resumed a held call: at this time the media timeout goes
+    /// back from `held_media` to `answered_media`. Not at once: the relay
+    /// measures silence from the last packet, which on a long hold is far
+    /// in the past, so the trunk gets `answered_media` to start sending.
+    resume_deadline: Option<Instant>,
     /// Set once the browser side has been told the call ended.
     ended: Option<Cause>,
     /// The SIP side is done (or given up on): the driver can drop the call.
@@ -273,6 +286,8 @@ impl Common {
             dtls_deadline: None,
             ring_deadline: None,
             teardown_deadline: None,
+            trunk_session: None,
+            resume_deadline: None,
             ended: None,
             finished: false,
         }
@@ -331,10 +346,87 @@ impl Common {
         }
         self.dtls_deadline = None;
         self.ring_deadline = None;
+        self.resume_deadline = None;
         self.teardown_deadline = Some(now + self.timers.teardown);
         let event = self.hangup_event(&cause);
         self.tell_owner(event);
         self.ended = Some(cause);
+    }
+
+    /// The trunk's re-INVITE or UPDATE (see `calls::renegotiate`): the
+    /// answer for the SIP side, `None` for an ACK's answer (nothing to send).
+    fn renegotiate(&mut self, event: RenegotiationEvent, now: Instant) -> Option<OfferAnswer> {
+        let live = self.ended.is_none();
+        match event {
+            // An UPDATE without SDP only refreshes the target (RFC 3311 5.2).
+            RenegotiationEvent::Offer {
+                update: true,
+                sdp: None,
+            } => Some(OfferAnswer::Empty),
+            RenegotiationEvent::Offer { sdp, .. } => {
+                let Some(session) = self.trunk_session.as_mut().filter(|_| live) else {
+                    warn!("trunk re-offer before the media runs or after the end: 488");
+                    return Some(OfferAnswer::Refuse(488));
+                };
+                let Some(sdp) = sdp else {
+                    info!("trunk re-INVITE without SDP: our offer goes in the 200");
+                    return Some(OfferAnswer::Sdp(session.offer()));
+                };
+                match session.answer(&sdp) {
+                    Ok((answer, change)) => {
+                        self.apply(change, now);
+                        Some(OfferAnswer::Sdp(answer))
+                    }
+                    Err(e) => {
+                        warn!(reason = %e, "trunk re-offer refused; the call goes on unchanged");
+                        Some(OfferAnswer::Refuse(488))
+                    }
+                }
+            }
+            RenegotiationEvent::AckAnswer { sdp } => {
+                let session = self.trunk_session.as_mut().filter(|_| live)?;
+                match session.take_answer(sdp.as_deref()) {
+                    Ok(change) => self.apply(change, now),
+                    // Too late to refuse: the offer was ours. The leg stays
+                    // as it was; a trunk that sends elsewhere now ends in
+                    // the media timeout.
+                    Err(e) => warn!(reason = %e, "unusable answer in the trunk's ACK"),
+                }
+                None
+            }
+        }
+    }
+
+    /// Carries out what a re-offer changed: the trunk leg, hold, timeouts.
+    fn apply(&mut self, change: Change, now: Instant) {
+        if let Some((params, map)) = change.update {
+            info!(remote = %params.remote_rtp, "trunk re-offer: moving or re-keying the trunk leg");
+            if let Some(s) = &self.trunk_session {
+                self.trunk_security = s.security();
+            }
+            self.media(MediaCommand::UpdateTrunk(Box::new(params), map));
+        }
+        let id = self.id.clone();
+        match change.hold {
+            Some(true) => {
+                info!("the trunk put the call on hold");
+                self.resume_deadline = None;
+                self.media(MediaCommand::SetTimeout(self.timers.held_media));
+                self.tell_owner(SessionEvent::Held {
+                    id,
+                    by: HoldParty::Trunk,
+                });
+            }
+            Some(false) => {
+                info!("the trunk took the call off hold");
+                self.resume_deadline = Some(now + self.timers.answered_media);
+                self.tell_owner(SessionEvent::Resumed {
+                    id,
+                    by: HoldParty::Trunk,
+                });
+            }
+            None => {}
+        }
     }
 
     /// `connected` goes out once the trunk side is up and the browser's DTLS
@@ -538,6 +630,7 @@ impl Call {
                 reject_code: setup.reject_code,
                 phase: Phase::Ringing,
                 answer: None,
+                suites: setup.account.trunk.srtp_suites.clone(),
             })),
         };
         if let Kind::Incoming(inc) = &mut call.kind {
@@ -615,6 +708,7 @@ impl Call {
             self.c.dtls_deadline,
             self.c.ring_deadline,
             self.c.teardown_deadline,
+            self.c.resume_deadline,
         ]
         .into_iter()
         .flatten()
@@ -738,6 +832,11 @@ impl Call {
         if self.c.ring_deadline.is_some_and(|d| now >= d) {
             self.c.ring_deadline = None;
             self.end(Cause::NoAnswer, now);
+        }
+        if self.c.resume_deadline.is_some_and(|d| now >= d) {
+            self.c.resume_deadline = None;
+            let timeout = self.c.timers.answered_media;
+            self.c.media(MediaCommand::SetTimeout(timeout));
         }
         match &mut self.kind {
             Kind::Outgoing(o) => o.uac.handle_timeout(now),
@@ -887,6 +986,11 @@ impl Outgoing {
                 info!("trunk hung up");
                 c.finish(Cause::RemoteHangup, now);
             }
+            UacEvent::Renegotiation(event) => {
+                if let Some(answer) = c.renegotiate(event, now) {
+                    self.uac.answer_offer(answer, now);
+                }
+            }
             UacEvent::Terminated => c.finished = true,
         }
     }
@@ -957,6 +1061,29 @@ impl Outgoing {
         };
         self.trunk_sdp = Some(sdp.to_string());
         let params = outgoing_relay_params(offer, &answer, trunk_crypto);
+        let session = TrunkSession::new(
+            offer_params.session_id,
+            offer_params.session_version,
+            (c.media.public_ip, c.media.trunk_rtp_port),
+            (
+                answer.codec.clone(),
+                answer.telephone_event.map(|(_, browser)| browser),
+            ),
+            (
+                answer.codec_trunk_pt,
+                answer.telephone_event.map(|(trunk, _)| trunk),
+            ),
+            (answer.remote_rtp, answer.remote_rtcp),
+            (answer.proto, answer.rtcp_mux, answer.ptime),
+            answer
+                .crypto
+                .as_ref()
+                .map(|a| (a.remote_key.clone(), a.local_key.clone(), a.tag)),
+            match &self.plan {
+                TrunkLegPlan::Sdes { suites, .. } => suites.clone(),
+                TrunkLegPlan::Plain => Vec::new(),
+            },
+        );
 
         if c.media_started {
             // Media runs already: only the trunk leg changes, and only if the
@@ -969,6 +1096,7 @@ impl Outgoing {
                 return self.end(c, cause, now);
             }
             info!("trunk SDP changed: re-keying the trunk leg");
+            c.trunk_session = Some(session);
             c.media(MediaCommand::UpdateTrunk(
                 Box::new(params.trunk),
                 params.payload_map,
@@ -977,6 +1105,7 @@ impl Outgoing {
         }
         self.browser_codec = Some(answer.codec.pt);
         c.codec = Some(codec_label(&answer.codec));
+        c.trunk_session = Some(session);
         let answer_params = BrowserAnswerParams {
             local_ip: c.media.public_ip,
             port: c.media.browser_port,
@@ -1070,6 +1199,8 @@ struct Incoming {
     phase: Phase,
     /// The winner's answer and the key we answer the trunk with.
     answer: Option<(BrowserAnswer, Option<SrtpKeyMaterial>)>,
+    /// The trunk's `srtp_suites`: what a re-key may move to.
+    suites: Vec<SrtpSuite>,
 }
 
 impl Incoming {
@@ -1193,6 +1324,27 @@ impl Incoming {
             }
             _ => TrunkCrypto::Plain,
         };
+        let sdes = match (&self.plan, &crypto) {
+            (IncomingLegPlan::Sdes { tag, .. }, TrunkCrypto::Sdes { inbound, outbound }) => {
+                Some((inbound.clone(), outbound.clone(), *tag))
+            }
+            _ => None,
+        };
+        let te_pt = answer.telephone_event.as_ref().map(|te| te.pt);
+        c.trunk_session = Some(TrunkSession::new(
+            rand::random::<u32>() as u64,
+            1,
+            (c.media.public_ip, c.media.trunk_rtp_port),
+            (answer.codec.clone(), te_pt),
+            (answer.codec.pt, te_pt),
+            (
+                SocketAddr::new(self.offer.address, self.offer.port),
+                self.offer.remote_rtcp,
+            ),
+            (self.offer.proto, self.offer.rtcp_mux, self.offer.ptime),
+            sdes,
+            self.suites.clone(),
+        ));
         let mut payload_map = vec![(answer.codec.pt, answer.codec.pt, answer.codec.clock_rate)];
         if let Some(te) = &answer.telephone_event {
             payload_map.push((te.pt, te.pt, answer.codec.clock_rate));
@@ -1240,7 +1392,7 @@ impl Incoming {
             c.media.public_ip,
             c.media.trunk_rtp_port,
             crypto,
-            rand::random::<u32>() as u64,
+            c.trunk_session.as_ref().map_or(1, |s| s.session_id),
         );
         self.uas.answer(sdp, self.contact.clone(), now);
         self.phase = Phase::Answered;
@@ -1289,6 +1441,11 @@ impl Incoming {
                 UasEvent::RemoteHangup => {
                     info!("trunk hung up");
                     c.finish(Cause::RemoteHangup, now);
+                }
+                UasEvent::Renegotiation(event) => {
+                    if let Some(answer) = c.renegotiate(event, now) {
+                        self.uas.answer_offer(answer, now);
+                    }
                 }
                 UasEvent::Terminated => c.finished = true,
             }

@@ -983,3 +983,592 @@ fn a_session_that_opens_while_the_call_rings_rings_too() {
     call.handle_session(now, SessionInput::Join { session: 3 });
     assert!(drain(&mut call).to(3).is_empty());
 }
+
+// ---- the trunk's re-INVITE and UPDATE (issue 13 item 3) -------------------
+
+/// The trunk's offer as it re-sends it: same session, version `v`, with
+/// `edit` applied.
+fn reoffer(v: u32, edit: impl Fn(String) -> String) -> String {
+    edit(TRUNK_OFFER.replace("o=- 1 1 ", &format!("o=- 1 {v} ")))
+}
+
+/// A re-INVITE or UPDATE of the incoming call's dialog from the trunk.
+fn trunk_request(
+    method: &str,
+    cseq: u32,
+    tag: &str,
+    branch: &str,
+    sdp: Option<&str>,
+) -> SipMessage {
+    let body = sdp.unwrap_or("");
+    let ct = if sdp.is_some() {
+        "Content-Type: application/sdp\r\n"
+    } else {
+        ""
+    };
+    parse(&format!(
+        "{method} sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch={branch}\r\n\
+From: <sip:+4930123@carrier.example>;tag=ftag\r\nTo: <sip:alice@10.0.0.1>;tag={tag}\r\n\
+Call-ID: in-c1\r\nCSeq: {cseq} {method}\r\nContact: <sip:carrier@{TRUNK}>\r\n{ct}\
+Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// The one response of `d`, with its SDP.
+fn the_response(d: &Drained) -> (u16, Option<String>) {
+    assert_eq!(d.sip.len(), 1, "one response: {:?}", d.sip);
+    match &d.sip[0] {
+        SipMessage::Response(r) => (message::status_code(r), message::sdp_body(r)),
+        other => panic!("expected a response, got {other}"),
+    }
+}
+
+fn timeouts(d: &Drained) -> Vec<Duration> {
+    d.media
+        .iter()
+        .filter_map(|m| match m {
+            MediaCommand::SetTimeout(t) => Some(*t),
+            _ => None,
+        })
+        .collect()
+}
+
+fn updates(d: &Drained) -> Vec<crate::media::relay::TrunkLegParams> {
+    d.media
+        .iter()
+        .filter_map(|m| match m {
+            MediaCommand::UpdateTrunk(p, _) => Some((**p).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `o=- <id> <version> ...` of an SDP.
+fn origin(sdp: &str) -> (String, u64) {
+    let line = sdp.lines().find(|l| l.starts_with("o=")).unwrap();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[1].to_string(), f[2].parse().unwrap())
+}
+
+/// The inline key of our (single) a=crypto line.
+fn our_inline(sdp: &str) -> String {
+    let line = sdp.lines().find(|l| l.starts_with("a=crypto:")).unwrap();
+    line.split("inline:").nth(1).unwrap().to_string()
+}
+
+#[test]
+fn a_trunk_hold_is_answered_recvonly_and_the_browser_hears_held_then_resumed() {
+    let (mut call, now, tag) = connected_call(1);
+    let hold = reoffer(2, |s| s.replace("a=sendrecv", "a=sendonly"));
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 2, &tag, "z9hG4bKre2", Some(&hold)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    let (code, sdp) = the_response(&d);
+    assert_eq!(code, 200);
+    let sdp = sdp.expect("an SDP answer");
+    assert!(sdp.contains("a=recvonly"), "{sdp}");
+    assert!(sdp.contains("m=audio 20002 RTP/SAVP 8 101"), "{sdp}");
+    assert_eq!(origin(&sdp).1, 2, "version raised from the 200's 1");
+    assert!(matches!(
+        d.to(1)[..],
+        [SessionEvent::Held {
+            by: super::api::HoldParty::Trunk,
+            ..
+        }]
+    ));
+    assert_eq!(timeouts(&d), [Duration::from_secs(3600)]);
+    assert!(
+        updates(&d).is_empty(),
+        "same address and key: the leg stays"
+    );
+    assert!(!call.is_over_for_browsers());
+
+    // The 200 is resent until its ACK, which is absorbed.
+    call.handle_timeout(now + Duration::from_millis(500));
+    assert_eq!(drain(&mut call).statuses(), [200]);
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 2, Some(&tag), "z9hG4bKack2"),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert!(d.sip.is_empty() && d.events.is_empty());
+    call.handle_timeout(now + Duration::from_secs(2));
+    assert!(
+        drain(&mut call).sip.is_empty(),
+        "no retransmission after the ACK"
+    );
+
+    // inactive is hold too, answered inactive; nothing new for the browser.
+    let inactive = reoffer(3, |s| s.replace("a=sendrecv", "a=inactive"));
+    let t = now + Duration::from_secs(60);
+    call.handle_sip(
+        t,
+        trunk_request("INVITE", 3, &tag, "z9hG4bKre3", Some(&inactive)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert!(the_response(&d).1.unwrap().contains("a=inactive"));
+    assert!(d.events.is_empty());
+    call.handle_sip(
+        t,
+        from_trunk("ACK", 3, Some(&tag), "z9hG4bKack3"),
+        trunk_addr(),
+    );
+    drain(&mut call);
+
+    let resume = reoffer(4, |s| s);
+    call.handle_sip(
+        t,
+        trunk_request("INVITE", 4, &tag, "z9hG4bKre4", Some(&resume)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    let sdp = the_response(&d).1.unwrap();
+    assert!(sdp.contains("a=sendrecv"), "{sdp}");
+    assert_eq!(origin(&sdp).1, 4);
+    assert!(matches!(d.to(1)[..], [SessionEvent::Resumed { .. }]));
+    // The trunk gets media.timeout to start sending before the short
+    // timeout is back (the relay counts silence from the last packet).
+    assert!(timeouts(&d).is_empty());
+    call.handle_sip(
+        t,
+        from_trunk("ACK", 4, Some(&tag), "z9hG4bKack4"),
+        trunk_addr(),
+    );
+    drain(&mut call);
+    call.handle_timeout(t + Duration::from_secs(30));
+    assert_eq!(timeouts(&drain(&mut call)), [Duration::from_secs(30)]);
+}
+
+#[test]
+fn c_0_0_0_0_is_hold_and_keeps_the_old_address() {
+    let (mut call, now, tag) = connected_call(1);
+    let hold = reoffer(2, |s| s.replace("c=IN IP4 10.0.0.9", "c=IN IP4 0.0.0.0"));
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 2, &tag, "z9hG4bKre2", Some(&hold)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(the_response(&d).0, 200);
+    assert!(matches!(d.to(1)[..], [SessionEvent::Held { .. }]));
+    assert!(updates(&d).is_empty(), "nothing is sent to 0.0.0.0");
+}
+
+#[test]
+fn a_new_port_moves_the_trunk_leg_and_our_key_is_fresh() {
+    let (mut call, now, tag) = connected_call(1);
+    let moved = reoffer(2, |s| s.replace("m=audio 30000", "m=audio 30100"));
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 2, &tag, "z9hG4bKre2", Some(&moved)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    let sdp = the_response(&d).1.unwrap();
+    let up = updates(&d);
+    assert_eq!(up.len(), 1);
+    assert_eq!(
+        up[0].remote_rtp,
+        "10.0.0.9:30100".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        up[0].remote_rtcp,
+        Some("10.0.0.9:30101".parse::<SocketAddr>().unwrap())
+    );
+    // The media plane re-creates the SRTP contexts: our answer's key is
+    // new, and it is the one the leg now sends with.
+    let TrunkCrypto::Sdes { outbound, inbound } = &up[0].crypto else {
+        panic!("SDES leg expected");
+    };
+    let crypto = crate::sdp::CryptoAttribute::parse(
+        sdp.lines()
+            .find_map(|l| l.strip_prefix("a=crypto:"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(crypto.tag, 2, "the tag of the trunk's line");
+    assert_eq!(&crypto.key().unwrap().material, outbound);
+    assert_eq!(inbound.suite, SrtpSuite::AesCm128HmacSha1_80);
+    assert!(d.events.is_empty(), "no hold");
+    assert!(timeouts(&d).is_empty());
+}
+
+#[test]
+fn a_new_trunk_key_rekeys_the_leg() {
+    let (mut call, now, tag) = connected_call(1);
+    let new_key = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk";
+    let rekeyed = reoffer(2, |s| {
+        s.replace("d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYXkK", new_key)
+    });
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 2, &tag, "z9hG4bKre2", Some(&rekeyed)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(the_response(&d).0, 200);
+    let up = updates(&d);
+    assert_eq!(up.len(), 1);
+    let TrunkCrypto::Sdes { inbound, .. } = &up[0].crypto else {
+        panic!("SDES leg expected");
+    };
+    let line = format!("2 AES_CM_128_HMAC_SHA1_80 inline:{new_key}");
+    let theirs = crate::sdp::CryptoAttribute::parse(&line).unwrap();
+    assert_eq!(inbound, &theirs.key().unwrap().material);
+}
+
+#[test]
+fn a_direction_change_alone_keeps_our_key() {
+    let (mut call, now, tag) = connected_call(1);
+    let first = reoffer(2, |s| s);
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 2, &tag, "z9hG4bKre2", Some(&first)),
+        trunk_addr(),
+    );
+    let a = the_response(&drain(&mut call)).1.unwrap();
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 2, Some(&tag), "z9hG4bKack2"),
+        trunk_addr(),
+    );
+    let hold = reoffer(3, |s| s.replace("a=sendrecv", "a=sendonly"));
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 3, &tag, "z9hG4bKre3", Some(&hold)),
+        trunk_addr(),
+    );
+    let b = the_response(&drain(&mut call)).1.unwrap();
+    assert_eq!(our_inline(&a), our_inline(&b));
+    assert_eq!(origin(&a).0, origin(&b).0, "one session id");
+}
+
+#[test]
+fn an_unacceptable_reoffer_gets_488_and_the_call_goes_on_unchanged() {
+    let (mut call, now, tag) = connected_call(1);
+    let cases = [
+        // RTP/AVP on a secure_media = "mandatory" trunk.
+        reoffer(2, |s| {
+            s.replace("RTP/SAVP", "RTP/AVP")
+                .lines()
+                .filter(|l| !l.starts_with("a=crypto"))
+                .map(|l| format!("{l}\r\n"))
+                .collect()
+        }),
+        // Without the call's codec (PCMA).
+        reoffer(2, |s| s.replace("RTP/SAVP 0 8 101", "RTP/SAVP 0 101")),
+        // Only a suite the trunk's srtp_suites do not allow.
+        reoffer(2, |s| {
+            s.replace("AES_CM_128_HMAC_SHA1_80", "AES_256_CM_HMAC_SHA1_80")
+                .replace(
+                    "a=crypto:1 AES_CM_128_HMAC_SHA1_32",
+                    "a=crypto:1 AES_256_CM_HMAC_SHA1_32",
+                )
+        }),
+        "v=0\r\ngarbage".to_string(),
+    ];
+    for (i, sdp) in cases.iter().enumerate() {
+        let cseq = 2 + i as u32;
+        call.handle_sip(
+            now,
+            trunk_request("INVITE", cseq, &tag, &format!("z9hG4bKbad{i}"), Some(sdp)),
+            trunk_addr(),
+        );
+        let d = drain(&mut call);
+        assert_eq!(d.statuses(), [488], "case {i}");
+        assert!(
+            d.media.is_empty() && d.events.is_empty(),
+            "case {i}: unchanged"
+        );
+        // The ACK of the 488 (same branch) is absorbed by the dialog.
+        call.handle_sip(
+            now,
+            from_trunk("ACK", cseq, Some(&tag), &format!("z9hG4bKbad{i}")),
+            trunk_addr(),
+        );
+        assert!(drain(&mut call).sip.is_empty());
+    }
+    assert!(!call.is_over_for_browsers());
+    // The next good offer is answered from the unchanged session.
+    let hold = reoffer(9, |s| s.replace("a=sendrecv", "a=sendonly"));
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 9, &tag, "z9hG4bKre9", Some(&hold)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(origin(&the_response(&d).1.unwrap()).1, 2);
+    assert!(updates(&d).is_empty());
+}
+
+#[test]
+fn update_with_sdp_is_answered_in_its_200_and_without_sdp_is_just_200() {
+    let (mut call, now, tag) = connected_call(1);
+    let hold = reoffer(2, |s| s.replace("a=sendrecv", "a=sendonly"));
+    call.handle_sip(
+        now,
+        trunk_request("UPDATE", 2, &tag, "z9hG4bKup2", Some(&hold)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    let (code, sdp) = the_response(&d);
+    assert_eq!(code, 200);
+    assert!(sdp.unwrap().contains("a=recvonly"));
+    assert!(matches!(d.to(1)[..], [SessionEvent::Held { .. }]));
+    // No retransmission for a non-INVITE's 200.
+    call.handle_timeout(now + Duration::from_secs(1));
+    assert!(drain(&mut call).sip.is_empty());
+    // A retransmitted UPDATE gets the same answer, without a second event.
+    call.handle_sip(
+        now,
+        trunk_request("UPDATE", 2, &tag, "z9hG4bKup2", Some(&hold)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [200]);
+    assert!(d.events.is_empty());
+
+    call.handle_sip(
+        now,
+        trunk_request("UPDATE", 3, &tag, "z9hG4bKup3", None),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(the_response(&d), (200, None));
+    assert!(d.events.is_empty() && d.media.is_empty());
+}
+
+#[test]
+fn a_reinvite_crossing_an_open_invite_gets_491() {
+    // Before the trunk ACKed our 200 to its INVITE.
+    let now = Instant::now();
+    let mut call = incoming(&[1], 486, now);
+    drain(&mut call);
+    call.handle_session(
+        now,
+        SessionInput::Accept {
+            session: 1,
+            sdp: browser_answer(),
+        },
+    );
+    drain(&mut call);
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    let tag = to_tag_of(drain(&mut call).ok_to_invite().unwrap());
+    let hold = reoffer(2, |s| s.replace("a=sendrecv", "a=sendonly"));
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 2, &tag, "z9hG4bKre2", Some(&hold)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [491]);
+    assert!(d.events.is_empty() && d.media.is_empty());
+
+    // After the ACK: while our 200 to a re-INVITE waits for its ACK, a
+    // second re-INVITE is glare as well.
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"),
+        trunk_addr(),
+    );
+    drain(&mut call);
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 3, &tag, "z9hG4bKre3", Some(&hold)),
+        trunk_addr(),
+    );
+    assert_eq!(drain(&mut call).statuses(), [200]);
+    let resume = reoffer(3, |s| s);
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 4, &tag, "z9hG4bKre4", Some(&resume)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [491]);
+    assert!(d.events.is_empty(), "still held");
+}
+
+#[test]
+fn a_held_call_switches_to_the_hold_timeout_and_back() {
+    // The relay ends a call after `SetTimeout` of silence; the call tells
+    // it the configured values: media.timeout, media.hold_timeout.
+    let now = Instant::now();
+    let mut call = incoming(&[1], 486, now);
+    drain(&mut call);
+    call.handle_session(
+        now,
+        SessionInput::Accept {
+            session: 1,
+            sdp: browser_answer(),
+        },
+    );
+    drain(&mut call);
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    let d = drain(&mut call);
+    assert_eq!(timeouts(&d), [Duration::from_secs(30)]);
+    let tag = to_tag_of(d.ok_to_invite().unwrap());
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"),
+        trunk_addr(),
+    );
+    drain(&mut call);
+    let hold = reoffer(2, |s| s.replace("a=sendrecv", "a=inactive"));
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 2, &tag, "z9hG4bKre2", Some(&hold)),
+        trunk_addr(),
+    );
+    assert_eq!(timeouts(&drain(&mut call)), [Duration::from_secs(3600)]);
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 2, Some(&tag), "z9hG4bKack2"),
+        trunk_addr(),
+    );
+    // 30 s and more later the call is up: nothing shortens the timeout.
+    for s in [31, 600, 3599] {
+        call.handle_timeout(now + Duration::from_secs(s));
+        let d = drain(&mut call);
+        assert!(timeouts(&d).is_empty() && d.events.is_empty(), "{s}");
+    }
+    assert!(!call.is_over_for_browsers());
+    // The relay reports the hold timeout: the call ends.
+    call.handle_media(now + Duration::from_secs(3600), MediaEvent::Timeout);
+    let d = drain(&mut call);
+    assert!(d.hangup_of(1).is_some());
+    assert!(d.requests().contains(&"BYE".to_string()));
+}
+
+#[test]
+fn a_reinvite_without_sdp_gets_our_offer_and_the_ack_answers_it() {
+    let (mut call, now, tag) = connected_call(1);
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 2, &tag, "z9hG4bKre2", None),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    let (code, sdp) = the_response(&d);
+    assert_eq!(code, 200);
+    let offer = sdp.expect("our offer in the 200");
+    assert!(
+        offer.contains("a=sendrecv") && offer.contains("m=audio 20002 RTP/SAVP 8 101"),
+        "{offer}"
+    );
+    assert!(
+        offer.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:"),
+        "{offer}"
+    );
+    assert!(d.media.is_empty());
+    // The ACK carries the answer: a new port, on hold.
+    let answer = reoffer(2, |s| {
+        s.replace("m=audio 30000", "m=audio 30200")
+            .replace("a=sendrecv", "a=sendonly")
+            .replace("a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n", "")
+    });
+    let mut ack = trunk_request("ACK", 2, &tag, "z9hG4bKack2", Some(&answer));
+    if let SipMessage::Request(r) = &mut ack {
+        r.headers.retain(|h| !matches!(h, rsip::Header::Contact(_)));
+    }
+    call.handle_sip(now, ack, trunk_addr());
+    let d = drain(&mut call);
+    assert!(d.sip.is_empty());
+    let up = updates(&d);
+    assert_eq!(up.len(), 1);
+    assert_eq!(
+        up[0].remote_rtp,
+        "10.0.0.9:30200".parse::<SocketAddr>().unwrap()
+    );
+    let TrunkCrypto::Sdes { outbound, .. } = &up[0].crypto else {
+        panic!("SDES leg expected");
+    };
+    let line = format!("2 AES_CM_128_HMAC_SHA1_80 inline:{}", our_inline(&offer));
+    assert_eq!(
+        &crate::sdp::CryptoAttribute::parse(&line)
+            .unwrap()
+            .key()
+            .unwrap()
+            .material,
+        outbound
+    );
+    assert!(matches!(d.to(1)[..], [SessionEvent::Held { .. }]));
+}
+
+/// The trunk's re-INVITE on an outgoing call (the `sip::uac` side), plain
+/// RTP: answered from the trunk leg's session, o= of our INVITE's offer.
+#[test]
+fn an_outgoing_calls_trunk_can_hold_and_move_too() {
+    let now = Instant::now();
+    let mut call = outgoing_with(
+        account_with(
+            SecureMedia::Forbidden,
+            CallerStream::RelayOrDecrypt,
+            Some(CalleeStream::Decrypted),
+        ),
+        now,
+    );
+    let invite = the_invite(&drain(&mut call));
+    let our_offer = String::from_utf8(invite.body.clone()).unwrap();
+    call.handle_sip(now, reply(&invite, 200, Some(PLAIN_ANSWER)), trunk_addr());
+    let d = drain(&mut call);
+    assert!(d.started_media());
+    let from = message::header_values(&invite, "From")[0].clone();
+    let request = |method: &str, cseq: u32, branch: &str, sdp: &str| {
+        parse(&format!(
+            "{method} sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch={branch}\r\n\
+From: <sip:15551234@127.0.0.1>;tag=t1\r\nTo: {from}\r\nCall-ID: out-p1\r\nCSeq: {cseq} {method}\r\n\
+Contact: <sip:x@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        ))
+    };
+    let hold = PLAIN_ANSWER
+        .replace("o=- 1 1", "o=- 1 2")
+        .replace("m=audio 30000", "m=audio 30400")
+        + "a=sendonly\r\n";
+    call.handle_sip(now, request("INVITE", 7, "z9hG4bKo7", &hold), trunk_addr());
+    let d = drain(&mut call);
+    let (code, sdp) = the_response(&d);
+    assert_eq!(code, 200);
+    let sdp = sdp.unwrap();
+    assert!(
+        sdp.contains("a=recvonly") && sdp.contains("RTP/AVP 0"),
+        "{sdp}"
+    );
+    assert_eq!(origin(&sdp).0, origin(&our_offer).0, "our INVITE's session");
+    assert_eq!(origin(&sdp).1, origin(&our_offer).1 + 1);
+    assert!(matches!(d.to(7)[..], [SessionEvent::Held { .. }]));
+    let up = updates(&d);
+    assert_eq!(
+        up[0].remote_rtp,
+        "10.0.0.9:30400".parse::<SocketAddr>().unwrap()
+    );
+    assert!(matches!(up[0].crypto, TrunkCrypto::Plain));
+    call.handle_sip(now, request("ACK", 7, "z9hG4bKa7", ""), trunk_addr());
+    assert!(drain(&mut call).sip.is_empty());
+    // An SRTP offer on this plain leg: 488, unchanged.
+    call.handle_sip(
+        now,
+        request("INVITE", 8, "z9hG4bKo8", TRUNK_OFFER),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [488]);
+    assert!(d.events.is_empty() && d.media.is_empty());
+}

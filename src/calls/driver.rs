@@ -394,6 +394,8 @@ fn observe_event(live: &LiveCall, event: &SessionEvent) {
             "incoming (SDP)".into()
         }
         SessionEvent::Hangup { code, .. } => format!("hangup {code}"),
+        SessionEvent::Held { .. } => "held".into(),
+        SessionEvent::Resumed { .. } => "resumed".into(),
         SessionEvent::Error { code, .. } => format!("error {code}"),
     };
     live.ladder("out", "browser", summary);

@@ -8,7 +8,7 @@
 //! A source outside every trunk's `inbound_sources` gets nothing at all
 //! (DESIGN.md: answering spoofed sources would make the gateway a reflector).
 
-use super::call::{Call, CallTimers, IncomingSetup, MediaPlan, SessionInput};
+use super::call::{Call, IncomingSetup, MediaPlan, SessionInput};
 use super::cause::Cause;
 use super::driver::{self, CallIo};
 use super::sessions::SessionHandle;
@@ -203,10 +203,7 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
             local,
             trunk_sources,
             reject_code: trunk.reject_code,
-            timers: CallTimers {
-                ring: calls.ctx.ring_timeout,
-                ..CallTimers::default()
-            },
+            timers: calls.ctx.call_timers(),
         },
         now,
     );

@@ -19,6 +19,7 @@ pub mod directory;
 pub mod driver;
 pub mod inbound;
 pub mod registration;
+mod renegotiate;
 pub mod sessions;
 #[cfg(test)]
 mod tests;
@@ -59,12 +60,28 @@ pub struct CallsContext {
     pub sessions: Arc<dyn SessionRegistry>,
     /// How long an incoming call rings the browsers (`sip.ring_timeout`).
     pub ring_timeout: Duration,
+    /// `media.timeout`: silence on a leg of an answered call that ends it.
+    pub media_timeout: Duration,
+    /// `media.hold_timeout`: the same while the trunk holds the call.
+    pub hold_timeout: Duration,
     /// The calls in progress as the operator's stats page shows them.
     pub live: Arc<LiveCalls>,
     /// Call detail records.
     pub cdr: CdrStore,
     /// Which trunks answer their OPTIONS pings.
     pub trunk_health: Arc<TrunkHealth>,
+}
+
+impl CallsContext {
+    /// The clocks of a new call, from the config.
+    pub(crate) fn call_timers(&self) -> CallTimers {
+        CallTimers {
+            ring: self.ring_timeout,
+            answered_media: self.media_timeout,
+            held_media: self.hold_timeout,
+            ..CallTimers::default()
+        }
+    }
 }
 
 type Commands = mpsc::UnboundedSender<SessionInput>;
@@ -355,7 +372,7 @@ async fn run_outgoing(
             trunk_sources: trunk
                 .signaling_sources(&addresses.iter().map(|a| a.ip()).collect::<Vec<_>>()),
             sip_call_id,
-            timers: CallTimers::default(),
+            timers: calls.ctx.call_timers(),
         },
         Instant::now(),
     );

@@ -84,6 +84,8 @@ async fn setup() -> Setup {
             cdr: test_cdr(),
             trunk_health: Arc::default(),
             ring_timeout: Duration::from_secs(120),
+            media_timeout: Duration::from_secs(30),
+            hold_timeout: Duration::from_secs(3600),
         }),
         trunk,
         _incoming: incoming,

@@ -8,6 +8,7 @@
 
 use crate::media::srtp::SrtpContext;
 use crate::sdp;
+use crate::sip::reinvite::{OfferAnswer, RenegotiationEvent};
 use crate::sip::transport::{IncomingRequest, SipEndpoint};
 use crate::sip::uas::{IncomingCall, UasEvent};
 use crate::types::{SrtpKeyMaterial, SrtpSuite, Ssrc};
@@ -140,7 +141,15 @@ async fn run_echo(
             // Keep absorbing retransmissions until the UAS says it is done.
             match event {
                 UasEvent::Terminated => done = true,
-                UasEvent::RemoteHangup | UasEvent::Cancelled | UasEvent::Acked => {}
+                // The demo's media is fixed: a session change is refused
+                // and the call goes on as it was (RFC 3261 14.2).
+                UasEvent::Renegotiation(RenegotiationEvent::Offer { .. }) => {
+                    uas.answer_offer(OfferAnswer::Refuse(488), Instant::now());
+                }
+                UasEvent::Renegotiation(RenegotiationEvent::AckAnswer { .. })
+                | UasEvent::RemoteHangup
+                | UasEvent::Cancelled
+                | UasEvent::Acked => {}
             }
         }
         if done {

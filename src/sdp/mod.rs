@@ -25,9 +25,9 @@ pub use model::{
 };
 pub use translate::{
     parse_browser_offer, parse_sip_offer, parse_trunk_answer, write_browser_answer,
-    write_sip_answer, write_sip_answer_with, write_trunk_offer, AcceptedCrypto,
-    BrowserAnswerParams, BrowserOffer, Codec, CodecName, OtherSection, SipOffer, TrunkAnswer,
-    TrunkOfferMedia, TrunkOfferParams,
+    write_sip_answer, write_sip_answer_versioned, write_sip_answer_with, write_trunk_offer,
+    AcceptedCrypto, BrowserAnswerParams, BrowserOffer, Codec, CodecName, OtherSection, SipOffer,
+    TrunkAnswer, TrunkOfferMedia, TrunkOfferParams,
 };
 
 use crate::types::SrtpSuite;

@@ -794,6 +794,22 @@ pub fn write_sip_answer_with(
     crypto: Option<(u32, &SrtpKeyMaterial)>,
     session_id: u64,
 ) -> String {
+    write_sip_answer_versioned(offer, codecs, local_ip, port, crypto, session_id, 1)
+}
+
+/// [`write_sip_answer_with`] with the `o=` version given: every later SDP
+/// of the same session (the answer to a re-INVITE or UPDATE) keeps the
+/// session id and raises the version (RFC 3264 section 8), or the peer
+/// takes it for "no change". The direction is the offer's, mirrored.
+pub fn write_sip_answer_versioned(
+    offer: &SipOffer,
+    codecs: &[Codec],
+    local_ip: IpAddr,
+    port: u16,
+    crypto: Option<(u32, &SrtpKeyMaterial)>,
+    session_id: u64,
+    session_version: u64,
+) -> String {
     let mut attrs = codec_attributes(codecs);
     if let Some((tag, key)) = crypto {
         attrs.push(attr(
@@ -809,8 +825,13 @@ pub fn write_sip_answer_with(
     attrs.push(flag(offer.direction.reversed().as_str()));
     attrs.push(attr("ptime", offer.ptime.unwrap_or(PTIME_MS).to_string()));
     let media = audio_media(port, offer.proto, codecs, local_ip, attrs);
-    // An answer is written once per offer here; 1 is as good as any version.
-    write_session(&session(local_ip, session_id, 1, vec![], media))
+    write_session(&session(
+        local_ip,
+        session_id,
+        session_version,
+        vec![],
+        media,
+    ))
 }
 
 // ---- building sdp-types values ------------------------------------------

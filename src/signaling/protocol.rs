@@ -202,6 +202,14 @@ enum Wire<'a> {
         code: u16,
         reason: &'a str,
     },
+    Held {
+        id: &'a str,
+        by: crate::calls::api::HoldParty,
+    },
+    Resumed {
+        id: &'a str,
+        by: crate::calls::api::HoldParty,
+    },
     Incoming {
         id: &'a str,
         from: &'a str,
@@ -233,6 +241,8 @@ pub(crate) fn event_json(event: &SessionEvent) -> String {
             code: *code,
             reason,
         },
+        SessionEvent::Held { id, by } => Wire::Held { id: &id.0, by: *by },
+        SessionEvent::Resumed { id, by } => Wire::Resumed { id: &id.0, by: *by },
         SessionEvent::Incoming {
             id,
             from,
@@ -259,7 +269,7 @@ pub(crate) fn event_json(event: &SessionEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calls::api::Security;
+    use crate::calls::api::{HoldParty, Security};
     use serde_json::json;
 
     fn parse(v: Value) -> Result<SessionCommand, Refusal> {
@@ -478,6 +488,20 @@ mod tests {
                     verstat: String::new(),
                 },
                 json!({"type":"incoming","id":"c1","from":"+4930123","sdp":"v=0\r\n","verstat":""}),
+            ),
+            (
+                SessionEvent::Held {
+                    id: id(),
+                    by: HoldParty::Trunk,
+                },
+                json!({"type":"held","id":"c1","by":"trunk"}),
+            ),
+            (
+                SessionEvent::Resumed {
+                    id: id(),
+                    by: HoldParty::Trunk,
+                },
+                json!({"type":"resumed","id":"c1","by":"trunk"}),
             ),
             (
                 SessionEvent::Error {

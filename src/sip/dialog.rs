@@ -65,6 +65,9 @@ pub enum InDialog {
     /// A retransmission of the peer's last request: its answer again, and
     /// nothing else to do (the BYE was reported the first time).
     Retransmission(Response),
+    /// A re-INVITE or UPDATE in order: its answer depends on the session
+    /// (the B2BUA's SDP), so the caller writes it with [`Dialog::answer`].
+    Offer,
 }
 
 impl Dialog {
@@ -317,22 +320,49 @@ impl Dialog {
             Method::Bye => respond(200),
             // Keep-alives and mid-call notifications are harmless to accept.
             Method::Options | Method::Info | Method::Notify => respond(200),
-            // Re-INVITE and UPDATE need the B2BUA's media answer; until that
-            // exists, refuse them without ending the call (RFC 3261 14.2).
-            Method::Invite | Method::Update => respond(488),
+            // Re-INVITE and UPDATE need the B2BUA's media answer.
+            Method::Invite | Method::Update => return InDialog::Offer,
             _ => respond(501),
         };
-        // A target refresh takes effect only when it succeeds (the refused
-        // re-INVITE above leaves the dialog as it was).
-        let refresh = matches!(req.method, Method::Invite | Method::Update);
-        if refresh && (200..300).contains(&answer.status_code.code()) {
-            self.refresh_target(req);
-        }
         self.last_remote = Some((branch, req.method, seq, answer.clone()));
         match req.method {
             Method::Bye => InDialog::Bye(answer),
             _ => InDialog::Other(answer),
         }
+    }
+
+    /// Answers a re-INVITE or UPDATE that [`Dialog::handle_request`] took
+    /// as [`InDialog::Offer`]: `code` with `body`, our Contact on a 2xx
+    /// (RFC 3261 12.1.1, RFC 3311 5.2), remembered for its retransmissions.
+    /// A target refresh takes effect only when it succeeds: a refused
+    /// re-INVITE leaves the dialog as it was (RFC 3261 12.2.2).
+    pub fn answer(
+        &mut self,
+        req: &Request,
+        code: u16,
+        body: Option<(&str, &str)>,
+        extra: Vec<rsip::Header>,
+    ) -> Response {
+        let ok = (200..300).contains(&code);
+        let resp = message::build_response(
+            req,
+            code,
+            ResponseParts {
+                user_agent: &self.local.user_agent,
+                contact: ok.then_some(self.local.contact.as_str()),
+                body,
+                extra,
+                ..Default::default()
+            },
+        );
+        if ok {
+            self.refresh_target(req);
+        }
+        if let Ok((seq, _)) = message::cseq(req) {
+            let branch = message::top_via_branch(req).unwrap_or_default();
+            self.last_remote = Some((branch, req.method, seq, resp.clone()));
+        }
+        resp
     }
 
     pub fn local_cseq(&self) -> u32 {
@@ -476,8 +506,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let reinvite = theirs.request(Method::Invite, None).unwrap();
+        assert!(matches!(ours.handle_request(&reinvite), InDialog::Offer));
+        let refused = ours.answer(&reinvite, 488, None, vec![]);
+        assert_eq!(refused.status_code.code(), 488);
+        // Its retransmission gets the same answer.
         assert!(
-            matches!(ours.handle_request(&reinvite), InDialog::Other(r) if r.status_code.code() == 488)
+            matches!(ours.handle_request(&reinvite), InDialog::Retransmission(r) if r.status_code.code() == 488)
         );
         // An old CSeq is refused.
         assert!(
@@ -647,6 +681,7 @@ mod tests {
 
     fn code(answer: InDialog) -> (&'static str, u16) {
         match answer {
+            InDialog::Offer => ("offer", 0),
             InDialog::Bye(r) => ("bye", r.status_code.code()),
             InDialog::Other(r) => ("other", r.status_code.code()),
             InDialog::Retransmission(r) => ("again", r.status_code.code()),
@@ -702,8 +737,19 @@ mod tests {
         let mut d = Dialog::uac(&inv, &ok_via_two_proxies(&inv), local()).unwrap();
         // A refused re-INVITE changes nothing (its Contact names .10).
         let reinvite = peer_request(Method::Invite, 5, "z9hG4bKr5");
-        assert_eq!(code(d.handle_request(&reinvite)), ("other", 488));
+        assert!(matches!(d.handle_request(&reinvite), InDialog::Offer));
+        d.answer(&reinvite, 488, None, vec![]);
         assert_eq!(d.remote_target, "sip:x@192.0.2.7:5099");
+        // An accepted one does (12.2.2), and its 2xx names our Contact.
+        let again = peer_request(Method::Update, 6, "z9hG4bKu6");
+        assert!(matches!(d.handle_request(&again), InDialog::Offer));
+        let ok = d.answer(&again, 200, Some(("application/sdp", "v=0\r\n")), vec![]);
+        assert_eq!(
+            message::contact_uri(&ok).as_deref(),
+            Some("sip:gw@192.0.2.1:5060")
+        );
+        assert_eq!(d.remote_target, "sip:bob@198.51.100.10:5080");
+        d.remote_target = "sip:x@192.0.2.7:5099".into();
         // A 2xx to a target refresh of ours does (12.2.1.2).
         let mut ok = ok_via_two_proxies(&inv);
         ok.headers.retain(|h| !matches!(h, Header::Contact(_)));

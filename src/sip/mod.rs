@@ -13,6 +13,7 @@ pub mod dialog;
 pub mod message;
 pub mod probe;
 pub mod register;
+pub mod reinvite;
 pub mod target;
 pub mod tls;
 pub mod transaction;

@@ -17,7 +17,10 @@
 //! Event contract: zero or more `Provisional`, at most one `Reoffered`
 //! (followed by zero or more `Provisional` of the new INVITE), then at most
 //! one of `Answered` / `Rejected` / `RemoteHangup` as the call's outcome, and
-//! always exactly one `Terminated` last.
+//! always exactly one `Terminated` last. After `Answered`, any number of
+//! `Renegotiation` (the trunk's re-INVITE or UPDATE, see `sip::reinvite`):
+//! each `Offer` must be answered with [`OutgoingCall::answer_offer`] before
+//! the next input.
 //!
 //! A second INVITE in the same call: with [`OutgoingCall::set_fallback_offer`]
 //! a 488 (Not Acceptable Here) to the INVITE is not the outcome; it is ACKed
@@ -43,6 +46,7 @@ use rsip::{Header, Method, Request, Response, SipMessage};
 use super::auth::{Challenge, DigestAlgorithm, DigestClient, DigestCredentials};
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
 use super::message::{self, RequestParts, ResponseParts};
+use super::reinvite::{OfferAnswer, PeerUpdates, RenegotiationEvent};
 use super::target::Target;
 use super::transaction::{ClientTransaction, TxEvent, TIMEOUT};
 use super::Transport;
@@ -83,6 +87,9 @@ pub enum UacEvent {
     Reoffered { code: u16, reason: String },
     /// The trunk sent BYE; the 200 OK is queued.
     RemoteHangup,
+    /// The trunk's re-INVITE or UPDATE, or the answer in the ACK of our 2xx
+    /// to an offerless re-INVITE.
+    Renegotiation(RenegotiationEvent),
     /// Nothing left to do: the object can be dropped.
     Terminated,
 }
@@ -105,6 +112,8 @@ pub struct OutgoingCall {
     /// absorbing retransmissions: superseded INVITEs, CANCEL, stray BYEs.
     background: Vec<Routed>,
     dialog: Option<Dialog>,
+    /// The trunk's re-INVITEs and UPDATEs in the dialog.
+    updates: PeerUpdates,
     /// The ACK of our 2xx, resent for each retransmitted 2xx.
     ack_2xx: Option<(Bytes, Target)>,
     digest: DigestClient,
@@ -160,6 +169,7 @@ impl OutgoingCall {
             bye_tx: None,
             background: Vec::new(),
             dialog: None,
+            updates: PeerUpdates::default(),
             ack_2xx: None,
             digest: DigestClient::new(),
             auth_headers: Vec::new(),
@@ -329,8 +339,31 @@ impl OutgoingCall {
                     }
                 }
             }
-            InDialog::Ack => {}
+            InDialog::Ack => {
+                self.updates.on_ack(&req);
+            }
+            InDialog::Offer => {
+                if let Some(refusal) = self.updates.begin(dialog, req, false) {
+                    let to = self.trunk();
+                    self.transmit.push_back((refusal, to));
+                }
+            }
             InDialog::Other(resp) | InDialog::Retransmission(resp) => self.reply(resp),
+        }
+        while let Some(ev) = self.updates.poll_event() {
+            self.events.push_back(UacEvent::Renegotiation(ev));
+        }
+    }
+
+    /// Answers the trunk's re-INVITE or UPDATE reported as
+    /// `Renegotiation(Offer)`. No-op when none is pending.
+    pub fn answer_offer(&mut self, answer: OfferAnswer, now: Instant) {
+        let Some(dialog) = self.dialog.as_mut() else {
+            return;
+        };
+        if let Some(bytes) = self.updates.answer(dialog, answer, now) {
+            let to = self.trunk();
+            self.transmit.push_back((bytes, to));
         }
     }
 
@@ -381,6 +414,10 @@ impl OutgoingCall {
         for r in &mut self.background {
             r.tx.handle_timeout(now);
         }
+        if let Some(again) = self.updates.handle_timeout(now) {
+            let to = self.trunk();
+            self.transmit.push_back((again, to));
+        }
         if self.cancel_deadline.is_some_and(|t| t <= now) {
             self.cancel_deadline = None;
             if self.dialog.is_none() && !self.ended {
@@ -404,6 +441,7 @@ impl OutgoingCall {
             .chain(self.background.iter().map(|r| &r.tx))
             .filter_map(|tx| tx.poll_timeout())
             .chain(self.cancel_deadline)
+            .chain(self.updates.poll_timeout())
             .min()
     }
 

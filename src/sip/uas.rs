@@ -14,8 +14,11 @@
 //! where the INVITE came from.
 //!
 //! Event contract: `Acked`, `Cancelled` or `RemoteHangup` as they happen,
-//! and always exactly one `Terminated` last; after it `poll_timeout` is
-//! `None` and the object can be dropped.
+//! `Renegotiation` for the caller's re-INVITEs and UPDATEs once the dialog
+//! exists (see `sip::reinvite`; each `Offer` must be answered with
+//! [`IncomingCall::answer_offer`] before the next input), and always exactly
+//! one `Terminated` last; after it `poll_timeout` is `None` and the object
+//! can be dropped.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -26,6 +29,7 @@ use rsip::{Method, Request, Response, SipMessage};
 
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
 use super::message::{self, ResponseParts};
+use super::reinvite::{OfferAnswer, PeerUpdates, RenegotiationEvent};
 use super::target::Target;
 use super::transaction::{ClientTransaction, TxEvent, TIMEOUT};
 use super::{SipError, Transport, T1, T2, T4};
@@ -41,6 +45,9 @@ pub enum UasEvent {
     RemoteHangup,
     /// The caller cancelled before we answered; 200 and 487 are queued.
     Cancelled,
+    /// The caller's re-INVITE or UPDATE, or the answer in the ACK of our
+    /// 2xx to an offerless re-INVITE.
+    Renegotiation(RenegotiationEvent),
     /// Nothing left to do: the object can be dropped.
     Terminated,
 }
@@ -78,6 +85,8 @@ pub struct IncomingCall {
     /// Timer I.
     linger_until: Option<Instant>,
     dialog: Option<Dialog>,
+    /// The caller's re-INVITEs and UPDATEs in the dialog.
+    updates: PeerUpdates,
     /// Our BYE, and where it goes.
     bye_tx: Option<(ClientTransaction, Target)>,
     /// `hangup` came between our 2xx and its ACK (RFC 3261 15: BYE waits).
@@ -120,6 +129,7 @@ impl IncomingCall {
             give_up_at: None,
             linger_until: None,
             dialog: None,
+            updates: PeerUpdates::default(),
             bye_tx: None,
             bye_pending: false,
             ended: false,
@@ -295,6 +305,8 @@ impl IncomingCall {
                     if self.bye_pending {
                         self.send_bye(now);
                     }
+                } else if ours {
+                    self.updates.on_ack(&req);
                 }
             }
             Method::Cancel if same_tx => {
@@ -348,11 +360,33 @@ impl IncomingCall {
                         }
                     }
                     InDialog::Ack => {}
+                    InDialog::Offer => {
+                        // Before the ACK of our first 2xx the INVITE
+                        // transaction is still open: a re-INVITE is glare.
+                        let open = self.state == State::Accepted;
+                        if let Some(refusal) = self.updates.begin(dialog, req, open) {
+                            self.transmit.push_back((refusal, self.caller()));
+                        }
+                    }
                     InDialog::Other(resp) => self
                         .transmit
                         .push_back((message::to_bytes(resp), self.caller())),
                 }
             }
+        }
+        while let Some(ev) = self.updates.poll_event() {
+            self.events.push_back(UasEvent::Renegotiation(ev));
+        }
+    }
+
+    /// Answers the caller's re-INVITE or UPDATE reported as
+    /// `Renegotiation(Offer)`. No-op when none is pending.
+    pub fn answer_offer(&mut self, answer: OfferAnswer, now: Instant) {
+        let Some(dialog) = self.dialog.as_mut() else {
+            return;
+        };
+        if let Some(bytes) = self.updates.answer(dialog, answer, now) {
+            self.transmit.push_back((bytes, self.caller()));
         }
     }
 
@@ -387,6 +421,9 @@ impl IncomingCall {
         if let Some((tx, _)) = self.bye_tx.as_mut() {
             tx.handle_timeout(now);
         }
+        if let Some(again) = self.updates.handle_timeout(now) {
+            self.transmit.push_back((again, self.caller()));
+        }
         self.pump();
         self.check_terminated();
     }
@@ -399,6 +436,7 @@ impl IncomingCall {
             .into_iter()
             .flatten()
             .chain(self.bye_tx.as_ref().and_then(|(tx, _)| tx.poll_timeout()))
+            .chain(self.updates.poll_timeout())
             .min()
     }
 

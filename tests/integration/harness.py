@@ -690,7 +690,7 @@ class Gateway:
                  password: Optional[str] = None, use_config: bool = True, tcp: bool = False,
                  ring_timeout: Optional[int] = None, redact: bool = False,
                  privacy: Optional[dict] = None, operator_password: Optional[str] = None,
-                 tls: bool = False, sip_limits: Optional[dict] = None):
+                 tls: bool = False, sip_limits: Optional[dict] = None, media: Optional[dict] = None):
         self.dir = workdir / "gateway"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "gateway.log"
@@ -707,6 +707,8 @@ class Gateway:
         self.sip_tls_port: Optional[int] = free_port() if (use_config and tls) else None
         # [sip.limits] keys (idle_seconds, message_seconds, ...)
         self.sip_limits = dict(sip_limits or {})
+        # further [media] keys (timeout, hold_timeout)
+        self.media = dict(media or {})
         # [sip] ring_timeout: seconds an incoming call rings before 408 (gateway default 120)
         self.ring_timeout = ring_timeout
         # `redact = true` on the account; `privacy` the keys of [privacy]
@@ -758,8 +760,11 @@ class Gateway:
             "[media]",
             "port_min = 20000",
             "port_max = 20999",
-            "",
         ]
+        # further [media] keys (timeout, hold_timeout)
+        for k, v in self.media.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+        lines.append("")
         if self.trunk:
             t = self.trunk
             lines += [

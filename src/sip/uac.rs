@@ -233,7 +233,7 @@ impl OutgoingCall {
         let from = format!("<{}>;tag={}", self.cfg.from_uri, self.local_tag);
         let to = format!("<{}>", self.cfg.request_uri);
         let mut extra = vec![
-            Header::Allow("INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK".into()),
+            Header::Allow(super::uas::ALLOW.into()),
             // RFC 3262: carriers that insist on reliable 183s get them.
             Header::Supported("100rel".into()),
         ];

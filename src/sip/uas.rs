@@ -37,6 +37,11 @@ use super::{SipError, Transport, T1, T2, T4};
 /// What we put in Server / User-Agent on the answering side.
 pub const USER_AGENT: &str = concat!("webrtc-sip-gateway/", env!("CARGO_PKG_VERSION"));
 
+/// The methods the gateway takes from a trunk (`Allow` of our INVITEs and of
+/// the 200 to OPTIONS). PRACK is not among them: we send no reliable
+/// provisionals.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UasEvent {
     /// The caller acknowledged our 2xx: media may flow both ways.

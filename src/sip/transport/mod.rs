@@ -762,9 +762,7 @@ impl Inner {
             _ => 481,
         };
         let extra = if code == 200 {
-            vec![rsip::Header::Allow(
-                "INVITE, ACK, CANCEL, BYE, OPTIONS".into(),
-            )]
+            vec![rsip::Header::Allow(super::uas::ALLOW.into())]
         } else {
             vec![]
         };

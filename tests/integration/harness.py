@@ -402,10 +402,33 @@ class Baresip:
         files = sorted(glob.glob(str(self.dump_dir / "*-dec.wav")))
         return wav_info(Path(files[-1]) if files else None)
 
-    def wait_heard_seconds(self, seconds: float, timeout: float = 15.0) -> WavInfo:
-        """Waits until the dumped received audio holds `seconds` of samples."""
-        return wait_until(lambda: (lambda w: w if w.seconds >= seconds else None)(self.dec_wav()),
-                          timeout, f"{seconds}s of audio heard by baresip ({self.dump_dir})")
+    def wait_heard_seconds(self, seconds: float, timeout: float = 15.0, gateway=None) -> WavInfo:
+        """Waits until the dumped received audio holds `seconds` of samples.
+        On a timeout the error says what there was: every dump file's length,
+        baresip's last log lines and, given the gateway, its media counters,
+        so that a rare failure in CI can be read from the output alone."""
+        try:
+            return wait_until(lambda: (lambda w: w if w.seconds >= seconds else None)(self.dec_wav()),
+                              timeout, f"{seconds}s of audio heard by baresip ({self.dump_dir})")
+        except Timeout as e:
+            raise Timeout(f"{e}\n{self.diagnosis(gateway)}") from None
+
+    def diagnosis(self, gateway=None) -> str:
+        """The state of baresip's media (and the gateway's, if given)."""
+        lines = ["dump files:"]
+        for f in sorted(self.dump_dir.glob("*.wav")):
+            lines.append(f"  {f.name}: {wav_info(f).seconds:.2f} s")
+        lines.append("baresip log tail:")
+        lines += ["  " + l for l in self.log().splitlines()[-25:]]
+        if gateway is not None:
+            try:
+                m = gateway.metrics()
+                lines.append("gateway media counters:")
+                lines += ["  " + l for l in m.text.splitlines()
+                          if l.startswith(("gateway_media_", "gateway_calls_")) and not l.startswith("#")]
+            except Exception as err:  # the diagnosis must not hide the failure
+                lines.append(f"gateway metrics unavailable: {err}")
+        return "\n".join(lines)
 
     def srtp_enabled(self) -> bool:
         return "SRTP is Enabled" in self.log()

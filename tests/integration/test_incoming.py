@@ -201,7 +201,7 @@ async def _incoming_audio_call(gw: Gateway, trunk, n_sessions: int = 2, uri: str
         elsewhere = [await p.wait_for({"hangup"}, 10) for p in others]
         trunk.wait_established()
         await winner.receive(150, timeout=20)  # ~3 s of 20 ms packets
-        trunk.wait_heard_seconds(2.0, timeout=20)
+        trunk.wait_heard_seconds(2.0, timeout=20, gateway=gw)
         received, sent = await winner.stats()
         result = {"received": received, "counted": winner.packets_received, "sent": sent,
                   "rms": winner.sink.rms, "loud_frames": winner.sink.loud_frames,

@@ -76,6 +76,14 @@ pub(crate) async fn upgrade(
     upgrade
         .max_message_size(MAX_MESSAGE_LEN)
         .max_frame_size(MAX_MESSAGE_LEN)
+        // tungstenite's defaults (128 KiB read buffer, allocated up front, and
+        // 128 KiB of write batching) are sized for bulk transfer; signaling
+        // messages are a few KiB and an idle socket should cost little. The
+        // read buffer still grows for a message up to MAX_MESSAGE_LEN, and each
+        // message is written at once (we flush every send anyway).
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_MESSAGE_LEN * 4)
         .on_upgrade(move |socket| {
             let seq = SESSION_SEQ.fetch_add(1, Ordering::Relaxed);
             let span = info_span!("ws", account = %account, session = seq);
@@ -109,10 +117,12 @@ impl std::fmt::Display for End {
     }
 }
 
-/// Drives one socket until it ends; see the module doc.
 /// Longest a single write to the browser may take.
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Initial WebSocket read buffer: one typical SDP-bearing message.
+const WS_READ_BUFFER: usize = 4 * 1024;
 
+/// Drives one socket until it ends; see the module doc.
 async fn run(state: AppState, account: AccountName, mut socket: WebSocket) {
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let mut session = state.calls.attach(account, events_tx);

@@ -149,6 +149,7 @@ fn relay_for(
             remote_rtcp: None,
             crypto,
             ssrcs: vec![],
+            media_source: webrtc_sip_gateway::types::MediaSource::Signaled,
         },
         payload_map: vec![(PayloadType(0), PayloadType(0), 8000)],
     };

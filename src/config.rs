@@ -278,6 +278,9 @@ pub struct TrunkConfig {
     /// Seconds between OPTIONS pings to the trunk; 0 = off.
     #[serde(default = "default_options_interval")]
     pub options_interval: u64,
+    /// Where this trunk's plain RTP may come from.
+    #[serde(default)]
+    pub media_source: crate::types::MediaSource,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -261,3 +261,16 @@ mod tests {
         assert_eq!(format!("{}", Personal::new("+4930123", false)), "+4930123");
     }
 }
+
+/// Where a trunk leg's plain RTP may come from (`trunks[].media_source`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaSource {
+    /// Only from the IP address in the trunk's SDP (the strict default).
+    #[default]
+    Signaled,
+    /// From wherever the first packet with a negotiated SSRC and payload
+    /// type came (trunks behind NAT, or multi-homed ones that advertise one
+    /// address and send from another, as linphone does by default).
+    Latch,
+}

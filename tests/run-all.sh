@@ -31,7 +31,7 @@ mkdir -p "$ARTIFACTS"
 # ---------------------------------------------------------------------------
 banner "1/5 system packages"
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(baresip baresip-core sip-tester chromium firefox-esr libnss3-tools fonts-dejavu-core iproute2 python3-pip python3-venv sox libssl-dev pkg-config)
+pkgs=(baresip baresip-core sip-tester chromium firefox-esr libnss3-tools fonts-dejavu-core iproute2 iptables python3-pip python3-venv sox libssl-dev pkg-config)
 # node 20 + npm may come from elsewhere (nvm, nodesource); Debian's only if absent
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)

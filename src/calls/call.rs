@@ -55,7 +55,9 @@ use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
 use crate::sip::uas::{IncomingCall, UasEvent};
 use crate::sip::Transport;
 use crate::stats::live::{CallInfo, CallState};
-use crate::types::{CallId, PayloadType, Personal, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
+use crate::types::{
+    CallId, MediaSource, PayloadType, Personal, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc,
+};
 
 /// The clocks of a call; the defaults are the production values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +261,8 @@ struct Common {
     ended: Option<Cause>,
     /// The SIP side is done (or given up on): the driver can drop the call.
     finished: bool,
+    /// Where the trunk's plain RTP may come from (the trunk's `media_source`).
+    media_source: MediaSource,
 }
 
 impl Common {
@@ -290,6 +294,7 @@ impl Common {
             resume_deadline: None,
             ended: None,
             finished: false,
+            media_source: MediaSource::Signaled,
         }
     }
 
@@ -399,7 +404,8 @@ impl Common {
 
     /// Carries out what a re-offer changed: the trunk leg, hold, timeouts.
     fn apply(&mut self, change: Change, now: Instant) {
-        if let Some((params, map)) = change.update {
+        if let Some((mut params, map)) = change.update {
+            params.media_source = self.media_source;
             info!(remote = %params.remote_rtp, "trunk re-offer: moving or re-keying the trunk leg");
             if let Some(s) = &self.trunk_session {
                 self.trunk_security = s.security();
@@ -465,6 +471,7 @@ impl Call {
             &setup.local,
             setup.trunk_sources.clone(),
         );
+        c.media_source = setup.account.trunk.media_source;
         let refuse = |mut c: Common, cause: Cause| {
             c.finish(cause, now);
             c.finished = true;
@@ -583,6 +590,7 @@ impl Call {
             &setup.local,
             setup.trunk_sources,
         );
+        c.media_source = setup.account.trunk.media_source;
         let browser_offer = sdp::write_browser_offer(
             &setup.offer,
             &BrowserOfferParams {
@@ -1060,7 +1068,7 @@ impl Outgoing {
             None => "rtp (unencrypted)".into(),
         };
         self.trunk_sdp = Some(sdp.to_string());
-        let params = outgoing_relay_params(offer, &answer, trunk_crypto);
+        let params = outgoing_relay_params(offer, &answer, trunk_crypto, c.media_source);
         let session = TrunkSession::new(
             offer_params.session_id,
             offer_params.session_version,
@@ -1142,6 +1150,7 @@ fn outgoing_relay_params(
     offer: &BrowserOffer,
     answer: &TrunkAnswer,
     crypto: TrunkCrypto,
+    media_source: MediaSource,
 ) -> RelayParams {
     let mut payload_map = vec![(
         answer.codec.pt,
@@ -1165,6 +1174,7 @@ fn outgoing_relay_params(
             remote_rtcp: answer.remote_rtcp,
             crypto,
             ssrcs: answer.ssrcs.clone(),
+            media_source,
         },
         payload_map,
     }
@@ -1362,6 +1372,7 @@ impl Incoming {
                 remote_rtcp: self.offer.remote_rtcp,
                 crypto,
                 ssrcs: self.offer.ssrcs.clone(),
+                media_source: c.media_source,
             },
             payload_map,
         };

@@ -60,6 +60,7 @@ fn account() -> Arc<Account> {
             inbound_sources: vec![("127.0.0.1".parse().unwrap(), 32)],
             reject_code: 486,
             options_interval: Duration::ZERO,
+            media_source: crate::types::MediaSource::Signaled,
             register: None,
         }),
         caller_stream: CallerStream::RelayOrDecrypt,

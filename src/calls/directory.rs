@@ -28,6 +28,8 @@ pub struct Trunk {
     /// The expiry to ask when the gateway REGISTERs to this trunk; `None`:
     /// it does not.
     pub register: Option<std::time::Duration>,
+    /// Where the trunk's plain RTP may come from (`media_source`).
+    pub media_source: crate::types::MediaSource,
 }
 
 impl Trunk {
@@ -118,6 +120,7 @@ impl Directory {
                             .collect(),
                         reject_code: t.reject_code,
                         options_interval: std::time::Duration::from_secs(t.options_interval),
+                        media_source: t.media_source,
                         register: t
                             .register
                             .then(|| std::time::Duration::from_secs(u64::from(t.register_expires))),
@@ -201,6 +204,7 @@ pub fn demo_trunk(port: u16) -> Trunk {
         reject_code: 486,
         // It is inside the process: no need to ask whether it is there.
         options_interval: std::time::Duration::ZERO,
+        media_source: crate::types::MediaSource::Signaled,
         register: None,
     }
 }

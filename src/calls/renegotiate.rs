@@ -346,6 +346,8 @@ impl TrunkSession {
                 remote_rtcp: self.remote_rtcp,
                 crypto,
                 ssrcs: t.offer.ssrcs.clone(),
+                // the call's own setting replaces this (`Call::apply`)
+                media_source: crate::types::MediaSource::Signaled,
             };
             (params, map)
         });

@@ -62,6 +62,7 @@ async fn setup() -> Setup {
         inbound_sources: Vec::new(),
         reject_code: 486,
         options_interval: Duration::ZERO,
+        media_source: crate::types::MediaSource::Signaled,
         register: None,
     });
     let mut directory = Directory::default();

@@ -44,7 +44,7 @@ use super::rewrite::{parse_rtp, rewrite_rtcp, rtp_ssrc, PayloadMap, StreamRewrit
 use super::rtcp_stats::RtcpWatch;
 use super::srtp::{SrtpContext, SrtpError, MAX_OVERHEAD};
 use super::ssrc_filter::SsrcFilter;
-use crate::types::{PayloadType, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
+use crate::types::{MediaSource, PayloadType, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
 
 /// What the relay needs to know about the browser leg (from the browser's
 /// SDP and our answer).
@@ -87,6 +87,8 @@ pub struct TrunkLegParams {
     pub crypto: TrunkCrypto,
     /// The trunk's `a=ssrc` values (usually empty: learn the first).
     pub ssrcs: Vec<Ssrc>,
+    /// Where its plain RTP may come from: the signaled IP only, or latched.
+    pub media_source: MediaSource,
 }
 
 /// Everything a [`CallRelay`] starts from.
@@ -192,6 +194,7 @@ struct TrunkLeg {
     /// server of a 183, say). Their late packets must not latch the leg
     /// back to them: the new signaled address wins.
     retired: Vec<SocketAddr>,
+    media_source: MediaSource,
 }
 
 /// How many previous trunk addresses are remembered as retired.
@@ -311,6 +314,7 @@ impl CallRelay {
                 rtcp_latch: None,
                 filter: SsrcFilter::new(trunk.ssrcs, SsrcFilter::DEFAULT_SILENCE),
                 retired: Vec::new(),
+                media_source: trunk.media_source,
             },
             // Jitter is reported in the clock of the stream: the codec's.
             rtcp_watch: RtcpWatch::new(payload_map.first().map_or(8000, |(_, _, clock)| *clock)),
@@ -419,11 +423,20 @@ impl CallRelay {
                 }
             }
         };
+        // A latching trunk keeps sending from its NAT's address whatever it
+        // signals: only a strict leg retires the sources it latched to.
+        let latched = match trunk.media_source {
+            MediaSource::Signaled => [
+                self.trunk.rtp_latch.map(|(a, _)| a),
+                self.trunk.rtcp_latch.map(|(a, _)| a),
+            ],
+            MediaSource::Latch => [None, None],
+        };
         let old = [
             Some(self.trunk.remote_rtp),
             self.trunk.remote_rtcp,
-            self.trunk.rtp_latch.map(|(a, _)| a),
-            self.trunk.rtcp_latch.map(|(a, _)| a),
+            latched[0],
+            latched[1],
         ];
         let new = [Some(trunk.remote_rtp), trunk.remote_rtcp];
         for addr in old.into_iter().flatten() {
@@ -441,6 +454,7 @@ impl CallRelay {
         self.trunk.rtp_latch = None;
         self.trunk.rtcp_latch = None;
         self.trunk.filter.reset(trunk.ssrcs);
+        self.trunk.media_source = trunk.media_source;
         self.payload_map = PayloadMap::new(&payload_map);
     }
 
@@ -722,8 +736,10 @@ impl CallRelay {
     }
 
     /// Source check of the trunk leg: plain RTP must come from the signaled
-    /// IP; any trunk packet must come from the latched address unless that
-    /// one went silent. (SRTP sources are checked again by authentication.)
+    /// IP (unless `media_source = latch`); any trunk packet must come from
+    /// the latched address unless that one went silent. (SRTP sources are
+    /// checked again by authentication; a latching plain leg by its SSRC and
+    /// payload type before it latches.)
     fn trunk_source_ok(
         &self,
         leg: LegId,
@@ -734,7 +750,10 @@ impl CallRelay {
             (LegId::TrunkRtcp, Some(rtcp)) => (rtcp, self.trunk.rtcp_latch),
             _ => (self.trunk.remote_rtp, self.trunk.rtp_latch),
         };
-        if self.trunk.srtp.is_none() && from.ip() != signaled.ip() {
+        if self.trunk.srtp.is_none()
+            && self.trunk.media_source == MediaSource::Signaled
+            && from.ip() != signaled.ip()
+        {
             return Err(DropReason::WrongSource);
         }
         if self.trunk.retired.contains(&from) {
@@ -756,6 +775,11 @@ impl CallRelay {
             (LegId::TrunkRtcp, Some(_)) => &mut self.trunk.rtcp_latch,
             _ => &mut self.trunk.rtp_latch,
         };
+        if slot.is_none_or(|(addr, _)| addr != from) {
+            // Once per (re)latch, not per packet.
+            tracing::info!(leg = ?leg, source = %from, signaled = %self.trunk.remote_rtp,
+                "trunk media latched");
+        }
         *slot = Some((from, now));
         self.last_trunk_rx = now;
     }
@@ -844,12 +868,14 @@ impl CallRelay {
         match (kind, ssrc) {
             (Media::Rtp, Some(ssrc)) => {
                 let fields = parse_rtp(buf)?;
-                self.arrival_filter(toward).accept(ssrc, now);
-                self.heard_from(leg, from, now);
+                // A packet of a payload type nobody negotiated proves nothing
+                // about its source: it must not latch a trunk leg.
                 let (pt, clock_rate) = self
                     .payload_map
                     .map(toward, fields.payload_type)
                     .ok_or(DropReason::UnknownPayloadType)?;
+                self.arrival_filter(toward).accept(ssrc, now);
+                self.heard_from(leg, from, now);
                 let rewriter = match toward {
                     Toward::Trunk => &mut self.to_trunk,
                     Toward::Browser => &mut self.to_browser,
@@ -1044,6 +1070,7 @@ pub(crate) mod tests {
                 remote_rtcp,
                 crypto: trunk_crypto,
                 ssrcs: vec![],
+                media_source: MediaSource::Signaled,
             },
             payload_map: payload_map(),
         }
@@ -1072,6 +1099,10 @@ pub(crate) mod tests {
     }
 
     fn keyed(sdes: bool, remote_rtcp: Option<SocketAddr>) -> Keyed {
+        keyed_from(sdes, remote_rtcp, MediaSource::Signaled)
+    }
+
+    fn keyed_from(sdes: bool, remote_rtcp: Option<SocketAddr>, source: MediaSource) -> Keyed {
         let t0 = Instant::now();
         let b_in = SrtpKeyMaterial::generate(SrtpSuite::AeadAes128Gcm);
         let b_out = SrtpKeyMaterial::generate(SrtpSuite::AeadAes128Gcm);
@@ -1087,8 +1118,10 @@ pub(crate) mod tests {
         };
         let counters = Arc::new(CallCounters::default());
         let fp = Fingerprint::sha256(b"not used");
+        let mut p = params(crypto, remote_rtcp, fp, "gwuf", "gateway-password-0123456");
+        p.trunk.media_source = source;
         let mut relay = CallRelay::new_keyed_for_bench(
-            params(crypto, remote_rtcp, fp, "gwuf", "gateway-password-0123456"),
+            p,
             identity(),
             &b_in,
             &b_out,
@@ -1128,6 +1161,17 @@ pub(crate) mod tests {
         let mut out = vec![];
         ctx.unprotect_rtp(srtp, &mut out).unwrap();
         out
+    }
+
+    /// One RTP packet from the browser: where the relay sent it, and what.
+    fn browser_rtp_to_trunk(k: &mut Keyed) -> (SocketAddr, Vec<u8>) {
+        let out = protect(&mut k.browser_tx, &rtp_packet(PCMU, 1, 0, 0xB1, 3));
+        k.relay
+            .handle_datagram(LegId::Browser, addr(BROWSER), &out, k.t0 + ms(1));
+        let mut sent = drain(&mut k.relay);
+        assert_eq!(sent.len(), 1);
+        let (_, to, data) = sent.remove(0);
+        (to, data)
     }
 
     fn ms(n: u64) -> Duration {
@@ -1278,13 +1322,9 @@ pub(crate) mod tests {
         let natted = addr("192.0.2.10:41000");
         k.relay.handle_datagram(LegId::TrunkRtp, natted, &pkt, k.t0);
         assert_eq!(drain(&mut k.relay).len(), 1);
-        let out = protect(&mut k.browser_tx, &rtp_packet(PCMU, 1, 0, 0xB1, 3));
-        k.relay
-            .handle_datagram(LegId::Browser, addr(BROWSER), &out, k.t0 + ms(1));
-        let sent = drain(&mut k.relay);
-        assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].1, natted, "media goes to the latched port");
-        let f = parse_rtp(&sent[0].2).unwrap();
+        let (to, sent) = browser_rtp_to_trunk(&mut k);
+        assert_eq!(to, natted, "media goes to the latched port");
+        let f = parse_rtp(&sent).unwrap();
         assert_eq!((f.payload_type, f.ssrc), (PCMU, Ssrc(0x7070)));
 
         // Another port of the same IP while the latched one talks: refused.
@@ -1297,6 +1337,56 @@ pub(crate) mod tests {
         );
         assert!(drain(&mut k.relay).is_empty());
         assert_eq!(trunk_snap(&k).drops(DropReason::WrongSource), 2);
+    }
+
+    #[test]
+    fn media_source_latch_takes_plain_rtp_from_any_address_with_a_negotiated_payload() {
+        let mut k = keyed_from(false, None, MediaSource::Latch);
+        // A payload type nobody negotiated proves nothing: no latch.
+        let stranger = addr("203.0.113.66:30000");
+        k.relay.handle_datagram(
+            LegId::TrunkRtp,
+            stranger,
+            &rtp_packet(8, 1, 0, 0x55, 4),
+            k.t0,
+        );
+        assert!(drain(&mut k.relay).is_empty());
+        assert_eq!(trunk_snap(&k).drops(DropReason::UnknownPayloadType), 1);
+
+        // The trunk sends from another address than its SDP's (linphone's
+        // default, a NAT): accepted and latched; our media goes there.
+        let real = addr("198.51.100.7:7078");
+        let pkt = rtp_packet(PCMU, 1, 0, 0x55, 4);
+        k.relay.handle_datagram(LegId::TrunkRtp, real, &pkt, k.t0);
+        assert_eq!(drain(&mut k.relay).len(), 1);
+        let (to, _) = browser_rtp_to_trunk(&mut k);
+        assert_eq!(to, real, "media goes to the latched source");
+
+        // While it talks, nobody else takes the leg over, even with the
+        // right SSRC and payload type.
+        let hijack = rtp_packet(PCMU, 2, 160, 0x55, 4);
+        k.relay
+            .handle_datagram(LegId::TrunkRtp, stranger, &hijack, k.t0 + ms(20));
+        assert!(drain(&mut k.relay).is_empty());
+        assert_eq!(trunk_snap(&k).drops(DropReason::WrongSource), 1);
+
+        // A re-INVITE with the same SDP keeps the NAT's address usable (a
+        // strict leg would retire it), and the leg re-latches to it.
+        k.relay.update_trunk(
+            TrunkLegParams {
+                remote_rtp: addr("192.0.2.10:30000"),
+                remote_rtcp: None,
+                crypto: TrunkCrypto::Plain,
+                ssrcs: vec![],
+                media_source: MediaSource::Latch,
+            },
+            payload_map(),
+        );
+        let again = rtp_packet(PCMU, 3, 320, 0x55, 4);
+        k.relay
+            .handle_datagram(LegId::TrunkRtp, real, &again, k.t0 + ms(40));
+        assert_eq!(drain(&mut k.relay).len(), 1);
+        assert_eq!(trunk_snap(&k).drops(DropReason::WrongSource), 1);
     }
 
     #[test]
@@ -1453,6 +1543,7 @@ pub(crate) mod tests {
                 remote_rtcp: None,
                 crypto: TrunkCrypto::Plain,
                 ssrcs: vec![Ssrc(0x99)],
+                media_source: MediaSource::Signaled,
             },
             payload_map(),
         );
@@ -1499,6 +1590,7 @@ pub(crate) mod tests {
                 remote_rtcp: None,
                 crypto: TrunkCrypto::Plain,
                 ssrcs: vec![],
+                media_source: MediaSource::Signaled,
             },
             payload_map(),
         );

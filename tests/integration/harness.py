@@ -23,6 +23,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import tempfile
 import time
 import wave
 from dataclasses import dataclass, field
@@ -206,6 +207,12 @@ class Baresip:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dump_dir = self.dir / "dump"
         self.dump_dir.mkdir(exist_ok=True)
+        # baresip's sndfile cuts the dump file's path at 127 characters:
+        # under a long test name (or a deeper checkout, as in CI) "-dec.wav"
+        # loses its extension, or -dec and -enc collide. It gets a short
+        # symlink to dump_dir instead.
+        self.dump_link = Path(tempfile.mkdtemp(prefix="bs-")) / "d"
+        self.dump_link.symlink_to(self.dump_dir.resolve())
         self.log_path = self.dir / "baresip.log"
         self.user = user
         self.srtp = srtp
@@ -242,7 +249,7 @@ class Baresip:
             f"audio_source aufile,{self.tone_wav}",
             "audio_player aubridge,x",
             "audio_alert aubridge,x",
-            f"snd_path {self.dump_dir}",
+            f"snd_path {self.dump_link}",
             f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
             f"sip_listen 127.0.0.1:{self.sip_port}",
             *([f"sip_certificate {self.tls_certificate}"] if self.tls_certificate else []),
@@ -699,6 +706,8 @@ class TrunkSpec:
     # out of the config when None (gateway default 3600)
     register: bool = False
     register_expires: Optional[int] = None
+    # "signaled" | "latch": where the trunk's plain RTP may come from
+    media_source: Optional[str] = None
 
 
 def toml_str(s: str) -> str:
@@ -804,7 +813,8 @@ class Gateway:
                 lines += [f"username = {toml_str(t.username)}", f"password = {toml_str(t.password or '')}"]
             if t.reject_code is not None:
                 lines.append(f"reject_code = {int(t.reject_code)}")
-            for key in ("ca_file", "tls_verify", "tls_fingerprint", "inbound_username", "inbound_password"):
+            for key in ("ca_file", "tls_verify", "tls_fingerprint", "inbound_username", "inbound_password",
+                        "media_source"):
                 if getattr(t, key) is not None:
                     lines.append(f"{key} = {toml_str(str(getattr(t, key)))}")
             if t.register:

@@ -151,6 +151,7 @@ fn relay_for(
             ssrcs: vec![],
         },
         payload_map: vec![(PayloadType(0), PayloadType(0), 8000)],
+        telephone_event: None,
     };
     CallRelay::new_keyed_for_bench(
         params,

@@ -157,3 +157,51 @@ def test_dtmf_baresip_to_browser(workdir, gateway_sdes, baresip_sdes):
     assert len(events) >= 4, f"{len(events)} telephone-event packets reached the browser"
     assert len(timestamps) == 2, timestamps
     assert set(codes) == {5, 8}, codes
+
+
+@pytest.fixture
+def gateway_for_sipp(workdir):
+    """A plain-RTP trunk (SIPp calls in; its uri is never called)."""
+    from conftest import _gateway
+    from harness import free_port
+    from test_incoming import plain_trunk
+    yield from _gateway(workdir, plain_trunk(f"sip:127.0.0.1:{free_port()};transport=udp"))
+
+
+def test_dtmf_sip_info_from_trunk(workdir, gateway_for_sipp):
+    """SIPp calls alice (the browser accepts) and sends INFO
+    application/dtmf-relay Signal=5, INFO application/dtmf "#" and an INFO
+    of another body type: 200, 200 and 415 with Accept (the scenario
+    fails on anything else); the browser gets `dtmf` 5 then #, nothing for
+    the third; SIPp's BYE ends the call."""
+    from harness import SippUac
+    from test_incoming import sessions
+    gw = gateway_for_sipp
+    sipp = SippUac(workdir, "uac_info_dtmf.xml", remote=f"127.0.0.1:{gw.sip_port}", service="alice")
+
+    async def run():
+        (peer,) = await sessions(gw, 1)
+        try:
+            sipp.start()
+            await peer.wait_incoming(10)
+            await peer.accept()
+            connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
+            assert connected["type"] == "connected", connected
+            hangup = await peer.wait_for({"hangup"}, 20, call_id=peer.call_id)
+            return [m for m in peer.messages if m.get("type") == "dtmf"], hangup
+        finally:
+            await peer.close()
+
+    try:
+        dtmf, hangup = asyncio.run(run())
+        code = sipp.wait(20)
+    finally:
+        sipp.stop()
+    refused = sipp.received(status=415)
+    save_result(workdir, dtmf=dtmf, hangup=hangup, sipp_exit=code,
+                info_answers=[m.status for m in sipp.received() if m.text.startswith("SIP/2.0")
+                              and "INFO" in (re.search(r"^CSeq:.*$", m.text, re.M | re.I) or [""])[0]])
+    assert code == 0, f"SIPp scenario failed (trace: {sipp.msg_path})"
+    assert [m["digit"] for m in dtmf] == ["5", "#"], dtmf
+    assert refused and re.search(r"^Accept:.*application/dtmf-relay", refused[0].text, re.M | re.I), refused
+    assert hangup["type"] == "hangup", hangup

@@ -152,6 +152,7 @@ fn relay_for(
             media_source: webrtc_sip_gateway::types::MediaSource::Signaled,
         },
         payload_map: vec![(PayloadType(0), PayloadType(0), 8000)],
+        telephone_event: None,
     };
     CallRelay::new_keyed_for_bench(
         params,

@@ -15,6 +15,43 @@ pub struct Ssrc(pub u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PayloadType(pub u8);
 
+/// A DTMF digit: one of `0-9 * # A-D`, kept as its RFC 4733 event code
+/// (0-9, `*` 10, `#` 11, A-D 12-15), the one form every layer can use: the
+/// browser's and SIP INFO's characters, the telephone-event payload's byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DtmfDigit(u8);
+
+impl DtmfDigit {
+    const CHARS: &'static [u8; 16] = b"0123456789*#ABCD";
+
+    /// From the character (letters in either case); `None` for anything else.
+    pub fn from_char(c: char) -> Option<Self> {
+        let c = u8::try_from(c.to_ascii_uppercase()).ok()?;
+        let code = Self::CHARS.iter().position(|&k| k == c)?;
+        u8::try_from(code).ok().map(DtmfDigit)
+    }
+
+    /// From an RFC 4733 event code; `None` above 15 (flash and the tones
+    /// of RFC 4734 are not digits).
+    pub fn from_event(code: u8) -> Option<Self> {
+        (usize::from(code) < Self::CHARS.len()).then_some(DtmfDigit(code))
+    }
+
+    pub fn event(self) -> u8 {
+        self.0
+    }
+
+    pub fn as_char(self) -> char {
+        char::from(Self::CHARS[usize::from(self.0 & 0x0f)])
+    }
+}
+
+impl fmt::Display for DtmfDigit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.as_char())
+    }
+}
+
 /// The id of a call as the browser (outgoing) or the gateway (incoming) chose it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CallId(pub String);

@@ -49,6 +49,9 @@ const ui = {
   securityBrowser: $('security-browser'),
   securityTrunk: $('security-trunk'),
   message: $('call-message'),
+  dtmf: $('call-dtmf'),
+  dtmfSent: $('dtmf-sent'),
+  dtmfReceived: $('dtmf-received'),
   incomingPanel: $('incoming-panel'),
   incomingText: $('incoming-text'),
   incomingFrom: $('incoming-from'),
@@ -633,6 +636,7 @@ function onSignal(data) {
     case 'answer': onAnswer(msg); break;
     case 'connected': onConnected(msg); break;
     case 'hangup': onHangup(msg); break;
+    case 'dtmf': onDtmf(msg); break;
     default: log('unknown message type', msg.type);
   }
 }
@@ -662,6 +666,7 @@ function setCallState(state, text) {
   if (state !== 'incoming') ringer.stop();
   show(ui.callTimer, state === 'connected');
   if (state !== 'connected') stopTimer();
+  if (state === 'dialing' || state === 'incoming') showTones('', '');
   if (state === 'idle' || state === 'dialing' || state === 'incoming') show(ui.security, false);
 }
 
@@ -1059,11 +1064,28 @@ function hangup(reason = 'You hung up') {
 
 function pressDigit(digit) {
   if (call && call.state === 'connected') {
-    if (DTMF_RE.test(digit)) send({ type: 'dtmf', id: call.id, digits: digit });
+    if (DTMF_RE.test(digit)) {
+      send({ type: 'dtmf', id: call.id, digits: digit });
+      showTones(ui.dtmfSent.textContent + digit, null);
+    }
     return;
   }
   if (ui.number.readOnly) return;
   ui.number.value += digit;
+}
+
+/** The tones of this call so far (null keeps a side as it is; two empty
+ * strings hide the line). The last 32 of each are shown. */
+function showTones(sent, received) {
+  if (sent !== null) setText(ui.dtmfSent, sent.slice(-32));
+  if (received !== null) setText(ui.dtmfReceived, received.slice(-32));
+  show(ui.dtmf, Boolean(ui.dtmfSent.textContent || ui.dtmfReceived.textContent));
+}
+
+/** The far end sent a tone (RFC 4733 or SIP INFO). */
+function onDtmf(msg) {
+  if (typeof msg.digit !== 'string' || !DTMF_RE.test(msg.digit)) return;
+  showTones(null, ui.dtmfReceived.textContent + msg.digit);
 }
 
 // ---------------------------------------------------------------------------

@@ -45,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
             ssrcs: vec![],
         },
         payload_map: vec![(PayloadType(111), PayloadType(0), 8000)],
+        telephone_event: None,
     };
     let start = Instant::now();
     let Ok(mut relay) = CallRelay::new_keyed_for_bench(

@@ -2,7 +2,7 @@
 //! `calls` (the B2BUA). Signaling parses JSON into `SessionCommand`s and turns
 //! `SessionEvent`s back into JSON; it never sees SIP or SRTP.
 
-use crate::types::{AccountName, CallId};
+use crate::types::{AccountName, CallId, DtmfDigit};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -17,6 +17,8 @@ pub enum SessionCommand {
     Accept { id: CallId, sdp: String },
     /// Decline an incoming call.
     Reject { id: CallId },
+    /// Send DTMF digits toward the trunk (at least one, validated).
+    Dtmf { id: CallId, digits: Vec<DtmfDigit> },
 }
 
 /// Security of both legs of a connected call, shown by the web client's lock.
@@ -65,6 +67,11 @@ pub enum SessionEvent {
     Resumed {
         id: CallId,
         by: HoldParty,
+    },
+    /// The trunk sent a DTMF digit (RFC 4733 event or SIP INFO).
+    Dtmf {
+        id: CallId,
+        digit: DtmfDigit,
     },
     /// A call for this account; `sdp` is the gateway's offer.
     Incoming {

@@ -40,7 +40,7 @@ use super::directory::Account;
 use super::renegotiate::{Change, TrunkSession};
 use super::sessions::SessionKey;
 use crate::config::cidr_contains;
-use crate::media::relay::{BrowserLegParams, TrunkCrypto, TrunkLegParams};
+use crate::media::relay::{BrowserLegParams, TelephoneEvent, TrunkCrypto, TrunkLegParams};
 use crate::media::{MediaEvent, RelayParams};
 use crate::policy::{IncomingLegPlan, TrunkLegPlan};
 use crate::sdp::{
@@ -56,7 +56,7 @@ use crate::sip::uas::{IncomingCall, UasEvent};
 use crate::sip::Transport;
 use crate::stats::live::{CallInfo, CallState};
 use crate::types::{
-    CallId, MediaSource, PayloadType, Personal, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc,
+    CallId, DtmfDigit, MediaSource, PayloadType, Personal, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc,
 };
 
 /// The clocks of a call; the defaults are the production values.
@@ -139,6 +139,11 @@ pub enum SessionInput {
     Join { session: SessionKey },
     /// The gateway is stopping.
     Shutdown,
+    /// `dtmf`: digits toward the trunk.
+    Dtmf {
+        session: SessionKey,
+        digits: Vec<DtmfDigit>,
+    },
 }
 
 /// What the media task of the call must do.
@@ -149,6 +154,8 @@ pub enum MediaCommand {
     SetTimeout(Duration),
     /// A later SDP of the trunk moved or re-keyed its leg.
     UpdateTrunk(Box<TrunkLegParams>, Vec<(PayloadType, PayloadType, u32)>),
+    /// A digit toward the trunk as RFC 4733 events.
+    Dtmf(DtmfDigit),
     Stop,
 }
 
@@ -257,6 +264,9 @@ struct Common {
     /// measures silence from the last packet, which on a long hold is far
     /// in the past, so the trunk gets `answered_media` to start sending.
     resume_deadline: Option<Instant>,
+    /// The telephone-event of the trunk leg, once media runs: without it
+    /// the browser's `dtmf` is refused.
+    telephone_event: Option<TelephoneEvent>,
     /// Set once the browser side has been told the call ended.
     ended: Option<Cause>,
     /// The SIP side is done (or given up on): the driver can drop the call.
@@ -292,6 +302,7 @@ impl Common {
             teardown_deadline: None,
             trunk_session: None,
             resume_deadline: None,
+            telephone_event: None,
             ended: None,
             finished: false,
             media_source: MediaSource::Signaled,
@@ -337,6 +348,47 @@ impl Common {
 
     fn media(&mut self, cmd: MediaCommand) {
         self.out.push_back(Output::Media(cmd));
+    }
+
+    /// The browser's `dtmf`: each digit to the media as RFC 4733 events, or
+    /// an `error` saying why not. No SIP INFO fallback: a trunk that did not
+    /// take telephone-event (offered on every call) is told nothing, the
+    /// browser is told clearly.
+    fn dtmf(&mut self, session: SessionKey, digits: &[DtmfDigit]) {
+        if Some(session) != self.owner {
+            return self.error(session, 404, "no call with this id");
+        }
+        if self.ended.is_some() {
+            return self.error(session, 404, "the call has ended");
+        }
+        if !self.media_started {
+            return self.error(
+                session,
+                409,
+                "the call has no media yet: DTMF needs an answer",
+            );
+        }
+        if self.telephone_event.is_none() {
+            return self.error(
+                session,
+                488,
+                "the trunk did not negotiate telephone-event (RFC 4733): DTMF cannot be sent on this call",
+            );
+        }
+        info!(count = digits.len(), "DTMF toward the trunk");
+        for digit in digits {
+            self.media(MediaCommand::Dtmf(*digit));
+        }
+    }
+
+    /// A digit from the trunk (RFC 4733 event or SIP INFO): the owner hears it.
+    fn dtmf_from_trunk(&mut self, digit: DtmfDigit, how: &'static str) {
+        if self.ended.is_some() {
+            return;
+        }
+        info!(how, "DTMF from the trunk");
+        let id = self.id.clone();
+        self.tell_owner(SessionEvent::Dtmf { id, digit });
     }
 
     /// The call is over for the browsers: the owner hears `cause`, media
@@ -727,6 +779,9 @@ impl Call {
         if self.c.finished {
             return;
         }
+        if let SessionInput::Dtmf { session, digits } = input {
+            return self.c.dtmf(session, &digits);
+        }
         match &mut self.kind {
             Kind::Outgoing(o) => o.handle_session(&mut self.c, now, input),
             Kind::Incoming(i) => i.handle_session(&mut self.c, now, input),
@@ -820,6 +875,7 @@ impl Call {
                 warn!("media timeout");
                 self.end(Cause::MediaTimeout, now);
             }
+            MediaEvent::Dtmf { digit } => self.c.dtmf_from_trunk(digit, "rfc4733"),
         }
         self.pump(now);
     }
@@ -999,6 +1055,7 @@ impl Outgoing {
                     self.uac.answer_offer(answer, now);
                 }
             }
+            UacEvent::Dtmf(digit) => c.dtmf_from_trunk(digit, "sip-info"),
             UacEvent::Terminated => c.finished = true,
         }
     }
@@ -1105,6 +1162,7 @@ impl Outgoing {
             }
             info!("trunk SDP changed: re-keying the trunk leg");
             c.trunk_session = Some(session);
+            c.telephone_event = params.telephone_event;
             c.media(MediaCommand::UpdateTrunk(
                 Box::new(params.trunk),
                 params.payload_map,
@@ -1125,6 +1183,7 @@ impl Outgoing {
             ssrc: Some(c.media.ssrc_to_browser),
         };
         let browser_answer = sdp::write_browser_answer(offer, &answer, &answer_params);
+        c.telephone_event = params.telephone_event;
         c.media(MediaCommand::Start(Box::new(params)));
         c.media_started = true;
         // Early media may be silent while the callee rings: only the ring
@@ -1177,6 +1236,11 @@ fn outgoing_relay_params(
             media_source,
         },
         payload_map,
+        telephone_event: answer.trunk_telephone_event.map(|trunk| TelephoneEvent {
+            trunk,
+            browser: answer.telephone_event.map(|(_, browser)| browser),
+            clock_rate: answer.codec.clock_rate,
+        }),
     }
 }
 
@@ -1254,6 +1318,8 @@ impl Incoming {
                 }
             }
             SessionInput::Shutdown => self.end(c, Cause::Shutdown, now),
+            // Taken by `Call::handle_session` for both directions.
+            SessionInput::Dtmf { .. } => {}
         }
     }
 
@@ -1341,12 +1407,13 @@ impl Incoming {
             _ => None,
         };
         let te_pt = answer.telephone_event.as_ref().map(|te| te.pt);
+        let trunk_te = trunk_telephone_event(&self.offer, &answer);
         c.trunk_session = Some(TrunkSession::new(
             rand::random::<u32>() as u64,
             1,
             (c.media.public_ip, c.media.trunk_rtp_port),
             (answer.codec.clone(), te_pt),
-            (answer.codec.pt, te_pt),
+            (answer.codec.pt, trunk_te.as_ref().map(|te| te.pt)),
             (
                 SocketAddr::new(self.offer.address, self.offer.port),
                 self.offer.remote_rtcp,
@@ -1375,7 +1442,13 @@ impl Incoming {
                 media_source: c.media_source,
             },
             payload_map,
+            telephone_event: trunk_te.map(|te| TelephoneEvent {
+                trunk: te.pt,
+                browser: te_pt,
+                clock_rate: answer.codec.clock_rate,
+            }),
         };
+        c.telephone_event = params.telephone_event;
         c.media(MediaCommand::Start(Box::new(params)));
         c.media_started = true;
         c.dtls_deadline = Some(now + c.timers.dtls);
@@ -1392,7 +1465,7 @@ impl Incoming {
             return;
         };
         let mut codecs = vec![answer.codec.clone()];
-        codecs.extend(answer.telephone_event.clone());
+        codecs.extend(trunk_telephone_event(&self.offer, answer));
         let crypto = match (&self.plan, our_key) {
             (IncomingLegPlan::Sdes { tag, .. }, Some(key)) => Some((*tag, key)),
             _ => None,
@@ -1458,11 +1531,26 @@ impl Incoming {
                         self.uas.answer_offer(answer, now);
                     }
                 }
+                UasEvent::Dtmf(digit) => c.dtmf_from_trunk(digit, "sip-info"),
                 UasEvent::Terminated => c.finished = true,
             }
         }
         progressed
     }
+}
+
+/// The telephone-event our answer gives the trunk on an incoming call: the
+/// browser's (the trunk's entry at the chosen clock), else the trunk's own
+/// at that clock even though the browser did not take it: the gateway then
+/// sends the browser's `dtmf` itself and reads the trunk's events for it.
+fn trunk_telephone_event(offer: &SipOffer, answer: &BrowserAnswer) -> Option<sdp::Codec> {
+    answer.telephone_event.clone().or_else(|| {
+        offer
+            .codecs
+            .iter()
+            .find(|c| c.is_telephone_event() && c.clock_rate == answer.codec.clock_rate)
+            .cloned()
+    })
 }
 
 /// `PCMU/8000`, `opus/48000/2`: how the operator sees a codec.

@@ -1573,3 +1573,220 @@ Contact: <sip:x@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent-Leng
     assert_eq!(d.statuses(), [488]);
     assert!(d.events.is_empty() && d.media.is_empty());
 }
+
+// ---- DTMF -------------------------------------------------------------------
+
+fn digits(text: &str) -> Vec<crate::types::DtmfDigit> {
+    text.chars()
+        .map(|c| crate::types::DtmfDigit::from_char(c).unwrap())
+        .collect()
+}
+
+fn dtmf_sent(d: &Drained) -> String {
+    d.media
+        .iter()
+        .filter_map(|m| match m {
+            MediaCommand::Dtmf(digit) => Some(digit.as_char()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn error_of(d: &Drained, session: SessionKey) -> Option<(u16, String)> {
+    d.to(session).into_iter().find_map(|e| match e {
+        SessionEvent::Error { code, message, .. } => Some((*code, message.clone())),
+        _ => None,
+    })
+}
+
+fn dtmf_heard(d: &Drained, session: SessionKey) -> String {
+    d.to(session)
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::Dtmf { id, digit } => {
+                assert_eq!(id.0, "in-1");
+                Some(digit.as_char())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn browser_digits_go_to_the_media_of_the_owner_only() {
+    let (mut call, now, _) = connected_call(2);
+    call.handle_session(
+        now,
+        SessionInput::Dtmf {
+            session: 1,
+            digits: digits("1#"),
+        },
+    );
+    let d = drain(&mut call);
+    assert_eq!(dtmf_sent(&d), "1#");
+    assert!(d.sip.is_empty() && d.events.is_empty(), "{d:?}");
+    // Another session of the account that rang: not its call.
+    call.handle_session(
+        now,
+        SessionInput::Dtmf {
+            session: 2,
+            digits: digits("5"),
+        },
+    );
+    let d = drain(&mut call);
+    assert_eq!(dtmf_sent(&d), "");
+    assert_eq!(error_of(&d, 2).map(|e| e.0), Some(404));
+}
+
+#[test]
+fn digits_before_the_media_or_without_telephone_event_are_refused() {
+    let now = Instant::now();
+    let mut call = outgoing_with(account(), now);
+    let d = drain(&mut call);
+    call.handle_session(
+        now,
+        SessionInput::Dtmf {
+            session: 7,
+            digits: digits("1"),
+        },
+    );
+    let refused = drain(&mut call);
+    assert_eq!(error_of(&refused, 7).map(|e| e.0), Some(409));
+    // The trunk answers without telephone-event (it was offered: Chrome's
+    // /8000 with Chrome's number).
+    let invite = the_invite(&d);
+    let offer = String::from_utf8_lossy(&invite.body).to_string();
+    assert!(
+        offer.contains("a=rtpmap:126 telephone-event/8000"),
+        "{offer}"
+    );
+    let answer = "v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+m=audio 30000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYXkK\r\n";
+    call.handle_sip(now, reply(&invite, 200, Some(answer)), trunk_addr());
+    let d = drain(&mut call);
+    assert!(d.started_media(), "{d:?}");
+    let te = d.media.iter().find_map(|m| match m {
+        MediaCommand::Start(p) => Some(p.telephone_event),
+        _ => None,
+    });
+    assert_eq!(te, Some(None));
+    call.handle_session(
+        now,
+        SessionInput::Dtmf {
+            session: 7,
+            digits: digits("1"),
+        },
+    );
+    let d = drain(&mut call);
+    let (code, message) = error_of(&d, 7).expect("an error");
+    assert_eq!(code, 488);
+    assert!(message.contains("telephone-event"), "{message}");
+    assert_eq!(dtmf_sent(&d), "");
+}
+
+#[test]
+fn an_outgoing_call_sends_digits_with_the_trunks_telephone_event() {
+    let now = Instant::now();
+    let mut call = outgoing_with(account(), now);
+    let d = drain(&mut call);
+    let invite = the_invite(&d);
+    let answer = "v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+m=audio 30000 RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYXkK\r\n";
+    call.handle_sip(now, reply(&invite, 200, Some(answer)), trunk_addr());
+    let d = drain(&mut call);
+    let te = d.media.iter().find_map(|m| match m {
+        MediaCommand::Start(p) => p.telephone_event,
+        _ => None,
+    });
+    let te = te.expect("telephone-event negotiated");
+    assert_eq!(
+        (te.trunk.0, te.browser.map(|p| p.0), te.clock_rate),
+        (101, Some(126), 8000)
+    );
+    call.handle_session(
+        now,
+        SessionInput::Dtmf {
+            session: 7,
+            digits: digits("*0"),
+        },
+    );
+    assert_eq!(dtmf_sent(&drain(&mut call)), "*0");
+}
+
+#[test]
+fn an_incoming_call_keeps_the_trunks_telephone_event_for_a_browser_without_it() {
+    let now = Instant::now();
+    let mut call = incoming(&[1], 486, now);
+    drain(&mut call);
+    let answer = browser_answer()
+        .replace("SAVPF 8 101", "SAVPF 8")
+        .replace("a=rtpmap:101 telephone-event/8000\r\n", "");
+    call.handle_session(
+        now,
+        SessionInput::Accept {
+            session: 1,
+            sdp: answer,
+        },
+    );
+    let d = drain(&mut call);
+    let te = d.media.iter().find_map(|m| match m {
+        MediaCommand::Start(p) => p.telephone_event,
+        _ => None,
+    });
+    let te = te.expect("the trunk's telephone-event is kept");
+    assert_eq!((te.trunk.0, te.browser), (101, None));
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    let d = drain(&mut call);
+    let ok = d.ok_to_invite().expect("200 OK");
+    let sdp = String::from_utf8_lossy(&ok.body).to_string();
+    assert!(sdp.contains("m=audio 20002 RTP/SAVP 8 101"), "{sdp}");
+    assert!(sdp.contains("a=rtpmap:101 telephone-event/8000"), "{sdp}");
+}
+
+#[test]
+fn trunk_digits_by_rfc_4733_and_by_info_reach_the_owner() {
+    let (mut call, now, tag) = connected_call(2);
+    call.handle_media(
+        now,
+        MediaEvent::Dtmf {
+            digit: digits("7")[0],
+        },
+    );
+    let d = drain(&mut call);
+    assert_eq!(dtmf_heard(&d, 1), "7");
+    assert_eq!(dtmf_heard(&d, 2), "", "only the session that answered");
+
+    let info = |cseq: u32, ct: &str, body: &str| {
+        parse(&format!(
+            "INFO sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKinfo{cseq}\r\n\
+From: <sip:+4930123@carrier.example>;tag=ftag\r\nTo: <sip:alice@10.0.0.1>;tag={tag}\r\n\
+Call-ID: in-c1\r\nCSeq: {cseq} INFO\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    };
+    call.handle_sip(
+        now,
+        info(2, "application/dtmf-relay", "Signal=5\r\nDuration=160\r\n"),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [200]);
+    assert_eq!(dtmf_heard(&d, 1), "5");
+    call.handle_sip(now, info(3, "application/dtmf", "#"), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!((d.statuses(), dtmf_heard(&d, 1)), (vec![200], "#".into()));
+    call.handle_sip(now, info(4, "text/plain", "hello"), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(
+        (d.statuses(), dtmf_heard(&d, 1)),
+        (vec![415], String::new())
+    );
+    assert!(!call.is_over_for_browsers());
+}

@@ -147,6 +147,11 @@ pub async fn run(mut call: Call, io: CallIo) {
                             m.update_trunk(*trunk, map);
                         }
                     }
+                    MediaCommand::Dtmf(digit) => {
+                        if let Some(m) = &media {
+                            m.send_dtmf(digit);
+                        }
+                    }
                     MediaCommand::Stop => {
                         if let Some(m) = media.take() {
                             info!(counters = ?m.counters(), "media stopped");
@@ -389,6 +394,8 @@ fn observe_event(live: &LiveCall, event: &SessionEvent) {
             "answer (SDP)".into()
         }
         SessionEvent::Connected { .. } => "connected".into(),
+        // Not the digit: DTMF carries PINs and card numbers.
+        SessionEvent::Dtmf { .. } => "dtmf".into(),
         SessionEvent::Incoming { sdp, .. } => {
             live.set_sdp(SdpRole::BrowserOffer, sdp);
             "incoming (SDP)".into()
@@ -410,6 +417,7 @@ fn observe_input(live: &LiveCall, input: &SessionInput) {
         SessionInput::Reject { .. } => "reject",
         SessionInput::Hangup { .. } => "hangup",
         SessionInput::Gone { .. } => "socket closed",
+        SessionInput::Dtmf { .. } => "dtmf",
         SessionInput::Join { .. } => return,
         SessionInput::Shutdown => return,
     };

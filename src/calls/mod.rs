@@ -507,6 +507,9 @@ impl SessionControl for Session {
                 self.forward(id, SessionInput::Accept { session, sdp })
             }
             SessionCommand::Reject { id } => self.forward(id, SessionInput::Reject { session }),
+            SessionCommand::Dtmf { id, digits } => {
+                self.forward(id, SessionInput::Dtmf { session, digits })
+            }
         }
     }
 }

@@ -149,6 +149,7 @@ async fn run_echo(
                 UasEvent::Renegotiation(RenegotiationEvent::AckAnswer { .. })
                 | UasEvent::RemoteHangup
                 | UasEvent::Cancelled
+                | UasEvent::Dtmf(_)
                 | UasEvent::Acked => {}
             }
         }

@@ -51,6 +51,8 @@ pub enum MediaEvent {
     /// The browser closed its DTLS association (close_notify): it hung up.
     /// The media task has ended.
     BrowserClosed,
+    /// The trunk sent a DTMF digit as an RFC 4733 event (once per event).
+    Dtmf { digit: crate::types::DtmfDigit },
 }
 
 /// Shared by clones: the process's media engine.
@@ -249,6 +251,14 @@ impl MediaHandle {
         let _ = self
             .commands
             .send(Command::UpdateTrunk(Box::new((trunk, payload_map))));
+    }
+}
+
+impl MediaHandle {
+    /// Queues a DTMF digit toward the trunk (RFC 4733 packets in the
+    /// browser's stream). Ignored if the task has ended.
+    pub fn send_dtmf(&self, digit: crate::types::DtmfDigit) {
+        let _ = self.commands.send(Command::Dtmf(digit));
     }
 }
 

@@ -19,6 +19,7 @@ pub mod client_hello;
 pub mod counters;
 pub mod demux;
 pub mod dtls;
+pub mod dtmf;
 pub mod engine;
 /// Shared with `sdp`, which parses what this module verifies.
 pub use crate::fingerprint;
@@ -35,8 +36,8 @@ pub mod stun;
 pub use counters::{CallCounters, DropReason, Leg, LegCounters, LegSnapshot, MediaStats};
 pub use engine::{MediaAllocation, MediaConfig, MediaEngine, MediaEvent, MediaHandle};
 pub use relay::{
-    BrowserLegParams, CallRelay, LegId, RelayEvent, RelayParams, Transmit, TrunkCrypto,
-    TrunkLegParams,
+    BrowserLegParams, CallRelay, DtmfRefused, LegId, RelayEvent, RelayParams, TelephoneEvent,
+    Transmit, TrunkCrypto, TrunkLegParams,
 };
 
 /// Errors of the media plane that reach the B2BUA (allocation, keying). Drops

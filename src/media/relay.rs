@@ -38,13 +38,16 @@ use std::time::{Duration, Instant};
 use super::counters::{CallCounters, DropReason, Leg, MediaStats};
 use super::demux::{classify, PacketKind};
 use super::dtls::{DtlsEvent, DtlsIdentity, DtlsServer};
+use super::dtmf::{DtmfReceiver, DtmfSender, DtmfTiming, EventPacket};
 use super::fingerprint::Fingerprint;
 use super::ice_lite::IceLite;
-use super::rewrite::{parse_rtp, rewrite_rtcp, rtp_ssrc, PayloadMap, StreamRewriter, Toward};
+use super::rewrite::{
+    parse_rtp, rewrite_rtcp, rtp_ssrc, PayloadMap, RtpFields, StreamRewriter, Toward,
+};
 use super::rtcp_stats::RtcpWatch;
 use super::srtp::{SrtpContext, SrtpError, MAX_OVERHEAD};
 use super::ssrc_filter::SsrcFilter;
-use crate::types::{MediaSource, PayloadType, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
+use crate::types::{DtmfDigit, MediaSource, PayloadType, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
 
 /// What the relay needs to know about the browser leg (from the browser's
 /// SDP and our answer).
@@ -99,6 +102,33 @@ pub struct RelayParams {
     /// `(browser PT, trunk PT, clock rate)` of each negotiated payload
     /// (codec and telephone-event); anything else is dropped.
     pub payload_map: Vec<(PayloadType, PayloadType, u32)>,
+    /// The telephone-event (RFC 4733) the trunk leg negotiated, if any:
+    /// what `send_dtmf` sends with and what the trunk's events are read
+    /// from.
+    pub telephone_event: Option<TelephoneEvent>,
+}
+
+/// The telephone-event payload of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelephoneEvent {
+    /// Its payload type toward the trunk.
+    pub trunk: PayloadType,
+    /// Its payload type toward the browser, if the browser negotiated it
+    /// too (then it is also in the payload map and relayed both ways);
+    /// `None`: the trunk's events reach the browser only as `dtmf` events.
+    pub browser: Option<PayloadType>,
+    pub clock_rate: u32,
+}
+
+/// Why [`CallRelay::send_dtmf`] refused a digit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DtmfRefused {
+    #[error("the trunk did not negotiate telephone-event (RFC 4733)")]
+    NotNegotiated,
+    #[error("too many digits are waiting to be sent")]
+    QueueFull,
+    #[error("the call's media has ended")]
+    Stopped,
 }
 
 /// Which socket of the call a datagram came in on or goes out of.
@@ -137,6 +167,9 @@ pub enum RelayEvent {
     /// The browser sent a DTLS close_notify (it closed the peer connection).
     /// Nothing is forwarded any more.
     BrowserClosed,
+    /// The trunk started a telephone-event (RFC 4733): reported once per
+    /// event, not per packet.
+    Dtmf { digit: DtmfDigit },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +279,13 @@ pub struct CallRelay {
     last_browser_rx: Instant,
     last_trunk_rx: Instant,
     media_timeout: Duration,
+    telephone_event: Option<TelephoneEvent>,
+    /// Digits toward the trunk, created at the first one.
+    dtmf_out: Option<DtmfSender>,
+    /// The RTP timestamp of the event `dtmf_out` plays.
+    dtmf_ts: u32,
+    /// Events from the trunk, told apart from their updates.
+    dtmf_in: DtmfReceiver,
 }
 
 impl CallRelay {
@@ -266,6 +306,7 @@ impl CallRelay {
             browser,
             trunk,
             payload_map,
+            telephone_event,
         } = params;
         let mut events = VecDeque::new();
         let mut phase = Phase::Connecting;
@@ -331,6 +372,10 @@ impl CallRelay {
             last_browser_rx: now,
             last_trunk_rx: now,
             media_timeout: Self::DEFAULT_MEDIA_TIMEOUT,
+            telephone_event,
+            dtmf_out: None,
+            dtmf_ts: 0,
+            dtmf_in: DtmfReceiver::default(),
         }
     }
 
@@ -456,6 +501,84 @@ impl CallRelay {
         self.trunk.filter.reset(trunk.ssrcs);
         self.trunk.media_source = trunk.media_source;
         self.payload_map = PayloadMap::new(&payload_map);
+        // The browser is not re-asked: its telephone-event keeps its number,
+        // the trunk's may have a new one (or be gone).
+        if let Some(te) = self.telephone_event {
+            if let Some(browser) = te.browser {
+                self.telephone_event =
+                    self.payload_map
+                        .map(Toward::Trunk, browser.0)
+                        .map(|(trunk, clock_rate)| TelephoneEvent {
+                            trunk: PayloadType(trunk),
+                            browser: Some(browser),
+                            clock_rate,
+                        });
+            }
+        }
+    }
+
+    /// Queues `digit` toward the trunk as RFC 4733 telephone-events (100 ms
+    /// tone, 100 ms gap; see [`super::dtmf`]), sent from
+    /// [`handle_timeout`](Self::handle_timeout) on the schedule
+    /// [`poll_timeout`](Self::poll_timeout) announces, inside the stream the
+    /// browser's voice goes in (same SSRC, sequence and clock). While an
+    /// event plays, the browser's voice toward the trunk is muted. Digits
+    /// queued before the browser's DTLS is up wait for it.
+    pub fn send_dtmf(&mut self, digit: DtmfDigit, now: Instant) -> Result<(), DtmfRefused> {
+        if self.phase == Phase::Stopped {
+            return Err(DtmfRefused::Stopped);
+        }
+        let te = self.telephone_event.ok_or(DtmfRefused::NotNegotiated)?;
+        let sender = self
+            .dtmf_out
+            .get_or_insert_with(|| DtmfSender::new(te.clock_rate, DtmfTiming::default()));
+        if sender.push(digit, now) {
+            Ok(())
+        } else {
+            Err(DtmfRefused::QueueFull)
+        }
+    }
+
+    /// Sends the DTMF packets due at `now`.
+    fn play_dtmf(&mut self, now: Instant) {
+        if self.phase != Phase::Connected {
+            return;
+        }
+        while let Some(packet) = self.dtmf_out.as_mut().and_then(|s| s.poll_packet(now)) {
+            self.send_event_packet(packet, now);
+        }
+    }
+
+    /// One telephone-event packet toward the trunk, continuing the stream.
+    fn send_event_packet(&mut self, packet: EventPacket, now: Instant) {
+        let Some(te) = self.telephone_event else {
+            return;
+        };
+        let (seq, ts) = self.to_trunk.insert(now, te.clock_rate);
+        if packet.start {
+            self.dtmf_ts = ts;
+        }
+        let mut buf = self.take_buffer();
+        buf.extend_from_slice(&[0x80, (u8::from(packet.start) << 7) | (te.trunk.0 & 0x7f)]);
+        buf.extend_from_slice(&seq.to_be_bytes());
+        buf.extend_from_slice(&self.dtmf_ts.to_be_bytes());
+        buf.extend_from_slice(&self.to_trunk.out_ssrc().0.to_be_bytes());
+        buf.extend_from_slice(&packet.payload());
+        if let Some((_, srtp_out)) = self.trunk.srtp.as_mut() {
+            let len = buf.len();
+            buf.resize(len + MAX_OVERHEAD, 0);
+            match srtp_out.protect_rtp_in_place(&mut buf, len) {
+                Ok(len) => buf.truncate(len),
+                Err(e) => {
+                    // Cannot happen with a keyed context and this room; if
+                    // it does, the digit is lost, not the call.
+                    tracing::warn!(error = %e, "cannot protect a DTMF packet");
+                    return self.recycle(buf);
+                }
+            }
+        }
+        let to = self.trunk.rtp_dest();
+        self.push(LegId::TrunkRtp, to, buf);
     }
 
     /// Handles one datagram received on `leg`'s socket from `from`.
@@ -547,10 +670,11 @@ impl CallRelay {
             Phase::Stopped => return None,
         };
         let dtls = self.browser.dtls.as_ref().and_then(|d| d.poll_timeout());
-        match (media, dtls) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let dtmf = match self.phase {
+            Phase::Connected => self.dtmf_out.as_ref().and_then(|s| s.poll_timeout()),
+            _ => None,
+        };
+        [media, dtls, dtmf].into_iter().flatten().min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -573,6 +697,7 @@ impl CallRelay {
             self.stats.media_timeouts.fetch_add(1, Relaxed);
             self.events.push_back(RelayEvent::Timeout { leg });
         }
+        self.play_dtmf(now);
     }
 
     // ---- browser leg ------------------------------------------------------
@@ -870,6 +995,18 @@ impl CallRelay {
                 let fields = parse_rtp(buf)?;
                 // A packet of a payload type nobody negotiated proves nothing
                 // about its source: it must not latch a trunk leg.
+                let trunk_event = toward == Toward::Browser
+                    && self
+                        .telephone_event
+                        .is_some_and(|te| te.trunk.0 == fields.payload_type);
+                if !trunk_event && self.payload_map.map(toward, fields.payload_type).is_none() {
+                    return Err(DropReason::UnknownPayloadType);
+                }
+                self.arrival_filter(toward).accept(ssrc, now);
+                self.heard_from(leg, from, now);
+                if self.dtmf_consumes(toward, &fields, buf) {
+                    return Ok(None);
+                }
                 let (pt, clock_rate) = self
                     .payload_map
                     .map(toward, fields.payload_type)
@@ -931,6 +1068,34 @@ impl CallRelay {
             buf.truncate(len);
         }
         Ok(Some((out_leg, to)))
+    }
+
+    /// The DTMF side of an authenticated RTP packet: a trunk's
+    /// telephone-event is reported (once per event) and still relayed when
+    /// the browser negotiated telephone-event too; the browser's voice is
+    /// muted toward the trunk while one of our events plays. `true` when
+    /// the packet goes no further.
+    fn dtmf_consumes(&mut self, toward: Toward, fields: &RtpFields, buf: &[u8]) -> bool {
+        let Some(te) = self.telephone_event else {
+            return false;
+        };
+        match toward {
+            Toward::Browser if fields.payload_type == te.trunk.0 => {
+                let payload = buf.get(fields.header_len..).unwrap_or_default();
+                if let Some(digit) = self.dtmf_in.on_packet(fields.timestamp, payload) {
+                    self.events.push_back(RelayEvent::Dtmf { digit });
+                }
+                te.browser.is_none()
+            }
+            Toward::Trunk
+                if self.dtmf_out.as_ref().is_some_and(|s| s.is_playing())
+                    && Some(PayloadType(fields.payload_type)) != te.browser =>
+            {
+                self.to_trunk.suppress(fields);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The SSRC filter of the leg a packet going `toward` arrived on.
@@ -1011,6 +1176,11 @@ fn random_ssrc() -> Ssrc {
     Ssrc(rand::random::<u32>().max(1))
 }
 
+/// DTMF toward the trunk and from it, on the fixtures of `tests`.
+#[cfg(test)]
+#[path = "relay_dtmf_tests.rs"]
+mod dtmf_tests;
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1073,6 +1243,7 @@ pub(crate) mod tests {
                 media_source: MediaSource::Signaled,
             },
             payload_map: payload_map(),
+            telephone_event: None,
         }
     }
 
@@ -1083,22 +1254,22 @@ pub(crate) mod tests {
             .clone()
     }
 
-    const BROWSER: &str = "198.51.100.7:50000";
+    pub(crate) const BROWSER: &str = "198.51.100.7:50000";
 
     /// A relay past DTLS, with the simulated peers' SRTP contexts.
-    struct Keyed {
-        relay: CallRelay,
-        counters: Arc<CallCounters>,
+    pub(crate) struct Keyed {
+        pub(crate) relay: CallRelay,
+        pub(crate) counters: Arc<CallCounters>,
         /// The browser's sender (we unprotect) and receiver (we protect).
-        browser_tx: SrtpContext,
-        browser_rx: SrtpContext,
+        pub(crate) browser_tx: SrtpContext,
+        pub(crate) browser_rx: SrtpContext,
         /// The trunk's sender and receiver (SDES), if SRTP.
-        trunk_tx: Option<SrtpContext>,
-        trunk_rx: Option<SrtpContext>,
-        t0: Instant,
+        pub(crate) trunk_tx: Option<SrtpContext>,
+        pub(crate) trunk_rx: Option<SrtpContext>,
+        pub(crate) t0: Instant,
     }
 
-    fn keyed(sdes: bool, remote_rtcp: Option<SocketAddr>) -> Keyed {
+    pub(crate) fn keyed(sdes: bool, remote_rtcp: Option<SocketAddr>) -> Keyed {
         keyed_from(sdes, remote_rtcp, MediaSource::Signaled)
     }
 
@@ -1151,13 +1322,13 @@ pub(crate) mod tests {
         out
     }
 
-    fn protect(ctx: &mut SrtpContext, plain: &[u8]) -> Vec<u8> {
+    pub(crate) fn protect(ctx: &mut SrtpContext, plain: &[u8]) -> Vec<u8> {
         let mut out = vec![];
         ctx.protect_rtp(plain, &mut out).unwrap();
         out
     }
 
-    fn unprotect(ctx: &mut SrtpContext, srtp: &[u8]) -> Vec<u8> {
+    pub(crate) fn unprotect(ctx: &mut SrtpContext, srtp: &[u8]) -> Vec<u8> {
         let mut out = vec![];
         ctx.unprotect_rtp(srtp, &mut out).unwrap();
         out
@@ -1174,11 +1345,11 @@ pub(crate) mod tests {
         (to, data)
     }
 
-    fn ms(n: u64) -> Duration {
+    pub(crate) fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
 
-    fn trunk_snap(k: &Keyed) -> LegSnapshot {
+    pub(crate) fn trunk_snap(k: &Keyed) -> LegSnapshot {
         k.counters.trunk.snapshot()
     }
 

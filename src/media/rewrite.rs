@@ -125,7 +125,8 @@ pub struct StreamRewriter {
 
 #[derive(Debug, Clone, Copy)]
 struct StreamState {
-    in_ssrc: Ssrc,
+    /// `None` while only packets of our own (DTMF) went out.
+    in_ssrc: Option<Ssrc>,
     /// Added (wrapping) to the input sequence number.
     seq_delta: u16,
     /// Added (wrapping) to the input timestamp.
@@ -150,7 +151,7 @@ impl StreamRewriter {
 
     /// The input SSRC currently mapped onto the output stream.
     pub fn in_ssrc(&self) -> Option<Ssrc> {
-        self.state.map(|s| s.in_ssrc)
+        self.state.and_then(|s| s.in_ssrc)
     }
 
     /// Changes the output SSRC; only meaningful before the first packet (the
@@ -180,14 +181,14 @@ impl StreamRewriter {
         let state = match self.state {
             // The first stream keeps its own numbering: nothing to continue.
             None => StreamState {
-                in_ssrc: fields.ssrc,
+                in_ssrc: Some(fields.ssrc),
                 seq_delta: 0,
                 ts_delta: 0,
                 out_seq: fields.sequence,
                 out_ts: fields.timestamp,
                 last_arrival: now,
             },
-            Some(s) if s.in_ssrc == fields.ssrc => s,
+            Some(s) if s.in_ssrc == Some(fields.ssrc) => s,
             Some(s) => {
                 // A new input stream: continue right after the last output
                 // packet, in sequence and in time. At least one tick so the
@@ -206,7 +207,7 @@ impl StreamRewriter {
                 // Tell the receiver's jitter buffer to resynchronise.
                 marker = true;
                 StreamState {
-                    in_ssrc: fields.ssrc,
+                    in_ssrc: Some(fields.ssrc),
                     seq_delta: next_seq.wrapping_sub(fields.sequence),
                     ts_delta: next_ts.wrapping_sub(fields.timestamp),
                     out_seq: next_seq.wrapping_sub(1),
@@ -230,6 +231,51 @@ impl StreamRewriter {
         packet[2..4].copy_from_slice(&out_seq.to_be_bytes());
         packet[4..8].copy_from_slice(&out_ts.to_be_bytes());
         packet[8..12].copy_from_slice(&self.out_ssrc.0.to_be_bytes());
+    }
+}
+
+impl StreamRewriter {
+    /// The sequence number and timestamp for a packet the relay makes
+    /// itself (a DTMF event) at `now`: the sequence right after the newest
+    /// packet sent, later input packets shifted by one so the stream stays
+    /// gapless; the timestamp where the stream's clock (`clock_rate`) stands
+    /// now. Before any input packet the stream starts at random values (RFC
+    /// 3550 5.1) and the first input stream continues it like an SSRC change.
+    pub fn insert(&mut self, now: Instant, clock_rate: u32) -> (u16, u32) {
+        let mut state = self.state.unwrap_or_else(|| StreamState {
+            in_ssrc: None,
+            seq_delta: 0,
+            ts_delta: 0,
+            out_seq: rand::random(),
+            out_ts: rand::random(),
+            last_arrival: now,
+        });
+        let gap = now.saturating_duration_since(state.last_arrival);
+        // Saturates: a stream silent for hours gets a wrong but harmless
+        // timestamp rather than an overflow.
+        let ticks = u32::try_from(gap.as_micros() * u128::from(clock_rate) / 1_000_000)
+            .unwrap_or(u32::MAX / 2);
+        let ts = state.out_ts.wrapping_add(ticks);
+        state.out_seq = state.out_seq.wrapping_add(1);
+        state.seq_delta = state.seq_delta.wrapping_add(1);
+        self.state = Some(state);
+        (state.out_seq, ts)
+    }
+
+    /// An input packet of the current stream that is not forwarded (voice
+    /// muted while a DTMF event plays): later packets shift back by one so
+    /// the receiver sees no loss. Reordered older packets change nothing.
+    pub fn suppress(&mut self, fields: &RtpFields) {
+        let Some(state) = self.state.as_mut() else {
+            return;
+        };
+        if state.in_ssrc != Some(fields.ssrc) {
+            return;
+        }
+        let out = fields.sequence.wrapping_add(state.seq_delta);
+        if (out.wrapping_sub(state.out_seq) as i16) > 0 {
+            state.seq_delta = state.seq_delta.wrapping_sub(1);
+        }
     }
 }
 

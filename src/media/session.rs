@@ -40,6 +40,8 @@ pub(crate) enum Command {
     MediaTimeout(std::time::Duration),
     /// End the call: DTLS close_notify to the browser, then exit.
     Stop,
+    /// A digit toward the trunk (RFC 4733); the relay schedules its packets.
+    Dtmf(crate::types::DtmfDigit),
 }
 
 /// Largest datagram we read; anything longer is truncated by the kernel and
@@ -109,6 +111,14 @@ pub(crate) async fn run(
             }
             cmd = commands.recv() => match cmd {
                 Some(Command::MediaTimeout(timeout)) => relay.set_media_timeout(timeout),
+                Some(Command::Dtmf(digit)) => {
+                    // The B2BUA checked telephone-event was negotiated; a
+                    // refusal here (queue full, media over) loses the digit
+                    // (not logged: digits are PINs and card numbers).
+                    if let Err(e) = relay.send_dtmf(digit, Instant::now()) {
+                        tracing::warn!(reason = %e, "DTMF digit not sent");
+                    }
+                }
                 Some(Command::UpdateTrunk(update)) => {
                     let (trunk, payload_map) = *update;
                     relay.update_trunk(trunk, payload_map);
@@ -173,7 +183,10 @@ async fn flush(relay: &mut CallRelay, sockets: &CallSockets) {
 async fn forward_events(relay: &mut CallRelay, events: &mpsc::Sender<MediaEvent>) -> bool {
     let mut over = false;
     while let Some(event) = relay.poll_event() {
-        let terminal = !matches!(event, RelayEvent::BrowserConnected { .. });
+        let terminal = !matches!(
+            event,
+            RelayEvent::BrowserConnected { .. } | RelayEvent::Dtmf { .. }
+        );
         let event = match event {
             RelayEvent::BrowserConnected { suite } => {
                 tracing::info!(%suite, "browser media connected");
@@ -188,6 +201,7 @@ async fn forward_events(relay: &mut CallRelay, events: &mpsc::Sender<MediaEvent>
                 tracing::info!(leg = leg.label(), "media timeout");
                 MediaEvent::Timeout
             }
+            RelayEvent::Dtmf { digit } => MediaEvent::Dtmf { digit },
             RelayEvent::BrowserClosed => {
                 over = true;
                 tracing::info!("browser closed DTLS");

@@ -329,9 +329,29 @@ impl TrunkOfferParams {
 }
 
 /// The codecs offered to the trunk for this browser offer, in the browser's
-/// order with its payload types.
+/// order with its payload types; plus telephone-event/8000 when the browser
+/// offered an 8 kHz codec but no telephone-event at that clock (aiortc,
+/// some softphones): the gateway then sends the browser's digits itself
+/// (`dtmf` messages) and reads the trunk's, so the trunk must have it.
 fn trunk_offer_codecs(offer: &BrowserOffer) -> Vec<Codec> {
-    usable_codecs(&offer.codecs)
+    let mut codecs = usable_codecs(&offer.codecs);
+    let narrowband = codecs
+        .iter()
+        .any(|c| !c.is_telephone_event() && c.clock_rate == 8000);
+    if narrowband && offer.telephone_event(8000).is_none() {
+        let taken = |pt: u8| offer.codecs.iter().any(|c| c.pt.0 == pt);
+        // 101 is what most SIP equipment uses; else the first free dynamic.
+        if let Some(pt) = std::iter::once(101).chain(96..=127).find(|&pt| !taken(pt)) {
+            codecs.push(Codec {
+                pt: PayloadType(pt),
+                name: CodecName::TelephoneEvent,
+                clock_rate: 8000,
+                channels: 1,
+                fmtp: Some("0-15".into()),
+            });
+        }
+    }
+    codecs
 }
 
 /// Writes the SDP of the INVITE to the trunk. No ICE, no fingerprint, no
@@ -407,6 +427,9 @@ pub struct TrunkAnswer {
     /// `(trunk_pt, browser_pt)` of telephone-event at the codec's clock, if
     /// both sides have it.
     pub telephone_event: Option<(PayloadType, PayloadType)>,
+    /// The trunk's PT of telephone-event at the codec's clock, whether or
+    /// not the browser has it (the gateway's own DTMF toward the trunk).
+    pub trunk_telephone_event: Option<PayloadType>,
     /// `None` for plain RTP. See [`TrunkAnswer::is_secure`].
     pub crypto: Option<AcceptedCrypto>,
     pub ssrcs: Vec<Ssrc>,
@@ -487,17 +510,19 @@ pub fn parse_trunk_answer(
                 .map(|o| (o.clone(), a.pt, a.fmtp.clone()))
         })
         .ok_or(SdpError::NoCommonCodec)?;
-    let telephone_event = audio
+    let trunk_telephone_event = audio
         .formats
         .iter()
         .filter_map(|&pt| answered(pt))
-        .filter(|a| a.is_telephone_event() && a.clock_rate == codec.clock_rate)
-        .find_map(|a| {
-            offered_codecs
-                .iter()
-                .find(|o| o.same_as(&a))
-                .map(|o| (a.pt, o.pt))
-        });
+        .find(|a| {
+            a.is_telephone_event()
+                && a.clock_rate == codec.clock_rate
+                && offered_codecs.iter().any(|o| o.same_as(a))
+        })
+        .map(|a| a.pt);
+    // Relayed both ways only if the browser offered it (not one we added).
+    let telephone_event =
+        trunk_telephone_event.zip(offer.telephone_event(codec.clock_rate).map(|o| o.pt));
 
     Ok(TrunkAnswer {
         remote_rtp,
@@ -507,6 +532,7 @@ pub fn parse_trunk_answer(
         codec_trunk_pt,
         codec_trunk_fmtp,
         telephone_event,
+        trunk_telephone_event,
         crypto,
         ssrcs: audio.ssrcs.clone(),
         direction: audio.direction,
@@ -1135,22 +1161,28 @@ mod tests {
 
     #[test]
     fn telephone_event_48k_only_is_offered_with_opus_only() {
-        // Only opus and PCMU, and telephone-event only at 48 kHz: te goes
-        // with opus; no te/8000 is invented for PCMU.
+        // Only opus and PCMU, and telephone-event only at 48 kHz: te/48000
+        // goes with opus, and te/8000 is added for PCMU (the gateway's own
+        // DTMF), under 101.
         let sdp = CHROME
             .replace("111 63 9 0 8 13 110 126", "111 0 110")
             .replace("a=rtpmap:126 telephone-event/8000\r\n", "");
         let o = parse_browser_offer(&sdp).unwrap();
         let offer = write_trunk_offer(&o, &plain_params());
-        assert!(has(&offer, "m=audio 20000 RTP/AVP 111 0 110"), "{offer}");
-        // The trunk picks PCMU: no telephone-event to map.
+        assert!(
+            has(&offer, "m=audio 20000 RTP/AVP 111 0 110 101"),
+            "{offer}"
+        );
+        assert!(has(&offer, "a=rtpmap:101 telephone-event/8000"), "{offer}");
+        // The trunk picks PCMU without telephone-event: nothing to map.
         let answer =
             "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
                       m=audio 4000 RTP/AVP 0 110\r\na=rtpmap:110 telephone-event/48000\r\n";
         let a = parse_trunk_answer(answer, &plain_params(), &o).unwrap();
         assert_eq!(a.codec.name, CodecName::Pcmu);
         assert_eq!(a.telephone_event, None);
-        // Without opus, a te/48000-only offer loses its te altogether.
+        // Without opus, a te/48000-only offer loses its te/48000; the
+        // te/8000 we add is ours.
         let sdp = CHROME
             .replace("111 63 9 0 8 13 110 126", "0 110")
             .replace("a=rtpmap:126 telephone-event/8000\r\n", "");
@@ -1158,8 +1190,43 @@ mod tests {
         assert_eq!(o.codecs.len(), 1);
         assert!(has(
             &write_trunk_offer(&o, &plain_params()),
-            "m=audio 20000 RTP/AVP 0"
+            "m=audio 20000 RTP/AVP 0 101"
         ));
+    }
+
+    #[test]
+    fn telephone_event_8k_is_added_for_browsers_without_it() {
+        // aiortc offers opus, PCMU and PCMA and no telephone-event; 101 is
+        // taken, so the first free dynamic PT carries it.
+        let sdp = CHROME
+            .replace("111 63 9 0 8 13 110 126", "101 0 8")
+            .replace("a=rtpmap:111 opus", "a=rtpmap:101 opus")
+            .replace("a=fmtp:111 ", "a=fmtp:101 ")
+            .replace("a=rtpmap:126 telephone-event/8000\r\n", "")
+            .replace("a=rtpmap:110 telephone-event/48000\r\n", "");
+        let o = parse_browser_offer(&sdp).unwrap();
+        assert!(o.telephone_event(8000).is_none());
+        let offer = write_trunk_offer(&o, &plain_params());
+        assert!(has(&offer, "m=audio 20000 RTP/AVP 101 0 8 96"), "{offer}");
+        assert!(has(&offer, "a=rtpmap:96 telephone-event/8000"), "{offer}");
+        // The trunk takes it: ours alone (the browser is not given it).
+        let answer =
+            "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
+                      m=audio 4000 RTP/AVP 0 100\r\na=rtpmap:100 telephone-event/8000\r\n";
+        let a = parse_trunk_answer(answer, &plain_params(), &o).unwrap();
+        assert_eq!(a.trunk_telephone_event, Some(PayloadType(100)));
+        assert_eq!(a.telephone_event, None);
+        let browser = write_browser_answer(&o, &a, &answer_params(None));
+        assert!(!browser.contains("telephone-event"), "{browser}");
+        // A browser that has it gets both.
+        let o = parse_browser_offer(CHROME).unwrap();
+
+        let a = parse_trunk_answer(answer, &plain_params(), &o).unwrap();
+        assert_eq!(a.trunk_telephone_event, Some(PayloadType(100)));
+        assert_eq!(
+            a.telephone_event,
+            Some((PayloadType(100), PayloadType(126)))
+        );
     }
 
     #[test]

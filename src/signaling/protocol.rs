@@ -6,7 +6,7 @@
 //! sees well-formed commands.
 
 use crate::calls::api::{SessionCommand, SessionEvent};
-use crate::types::CallId;
+use crate::types::{CallId, DtmfDigit};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -16,12 +16,14 @@ pub(crate) const MAX_ID_LEN: usize = 64;
 pub(crate) const MAX_TO_LEN: usize = 64;
 /// Largest SDP offer accepted; a WebRTC audio offer is 2–6 KiB.
 pub(crate) const MAX_SDP_LEN: usize = 16 * 1024;
+/// Most digits in one `dtmf` message (each plays 200 ms: 6.4 s).
+pub(crate) const MAX_DTMF_DIGITS: usize = 32;
 /// Largest WebSocket message; bigger ones close the socket.
 pub(crate) const MAX_MESSAGE_LEN: usize = 64 * 1024;
 
 /// Message types of PROTOCOL.md that the call layer cannot handle yet; they
 /// get a 501 instead of the 400 of an unknown type.
-const NOT_IMPLEMENTED: [&str; 4] = ["dtmf", "hold", "resume", "transfer"];
+const NOT_IMPLEMENTED: [&str; 3] = ["hold", "resume", "transfer"];
 
 /// Why a browser message was refused; becomes an `error` message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +99,12 @@ pub fn parse_command(text: &str) -> Result<SessionCommand, Refusal> {
             })
         }
         "reject" => Ok(SessionCommand::Reject { id: id? }),
+        "dtmf" => {
+            let id = id?;
+            let digits = field_str(&obj, "digits", Some(&id))?;
+            let digits = parse_digits(digits).map_err(|m| Refusal::bad(Some(&id), m))?;
+            Ok(SessionCommand::Dtmf { id, digits })
+        }
         other if NOT_IMPLEMENTED.contains(&other) => Err(Refusal {
             id: id_ok,
             code: 501,
@@ -173,6 +181,22 @@ fn check_dial_string(to: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The `digits` of a `dtmf` message: 1 to `MAX_DTMF_DIGITS` of `0-9 * # A-D`.
+fn parse_digits(digits: &str) -> Result<Vec<DtmfDigit>, String> {
+    if digits.chars().count() > MAX_DTMF_DIGITS {
+        return Err(format!(
+            "field `digits` has more than {MAX_DTMF_DIGITS} digits"
+        ));
+    }
+    digits
+        .chars()
+        .map(|c| {
+            DtmfDigit::from_char(c)
+                .ok_or_else(|| format!("field `digits`: {c:?} is not a DTMF digit (0-9 * # A-D)"))
+        })
+        .collect()
+}
+
 /// At most 32 characters of an untrusted string, for echoing it back.
 fn shorten(s: &str) -> &str {
     match s.char_indices().nth(32) {
@@ -210,6 +234,10 @@ enum Wire<'a> {
         id: &'a str,
         by: crate::calls::api::HoldParty,
     },
+    Dtmf {
+        id: &'a str,
+        digit: String,
+    },
     Incoming {
         id: &'a str,
         from: &'a str,
@@ -243,6 +271,10 @@ pub(crate) fn event_json(event: &SessionEvent) -> String {
         },
         SessionEvent::Held { id, by } => Wire::Held { id: &id.0, by: *by },
         SessionEvent::Resumed { id, by } => Wire::Resumed { id: &id.0, by: *by },
+        SessionEvent::Dtmf { id, digit } => Wire::Dtmf {
+            id: &id.0,
+            digit: digit.to_string(),
+        },
         SessionEvent::Incoming {
             id,
             from,
@@ -400,10 +432,31 @@ mod tests {
             ),
             (json!({"type":"reject"}).to_string(), None, 400),
             (
-                json!({"type":"dtmf","id":"c1","digits":"1"}).to_string(),
+                json!({"type":"dtmf","id":"c1","digits":"1x"}).to_string(),
                 Some("c1"),
-                501,
+                400,
             ),
+            (
+                json!({"type":"dtmf","id":"c1","digits":""}).to_string(),
+                Some("c1"),
+                400,
+            ),
+            (
+                json!({"type":"dtmf","id":"c1"}).to_string(),
+                Some("c1"),
+                400,
+            ),
+            (
+                json!({"type":"dtmf","id":"c1","digits":5}).to_string(),
+                Some("c1"),
+                400,
+            ),
+            (
+                json!({"type":"dtmf","id":"c1","digits":"1".repeat(33)}).to_string(),
+                Some("c1"),
+                400,
+            ),
+            (json!({"type":"dtmf","digits":"1"}).to_string(), None, 400),
             (
                 json!({"type":"hold","id":"c1"}).to_string(),
                 Some("c1"),
@@ -437,6 +490,19 @@ mod tests {
     }
 
     #[test]
+    fn dtmf_parses_every_digit() {
+        let parsed = parse(json!({"type":"dtmf","id":"c1","digits":"0123456789*#ABCDabcd"}));
+        let Ok(SessionCommand::Dtmf { id, digits }) = parsed else {
+            panic!("{parsed:?}");
+        };
+        assert_eq!(id, CallId("c1".into()));
+        let text: String = digits.iter().map(|d| d.as_char()).collect();
+        assert_eq!(text, "0123456789*#ABCDABCD");
+        let max = "#".repeat(MAX_DTMF_DIGITS);
+        assert!(parse(json!({"type":"dtmf","id":"c1","digits":max})).is_ok());
+    }
+
+    #[test]
     fn unknown_type_is_echoed_short() {
         let refusal = parse(json!({"type": "y".repeat(1000)})).unwrap_err();
         assert!(refusal.message.len() < 80, "{}", refusal.message);
@@ -452,6 +518,13 @@ mod tests {
                     code: 180,
                 },
                 json!({"type":"progress","id":"c1","code":180}),
+            ),
+            (
+                SessionEvent::Dtmf {
+                    id: id(),
+                    digit: crate::types::DtmfDigit::from_char('#').unwrap(),
+                },
+                json!({"type":"dtmf","id":"c1","digit":"#"}),
             ),
             (
                 SessionEvent::Answer {

@@ -242,6 +242,7 @@ fn command_name(cmd: &crate::calls::api::SessionCommand) -> (&'static str, &str)
         SessionCommand::Hangup { id } => ("hangup", &id.0),
         SessionCommand::Accept { id, .. } => ("accept", &id.0),
         SessionCommand::Reject { id } => ("reject", &id.0),
+        SessionCommand::Dtmf { id, .. } => ("dtmf", &id.0),
     }
 }
 

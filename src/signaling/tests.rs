@@ -568,8 +568,8 @@ async fn bad_messages_get_errors_and_the_socket_keeps_working() {
         (text(json!({"type":"accept","id":"c1"})), 400, Some("c1")),
         (text(json!({"type":"reject"})), 400, None),
         (
-            text(json!({"type":"dtmf","id":"c1","digits":"12"})),
-            501,
+            text(json!({"type":"dtmf","id":"c1","digits":"1?"})),
+            400,
             Some("c1"),
         ),
         (text(json!({"type":"hold","id":"c1"})), 501, Some("c1")),

@@ -15,11 +15,13 @@
 //! the same response, as its server transaction would.
 
 use rsip::message::HeadersExt;
-use rsip::{Method, Request, Response};
+use rsip::{Header, Method, Request, Response};
 
+use super::info::{self, InfoBody};
 use super::message::{self, RequestParts, ResponseParts};
 use super::target::Target;
 use super::{SipError, Transport};
+use crate::types::DtmfDigit;
 
 /// How the gateway appears in the requests it writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +70,8 @@ pub enum InDialog {
     /// A re-INVITE or UPDATE in order: its answer depends on the session
     /// (the B2BUA's SDP), so the caller writes it with [`Dialog::answer`].
     Offer,
+    /// An INFO with a DTMF digit (see `sip::info`), with its 200.
+    Dtmf(Response, DtmfDigit),
 }
 
 impl Dialog {
@@ -316,17 +320,30 @@ impl Dialog {
             return InDialog::Other(respond(500));
         }
         self.remote_cseq = Some(seq);
+        let mut digit = None;
         let answer = match req.method {
             Method::Bye => respond(200),
+            Method::Info => {
+                let body = InfoBody::parse(message::content_type(req).as_deref(), &req.body);
+                if let InfoBody::Dtmf(d) = body {
+                    digit = Some(d);
+                }
+                let mut resp = respond(body.status());
+                if body == InfoBody::Unsupported {
+                    resp.headers.push(Header::Accept(info::ACCEPT.into()));
+                }
+                resp
+            }
             // Keep-alives and mid-call notifications are harmless to accept.
-            Method::Options | Method::Info | Method::Notify => respond(200),
+            Method::Options | Method::Notify => respond(200),
             // Re-INVITE and UPDATE need the B2BUA's media answer.
             Method::Invite | Method::Update => return InDialog::Offer,
             _ => respond(501),
         };
         self.last_remote = Some((branch, req.method, seq, answer.clone()));
-        match req.method {
-            Method::Bye => InDialog::Bye(answer),
+        match (req.method, digit) {
+            (Method::Bye, _) => InDialog::Bye(answer),
+            (_, Some(digit)) => InDialog::Dtmf(answer, digit),
             _ => InDialog::Other(answer),
         }
     }
@@ -686,7 +703,60 @@ mod tests {
             InDialog::Other(r) => ("other", r.status_code.code()),
             InDialog::Retransmission(r) => ("again", r.status_code.code()),
             InDialog::Ack => ("ack", 0),
+            InDialog::Dtmf(r, d) => (
+                if d.as_char() == '5' { "dtmf 5" } else { "dtmf" },
+                r.status_code.code(),
+            ),
         }
+    }
+
+    #[test]
+    fn info_with_dtmf_is_a_digit_and_other_bodies_get_415() {
+        let inv = invite();
+        let mut d = Dialog::uac(&inv, &ok_with_routes(&inv, &[]), local()).unwrap();
+        let info = |seq: u32, branch: &str, ct: Option<&str>, body: &str| {
+            let mut req = peer_request(Method::Info, seq, branch);
+            if let Some(ct) = ct {
+                req.headers.push(Header::ContentType(ct.into()));
+            }
+            req.body = body.as_bytes().to_vec();
+            req
+        };
+        let relay = info(
+            30,
+            "z9hG4bKi30",
+            Some("application/dtmf-relay"),
+            "Signal=5\r\nDuration=160\r\n",
+        );
+        assert_eq!(code(d.handle_request(&relay)), ("dtmf 5", 200));
+        // Its retransmission is answered again, not a second digit.
+        assert_eq!(code(d.handle_request(&relay)), ("again", 200));
+        let plain = info(31, "z9hG4bKi31", Some("application/dtmf"), "#");
+        assert_eq!(code(d.handle_request(&plain)), ("dtmf", 200));
+        let xml = info(
+            32,
+            "z9hG4bKi32",
+            Some("application/media_control+xml"),
+            "<x/>",
+        );
+        match d.handle_request(&xml) {
+            InDialog::Other(r) => {
+                assert_eq!(r.status_code.code(), 415);
+                assert!(r.headers.iter().any(
+                    |h| matches!(h, Header::Accept(a) if a.to_string().contains(info::ACCEPT))
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = info(
+            33,
+            "z9hG4bKi33",
+            Some("application/dtmf-relay"),
+            "Duration=160",
+        );
+        assert_eq!(code(d.handle_request(&bad)), ("other", 400));
+        let empty = info(34, "z9hG4bKi34", None, "");
+        assert_eq!(code(d.handle_request(&empty)), ("other", 200));
     }
 
     #[test]

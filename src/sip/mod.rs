@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod auth_server;
 pub mod dialog;
+pub mod info;
 pub mod message;
 pub mod probe;
 pub mod register;

@@ -90,6 +90,8 @@ pub enum UacEvent {
     /// The trunk's re-INVITE or UPDATE, or the answer in the ACK of our 2xx
     /// to an offerless re-INVITE.
     Renegotiation(RenegotiationEvent),
+    /// The trunk sent a DTMF digit in an INFO (answered 200).
+    Dtmf(crate::types::DtmfDigit),
     /// Nothing left to do: the object can be dropped.
     Terminated,
 }
@@ -349,6 +351,10 @@ impl OutgoingCall {
                 }
             }
             InDialog::Other(resp) | InDialog::Retransmission(resp) => self.reply(resp),
+            InDialog::Dtmf(resp, digit) => {
+                self.reply(resp);
+                self.events.push_back(UacEvent::Dtmf(digit));
+            }
         }
         while let Some(ev) = self.updates.poll_event() {
             self.events.push_back(UacEvent::Renegotiation(ev));

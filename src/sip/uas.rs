@@ -53,6 +53,8 @@ pub enum UasEvent {
     /// The caller's re-INVITE or UPDATE, or the answer in the ACK of our
     /// 2xx to an offerless re-INVITE.
     Renegotiation(RenegotiationEvent),
+    /// The caller sent a DTMF digit in an INFO (answered 200).
+    Dtmf(crate::types::DtmfDigit),
     /// Nothing left to do: the object can be dropped.
     Terminated,
 }
@@ -376,6 +378,11 @@ impl IncomingCall {
                     InDialog::Other(resp) => self
                         .transmit
                         .push_back((message::to_bytes(resp), self.caller())),
+                    InDialog::Dtmf(resp, digit) => {
+                        self.transmit
+                            .push_back((message::to_bytes(resp), self.caller()));
+                        self.events.push_back(UasEvent::Dtmf(digit));
+                    }
                 }
             }
         }

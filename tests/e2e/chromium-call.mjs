@@ -9,7 +9,9 @@
 // Env: GATEWAY_URL (https://127.0.0.1:8443), GW_ACCOUNT, GW_PASSWORD,
 // GW_NUMBER, ARTIFACT_DIR (default ./artifacts), EXPECT_TRUNK_SECURITY
 // (optional, e.g. "sdes-srtp"), MEDIA_SECONDS (default 6),
-// CHROMIUM_PATH (default /usr/bin/chromium).
+// CHROMIUM_PATH (default /usr/bin/chromium), DTMF_DIGITS (optional: pressed
+// on the dial pad once connected, 300 ms apart; the page must show them as
+// sent and no error).
 
 import { chromium } from 'playwright-core';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -24,6 +26,7 @@ const ARTIFACT_DIR = path.resolve(env.ARTIFACT_DIR || 'artifacts');
 const EXPECT_TRUNK = env.EXPECT_TRUNK_SECURITY || '';
 const MEDIA_MS = Math.round(1000 * Number(env.MEDIA_SECONDS || 6));
 const CHROMIUM = env.CHROMIUM_PATH || '/usr/bin/chromium';
+const DTMF = env.DTMF_DIGITS || '';
 
 const CONNECT_TIMEOUT_MS = 20000;
 const OVERALL_TIMEOUT_MS = 120000;
@@ -272,6 +275,26 @@ async function run() {
   await page.waitForTimeout(MEDIA_MS);
   st = await readState(page);
   if (st.state !== 'connected') fail(`call dropped during media: ${st.text}`);
+
+  if (DTMF) {
+    step(`pressing ${DTMF} on the dial pad during the call`);
+    for (const ch of DTMF) {
+      await page.locator(`#dialpad button[data-digit="${ch}"]`).click();
+      await page.waitForTimeout(300);
+    }
+    // The gateway plays them 200 ms apart; the call's audio goes on.
+    await page.waitForTimeout(1500);
+    const tones = await page.evaluate(() => ({
+      shown: !document.getElementById('call-dtmf').hidden,
+      sent: document.getElementById('dtmf-sent').textContent,
+      message: document.getElementById('call-message').hidden ? '' : document.getElementById('call-message').textContent,
+    }));
+    summary.dtmf = tones;
+    if (!tones.shown || tones.sent !== DTMF) fail(`the page shows tones sent "${tones.sent}" (visible: ${tones.shown}), expected "${DTMF}"`);
+    if (tones.message) fail(`the page shows a message after the tones: ${tones.message}`);
+    st = await readState(page);
+    if (st.state !== 'connected') fail(`call dropped after the tones: ${st.text}`);
+  }
 
   const stats = await readStats(page);
   summary.stats = stats;

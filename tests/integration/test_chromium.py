@@ -55,3 +55,34 @@ def test_chromium_call(workdir, gateway_sdes, baresip_sdes):
     assert rx > 0, "baresip received no RTP from Chromium"
     shots = list(artifacts.glob("*.png"))
     assert shots, f"no screenshot in {artifacts}"
+
+
+@pytest.mark.timeout(240)
+def test_chromium_dial_pad_sends_dtmf(workdir, gateway_sdes, baresip_sdes):
+    """The web client's dial pad during a call: Chromium (which offers
+    telephone-event/8000, so the events are relayed under its numbers) presses
+    4, *, 7; the page shows them as sent, and baresip logs each as an RFC
+    4733 event it decoded."""
+    import re
+    from harness import save_result, wait_until
+    node = shutil.which("node")
+    assert node and (SCRIPT.parent / "node_modules").exists(), "node and tests/e2e/node_modules are needed"
+    gw, trunk = gateway_sdes, baresip_sdes
+    artifacts = workdir / "chromium"
+    artifacts.mkdir()
+    env = dict(os.environ)
+    env.update(GATEWAY_URL=gw.base_url, GW_ACCOUNT=gw.account, GW_PASSWORD=gw.password,
+               GW_NUMBER=TRUNK_NUMBER, ARTIFACT_DIR=str(artifacts), MEDIA_SECONDS="2",
+               DTMF_DIGITS="4*7")
+    out = workdir / "chromium-call.log"
+    with open(out, "wb") as log:
+        rc = subprocess.run([node, str(SCRIPT)], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT, timeout=200).returncode
+    text = out.read_text(errors="replace")
+    assert rc == 0, f"chromium-call.mjs exited {rc}; output ({out}):\n{text[-4000:]}"
+    trunk.wait_bye()
+    digits = lambda: "".join(re.findall(r"received event: '(.)' \(end=0\)", trunk.log()))
+    wait_until(lambda: len(digits()) >= 3, 5, f"three digits in baresip's log ({trunk.log_path})")
+    invite = trunk.received("INVITE")[0].text
+    save_result(workdir, baresip_digits=digits(), te_offered=re.findall(r"a=rtpmap:\d+ telephone-event/\d+", invite))
+    assert digits() == "4*7", f"baresip logged {digits()!r}"

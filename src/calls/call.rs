@@ -49,6 +49,7 @@ use crate::sdp::{
 };
 use crate::sip::auth::DigestCredentials;
 use crate::sip::message::{self, ResponseParts};
+use crate::sip::own_requests::OwnEvent;
 use crate::sip::reinvite::{OfferAnswer, RenegotiationEvent};
 use crate::sip::target::Target;
 use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
@@ -135,6 +136,8 @@ pub enum SessionInput {
     Gone { session: SessionKey },
     /// A session of the account opened while the call rings: ring it too.
     Join { session: SessionKey },
+    /// `hold` (true) or `resume` (false) from the owner of a connected call.
+    Hold { session: SessionKey, hold: bool },
     /// The gateway is stopping.
     Shutdown,
 }
@@ -147,6 +150,9 @@ pub enum MediaCommand {
     SetTimeout(Duration),
     /// A later SDP of the trunk moved or re-keyed its leg.
     UpdateTrunk(Box<TrunkLegParams>, Vec<(PayloadType, PayloadType, u32)>),
+    /// The browser's hold is in force (true) or over: the relay stops or
+    /// resumes sending the browser's audio to the trunk.
+    Hold(bool),
     Stop,
 }
 
@@ -255,6 +261,8 @@ struct Common {
     /// measures silence from the last packet, which on a long hold is far
     /// in the past, so the trunk gets `answered_media` to start sending.
     resume_deadline: Option<Instant>,
+    /// The browser's `hold` (true) or `resume` whose re-INVITE is out.
+    hold_request: Option<bool>,
     /// Set once the browser side has been told the call ended.
     ended: Option<Cause>,
     /// The SIP side is done (or given up on): the driver can drop the call.
@@ -288,6 +296,7 @@ impl Common {
             teardown_deadline: None,
             trunk_session: None,
             resume_deadline: None,
+            hold_request: None,
             ended: None,
             finished: false,
         }
@@ -419,13 +428,134 @@ impl Common {
             }
             Some(false) => {
                 info!("the trunk took the call off hold");
-                self.resume_deadline = Some(now + self.timers.answered_media);
+                if !self.browser_holds() {
+                    self.resume_deadline = Some(now + self.timers.answered_media);
+                }
                 self.tell_owner(SessionEvent::Resumed {
                     id,
                     by: HoldParty::Trunk,
                 });
             }
             None => {}
+        }
+    }
+
+    fn browser_holds(&self) -> bool {
+        self.trunk_session.as_ref().is_some_and(|s| s.local_hold)
+    }
+
+    /// The browser's `hold` / `resume`: checks it and writes our offer for
+    /// the trunk, `None` when it was answered here (an `error`, or the
+    /// state it asked for is already in force).
+    fn hold_offer(&mut self, session: SessionKey, hold: bool) -> Option<String> {
+        let what = if hold { "hold" } else { "resume" };
+        if Some(session) != self.owner {
+            self.error(session, 404, "no call with this id on this session");
+            return None;
+        }
+        if self.ended.is_some() || !self.connected_sent {
+            self.error(
+                session,
+                409,
+                &format!("cannot {what}: the call is not connected"),
+            );
+            return None;
+        }
+        if self.hold_request.is_some() {
+            self.error(session, 409, "a hold or resume of this call is in progress");
+            return None;
+        }
+        let trunk_session = self.trunk_session.as_mut()?;
+        if trunk_session.local_hold == hold {
+            // Asked twice: the state is already in force; say so again.
+            self.tell_hold(hold);
+            return None;
+        }
+        info!(
+            hold,
+            "the browser asks to {what}: re-INVITE toward the trunk"
+        );
+        Some(trunk_session.hold_offer(hold))
+    }
+
+    fn tell_hold(&mut self, hold: bool) {
+        let id = self.id.clone();
+        let by = HoldParty::Browser;
+        self.tell_owner(if hold {
+            SessionEvent::Held { id, by }
+        } else {
+            SessionEvent::Resumed { id, by }
+        });
+    }
+
+    /// The SIP side could not send our re-INVITE.
+    fn hold_not_sent(&mut self, error: &str) {
+        if let Some(s) = self.trunk_session.as_mut() {
+            s.drop_offer();
+        }
+        if let Some(owner) = self.owner {
+            self.error(owner, 409, &format!("cannot re-INVITE the trunk: {error}"));
+        }
+    }
+
+    /// The outcome of our re-INVITE for the browser's hold or resume. A
+    /// cause when the call must end: the trunk lost the dialog (481) or
+    /// never answered (408), as RFC 3261 14.1 asks, or it answered with an
+    /// SDP we cannot use (the 2xx is ACKed: nothing else to refuse it with).
+    fn on_own(&mut self, event: OwnEvent, now: Instant) -> Option<Cause> {
+        let hold = self.hold_request.take()?;
+        if self.ended.is_some() {
+            return None;
+        }
+        let what = if hold { "hold" } else { "resume" };
+        match event {
+            OwnEvent::Answered { sdp } => {
+                let session = self.trunk_session.as_mut()?;
+                match session.take_hold_answer(sdp.as_deref(), hold) {
+                    Ok(change) => {
+                        info!(hold, "the trunk accepted our {what}");
+                        self.apply(change, now);
+                        self.media(MediaCommand::Hold(hold));
+                        let trunk_holds = self.trunk_session.as_ref().is_some_and(|s| s.held);
+                        if hold {
+                            self.resume_deadline = None;
+                            self.media(MediaCommand::SetTimeout(self.timers.held_media));
+                        } else if !trunk_holds {
+                            self.resume_deadline = Some(now + self.timers.answered_media);
+                        }
+                        self.tell_hold(hold);
+                        None
+                    }
+                    Err(e) => {
+                        warn!(reason = %e, "unusable answer to our {what}");
+                        Some(Cause::TrunkSdp {
+                            code: 488,
+                            reason: format!("unusable answer to our {what} re-INVITE: {e}"),
+                        })
+                    }
+                }
+            }
+            OwnEvent::Refused { code, reason } => {
+                if let Some(s) = self.trunk_session.as_mut() {
+                    s.drop_offer();
+                }
+                if matches!(code, 408 | 481) {
+                    warn!(code, %reason, "our {what} re-INVITE failed: the dialog is gone");
+                    return Some(Cause::TrunkRejected {
+                        code,
+                        reason: format!("the trunk answered our {what} with {code} {reason}"),
+                    });
+                }
+                warn!(code, %reason, "the trunk refused our {what}; the call goes on as it was");
+                if let Some(owner) = self.owner {
+                    self.error(
+                        owner,
+                        code,
+                        &format!("the trunk refused the {what}: {code} {reason}"),
+                    );
+                }
+                None
+            }
         }
     }
 
@@ -719,6 +849,11 @@ impl Call {
         if self.c.finished {
             return;
         }
+        if let SessionInput::Hold { session, hold } = input {
+            self.browser_hold(session, hold, now);
+            self.pump(now);
+            return;
+        }
         match &mut self.kind {
             Kind::Outgoing(o) => o.handle_session(&mut self.c, now, input),
             Kind::Incoming(i) => i.handle_session(&mut self.c, now, input),
@@ -844,6 +979,22 @@ impl Call {
             Kind::Refused => {}
         }
         self.pump(now);
+    }
+
+    /// The browser's `hold` / `resume`: our re-INVITE toward the trunk.
+    fn browser_hold(&mut self, session: SessionKey, hold: bool, now: Instant) {
+        let Some(sdp) = self.c.hold_offer(session, hold) else {
+            return;
+        };
+        let sent = match &mut self.kind {
+            Kind::Outgoing(o) => o.uac.reoffer(sdp, now),
+            Kind::Incoming(i) => i.uas.reoffer(sdp, now),
+            Kind::Refused => return,
+        };
+        match sent {
+            Ok(()) => self.c.hold_request = Some(hold),
+            Err(e) => self.c.hold_not_sent(&e.to_string()),
+        }
     }
 
     fn end(&mut self, cause: Cause, now: Instant) {
@@ -989,6 +1140,11 @@ impl Outgoing {
             UacEvent::Renegotiation(event) => {
                 if let Some(answer) = c.renegotiate(event, now) {
                     self.uac.answer_offer(answer, now);
+                }
+            }
+            UacEvent::Own(event) => {
+                if let Some(cause) = c.on_own(event, now) {
+                    self.end(c, cause, now);
                 }
             }
             UacEvent::Terminated => c.finished = true,
@@ -1244,6 +1400,8 @@ impl Incoming {
                 }
             }
             SessionInput::Shutdown => self.end(c, Cause::Shutdown, now),
+            // Taken by `Call::handle_session`.
+            SessionInput::Hold { .. } => {}
         }
     }
 
@@ -1445,6 +1603,11 @@ impl Incoming {
                 UasEvent::Renegotiation(event) => {
                     if let Some(answer) = c.renegotiate(event, now) {
                         self.uas.answer_offer(answer, now);
+                    }
+                }
+                UasEvent::Own(event) => {
+                    if let Some(cause) = c.on_own(event, now) {
+                        self.end(c, cause, now);
                     }
                 }
                 UasEvent::Terminated => c.finished = true,

@@ -507,6 +507,9 @@ impl SessionControl for Session {
                 self.forward(id, SessionInput::Accept { session, sdp })
             }
             SessionCommand::Reject { id } => self.forward(id, SessionInput::Reject { session }),
+            SessionCommand::Hold { id, hold } => {
+                self.forward(id, SessionInput::Hold { session, hold })
+            }
         }
     }
 }

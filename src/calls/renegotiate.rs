@@ -26,6 +26,20 @@
 //! re-offer that only changes the direction keeps the leg and our key.
 //!
 //! A refused offer leaves the session exactly as it was.
+//!
+//! The browser's hold and resume are offers of ours ([`TrunkSession::hold_offer`],
+//! answered in [`TrunkSession::take_hold_answer`]): `a=sendonly` while the
+//! browser holds, `a=sendrecv` when it resumes, the same codec and address,
+//! and a fresh SDES key each time. Fresh, not the same: the trunk's answer
+//! may bring a new key or address of its own, and then the media plane
+//! rebuilds the leg with new SRTP contexts whose rollover counter restarts;
+//! our old key under a restarted counter could repeat a keystream after
+//! 2^16 packets (the reason given above for a re-offer of the trunk's).
+//! With a fresh key of ours the leg is always rebuilt on the answer, which
+//! costs one SSRC re-learning on the trunk side. While the browser holds,
+//! our answers to the trunk's own re-offers do not receive either
+//! (sendrecv is answered sendonly), so a trunk re-INVITE does not quietly
+//! end the browser's hold.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -96,6 +110,8 @@ pub struct TrunkSession {
     /// Suites a re-key may move to (the trunk's `srtp_suites`).
     pub suites: Vec<SrtpSuite>,
     pub held: bool,
+    /// The browser holds the call (our last accepted offer was sendonly).
+    pub local_hold: bool,
     /// Our key in the offer of our 2xx to an offerless re-INVITE, until the
     /// ACK's answer.
     offered_key: Option<SrtpKeyMaterial>,
@@ -145,6 +161,7 @@ impl TrunkSession {
             sdes: sdes.map(|(theirs, ours, tag)| Sdes { theirs, ours, tag }),
             suites,
             held: false,
+            local_hold: false,
             offered_key: None,
         }
     }
@@ -167,8 +184,14 @@ impl TrunkSession {
             (Some((tag, _)), Some(key)) => Some((*tag, key)),
             _ => None,
         };
+        // The writer mirrors the offer's direction; under the browser's hold
+        // the mirrored direction loses its receiving half.
+        let mut shape = taken.offer.clone();
+        if self.local_hold {
+            shape.direction = not_receiving(shape.direction.reversed()).reversed();
+        }
         let answer = sdp::write_sip_answer_versioned(
-            &taken.offer,
+            &shape,
             &taken.codecs,
             self.local_ip,
             self.local_port,
@@ -180,9 +203,54 @@ impl TrunkSession {
     }
 
     /// Our offer for the 2xx to a re-INVITE without SDP: the call's codec,
-    /// sendrecv, and (SRTP) a fresh key of ours, since the answer will
-    /// rebuild the leg anyway.
+    /// sendrecv (sendonly while the browser holds), and (SRTP) a fresh key
+    /// of ours, since the answer will rebuild the leg anyway.
     pub fn offer(&mut self) -> String {
+        let direction = if self.local_hold {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        };
+        self.offer_with(direction)
+    }
+
+    /// Our offer for the browser's hold (`a=sendonly`) or resume
+    /// (`a=sendrecv`), with a fresh key (see the module documentation).
+    /// The answer goes to [`TrunkSession::take_hold_answer`]; a refusal to
+    /// [`TrunkSession::drop_offer`].
+    pub fn hold_offer(&mut self, hold: bool) -> String {
+        let direction = if hold {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        };
+        self.offer_with(direction)
+    }
+
+    /// The trunk's answer to [`TrunkSession::hold_offer`]: the browser's
+    /// hold is `hold` from now on, and the leg is rebuilt with our offered
+    /// key. Whether the trunk itself holds can only be read from an answer
+    /// to an offer that let it send (sendrecv): to our sendonly it can only
+    /// answer recvonly or inactive, which says nothing of its own hold.
+    pub fn take_hold_answer(&mut self, sdp: Option<&str>, hold: bool) -> Result<Change, Refusal> {
+        let offered = self.offered_key.take();
+        let sdp = sdp.ok_or(Refusal::NoAnswer)?;
+        let answer = sdp::parse_sip_offer(sdp)?;
+        let mut taken = self.take(answer)?;
+        if hold {
+            taken.held = self.held;
+        }
+        self.local_hold = hold;
+        Ok(self.commit(taken, offered, true))
+    }
+
+    /// Our offer was refused: the session stays as before it.
+    pub fn drop_offer(&mut self) {
+        self.offered_key = None;
+    }
+
+    /// Our offer with our `direction`, same codec, address and shape.
+    fn offer_with(&mut self, direction: Direction) -> String {
         let key = self
             .sdes
             .as_ref()
@@ -211,7 +279,8 @@ impl TrunkSession {
             codecs: codecs.clone(),
             cryptos: Vec::new(),
             ssrcs: Vec::new(),
-            direction: Direction::SendRecv,
+            // The writer answers: it mirrors this.
+            direction: direction.reversed(),
             ptime: self.ptime,
             skipped: Vec::new(),
         };
@@ -359,4 +428,10 @@ impl TrunkSession {
             None => "rtp (unencrypted)".into(),
         }
     }
+}
+
+/// `direction` without its receiving half: what we may answer while the
+/// browser holds the call.
+fn not_receiving(direction: Direction) -> Direction {
+    Direction::from_flags(direction.sends(), false)
 }

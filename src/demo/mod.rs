@@ -149,6 +149,8 @@ async fn run_echo(
                 UasEvent::Renegotiation(RenegotiationEvent::AckAnswer { .. })
                 | UasEvent::RemoteHangup
                 | UasEvent::Cancelled
+                // The demo never re-INVITEs.
+                | UasEvent::Own(_)
                 | UasEvent::Acked => {}
             }
         }

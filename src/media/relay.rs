@@ -243,6 +243,9 @@ pub struct CallRelay {
     last_browser_rx: Instant,
     last_trunk_rx: Instant,
     media_timeout: Duration,
+    /// The browser put the call on hold: its RTP is taken (the leg stays
+    /// alive) but not sent to the trunk, the held party. RTCP still flows.
+    hold_trunk: bool,
 }
 
 impl CallRelay {
@@ -327,6 +330,7 @@ impl CallRelay {
             last_browser_rx: now,
             last_trunk_rx: now,
             media_timeout: Self::DEFAULT_MEDIA_TIMEOUT,
+            hold_trunk: false,
         }
     }
 
@@ -370,6 +374,13 @@ impl CallRelay {
     /// Changes the media timeout (default 30 s).
     pub fn set_media_timeout(&mut self, timeout: Duration) {
         self.media_timeout = timeout;
+    }
+
+    /// The browser's hold (true) or resume (false): whether its RTP stops
+    /// at the relay instead of going to the trunk. The streams toward the
+    /// trunk continue with a gap in sequence numbers on resume, as after loss.
+    pub fn set_hold(&mut self, hold: bool) {
+        self.hold_trunk = hold;
     }
 
     /// Whether media is flowing (DTLS done, not failed or timed out).
@@ -846,6 +857,9 @@ impl CallRelay {
                 let fields = parse_rtp(buf)?;
                 self.arrival_filter(toward).accept(ssrc, now);
                 self.heard_from(leg, from, now);
+                if self.hold_trunk && toward == Toward::Trunk {
+                    return Ok(None);
+                }
                 let (pt, clock_rate) = self
                     .payload_map
                     .map(toward, fields.payload_type)

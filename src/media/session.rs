@@ -38,6 +38,8 @@ pub(crate) enum Command {
     UpdateTrunk(Box<TrunkUpdate>),
     /// How long a leg may be silent before the call's media times out.
     MediaTimeout(std::time::Duration),
+    /// The browser's hold (true) or resume: `CallRelay::set_hold`.
+    Hold(bool),
     /// End the call: DTLS close_notify to the browser, then exit.
     Stop,
 }
@@ -109,6 +111,7 @@ pub(crate) async fn run(
             }
             cmd = commands.recv() => match cmd {
                 Some(Command::MediaTimeout(timeout)) => relay.set_media_timeout(timeout),
+                Some(Command::Hold(hold)) => relay.set_hold(hold),
                 Some(Command::UpdateTrunk(update)) => {
                     let (trunk, payload_map) = *update;
                     relay.update_trunk(trunk, payload_map);

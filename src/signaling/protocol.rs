@@ -21,7 +21,7 @@ pub(crate) const MAX_MESSAGE_LEN: usize = 64 * 1024;
 
 /// Message types of PROTOCOL.md that the call layer cannot handle yet; they
 /// get a 501 instead of the 400 of an unknown type.
-const NOT_IMPLEMENTED: [&str; 4] = ["dtmf", "hold", "resume", "transfer"];
+const NOT_IMPLEMENTED: [&str; 2] = ["dtmf", "transfer"];
 
 /// Why a browser message was refused; becomes an `error` message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +97,14 @@ pub fn parse_command(text: &str) -> Result<SessionCommand, Refusal> {
             })
         }
         "reject" => Ok(SessionCommand::Reject { id: id? }),
+        "hold" => Ok(SessionCommand::Hold {
+            id: id?,
+            hold: true,
+        }),
+        "resume" => Ok(SessionCommand::Hold {
+            id: id?,
+            hold: false,
+        }),
         other if NOT_IMPLEMENTED.contains(&other) => Err(Refusal {
             id: id_ok,
             code: 501,
@@ -405,11 +413,13 @@ mod tests {
                 501,
             ),
             (
-                json!({"type":"hold","id":"c1"}).to_string(),
+                json!({"type":"transfer","id":"c1","to":"2"}).to_string(),
                 Some("c1"),
                 501,
             ),
-            (json!({"type":"resume"}).to_string(), None, 501),
+            // hold and resume need the call's id.
+            (json!({"type":"hold"}).to_string(), None, 400),
+            (json!({"type":"resume","id":7}).to_string(), None, 400),
         ];
         for (text, id, code) in cases {
             let refusal = parse_command(&text).expect_err(&text);
@@ -432,6 +442,25 @@ mod tests {
             parse(json!({"type":"reject","id":"in-1"})),
             Ok(SessionCommand::Reject {
                 id: CallId("in-1".into())
+            })
+        );
+    }
+
+    #[test]
+    fn hold_and_resume_parse() {
+        let id = || CallId("c1".into());
+        assert_eq!(
+            parse(json!({"type":"hold","id":"c1"})),
+            Ok(SessionCommand::Hold {
+                id: id(),
+                hold: true
+            })
+        );
+        assert_eq!(
+            parse(json!({"type":"resume","id":"c1"})),
+            Ok(SessionCommand::Hold {
+                id: id(),
+                hold: false
             })
         );
     }
@@ -502,6 +531,13 @@ mod tests {
                     by: HoldParty::Trunk,
                 },
                 json!({"type":"resumed","id":"c1","by":"trunk"}),
+            ),
+            (
+                SessionEvent::Held {
+                    id: id(),
+                    by: HoldParty::Browser,
+                },
+                json!({"type":"held","id":"c1","by":"browser"}),
             ),
             (
                 SessionEvent::Error {

@@ -232,6 +232,8 @@ fn command_name(cmd: &crate::calls::api::SessionCommand) -> (&'static str, &str)
         SessionCommand::Hangup { id } => ("hangup", &id.0),
         SessionCommand::Accept { id, .. } => ("accept", &id.0),
         SessionCommand::Reject { id } => ("reject", &id.0),
+        SessionCommand::Hold { id, hold: true } => ("hold", &id.0),
+        SessionCommand::Hold { id, hold: false } => ("resume", &id.0),
     }
 }
 

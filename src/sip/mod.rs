@@ -11,6 +11,7 @@ pub mod auth;
 pub mod auth_server;
 pub mod dialog;
 pub mod message;
+pub mod own_requests;
 pub mod probe;
 pub mod register;
 pub mod reinvite;

@@ -46,6 +46,7 @@ use rsip::{Header, Method, Request, Response, SipMessage};
 use super::auth::{Challenge, DigestAlgorithm, DigestClient, DigestCredentials};
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
 use super::message::{self, RequestParts, ResponseParts};
+use super::own_requests::{OwnError, OwnEvent, OwnRequests};
 use super::reinvite::{OfferAnswer, PeerUpdates, RenegotiationEvent};
 use super::target::Target;
 use super::transaction::{ClientTransaction, TxEvent, TIMEOUT};
@@ -90,6 +91,8 @@ pub enum UacEvent {
     /// The trunk's re-INVITE or UPDATE, or the answer in the ACK of our 2xx
     /// to an offerless re-INVITE.
     Renegotiation(RenegotiationEvent),
+    /// The outcome of our own re-INVITE ([`OutgoingCall::reoffer`]).
+    Own(OwnEvent),
     /// Nothing left to do: the object can be dropped.
     Terminated,
 }
@@ -114,6 +117,8 @@ pub struct OutgoingCall {
     dialog: Option<Dialog>,
     /// The trunk's re-INVITEs and UPDATEs in the dialog.
     updates: PeerUpdates,
+    /// Our own re-INVITEs in the dialog (hold and resume).
+    own: OwnRequests,
     /// The ACK of our 2xx, resent for each retransmitted 2xx.
     ack_2xx: Option<(Bytes, Target)>,
     digest: DigestClient,
@@ -170,6 +175,8 @@ impl OutgoingCall {
             background: Vec::new(),
             dialog: None,
             updates: PeerUpdates::default(),
+            // We sent the first INVITE: the Call-ID is ours (491 delays).
+            own: OwnRequests::new(true),
             ack_2xx: None,
             digest: DigestClient::new(),
             auth_headers: Vec::new(),
@@ -287,6 +294,11 @@ impl OutgoingCall {
         let Ok((seq, method)) = message::cseq(&resp) else {
             return;
         };
+        if let Some(dialog) = self.dialog.as_mut() {
+            if self.own.handle_response(dialog, &resp, now) {
+                return;
+            }
+        }
         if let Some(tx) = self.invite_tx.as_mut().filter(|tx| tx.matches(&resp)) {
             tx.handle_response(resp, now);
             return;
@@ -343,7 +355,8 @@ impl OutgoingCall {
                 self.updates.on_ack(&req);
             }
             InDialog::Offer => {
-                if let Some(refusal) = self.updates.begin(dialog, req, false) {
+                let ours = self.own.invite_open();
+                if let Some(refusal) = self.updates.begin(dialog, req, false, ours) {
                     let to = self.trunk();
                     self.transmit.push_back((refusal, to));
                 }
@@ -365,6 +378,25 @@ impl OutgoingCall {
             let to = self.trunk();
             self.transmit.push_back((bytes, to));
         }
+    }
+
+    /// Sends `sdp` as our new offer in a re-INVITE (the browser's hold or
+    /// resume); the outcome comes as `UacEvent::Own`. Refused while the
+    /// call is not answered or is ending, or while an offer of ours is out.
+    pub fn reoffer(&mut self, sdp: String, now: Instant) -> Result<(), OwnError> {
+        if self.ended || self.hangup_requested {
+            return Err(OwnError::NoDialog);
+        }
+        let Some(to) = self.dialog.as_ref().map(|d| self.hop_of(d)) else {
+            return Err(OwnError::NoDialog);
+        };
+        let Some(dialog) = self.dialog.as_mut() else {
+            return Err(OwnError::NoDialog);
+        };
+        let extra = vec![Header::Allow(super::uas::ALLOW.into())];
+        self.own.send_offer(dialog, to, sdp, extra, now)?;
+        self.pump();
+        Ok(())
     }
 
     /// Queues a response to one of the trunk's requests. Addressed to the
@@ -418,6 +450,9 @@ impl OutgoingCall {
             let to = self.trunk();
             self.transmit.push_back((again, to));
         }
+        if let Some(dialog) = self.dialog.as_mut().filter(|_| !self.ended) {
+            self.own.handle_timeout(dialog, now);
+        }
         if self.cancel_deadline.is_some_and(|t| t <= now) {
             self.cancel_deadline = None;
             if self.dialog.is_none() && !self.ended {
@@ -442,6 +477,7 @@ impl OutgoingCall {
             .filter_map(|tx| tx.poll_timeout())
             .chain(self.cancel_deadline)
             .chain(self.updates.poll_timeout())
+            .chain(self.own.poll_timeout().filter(|_| !self.ended))
             .min()
     }
 
@@ -510,6 +546,11 @@ impl OutgoingCall {
 
     /// Handles what the transactions report.
     fn pump_events(&mut self, now: Instant) {
+        while let Some(ev) = self.own.poll_event() {
+            if !self.ended {
+                self.events.push_back(UacEvent::Own(ev));
+            }
+        }
         while let Some(ev) = self.invite_tx.as_mut().and_then(|tx| tx.poll_event()) {
             match ev {
                 TxEvent::Response(resp) => self.on_invite_response(resp, now),
@@ -862,6 +903,9 @@ impl OutgoingCall {
     /// Moves bytes queued by the transactions into our queue.
     fn pump(&mut self) {
         let trunk = self.trunk();
+        while let Some(out) = self.own.poll_transmit() {
+            self.transmit.push_back(out);
+        }
         if let Some(tx) = self.invite_tx.as_mut() {
             while let Some(b) = tx.poll_transmit() {
                 self.transmit.push_back((b, trunk.clone()));

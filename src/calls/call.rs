@@ -419,6 +419,9 @@ impl Common {
         match change.hold {
             Some(true) => {
                 info!("the trunk put the call on hold");
+                // Our answer said recvonly (or inactive): the browser's
+                // audio stops at the relay.
+                self.media(MediaCommand::Hold(true));
                 self.resume_deadline = None;
                 self.media(MediaCommand::SetTimeout(self.timers.held_media));
                 self.tell_owner(SessionEvent::Held {
@@ -428,7 +431,9 @@ impl Common {
             }
             Some(false) => {
                 info!("the trunk took the call off hold");
-                if !self.browser_holds() {
+                let browser_holds = self.browser_holds();
+                self.media(MediaCommand::Hold(browser_holds));
+                if !browser_holds {
                     self.resume_deadline = Some(now + self.timers.answered_media);
                 }
                 self.tell_owner(SessionEvent::Resumed {
@@ -515,8 +520,8 @@ impl Common {
                     Ok(change) => {
                         info!(hold, "the trunk accepted our {what}");
                         self.apply(change, now);
-                        self.media(MediaCommand::Hold(hold));
                         let trunk_holds = self.trunk_session.as_ref().is_some_and(|s| s.held);
+                        self.media(MediaCommand::Hold(hold || trunk_holds));
                         if hold {
                             self.resume_deadline = None;
                             self.media(MediaCommand::SetTimeout(self.timers.held_media));

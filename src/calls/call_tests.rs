@@ -1081,6 +1081,7 @@ fn a_trunk_hold_is_answered_recvonly_and_the_browser_hears_held_then_resumed() {
         }]
     ));
     assert_eq!(timeouts(&d), [Duration::from_secs(3600)]);
+    assert_eq!(holds(&d), [true], "our recvonly: nothing goes to the trunk");
     assert!(
         updates(&d).is_empty(),
         "same address and key: the leg stays"
@@ -1132,6 +1133,7 @@ fn a_trunk_hold_is_answered_recvonly_and_the_browser_hears_held_then_resumed() {
     assert!(sdp.contains("a=sendrecv"), "{sdp}");
     assert_eq!(origin(&sdp).1, 4);
     assert!(matches!(d.to(1)[..], [SessionEvent::Resumed { .. }]));
+    assert_eq!(holds(&d), [false]);
     // The trunk gets media.timeout to start sending before the short
     // timeout is back (the relay counts silence from the last packet).
     assert!(timeouts(&d).is_empty());

@@ -15,6 +15,7 @@ pub mod own_requests;
 pub mod probe;
 pub mod register;
 pub mod reinvite;
+pub mod session_timer;
 pub mod target;
 pub mod tls;
 pub mod transaction;

@@ -263,6 +263,8 @@ struct Common {
     resume_deadline: Option<Instant>,
     /// The browser's `hold` (true) or `resume` whose re-INVITE is out.
     hold_request: Option<bool>,
+    /// Our session refresh (RFC 4028) by re-INVITE is out.
+    refresh_request: bool,
     /// Set once the browser side has been told the call ended.
     ended: Option<Cause>,
     /// The SIP side is done (or given up on): the driver can drop the call.
@@ -297,6 +299,7 @@ impl Common {
             trunk_session: None,
             resume_deadline: None,
             hold_request: None,
+            refresh_request: false,
             ended: None,
             finished: false,
         }
@@ -449,6 +452,18 @@ impl Common {
         self.trunk_session.as_ref().is_some_and(|s| s.local_hold)
     }
 
+    /// Our re-INVITE refresh (RFC 4028) with the session as it is: the
+    /// SDP of the browser's hold state, our key. `None` while an offer of
+    /// ours is out (its answer refreshes) or the media does not run.
+    fn refresh_offer(&mut self) -> Option<String> {
+        if self.ended.is_some() || self.hold_request.is_some() || self.refresh_request {
+            return None;
+        }
+        let session = self.trunk_session.as_mut()?;
+        let hold = session.local_hold;
+        Some(session.hold_offer(hold))
+    }
+
     /// The browser's `hold` / `resume`: checks it and writes our offer for
     /// the trunk, `None` when it was answered here (an `error`, or the
     /// state it asked for is already in force).
@@ -508,15 +523,30 @@ impl Common {
     /// never answered (408), as RFC 3261 14.1 asks, or it answered with an
     /// SDP we cannot use (the 2xx is ACKed: nothing else to refuse it with).
     fn on_own(&mut self, event: OwnEvent, now: Instant) -> Option<Cause> {
-        let hold = self.hold_request.take()?;
+        let refresh = self.hold_request.is_none() && std::mem::take(&mut self.refresh_request);
+        let hold = match self.hold_request.take() {
+            Some(hold) => hold,
+            None if refresh => self.browser_holds(),
+            None => return None,
+        };
         if self.ended.is_some() {
             return None;
         }
-        let what = if hold { "hold" } else { "resume" };
+        let what = match (refresh, hold) {
+            (true, _) => "session refresh",
+            (false, true) => "hold",
+            (false, false) => "resume",
+        };
         match event {
-            OwnEvent::Answered { sdp } => {
+            OwnEvent::Updated { .. } => None,
+            OwnEvent::Answered { sdp, .. } => {
                 let session = self.trunk_session.as_mut()?;
                 match session.take_hold_answer(sdp.as_deref(), hold) {
+                    Ok(change) if refresh => {
+                        info!("the trunk answered our session refresh");
+                        self.apply(change, now);
+                        None
+                    }
                     Ok(change) => {
                         info!(hold, "the trunk accepted our {what}");
                         self.apply(change, now);
@@ -552,6 +582,10 @@ impl Common {
                     });
                 }
                 warn!(code, %reason, "the trunk refused our {what}; the call goes on as it was");
+                if refresh {
+                    // The session timer ends the call if no refresh succeeds.
+                    return None;
+                }
                 if let Some(owner) = self.owner {
                     self.error(
                         owner,
@@ -1152,6 +1186,20 @@ impl Outgoing {
                     self.end(c, cause, now);
                 }
             }
+            UacEvent::RefreshDue => {
+                if let Some(sdp) = c.refresh_offer() {
+                    match self.uac.reoffer(sdp, now) {
+                        Ok(()) => c.refresh_request = true,
+                        Err(e) => {
+                            warn!(error = %e, "cannot send the session refresh");
+                            if let Some(s) = c.trunk_session.as_mut() {
+                                s.drop_offer();
+                            }
+                        }
+                    }
+                }
+            }
+            UacEvent::SessionExpired => self.end(c, Cause::SessionExpired, now),
             UacEvent::Terminated => c.finished = true,
         }
     }

@@ -40,8 +40,18 @@ use super::SipError;
 /// What the caller hears about its request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnEvent {
-    /// A 2xx to our re-INVITE (already ACKed), with the peer's answer.
-    Answered { sdp: Option<String> },
+    /// A 2xx to our re-INVITE (already ACKed), with the peer's answer and
+    /// its `Session-Expires` (RFC 4028), if any.
+    Answered {
+        sdp: Option<String>,
+        session_expires: Option<String>,
+    },
+    /// The final answer to our UPDATE without SDP (a session refresh,
+    /// RFC 4028), with its `Session-Expires`; 408 when none came.
+    Updated {
+        code: u16,
+        session_expires: Option<String>,
+    },
     /// A final refusal (not 491, which is retried), or 408 when no final
     /// answer came in time. The session is as it was before the offer.
     Refused { code: u16, reason: String },
@@ -77,6 +87,8 @@ pub struct OwnRequests {
     /// We sent the dialog's first INVITE (we chose the Call-ID).
     call_id_owner: bool,
     offer: Option<Offer>,
+    /// Our UPDATE without SDP (a session refresh), and where it goes.
+    update: Option<(ClientTransaction, Target)>,
     /// The ACK of the last 2xx to a re-INVITE of ours (its CSeq, bytes and
     /// destination), resent for each retransmission of that 2xx.
     last_ack: Option<(u32, Bytes, Target)>,
@@ -97,6 +109,7 @@ impl OwnRequests {
         OwnRequests {
             call_id_owner,
             offer: None,
+            update: None,
             last_ack: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -151,8 +164,63 @@ impl OwnRequests {
         Ok(())
     }
 
+    /// Sends an UPDATE without SDP in `dialog` (a session refresh: no
+    /// offer, so no glare with anything but another UPDATE of ours).
+    pub fn send_update(
+        &mut self,
+        dialog: &mut Dialog,
+        to: Target,
+        extra: Vec<Header>,
+        now: Instant,
+    ) -> Result<(), OwnError> {
+        if self.update.is_some() {
+            return Err(OwnError::Busy);
+        }
+        let req = dialog
+            .request_with(Method::Update, None, extra)
+            .map_err(|e| OwnError::Build(e.to_string()))?;
+        tracing::info!(call_id = %dialog.call_id, "sending UPDATE (session refresh)");
+        self.update = Some((ClientTransaction::new(req, to.transport, now), to));
+        self.pump();
+        Ok(())
+    }
+
+    /// Acts on what our UPDATE's transaction reported.
+    fn drain_update(&mut self) {
+        let Some((tx, to)) = self.update.as_mut() else {
+            return;
+        };
+        while let Some(b) = tx.poll_transmit() {
+            self.transmit.push_back((b, to.clone()));
+        }
+        while let Some(ev) = tx.poll_event() {
+            let (code, session_expires) = match ev {
+                TxEvent::Response(r) if message::status_code(&r) < 200 => continue,
+                TxEvent::Response(r) => (
+                    message::status_code(&r),
+                    message::header_values(&r, "Session-Expires")
+                        .into_iter()
+                        .next(),
+                ),
+                TxEvent::Timeout => (408, None),
+            };
+            self.events.push_back(OwnEvent::Updated {
+                code,
+                session_expires,
+            });
+        }
+        if tx.is_terminated() {
+            self.update = None;
+        }
+    }
+
     /// A response of the dialog: true when it was ours to take.
     pub fn handle_response(&mut self, dialog: &mut Dialog, resp: &Response, now: Instant) -> bool {
+        if let Some((tx, _)) = self.update.as_mut().filter(|(tx, _)| tx.matches(resp)) {
+            tx.handle_response(resp.clone(), now);
+            self.drain_update();
+            return true;
+        }
         if let Some(tx) = self
             .offer
             .as_mut()
@@ -231,6 +299,9 @@ impl OwnRequests {
                     self.offer = None;
                     self.events.push_back(OwnEvent::Answered {
                         sdp: message::sdp_body(&resp),
+                        session_expires: message::header_values(&resp, "Session-Expires")
+                            .into_iter()
+                            .next(),
                     });
                 } else if code == 491 {
                     let delay = glare_delay(self.call_id_owner, rand::random());
@@ -252,6 +323,10 @@ impl OwnRequests {
     }
 
     pub fn handle_timeout(&mut self, dialog: &mut Dialog, now: Instant) {
+        if let Some((tx, _)) = self.update.as_mut() {
+            tx.handle_timeout(now);
+            self.drain_update();
+        }
         let Some(offer) = self.offer.as_mut() else {
             return;
         };
@@ -275,13 +350,13 @@ impl OwnRequests {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let offer = self.offer.as_ref()?;
+        let offer = self.offer.as_ref();
         offer
-            .tx
-            .as_ref()
+            .and_then(|o| o.tx.as_ref())
             .and_then(|tx| tx.poll_timeout())
             .into_iter()
-            .chain(offer.retry_at)
+            .chain(offer.and_then(|o| o.retry_at))
+            .chain(self.update.as_ref().and_then(|(tx, _)| tx.poll_timeout()))
             .min()
     }
 
@@ -294,6 +369,11 @@ impl OwnRequests {
     }
 
     fn pump(&mut self) {
+        if let Some((tx, to)) = self.update.as_mut() {
+            while let Some(b) = tx.poll_transmit() {
+                self.transmit.push_back((b, to.clone()));
+            }
+        }
         if let Some(offer) = self.offer.as_mut() {
             if let Some(tx) = offer.tx.as_mut() {
                 while let Some(b) = tx.poll_transmit() {
@@ -363,7 +443,8 @@ mod tests {
         assert_eq!(
             o.poll_event(),
             Some(OwnEvent::Answered {
-                sdp: Some("v=0\r\nanswer\r\n".into())
+                sdp: Some("v=0\r\nanswer\r\n".into()),
+                session_expires: None,
             })
         );
         assert!(!o.offer_pending());
@@ -463,6 +544,58 @@ mod tests {
             Some(OwnEvent::Refused {
                 code: 408,
                 reason: "Request Timeout".into()
+            })
+        );
+    }
+}
+
+#[cfg(test)]
+mod update_tests {
+    use super::*;
+    use crate::sip::message::ResponseParts;
+    use crate::sip::reinvite::tests::dialog;
+    use crate::sip::Transport;
+    use rsip::SipMessage;
+
+    #[test]
+    fn an_update_refresh_reports_its_answer_and_session_expires() {
+        let (mut d, mut o, t0) = (dialog(), OwnRequests::new(true), Instant::now());
+        let to = Target::addr("192.0.2.2:5080".parse().unwrap(), Transport::Udp);
+        let se = Header::Other("Session-Expires".into(), "90;refresher=uac".into());
+        o.send_update(&mut d, to.clone(), vec![se], t0).unwrap();
+        assert_eq!(
+            o.send_update(&mut d, to, vec![], t0),
+            Err(OwnError::Busy),
+            "one at a time"
+        );
+        let (bytes, _) = o.poll_transmit().unwrap();
+        let SipMessage::Request(update) = message::parse(&bytes).unwrap() else {
+            panic!("not a request")
+        };
+        assert_eq!(update.method, Method::Update);
+        assert!(update.body.is_empty());
+        assert_eq!(
+            message::header_values(&update, "Session-Expires"),
+            ["90;refresher=uac"]
+        );
+        assert!(!o.offer_pending(), "an UPDATE without SDP is no offer");
+        let ok = message::build_response(
+            &update,
+            200,
+            ResponseParts {
+                extra: vec![Header::Other(
+                    "Session-Expires".into(),
+                    "90;refresher=uac".into(),
+                )],
+                ..Default::default()
+            },
+        );
+        assert!(o.handle_response(&mut d, &ok, t0));
+        assert_eq!(
+            o.poll_event(),
+            Some(OwnEvent::Updated {
+                code: 200,
+                session_expires: Some("90;refresher=uac".into())
             })
         );
     }

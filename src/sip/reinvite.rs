@@ -116,19 +116,21 @@ impl PeerUpdates {
 
     /// The B2BUA's answer to the pending request: the response to send.
     /// `None` when nothing was pending.
+    /// `extra`: headers for a 2xx (the session timer's, RFC 4028 9).
     pub fn answer(
         &mut self,
         dialog: &mut Dialog,
         answer: OfferAnswer,
+        extra: Vec<rsip::Header>,
         now: Instant,
     ) -> Option<Bytes> {
         let req = self.pending.take()?;
         let had_sdp = message::sdp_body(&req).is_some_and(|s| !s.trim().is_empty());
         let resp = match &answer {
             OfferAnswer::Sdp(sdp) => {
-                dialog.answer(&req, 200, Some(("application/sdp", sdp)), vec![])
+                dialog.answer(&req, 200, Some(("application/sdp", sdp)), extra)
             }
-            OfferAnswer::Empty => dialog.answer(&req, 200, None, vec![]),
+            OfferAnswer::Empty => dialog.answer(&req, 200, None, extra),
             OfferAnswer::Refuse(code) => dialog.answer(&req, *code, None, vec![]),
         };
         let code = resp.status_code.code();
@@ -281,7 +283,7 @@ pub(crate) mod tests {
             })
         );
         let ok = u
-            .answer(&mut d, OfferAnswer::Sdp("v=0\r\n".into()), t0)
+            .answer(&mut d, OfferAnswer::Sdp("v=0\r\n".into()), vec![], t0)
             .unwrap();
         assert_eq!(code(&ok), 200);
         // While our offer waits for the ACK, an UPDATE with another is glare.
@@ -306,7 +308,7 @@ pub(crate) mod tests {
         offer(&mut d, &mut u, peer(Method::Invite, 2, Some("v=0\r\n")));
         u.poll_event();
         let ok = u
-            .answer(&mut d, OfferAnswer::Sdp("v=0\r\n".into()), t0)
+            .answer(&mut d, OfferAnswer::Sdp("v=0\r\n".into()), vec![], t0)
             .unwrap();
         let mut resent = 0;
         let mut now = t0;
@@ -321,7 +323,9 @@ pub(crate) mod tests {
         assert!((7..=11).contains(&resent), "{resent}");
         // A refusal is final at once: nothing to resend, no ACK awaited.
         offer(&mut d, &mut u, peer(Method::Invite, 3, Some("v=0\r\n")));
-        let no = u.answer(&mut d, OfferAnswer::Refuse(488), now).unwrap();
+        let no = u
+            .answer(&mut d, OfferAnswer::Refuse(488), vec![], now)
+            .unwrap();
         assert_eq!(code(&no), 488);
         assert_eq!(u.poll_timeout(), None);
     }

@@ -434,7 +434,7 @@ impl IncomingCall {
         let Some(dialog) = self.dialog.as_mut() else {
             return;
         };
-        if let Some(bytes) = self.updates.answer(dialog, answer, now) {
+        if let Some(bytes) = self.updates.answer(dialog, answer, vec![], now) {
             self.transmit.push_back((bytes, self.caller()));
         }
     }

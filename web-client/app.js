@@ -63,6 +63,7 @@ const ui = {
   dialpad: $('dialpad'),
   callButton: $('call-button'),
   hangupButton: $('hangup-button'),
+  holdButton: $('hold-button'),
   backspaceButton: $('backspace-button'),
   remoteAudio: $('remote-audio'),
 };
@@ -95,6 +96,8 @@ window.gatewayClient = {
   get callId() { return call ? call.id : null; },
   get connection() { return ui.connStatus.dataset.state; },
   get ringing() { return ringer.active; },
+  /** 'none' | 'pending' | 'browser' | 'trunk' | 'both': who holds the call. */
+  get hold() { return call ? holdState(call) : 'none'; },
   ringLevel() { return ringer.level(); },
 };
 
@@ -604,6 +607,11 @@ function onSignal(data) {
 
   if (msg.type === 'error') {
     const text = `Gateway error${msg.code !== undefined ? ` ${msg.code}` : ''}: ${msg.message || 'request refused'}`;
+    if (call && msg.id === call.id && call.holdPending !== undefined) {
+      // The hold or resume was refused: the call goes on as it was.
+      call.holdPending = undefined;
+      showHold();
+    }
     if (call && msg.id === call.id && call.direction === 'in' && call.state === 'dialing'
         && /elsewhere/i.test(msg.message || '')) {
       // Answer lost the race against another session.
@@ -637,6 +645,8 @@ function onSignal(data) {
     case 'connected': onConnected(msg); break;
     case 'hangup': onHangup(msg); break;
     case 'dtmf': onDtmf(msg); break;
+    case 'held': onHold(msg, true); break;
+    case 'resumed': onHold(msg, false); break;
     default: log('unknown message type', msg.type);
   }
 }
@@ -661,6 +671,7 @@ function setCallState(state, text) {
   const active = Boolean(call) && state !== 'ended' && state !== 'idle';
   ui.callButton.disabled = active;
   ui.hangupButton.disabled = !active;
+  if (state !== 'connected') ui.holdButton.disabled = true;
   ui.number.readOnly = active;
   show(ui.incomingPanel, state === 'incoming');
   if (state !== 'incoming') ringer.stop();
@@ -906,6 +917,62 @@ function onConnected(msg) {
   setCallState('connected', 'Connected');
   startTimer();
   showSecurity(msg.security);
+  showHold();
+}
+
+// ---------------------------------------------------------------------------
+// Hold and resume (PROTOCOL.md: `hold` / `resume`, answered by `held` /
+// `resumed` with `by`: "browser" for ours, "trunk" for the other party's)
+
+/** Who holds the call now: 'none' | 'pending' | 'browser' | 'trunk' | 'both'. */
+function holdState(c) {
+  if (c.holdPending !== undefined) return 'pending';
+  if (c.heldByUs && c.heldByThem) return 'both';
+  if (c.heldByUs) return 'browser';
+  if (c.heldByThem) return 'trunk';
+  return 'none';
+}
+
+/** The Hold button and the status line follow the call's hold state. */
+function showHold() {
+  const c = call;
+  const connected = Boolean(c) && c.state === 'connected';
+  const state = c ? holdState(c) : 'none';
+  ui.holdButton.disabled = !connected || state === 'pending';
+  ui.holdButton.dataset.state = state;
+  const ours = Boolean(c && c.heldByUs);
+  ui.holdButton.setAttribute('aria-pressed', String(ours));
+  setText(ui.holdButton, ours ? 'Resume' : 'Hold');
+  ui.callStatus.dataset.hold = connected && c.heldByUs ? 'browser' : connected && c.heldByThem ? 'trunk' : '';
+  if (!connected) return;
+  let text = 'Connected';
+  if (state === 'pending') text = c.holdPending ? 'Putting on hold…' : 'Resuming…';
+  else if (c.heldByUs) text = 'On hold';
+  else if (c.heldByThem) text = 'On hold by the other party';
+  setText(ui.callStatusText, text);
+}
+
+function toggleHold() {
+  const c = call;
+  if (!c || c.state !== 'connected' || c.holdPending !== undefined) return;
+  const hold = !c.heldByUs;
+  if (!send({ type: hold ? 'hold' : 'resume', id: c.id })) {
+    showMessage('Not connected to the gateway: the call could not be put on hold or resumed.');
+    return;
+  }
+  c.holdPending = hold;
+  showHold();
+}
+
+function onHold(msg, held) {
+  const c = call;
+  if (msg.by === 'browser') {
+    c.heldByUs = held;
+    c.holdPending = undefined;
+  } else {
+    c.heldByThem = held;
+  }
+  showHold();
 }
 
 // ---------------------------------------------------------------------------
@@ -1048,6 +1115,11 @@ function endCall(reason, code, fromGateway = false, text = null) {
   call = null;
   ui.callButton.disabled = false;
   ui.hangupButton.disabled = true;
+  ui.holdButton.disabled = true;
+  ui.holdButton.setAttribute('aria-pressed', 'false');
+  setText(ui.holdButton, 'Hold');
+  ui.holdButton.dataset.state = 'none';
+  ui.callStatus.dataset.hold = '';
   ui.number.readOnly = false;
   show(ui.incomingPanel, false);
 }
@@ -1098,6 +1170,7 @@ ui.dialForm.addEventListener('submit', (event) => {
   startCall();
 });
 ui.hangupButton.addEventListener('click', () => hangup());
+ui.holdButton.addEventListener('click', () => toggleHold());
 ui.acceptButton.addEventListener('click', () => acceptCall());
 ui.rejectButton.addEventListener('click', () => rejectCall());
 ui.backspaceButton.addEventListener('click', () => {

@@ -19,6 +19,8 @@ pub enum SessionCommand {
     Reject { id: CallId },
     /// Send DTMF digits toward the trunk (at least one, validated).
     Dtmf { id: CallId, digits: Vec<DtmfDigit> },
+    /// Put a connected call on hold (true) or take it back (false).
+    Hold { id: CallId, hold: bool },
 }
 
 /// Security of both legs of a connected call, shown by the web client's lock.
@@ -36,6 +38,9 @@ pub struct Security {
 pub enum HoldParty {
     /// The trunk's re-INVITE or UPDATE (a=sendonly/inactive, c=0.0.0.0).
     Trunk,
+    /// The browser's own `hold` / `resume`, once the trunk accepted our
+    /// re-INVITE (a=sendonly / a=sendrecv).
+    Browser,
 }
 
 /// What the gateway tells a browser session (PROTOCOL.md section 3).
@@ -58,7 +63,7 @@ pub enum SessionEvent {
         code: u16,
         reason: String,
     },
-    /// The call was put on hold (`by` the trunk).
+    /// The call was put on hold (`by` the trunk or the browser).
     Held {
         id: CallId,
         by: HoldParty,

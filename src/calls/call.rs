@@ -49,6 +49,7 @@ use crate::sdp::{
 };
 use crate::sip::auth::DigestCredentials;
 use crate::sip::message::{self, ResponseParts};
+use crate::sip::own_requests::OwnEvent;
 use crate::sip::reinvite::{OfferAnswer, RenegotiationEvent};
 use crate::sip::target::Target;
 use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
@@ -137,6 +138,8 @@ pub enum SessionInput {
     Gone { session: SessionKey },
     /// A session of the account opened while the call rings: ring it too.
     Join { session: SessionKey },
+    /// `hold` (true) or `resume` (false) from the owner of a connected call.
+    Hold { session: SessionKey, hold: bool },
     /// The gateway is stopping.
     Shutdown,
     /// `dtmf`: digits toward the trunk.
@@ -156,6 +159,9 @@ pub enum MediaCommand {
     UpdateTrunk(Box<TrunkLegParams>, Vec<(PayloadType, PayloadType, u32)>),
     /// A digit toward the trunk as RFC 4733 events.
     Dtmf(DtmfDigit),
+    /// The browser's hold is in force (true) or over: the relay stops or
+    /// resumes sending the browser's audio to the trunk.
+    Hold(bool),
     Stop,
 }
 
@@ -267,6 +273,10 @@ struct Common {
     /// The telephone-event of the trunk leg, once media runs: without it
     /// the browser's `dtmf` is refused.
     telephone_event: Option<TelephoneEvent>,
+    /// The browser's `hold` (true) or `resume` whose re-INVITE is out.
+    hold_request: Option<bool>,
+    /// Our session refresh (RFC 4028) by re-INVITE is out.
+    refresh_request: bool,
     /// Set once the browser side has been told the call ended.
     ended: Option<Cause>,
     /// The SIP side is done (or given up on): the driver can drop the call.
@@ -303,6 +313,8 @@ impl Common {
             trunk_session: None,
             resume_deadline: None,
             telephone_event: None,
+            hold_request: None,
+            refresh_request: false,
             ended: None,
             finished: false,
             media_source: MediaSource::Signaled,
@@ -468,6 +480,9 @@ impl Common {
         match change.hold {
             Some(true) => {
                 info!("the trunk put the call on hold");
+                // Our answer said recvonly (or inactive): the browser's
+                // audio stops at the relay.
+                self.media(MediaCommand::Hold(true));
                 self.resume_deadline = None;
                 self.media(MediaCommand::SetTimeout(self.timers.held_media));
                 self.tell_owner(SessionEvent::Held {
@@ -477,13 +492,167 @@ impl Common {
             }
             Some(false) => {
                 info!("the trunk took the call off hold");
-                self.resume_deadline = Some(now + self.timers.answered_media);
+                let browser_holds = self.browser_holds();
+                self.media(MediaCommand::Hold(browser_holds));
+                if !browser_holds {
+                    self.resume_deadline = Some(now + self.timers.answered_media);
+                }
                 self.tell_owner(SessionEvent::Resumed {
                     id,
                     by: HoldParty::Trunk,
                 });
             }
             None => {}
+        }
+    }
+
+    fn browser_holds(&self) -> bool {
+        self.trunk_session.as_ref().is_some_and(|s| s.local_hold)
+    }
+
+    /// Our re-INVITE refresh (RFC 4028) with the session as it is: the
+    /// SDP of the browser's hold state, our key. `None` while an offer of
+    /// ours is out (its answer refreshes) or the media does not run.
+    fn refresh_offer(&mut self) -> Option<String> {
+        if self.ended.is_some() || self.hold_request.is_some() || self.refresh_request {
+            return None;
+        }
+        let session = self.trunk_session.as_mut()?;
+        let hold = session.local_hold;
+        Some(session.hold_offer(hold))
+    }
+
+    /// The browser's `hold` / `resume`: checks it and writes our offer for
+    /// the trunk, `None` when it was answered here (an `error`, or the
+    /// state it asked for is already in force).
+    fn hold_offer(&mut self, session: SessionKey, hold: bool) -> Option<String> {
+        let what = if hold { "hold" } else { "resume" };
+        if Some(session) != self.owner {
+            self.error(session, 404, "no call with this id on this session");
+            return None;
+        }
+        if self.ended.is_some() || !self.connected_sent {
+            self.error(
+                session,
+                409,
+                &format!("cannot {what}: the call is not connected"),
+            );
+            return None;
+        }
+        if self.hold_request.is_some() {
+            self.error(session, 409, "a hold or resume of this call is in progress");
+            return None;
+        }
+        let trunk_session = self.trunk_session.as_mut()?;
+        if trunk_session.local_hold == hold {
+            // Asked twice: the state is already in force; say so again.
+            self.tell_hold(hold);
+            return None;
+        }
+        info!(
+            hold,
+            "the browser asks to {what}: re-INVITE toward the trunk"
+        );
+        Some(trunk_session.hold_offer(hold))
+    }
+
+    fn tell_hold(&mut self, hold: bool) {
+        let id = self.id.clone();
+        let by = HoldParty::Browser;
+        self.tell_owner(if hold {
+            SessionEvent::Held { id, by }
+        } else {
+            SessionEvent::Resumed { id, by }
+        });
+    }
+
+    /// The SIP side could not send our re-INVITE.
+    fn hold_not_sent(&mut self, error: &str) {
+        if let Some(s) = self.trunk_session.as_mut() {
+            s.drop_offer();
+        }
+        if let Some(owner) = self.owner {
+            self.error(owner, 409, &format!("cannot re-INVITE the trunk: {error}"));
+        }
+    }
+
+    /// The outcome of our re-INVITE for the browser's hold or resume. A
+    /// cause when the call must end: the trunk lost the dialog (481) or
+    /// never answered (408), as RFC 3261 14.1 asks, or it answered with an
+    /// SDP we cannot use (the 2xx is ACKed: nothing else to refuse it with).
+    fn on_own(&mut self, event: OwnEvent, now: Instant) -> Option<Cause> {
+        let refresh = self.hold_request.is_none() && std::mem::take(&mut self.refresh_request);
+        let hold = match self.hold_request.take() {
+            Some(hold) => hold,
+            None if refresh => self.browser_holds(),
+            None => return None,
+        };
+        if self.ended.is_some() {
+            return None;
+        }
+        let what = match (refresh, hold) {
+            (true, _) => "session refresh",
+            (false, true) => "hold",
+            (false, false) => "resume",
+        };
+        match event {
+            OwnEvent::Updated { .. } => None,
+            OwnEvent::Answered { sdp, .. } => {
+                let session = self.trunk_session.as_mut()?;
+                match session.take_hold_answer(sdp.as_deref(), hold) {
+                    Ok(change) if refresh => {
+                        info!("the trunk answered our session refresh");
+                        self.apply(change, now);
+                        None
+                    }
+                    Ok(change) => {
+                        info!(hold, "the trunk accepted our {what}");
+                        self.apply(change, now);
+                        let trunk_holds = self.trunk_session.as_ref().is_some_and(|s| s.held);
+                        self.media(MediaCommand::Hold(hold || trunk_holds));
+                        if hold {
+                            self.resume_deadline = None;
+                            self.media(MediaCommand::SetTimeout(self.timers.held_media));
+                        } else if !trunk_holds {
+                            self.resume_deadline = Some(now + self.timers.answered_media);
+                        }
+                        self.tell_hold(hold);
+                        None
+                    }
+                    Err(e) => {
+                        warn!(reason = %e, "unusable answer to our {what}");
+                        Some(Cause::TrunkSdp {
+                            code: 488,
+                            reason: format!("unusable answer to our {what} re-INVITE: {e}"),
+                        })
+                    }
+                }
+            }
+            OwnEvent::Refused { code, reason } => {
+                if let Some(s) = self.trunk_session.as_mut() {
+                    s.drop_offer();
+                }
+                if matches!(code, 408 | 481) {
+                    warn!(code, %reason, "our {what} re-INVITE failed: the dialog is gone");
+                    return Some(Cause::TrunkRejected {
+                        code,
+                        reason: format!("the trunk answered our {what} with {code} {reason}"),
+                    });
+                }
+                warn!(code, %reason, "the trunk refused our {what}; the call goes on as it was");
+                if refresh {
+                    // The session timer ends the call if no refresh succeeds.
+                    return None;
+                }
+                if let Some(owner) = self.owner {
+                    self.error(
+                        owner,
+                        code,
+                        &format!("the trunk refused the {what}: {code} {reason}"),
+                    );
+                }
+                None
+            }
         }
     }
 
@@ -782,6 +951,11 @@ impl Call {
         if let SessionInput::Dtmf { session, digits } = input {
             return self.c.dtmf(session, &digits);
         }
+        if let SessionInput::Hold { session, hold } = input {
+            self.browser_hold(session, hold, now);
+            self.pump(now);
+            return;
+        }
         match &mut self.kind {
             Kind::Outgoing(o) => o.handle_session(&mut self.c, now, input),
             Kind::Incoming(i) => i.handle_session(&mut self.c, now, input),
@@ -908,6 +1082,22 @@ impl Call {
             Kind::Refused => {}
         }
         self.pump(now);
+    }
+
+    /// The browser's `hold` / `resume`: our re-INVITE toward the trunk.
+    fn browser_hold(&mut self, session: SessionKey, hold: bool, now: Instant) {
+        let Some(sdp) = self.c.hold_offer(session, hold) else {
+            return;
+        };
+        let sent = match &mut self.kind {
+            Kind::Outgoing(o) => o.uac.reoffer(sdp, now),
+            Kind::Incoming(i) => i.uas.reoffer(sdp, now),
+            Kind::Refused => return,
+        };
+        match sent {
+            Ok(()) => self.c.hold_request = Some(hold),
+            Err(e) => self.c.hold_not_sent(&e.to_string()),
+        }
     }
 
     fn end(&mut self, cause: Cause, now: Instant) {
@@ -1056,6 +1246,25 @@ impl Outgoing {
                 }
             }
             UacEvent::Dtmf(digit) => c.dtmf_from_trunk(digit, "sip-info"),
+            UacEvent::Own(event) => {
+                if let Some(cause) = c.on_own(event, now) {
+                    self.end(c, cause, now);
+                }
+            }
+            UacEvent::RefreshDue => {
+                if let Some(sdp) = c.refresh_offer() {
+                    match self.uac.reoffer(sdp, now) {
+                        Ok(()) => c.refresh_request = true,
+                        Err(e) => {
+                            warn!(error = %e, "cannot send the session refresh");
+                            if let Some(s) = c.trunk_session.as_mut() {
+                                s.drop_offer();
+                            }
+                        }
+                    }
+                }
+            }
+            UacEvent::SessionExpired => self.end(c, Cause::SessionExpired, now),
             UacEvent::Terminated => c.finished = true,
         }
     }
@@ -1320,6 +1529,8 @@ impl Incoming {
             SessionInput::Shutdown => self.end(c, Cause::Shutdown, now),
             // Taken by `Call::handle_session` for both directions.
             SessionInput::Dtmf { .. } => {}
+            // Taken by `Call::handle_session`.
+            SessionInput::Hold { .. } => {}
         }
     }
 
@@ -1532,6 +1743,11 @@ impl Incoming {
                     }
                 }
                 UasEvent::Dtmf(digit) => c.dtmf_from_trunk(digit, "sip-info"),
+                UasEvent::Own(event) => {
+                    if let Some(cause) = c.on_own(event, now) {
+                        self.end(c, cause, now);
+                    }
+                }
                 UasEvent::Terminated => c.finished = true,
             }
         }

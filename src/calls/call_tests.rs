@@ -1082,6 +1082,7 @@ fn a_trunk_hold_is_answered_recvonly_and_the_browser_hears_held_then_resumed() {
         }]
     ));
     assert_eq!(timeouts(&d), [Duration::from_secs(3600)]);
+    assert_eq!(holds(&d), [true], "our recvonly: nothing goes to the trunk");
     assert!(
         updates(&d).is_empty(),
         "same address and key: the leg stays"
@@ -1133,6 +1134,7 @@ fn a_trunk_hold_is_answered_recvonly_and_the_browser_hears_held_then_resumed() {
     assert!(sdp.contains("a=sendrecv"), "{sdp}");
     assert_eq!(origin(&sdp).1, 4);
     assert!(matches!(d.to(1)[..], [SessionEvent::Resumed { .. }]));
+    assert_eq!(holds(&d), [false]);
     // The trunk gets media.timeout to start sending before the short
     // timeout is back (the relay counts silence from the last packet).
     assert!(timeouts(&d).is_empty());
@@ -1592,6 +1594,31 @@ fn dtmf_sent(d: &Drained) -> String {
         .collect()
 }
 
+// ---- the browser's hold and resume (issue 13 item 2) ----------------------
+
+/// The trunk's answer to a request of ours in the incoming call's dialog.
+fn answer_ours(req: &rsip::Request, code: u16, sdp: Option<&str>) -> SipMessage {
+    SipMessage::Response(message::build_response(
+        req,
+        code,
+        message::ResponseParts {
+            contact: Some("<sip:carrier@127.0.0.1:5070>"),
+            body: sdp.map(|b| ("application/sdp", b)),
+            ..Default::default()
+        },
+    ))
+}
+
+fn holds(d: &Drained) -> Vec<bool> {
+    d.media
+        .iter()
+        .filter_map(|m| match m {
+            MediaCommand::Hold(h) => Some(*h),
+            _ => None,
+        })
+        .collect()
+}
+
 fn error_of(d: &Drained, session: SessionKey) -> Option<(u16, String)> {
     d.to(session).into_iter().find_map(|e| match e {
         SessionEvent::Error { code, message, .. } => Some((*code, message.clone())),
@@ -1607,6 +1634,16 @@ fn dtmf_heard(d: &Drained, session: SessionKey) -> String {
                 assert_eq!(id.0, "in-1");
                 Some(digit.as_char())
             }
+            _ => None,
+        })
+        .collect()
+}
+
+fn errors(d: &Drained, session: SessionKey) -> Vec<u16> {
+    d.to(session)
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::Error { code, .. } => Some(*code),
             _ => None,
         })
         .collect()
@@ -1789,4 +1826,174 @@ Call-ID: in-c1\r\nCSeq: {cseq} INFO\r\nContent-Type: {ct}\r\nContent-Length: {}\
         (vec![415], String::new())
     );
     assert!(!call.is_over_for_browsers());
+}
+
+#[test]
+fn the_browsers_hold_is_a_sendonly_reinvite_and_resume_a_sendrecv_one() {
+    use super::api::HoldParty;
+    let (mut call, now, _tag) = connected_call(1);
+    let hold = |call: &mut Call, t: Instant, on: bool| {
+        call.handle_session(
+            t,
+            SessionInput::Hold {
+                session: 1,
+                hold: on,
+            },
+        )
+    };
+    hold(&mut call, now, true);
+    let d = drain(&mut call);
+    assert!(
+        d.events.is_empty(),
+        "nothing for the browser before the 200"
+    );
+    let reinvite = the_invite(&d);
+    assert_eq!(message::cseq(&reinvite).unwrap().0, 1, "our first request");
+    let offer = String::from_utf8(reinvite.body.clone()).unwrap();
+    assert!(offer.contains("a=sendonly"), "{offer}");
+    assert!(offer.contains("m=audio 20002 RTP/SAVP 8 101"), "{offer}");
+    assert_eq!(origin(&offer).1, 2, "version raised from the 200's 1");
+    let first_key = our_inline(&offer);
+    // A second hold while the first is out: refused, nothing sent.
+    hold(&mut call, now, true);
+    let d = drain(&mut call);
+    assert_eq!(errors(&d, 1), [409]);
+    assert!(d.sip.is_empty());
+
+    let answer = reoffer(2, |s| s.replace("a=sendrecv", "a=recvonly"));
+    call.handle_sip(
+        now,
+        answer_ours(&reinvite, 200, Some(&answer)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK"]);
+    assert!(matches!(
+        d.to(1)[..],
+        [SessionEvent::Held {
+            by: HoldParty::Browser,
+            ..
+        }]
+    ));
+    assert_eq!(holds(&d), [true]);
+    assert_eq!(timeouts(&d), [Duration::from_secs(3600)]);
+    assert!(
+        updates(&d).is_empty(),
+        "a direction change keeps the leg and its keys"
+    );
+
+    // Resume: sendrecv; the trunk's re-INVITE crosses it (491), we retry
+    // within 0-2 s (the trunk owns this Call-ID).
+    let t = now + Duration::from_secs(40);
+    hold(&mut call, t, false);
+    let resume = the_invite(&drain(&mut call));
+    let offer = String::from_utf8(resume.body.clone()).unwrap();
+    assert!(offer.contains("a=sendrecv"), "{offer}");
+    assert_eq!(origin(&offer).1, 3);
+    assert_eq!(our_inline(&offer), first_key, "the same key");
+    call.handle_sip(t, answer_ours(&resume, 491, None), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK"], "the 491 is ACKed");
+    assert!(d.events.is_empty());
+    let at = call.poll_timeout().unwrap();
+    assert!(at > t && at <= t + Duration::from_secs(2), "{:?}", at - t);
+    call.handle_timeout(at);
+    let again = the_invite(&drain(&mut call));
+    assert_eq!(message::cseq(&again).unwrap().0, 3);
+    assert_eq!(again.body, resume.body, "the same offer again");
+    let answer = reoffer(3, |s| s);
+    call.handle_sip(at, answer_ours(&again, 200, Some(&answer)), trunk_addr());
+    let d = drain(&mut call);
+    assert!(matches!(
+        d.to(1)[..],
+        [SessionEvent::Resumed {
+            by: HoldParty::Browser,
+            ..
+        }]
+    ));
+    assert_eq!(holds(&d), [false]);
+    // As after the trunk's resume: media.timeout comes back once the
+    // trunk had that long to send again.
+    assert!(timeouts(&d).is_empty());
+    call.handle_timeout(at + Duration::from_secs(30));
+    assert_eq!(timeouts(&drain(&mut call)), [Duration::from_secs(30)]);
+
+    // A refused hold: the browser hears the code, the call stays as it was.
+    let t = at + Duration::from_secs(31);
+    hold(&mut call, t, true);
+    let refused = the_invite(&drain(&mut call));
+    call.handle_sip(t, answer_ours(&refused, 488, None), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(errors(&d, 1), [488]);
+    assert!(d.media.is_empty());
+    assert!(!call.is_over_for_browsers());
+    // Resuming what is not held just says so again.
+    hold(&mut call, t, false);
+    let d = drain(&mut call);
+    assert!(d.sip.is_empty());
+    assert!(matches!(d.to(1)[..], [SessionEvent::Resumed { .. }]));
+}
+
+#[test]
+fn a_hold_needs_a_connected_call_of_ones_own_and_481_ends_it() {
+    let (mut call, now, tag) = connected_call(2);
+    // Session 2 rang but did not answer: not its call.
+    call.handle_session(
+        now,
+        SessionInput::Hold {
+            session: 2,
+            hold: true,
+        },
+    );
+    let d = drain(&mut call);
+    assert_eq!(errors(&d, 2), [404]);
+    call.handle_session(
+        now,
+        SessionInput::Hold {
+            session: 1,
+            hold: true,
+        },
+    );
+    let reinvite = the_invite(&drain(&mut call));
+    // The trunk's own re-INVITE while ours is out: glare, 491.
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 2, &tag, "z9hG4bKre2", Some(&reoffer(2, |s| s))),
+        trunk_addr(),
+    );
+    assert_eq!(the_response(&drain(&mut call)).0, 491);
+    call.handle_sip(now, answer_ours(&reinvite, 481, None), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK", "BYE"]);
+    assert_eq!(d.hangup_of(1).map(|h| h.0), Some(481));
+    assert!(call.is_over_for_browsers());
+}
+
+#[test]
+fn a_trunk_reoffer_while_the_browser_holds_is_answered_without_receiving() {
+    let (mut call, now, tag) = connected_call(1);
+    call.handle_session(
+        now,
+        SessionInput::Hold {
+            session: 1,
+            hold: true,
+        },
+    );
+    let reinvite = the_invite(&drain(&mut call));
+    let answer = reoffer(2, |s| s.replace("a=sendrecv", "a=recvonly"));
+    call.handle_sip(
+        now,
+        answer_ours(&reinvite, 200, Some(&answer)),
+        trunk_addr(),
+    );
+    drain(&mut call);
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 2, &tag, "z9hG4bKre2", Some(&reoffer(3, |s| s))),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    let sdp = the_response(&d).1.unwrap();
+    assert!(sdp.contains("a=sendonly"), "{sdp}");
+    assert!(d.events.is_empty(), "neither held nor resumed by the trunk");
 }

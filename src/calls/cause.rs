@@ -46,6 +46,9 @@ pub enum Cause {
     TrunkUnreachable(String),
     /// The Request-URI user is no account.
     UnknownUser,
+    /// The trunk refreshes the session (RFC 4028) and no refresh came in
+    /// time: the gateway ended the dialog with BYE.
+    SessionExpired,
 
     // ---- either side or the gateway --------------------------------------
     /// Nobody answered within the ring timeout.
@@ -87,6 +90,10 @@ impl Cause {
             Policy(why) => (488, why.clone()),
             TrunkUnreachable(why) => (503, why.clone()),
             UnknownUser => (404, "no such account".into()),
+            SessionExpired => (
+                408,
+                "session timer expired: the trunk did not refresh the session (RFC 4028)".into(),
+            ),
             NoAnswer => (408, "no answer".into()),
             MediaFailed(why) => (488, format!("media failed: {why}")),
             MediaTimeout => (408, "no media received".into()),
@@ -120,7 +127,7 @@ impl Cause {
             Policy(_) => 488,
             TrunkUnreachable(_) => 503,
             UnknownUser => 404,
-            NoAnswer => 408,
+            NoAnswer | SessionExpired => 408,
             NoResources(_) | Shutdown => 503,
             NotSupported(_) => 501,
         }
@@ -148,7 +155,7 @@ impl Cause {
             RemoteHangup | CallerCancelled | TrunkRejected { .. } | TrunkSdp { .. } => Side::Trunk,
             NoSession | BrowserMediaTimeout | Policy(_) | TrunkUnreachable(_) | UnknownUser
             | NoAnswer | MediaFailed(_) | MediaTimeout | NoResources(_) | Shutdown
-            | NotSupported(_) => Side::Gateway,
+            | NotSupported(_) | SessionExpired => Side::Gateway,
         }
     }
 }
@@ -177,6 +184,12 @@ mod tests {
             (UnknownUser, 404, "no such account", 404),
             (CallerCancelled, 487, "cancelled by the caller", 487),
             (NoAnswer, 408, "no answer", 408),
+            (
+                SessionExpired,
+                408,
+                "session timer expired: the trunk did not refresh the session (RFC 4028)",
+                408,
+            ),
             (RemoteHangup, 200, "the other party hung up", 487),
             (BrowserHangup, 200, "hung up by the browser", 480),
             (BrowserGone, 200, "browser disconnected", 480),

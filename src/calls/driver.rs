@@ -142,6 +142,11 @@ pub async fn run(mut call: Call, io: CallIo) {
                             m.set_media_timeout(t);
                         }
                     }
+                    MediaCommand::Hold(hold) => {
+                        if let Some(m) = &media {
+                            m.set_hold(hold);
+                        }
+                    }
                     MediaCommand::UpdateTrunk(trunk, map) => {
                         if let Some(m) = &media {
                             m.update_trunk(*trunk, map);
@@ -418,6 +423,8 @@ fn observe_input(live: &LiveCall, input: &SessionInput) {
         SessionInput::Hangup { .. } => "hangup",
         SessionInput::Gone { .. } => "socket closed",
         SessionInput::Dtmf { .. } => "dtmf",
+        SessionInput::Hold { hold: true, .. } => "hold",
+        SessionInput::Hold { hold: false, .. } => "resume",
         SessionInput::Join { .. } => return,
         SessionInput::Shutdown => return,
     };

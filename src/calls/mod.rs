@@ -510,6 +510,9 @@ impl SessionControl for Session {
             SessionCommand::Dtmf { id, digits } => {
                 self.forward(id, SessionInput::Dtmf { session, digits })
             }
+            SessionCommand::Hold { id, hold } => {
+                self.forward(id, SessionInput::Hold { session, hold })
+            }
         }
     }
 }

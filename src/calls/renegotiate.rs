@@ -26,6 +26,22 @@
 //! re-offer that only changes the direction keeps the leg and our key.
 //!
 //! A refused offer leaves the session exactly as it was.
+//!
+//! The browser's hold and resume are offers of ours ([`TrunkSession::hold_offer`],
+//! answered in [`TrunkSession::take_hold_answer`]): `a=sendonly` while the
+//! browser holds, `a=sendrecv` when it resumes, the same codec and address,
+//! and the same SDES key, as for a re-offer of the trunk's that only changes
+//! the direction. The same key, not a fresh one: real trunks keep the first
+//! key they were given (baresip 1.0's srtp module keys its contexts once per
+//! call and fails every packet under a new key: measured in
+//! tests/integration/test_hold.py), and a direction change rebuilds nothing
+//! here, so the rollover counter runs on. An answer that moves or re-keys
+//! the trunk's side still rebuilds the leg, then with our key under a
+//! restarted counter: the case the fresh keys above exist for, left open
+//! here (a trunk that answers a hold with a new key of its own; none seen).
+//! While the browser holds, our answers to the trunk's own re-offers do not
+//! receive either (sendrecv is answered sendonly), so a trunk re-INVITE does
+//! not quietly end the browser's hold.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -96,6 +112,8 @@ pub struct TrunkSession {
     /// Suites a re-key may move to (the trunk's `srtp_suites`).
     pub suites: Vec<SrtpSuite>,
     pub held: bool,
+    /// The browser holds the call (our last accepted offer was sendonly).
+    pub local_hold: bool,
     /// Our key in the offer of our 2xx to an offerless re-INVITE, until the
     /// ACK's answer.
     offered_key: Option<SrtpKeyMaterial>,
@@ -145,6 +163,7 @@ impl TrunkSession {
             sdes: sdes.map(|(theirs, ours, tag)| Sdes { theirs, ours, tag }),
             suites,
             held: false,
+            local_hold: false,
             offered_key: None,
         }
     }
@@ -167,8 +186,14 @@ impl TrunkSession {
             (Some((tag, _)), Some(key)) => Some((*tag, key)),
             _ => None,
         };
+        // The writer mirrors the offer's direction; under the browser's hold
+        // the mirrored direction loses its receiving half.
+        let mut shape = taken.offer.clone();
+        if self.local_hold {
+            shape.direction = not_receiving(shape.direction.reversed()).reversed();
+        }
         let answer = sdp::write_sip_answer_versioned(
-            &taken.offer,
+            &shape,
             &taken.codecs,
             self.local_ip,
             self.local_port,
@@ -180,13 +205,64 @@ impl TrunkSession {
     }
 
     /// Our offer for the 2xx to a re-INVITE without SDP: the call's codec,
-    /// sendrecv, and (SRTP) a fresh key of ours, since the answer will
-    /// rebuild the leg anyway.
+    /// sendrecv (sendonly while the browser holds), and (SRTP) a fresh key
+    /// of ours, since the answer will rebuild the leg anyway.
     pub fn offer(&mut self) -> String {
-        let key = self
-            .sdes
-            .as_ref()
-            .map(|s| (s.tag, SrtpKeyMaterial::generate(s.ours.suite)));
+        let direction = if self.local_hold {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        };
+        self.offer_with(direction, true)
+    }
+
+    /// Our offer for the browser's hold (`a=sendonly`) or resume
+    /// (`a=sendrecv`), with our key as it is (see the module documentation).
+    /// The answer goes to [`TrunkSession::take_hold_answer`]; a refusal to
+    /// [`TrunkSession::drop_offer`].
+    pub fn hold_offer(&mut self, hold: bool) -> String {
+        let direction = if hold {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        };
+        self.offer_with(direction, false)
+    }
+
+    /// The trunk's answer to [`TrunkSession::hold_offer`]: the browser's
+    /// hold is `hold` from now on; the leg is rebuilt only if the answer
+    /// moved or re-keyed the trunk's side. Whether the trunk itself holds can only be read from an answer
+    /// to an offer that let it send (sendrecv): to our sendonly it can only
+    /// answer recvonly or inactive, which says nothing of its own hold.
+    pub fn take_hold_answer(&mut self, sdp: Option<&str>, hold: bool) -> Result<Change, Refusal> {
+        let offered = self.offered_key.take();
+        let sdp = sdp.ok_or(Refusal::NoAnswer)?;
+        let answer = sdp::parse_sip_offer(sdp)?;
+        let mut taken = self.take(answer)?;
+        if hold {
+            taken.held = self.held;
+        }
+        self.local_hold = hold;
+        let rebuild = self.rebuilds(&taken);
+        Ok(self.commit(taken, offered, rebuild))
+    }
+
+    /// Our offer was refused: the session stays as before it.
+    pub fn drop_offer(&mut self) {
+        self.offered_key = None;
+    }
+
+    /// Our offer with our `direction`, same codec, address and shape, and
+    /// a fresh or the current key.
+    fn offer_with(&mut self, direction: Direction, fresh_key: bool) -> String {
+        let key = self.sdes.as_ref().map(|s| {
+            let key = if fresh_key {
+                SrtpKeyMaterial::generate(s.ours.suite)
+            } else {
+                s.ours.clone()
+            };
+            (s.tag, key)
+        });
         let mut codecs = vec![Codec {
             pt: self.trunk_pt,
             ..self.browser_codec.clone()
@@ -211,7 +287,8 @@ impl TrunkSession {
             codecs: codecs.clone(),
             cryptos: Vec::new(),
             ssrcs: Vec::new(),
-            direction: Direction::SendRecv,
+            // The writer answers: it mirrors this.
+            direction: direction.reversed(),
             ptime: self.ptime,
             skipped: Vec::new(),
         };
@@ -361,4 +438,10 @@ impl TrunkSession {
             None => "rtp (unencrypted)".into(),
         }
     }
+}
+
+/// `direction` without its receiving half: what we may answer while the
+/// browser holds the call.
+fn not_receiving(direction: Direction) -> Direction {
+    Direction::from_flags(direction.sends(), false)
 }

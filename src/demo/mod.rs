@@ -150,6 +150,8 @@ async fn run_echo(
                 | UasEvent::RemoteHangup
                 | UasEvent::Cancelled
                 | UasEvent::Dtmf(_)
+                // The demo never re-INVITEs.
+                | UasEvent::Own(_)
                 | UasEvent::Acked => {}
             }
         }

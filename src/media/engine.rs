@@ -241,6 +241,12 @@ impl MediaHandle {
         let _ = self.commands.send(Command::MediaTimeout(timeout));
     }
 
+    /// The browser held (true) or resumed the call: its audio stops at the
+    /// relay or goes to the trunk again. Ignored if the task has ended.
+    pub fn set_hold(&self, hold: bool) {
+        let _ = self.commands.send(Command::Hold(hold));
+    }
+
     /// A re-INVITE renegotiated the trunk leg (address, keys, SSRCs, payload
     /// types). Ignored if the task has ended.
     pub fn update_trunk(

@@ -286,6 +286,9 @@ pub struct CallRelay {
     dtmf_ts: u32,
     /// Events from the trunk, told apart from their updates.
     dtmf_in: DtmfReceiver,
+    /// The browser put the call on hold: its RTP is taken (the leg stays
+    /// alive) but not sent to the trunk, the held party. RTCP still flows.
+    hold_trunk: bool,
 }
 
 impl CallRelay {
@@ -376,6 +379,7 @@ impl CallRelay {
             dtmf_out: None,
             dtmf_ts: 0,
             dtmf_in: DtmfReceiver::default(),
+            hold_trunk: false,
         }
     }
 
@@ -419,6 +423,13 @@ impl CallRelay {
     /// Changes the media timeout (default 30 s).
     pub fn set_media_timeout(&mut self, timeout: Duration) {
         self.media_timeout = timeout;
+    }
+
+    /// The browser's hold (true) or resume (false): whether its RTP stops
+    /// at the relay instead of going to the trunk. The streams toward the
+    /// trunk continue with a gap in sequence numbers on resume, as after loss.
+    pub fn set_hold(&mut self, hold: bool) {
+        self.hold_trunk = hold;
     }
 
     /// Whether media is flowing (DTLS done, not failed or timed out).
@@ -1007,12 +1018,15 @@ impl CallRelay {
                 if self.dtmf_consumes(toward, &fields, buf) {
                     return Ok(None);
                 }
+                // The browser holds the trunk: its audio is taken (the leg
+                // stays alive) and not forwarded.
+                if self.hold_trunk && toward == Toward::Trunk {
+                    return Ok(None);
+                }
                 let (pt, clock_rate) = self
                     .payload_map
                     .map(toward, fields.payload_type)
                     .ok_or(DropReason::UnknownPayloadType)?;
-                self.arrival_filter(toward).accept(ssrc, now);
-                self.heard_from(leg, from, now);
                 let rewriter = match toward {
                     Toward::Trunk => &mut self.to_trunk,
                     Toward::Browser => &mut self.to_browser,

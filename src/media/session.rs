@@ -38,6 +38,8 @@ pub(crate) enum Command {
     UpdateTrunk(Box<TrunkUpdate>),
     /// How long a leg may be silent before the call's media times out.
     MediaTimeout(std::time::Duration),
+    /// The browser's hold (true) or resume: `CallRelay::set_hold`.
+    Hold(bool),
     /// End the call: DTLS close_notify to the browser, then exit.
     Stop,
     /// A digit toward the trunk (RFC 4733); the relay schedules its packets.
@@ -119,6 +121,7 @@ pub(crate) async fn run(
                         tracing::warn!(reason = %e, "DTMF digit not sent");
                     }
                 }
+                Some(Command::Hold(hold)) => relay.set_hold(hold),
                 Some(Command::UpdateTrunk(update)) => {
                     let (trunk, payload_map) = *update;
                     relay.update_trunk(trunk, payload_map);

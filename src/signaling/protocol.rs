@@ -23,7 +23,7 @@ pub(crate) const MAX_MESSAGE_LEN: usize = 64 * 1024;
 
 /// Message types of PROTOCOL.md that the call layer cannot handle yet; they
 /// get a 501 instead of the 400 of an unknown type.
-const NOT_IMPLEMENTED: [&str; 3] = ["hold", "resume", "transfer"];
+const NOT_IMPLEMENTED: [&str; 1] = ["transfer"];
 
 /// Why a browser message was refused; becomes an `error` message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +105,14 @@ pub fn parse_command(text: &str) -> Result<SessionCommand, Refusal> {
             let digits = parse_digits(digits).map_err(|m| Refusal::bad(Some(&id), m))?;
             Ok(SessionCommand::Dtmf { id, digits })
         }
+        "hold" => Ok(SessionCommand::Hold {
+            id: id?,
+            hold: true,
+        }),
+        "resume" => Ok(SessionCommand::Hold {
+            id: id?,
+            hold: false,
+        }),
         other if NOT_IMPLEMENTED.contains(&other) => Err(Refusal {
             id: id_ok,
             code: 501,
@@ -458,11 +466,13 @@ mod tests {
             ),
             (json!({"type":"dtmf","digits":"1"}).to_string(), None, 400),
             (
-                json!({"type":"hold","id":"c1"}).to_string(),
+                json!({"type":"transfer","id":"c1","to":"2"}).to_string(),
                 Some("c1"),
                 501,
             ),
-            (json!({"type":"resume"}).to_string(), None, 501),
+            // hold and resume need the call's id.
+            (json!({"type":"hold"}).to_string(), None, 400),
+            (json!({"type":"resume","id":7}).to_string(), None, 400),
         ];
         for (text, id, code) in cases {
             let refusal = parse_command(&text).expect_err(&text);
@@ -500,6 +510,25 @@ mod tests {
         assert_eq!(text, "0123456789*#ABCDABCD");
         let max = "#".repeat(MAX_DTMF_DIGITS);
         assert!(parse(json!({"type":"dtmf","id":"c1","digits":max})).is_ok());
+    }
+
+    #[test]
+    fn hold_and_resume_parse() {
+        let id = || CallId("c1".into());
+        assert_eq!(
+            parse(json!({"type":"hold","id":"c1"})),
+            Ok(SessionCommand::Hold {
+                id: id(),
+                hold: true
+            })
+        );
+        assert_eq!(
+            parse(json!({"type":"resume","id":"c1"})),
+            Ok(SessionCommand::Hold {
+                id: id(),
+                hold: false
+            })
+        );
     }
 
     #[test]
@@ -575,6 +604,13 @@ mod tests {
                     by: HoldParty::Trunk,
                 },
                 json!({"type":"resumed","id":"c1","by":"trunk"}),
+            ),
+            (
+                SessionEvent::Held {
+                    id: id(),
+                    by: HoldParty::Browser,
+                },
+                json!({"type":"held","id":"c1","by":"browser"}),
             ),
             (
                 SessionEvent::Error {

@@ -243,6 +243,8 @@ fn command_name(cmd: &crate::calls::api::SessionCommand) -> (&'static str, &str)
         SessionCommand::Accept { id, .. } => ("accept", &id.0),
         SessionCommand::Reject { id } => ("reject", &id.0),
         SessionCommand::Dtmf { id, .. } => ("dtmf", &id.0),
+        SessionCommand::Hold { id, hold: true } => ("hold", &id.0),
+        SessionCommand::Hold { id, hold: false } => ("resume", &id.0),
     }
 }
 

@@ -15,9 +15,9 @@
 //! - glare: a re-INVITE while an INVITE transaction of the dialog is still
 //!   open (our 2xx not yet ACKed, including the first INVITE's on the UAS
 //!   side) and an UPDATE while our offer is outstanding get 491 (RFC 3261
-//!   14.2, RFC 3311 5.2), and the session goes on unchanged. The gateway
-//!   sends no re-INVITE of its own yet, so the other half of glare (a 491 to
-//!   ours, retried after 2.1-4 s, 14.1) has nothing to act on.
+//!   14.2, RFC 3311 5.2), and the session goes on unchanged; so does either
+//!   while a re-INVITE of ours is out. The other half of glare (a 491 to
+//!   ours, retried after a random delay, 14.1) is `sip::own_requests`.
 //!
 //! Retransmissions of the request itself are answered by the dialog
 //! (`Dialog::handle_request` keeps the last answer).
@@ -86,13 +86,22 @@ impl PeerUpdates {
     /// our side (the UAS's first 2xx not yet ACKed). Returns a response to
     /// send at once (491 on glare); otherwise the request is reported as an
     /// [`RenegotiationEvent::Offer`].
-    pub fn begin(&mut self, dialog: &mut Dialog, req: Request, invite_open: bool) -> Option<Bytes> {
+    /// `our_offer_open`: a re-INVITE of ours with an offer is out
+    /// (`sip::own_requests`): a re-INVITE or UPDATE of the peer is glare.
+    pub fn begin(
+        &mut self,
+        dialog: &mut Dialog,
+        req: Request,
+        invite_open: bool,
+        our_offer_open: bool,
+    ) -> Option<Bytes> {
         let update = req.method == Method::Update;
-        let glare = if update {
-            self.unacked.as_ref().is_some_and(|u| u.offered) || self.pending.is_some()
-        } else {
-            invite_open || self.unacked.is_some() || self.pending.is_some()
-        };
+        let glare = our_offer_open
+            || if update {
+                self.unacked.as_ref().is_some_and(|u| u.offered) || self.pending.is_some()
+            } else {
+                invite_open || self.unacked.is_some() || self.pending.is_some()
+            };
         if glare {
             tracing::info!(call_id = %dialog.call_id, method = %req.method,
                 "peer's session update crosses an open one: 491");
@@ -107,19 +116,21 @@ impl PeerUpdates {
 
     /// The B2BUA's answer to the pending request: the response to send.
     /// `None` when nothing was pending.
+    /// `extra`: headers for a 2xx (the session timer's, RFC 4028 9).
     pub fn answer(
         &mut self,
         dialog: &mut Dialog,
         answer: OfferAnswer,
+        extra: Vec<rsip::Header>,
         now: Instant,
     ) -> Option<Bytes> {
         let req = self.pending.take()?;
         let had_sdp = message::sdp_body(&req).is_some_and(|s| !s.trim().is_empty());
         let resp = match &answer {
             OfferAnswer::Sdp(sdp) => {
-                dialog.answer(&req, 200, Some(("application/sdp", sdp)), vec![])
+                dialog.answer(&req, 200, Some(("application/sdp", sdp)), extra)
             }
-            OfferAnswer::Empty => dialog.answer(&req, 200, None, vec![]),
+            OfferAnswer::Empty => dialog.answer(&req, 200, None, extra),
             OfferAnswer::Refuse(code) => dialog.answer(&req, *code, None, vec![]),
         };
         let code = resp.status_code.code();
@@ -184,13 +195,13 @@ impl PeerUpdates {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::sip::dialog::{InDialog, LocalEndpoint};
     use crate::sip::message::{RequestParts, ResponseParts};
     use crate::sip::Transport;
 
-    fn local() -> LocalEndpoint {
+    pub(crate) fn local() -> LocalEndpoint {
         LocalEndpoint {
             via_host: "192.0.2.1".into(),
             via_port: 5060,
@@ -201,7 +212,7 @@ mod tests {
     }
 
     /// Our dialog as the UAC of `cid`, and a maker of the peer's requests.
-    fn dialog() -> Dialog {
+    pub(crate) fn dialog() -> Dialog {
         let invite = message::build_request(RequestParts {
             method: Method::Invite,
             uri: "sip:bob@192.0.2.2",
@@ -257,7 +268,7 @@ mod tests {
     /// Feeds `req` through the dialog as `sip::uac` does.
     fn offer(d: &mut Dialog, u: &mut PeerUpdates, req: Request) -> Option<Bytes> {
         assert!(matches!(d.handle_request(&req), InDialog::Offer));
-        u.begin(d, req, false)
+        u.begin(d, req, false, false)
     }
 
     #[test]
@@ -272,7 +283,7 @@ mod tests {
             })
         );
         let ok = u
-            .answer(&mut d, OfferAnswer::Sdp("v=0\r\n".into()), t0)
+            .answer(&mut d, OfferAnswer::Sdp("v=0\r\n".into()), vec![], t0)
             .unwrap();
         assert_eq!(code(&ok), 200);
         // While our offer waits for the ACK, an UPDATE with another is glare.
@@ -297,7 +308,7 @@ mod tests {
         offer(&mut d, &mut u, peer(Method::Invite, 2, Some("v=0\r\n")));
         u.poll_event();
         let ok = u
-            .answer(&mut d, OfferAnswer::Sdp("v=0\r\n".into()), t0)
+            .answer(&mut d, OfferAnswer::Sdp("v=0\r\n".into()), vec![], t0)
             .unwrap();
         let mut resent = 0;
         let mut now = t0;
@@ -312,7 +323,9 @@ mod tests {
         assert!((7..=11).contains(&resent), "{resent}");
         // A refusal is final at once: nothing to resend, no ACK awaited.
         offer(&mut d, &mut u, peer(Method::Invite, 3, Some("v=0\r\n")));
-        let no = u.answer(&mut d, OfferAnswer::Refuse(488), now).unwrap();
+        let no = u
+            .answer(&mut d, OfferAnswer::Refuse(488), vec![], now)
+            .unwrap();
         assert_eq!(code(&no), 488);
         assert_eq!(u.poll_timeout(), None);
     }

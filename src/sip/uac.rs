@@ -46,7 +46,9 @@ use rsip::{Header, Method, Request, Response, SipMessage};
 use super::auth::{Challenge, DigestAlgorithm, DigestClient, DigestCredentials};
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
 use super::message::{self, RequestParts, ResponseParts};
+use super::own_requests::{OwnError, OwnEvent, OwnRequests};
 use super::reinvite::{OfferAnswer, PeerUpdates, RenegotiationEvent};
+use super::session_timer::{self, Role, SessionExpires, SessionTimer, TimerDue};
 use super::target::Target;
 use super::transaction::{ClientTransaction, TxEvent, TIMEOUT};
 use super::Transport;
@@ -92,6 +94,14 @@ pub enum UacEvent {
     Renegotiation(RenegotiationEvent),
     /// The trunk sent a DTMF digit in an INFO (answered 200).
     Dtmf(crate::types::DtmfDigit),
+    /// The outcome of our own re-INVITE ([`OutgoingCall::reoffer`]).
+    Own(OwnEvent),
+    /// RFC 4028: we refresh, the trunk takes no UPDATE, and half the
+    /// interval has passed: send a re-INVITE with the session's SDP
+    /// ([`OutgoingCall::reoffer`]).
+    RefreshDue,
+    /// RFC 4028: no refresh came in time. End the call ([`OutgoingCall::hangup`]).
+    SessionExpired,
     /// Nothing left to do: the object can be dropped.
     Terminated,
 }
@@ -116,6 +126,19 @@ pub struct OutgoingCall {
     dialog: Option<Dialog>,
     /// The trunk's re-INVITEs and UPDATEs in the dialog.
     updates: PeerUpdates,
+    /// Our own re-INVITEs in the dialog (hold and resume).
+    own: OwnRequests,
+    /// The `Session-Expires` and `Min-SE` our INVITE asks for (raised by a
+    /// 422), and how many 422s were followed.
+    session_expires: u64,
+    min_se: u64,
+    retries_422: usize,
+    /// The session timer, once the 2xx named one (RFC 4028).
+    timer: Option<SessionTimer>,
+    /// The trunk's Allow (of its 2xx) names UPDATE: refreshes go as UPDATE.
+    peer_allows_update: bool,
+    /// The `Session-Expires` of the trunk's pending re-INVITE or UPDATE.
+    peer_refresh: Option<SessionExpires>,
     /// The ACK of our 2xx, resent for each retransmitted 2xx.
     ack_2xx: Option<(Bytes, Target)>,
     digest: DigestClient,
@@ -172,6 +195,14 @@ impl OutgoingCall {
             background: Vec::new(),
             dialog: None,
             updates: PeerUpdates::default(),
+            // We sent the first INVITE: the Call-ID is ours (491 delays).
+            own: OwnRequests::new(true),
+            session_expires: session_timer::REQUESTED_SE,
+            min_se: session_timer::MIN_SE,
+            retries_422: 0,
+            timer: None,
+            peer_allows_update: false,
+            peer_refresh: None,
             ack_2xx: None,
             digest: DigestClient::new(),
             auth_headers: Vec::new(),
@@ -236,8 +267,11 @@ impl OutgoingCall {
         let to = format!("<{}>", self.cfg.request_uri);
         let mut extra = vec![
             Header::Allow(super::uas::ALLOW.into()),
-            // RFC 3262: carriers that insist on reliable 183s get them.
-            Header::Supported("100rel".into()),
+            // RFC 3262: carriers that insist on reliable 183s get them;
+            // RFC 4028: session timers, with the interval we ask for.
+            Header::Supported("100rel, timer".into()),
+            Header::Other("Session-Expires".into(), self.session_expires.to_string()),
+            Header::Other("Min-SE".into(), self.min_se.to_string()),
         ];
         extra.extend(self.auth_headers.iter().cloned());
         message::build_request(RequestParts {
@@ -289,6 +323,11 @@ impl OutgoingCall {
         let Ok((seq, method)) = message::cseq(&resp) else {
             return;
         };
+        if let Some(dialog) = self.dialog.as_mut() {
+            if self.own.handle_response(dialog, &resp, now) {
+                return;
+            }
+        }
         if let Some(tx) = self.invite_tx.as_mut().filter(|tx| tx.matches(&resp)) {
             tx.handle_response(resp, now);
             return;
@@ -345,7 +384,11 @@ impl OutgoingCall {
                 self.updates.on_ack(&req);
             }
             InDialog::Offer => {
-                if let Some(refusal) = self.updates.begin(dialog, req, false) {
+                self.peer_refresh = message::header_values(&req, "Session-Expires")
+                    .first()
+                    .and_then(|v| SessionExpires::parse(v));
+                let ours = self.own.invite_open();
+                if let Some(refusal) = self.updates.begin(dialog, req, false, ours) {
                     let to = self.trunk();
                     self.transmit.push_back((refusal, to));
                 }
@@ -367,10 +410,42 @@ impl OutgoingCall {
         let Some(dialog) = self.dialog.as_mut() else {
             return;
         };
-        if let Some(bytes) = self.updates.answer(dialog, answer, now) {
+        // A 2xx to the trunk's re-INVITE or UPDATE refreshes the session
+        // (RFC 4028 9): it names the interval and refresher in force.
+        let mut extra = Vec::new();
+        if let Some(timer) = self.timer.as_mut() {
+            if !matches!(answer, OfferAnswer::Refuse(_)) {
+                timer.refreshed(self.peer_refresh.map(|se| (se, Role::Uas)), now);
+                extra = timer_headers(timer, Role::Uas);
+            }
+        }
+        self.peer_refresh = None;
+        if let Some(bytes) = self.updates.answer(dialog, answer, extra, now) {
             let to = self.trunk();
             self.transmit.push_back((bytes, to));
         }
+    }
+
+    /// Sends `sdp` as our new offer in a re-INVITE (the browser's hold or
+    /// resume); the outcome comes as `UacEvent::Own`. Refused while the
+    /// call is not answered or is ending, or while an offer of ours is out.
+    pub fn reoffer(&mut self, sdp: String, now: Instant) -> Result<(), OwnError> {
+        if self.ended || self.hangup_requested {
+            return Err(OwnError::NoDialog);
+        }
+        let Some(to) = self.dialog.as_ref().map(|d| self.hop_of(d)) else {
+            return Err(OwnError::NoDialog);
+        };
+        let Some(dialog) = self.dialog.as_mut() else {
+            return Err(OwnError::NoDialog);
+        };
+        let mut extra = vec![Header::Allow(super::uas::ALLOW.into())];
+        if let Some(timer) = &self.timer {
+            extra.extend(timer_headers(timer, Role::Uac));
+        }
+        self.own.send_offer(dialog, to, sdp, extra, now)?;
+        self.pump();
+        Ok(())
     }
 
     /// Queues a response to one of the trunk's requests. Addressed to the
@@ -424,6 +499,12 @@ impl OutgoingCall {
             let to = self.trunk();
             self.transmit.push_back((again, to));
         }
+        if let Some(dialog) = self.dialog.as_mut().filter(|_| !self.ended) {
+            self.own.handle_timeout(dialog, now);
+        }
+        if !self.ended && !self.hangup_requested {
+            self.session_timer(now);
+        }
         if self.cancel_deadline.is_some_and(|t| t <= now) {
             self.cancel_deadline = None;
             if self.dialog.is_none() && !self.ended {
@@ -448,6 +529,13 @@ impl OutgoingCall {
             .filter_map(|tx| tx.poll_timeout())
             .chain(self.cancel_deadline)
             .chain(self.updates.poll_timeout())
+            .chain(self.own.poll_timeout().filter(|_| !self.ended))
+            .chain(
+                self.timer
+                    .as_ref()
+                    .filter(|_| !self.ended && !self.hangup_requested)
+                    .map(|t| t.poll_timeout()),
+            )
             .min()
     }
 
@@ -516,6 +604,40 @@ impl OutgoingCall {
 
     /// Handles what the transactions report.
     fn pump_events(&mut self, now: Instant) {
+        while let Some(ev) = self.own.poll_event() {
+            if self.ended {
+                continue;
+            }
+            match ev {
+                OwnEvent::Updated {
+                    code,
+                    session_expires,
+                } => {
+                    // A refresh that failed is not acted on: without a
+                    // later one the session expires and the call ends.
+                    if let (200..=299, Some(timer)) = (code, self.timer.as_mut()) {
+                        let se = session_expires.as_deref().and_then(SessionExpires::parse);
+                        timer.refreshed(se.map(|se| (se, Role::Uac)), now);
+                    } else {
+                        tracing::warn!(call_id = %self.cfg.call_id, code, "session refresh (UPDATE) refused");
+                    }
+                }
+                OwnEvent::Answered {
+                    sdp,
+                    session_expires,
+                } => {
+                    if let Some(timer) = self.timer.as_mut() {
+                        let se = session_expires.as_deref().and_then(SessionExpires::parse);
+                        timer.refreshed(se.map(|se| (se, Role::Uac)), now);
+                    }
+                    self.events.push_back(UacEvent::Own(OwnEvent::Answered {
+                        sdp,
+                        session_expires,
+                    }));
+                }
+                other => self.events.push_back(UacEvent::Own(other)),
+            }
+        }
         while let Some(ev) = self.invite_tx.as_mut().and_then(|tx| tx.poll_event()) {
             match ev {
                 TxEvent::Response(resp) => self.on_invite_response(resp, now),
@@ -589,6 +711,9 @@ impl OutgoingCall {
                 if code == 488 && self.retry_with_fallback(&resp, now) {
                     return;
                 }
+                if code == 422 && self.retry_with_interval(&resp, now) {
+                    return;
+                }
                 if !self.ended {
                     let reason = message::response_reason(&resp);
                     if !self.hangup_requested {
@@ -641,6 +766,19 @@ impl OutgoingCall {
         }
         self.dialog = Some(dialog);
         self.cancel_deadline = None;
+        self.peer_allows_update = message::header_values(&resp, "Allow")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|m| m.trim().eq_ignore_ascii_case("UPDATE"));
+        let se = message::header_values(&resp, "Session-Expires")
+            .first()
+            .and_then(|v| SessionExpires::parse(v));
+        if let Some(se) = session_timer::uac_decision(se) {
+            let timer = SessionTimer::new(se, Role::Uac, now);
+            tracing::info!(call_id = %self.cfg.call_id, interval_s = se.seconds,
+                we_refresh = timer.we_refresh(), "session timer (RFC 4028)");
+            self.timer = Some(timer);
+        }
         if self.hangup_requested {
             self.send_bye(now);
         } else {
@@ -781,6 +919,78 @@ impl OutgoingCall {
         true
     }
 
+    /// Follows a 422 (RFC 4028 7.4): the INVITE goes again asking for the
+    /// trunk's `Min-SE`, with a new CSeq, as after a challenge. False when
+    /// the 422 names no larger interval or too many came.
+    fn retry_with_interval(&mut self, resp: &Response, now: Instant) -> bool {
+        if self.hangup_requested || self.ended || self.retries_422 >= session_timer::MAX_422_RETRIES
+        {
+            return false;
+        }
+        let min_se = message::header_values(resp, "Min-SE")
+            .first()
+            .and_then(|v| session_timer::parse_min_se(v));
+        let Some(interval) = session_timer::retry_interval(self.session_expires, min_se) else {
+            return false;
+        };
+        let (old_se, old_min) = (self.session_expires, self.min_se);
+        self.session_expires = interval;
+        self.min_se = interval;
+        self.invite_cseq += 1;
+        let invite = match self.build_invite() {
+            Ok(i) => i,
+            Err(_) => {
+                (self.session_expires, self.min_se) = (old_se, old_min);
+                self.invite_cseq -= 1;
+                return false;
+            }
+        };
+        self.retries_422 += 1;
+        tracing::info!(call_id = %self.cfg.call_id, interval_s = interval,
+            "422 Session Interval Too Small: asking again with the trunk's Min-SE");
+        self.pump();
+        if let Some(old) = self.invite_tx.take() {
+            let to = self.trunk();
+            self.background.push(Routed { tx: old, to });
+        }
+        self.start_invite(invite, now);
+        true
+    }
+
+    /// What the session timer asks for at `now`: our refresh (an UPDATE
+    /// when the trunk allows it, else `RefreshDue` for a re-INVITE with the
+    /// session's SDP; nothing while an offer of ours is out, whose 2xx
+    /// refreshes), or `SessionExpired`.
+    fn session_timer(&mut self, now: Instant) {
+        let Some(due) = self.timer.as_mut().and_then(|t| t.poll(now)) else {
+            return;
+        };
+        match due {
+            TimerDue::Expired => {
+                tracing::warn!(call_id = %self.cfg.call_id, "session timer expired: no refresh (RFC 4028)");
+                self.timer = None;
+                self.events.push_back(UacEvent::SessionExpired);
+            }
+            TimerDue::Refresh if self.own.offer_pending() => {}
+            TimerDue::Refresh if self.peer_allows_update => {
+                let Some(to) = self.dialog.as_ref().map(|d| self.hop_of(d)) else {
+                    return;
+                };
+                let extra = self
+                    .timer
+                    .as_ref()
+                    .map(|t| timer_headers(t, Role::Uac))
+                    .unwrap_or_default();
+                if let Some(dialog) = self.dialog.as_mut() {
+                    if let Err(e) = self.own.send_update(dialog, to, extra, now) {
+                        tracing::warn!(call_id = %self.cfg.call_id, error = %e, "cannot send the UPDATE refresh");
+                    }
+                }
+            }
+            TimerDue::Refresh => self.events.push_back(UacEvent::RefreshDue),
+        }
+    }
+
     /// Resends a challenged BYE once with credentials (some trunks
     /// authenticate every request). False when it cannot.
     fn retry_bye_with_auth(&mut self, resp: &Response, now: Instant) -> bool {
@@ -868,6 +1078,9 @@ impl OutgoingCall {
     /// Moves bytes queued by the transactions into our queue.
     fn pump(&mut self) {
         let trunk = self.trunk();
+        while let Some(out) = self.own.poll_transmit() {
+            self.transmit.push_back(out);
+        }
         if let Some(tx) = self.invite_tx.as_mut() {
             while let Some(b) = tx.poll_transmit() {
                 self.transmit.push_back((b, trunk.clone()));
@@ -892,6 +1105,24 @@ impl OutgoingCall {
             self.events.push_back(UacEvent::Terminated);
         }
     }
+}
+
+/// The RFC 4028 headers of a refresh or of a 2xx to one: `Supported:
+/// timer` and `Session-Expires` naming the refresher in the terms of that
+/// transaction, where we are `me`.
+pub(crate) fn timer_headers(timer: &SessionTimer, me: Role) -> Vec<Header> {
+    let peer = match me {
+        Role::Uac => Role::Uas,
+        Role::Uas => Role::Uac,
+    };
+    let se = SessionExpires {
+        seconds: timer.interval().as_secs(),
+        refresher: Some(if timer.we_refresh() { me } else { peer }),
+    };
+    vec![
+        Header::Supported("timer".into()),
+        Header::Other("Session-Expires".into(), se.header_value()),
+    ]
 }
 
 /// Stands in until the real INVITE is built (only when building it failed).
@@ -1798,5 +2029,171 @@ mod tests {
             events(&mut call),
             vec![UacEvent::RemoteHangup, UacEvent::Terminated]
         );
+    }
+
+    // ---- session timers (RFC 4028) ----------------------------------------
+
+    fn hdr(name: &str, value: &str) -> Header {
+        Header::Other(name.into(), value.into())
+    }
+
+    /// The call answered with these 2xx headers; its ACK drained.
+    fn answered_with(extra: Vec<Header>) -> (OutgoingCall, Request, Instant) {
+        let (mut call, invite, t0) = start(None);
+        call.handle_message(reply(&invite, 200, Some("v=0\r\n"), extra), t0);
+        assert_eq!(req(&sent(&mut call)[0]).method, Method::Ack);
+        events(&mut call);
+        (call, invite, t0)
+    }
+
+    #[test]
+    fn our_invite_offers_timers_and_follows_a_422_once_per_min_se() {
+        let (mut call, invite, t0) = start(None);
+        assert_eq!(
+            message::header_values(&invite, "Supported"),
+            ["100rel, timer"]
+        );
+        assert_eq!(message::header_values(&invite, "Session-Expires"), ["1800"]);
+        assert_eq!(message::header_values(&invite, "Min-SE"), ["90"]);
+        call.handle_message(reply(&invite, 422, None, vec![hdr("Min-SE", "3600")]), t0);
+        let out = sent(&mut call);
+        let methods: Vec<Method> = out.iter().map(|m| req(m).method).collect();
+        assert_eq!(
+            methods,
+            [Method::Ack, Method::Invite],
+            "the 422 ACKed, then again"
+        );
+        let again = req(&out[1]).clone();
+        assert_eq!(message::header_values(&again, "Session-Expires"), ["3600"]);
+        assert_eq!(message::header_values(&again, "Min-SE"), ["3600"]);
+        assert_eq!(message::cseq(&again).unwrap().0, 2);
+        assert_eq!(
+            message::call_id(&again).unwrap(),
+            message::call_id(&invite).unwrap()
+        );
+        assert!(events(&mut call).is_empty(), "no outcome yet");
+        // A 422 that asks for nothing more is the outcome.
+        call.handle_message(reply(&again, 422, None, vec![hdr("Min-SE", "3600")]), t0);
+        assert!(matches!(
+            events(&mut call)[..],
+            [UacEvent::Rejected { code: 422, .. }]
+        ));
+    }
+
+    #[test]
+    fn we_refresh_with_update_at_half_the_interval() {
+        let (mut call, _, t0) = answered_with(vec![
+            hdr("Session-Expires", "90;refresher=uac"),
+            Header::Allow("INVITE, ACK, BYE, UPDATE".into()),
+        ]);
+        assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(45)));
+        call.handle_timeout(t0 + Duration::from_secs(44));
+        assert!(sent(&mut call).is_empty());
+        let t1 = t0 + Duration::from_secs(45);
+        call.handle_timeout(t1);
+        let out = sent(&mut call);
+        let update = req(&out[0]).clone();
+        assert_eq!(update.method, Method::Update);
+        assert!(update.body.is_empty());
+        assert_eq!(
+            message::header_values(&update, "Session-Expires"),
+            ["90;refresher=uac"]
+        );
+        call.handle_message(
+            reply(
+                &update,
+                200,
+                None,
+                vec![hdr("Session-Expires", "90;refresher=uac")],
+            ),
+            t1,
+        );
+        assert!(
+            events(&mut call).is_empty(),
+            "a refresh is the UAC's business"
+        );
+        // Refreshed at 45 s: the next refresh at 90 s, nothing expires.
+        call.handle_timeout(t0 + Duration::from_secs(89));
+        assert!(sent(&mut call).is_empty());
+        assert!(events(&mut call).is_empty());
+        call.handle_timeout(t0 + Duration::from_secs(90));
+        assert_eq!(req(&sent(&mut call)[0]).method, Method::Update);
+    }
+
+    #[test]
+    fn without_update_the_refresh_is_a_reinvite_the_b2bua_writes() {
+        let (mut call, _, t0) = answered_with(vec![hdr("Session-Expires", "120")]);
+        let t1 = t0 + Duration::from_secs(60);
+        call.handle_timeout(t1);
+        assert!(sent(&mut call).is_empty());
+        assert_eq!(events(&mut call), [UacEvent::RefreshDue]);
+        call.reoffer("v=0\r\nsame\r\n".into(), t1).unwrap();
+        let reinvite = req(&sent(&mut call)[0]).clone();
+        assert_eq!(reinvite.method, Method::Invite);
+        assert_eq!(
+            message::header_values(&reinvite, "Session-Expires"),
+            ["120;refresher=uac"]
+        );
+        call.handle_message(reply(&reinvite, 200, Some("v=0\r\n"), vec![]), t1);
+        assert_eq!(req(&sent(&mut call)[0]).method, Method::Ack);
+        assert!(matches!(
+            events(&mut call)[..],
+            [UacEvent::Own(OwnEvent::Answered { .. })]
+        ));
+        assert_eq!(call.poll_timeout(), Some(t1 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn when_the_trunk_refreshes_its_silence_expires_the_session() {
+        let (mut call, invite, t0) =
+            answered_with(vec![hdr("Session-Expires", "90;refresher=uas")]);
+        // The trunk's UPDATE at 50 s refreshes: our 200 names the interval
+        // and the trunk (the UAC of the UPDATE) as refresher.
+        let mut trunk = Dialog::uas(
+            &invite,
+            "trunktag",
+            LocalEndpoint {
+                via_host: "192.0.2.9".into(),
+                via_port: 5070,
+                transport: Transport::Udp,
+                contact: "<sip:15551234@192.0.2.9:5070>".into(),
+                user_agent: "trunk".into(),
+            },
+        )
+        .unwrap();
+        let t1 = t0 + Duration::from_secs(50);
+        let update = trunk
+            .request_with(
+                Method::Update,
+                None,
+                vec![hdr("Session-Expires", "90;refresher=uac")],
+            )
+            .unwrap();
+        call.handle_message(update.into(), t1);
+        assert_eq!(
+            events(&mut call),
+            [UacEvent::Renegotiation(RenegotiationEvent::Offer {
+                update: true,
+                sdp: None
+            })]
+        );
+        call.answer_offer(OfferAnswer::Empty, t1);
+        let ok = sent(&mut call).remove(0);
+        let SipMessage::Response(ok) = ok else {
+            panic!("a response")
+        };
+        assert_eq!(ok.status_code.code(), 200);
+        assert_eq!(
+            message::header_values(&ok, "Session-Expires"),
+            ["90;refresher=uac"]
+        );
+        // Expiry: 50 + 90 - 30 = 110 s.
+        assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(110)));
+        call.handle_timeout(t0 + Duration::from_secs(109));
+        assert!(events(&mut call).is_empty());
+        call.handle_timeout(t0 + Duration::from_secs(110));
+        assert_eq!(events(&mut call), [UacEvent::SessionExpired]);
+        call.hangup(t0 + Duration::from_secs(110));
+        assert_eq!(req(&sent(&mut call)[0]).method, Method::Bye);
     }
 }

@@ -29,6 +29,7 @@ use rsip::{Method, Request, Response, SipMessage};
 
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
 use super::message::{self, ResponseParts};
+use super::own_requests::{OwnError, OwnEvent, OwnRequests};
 use super::reinvite::{OfferAnswer, PeerUpdates, RenegotiationEvent};
 use super::target::Target;
 use super::transaction::{ClientTransaction, TxEvent, TIMEOUT};
@@ -55,6 +56,8 @@ pub enum UasEvent {
     Renegotiation(RenegotiationEvent),
     /// The caller sent a DTMF digit in an INFO (answered 200).
     Dtmf(crate::types::DtmfDigit),
+    /// The outcome of our own re-INVITE ([`IncomingCall::reoffer`]).
+    Own(OwnEvent),
     /// Nothing left to do: the object can be dropped.
     Terminated,
 }
@@ -94,6 +97,8 @@ pub struct IncomingCall {
     dialog: Option<Dialog>,
     /// The caller's re-INVITEs and UPDATEs in the dialog.
     updates: PeerUpdates,
+    /// Our own re-INVITEs in the dialog (hold and resume).
+    own: OwnRequests,
     /// Our BYE, and where it goes.
     bye_tx: Option<(ClientTransaction, Target)>,
     /// `hangup` came between our 2xx and its ACK (RFC 3261 15: BYE waits).
@@ -137,6 +142,8 @@ impl IncomingCall {
             linger_until: None,
             dialog: None,
             updates: PeerUpdates::default(),
+            // The caller chose the Call-ID: the shorter 491 delays are ours.
+            own: OwnRequests::new(false),
             bye_tx: None,
             bye_pending: false,
             ended: false,
@@ -266,6 +273,12 @@ impl IncomingCall {
         match msg {
             SipMessage::Request(req) => self.handle_request(req, now),
             SipMessage::Response(resp) => {
+                if let Some(dialog) = self.dialog.as_mut() {
+                    if self.own.handle_response(dialog, &resp, now) {
+                        self.pump_own();
+                        return;
+                    }
+                }
                 if let Some((tx, _)) = self.bye_tx.as_mut().filter(|(tx, _)| tx.matches(&resp)) {
                     tx.handle_response(resp, now);
                 }
@@ -371,7 +384,8 @@ impl IncomingCall {
                         // Before the ACK of our first 2xx the INVITE
                         // transaction is still open: a re-INVITE is glare.
                         let open = self.state == State::Accepted;
-                        if let Some(refusal) = self.updates.begin(dialog, req, open) {
+                        let ours = self.own.invite_open();
+                        if let Some(refusal) = self.updates.begin(dialog, req, open, ours) {
                             self.transmit.push_back((refusal, self.caller()));
                         }
                     }
@@ -391,13 +405,43 @@ impl IncomingCall {
         }
     }
 
+    /// Sends `sdp` as our new offer in a re-INVITE (the browser's hold or
+    /// resume); the outcome comes as `UasEvent::Own`. Only once the dialog
+    /// is confirmed (our 2xx ACKed) and not ending, one offer at a time.
+    pub fn reoffer(&mut self, sdp: String, now: Instant) -> Result<(), OwnError> {
+        if self.state != State::Confirmed || self.ended {
+            return Err(OwnError::NoDialog);
+        }
+        let caller = self.caller();
+        let Some(dialog) = self.dialog.as_mut() else {
+            return Err(OwnError::NoDialog);
+        };
+        let to = dialog.next_hop().unwrap_or(caller);
+        let extra = vec![rsip::Header::Allow(ALLOW.into())];
+        self.own.send_offer(dialog, to, sdp, extra, now)?;
+        self.pump_own();
+        Ok(())
+    }
+
+    /// Moves our re-INVITE's bytes and events out.
+    fn pump_own(&mut self) {
+        while let Some(out) = self.own.poll_transmit() {
+            self.transmit.push_back(out);
+        }
+        while let Some(ev) = self.own.poll_event() {
+            if self.state == State::Confirmed {
+                self.events.push_back(UasEvent::Own(ev));
+            }
+        }
+    }
+
     /// Answers the caller's re-INVITE or UPDATE reported as
     /// `Renegotiation(Offer)`. No-op when none is pending.
     pub fn answer_offer(&mut self, answer: OfferAnswer, now: Instant) {
         let Some(dialog) = self.dialog.as_mut() else {
             return;
         };
-        if let Some(bytes) = self.updates.answer(dialog, answer, now) {
+        if let Some(bytes) = self.updates.answer(dialog, answer, vec![], now) {
             self.transmit.push_back((bytes, self.caller()));
         }
     }
@@ -405,6 +449,14 @@ impl IncomingCall {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.terminated {
             return;
+        }
+        if let Some(dialog) = self
+            .dialog
+            .as_mut()
+            .filter(|_| self.state == State::Confirmed)
+        {
+            self.own.handle_timeout(dialog, now);
+            self.pump_own();
         }
         if self.give_up_at.is_some_and(|t| t <= now) {
             self.give_up_at = None;
@@ -449,6 +501,11 @@ impl IncomingCall {
             .flatten()
             .chain(self.bye_tx.as_ref().and_then(|(tx, _)| tx.poll_timeout()))
             .chain(self.updates.poll_timeout())
+            .chain(
+                self.own
+                    .poll_timeout()
+                    .filter(|_| self.state == State::Confirmed),
+            )
             .min()
     }
 

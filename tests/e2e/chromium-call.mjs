@@ -11,7 +11,9 @@
 // (optional, e.g. "sdes-srtp"), MEDIA_SECONDS (default 6),
 // CHROMIUM_PATH (default /usr/bin/chromium), DTMF_DIGITS (optional: pressed
 // on the dial pad once connected, 300 ms apart; the page must show them as
-// sent and no error).
+// sent and no error), HOLD (optional, "1": before
+// hanging up, click Hold, check the button and status show the hold and
+// the far end's audio stops, click Resume, check it flows again).
 
 import { chromium } from 'playwright-core';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -27,6 +29,7 @@ const EXPECT_TRUNK = env.EXPECT_TRUNK_SECURITY || '';
 const MEDIA_MS = Math.round(1000 * Number(env.MEDIA_SECONDS || 6));
 const CHROMIUM = env.CHROMIUM_PATH || '/usr/bin/chromium';
 const DTMF = env.DTMF_DIGITS || '';
+const HOLD = env.HOLD === '1';
 
 const CONNECT_TIMEOUT_MS = 20000;
 const OVERALL_TIMEOUT_MS = 120000;
@@ -333,6 +336,8 @@ async function run() {
     }
   }
 
+  if (HOLD) await holdAndResume(page, problems);
+
   step('clicking Hang up');
   await page.click('#hangup-button');
   await page.waitForSelector('#call-status[data-state="ended"]', { timeout: 5000 })
@@ -347,6 +352,58 @@ async function run() {
 
   if (problems.length) fail(problems.join('; '));
   summary.result = 'pass';
+}
+
+/** What the Hold button and the status line show. */
+async function readHold(p) {
+  return p.evaluate(() => {
+    const b = document.getElementById('hold-button');
+    return {
+      label: b.textContent.trim(), pressed: b.getAttribute('aria-pressed'), disabled: b.disabled,
+      state: b.dataset.state, status: document.getElementById('call-status-text').textContent.trim(),
+      client: window.gatewayClient.hold,
+    };
+  });
+}
+
+/** RTP packets received by the browser over `ms`. */
+async function receivedOver(p, ms) {
+  const a = await readStats(p);
+  await p.waitForTimeout(ms);
+  const b = await readStats(p);
+  return (b.inbound ? b.inbound.packetsReceived : 0) - (a.inbound ? a.inbound.packetsReceived : 0);
+}
+
+/** HOLD=1: Hold, then Resume, through the buttons; the trunk (baresip)
+ * stops sending while held (it answers our a=sendonly with recvonly). */
+async function holdAndResume(p, problems) {
+  const before = await readHold(p);
+  if (before.label !== 'Hold' || before.disabled) problems.push(`before the hold the button shows ${JSON.stringify(before)}`);
+  step('clicking Hold');
+  await p.click('#hold-button');
+  await p.waitForSelector('#hold-button[aria-pressed="true"]', { timeout: 10000 })
+    .catch(() => problems.push('the Hold button was not pressed within 10 s of the click'));
+  const held = await readHold(p);
+  summary.held = held;
+  if (held.label !== 'Resume' || held.client !== 'browser' || !/on hold/i.test(held.status)) {
+    problems.push(`while held the page shows ${JSON.stringify(held)}`);
+  }
+  await p.waitForTimeout(1000);
+  await p.screenshot({ path: path.join(ARTIFACT_DIR, 'chromium-held.png'), fullPage: true });
+  summary.receivedWhileHeld = await receivedOver(p, 3000);
+  step('clicking Resume');
+  await p.click('#hold-button');
+  await p.waitForSelector('#hold-button[aria-pressed="false"]', { timeout: 10000 })
+    .catch(() => problems.push('the Resume click was not confirmed within 10 s'));
+  const resumed = await readHold(p);
+  summary.resumed = resumed;
+  if (resumed.label !== 'Hold' || resumed.client !== 'none' || resumed.status !== 'Connected') {
+    problems.push(`after the resume the page shows ${JSON.stringify(resumed)}`);
+  }
+  await p.waitForTimeout(500);
+  summary.receivedAfterResume = await receivedOver(p, 3000);
+  if (summary.receivedWhileHeld > 10) problems.push(`${summary.receivedWhileHeld} RTP packets arrived in 3 s of hold`);
+  if (summary.receivedAfterResume < 100) problems.push(`only ${summary.receivedAfterResume} RTP packets in 3 s after the resume`);
 }
 
 async function saveFailureScreenshot() {

@@ -222,6 +222,13 @@ pub struct MediaConfig {
     /// c=0.0.0.0): a held trunk legitimately sends nothing for a long time.
     #[serde(default = "default_hold_timeout")]
     pub hold_timeout: u64,
+    /// Media worker threads; 0: one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Browser legs share one UDP port per worker (taken from the range at
+    /// start, demultiplexed by ICE); `false`: one browser port per call.
+    #[serde(default = "default_true")]
+    pub single_port: bool,
 }
 
 impl Default for MediaConfig {
@@ -232,6 +239,8 @@ impl Default for MediaConfig {
             bind_ip: None,
             timeout: default_media_timeout(),
             hold_timeout: default_hold_timeout(),
+            workers: 0,
+            single_port: true,
         }
     }
 }
@@ -346,6 +355,11 @@ fn default_port_max() -> u16 {
 }
 fn default_media_timeout() -> u64 {
     30
+}
+/// More media workers than this is a typo, not a machine.
+const MAX_MEDIA_WORKERS: usize = 1024;
+fn default_true() -> bool {
+    true
 }
 fn default_hold_timeout() -> u64 {
     3600
@@ -581,6 +595,27 @@ impl Config {
         if self.media.port_min < 1024 {
             add("media.port_min".into(), "must be 1024 or above".into());
         }
+        if self.media.workers > MAX_MEDIA_WORKERS {
+            add(
+                "media.workers".into(),
+                format!("must be 0 (one per core) to {MAX_MEDIA_WORKERS}"),
+            );
+        } else if self.media.single_port && self.media.port_min <= self.media.port_max {
+            // Each worker takes one port of the range; a call still needs
+            // an even/odd pair from the rest.
+            let ports = usize::from(self.media.port_max - self.media.port_min) + 1;
+            let workers = self.media_workers();
+            if ports < workers + 3 {
+                add(
+                    "media.port_max".into(),
+                    format!(
+                        "with single_port the range needs a port per worker ({workers}) \
+                         and a pair for a call: at least {} ports",
+                        workers + 3
+                    ),
+                );
+            }
+        }
         // A day bounds both: a longer silence is a dead call, and the
         // deadline arithmetic stays far from overflow.
         for (key, value) in [
@@ -761,6 +796,34 @@ impl Config {
             }
         }
         problems
+    }
+
+    /// Media worker threads: `media.workers`, or one per core for 0.
+    pub fn media_workers(&self) -> usize {
+        match self.media.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// How media runs, for `check-config`.
+    pub fn media_summary(&self) -> String {
+        let ports = if self.media.single_port {
+            "browser legs share one UDP port per worker (media.single_port)"
+        } else {
+            "one browser UDP port per call (media.single_port = false)"
+        };
+        format!(
+            "media: {} worker thread(s){}, ports {}-{}; {ports}",
+            self.media_workers(),
+            if self.media.workers == 0 {
+                " (one per core)"
+            } else {
+                ""
+            },
+            self.media.port_min,
+            self.media.port_max,
+        )
     }
 
     /// The address media sockets bind to.

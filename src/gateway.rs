@@ -58,6 +58,8 @@ pub enum GatewayError {
     Dtls(#[from] crate::media::dtls::DtlsError),
     #[error("call records: {0}")]
     Cdr(#[from] crate::cdr::CdrError),
+    #[error("media: {0}")]
+    Media(String),
 }
 
 /// The token secret: from the config, else generated once into `data_dir`.
@@ -118,9 +120,14 @@ pub async fn run(
             public_ip: config.server.public_ip,
             port_min: config.media.port_min,
             port_max: config.media.port_max,
+            workers: config.media.workers,
+            single_port: config.media.single_port,
         },
         identity,
     );
+    if let Some(e) = media.startup_error() {
+        return Err(GatewayError::Media(e));
+    }
     // The HTTPS certificate, looked up per handshake: a reload reaches new
     // SIP-TLS connections too.
     let tls_listen = config.sip.tls_listen.map(|addr| {

@@ -157,6 +157,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             if problems.is_empty() {
+                println!("{}", config.media_summary());
                 println!("{}: ok", path.display());
                 Ok(ExitCode::SUCCESS)
             } else {

@@ -43,6 +43,8 @@ async fn setup() -> Setup {
             public_ip: LO,
             port_min: 42000,
             port_max: 42999,
+            workers: 1,
+            single_port: true,
         },
         Arc::new(DtlsIdentity::generate().unwrap()),
     );

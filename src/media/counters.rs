@@ -233,6 +233,11 @@ pub struct MediaStats {
     pub dtls_failed: AtomicU64,
     /// Calls ended by the media timeout.
     pub media_timeouts: AtomicU64,
+    /// Datagrams on a shared browser port (single-port mode) that no call
+    /// claims: not a STUN check, from an address no call validated.
+    pub unknown_source_dropped: AtomicU64,
+    /// STUN checks on a shared browser port whose USERNAME names no call.
+    pub unknown_ufrag_dropped: AtomicU64,
 }
 
 impl MediaStats {
@@ -243,8 +248,32 @@ impl MediaStats {
         }
     }
 
+    /// Counts a datagram on a shared browser port that no call claims.
+    pub fn add_unrouted(&self, unknown_ufrag: bool) {
+        let counter = if unknown_ufrag {
+            &self.unknown_ufrag_dropped
+        } else {
+            &self.unknown_source_dropped
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
     /// Appends the media figures in the Prometheus text exposition format.
     pub fn render_prometheus(&self, out: &mut String) {
+        out.push_str(
+            "# HELP gateway_media_unknown_source_dropped_total Datagrams on a shared browser port that no call claims: from an address no call validated (unknown_address) or a STUN check naming no call (unknown_ufrag).\n\
+             # TYPE gateway_media_unknown_source_dropped_total counter\n",
+        );
+        for (reason, value) in [
+            ("unknown_address", &self.unknown_source_dropped),
+            ("unknown_ufrag", &self.unknown_ufrag_dropped),
+        ] {
+            let _ = writeln!(
+                out,
+                "gateway_media_unknown_source_dropped_total{{reason=\"{reason}\"}} {}",
+                value.load(Relaxed)
+            );
+        }
         // `write!` into a String cannot fail; the results are ignored on purpose.
         out.push_str(
             "# HELP gateway_media_packets_total Datagrams received (in) and sent (out) per media leg.\n\

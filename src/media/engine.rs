@@ -1,31 +1,34 @@
 //! The face of the media plane for the B2BUA.
 //!
 //! ```text
-//! MediaEngine::allocate()  → MediaAllocation   ports + ICE credentials + our SSRCs,
-//!                                               written into the SDP by `sdp`
+//! MediaEngine::new()       → starts the media workers (one per core by
+//!                             default), each with its shared browser port
+//! MediaEngine::allocate()  → MediaAllocation   a worker, its trunk RTP/RTCP
+//!                                               pair, ICE credentials and our
+//!                                               SSRCs, written into the SDP
 //! MediaAllocation::start() → MediaHandle       once both SDPs are known; the
-//!                                               call's media task runs
-//! MediaHandle::stop() / drop                   task ends, ports are freed
+//!                                               call runs on its worker
+//! MediaHandle::stop() / drop                   the call ends, ports are freed
 //! ```
 //! Events (`BrowserConnected`, `Failed`, `Timeout`) arrive on the channel the
 //! B2BUA passes to `start`.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tracing::Instrument;
+use tokio::sync::{mpsc, oneshot};
 
 use super::counters::{CallCounters, MediaStats};
 use super::dtls::DtlsIdentity;
 use super::ice_lite::IceLite;
 use super::port_pool::PortPool;
 use super::relay::{CallRelay, RelayParams, TrunkLegParams};
-use super::session::{self, CallSockets, Command};
+use super::worker::{CallId, Command, LoadGuard, StartCall, WorkerHandle};
 use super::MediaError;
 use crate::types::{PayloadType, Secret, SrtpSuite, Ssrc};
 
-/// Where media is bound and announced.
+/// Where media is bound and announced, and how it is run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaConfig {
     /// Local address the media sockets bind to.
@@ -35,6 +38,11 @@ pub struct MediaConfig {
     pub public_ip: IpAddr,
     pub port_min: u16,
     pub port_max: u16,
+    /// Media worker threads; 0: one per core.
+    pub workers: usize,
+    /// Browser legs share one UDP port per worker (demultiplexed by ICE),
+    /// rather than one port per call.
+    pub single_port: bool,
 }
 
 /// What a call's media reports to the B2BUA.
@@ -43,13 +51,13 @@ pub enum MediaEvent {
     /// The browser's DTLS completed and its fingerprint matched; media flows.
     BrowserConnected { suite: SrtpSuite },
     /// The media cannot work (DTLS failure or fingerprint mismatch, SRTP
-    /// keying failed). The media task has ended.
+    /// keying failed). The call's media has ended.
     Failed { reason: String },
     /// No media from one leg for the media timeout (30 s), or the browser
-    /// never connected within it. The media task has ended.
+    /// never connected within it. The call's media has ended.
     Timeout,
     /// The browser closed its DTLS association (close_notify): it hung up.
-    /// The media task has ended.
+    /// The call's media has ended.
     BrowserClosed,
     /// The trunk sent a DTMF digit as an RFC 4733 event (once per event).
     Dtmf { digit: crate::types::DtmfDigit },
@@ -67,22 +75,59 @@ struct Inner {
     stats: Arc<MediaStats>,
     /// `Err` when the configured range is unusable; reported by `allocate`.
     pool: Result<PortPool, MediaError>,
+    /// `Err` (why) when the workers could not start; reported by `allocate`.
+    workers: Result<Vec<Arc<WorkerHandle>>, String>,
+    next_call: AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for worker in self.workers.iter().flatten() {
+            worker.send(Command::Shutdown);
+        }
+    }
 }
 
 impl MediaEngine {
     /// An engine binding in `cfg`'s range and presenting `identity`'s
-    /// certificate to browsers. An unusable port range is reported by every
-    /// [`allocate`](Self::allocate) (the config module validates it first).
+    /// certificate to browsers; starts the media workers (in single-port
+    /// mode each takes one port of the range for its browser legs). An
+    /// unusable port range or workers that could not start are reported by
+    /// [`startup_error`](Self::startup_error) and every
+    /// [`allocate`](Self::allocate) (the config module validates first).
     pub fn new(cfg: MediaConfig, identity: Arc<DtlsIdentity>) -> Self {
+        Self::with_batch(cfg, identity, super::worker::batch::BATCH)
+    }
+
+    /// As [`new`](Self::new) with `batch` datagrams per syscall (1: no
+    /// batching). For the benchmark's with/without comparison.
+    #[doc(hidden)]
+    pub fn with_batch(cfg: MediaConfig, identity: Arc<DtlsIdentity>, batch: usize) -> Self {
         let pool = PortPool::new(cfg.bind_ip, cfg.port_min, cfg.port_max);
+        let stats = Arc::new(MediaStats::default());
+        let workers = match &pool {
+            Ok(pool) => start_workers(&cfg, pool, &stats, batch),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &workers {
+            tracing::error!(error = %e, "media workers did not start");
+        }
         MediaEngine {
             inner: Arc::new(Inner {
                 cfg,
                 identity,
-                stats: Arc::new(MediaStats::default()),
+                stats,
                 pool,
+                workers,
+                next_call: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// Why the engine cannot allocate calls, if it cannot (bad port range,
+    /// a worker's browser port or thread could not be had).
+    pub fn startup_error(&self) -> Option<String> {
+        self.inner.workers.as_ref().err().cloned()
     }
 
     /// Our certificate's SHA-256 fingerprint, for `a=fingerprint:sha-256`.
@@ -100,9 +145,10 @@ impl MediaEngine {
         self.inner.stats.clone()
     }
 
-    /// Binds the browser port and the trunk RTP/RTCP pair, and makes ICE
-    /// credentials and our output SSRCs. Dropping the allocation frees the
-    /// ports.
+    /// Places the call on the worker with the fewest calls, binds the trunk
+    /// RTP/RTCP pair (and in per-call port mode the browser port), and makes
+    /// ICE credentials and our output SSRCs. Dropping the allocation frees
+    /// the ports.
     pub async fn allocate(&self) -> Result<MediaAllocation, MediaError> {
         let pool = match &self.inner.pool {
             Ok(pool) => pool,
@@ -121,31 +167,77 @@ impl MediaEngine {
                 })
             }
         };
-        let browser = pool.bind_one()?;
+        let workers = self
+            .inner
+            .workers
+            .as_ref()
+            .map_err(|e| MediaError::Workers(e.clone()))?;
+        let worker = workers
+            .iter()
+            .min_by_key(|w| w.load.load(Relaxed))
+            .ok_or_else(|| MediaError::Workers("no media worker".into()))?
+            .clone();
+        let load = LoadGuard::new(worker.load.clone());
+        let (browser_port, browser_socket) = match worker.browser_port {
+            Some(port) => (port, None),
+            None => {
+                let bound = pool.bind_one()?;
+                (bound.port, Some(bound.socket))
+            }
+        };
         let (rtp, rtcp) = pool.bind_pair()?;
         let (ice_ufrag, ice_pwd) = IceLite::generate_credentials();
         Ok(MediaAllocation {
-            browser_port: browser.port,
+            browser_port,
             trunk_rtp_port: rtp.port,
             trunk_rtcp_port: rtcp.port,
             ice_ufrag,
             ice_pwd,
             ssrc_to_browser: Ssrc(rand::random::<u32>().max(1)),
             ssrc_to_trunk: Ssrc(rand::random::<u32>().max(1)),
-            sockets: CallSockets {
-                browser: browser.socket,
-                trunk_rtp: rtp.socket,
-                trunk_rtcp: rtcp.socket,
-            },
+            browser_socket,
+            trunk_rtp: rtp.socket,
+            trunk_rtcp: rtcp.socket,
+            worker,
+            load,
+            id: self.inner.next_call.fetch_add(1, Relaxed),
             identity: self.inner.identity.clone(),
             stats: self.inner.stats.clone(),
         })
     }
 }
 
+/// Starts `cfg.workers` workers (0: one per core), each with a browser port
+/// of the range in single-port mode.
+fn start_workers(
+    cfg: &MediaConfig,
+    pool: &PortPool,
+    stats: &Arc<MediaStats>,
+    batch: usize,
+) -> Result<Vec<Arc<WorkerHandle>>, String> {
+    let count = match cfg.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    (0..count)
+        .map(|index| {
+            let shared = if cfg.single_port {
+                let bound = pool.bind_one().map_err(|e| e.to_string())?;
+                Some(bound.socket)
+            } else {
+                None
+            };
+            WorkerHandle::spawn(index, shared, stats.clone(), batch)
+                .map(Arc::new)
+                .map_err(|e| format!("cannot start media worker {index}: {e}"))
+        })
+        .collect()
+}
+
 /// Ports and credentials of one call, before its media starts.
 pub struct MediaAllocation {
-    /// Browser leg port (ICE candidate port), on [`MediaEngine::public_ip`].
+    /// Browser leg port (ICE candidate port), on [`MediaEngine::public_ip`]:
+    /// the worker's shared port in single-port mode.
     pub browser_port: u16,
     /// Trunk leg `m=` port (even).
     pub trunk_rtp_port: u16,
@@ -158,7 +250,13 @@ pub struct MediaAllocation {
     pub ssrc_to_browser: Ssrc,
     /// The SSRC we send toward the trunk (for `a=ssrc` in its SDP).
     pub ssrc_to_trunk: Ssrc,
-    sockets: CallSockets,
+    /// The call's own browser socket in per-call port mode.
+    browser_socket: Option<std::net::UdpSocket>,
+    trunk_rtp: std::net::UdpSocket,
+    trunk_rtcp: std::net::UdpSocket,
+    worker: Arc<WorkerHandle>,
+    load: LoadGuard,
+    id: CallId,
     identity: Arc<DtlsIdentity>,
     stats: Arc<MediaStats>,
 }
@@ -175,32 +273,41 @@ impl std::fmt::Debug for MediaAllocation {
 }
 
 impl MediaAllocation {
-    /// Starts the call's media task (inside the current tokio runtime and
-    /// tracing span). `params.browser.local_ufrag`/`local_pwd` are replaced
-    /// by this allocation's credentials, and the output SSRCs are
+    /// Hands the call to its worker (under the current tracing span).
+    /// `params.browser.local_ufrag`/`local_pwd` are replaced by this
+    /// allocation's credentials, and the output SSRCs are
     /// [`ssrc_to_browser`](Self::ssrc_to_browser) and
     /// [`ssrc_to_trunk`](Self::ssrc_to_trunk).
     pub fn start(self, mut params: RelayParams, events: mpsc::Sender<MediaEvent>) -> MediaHandle {
-        params.browser.local_ufrag = self.ice_ufrag;
+        params.browser.local_ufrag = self.ice_ufrag.clone();
         params.browser.local_pwd = self.ice_pwd;
         let counters = Arc::new(CallCounters::default());
         let mut relay = CallRelay::new(
             params,
             self.identity,
             counters.clone(),
-            self.stats.clone(),
+            self.stats,
             std::time::Instant::now(),
         );
         relay.set_output_ssrcs(self.ssrc_to_browser, self.ssrc_to_trunk);
-        let (commands, command_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(
-            session::run(relay, self.sockets, events, command_rx, self.stats)
-                .instrument(tracing::Span::current()),
-        );
+        let (done, stopped) = oneshot::channel();
+        self.worker.send(Command::Start(Box::new(StartCall {
+            id: self.id,
+            relay,
+            ufrag: self.ice_ufrag,
+            browser: self.browser_socket,
+            trunk_rtp: self.trunk_rtp,
+            trunk_rtcp: self.trunk_rtcp,
+            events,
+            done,
+            load: self.load,
+            span: tracing::Span::current(),
+        })));
         MediaHandle {
             counters,
-            commands,
-            task: Some(task),
+            worker: self.worker,
+            id: self.id,
+            stopped: Some(stopped),
         }
     }
 }
@@ -208,8 +315,9 @@ impl MediaAllocation {
 /// A running call's media. Dropping it stops the media too.
 pub struct MediaHandle {
     counters: Arc<CallCounters>,
-    commands: mpsc::UnboundedSender<Command>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    worker: Arc<WorkerHandle>,
+    id: CallId,
+    stopped: Option<oneshot::Receiver<()>>,
 }
 
 impl MediaHandle {
@@ -218,19 +326,20 @@ impl MediaHandle {
         self.counters.clone()
     }
 
-    /// Ends the media task: it sends the browser a DTLS close_notify and
-    /// exits, dropping its sockets (the ports are free once
+    /// Ends the call's media: its worker sends the browser a DTLS
+    /// close_notify and closes the call's sockets (the ports are free once
     /// [`stopped`](Self::stopped) returns). Idempotent.
     pub fn stop(&self) {
-        let _ = self.commands.send(Command::Stop);
+        self.worker.send(Command::Stop(self.id));
     }
 
-    /// Waits until the media task has ended (after `stop`, a failure or a
-    /// timeout).
+    /// Waits until the call's media has ended and its ports are freed
+    /// (after `stop`, a failure or a timeout).
     pub async fn stopped(&mut self) {
-        if let Some(task) = self.task.as_mut() {
-            let _ = task.await;
-            self.task = None;
+        if let Some(stopped) = self.stopped.as_mut() {
+            // An error means the worker is gone, and the sockets with it.
+            let _ = stopped.await;
+            self.stopped = None;
         }
     }
 
@@ -238,25 +347,26 @@ impl MediaHandle {
     /// (30 s by default). A ringing call with silent early media needs
     /// longer than an answered one.
     pub fn set_media_timeout(&self, timeout: std::time::Duration) {
-        let _ = self.commands.send(Command::MediaTimeout(timeout));
+        self.worker.send(Command::MediaTimeout(self.id, timeout));
     }
 
     /// The browser held (true) or resumed the call: its audio stops at the
     /// relay or goes to the trunk again. Ignored if the task has ended.
     pub fn set_hold(&self, hold: bool) {
-        let _ = self.commands.send(Command::Hold(hold));
+        self.worker.send(Command::Hold(self.id, hold));
     }
 
     /// A re-INVITE renegotiated the trunk leg (address, keys, SSRCs, payload
-    /// types). Ignored if the task has ended.
+    /// types). Ignored if the call's media has ended.
     pub fn update_trunk(
         &self,
         trunk: TrunkLegParams,
         payload_map: Vec<(PayloadType, PayloadType, u32)>,
     ) {
-        let _ = self
-            .commands
-            .send(Command::UpdateTrunk(Box::new((trunk, payload_map))));
+        self.worker.send(Command::UpdateTrunk(
+            self.id,
+            Box::new((trunk, payload_map)),
+        ));
     }
 }
 
@@ -264,14 +374,17 @@ impl MediaHandle {
     /// Queues a DTMF digit toward the trunk (RFC 4733 packets in the
     /// browser's stream). Ignored if the task has ended.
     pub fn send_dtmf(&self, digit: crate::types::DtmfDigit) {
-        let _ = self.commands.send(Command::Dtmf(digit));
+        self.worker.send(Command::Dtmf(self.id, digit));
     }
 }
 
 impl Drop for MediaHandle {
     fn drop(&mut self) {
-        // The task also ends when the channel closes; say it explicitly.
-        self.stop();
+        // Only if the media has not already ended: no command for a call
+        // the worker forgot.
+        if self.stopped.is_some() {
+            self.stop();
+        }
     }
 }
 
@@ -309,19 +422,35 @@ mod tests {
         (buf, from)
     }
 
-    #[tokio::test]
-    async fn end_to_end_over_loopback_udp() {
+    fn engine(identity: Arc<DtlsIdentity>, single_port: bool) -> MediaEngine {
         let (min, max) = test_range();
-        let identity = Arc::new(DtlsIdentity::generate().unwrap());
-        let engine = MediaEngine::new(
+        MediaEngine::new(
             MediaConfig {
                 bind_ip: LO,
                 public_ip: LO,
                 port_min: min,
                 port_max: max,
+                workers: 2,
+                single_port,
             },
-            identity.clone(),
-        );
+            identity,
+        )
+    }
+
+    #[tokio::test]
+    async fn end_to_end_over_loopback_udp_single_port() {
+        end_to_end_over_loopback_udp(true).await;
+    }
+
+    #[tokio::test]
+    async fn end_to_end_over_loopback_udp_port_per_call() {
+        end_to_end_over_loopback_udp(false).await;
+    }
+
+    async fn end_to_end_over_loopback_udp(single_port: bool) {
+        let identity = Arc::new(DtlsIdentity::generate().unwrap());
+        let engine = engine(identity.clone(), single_port);
+        assert_eq!(engine.startup_error(), None);
         assert_eq!(engine.fingerprint_sha256(), identity.fingerprint_sha256());
         let alloc = engine.allocate().await.unwrap();
         assert_eq!(alloc.trunk_rtp_port % 2, 0);
@@ -358,6 +487,17 @@ mod tests {
         let (events_tx, mut events) = tokio::sync::mpsc::channel(8);
         let mut handle = alloc.start(p, events_tx);
         let counters = handle.counters();
+
+        let stats = engine.stats();
+        let unknown = || {
+            stats
+                .unknown_source_dropped
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        // Before any check: DTLS from the browser's address is nobody's
+        // (single port: dropped and counted by the worker).
+        let early_dtls = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        browser_sock.send_to(&early_dtls, gw_browser).await.unwrap();
 
         // ICE check, answered.
         let req = SimBrowser::stun_request(&ufrag, &pwd, true);
@@ -450,7 +590,33 @@ mod tests {
         let b = counters.browser.snapshot();
         let t = counters.trunk.snapshot();
         assert!(b.packets_in >= 12 && t.packets_out == 10, "{b:?} {t:?}");
-        let stats = engine.stats();
+        if single_port {
+            // The early ClientHello from an unvalidated address.
+            assert_eq!(unknown(), 1);
+            // A check naming no call, from a stranger: dropped, no answer.
+            let stranger = tokio::net::UdpSocket::bind((LO, 0)).await.unwrap();
+            let req = SimBrowser::stun_request("nobody00", "x", true);
+            stranger.send_to(&req, gw_browser).await.unwrap();
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while stats
+                .unknown_ufrag_dropped
+                .load(std::sync::atomic::Ordering::Relaxed)
+                < 1
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(
+                stats
+                    .unknown_ufrag_dropped
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                1
+            );
+        } else {
+            // The call's own port: the early ClientHello reached the call,
+            // which dropped it as from an address that passed no check.
+            assert_eq!(unknown(), 0);
+        }
         assert_eq!(
             stats
                 .calls_active
@@ -473,24 +639,20 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             0
         );
-        std::net::UdpSocket::bind(gw_browser).expect("browser port freed");
+        if single_port {
+            // The worker's port stays: other calls share it.
+            assert!(std::net::UdpSocket::bind(gw_browser).is_err());
+        } else {
+            std::net::UdpSocket::bind(gw_browser).expect("browser port freed");
+        }
         std::net::UdpSocket::bind(gw_trunk).expect("trunk port freed");
     }
 
     #[tokio::test]
-    async fn failure_ends_the_task_and_reports() {
-        let (min, max) = test_range();
-        let engine = MediaEngine::new(
-            MediaConfig {
-                bind_ip: LO,
-                public_ip: LO,
-                port_min: min,
-                port_max: max,
-            },
-            Arc::new(DtlsIdentity::generate().unwrap()),
-        );
+    async fn failure_ends_the_call_and_reports() {
+        let engine = engine(Arc::new(DtlsIdentity::generate().unwrap()), true);
         let alloc = engine.allocate().await.unwrap();
-        let port = alloc.browser_port;
+        let port = alloc.trunk_rtp_port;
         let mut bad = SrtpKeyMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
         bad.salt = Secret::new(vec![1]);
         let p = params(
@@ -514,6 +676,24 @@ mod tests {
         std::net::UdpSocket::bind((LO, port)).expect("port freed after failure");
     }
 
+    /// Calls go to the worker with the fewest; each worker has its own
+    /// browser port, and an allocation dropped unstarted gives its place
+    /// back.
+    #[tokio::test]
+    async fn calls_are_spread_over_workers() {
+        let engine = engine(Arc::new(DtlsIdentity::generate().unwrap()), true);
+        let a = engine.allocate().await.unwrap();
+        let b = engine.allocate().await.unwrap();
+        assert_ne!(a.browser_port, b.browser_port);
+        let b_port = b.browser_port;
+        drop(b);
+        let c = engine.allocate().await.unwrap();
+        assert_eq!(c.browser_port, b_port);
+        let d = engine.allocate().await.unwrap();
+        assert!([a.browser_port, b_port].contains(&d.browser_port));
+        assert_ne!(a.ice_ufrag, c.ice_ufrag);
+    }
+
     #[tokio::test]
     async fn invalid_range_is_reported_by_allocate() {
         let engine = MediaEngine::new(
@@ -522,6 +702,8 @@ mod tests {
                 public_ip: LO,
                 port_min: 40001,
                 port_max: 40001,
+                workers: 1,
+                single_port: true,
             },
             Arc::new(DtlsIdentity::generate().unwrap()),
         );

@@ -10,8 +10,11 @@
 //!   relay decision ([`relay::CallRelay`]): bytes and `Instant`s in, bytes to
 //!   send, events and a deadline out;
 //! - [`counters`] are the per-call and process-wide atomics read by `stats`;
-//! - [`session`] is the thin tokio driver of one call, and [`engine`] the face
-//!   the B2BUA uses ([`MediaEngine`] → [`MediaAllocation`] → [`MediaHandle`]).
+//! - [`worker`] runs calls on a fixed set of threads (one per core by
+//!   default), each owning its calls' sockets, reading and sending in
+//!   batches; [`worker::browser_demux`] shares one browser port among a
+//!   worker's calls; [`engine`] is the face the B2BUA uses ([`MediaEngine`] →
+//!   [`MediaAllocation`] → [`MediaHandle`]).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -28,10 +31,10 @@ pub mod port_pool;
 pub mod relay;
 pub mod rewrite;
 pub mod rtcp_stats;
-pub mod session;
 pub mod srtp;
 pub mod ssrc_filter;
 pub mod stun;
+pub mod worker;
 
 pub use counters::{CallCounters, DropReason, Leg, LegCounters, LegSnapshot, MediaStats};
 pub use engine::{MediaAllocation, MediaConfig, MediaEngine, MediaEvent, MediaHandle};
@@ -60,6 +63,8 @@ pub enum MediaError {
         #[source]
         source: std::io::Error,
     },
+    #[error("media workers unavailable: {0}")]
+    Workers(String),
     #[error("cannot key SRTP for the {leg} leg ({suite}): {reason}")]
     Srtp {
         leg: &'static str,

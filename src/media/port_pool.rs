@@ -13,8 +13,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
-use tokio::net::UdpSocket;
-
 use super::MediaError;
 
 /// Hands out UDP sockets bound on `ip` within the configured range.
@@ -31,7 +29,8 @@ pub struct PortPool {
 #[derive(Debug)]
 pub struct BoundPort {
     pub port: u16,
-    pub socket: UdpSocket,
+    /// Non-blocking; a media worker registers it with its poller.
+    pub socket: std::net::UdpSocket,
 }
 
 impl PortPool {
@@ -119,9 +118,9 @@ impl PortPool {
     /// local, permission) are configuration problems and are returned.
     fn try_bind(&self, port: u16) -> Result<Option<BoundPort>, MediaError> {
         let addr = SocketAddr::new(self.ip, port);
-        let bound = std::net::UdpSocket::bind(addr).and_then(|std_socket| {
-            std_socket.set_nonblocking(true)?;
-            UdpSocket::from_std(std_socket)
+        let bound = std::net::UdpSocket::bind(addr).and_then(|socket| {
+            socket.set_nonblocking(true)?;
+            Ok(socket)
         });
         match bound {
             Ok(socket) => Ok(Some(BoundPort { port, socket })),
@@ -168,8 +167,8 @@ mod tests {
         assert!(PortPool::new(LO, 20000, 20001).is_ok());
     }
 
-    #[tokio::test]
-    async fn pairs_are_even_odd_and_ports_distinct_until_exhausted() {
+    #[test]
+    fn pairs_are_even_odd_and_ports_distinct_until_exhausted() {
         let (min, max) = free_range(8);
         let pool = PortPool::new(LO, min, max).unwrap();
         let (rtp, rtcp) = pool.bind_pair().unwrap();
@@ -200,8 +199,8 @@ mod tests {
         assert_eq!(rtcp2.port, rtp2.port + 1);
     }
 
-    #[tokio::test]
-    async fn skips_ports_held_by_someone_else() {
+    #[test]
+    fn skips_ports_held_by_someone_else() {
         let (min, max) = free_range(4);
         // Someone else holds min..min+2 (one whole pair).
         let _a = std::net::UdpSocket::bind((LO, min)).unwrap();
@@ -212,8 +211,8 @@ mod tests {
         assert!(pool.bind_pair().is_err());
     }
 
-    #[tokio::test]
-    async fn other_bind_errors_are_reported_with_the_address() {
+    #[test]
+    fn other_bind_errors_are_reported_with_the_address() {
         // TEST-NET-1 is not a local address.
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let pool = PortPool::new(ip, 40000, 40010).unwrap();

@@ -437,6 +437,13 @@ impl CallRelay {
         self.phase == Phase::Connected
     }
 
+    /// Whether `addr` passed an ICE connectivity check of this call: a
+    /// worker sharing one browser port among calls routes `addr`'s media
+    /// here from then on.
+    pub fn browser_address_valid(&self, addr: SocketAddr) -> bool {
+        self.browser.allowed.contains(&addr)
+    }
+
     /// Ends the call's media from our side: tells the browser with a DTLS
     /// close_notify (queued for [`poll_transmit`](Self::poll_transmit)) and
     /// stops forwarding. No event is reported: the caller decided.

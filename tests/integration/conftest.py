@@ -86,12 +86,21 @@ def _gateway(workdir, trunk: TrunkSpec, **options):
     assert "panicked" not in gw.log(), f"gateway panicked; log: {gw.log_path}"
 
 
+# Parametrize a test with this (indirect) to run it in both media port
+# modes: browser legs on one port per worker (the default) and a port per call.
+# Short ids: they end up in the artifacts path, and baresip's sndfile cuts
+# dump paths at 128 bytes (losing the ".wav" the harness looks for).
+BOTH_PORT_MODES = pytest.mark.parametrize(
+    "gateway_sdes", [True, False], indirect=True, ids=["single", "percall"])
+
+
 @pytest.fixture
-def gateway_sdes(workdir, baresip_sdes):
-    """The gateway with one trunk toward baresip_sdes (callee_stream sdes)."""
+def gateway_sdes(request, workdir, baresip_sdes):
+    """The gateway with one trunk toward baresip_sdes (callee_stream sdes).
+    Indirect parameter (BOTH_PORT_MODES): media.single_port."""
     trunk = TrunkSpec("carrier", f"sip:127.0.0.1:{baresip_sdes.sip_port};transport=udp",
                       callee_stream="sdes", secure_media="mandatory")
-    yield from _gateway(workdir, trunk)
+    yield from _gateway(workdir, trunk, media_single_port=getattr(request, "param", None))
 
 
 @pytest.fixture

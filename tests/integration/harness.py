@@ -722,7 +722,8 @@ class Gateway:
                  password: Optional[str] = None, use_config: bool = True, tcp: bool = False,
                  ring_timeout: Optional[int] = None, redact: bool = False,
                  privacy: Optional[dict] = None, operator_password: Optional[str] = None,
-                 tls: bool = False, sip_limits: Optional[dict] = None, media: Optional[dict] = None):
+                 tls: bool = False, sip_limits: Optional[dict] = None, media: Optional[dict] = None,
+                 media_single_port: Optional[bool] = None):
         self.dir = workdir / "gateway"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "gateway.log"
@@ -741,6 +742,10 @@ class Gateway:
         self.sip_limits = dict(sip_limits or {})
         # further [media] keys (timeout, hold_timeout)
         self.media = dict(media or {})
+        # [media] single_port: browser legs on one port per worker (the
+        # gateway's default) or a port per call (False)
+        if media_single_port is not None:
+            self.media["single_port"] = bool(media_single_port)
         # [sip] ring_timeout: seconds an incoming call rings before 408 (gateway default 120)
         self.ring_timeout = ring_timeout
         # `redact = true` on the account; `privacy` the keys of [privacy]

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import TRUNK_NUMBER
+from conftest import BOTH_PORT_MODES, TRUNK_NUMBER
 from harness import (
     GWT_HOST,
     SILENCE_RMS,
@@ -69,6 +69,7 @@ def _check_media(result, trunk, workdir):
     assert heard.rms > TONE_RMS_MIN, f"baresip heard RMS {heard.rms:.0f} in {heard.path}, expected the browser's tone"
 
 
+@BOTH_PORT_MODES
 def test_call_sdes_trunk_audio_both_ways(workdir, gateway_sdes, baresip_sdes):
     """DTLS-SRTP toward the browser, SDES-SRTP toward the trunk: the tone
     crosses both ways, security reports both, the trunk gets a BYE."""

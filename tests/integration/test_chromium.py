@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import TRUNK_NUMBER
+from conftest import BOTH_PORT_MODES, TRUNK_NUMBER
 from harness import REPO
 
 pytestmark = [pytest.mark.gateway, pytest.mark.chromium]
@@ -56,6 +56,7 @@ def _run_call_script(workdir, gw, trunk, **extra_env) -> str:
 
 
 @pytest.mark.timeout(240)
+@BOTH_PORT_MODES
 def test_chromium_call(workdir, gateway_sdes, baresip_sdes):
     """The real browser: the web client logs in, calls, connects with
     dtls-srtp / sdes-srtp, the trunk hears it, hangup sends BYE.

@@ -36,7 +36,7 @@ from typing import Optional
 
 import pytest
 
-from conftest import TRUNK_NUMBER
+from conftest import BOTH_PORT_MODES, TRUNK_NUMBER
 from harness import TONE_RMS_MIN, save_result, wait_until
 
 pytestmark = pytest.mark.gateway
@@ -313,6 +313,7 @@ class Firefox:
 
 
 @pytest.mark.timeout(240)
+@BOTH_PORT_MODES
 def test_firefox_call(workdir, gateway_sdes, baresip_sdes):
     """Firefox ESR (NSS DTLS, its own SDP) -> gateway -> SDES-SRTP baresip:
     connected within 20 s, audio both ways, dtls-srtp reported, BYE at the

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import _gateway
+from conftest import BOTH_PORT_MODES, _gateway
 from harness import (
     GWT_HOST,
     TONE_RMS_MIN,
@@ -243,6 +243,7 @@ def _gateway_200(trunk):
     return ok[0]
 
 
+@BOTH_PORT_MODES
 def test_incoming_sdes_two_sessions(workdir, gateway_sdes, baresip_sdes):
     """baresip (srtp-mand) calls alice, who has two sessions: both ring
     (after 100 and 180 at baresip), the first accepts; its `connected`

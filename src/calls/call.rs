@@ -41,6 +41,7 @@ use super::renegotiate::{Change, TrunkSession};
 use super::sessions::SessionKey;
 use crate::config::cidr_contains;
 use crate::media::relay::{BrowserLegParams, TelephoneEvent, TrunkCrypto, TrunkLegParams};
+use crate::media::rewrite::Toward;
 use crate::media::{MediaEvent, RelayParams};
 use crate::policy::{IncomingLegPlan, TrunkLegPlan};
 use crate::sdp::{
@@ -154,8 +155,8 @@ pub enum MediaCommand {
     SetTimeout(Duration),
     /// A later SDP of the trunk moved or re-keyed its leg.
     UpdateTrunk(Box<TrunkLegParams>, Vec<(PayloadType, PayloadType, u32)>),
-    /// A digit toward the trunk as RFC 4733 events.
-    Dtmf(DtmfDigit),
+    /// A digit toward a side as RFC 4733 events.
+    Dtmf(Toward, DtmfDigit),
     Stop,
 }
 
@@ -374,16 +375,22 @@ impl Common {
         }
         info!(count = digits.len(), "DTMF toward the trunk");
         for digit in digits {
-            self.media(MediaCommand::Dtmf(*digit));
+            self.media(MediaCommand::Dtmf(Toward::Trunk, *digit));
         }
     }
 
-    /// A digit from the trunk (RFC 4733 event or SIP INFO): the owner hears it.
+    /// A digit from the trunk (RFC 4733 event or SIP INFO): the owner hears
+    /// it; one from SIP INFO is also played to the browser as RFC 4733
+    /// events when it negotiated telephone-event (it then hears the tone).
     fn dtmf_from_trunk(&mut self, digit: DtmfDigit, how: &'static str) {
         if self.ended.is_some() {
             return;
         }
         info!(how, "DTMF from the trunk");
+        let browser_te = self.telephone_event.is_some_and(|te| te.browser.is_some());
+        if how == "sip-info" && browser_te {
+            self.media(MediaCommand::Dtmf(Toward::Browser, digit));
+        }
         let id = self.id.clone();
         self.tell_owner(SessionEvent::Dtmf { id, digit });
     }

@@ -40,8 +40,8 @@ pub(crate) enum Command {
     MediaTimeout(std::time::Duration),
     /// End the call: DTLS close_notify to the browser, then exit.
     Stop,
-    /// A digit toward the trunk (RFC 4733); the relay schedules its packets.
-    Dtmf(crate::types::DtmfDigit),
+    /// A digit toward a side (RFC 4733); the relay schedules its packets.
+    Dtmf(super::rewrite::Toward, crate::types::DtmfDigit),
 }
 
 /// Largest datagram we read; anything longer is truncated by the kernel and
@@ -111,11 +111,11 @@ pub(crate) async fn run(
             }
             cmd = commands.recv() => match cmd {
                 Some(Command::MediaTimeout(timeout)) => relay.set_media_timeout(timeout),
-                Some(Command::Dtmf(digit)) => {
+                Some(Command::Dtmf(toward, digit)) => {
                     // The B2BUA checked telephone-event was negotiated; a
                     // refusal here (queue full, media over) loses the digit
                     // (not logged: digits are PINs and card numbers).
-                    if let Err(e) = relay.send_dtmf(digit, Instant::now()) {
+                    if let Err(e) = relay.send_dtmf(toward, digit, Instant::now()) {
                         tracing::warn!(reason = %e, "DTMF digit not sent");
                     }
                 }

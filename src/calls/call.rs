@@ -147,6 +147,15 @@ pub enum SessionInput {
     },
 }
 
+/// How a digit of the trunk arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DtmfFrom {
+    /// RFC 4733 events in its stream (relayed as they are).
+    Rfc4733,
+    /// SIP INFO (RFC 6086 legacy usage).
+    SipInfo,
+}
+
 /// What the media task of the call must do.
 #[derive(Debug, Clone)]
 pub enum MediaCommand {
@@ -382,13 +391,13 @@ impl Common {
     /// A digit from the trunk (RFC 4733 event or SIP INFO): the owner hears
     /// it; one from SIP INFO is also played to the browser as RFC 4733
     /// events when it negotiated telephone-event (it then hears the tone).
-    fn dtmf_from_trunk(&mut self, digit: DtmfDigit, how: &'static str) {
+    fn dtmf_from_trunk(&mut self, digit: DtmfDigit, how: DtmfFrom) {
         if self.ended.is_some() {
             return;
         }
-        info!(how, "DTMF from the trunk");
+        info!(how = ?how, "DTMF from the trunk");
         let browser_te = self.telephone_event.is_some_and(|te| te.browser.is_some());
-        if how == "sip-info" && browser_te {
+        if how == DtmfFrom::SipInfo && browser_te {
             self.media(MediaCommand::Dtmf(Toward::Browser, digit));
         }
         let id = self.id.clone();
@@ -876,7 +885,7 @@ impl Call {
                 warn!("media timeout");
                 self.end(Cause::MediaTimeout, now);
             }
-            MediaEvent::Dtmf { digit } => self.c.dtmf_from_trunk(digit, "rfc4733"),
+            MediaEvent::Dtmf { digit } => self.c.dtmf_from_trunk(digit, DtmfFrom::Rfc4733),
         }
         self.pump(now);
     }
@@ -1056,7 +1065,7 @@ impl Outgoing {
                     self.uac.answer_offer(answer, now);
                 }
             }
-            UacEvent::Dtmf(digit) => c.dtmf_from_trunk(digit, "sip-info"),
+            UacEvent::Dtmf(digit) => c.dtmf_from_trunk(digit, DtmfFrom::SipInfo),
             UacEvent::Terminated => c.finished = true,
         }
     }
@@ -1529,7 +1538,7 @@ impl Incoming {
                         self.uas.answer_offer(answer, now);
                     }
                 }
-                UasEvent::Dtmf(digit) => c.dtmf_from_trunk(digit, "sip-info"),
+                UasEvent::Dtmf(digit) => c.dtmf_from_trunk(digit, DtmfFrom::SipInfo),
                 UasEvent::Terminated => c.finished = true,
             }
         }

@@ -327,3 +327,28 @@ fn digits_toward_the_browser_continue_its_stream() {
         Err(DtmfRefused::NotNegotiated)
     );
 }
+
+#[test]
+fn the_browsers_own_events_are_relayed_under_the_trunks_number() {
+    // RTCDTMFSender: the browser sends telephone-event itself, PT 126 in
+    // its own stream; the trunk gets PT 101 in ours, payload untouched, and
+    // nothing is reported (digits from the browser are not news to it).
+    let mut k = keyed(true, None);
+    k.relay.telephone_event = Some(te(Some(TE_BROWSER)));
+    let mut plain = rtp_packet(TE_BROWSER, 300, 4000, 0xB1, 0);
+    plain.truncate(12);
+    plain[1] |= 0x80;
+    plain.extend_from_slice(&[9, 10, 0x01, 0x40]);
+    let pkt = protect(&mut k.browser_tx, &plain);
+    k.relay
+        .handle_datagram(LegId::Browser, addr(BROWSER), &pkt, k.t0);
+    let sent = to_trunk(&mut k);
+    assert_eq!(sent.len(), 1);
+    let (f, payload) = &sent[0];
+    assert_eq!(
+        (f.payload_type, f.marker, f.ssrc),
+        (TE_TRUNK, true, Ssrc(0x7070))
+    );
+    assert_eq!(payload, &vec![9, 10, 0x01, 0x40]);
+    assert!(k.relay.poll_event().is_none());
+}

@@ -1151,6 +1151,8 @@ function pressDigit(digit) {
 function showTones(sent, received) {
   if (sent !== null) setText(ui.dtmfSent, sent.slice(-32));
   if (received !== null) setText(ui.dtmfReceived, received.slice(-32));
+  show(ui.dtmfSent.parentElement, Boolean(ui.dtmfSent.textContent));
+  show(ui.dtmfReceived.parentElement, Boolean(ui.dtmfReceived.textContent));
   show(ui.dtmf, Boolean(ui.dtmfSent.textContent || ui.dtmfReceived.textContent));
 }
 

@@ -41,6 +41,7 @@ use super::renegotiate::{Change, TrunkSession};
 use super::sessions::SessionKey;
 use crate::config::cidr_contains;
 use crate::media::relay::{BrowserLegParams, TelephoneEvent, TrunkCrypto, TrunkLegParams};
+use crate::media::rewrite::Toward;
 use crate::media::{MediaEvent, RelayParams};
 use crate::policy::{IncomingLegPlan, TrunkLegPlan};
 use crate::sdp::{
@@ -149,6 +150,15 @@ pub enum SessionInput {
     },
 }
 
+/// How a digit of the trunk arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DtmfFrom {
+    /// RFC 4733 events in its stream (relayed as they are).
+    Rfc4733,
+    /// SIP INFO (RFC 6086 legacy usage).
+    SipInfo,
+}
+
 /// What the media task of the call must do.
 #[derive(Debug, Clone)]
 pub enum MediaCommand {
@@ -157,8 +167,8 @@ pub enum MediaCommand {
     SetTimeout(Duration),
     /// A later SDP of the trunk moved or re-keyed its leg.
     UpdateTrunk(Box<TrunkLegParams>, Vec<(PayloadType, PayloadType, u32)>),
-    /// A digit toward the trunk as RFC 4733 events.
-    Dtmf(DtmfDigit),
+    /// A digit toward a side as RFC 4733 events.
+    Dtmf(Toward, DtmfDigit),
     /// The browser's hold is in force (true) or over: the relay stops or
     /// resumes sending the browser's audio to the trunk.
     Hold(bool),
@@ -389,16 +399,22 @@ impl Common {
         }
         info!(count = digits.len(), "DTMF toward the trunk");
         for digit in digits {
-            self.media(MediaCommand::Dtmf(*digit));
+            self.media(MediaCommand::Dtmf(Toward::Trunk, *digit));
         }
     }
 
-    /// A digit from the trunk (RFC 4733 event or SIP INFO): the owner hears it.
-    fn dtmf_from_trunk(&mut self, digit: DtmfDigit, how: &'static str) {
+    /// A digit from the trunk (RFC 4733 event or SIP INFO): the owner hears
+    /// it; one from SIP INFO is also played to the browser as RFC 4733
+    /// events when it negotiated telephone-event (it then hears the tone).
+    fn dtmf_from_trunk(&mut self, digit: DtmfDigit, how: DtmfFrom) {
         if self.ended.is_some() {
             return;
         }
-        info!(how, "DTMF from the trunk");
+        info!(how = ?how, "DTMF from the trunk");
+        let browser_te = self.telephone_event.is_some_and(|te| te.browser.is_some());
+        if how == DtmfFrom::SipInfo && browser_te {
+            self.media(MediaCommand::Dtmf(Toward::Browser, digit));
+        }
         let id = self.id.clone();
         self.tell_owner(SessionEvent::Dtmf { id, digit });
     }
@@ -1049,7 +1065,7 @@ impl Call {
                 warn!("media timeout");
                 self.end(Cause::MediaTimeout, now);
             }
-            MediaEvent::Dtmf { digit } => self.c.dtmf_from_trunk(digit, "rfc4733"),
+            MediaEvent::Dtmf { digit } => self.c.dtmf_from_trunk(digit, DtmfFrom::Rfc4733),
         }
         self.pump(now);
     }
@@ -1245,7 +1261,7 @@ impl Outgoing {
                     self.uac.answer_offer(answer, now);
                 }
             }
-            UacEvent::Dtmf(digit) => c.dtmf_from_trunk(digit, "sip-info"),
+            UacEvent::Dtmf(digit) => c.dtmf_from_trunk(digit, DtmfFrom::SipInfo),
             UacEvent::Own(event) => {
                 if let Some(cause) = c.on_own(event, now) {
                     self.end(c, cause, now);
@@ -1742,7 +1758,7 @@ impl Incoming {
                         self.uas.answer_offer(answer, now);
                     }
                 }
-                UasEvent::Dtmf(digit) => c.dtmf_from_trunk(digit, "sip-info"),
+                UasEvent::Dtmf(digit) => c.dtmf_from_trunk(digit, DtmfFrom::SipInfo),
                 UasEvent::Own(event) => {
                     if let Some(cause) = c.on_own(event, now) {
                         self.end(c, cause, now);

@@ -1588,7 +1588,9 @@ fn dtmf_sent(d: &Drained) -> String {
     d.media
         .iter()
         .filter_map(|m| match m {
-            MediaCommand::Dtmf(digit) => Some(digit.as_char()),
+            MediaCommand::Dtmf(crate::media::rewrite::Toward::Trunk, digit) => {
+                Some(digit.as_char())
+            }
             _ => None,
         })
         .collect()
@@ -1799,6 +1801,10 @@ fn trunk_digits_by_rfc_4733_and_by_info_reach_the_owner() {
     let d = drain(&mut call);
     assert_eq!(dtmf_heard(&d, 1), "7");
     assert_eq!(dtmf_heard(&d, 2), "", "only the session that answered");
+    assert!(
+        d.media.is_empty(),
+        "RFC 4733 events are relayed as they are"
+    );
 
     let info = |cseq: u32, ct: &str, body: &str| {
         parse(&format!(
@@ -1816,6 +1822,12 @@ Call-ID: in-c1\r\nCSeq: {cseq} INFO\r\nContent-Type: {ct}\r\nContent-Length: {}\
     let d = drain(&mut call);
     assert_eq!(d.statuses(), [200]);
     assert_eq!(dtmf_heard(&d, 1), "5");
+    // The browser negotiated telephone-event: it is played the digit too.
+    assert!(
+        matches!(d.media.as_slice(), [MediaCommand::Dtmf(crate::media::rewrite::Toward::Browser, x)] if x.as_char() == '5'),
+        "{:?}",
+        d.media
+    );
     call.handle_sip(now, info(3, "application/dtmf", "#"), trunk_addr());
     let d = drain(&mut call);
     assert_eq!((d.statuses(), dtmf_heard(&d, 1)), (vec![200], "#".into()));

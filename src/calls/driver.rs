@@ -152,9 +152,9 @@ pub async fn run(mut call: Call, io: CallIo) {
                             m.update_trunk(*trunk, map);
                         }
                     }
-                    MediaCommand::Dtmf(digit) => {
+                    MediaCommand::Dtmf(toward, digit) => {
                         if let Some(m) = &media {
-                            m.send_dtmf(digit);
+                            m.send_dtmf(toward, digit);
                         }
                     }
                     MediaCommand::Stop => {

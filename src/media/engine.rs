@@ -371,10 +371,10 @@ impl MediaHandle {
 }
 
 impl MediaHandle {
-    /// Queues a DTMF digit toward the trunk (RFC 4733 packets in the
-    /// browser's stream). Ignored if the task has ended.
-    pub fn send_dtmf(&self, digit: crate::types::DtmfDigit) {
-        self.worker.send(Command::Dtmf(self.id, digit));
+    /// Queues a DTMF digit `toward` a side (RFC 4733 packets in the stream
+    /// it gets). Ignored if the task has ended.
+    pub fn send_dtmf(&self, toward: super::rewrite::Toward, digit: crate::types::DtmfDigit) {
+        self.worker.send(Command::Dtmf(self.id, toward, digit));
     }
 }
 

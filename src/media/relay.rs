@@ -38,12 +38,10 @@ use std::time::{Duration, Instant};
 use super::counters::{CallCounters, DropReason, Leg, MediaStats};
 use super::demux::{classify, PacketKind};
 use super::dtls::{DtlsEvent, DtlsIdentity, DtlsServer};
-use super::dtmf::{DtmfReceiver, DtmfSender, DtmfTiming, EventPacket};
+use super::dtmf::DtmfReceiver;
 use super::fingerprint::Fingerprint;
 use super::ice_lite::IceLite;
-use super::rewrite::{
-    parse_rtp, rewrite_rtcp, rtp_ssrc, PayloadMap, RtpFields, StreamRewriter, Toward,
-};
+use super::rewrite::{parse_rtp, rewrite_rtcp, rtp_ssrc, PayloadMap, StreamRewriter, Toward};
 use super::rtcp_stats::RtcpWatch;
 use super::srtp::{SrtpContext, SrtpError, MAX_OVERHEAD};
 use super::ssrc_filter::SsrcFilter;
@@ -280,10 +278,10 @@ pub struct CallRelay {
     last_trunk_rx: Instant,
     media_timeout: Duration,
     telephone_event: Option<TelephoneEvent>,
-    /// Digits toward the trunk, created at the first one.
-    dtmf_out: Option<DtmfSender>,
-    /// The RTP timestamp of the event `dtmf_out` plays.
-    dtmf_ts: u32,
+    /// Digits we play toward the trunk and toward the browser, each
+    /// created at its first digit (see `relay_dtmf.rs`).
+    dtmf_to_trunk: Option<DtmfOut>,
+    dtmf_to_browser: Option<DtmfOut>,
     /// Events from the trunk, told apart from their updates.
     dtmf_in: DtmfReceiver,
     /// The browser put the call on hold: its RTP is taken (the leg stays
@@ -376,8 +374,8 @@ impl CallRelay {
             last_trunk_rx: now,
             media_timeout: Self::DEFAULT_MEDIA_TIMEOUT,
             telephone_event,
-            dtmf_out: None,
-            dtmf_ts: 0,
+            dtmf_to_trunk: None,
+            dtmf_to_browser: None,
             dtmf_in: DtmfReceiver::default(),
             hold_trunk: false,
         }
@@ -535,70 +533,6 @@ impl CallRelay {
         }
     }
 
-    /// Queues `digit` toward the trunk as RFC 4733 telephone-events (100 ms
-    /// tone, 100 ms gap; see [`super::dtmf`]), sent from
-    /// [`handle_timeout`](Self::handle_timeout) on the schedule
-    /// [`poll_timeout`](Self::poll_timeout) announces, inside the stream the
-    /// browser's voice goes in (same SSRC, sequence and clock). While an
-    /// event plays, the browser's voice toward the trunk is muted. Digits
-    /// queued before the browser's DTLS is up wait for it.
-    pub fn send_dtmf(&mut self, digit: DtmfDigit, now: Instant) -> Result<(), DtmfRefused> {
-        if self.phase == Phase::Stopped {
-            return Err(DtmfRefused::Stopped);
-        }
-        let te = self.telephone_event.ok_or(DtmfRefused::NotNegotiated)?;
-        let sender = self
-            .dtmf_out
-            .get_or_insert_with(|| DtmfSender::new(te.clock_rate, DtmfTiming::default()));
-        if sender.push(digit, now) {
-            Ok(())
-        } else {
-            Err(DtmfRefused::QueueFull)
-        }
-    }
-
-    /// Sends the DTMF packets due at `now`.
-    fn play_dtmf(&mut self, now: Instant) {
-        if self.phase != Phase::Connected {
-            return;
-        }
-        while let Some(packet) = self.dtmf_out.as_mut().and_then(|s| s.poll_packet(now)) {
-            self.send_event_packet(packet, now);
-        }
-    }
-
-    /// One telephone-event packet toward the trunk, continuing the stream.
-    fn send_event_packet(&mut self, packet: EventPacket, now: Instant) {
-        let Some(te) = self.telephone_event else {
-            return;
-        };
-        let (seq, ts) = self.to_trunk.insert(now, te.clock_rate);
-        if packet.start {
-            self.dtmf_ts = ts;
-        }
-        let mut buf = self.take_buffer();
-        buf.extend_from_slice(&[0x80, (u8::from(packet.start) << 7) | (te.trunk.0 & 0x7f)]);
-        buf.extend_from_slice(&seq.to_be_bytes());
-        buf.extend_from_slice(&self.dtmf_ts.to_be_bytes());
-        buf.extend_from_slice(&self.to_trunk.out_ssrc().0.to_be_bytes());
-        buf.extend_from_slice(&packet.payload());
-        if let Some((_, srtp_out)) = self.trunk.srtp.as_mut() {
-            let len = buf.len();
-            buf.resize(len + MAX_OVERHEAD, 0);
-            match srtp_out.protect_rtp_in_place(&mut buf, len) {
-                Ok(len) => buf.truncate(len),
-                Err(e) => {
-                    // Cannot happen with a keyed context and this room; if
-                    // it does, the digit is lost, not the call.
-                    tracing::warn!(error = %e, "cannot protect a DTMF packet");
-                    return self.recycle(buf);
-                }
-            }
-        }
-        let to = self.trunk.rtp_dest();
-        self.push(LegId::TrunkRtp, to, buf);
-    }
-
     /// Handles one datagram received on `leg`'s socket from `from`.
     pub fn handle_datagram(&mut self, leg: LegId, from: SocketAddr, data: &[u8], now: Instant) {
         match leg {
@@ -688,11 +622,10 @@ impl CallRelay {
             Phase::Stopped => return None,
         };
         let dtls = self.browser.dtls.as_ref().and_then(|d| d.poll_timeout());
-        let dtmf = match self.phase {
-            Phase::Connected => self.dtmf_out.as_ref().and_then(|s| s.poll_timeout()),
-            _ => None,
-        };
-        [media, dtls, dtmf].into_iter().flatten().min()
+        [media, dtls, self.dtmf_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -1091,34 +1024,6 @@ impl CallRelay {
         Ok(Some((out_leg, to)))
     }
 
-    /// The DTMF side of an authenticated RTP packet: a trunk's
-    /// telephone-event is reported (once per event) and still relayed when
-    /// the browser negotiated telephone-event too; the browser's voice is
-    /// muted toward the trunk while one of our events plays. `true` when
-    /// the packet goes no further.
-    fn dtmf_consumes(&mut self, toward: Toward, fields: &RtpFields, buf: &[u8]) -> bool {
-        let Some(te) = self.telephone_event else {
-            return false;
-        };
-        match toward {
-            Toward::Browser if fields.payload_type == te.trunk.0 => {
-                let payload = buf.get(fields.header_len..).unwrap_or_default();
-                if let Some(digit) = self.dtmf_in.on_packet(fields.timestamp, payload) {
-                    self.events.push_back(RelayEvent::Dtmf { digit });
-                }
-                te.browser.is_none()
-            }
-            Toward::Trunk
-                if self.dtmf_out.as_ref().is_some_and(|s| s.is_playing())
-                    && Some(PayloadType(fields.payload_type)) != te.browser =>
-            {
-                self.to_trunk.suppress(fields);
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// The SSRC filter of the leg a packet going `toward` arrived on.
     fn arrival_filter(&mut self, toward: Toward) -> &mut SsrcFilter {
         match toward {
@@ -1196,6 +1101,12 @@ fn random_ssrc() -> Ssrc {
     // Zero is legal but some stacks treat it as "unset"; avoid it.
     Ssrc(rand::random::<u32>().max(1))
 }
+
+/// The DTMF half of `CallRelay`: digits we play into either stream, and
+/// the trunk's events.
+#[path = "relay_dtmf.rs"]
+mod dtmf_side;
+use dtmf_side::DtmfOut;
 
 /// DTMF toward the trunk and from it, on the fixtures of `tests`.
 #[cfg(test)]

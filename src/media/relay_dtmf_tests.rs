@@ -45,7 +45,7 @@ fn play(k: &mut Keyed, digits: &str, until_ms: u64) -> Vec<(RtpFields, Vec<u8>)>
         let now = k.t0 + ms(tick * 10);
         if tick == 10 {
             for c in digits.chars() {
-                k.relay.send_dtmf(digit(c), now).unwrap();
+                k.relay.send_dtmf(Toward::Trunk, digit(c), now).unwrap();
             }
         }
         if k.relay.poll_timeout().is_some_and(|t| t <= now) {
@@ -142,7 +142,7 @@ fn a_digit_before_any_voice_starts_the_stream() {
     let mut k = keyed(false, None);
     k.relay.telephone_event = Some(te(None));
     let now = k.t0;
-    k.relay.send_dtmf(digit('1'), now).unwrap();
+    k.relay.send_dtmf(Toward::Trunk, digit('1'), now).unwrap();
     assert_eq!(k.relay.poll_timeout(), Some(now));
     let mut sent = Vec::new();
     for tick in 0..=20 {
@@ -174,20 +174,20 @@ fn a_digit_before_any_voice_starts_the_stream() {
 fn digits_are_refused_without_telephone_event_or_after_the_end() {
     let mut k = keyed(true, None);
     assert_eq!(
-        k.relay.send_dtmf(digit('1'), k.t0),
+        k.relay.send_dtmf(Toward::Trunk, digit('1'), k.t0),
         Err(DtmfRefused::NotNegotiated)
     );
     k.relay.telephone_event = Some(te(None));
     for _ in 0..crate::media::dtmf::MAX_QUEUED {
-        k.relay.send_dtmf(digit('1'), k.t0).unwrap();
+        k.relay.send_dtmf(Toward::Trunk, digit('1'), k.t0).unwrap();
     }
     assert_eq!(
-        k.relay.send_dtmf(digit('1'), k.t0),
+        k.relay.send_dtmf(Toward::Trunk, digit('1'), k.t0),
         Err(DtmfRefused::QueueFull)
     );
     k.relay.close(k.t0);
     assert_eq!(
-        k.relay.send_dtmf(digit('1'), k.t0),
+        k.relay.send_dtmf(Toward::Trunk, digit('1'), k.t0),
         Err(DtmfRefused::Stopped)
     );
 }
@@ -275,4 +275,81 @@ fn re_invite_follows_the_trunks_new_telephone_event_number() {
     k.relay
         .update_trunk(trunk, vec![(PayloadType(PCMU), PayloadType(PCMU), 8000)]);
     assert_eq!(k.relay.telephone_event, None);
+}
+
+#[test]
+fn digits_toward_the_browser_continue_its_stream() {
+    let mut k = keyed(true, None);
+    k.relay.telephone_event = Some(te(Some(TE_BROWSER)));
+    let mut sent = Vec::new();
+    for tick in 0..=60u64 {
+        let now = k.t0 + ms(tick * 10);
+        if tick == 10 {
+            k.relay.send_dtmf(Toward::Browser, digit('3'), now).unwrap();
+        }
+        if k.relay.poll_timeout().is_some_and(|t| t <= now) {
+            k.relay.handle_timeout(now);
+        }
+        if tick % 2 == 0 {
+            let i = (tick / 2) as u16;
+            let pkt = protect(
+                k.trunk_tx.as_mut().unwrap(),
+                &rtp_packet(PCMU, 9000 + i, 160 * u32::from(i), 0x71, 0x22),
+            );
+            k.relay
+                .handle_datagram(LegId::TrunkRtp, addr(TRUNK), &pkt, now);
+        }
+        for (leg, _, data) in drain(&mut k.relay) {
+            assert_eq!(leg, LegId::Browser);
+            sent.push(parse_rtp(&unprotect(&mut k.browser_rx, &data)).unwrap());
+        }
+    }
+    assert!(sent.iter().all(|f| f.ssrc == Ssrc(0xB0B0)));
+    for pair in sent.windows(2) {
+        assert_eq!(pair[1].sequence, pair[0].sequence.wrapping_add(1));
+    }
+    let events: Vec<_> = sent
+        .iter()
+        .filter(|f| f.payload_type == TE_BROWSER)
+        .map(|f| (f.timestamp, f.marker))
+        .collect();
+    assert_eq!(
+        events,
+        vec![(800, true), (800, false), (800, false), (800, false)]
+    );
+    // Trunk voice muted meanwhile (8 packets), then on again.
+    let voice = sent.iter().filter(|f| f.payload_type == PCMU).count();
+    assert_eq!(voice, 31 - 8);
+
+    // A browser without telephone-event is not played to.
+    k.relay.telephone_event = Some(te(None));
+    assert_eq!(
+        k.relay.send_dtmf(Toward::Browser, digit('3'), k.t0),
+        Err(DtmfRefused::NotNegotiated)
+    );
+}
+
+#[test]
+fn the_browsers_own_events_are_relayed_under_the_trunks_number() {
+    // RTCDTMFSender: the browser sends telephone-event itself, PT 126 in
+    // its own stream; the trunk gets PT 101 in ours, payload untouched, and
+    // nothing is reported (digits from the browser are not news to it).
+    let mut k = keyed(true, None);
+    k.relay.telephone_event = Some(te(Some(TE_BROWSER)));
+    let mut plain = rtp_packet(TE_BROWSER, 300, 4000, 0xB1, 0);
+    plain.truncate(12);
+    plain[1] |= 0x80;
+    plain.extend_from_slice(&[9, 10, 0x01, 0x40]);
+    let pkt = protect(&mut k.browser_tx, &plain);
+    k.relay
+        .handle_datagram(LegId::Browser, addr(BROWSER), &pkt, k.t0);
+    let sent = to_trunk(&mut k);
+    assert_eq!(sent.len(), 1);
+    let (f, payload) = &sent[0];
+    assert_eq!(
+        (f.payload_type, f.marker, f.ssrc),
+        (TE_TRUNK, true, Ssrc(0x7070))
+    );
+    assert_eq!(payload, &vec![9, 10, 0x01, 0x40]);
+    assert!(k.relay.poll_event().is_none());
 }

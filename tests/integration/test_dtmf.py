@@ -94,14 +94,14 @@ def test_dtmf_browser_to_baresip(workdir, gateway_sdes, baresip_sdes):
     assert unknown["code"] == 404 and unknown["id"] == "nosuchcall", unknown
 
 
-def _offer_telephone_event(sdp: str) -> str:
+def _offer_telephone_event(sdp: str, pt: int = TE_PT) -> str:
     """aiortc offers no telephone-event; a browser (RTCDTMFSender) does:
-    add telephone-event/8000 as PT 126, as Chrome numbers it."""
-    sdp = re.sub(r"^(m=audio .*?)\r?$", lambda m: m.group(1) + f" {TE_PT}", sdp, count=1, flags=re.M)
-    return re.sub(r"(a=rtpmap:\d+ PCMU/8000\r\n)", rf"\1a=rtpmap:{TE_PT} telephone-event/8000\r\n", sdp, count=1)
+    add telephone-event/8000 as `pt` (126, as Chrome numbers it)."""
+    sdp = re.sub(r"^(m=audio .*?)\r?$", lambda m: m.group(1) + f" {pt}", sdp, count=1, flags=re.M)
+    return re.sub(r"(a=rtpmap:\d+ PCMU/8000\r\n)", rf"\1a=rtpmap:{pt} telephone-event/8000\r\n", sdp, count=1)
 
 
-def _count_telephone_events(peer) -> list:
+def _count_telephone_events(peer, pt: int = TE_PT) -> list:
     """RTP packets of PT TE_PT reaching aiortc, as (timestamp, payload),
     taken where its DTLS transport routes decrypted RTP: aiortc knows no
     telephone-event, and its router drops payload types it did not
@@ -111,7 +111,7 @@ def _count_telephone_events(peer) -> list:
     orig = router.route_rtp
 
     def tap(packet):
-        if packet.payload_type == TE_PT:
+        if packet.payload_type == pt:
             seen.append((packet.timestamp, bytes(packet.payload)))
         return orig(packet)
 
@@ -169,11 +169,14 @@ def gateway_for_sipp(workdir):
 
 
 def test_dtmf_sip_info_from_trunk(workdir, gateway_for_sipp):
-    """SIPp calls alice (the browser accepts) and sends INFO
+    """SIPp calls alice (the browser accepts, with telephone-event/8000 added
+    to aiortc's answer under the trunk's PT 101) and sends INFO
     application/dtmf-relay Signal=5, INFO application/dtmf "#" and an INFO
     of another body type: 200, 200 and 415 with Accept (the scenario
     fails on anything else); the browser gets `dtmf` 5 then #, nothing for
-    the third; SIPp's BYE ends the call."""
+    the third, and the two digits as RFC 4733 events played into its
+    stream (4 packets each, one timestamp each, codes 5 and 11); SIPp's BYE
+    ends the call."""
     from harness import SippUac
     from test_incoming import sessions
     gw = gateway_for_sipp
@@ -184,24 +187,27 @@ def test_dtmf_sip_info_from_trunk(workdir, gateway_for_sipp):
         try:
             sipp.start()
             await peer.wait_incoming(10)
-            await peer.accept()
+            await peer.accept(mangle=lambda sdp: _offer_telephone_event(sdp, 101))
+            events = _count_telephone_events(peer, 101)
             connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
             assert connected["type"] == "connected", connected
             hangup = await peer.wait_for({"hangup"}, 20, call_id=peer.call_id)
-            return [m for m in peer.messages if m.get("type") == "dtmf"], hangup
+            return [m for m in peer.messages if m.get("type") == "dtmf"], hangup, list(events)
         finally:
             await peer.close()
 
     try:
-        dtmf, hangup = asyncio.run(run())
+        dtmf, hangup, events = asyncio.run(run())
         code = sipp.wait(20)
     finally:
         sipp.stop()
     refused = sipp.received(status=415)
-    save_result(workdir, dtmf=dtmf, hangup=hangup, sipp_exit=code,
+    played = sorted({(ts, payload[0]) for ts, payload in events if payload})
+    save_result(workdir, dtmf=dtmf, hangup=hangup, sipp_exit=code, te_packets=len(events), played=played,
                 info_answers=[m.status for m in sipp.received() if m.text.startswith("SIP/2.0")
                               and "INFO" in (re.search(r"^CSeq:.*$", m.text, re.M | re.I) or [""])[0]])
     assert code == 0, f"SIPp scenario failed (trace: {sipp.msg_path})"
     assert [m["digit"] for m in dtmf] == ["5", "#"], dtmf
     assert refused and re.search(r"^Accept:.*application/dtmf-relay", refused[0].text, re.M | re.I), refused
     assert hangup["type"] == "hangup", hangup
+    assert [code for _, code in played] == [5, 11] and len(events) == 8, (played, len(events))

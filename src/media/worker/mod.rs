@@ -67,7 +67,7 @@ pub(crate) enum Command {
     /// The browser held (true) or resumed the call.
     Hold(CallId, bool),
     /// A DTMF digit toward the trunk.
-    Dtmf(CallId, crate::types::DtmfDigit),
+    Dtmf(CallId, super::rewrite::Toward, crate::types::DtmfDigit),
     /// End the call: DTLS close_notify to the browser, then free its ports.
     Stop(CallId),
     /// The engine is gone: end every call and exit.
@@ -401,13 +401,13 @@ impl Worker {
                         self.service(slot);
                     }
                 }
-                Ok(Command::Dtmf(id, digit)) => {
+                Ok(Command::Dtmf(id, toward, digit)) => {
                     if let Some(slot) = self.ids.get(&id).copied() {
                         if let Some(call) = self.calls[slot].as_mut() {
                             // The B2BUA checked telephone-event was negotiated;
                             // a refusal here (queue full, media over) loses the
                             // digit (not logged: digits are PINs and card numbers).
-                            if let Err(e) = call.relay.send_dtmf(digit, Instant::now()) {
+                            if let Err(e) = call.relay.send_dtmf(toward, digit, Instant::now()) {
                                 let _enter = call.span.enter();
                                 tracing::warn!(reason = %e, "DTMF digit not sent");
                             }

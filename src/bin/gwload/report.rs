@@ -92,6 +92,8 @@ pub struct SetupReport {
     pub seconds: f64,
     pub calls_per_second: f64,
     pub login_per_call: bool,
+    /// How a call is set up: "login+wss+ice+dtls" or "ng offer+answer".
+    pub method: String,
     /// The first failure, if any.
     pub first_error: Option<String>,
 }
@@ -185,11 +187,14 @@ pub fn target_markdown(r: &TargetReport) -> String {
 
 fn setup_line(s: &SetupReport) -> String {
     format!(
-        "setup{}: {} calls in {:.2} s = {:.0} calls/s{}\n",
+        "setup ({}{}): {} calls in {:.2} s = {:.0} calls/s{}\n",
+        s.method,
         if s.login_per_call {
-            " (a login per call)"
+            ", a login per call"
+        } else if s.method.starts_with("login") {
+            ", one login"
         } else {
-            " (one login)"
+            ""
         },
         s.calls - s.failed,
         s.seconds,

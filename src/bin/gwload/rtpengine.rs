@@ -2,13 +2,18 @@
 //! by the tool in userspace only (no kernel module: `--table=-1`), one
 //! worker thread, the ng control protocol (bencode over UDP) on loopback.
 //!
-//! Each call is SDES on both sides: side A offers `RTP/SAVP` with a key of
-//! its own, rtpengine's offer toward side B must carry a key of *its* own
-//! (else it would merely pass the SRTP through), B answers with its key,
-//! and rtpengine's answer toward A again carries a fresh key. Every packet
-//! the tool receives is decrypted with the key from rtpengine's SDP, so a
-//! passed-through packet would fail authentication and show up as
-//! `auth_failed`, never as delivered.
+//! Each call is SDES on both sides, the same crypto work as the gateway's
+//! (AEAD_AES_128_GCM on one leg, AES_CM_128_HMAC_SHA1_80 on the other):
+//! side A offers `RTP/SAVP` with an AES_CM_128_HMAC_SHA1_80 key of its own;
+//! rtpengine's offer toward side B lists that suite *with A's key* followed
+//! by every other suite with fresh keys; B answers AEAD_AES_128_GCM with
+//! rtpengine's fresh key for it, and rtpengine answers A with a fresh
+//! AES_CM_128_HMAC_SHA1_80 key. If B took A's suite instead, rtpengine 10.5
+//! would hand both sides the other's key and pass SRTP through untouched
+//! (daemon/call.c, "SRTP<>SRTP passthrough"), which would measure no crypto
+//! at all. Every packet the tool receives is decrypted with the key from
+//! rtpengine's SDP, so a passed-through packet would fail authentication
+//! and show up as `auth_failed`, never as delivered.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
@@ -23,6 +28,10 @@ use webrtc_sip_gateway::types::{SrtpKeyMaterial, SrtpSuite};
 
 use crate::bencode::Value;
 use crate::media::{CallMedia, Dir, Endpoint};
+
+/// Side A's suite (the trunk-like leg) and side B's (the browser-like leg).
+pub const A_SUITE: SrtpSuite = SrtpSuite::AesCm128HmacSha1_80;
+pub const B_SUITE: SrtpSuite = SrtpSuite::AeadAes128Gcm;
 
 pub struct Rtpengine {
     child: Child,
@@ -150,8 +159,8 @@ impl Rtpengine {
         let (from_tag, to_tag) = (format!("a{idx}"), format!("b{idx}"));
         let sock_a = bind(media_ip)?;
         let sock_b = bind(media_ip)?;
-        let key_a = SrtpKeyMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
-        let key_b = SrtpKeyMaterial::generate(SrtpSuite::AesCm128HmacSha1_80);
+        let key_a = SrtpKeyMaterial::generate(A_SUITE);
+        let key_b = SrtpKeyMaterial::generate(B_SUITE);
         let ssrc_a: u32 = rand::random();
         let ssrc_b: u32 = rand::random();
         let sdp_a = sdes_sdp(media_ip, sock_a.local_addr()?.port(), 1, &key_a, ssrc_a);
@@ -160,9 +169,11 @@ impl Rtpengine {
             ("call-id", Value::str(&call_id)),
             ("from-tag", Value::str(&from_tag)),
             ("sdp", Value::str(&sdp_a)),
+            ("DTLS", Value::str("off")),
+            ("ICE", Value::str("remove")),
         ]))?;
         let to_b = reply_sdp(&offer)?;
-        let (remote_b, tag_b, rtpengine_key_b) = sdes_side(&to_b)?;
+        let (remote_b, tag_b, rtpengine_key_b) = sdes_side(&to_b, B_SUITE)?;
         if rtpengine_key_b.key.expose() == key_a.key.expose() {
             bail!(
                 "rtpengine offered side A's own key to side B: SRTP would pass through undecrypted"
@@ -177,7 +188,7 @@ impl Rtpengine {
             ("sdp", Value::str(&sdp_b)),
         ]))?;
         let to_a = reply_sdp(&answer)?;
-        let (remote_a, _, rtpengine_key_a) = sdes_side(&to_a)?;
+        let (remote_a, _, rtpengine_key_a) = sdes_side(&to_a, A_SUITE)?;
         if rtpengine_key_a.key.expose() == key_b.key.expose() {
             bail!(
                 "rtpengine answered side A with side B's key: SRTP would pass through undecrypted"
@@ -255,17 +266,17 @@ fn reply_sdp(reply: &Value) -> Result<String> {
         .ok_or_else(|| anyhow!("rtpengine's reply has no sdp"))
 }
 
-/// Where rtpengine wants media for one side, and the AES_CM_128_HMAC_SHA1_80
-/// key it sends that side with (its tag too).
-fn sdes_side(sdp: &str) -> Result<(SocketAddr, u32, SrtpKeyMaterial)> {
+/// Where rtpengine wants media for one side, and its key of `suite` for
+/// that side (with the tag).
+fn sdes_side(sdp: &str, suite: SrtpSuite) -> Result<(SocketAddr, u32, SrtpKeyMaterial)> {
     let audio = SessionDescription::parse(sdp)?.audio()?;
     let ip = audio
         .connection
         .ok_or_else(|| anyhow!("rtpengine's SDP has no c= address"))?;
     let crypto = audio
         .valid_cryptos()
-        .find(|c| c.suite == SrtpSuite::AesCm128HmacSha1_80)
-        .ok_or_else(|| anyhow!("rtpengine's SDP has no AES_CM_128_HMAC_SHA1_80 a=crypto"))?;
+        .find(|c| c.suite == suite)
+        .ok_or_else(|| anyhow!("rtpengine's SDP has no {suite} a=crypto"))?;
     let key = crypto
         .key()
         .ok_or_else(|| anyhow!("a=crypto without a key"))?;

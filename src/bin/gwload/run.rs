@@ -164,6 +164,7 @@ async fn establish(
             seconds,
             calls_per_second: (n - failed) as f64 / seconds.max(1e-9),
             login_per_call,
+            method: "login+wss+ice+dtls".into(),
             first_error,
         },
         suite,
@@ -327,13 +328,18 @@ pub fn run_rtpengine(engine: &Rtpengine, load: &Load) -> Result<TargetReport> {
         pid: target.pid,
         calls: n_up,
         browser_suite: None,
-        trunk_media: "sdes-srtp AES_CM_128_HMAC_SHA1_80 both sides".into(),
+        trunk_media: format!(
+            "sdes-srtp {} ⇄ sdes-srtp {}",
+            crate::rtpengine::A_SUITE,
+            crate::rtpengine::B_SUITE
+        ),
         setup: SetupReport {
             calls: load.calls,
             failed,
             seconds,
             calls_per_second: n_up as f64 / seconds.max(1e-9),
             login_per_call: false,
+            method: "ng offer+answer".into(),
             first_error,
         },
         setup_login_per_call: None,

@@ -242,6 +242,8 @@ impl LoadArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Every call holds two UDP sockets and a TLS connection here.
+    open_files_up_to_hard_limit();
     match cli.command {
         Cmd::Gateway { gw, pid, load } => {
             let l = load.load()?;
@@ -324,6 +326,20 @@ fn main() -> Result<()> {
                 .with_context(|| format!("write {}", out.display()))?;
             eprintln!("gwload: wrote {}", out.display());
             Ok(())
+        }
+    }
+}
+
+fn open_files_up_to_hard_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both calls only read and write `lim`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }

@@ -30,8 +30,8 @@ def gwload_bin():
 
 def run_gwload(args, workdir, timeout=60):
     out = workdir / "gwload.json"
-    cmd = [gwload_bin(), *args, "--calls", str(CALLS), "--pps", str(PPS), "--warmup", "0.5",
-           "--window", "2", "--media-ip", GWT_HOST, "--json", str(out)]
+    cmd = [gwload_bin(), *args, "--calls", str(CALLS), "--pps", str(PPS), "--warmup", "0.3",
+           "--window", "1.5", "--media-ip", GWT_HOST, "--json", str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     (workdir / "gwload.log").write_text(f"$ {' '.join(cmd)}\n{p.stdout}\n{p.stderr}")
     print(p.stdout)
@@ -47,7 +47,7 @@ def check_report(report, stdout):
     step = report["steps"][0]
     for name in ("forward", "back"):
         d = step[name]
-        # 2.5 s at 100 packets/s each way, minus nothing
+        # 2.1 s at 100 packets/s each way
         assert d["sent"] > 150, (name, d)
         assert d["received"] == d["sent"], (name, d)
         assert d["lost"] == 0 and d["auth_failed"] == 0 and d["send_errors"] == 0, (name, d)

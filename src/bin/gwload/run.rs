@@ -219,6 +219,9 @@ pub async fn run_gateway(g: &GatewayTarget, load: &Load) -> Result<TargetReport>
     }
     let uas = Arc::new(Uas::start(g.uas, load.media_ip, g.trunk_media).await?);
     let browser = Arc::new(Browser::new(g.https.clone(), load.media_ip)?);
+    // One login first: its argon2 working memory stays with the
+    // allocator, and belongs to logins, not to calls.
+    g.https.login(&g.account, &g.password).await?;
     let rss_before = target.rss_kib()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let est = establish(

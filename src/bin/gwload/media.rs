@@ -133,6 +133,9 @@ pub struct StepResult {
     pub window_seconds: f64,
     /// Target CPU seconds (utime + stime) spent inside the window.
     pub target_cpu_seconds: f64,
+    /// The tool's own CPU seconds inside the window: near one core means
+    /// the tool, not the target, may be what limits the step.
+    pub tool_cpu_seconds: f64,
 }
 
 static BASE: OnceLock<Instant> = OnceLock::new();
@@ -176,10 +179,13 @@ pub fn run_step(
             std::thread::spawn(move || worker(share, times))
         })
         .collect();
+    let me = Target {
+        pid: std::process::id(),
+    };
     sleep_until(window_start);
-    let before = target.sample();
+    let (before, me_before) = (target.sample(), me.sample());
     sleep_until(window_end);
-    let after = target.sample();
+    let (after, me_after) = (target.sample(), me.sample());
     let mut calls = Vec::new();
     let mut dirs: [DirStats; 2] = Default::default();
     let mut forwarded = 0;
@@ -211,6 +217,7 @@ pub fn run_step(
             window_forwarded: forwarded,
             window_seconds: plan.window.as_secs_f64(),
             target_cpu_seconds: cpu,
+            tool_cpu_seconds: ProcSample::cpu_seconds_between(&me_before, &me_after),
         },
     )
 }
@@ -438,31 +445,26 @@ fn drain_socket(
     }
 }
 
-/// Buffers and headers for one `recvmmsg`.
+/// Buffers and headers for `recvmmsg`, built once per worker: the headers
+/// point into `bufs`, whose heap storage never moves after `new`.
 struct RecvBatch {
     bufs: Vec<[u8; BUF_LEN]>,
+    _iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
     lens: [usize; BATCH],
 }
 
 impl RecvBatch {
     fn new() -> Self {
-        RecvBatch {
-            bufs: vec![[0u8; BUF_LEN]; BATCH],
-            lens: [0; BATCH],
-        }
-    }
-
-    /// Reads up to BATCH datagrams without blocking; returns how many.
-    fn recv(&mut self, fd: i32) -> usize {
-        let mut iovs: Vec<libc::iovec> = self
-            .bufs
+        let mut bufs = vec![[0u8; BUF_LEN]; BATCH];
+        let mut iovs: Vec<libc::iovec> = bufs
             .iter_mut()
             .map(|b| libc::iovec {
                 iov_base: b.as_mut_ptr().cast(),
                 iov_len: BUF_LEN,
             })
             .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
+        let msgs = iovs
             .iter_mut()
             .map(|iov| {
                 // SAFETY: an all-zero msghdr is valid (no name, no control).
@@ -472,11 +474,22 @@ impl RecvBatch {
                 h
             })
             .collect();
-        // SAFETY: every header points at a live iovec and buffer of BUF_LEN.
+        RecvBatch {
+            bufs,
+            _iovs: iovs,
+            msgs,
+            lens: [0; BATCH],
+        }
+    }
+
+    /// Reads up to BATCH datagrams without blocking; returns how many.
+    fn recv(&mut self, fd: i32) -> usize {
+        // SAFETY: every header points at a live iovec and buffer of BUF_LEN
+        // (both owned by self and never reallocated).
         let n = unsafe {
             libc::recvmmsg(
                 fd,
-                msgs.as_mut_ptr(),
+                self.msgs.as_mut_ptr(),
                 BATCH as u32,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -485,7 +498,7 @@ impl RecvBatch {
         if n <= 0 {
             return 0;
         }
-        for (j, m) in msgs.iter().take(n as usize).enumerate() {
+        for (j, m) in self.msgs.iter().take(n as usize).enumerate() {
             self.lens[j] = m.msg_len as usize;
         }
         n as usize

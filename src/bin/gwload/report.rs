@@ -47,6 +47,8 @@ pub struct StepReport {
     pub cpu_us_per_packet: Option<f64>,
     /// Target CPU in percent of one core over the window.
     pub cpu_percent: f64,
+    /// The tool's own CPU in percent of one core over the window.
+    pub tool_cpu_percent: f64,
     /// Caller → callee (browser → trunk, or rtpengine's side A → B).
     pub forward: DirReport,
     /// Callee → caller.
@@ -62,6 +64,7 @@ impl StepReport {
             cpu_us_per_packet: (r.window_forwarded > 0)
                 .then(|| r.target_cpu_seconds * 1e6 / forwarded),
             cpu_percent: 100.0 * r.target_cpu_seconds / r.window_seconds,
+            tool_cpu_percent: 100.0 * r.tool_cpu_seconds / r.window_seconds,
             forward: DirReport::from(&r.dirs[0]),
             back: DirReport::from(&r.dirs[1]),
         }
@@ -144,15 +147,16 @@ pub fn target_markdown(r: &TargetReport) -> String {
             .map(|b| format!(", browser {b}"))
             .unwrap_or_default()
     );
-    s += "| load (pps) | delivered pps | CPU/packet | CPU % | loss fwd | loss back | p50 fwd/back | p99 fwd/back |\n";
-    s += "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    s += "| load (pps) | delivered pps | CPU/packet | CPU % | tool CPU % | loss fwd | loss back | p50 fwd/back | p99 fwd/back |\n";
+    s += "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
     for st in &r.steps {
         s += &format!(
-            "| {:.0} | {:.0} | {} | {:.0} % | {} ({:.2} %) | {} ({:.2} %) | {} / {} | {} / {} |\n",
+            "| {:.0} | {:.0} | {} | {:.0} % | {:.0} % | {} ({:.2} %) | {} ({:.2} %) | {} / {} | {} / {} |\n",
             st.pps,
             st.forwarded_pps,
             us(st.cpu_us_per_packet),
             st.cpu_percent,
+            st.tool_cpu_percent,
             st.forward.lost,
             st.forward.loss_percent,
             st.back.lost,

@@ -19,6 +19,9 @@ pub struct GatewayConfig<'a> {
     /// Media ports: enough for the browser and trunk legs of every call.
     pub port_min: u16,
     pub port_max: u16,
+    /// Signaling sockets the account may hold: one per call (the gateway
+    /// allows 32 by default).
+    pub sessions: usize,
 }
 
 /// A TOML basic string (JSON's escaping is valid TOML).
@@ -38,7 +41,8 @@ impl GatewayConfig<'_> {
         Ok(format!(
             "# Written by `gwload gateway-config`: a trunk pointing at gwload's UAS.\n\
              [server]\nhttps_listen = {https}\npublic_ip = {ip}\ndata_dir = {data}\n\
-             token_secret = {secret}\n\n\
+             token_secret = {secret}\nmax_sessions_per_account = {sessions}\n\
+             max_sessions_per_source = {sessions}\n\n\
              [sip]\nudp_listen = {sip}\n\n\
              [media]\nport_min = {pmin}\nport_max = {pmax}\n\n\
              [[trunks]]\nname = \"gwload\"\nuri = {uri}\ncallee_stream = \"{callee_stream}\"\n\
@@ -50,6 +54,7 @@ impl GatewayConfig<'_> {
             data = s(self.data_dir),
             secret = s(&hex::encode(secret)),
             sip = s(&self.sip.to_string()),
+            sessions = self.sessions,
             pmin = self.port_min,
             pmax = self.port_max,
             uri = s(&format!("sip:{};transport=udp", self.uas)),

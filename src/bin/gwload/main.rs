@@ -111,6 +111,9 @@ enum Cmd {
         port_min: u16,
         #[arg(long, default_value_t = 29999)]
         port_max: u16,
+        /// Signaling sockets the account may hold (one per call).
+        #[arg(long, default_value_t = 1100)]
+        max_sessions: usize,
     },
 }
 
@@ -309,6 +312,7 @@ fn main() -> Result<()> {
             trunk_media,
             port_min,
             port_max,
+            max_sessions,
         } => {
             let cfg = gwconfig::GatewayConfig {
                 https,
@@ -321,6 +325,7 @@ fn main() -> Result<()> {
                 trunk_media: trunk_media.into(),
                 port_min,
                 port_max,
+                sessions: max_sessions,
             };
             std::fs::write(&out, cfg.to_toml()?)
                 .with_context(|| format!("write {}", out.display()))?;
@@ -440,6 +445,7 @@ fn compare_gateway(
         trunk_media: TrunkMedia::Sdes,
         port_min: 20000,
         port_max: 29999,
+        sessions: l.calls + login_per_call_sample + 8,
     };
     let config = workdir.join("gateway.toml");
     std::fs::write(&config, cfg.to_toml()?)?;

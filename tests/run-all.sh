@@ -31,7 +31,8 @@ mkdir -p "$ARTIFACTS"
 # ---------------------------------------------------------------------------
 banner "1/5 system packages"
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(baresip baresip-core sip-tester chromium firefox-esr libnss3-tools fonts-dejavu-core iproute2 iptables python3-pip python3-venv sox libssl-dev pkg-config)
+# rtpengine-daemon (10.5): the load tool's comparison target (test_load_tool.py)
+pkgs=(baresip baresip-core sip-tester chromium firefox-esr libnss3-tools fonts-dejavu-core iproute2 iptables python3-pip python3-venv sox libssl-dev pkg-config rtpengine-daemon)
 # node 20 + npm may come from elsewhere (nvm, nodesource); Debian's only if absent
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
@@ -43,6 +44,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update
   apt-get install -y --no-install-recommends "${missing[@]}"
+  if [[ " ${missing[*]} " == *" rtpengine-daemon "* ]]; then
+    # The tests start their own rtpengine (userspace, in the namespace);
+    # the packaged system service must not run beside it.
+    service rtpengine-daemon stop >/dev/null 2>&1 || true
+    update-rc.d rtpengine-daemon disable >/dev/null 2>&1 || true
+    command -v systemctl >/dev/null && systemctl disable --now rtpengine-daemon >/dev/null 2>&1 || true
+  fi
 else
   echo "all present: ${pkgs[*]}"
 fi

@@ -2,6 +2,7 @@
 //! account on defaults, and the SIP, media, call and signaling layers wired
 //! together. `main` calls `run`; integration tests can too.
 
+use crate::calls::cluster::{self, ClusterSessions};
 use crate::calls::directory::{demo_trunk, Account, Directory};
 use crate::calls::registration::{TrunkRegistrations, UNREGISTER_WAIT};
 use crate::calls::sessions::{LocalSessions, SessionRegistry};
@@ -155,7 +156,19 @@ pub async fn run(
     let call_stats = Arc::new(CallStats::default());
     let live_calls = Arc::new(LiveCalls::default());
     let trunk_health = Arc::new(TrunkHealth::default());
-    let sessions: Arc<dyn SessionRegistry> = Arc::new(LocalSessions::default());
+    // With a cluster registrar, the first session of an account registers
+    // it there and the last one unregisters it.
+    let cluster_registrar = config.cluster.as_ref().and_then(|c| {
+        let uri = TrunkUri::parse(c.registrar.as_deref()?).ok()?;
+        Some((uri, c.domain.clone().unwrap_or_default()))
+    });
+    let (sessions, presence_changes): (Arc<dyn SessionRegistry>, _) = match &cluster_registrar {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Arc::new(ClusterSessions::new(tx)), Some(rx))
+        }
+        None => (Arc::new(LocalSessions::default()), None),
+    };
     let cdr = CdrStore::open(&cdr::database_path(&data_dir), SystemTime::now())?;
     tokio::spawn(purge_daily(cdr.clone(), config.privacy.cdr_retention_days));
     let calls = Calls::new(CallsContext {
@@ -176,6 +189,18 @@ pub async fn run(
     calls.start_trunk_monitors();
     let registrations = Arc::new(TrunkRegistrations::default());
     let registrars = calls.start_registrations(registrations.clone());
+    let cluster_bindings = match (cluster_registrar, presence_changes) {
+        (Some((uri, domain)), Some(changes)) => {
+            let instance =
+                cluster::instance_id(&data_dir).map_err(|source| GatewayError::DataDir {
+                    path: data_dir.clone(),
+                    source,
+                })?;
+            info!(%instance, "registering accounts with the cluster registrar");
+            Some(calls.start_cluster(&uri, domain, instance, changes))
+        }
+        _ => None,
+    };
 
     let media_stats = media.stats();
     let sip_for_metrics = sip_for_health.clone();
@@ -284,9 +309,17 @@ pub async fn run(
         _ = shutdown => {}
     }
     // Calls end and bindings are removed side by side; both waits are short.
+    let cluster_stopped = async {
+        if let Some(bindings) = cluster_bindings {
+            bindings
+                .stop(UNREGISTER_WAIT + Duration::from_millis(500))
+                .await;
+        }
+    };
     tokio::join!(
         calls.shutdown(SHUTDOWN_GRACE),
-        registrars.stop(UNREGISTER_WAIT + Duration::from_millis(500))
+        registrars.stop(UNREGISTER_WAIT + Duration::from_millis(500)),
+        cluster_stopped
     );
     // Every call's record reaches the database before the process ends.
     let flushing = cdr.clone();

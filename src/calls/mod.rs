@@ -8,13 +8,15 @@
 //! - [`inbound`]: routing of a trunk's new INVITE (404/480/488/503 or ring);
 //! - [`sessions`]: which browser sessions each account has open;
 //! - [`directory`]: accounts and trunks from the config;
-//! - [`trunk_health`], [`registration`]: OPTIONS pings and REGISTER per trunk.
+//! - [`trunk_health`], [`registration`]: OPTIONS pings and REGISTER per trunk;
+//! - [`cluster`]: REGISTER per account toward a cluster's proxy.
 
 pub mod api;
 pub mod call;
 #[cfg(test)]
 mod call_tests;
 pub mod cause;
+pub mod cluster;
 pub mod directory;
 pub mod driver;
 pub mod inbound;
@@ -218,6 +220,32 @@ impl Calls {
             ));
         }
         registrars
+    }
+
+    /// Starts keeping a binding at the cluster's registrar for every
+    /// account with a session here (`changes` from a
+    /// [`cluster::ClusterSessions`]).
+    pub fn start_cluster(
+        &self,
+        registrar: &crate::config::TrunkUri,
+        domain: String,
+        instance: String,
+        changes: mpsc::UnboundedReceiver<cluster::PresenceChange>,
+    ) -> cluster::ClusterBindings {
+        let transport = Transport::from(registrar.transport);
+        let host = call::uri_host(&registrar.host);
+        cluster::start(
+            cluster::ClusterRegistrar {
+                uri: format!("sip:{host}:{}", registrar.port),
+                host: registrar.host.clone(),
+                port: registrar.port,
+                domain,
+                instance,
+                local: self.sip_local(transport),
+            },
+            self.ctx.sip.clone(),
+            changes,
+        )
     }
 
     fn spawn_task(&self, tx: Commands, task: impl Future<Output = ()> + Send + 'static) {

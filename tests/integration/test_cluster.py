@@ -1,0 +1,268 @@
+"""Several gateway nodes as one (issue 15): Debian's Kamailio in front for
+SIP with deploy/cluster/kamailio.cfg, HAProxy in front of the nodes' HTTPS
+ports with deploy/cluster/haproxy.cfg (the very files the demo uses, given
+their addresses with `kamailio -A` and HAProxy's environment), two gateway
+nodes with [cluster] registrar, baresip as the carrier behind Kamailio.
+
+Each node REGISTERs sip:alice@DOMAIN at Kamailio while a session of alice is
+open on it; Kamailio forks baresip's INVITE to every such node. Artifacts:
+tests/artifacts/<test>/{a,b}/gateway.log, kamailio/kamailio.log,
+haproxy/haproxy.log, trunk/baresip.log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from harness import (
+    BrowserPeer,
+    Gateway,
+    TrunkSpec,
+    free_port,
+    save_result,
+    wait_until,
+)
+from test_calls import _check_media
+
+pytestmark = pytest.mark.gateway
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "cluster"
+ACCOUNT = "alice"
+DOMAIN = "gw.example"
+
+
+class Kamailio:
+    """kamailio -f deploy/cluster/kamailio.cfg on 127.0.0.1:port, with a
+    dispatcher list of the carrier (set 1) and the nodes (set 2)."""
+
+    def __init__(self, workdir: Path):
+        self.dir = workdir / "kamailio"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port(socket.SOCK_DGRAM)
+        self.ctl = self.dir / "ctl"
+        self.log_path = self.dir / "kamailio.log"
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, carrier_port: int, node_ports: list[int]):
+        lines = [f"1 sip:127.0.0.1:{carrier_port}"] + [f"2 sip:127.0.0.1:{p}" for p in node_ports]
+        (self.dir / "dispatcher.list").write_text("\n".join(lines) + "\n")
+        cmd = ["kamailio", "-f", str(DEPLOY / "kamailio.cfg"), "-DD", "-E", "-Y", str(self.dir),
+               "-P", str(self.dir / "kamailio.pid"),
+               "-A", f"LISTEN=udp:127.0.0.1:{self.port}",
+               "-A", f'DS_LIST="{self.dir / "dispatcher.list"}"',
+               "-A", f'CTL_SOCK="unix:{self.ctl}"',
+               "-A", "DS_PING=1"]
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=self.dir)
+        log.close()
+        wait_until(lambda: self.rpc("core.version") is not None, 10, f"kamailio up ({self.log_path})")
+        return self
+
+    def rpc(self, *args: str) -> Optional[str]:
+        if self.proc and self.proc.poll() is not None:
+            raise AssertionError(f"kamailio exited {self.proc.returncode}: {self.log_path}")
+        r = subprocess.run(["kamcmd", "-s", f"unix:{self.ctl}", *args], capture_output=True, text=True,
+                           timeout=5)
+        return r.stdout if r.returncode == 0 else None
+
+    def contacts(self, account: str = ACCOUNT) -> list[str]:
+        """The Contact addresses of `account`'s bindings (kamcmd ul.dump)."""
+        dump = self.rpc("ul.dump") or ""
+        out, current = [], None
+        for line in dump.splitlines():
+            m = re.search(r"\bAoR:\s*(\S+)", line, re.I)
+            if m:
+                current = m.group(1)
+            m = re.search(r"\bAddress:\s*(\S+)", line)
+            if m and current is not None and current.split("@")[0] == account:
+                out.append(m.group(1))
+        return out
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Haproxy:
+    """haproxy -f deploy/cluster/haproxy.cfg on 127.0.0.1:port."""
+
+    def __init__(self, workdir: Path):
+        self.dir = workdir / "haproxy"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log_path = self.dir / "haproxy.log"
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self, nodes: list[Gateway]):
+        env = dict(os.environ, WSS_BIND=f"127.0.0.1:{self.port}",
+                   NODE_A=f"127.0.0.1:{nodes[0].https_port}", NODE_B=f"127.0.0.1:{nodes[1].https_port}")
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(DEPLOY / "haproxy.cfg")], env=env,
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+        def listening():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"haproxy exited {self.proc.returncode}: {self.log_path}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(listening, 10, "haproxy listening")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def cluster(workdir, baresip_sdes):
+    """Kamailio, two nodes (a, b) whose trunk is Kamailio, HAProxy; baresip
+    (srtp-mand) is Kamailio's carrier. Yields (kamailio, a, b, haproxy)."""
+    for tool in ("kamailio", "kamcmd", "haproxy"):
+        assert shutil.which(tool), f"{tool} is not installed (apt-get install kamailio haproxy)"
+    kam = Kamailio(workdir)
+    trunk = TrunkSpec("proxy", f"sip:127.0.0.1:{kam.port};transport=udp",
+                      callee_stream="sdes", secure_media="mandatory")
+    secret, password = os.urandom(24).hex(), os.urandom(9).hex()
+    nodes = [Gateway(workdir, trunk=trunk, name=name, password=password, token_secret=secret,
+                     cluster={"registrar": f"sip:127.0.0.1:{kam.port}", "domain": DOMAIN,
+                              "drain_seconds": 2})
+             for name in ("a", "b")]
+    started = []
+    try:
+        kam.start(baresip_sdes.sip_port, [n.sip_port for n in nodes])
+        for n in nodes:
+            started.append(n.start())
+        lb = Haproxy(workdir).start(nodes)
+        try:
+            yield kam, nodes[0], nodes[1], lb
+        finally:
+            lb.stop()
+    finally:
+        for n in started:
+            code = n.stop()
+            assert code == 0, f"node did not exit 0 on SIGTERM (exit {code}): {n.log_path}"
+            assert "panicked" not in n.log(), n.log_path
+        kam.stop()
+
+
+def contact_of(node: Gateway) -> str:
+    return f"sip:{ACCOUNT}@127.0.0.1:{node.sip_port}"
+
+
+def wait_bindings(kam: Kamailio, nodes: list[Gateway]):
+    want = sorted(contact_of(n) for n in nodes)
+
+    def ok():
+        have = sorted(c.split(";")[0] for c in kam.contacts())
+        return have == want
+
+    wait_until(ok, 10, f"kamailio's location = {want} (ul.dump: {kam.contacts()})")
+
+
+async def session(base_url: str, token: str) -> BrowserPeer:
+    p = await BrowserPeer(base_url, token).connect()
+    await p.barrier()
+    return p
+
+
+def sessions_on(node: Gateway) -> float:
+    return node.metrics().sum("gateway_websocket_sessions")
+
+
+async def _fork_to_both(kam, a, b, lb, trunk):
+    # The first session through HAProxy (on whichever node it picks), the
+    # second straight on the other node.
+    first = await session(lb.base_url, a.login())
+    on_a = sessions_on(a) == 1
+    first_node, other_node = (a, b) if on_a else (b, a)
+    assert sessions_on(first_node) == 1 and sessions_on(other_node) == 0
+    second = await session(other_node.base_url, other_node.login())
+    try:
+        wait_bindings(kam, [a, b])
+        trunk.dial(f"sip:{ACCOUNT}@127.0.0.1:{kam.port}")
+        for p in (first, second):
+            msg = await p.wait_incoming(10)
+            assert msg["type"] == "incoming", msg
+        await first.accept()
+        connected = await first.wait_for({"connected"}, 20, call_id=first.call_id)
+        assert connected["type"] == "connected", connected
+        # The losing node got Kamailio's CANCEL: its session stops ringing.
+        lost = await second.wait_for({"hangup"}, 10)
+        assert lost["type"] == "hangup" and lost.get("code") in (200, 487), lost
+        trunk.wait_established()
+        await first.receive(150, timeout=20)
+        trunk.wait_heard_seconds(2.0, timeout=20, gateway=first_node)
+        received, sent = await first.stats()
+        result = {"received": received, "sent": sent, "rms": first.sink.rms}
+        await first.hangup()
+        trunk.wait_bye()
+        return result, first_node
+    finally:
+        for p in (first, second):
+            await p.close()
+
+
+def test_cluster_forks_to_every_node_with_a_session(workdir, cluster, baresip_sdes):
+    """alice on node A (through HAProxy) and on node B: both nodes hold a
+    binding at Kamailio, baresip's call rings both sessions, the first
+    accepts (audio both ways), the other stops ringing (hangup: Kamailio
+    CANCELs the losing branch);
+    the browser's hangup reaches baresip as BYE."""
+    kam, a, b, lb = cluster
+    result, winner = asyncio.run(_fork_to_both(kam, a, b, lb, baresip_sdes))
+    save_result(workdir, winner=winner.dir.name)
+    _check_media(result, baresip_sdes, workdir)
+    # both sessions closed: both bindings removed (Expires: 0)
+    wait_until(lambda: kam.contacts() == [], 10, f"bindings removed (ul.dump: {kam.contacts()})")
+
+
+async def _b_only(kam, a, b, trunk):
+    peer = await session(b.base_url, b.login())
+    try:
+        wait_bindings(kam, [b])
+        trunk.dial(f"sip:{ACCOUNT}@127.0.0.1:{kam.port}")
+        await peer.wait_incoming(10)
+        await peer.accept()
+        connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
+        assert connected["type"] == "connected", connected
+        trunk.wait_established()
+        await peer.receive(100, timeout=20)
+        await peer.hangup()
+        trunk.wait_bye()
+    finally:
+        await peer.close()
+
+
+def test_cluster_call_reaches_only_the_node_with_the_session(workdir, cluster, baresip_sdes):
+    """alice on node B only: Kamailio's location has B's contact only and
+    the call reaches B; node A sees no call at all."""
+    kam, a, b, _ = cluster
+    asyncio.run(_b_only(kam, a, b, baresip_sdes))
+    assert a.metrics().sum("gateway_calls_started_total") == 0, "node A saw a call"
+    assert b.metrics().sum("gateway_calls_started_total") == 1

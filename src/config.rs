@@ -921,6 +921,28 @@ trunk = "carrier"
     }
 
     #[test]
+    fn cluster_keys_are_checked() {
+        let c = parse(
+            "[cluster]\nregistrar = \"sip:10.0.0.2:5060\"\ndomain = \"gw.example\"\noutbound_proxy = \"sip:10.0.0.2:5060;lr\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.problems(), vec![]);
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.drain_seconds, 300);
+        let c = parse("[cluster]\nregistrar = \"http://x\"\noutbound_proxy = \"nope\"\n").unwrap();
+        let keys: Vec<_> = c.problems().into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "cluster.registrar",
+                "cluster.outbound_proxy",
+                "cluster.domain"
+            ]
+        );
+        assert!(parse("[cluster]\nregistrr = \"sip:x\"\n").is_err());
+    }
+
+    #[test]
     fn full_example_is_valid() {
         let c = parse(&full()).unwrap();
         assert_eq!(c.problems(), vec![]);

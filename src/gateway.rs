@@ -153,6 +153,7 @@ pub async fn run(
     add_tls_trunks(&config, &sip).await?;
     let sip_for_health = sip.clone();
     let sip_for_operator = sip.clone();
+    let sip_for_drain = sip.clone();
     let call_stats = Arc::new(CallStats::default());
     let live_calls = Arc::new(LiveCalls::default());
     let trunk_health = Arc::new(TrunkHealth::default());
@@ -237,7 +238,9 @@ pub async fn run(
         },
         Arc::new(calls.clone()),
         Arc::new(metrics),
-        Arc::new(move || sip_for_health.is_running()),
+        // A draining node is not healthy: balancers send new browsers
+        // elsewhere.
+        Arc::new(move || sip_for_health.is_running() && !sip_for_health.is_draining()),
     );
     let history = Arc::new(History::default());
     tokio::spawn(sample_history(
@@ -307,6 +310,27 @@ pub async fn run(
             };
         }
         _ = shutdown => {}
+    }
+    let mut cluster_bindings = cluster_bindings;
+    if let Some(cluster) = &config.cluster {
+        // A clustered node drains: OPTIONS 503 and /healthz 503 (the proxy
+        // and the balancer send nothing new), no new calls, its bindings
+        // removed at once; the calls in progress get drain_seconds.
+        let max = Duration::from_secs(cluster.drain_seconds);
+        info!(
+            drain_s = cluster.drain_seconds,
+            calls = calls.active_calls(),
+            "draining: no new calls; waiting for the calls in progress"
+        );
+        sip_for_drain.set_draining();
+        let unbind = async {
+            if let Some(bindings) = cluster_bindings.take() {
+                bindings
+                    .stop(UNREGISTER_WAIT + Duration::from_millis(500))
+                    .await;
+            }
+        };
+        tokio::join!(calls.drain(max), unbind);
     }
     // Calls end and bindings are removed side by side; both waits are short.
     let cluster_stopped = async {

@@ -137,6 +137,17 @@ impl Calls {
         self.accepting.load(Ordering::SeqCst)
     }
 
+    /// A clustered node leaving: takes no new calls (incoming INVITEs get
+    /// 503, a browser's `call` an error) and waits up to `max` for the calls
+    /// in progress to end by themselves; [`Calls::shutdown`] ends the rest.
+    pub async fn drain(&self, max: Duration) {
+        self.accepting.store(false, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + max;
+        while self.active_calls() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops taking new calls, hangs up the others (BYE/CANCEL, or a final
     /// response to a ringing INVITE) and waits up to `grace` for their
     /// dialogs to finish.

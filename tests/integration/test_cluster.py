@@ -32,7 +32,8 @@ from harness import (
     save_result,
     wait_until,
 )
-from test_calls import _check_media
+from test_calls import _audio_call, _check_media
+from conftest import TRUNK_NUMBER
 
 pytestmark = pytest.mark.gateway
 
@@ -54,7 +55,7 @@ class Kamailio:
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self, carrier_port: int, node_ports: list[int]):
-        lines = [f"1 sip:127.0.0.1:{carrier_port}"] + [f"2 sip:127.0.0.1:{p}" for p in node_ports]
+        lines = [f"1 sip:127.0.0.1:{carrier_port}"] + [f"2 sip:127.0.0.1:{p} 8" for p in node_ports]
         (self.dir / "dispatcher.list").write_text("\n".join(lines) + "\n")
         cmd = ["kamailio", "-f", str(DEPLOY / "kamailio.cfg"), "-DD", "-E", "-Y", str(self.dir),
                "-P", str(self.dir / "kamailio.pid"),
@@ -266,3 +267,97 @@ def test_cluster_call_reaches_only_the_node_with_the_session(workdir, cluster, b
     asyncio.run(_b_only(kam, a, b, baresip_sdes))
     assert a.metrics().sum("gateway_calls_started_total") == 0, "node A saw a call"
     assert b.metrics().sum("gateway_calls_started_total") == 1
+
+
+def _top_via(text: str) -> str:
+    m = re.search(r"^(?:Via|v):\s*(.*)$", text, re.M | re.I)
+    return m.group(1) if m else ""
+
+
+def test_cluster_outgoing_goes_through_kamailio(workdir, cluster, baresip_sdes):
+    """A node's call out: its trunk is Kamailio, whose dispatcher picks the
+    carrier (baresip); audio both ways; the INVITE and the browser's BYE
+    reach baresip through Kamailio (its Via on top, the BYE along the
+    Record-Route)."""
+    kam, a, b, _ = cluster
+    connected, result = asyncio.run(_audio_call(a, baresip_sdes, TRUNK_NUMBER))
+    assert connected["type"] == "connected", connected
+    _check_media(result, baresip_sdes, workdir)
+    invite = baresip_sdes.received("INVITE")[0]
+    assert "Record-Route:" in invite.text or "record-route:" in invite.text.lower(), invite.text
+    bye = baresip_sdes.received("BYE")[0]
+    assert f"127.0.0.1:{kam.port}" in _top_via(bye.text), f"BYE not through Kamailio:\n{bye.text}"
+    assert f"127.0.0.1:{a.sip_port}" in bye.text, bye.text  # the node's Via under Kamailio's
+
+
+async def _drain(kam, a, b, trunk):
+    pa = await session(a.base_url, a.login())
+    pb = await session(b.base_url, b.login())
+    peers = [pa, pb]
+    try:
+        wait_bindings(kam, [a, b])
+        # call 1: baresip -> alice, answered on node A
+        trunk.dial(f"sip:{ACCOUNT}@127.0.0.1:{kam.port}")
+        await pa.wait_incoming(10)
+        await pa.accept()
+        connected = await pa.wait_for({"connected"}, 20, call_id=pa.call_id)
+        assert connected["type"] == "connected", connected
+        await pb.wait_for({"hangup"}, 10)
+        await pa.receive(100, timeout=20)
+        # call 2: a second session of alice on node B calls out through Kamailio
+        # (no barrier: call() reads the message queue from its start)
+        out = await BrowserPeer(b.base_url, b.login()).connect()
+        peers.append(out)
+        connected_b = await out.call(TRUNK_NUMBER)
+        assert connected_b["type"] == "connected", connected_b
+        await out.receive(100, timeout=20)
+        byes = len(trunk.received("BYE"))
+
+        a.proc.send_signal(signal.SIGTERM)
+        # A's binding goes at once; its call goes on for drain_seconds
+        wait_until(lambda: sorted(c.split(";")[0] for c in kam.contacts()) == [contact_of(b)], 5,
+                   f"only B bound (ul.dump: {kam.contacts()})")
+        wait_until(lambda: "draining" in a.log(), 5, "node A draining")
+        assert a.proc.poll() is None, "node A exited before its call ended"
+        # a browser's new call on the draining node: a clear error
+        since = len(pa.messages)
+        await pa.send({"type": "call", "id": "late", "to": TRUNK_NUMBER, "sdp": "v=0\r\n"})
+        err = await pa.wait_for({"error"}, 5, since=since)
+        assert err.get("code") == 503 and err.get("id") == "late", err
+        # then the drain ends: BYE to baresip, hangup at the browser, exit 0
+        hangup = await pa.wait_for({"hangup"}, 15, call_id=pa.call_id)
+        assert hangup["type"] == "hangup", hangup
+        wait_until(lambda: len(trunk.received("BYE")) > byes, 10, "node A's BYE at baresip")
+        assert a.proc.wait(15) == 0, f"node A exit {a.proc.returncode}"
+        # node B's call is untouched: media still flows
+        before = out.packets_received
+        await out.receive(before + 50, timeout=10)
+        assert not any(m.get("type") == "hangup" for m in out.messages), out.messages
+        # a new call for alice reaches B (the only binding): both its
+        # sessions ring, both decline
+        since = [len(p.messages) for p in (pb, out)]
+        trunk.dial(f"sip:{ACCOUNT}@127.0.0.1:{kam.port}")
+        for p, n in zip((pb, out), since):
+            ring = await p.wait_for({"incoming"}, 10, since=n)
+            await p.send({"type": "reject", "id": ring["id"]})
+        await pb.wait_for({"hangup"}, 10, since=since[0])
+        # B's call still up; its hangup reaches baresip through Kamailio
+        byes = len(trunk.received("BYE"))
+        await out.hangup()
+        wait_until(lambda: len(trunk.received("BYE")) > byes, 10, "node B's BYE at baresip")
+        bye = trunk.received("BYE")[-1]
+        assert f"127.0.0.1:{kam.port}" in _top_via(bye.text), bye.text
+        return {"b_packets_after_a_left": out.packets_received - before}
+    finally:
+        for p in peers:
+            await p.close()
+
+
+def test_cluster_node_drains_on_sigterm(workdir, cluster, baresip_sdes):
+    """Node A (drain_seconds = 2) gets SIGTERM during a call: its binding
+    disappears at once, a browser's new call there gets error 503, its call
+    ends with BYE after the drain and it exits 0; node B's call goes on
+    untouched and a new call for alice rings B only."""
+    kam, a, b, _ = cluster
+    result = asyncio.run(_drain(kam, a, b, baresip_sdes))
+    save_result(workdir, **result)

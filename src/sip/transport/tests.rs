@@ -225,6 +225,18 @@ CSeq: 1 OPTIONS\r\n\
 Content-Length: 0\r\n\r\n";
 
 #[tokio::test]
+async fn a_draining_node_answers_options_503() {
+    let (ep, _incoming) = start(local()).await.unwrap();
+    let sock = UdpSocket::bind(local()).await.unwrap();
+    assert_eq!(code(&exchange(&ep, &sock, OPTIONS.as_bytes()).await).0, 200);
+    assert!(!ep.is_draining());
+    ep.set_draining();
+    assert!(ep.is_draining());
+    let again = OPTIONS.replace("z9hG4bKprobe", "z9hG4bKprobe2");
+    assert_eq!(code(&exchange(&ep, &sock, again.as_bytes()).await).0, 503);
+}
+
+#[tokio::test]
 async fn malformed_unknown_and_probe_requests_are_answered_or_counted() {
     let (ep, mut incoming) = start(local()).await.unwrap();
     let sock = UdpSocket::bind(local()).await.unwrap();

@@ -31,7 +31,7 @@ mkdir -p "$ARTIFACTS"
 # ---------------------------------------------------------------------------
 banner "1/5 system packages"
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(baresip baresip-core sip-tester chromium firefox-esr libnss3-tools fonts-dejavu-core iproute2 iptables python3-pip python3-venv sox libssl-dev pkg-config)
+pkgs=(baresip baresip-core sip-tester kamailio haproxy chromium firefox-esr libnss3-tools fonts-dejavu-core iproute2 iptables python3-pip python3-venv sox libssl-dev pkg-config)
 # node 20 + npm may come from elsewhere (nvm, nodesource); Debian's only if absent
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
@@ -46,7 +46,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   echo "all present: ${pkgs[*]}"
 fi
-for tool in baresip sipp chromium ip node npm; do
+for tool in baresip sipp kamailio kamcmd haproxy chromium ip node npm; do
   command -v "$tool" >/dev/null || die "$tool missing after install"
 done
 echo "baresip $(dpkg-query -W -f='${Version}' baresip-core), $(sipp -v 2>&1 | grep -o 'v[0-9][^ ]*' | head -1), $(chromium --version 2>/dev/null), node $(node -v)"

@@ -182,6 +182,10 @@ pub async fn run(
         live: live_calls.clone(),
         cdr: cdr.clone(),
         trunk_health: trunk_health.clone(),
+        outbound_proxy: config
+            .cluster
+            .as_ref()
+            .and_then(|c| cluster::OutboundProxy::parse(c.outbound_proxy.as_deref()?)),
         ring_timeout: Duration::from_secs(config.sip.ring_timeout),
         media_timeout: Duration::from_secs(config.media.timeout),
         hold_timeout: Duration::from_secs(config.media.hold_timeout),

@@ -166,6 +166,35 @@ pub fn contact(local: &SipLocal, account: &str, instance: &str) -> String {
     )
 }
 
+/// `cluster.outbound_proxy`: where trunk INVITEs go, and their `Route`.
+#[derive(Debug, Clone)]
+pub struct OutboundProxy {
+    pub uri: crate::config::TrunkUri,
+    pub route: String,
+}
+
+impl OutboundProxy {
+    /// From the config's URI (checked by `Config::problems`).
+    pub fn parse(uri: &str) -> Option<OutboundProxy> {
+        Some(OutboundProxy {
+            uri: crate::config::TrunkUri::parse(uri).ok()?,
+            route: proxy_route(uri),
+        })
+    }
+}
+
+/// The `Route` value for a cluster's outbound proxy: its URI in angle
+/// brackets, with `lr` added when missing (we route loosely, RFC 3261 16.12).
+pub fn proxy_route(uri: &str) -> String {
+    let uri = uri.trim();
+    let loose = uri.split(';').skip(1).any(|p| p.eq_ignore_ascii_case("lr"));
+    if loose {
+        format!("<{uri}>")
+    } else {
+        format!("<{uri};lr>")
+    }
+}
+
 /// Where and as what the node registers.
 #[derive(Debug, Clone)]
 pub struct ClusterRegistrar {
@@ -422,6 +451,19 @@ mod tests {
         assert_eq!(cfg.aor, "sip:alice@gw.example");
         assert_eq!(cfg.registrar_uri, "sip:10.0.0.2:5060");
         assert_eq!(cfg.expires, BINDING_EXPIRES);
+    }
+
+    #[test]
+    fn the_proxy_route_is_loose() {
+        assert_eq!(
+            proxy_route("sip:10.0.0.2:5060;lr"),
+            "<sip:10.0.0.2:5060;lr>"
+        );
+        assert_eq!(proxy_route("sip:10.0.0.2:5060"), "<sip:10.0.0.2:5060;lr>");
+        assert_eq!(
+            proxy_route("sip:k.example;transport=tcp"),
+            "<sip:k.example;transport=tcp;lr>"
+        );
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub struct CallsContext {
     pub cdr: CdrStore,
     /// Which trunks answer their OPTIONS pings.
     pub trunk_health: Arc<TrunkHealth>,
+    /// `cluster.outbound_proxy`: every trunk INVITE goes there.
+    pub outbound_proxy: Option<cluster::OutboundProxy>,
 }
 
 impl CallsContext {
@@ -350,7 +352,12 @@ async fn run_outgoing(
         });
     };
     let trunk = req.account.trunk.clone();
-    let transport = Transport::from(trunk.uri.transport);
+    // The first hop's transport: the outbound proxy's when there is one.
+    let transport = Transport::from(
+        ctx.outbound_proxy
+            .as_ref()
+            .map_or(trunk.uri.transport, |p| p.uri.transport),
+    );
     if ctx.trunk_health.is_down(&trunk.name) {
         return refuse(Cause::TrunkUnreachable(format!(
             "trunk {} is not answering (OPTIONS)",
@@ -366,8 +373,17 @@ async fn run_outgoing(
     };
     // The INVITE goes to the first address; requests of the call are taken
     // from any of them (a trunk name with several nodes behind it).
-    let addresses = resolve_all(&trunk.uri.host, trunk.uri.port).await;
-    let Some(&destination) = addresses.first() else {
+    let mut addresses = resolve_all(&trunk.uri.host, trunk.uri.port).await;
+    let (mut destination, mut routes) = (addresses.first().copied(), Vec::new());
+    if let Some(proxy) = &ctx.outbound_proxy {
+        // Through the cluster's proxy: it sends the INVITE on and is where
+        // the trunk's answers and requests come from.
+        let found = resolve_all(&proxy.uri.host, proxy.uri.port).await;
+        destination = found.first().copied();
+        addresses.extend(found);
+        routes.push(proxy.route.clone());
+    }
+    let Some(destination) = destination else {
         return refuse(Cause::TrunkUnreachable(format!(
             "trunk {} cannot be resolved",
             trunk.name
@@ -412,6 +428,7 @@ async fn run_outgoing(
                 .signaling_sources(&addresses.iter().map(|a| a.ip()).collect::<Vec<_>>()),
             sip_call_id,
             timers: calls.ctx.call_timers(),
+            routes,
         },
         Instant::now(),
     );

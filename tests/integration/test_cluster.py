@@ -361,3 +361,41 @@ def test_cluster_node_drains_on_sigterm(workdir, cluster, baresip_sdes):
     kam, a, b, _ = cluster
     result = asyncio.run(_drain(kam, a, b, baresip_sdes))
     save_result(workdir, **result)
+
+
+@pytest.fixture
+def proxied_node(workdir, baresip_sdes):
+    """Kamailio and one node whose trunk is baresip itself, reached through
+    Kamailio as [cluster] outbound_proxy. Yields (kamailio, node)."""
+    kam = Kamailio(workdir)
+    trunk = TrunkSpec("carrier", f"sip:127.0.0.1:{baresip_sdes.sip_port};transport=udp",
+                      callee_stream="sdes", secure_media="mandatory")
+    node = Gateway(workdir, trunk=trunk, name="a",
+                   cluster={"outbound_proxy": f"sip:127.0.0.1:{kam.port};lr", "drain_seconds": 2})
+    try:
+        kam.start(baresip_sdes.sip_port, [node.sip_port])
+        node.start()
+        yield kam, node
+    finally:
+        code = node.stop()
+        kam.stop()
+    assert code == 0, f"node did not exit 0 on SIGTERM (exit {code}): {node.log_path}"
+
+
+def test_cluster_outbound_proxy_routes_trunk_invites(workdir, proxied_node, baresip_sdes):
+    """With [cluster] outbound_proxy the node sends its INVITE for the trunk
+    (Request-URI baresip's) to Kamailio with Route: <kamailio;lr>; baresip
+    gets it from Kamailio (its Via on top, Record-Route), audio flows both
+    ways and the browser's BYE follows the Record-Route through Kamailio."""
+    kam, node = proxied_node
+    connected, result = asyncio.run(_audio_call(node, baresip_sdes, TRUNK_NUMBER))
+    assert connected["type"] == "connected", connected
+    _check_media(result, baresip_sdes, workdir)
+    invite = baresip_sdes.received("INVITE")[0]
+    assert invite.first_line.startswith(f"INVITE sip:{TRUNK_NUMBER}@127.0.0.1:{baresip_sdes.sip_port} "), \
+        invite.first_line
+    assert invite.src == f"127.0.0.1:{kam.port}", invite.src  # sent on by Kamailio
+    assert f"127.0.0.1:{kam.port}" in _top_via(invite.text), invite.text
+    assert "record-route:" in invite.text.lower(), invite.text
+    bye = baresip_sdes.received("BYE")[0]
+    assert f"127.0.0.1:{kam.port}" in _top_via(bye.text), f"BYE not through Kamailio:\n{bye.text}"

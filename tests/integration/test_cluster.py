@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -247,8 +248,10 @@ async def _b_only(kam, a, b, trunk):
     peer = await session(b.base_url, b.login())
     try:
         wait_bindings(kam, [b])
+        t_dial = time.monotonic()
         trunk.dial(f"sip:{ACCOUNT}@127.0.0.1:{kam.port}")
         await peer.wait_incoming(10)
+        t_incoming = time.monotonic()
         await peer.accept()
         connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
         assert connected["type"] == "connected", connected
@@ -256,6 +259,8 @@ async def _b_only(kam, a, b, trunk):
         await peer.receive(100, timeout=20)
         await peer.hangup()
         trunk.wait_bye()
+        # compare with test_incoming.py's dial_to_incoming_s (no proxy)
+        return {"dial_to_incoming_s": round(t_incoming - t_dial, 3)}
     finally:
         await peer.close()
 
@@ -264,7 +269,8 @@ def test_cluster_call_reaches_only_the_node_with_the_session(workdir, cluster, b
     """alice on node B only: Kamailio's location has B's contact only and
     the call reaches B; node A sees no call at all."""
     kam, a, b, _ = cluster
-    asyncio.run(_b_only(kam, a, b, baresip_sdes))
+    timing = asyncio.run(_b_only(kam, a, b, baresip_sdes))
+    save_result(workdir, timing=timing)
     assert a.metrics().sum("gateway_calls_started_total") == 0, "node A saw a call"
     assert b.metrics().sum("gateway_calls_started_total") == 1
 

@@ -57,6 +57,8 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
     #[serde(default)]
     pub privacy: PrivacyConfig,
+    /// Several nodes behind Kamailio (absent: a single gateway).
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -321,6 +323,25 @@ impl Default for PrivacyConfig {
             cdr_retention_days: default_retention(),
         }
     }
+}
+
+/// `[cluster]`: this node is one of several behind a SIP proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Where each account with a session on this node is REGISTERed.
+    pub registrar: Option<String>,
+    /// The domain of those registrations (`sip:ACCOUNT@DOMAIN`).
+    pub domain: Option<String>,
+    /// Trunk INVITEs go through it (a `Route` header, loose routing).
+    pub outbound_proxy: Option<String>,
+    /// SIGTERM lets calls in progress run this long before hanging up.
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u64,
+}
+
+fn default_drain_seconds() -> u64 {
+    300
 }
 
 fn default_https_listen() -> SocketAddr {
@@ -633,6 +654,22 @@ impl Config {
             );
         }
 
+        if let Some(cluster) = &self.cluster {
+            for (key, uri) in [
+                ("cluster.registrar", &cluster.registrar),
+                ("cluster.outbound_proxy", &cluster.outbound_proxy),
+            ] {
+                if let Some(Err(message)) = uri.as_deref().map(TrunkUri::parse) {
+                    add(key.into(), message);
+                }
+            }
+            if cluster.registrar.is_some() && cluster.domain.as_deref().unwrap_or("").is_empty() {
+                add(
+                    "cluster.domain".into(),
+                    "cluster.registrar needs the domain of the registrations".into(),
+                );
+            }
+        }
         for (i, trunk) in self.trunks.iter().enumerate() {
             let key = |k: &str| format!("trunks[{i}].{k}");
             if trunk.name.is_empty() {
@@ -944,6 +981,28 @@ trunk = "carrier"
         let c = parse(include_str!("../config/gateway.toml")).unwrap();
         assert!(c.accounts.is_empty() && c.trunks.is_empty());
         assert_eq!(c.problems(), vec![]);
+    }
+
+    #[test]
+    fn cluster_keys_are_checked() {
+        let c = parse(
+            "[cluster]\nregistrar = \"sip:10.0.0.2:5060\"\ndomain = \"gw.example\"\noutbound_proxy = \"sip:10.0.0.2:5060;lr\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.problems(), vec![]);
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.drain_seconds, 300);
+        let c = parse("[cluster]\nregistrar = \"http://x\"\noutbound_proxy = \"nope\"\n").unwrap();
+        let keys: Vec<_> = c.problems().into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "cluster.registrar",
+                "cluster.outbound_proxy",
+                "cluster.domain"
+            ]
+        );
+        assert!(parse("[cluster]\nregistrr = \"sip:x\"\n").is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! account on defaults, and the SIP, media, call and signaling layers wired
 //! together. `main` calls `run`; integration tests can too.
 
+use crate::calls::cluster::{self, ClusterSessions};
 use crate::calls::directory::{demo_trunk, Account, Directory};
 use crate::calls::registration::{TrunkRegistrations, UNREGISTER_WAIT};
 use crate::calls::sessions::{LocalSessions, SessionRegistry};
@@ -159,10 +160,23 @@ pub async fn run(
     add_tls_trunks(&config, &sip).await?;
     let sip_for_health = sip.clone();
     let sip_for_operator = sip.clone();
+    let sip_for_drain = sip.clone();
     let call_stats = Arc::new(CallStats::default());
     let live_calls = Arc::new(LiveCalls::default());
     let trunk_health = Arc::new(TrunkHealth::default());
-    let sessions: Arc<dyn SessionRegistry> = Arc::new(LocalSessions::default());
+    // With a cluster registrar, the first session of an account registers
+    // it there and the last one unregisters it.
+    let cluster_registrar = config.cluster.as_ref().and_then(|c| {
+        let uri = TrunkUri::parse(c.registrar.as_deref()?).ok()?;
+        Some((uri, c.domain.clone().unwrap_or_default()))
+    });
+    let (sessions, presence_changes): (Arc<dyn SessionRegistry>, _) = match &cluster_registrar {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Arc::new(ClusterSessions::new(tx)), Some(rx))
+        }
+        None => (Arc::new(LocalSessions::default()), None),
+    };
     let cdr = CdrStore::open(&cdr::database_path(&data_dir), SystemTime::now())?;
     tokio::spawn(purge_daily(cdr.clone(), config.privacy.cdr_retention_days));
     let calls = Calls::new(CallsContext {
@@ -175,6 +189,10 @@ pub async fn run(
         live: live_calls.clone(),
         cdr: cdr.clone(),
         trunk_health: trunk_health.clone(),
+        outbound_proxy: config
+            .cluster
+            .as_ref()
+            .and_then(|c| cluster::OutboundProxy::parse(c.outbound_proxy.as_deref()?)),
         ring_timeout: Duration::from_secs(config.sip.ring_timeout),
         media_timeout: Duration::from_secs(config.media.timeout),
         hold_timeout: Duration::from_secs(config.media.hold_timeout),
@@ -183,6 +201,18 @@ pub async fn run(
     calls.start_trunk_monitors();
     let registrations = Arc::new(TrunkRegistrations::default());
     let registrars = calls.start_registrations(registrations.clone());
+    let cluster_bindings = match (cluster_registrar, presence_changes) {
+        (Some((uri, domain)), Some(changes)) => {
+            let instance =
+                cluster::instance_id(&data_dir).map_err(|source| GatewayError::DataDir {
+                    path: data_dir.clone(),
+                    source,
+                })?;
+            info!(%instance, "registering accounts with the cluster registrar");
+            Some(calls.start_cluster(&uri, domain, instance, changes))
+        }
+        _ => None,
+    };
 
     let media_stats = media.stats();
     let sip_for_metrics = sip_for_health.clone();
@@ -219,7 +249,9 @@ pub async fn run(
         },
         Arc::new(calls.clone()),
         Arc::new(metrics),
-        Arc::new(move || sip_for_health.is_running()),
+        // A draining node is not healthy: balancers send new browsers
+        // elsewhere.
+        Arc::new(move || sip_for_health.is_running() && !sip_for_health.is_draining()),
     );
     let history = Arc::new(History::default());
     tokio::spawn(sample_history(
@@ -290,10 +322,39 @@ pub async fn run(
         }
         _ = shutdown => {}
     }
+    let mut cluster_bindings = cluster_bindings;
+    if let Some(cluster) = &config.cluster {
+        // A clustered node drains: OPTIONS 503 and /healthz 503 (the proxy
+        // and the balancer send nothing new), no new calls, its bindings
+        // removed at once; the calls in progress get drain_seconds.
+        let max = Duration::from_secs(cluster.drain_seconds);
+        info!(
+            drain_s = cluster.drain_seconds,
+            calls = calls.active_calls(),
+            "draining: no new calls; waiting for the calls in progress"
+        );
+        sip_for_drain.set_draining();
+        let unbind = async {
+            if let Some(bindings) = cluster_bindings.take() {
+                bindings
+                    .stop(UNREGISTER_WAIT + Duration::from_millis(500))
+                    .await;
+            }
+        };
+        tokio::join!(calls.drain(max), unbind);
+    }
     // Calls end and bindings are removed side by side; both waits are short.
+    let cluster_stopped = async {
+        if let Some(bindings) = cluster_bindings {
+            bindings
+                .stop(UNREGISTER_WAIT + Duration::from_millis(500))
+                .await;
+        }
+    };
     tokio::join!(
         calls.shutdown(SHUTDOWN_GRACE),
-        registrars.stop(UNREGISTER_WAIT + Duration::from_millis(500))
+        registrars.stop(UNREGISTER_WAIT + Duration::from_millis(500)),
+        cluster_stopped
     );
     // Every call's record reaches the database before the process ends.
     let flushing = cdr.clone();

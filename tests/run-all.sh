@@ -32,7 +32,8 @@ mkdir -p "$ARTIFACTS"
 banner "1/5 system packages"
 export DEBIAN_FRONTEND=noninteractive
 # rtpengine-daemon (10.5): the load tool's comparison target (test_load_tool.py)
-pkgs=(baresip baresip-core sip-tester chromium firefox-esr libnss3-tools fonts-dejavu-core iproute2 iptables python3-pip python3-venv sox libssl-dev pkg-config rtpengine-daemon)
+# kamailio, haproxy: the cluster front (test_cluster.py)
+pkgs=(baresip baresip-core sip-tester kamailio haproxy chromium firefox-esr libnss3-tools fonts-dejavu-core iproute2 iptables python3-pip python3-venv sox libssl-dev pkg-config rtpengine-daemon)
 # node 20 + npm may come from elsewhere (nvm, nodesource); Debian's only if absent
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
@@ -54,7 +55,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   echo "all present: ${pkgs[*]}"
 fi
-for tool in baresip sipp chromium ip node npm; do
+for tool in baresip sipp kamailio kamcmd haproxy chromium ip node npm; do
   command -v "$tool" >/dev/null || die "$tool missing after install"
 done
 echo "baresip $(dpkg-query -W -f='${Version}' baresip-core), $(sipp -v 2>&1 | grep -o 'v[0-9][^ ]*' | head -1), $(chromium --version 2>/dev/null), node $(node -v)"

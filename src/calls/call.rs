@@ -212,6 +212,8 @@ pub struct OutgoingSetup {
     /// Generate with `sip::message::new_call_id()`.
     pub sip_call_id: String,
     pub timers: CallTimers,
+    /// `Route` values of the INVITE (a cluster's outbound proxy), else empty.
+    pub routes: Vec<String>,
 }
 
 /// An incoming call as the router accepted it: the trunk's INVITE (its
@@ -787,6 +789,7 @@ impl Call {
                 },
                 user_agent: crate::sip::uas::USER_AGENT.to_string(),
                 destination: setup.destination,
+                routes: setup.routes,
             },
             trunk_offer,
             now,

@@ -667,30 +667,59 @@ fn a_hangup_from_the_browser_sends_bye() {
 }
 
 #[test]
-fn an_outgoing_call_runs_on_the_same_core() {
+fn through_an_outbound_proxy_the_invite_carries_its_route() {
     let now = Instant::now();
+    let proxy: std::net::SocketAddr = "127.0.0.1:5999".parse().unwrap();
     let mut call = Call::outgoing(
         OutgoingSetup {
-            id: CallId("c1".into()),
-            session: 7,
-            to: "15551234".into(),
-            browser_sdp: CHROME.into(),
-            account: account(),
-            media: media_plan(),
-            local: local(),
-            destination: trunk_addr(),
-            trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
-            sip_call_id: "out-c1".into(),
-            timers: CallTimers::default(),
+            routes: vec![crate::calls::cluster::proxy_route("sip:127.0.0.1:5999")],
+            ..outgoing_setup(proxy)
         },
         now,
     );
+    let d = drain_anywhere(&mut call);
+    let SipMessage::Request(invite) = &d.sip[0] else {
+        unreachable!()
+    };
+    // Loose routing: the Request-URI stays the trunk's, the proxy is in Route
+    // and the INVITE goes to the proxy.
+    assert_eq!(invite.uri.to_string(), "sip:15551234@127.0.0.1:5070");
+    assert_eq!(
+        message::header_values(invite, "Route"),
+        ["<sip:127.0.0.1:5999;lr>"]
+    );
+    assert_eq!(d.sip_to[0], Target::addr(proxy, Transport::Udp));
+}
+
+/// Call c1 from session 7 to 15551234, its INVITE sent to `destination`.
+fn outgoing_setup(destination: std::net::SocketAddr) -> OutgoingSetup {
+    OutgoingSetup {
+        id: CallId("c1".into()),
+        session: 7,
+        to: "15551234".into(),
+        browser_sdp: CHROME.into(),
+        account: account(),
+        media: media_plan(),
+        local: local(),
+        destination,
+        trunk_sources: account().trunk.signaling_sources(&[destination.ip()]),
+        sip_call_id: "out-c1".into(),
+        timers: CallTimers::default(),
+        routes: vec![],
+    }
+}
+
+#[test]
+fn an_outgoing_call_runs_on_the_same_core() {
+    let now = Instant::now();
+    let mut call = Call::outgoing(outgoing_setup(trunk_addr()), now);
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["INVITE"]);
     let SipMessage::Request(invite) = &d.sip[0] else {
         unreachable!()
     };
     assert_eq!(invite.uri.to_string(), "sip:15551234@127.0.0.1:5070");
+    assert!(message::header_values(invite, "Route").is_empty());
     let offer = parse_sip_offer(std::str::from_utf8(&invite.body).unwrap()).unwrap();
     let key = offer.cryptos[0].key().unwrap().material.clone();
 
@@ -754,6 +783,7 @@ fn an_unusable_browser_offer_ends_an_outgoing_call_before_any_sip() {
             trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
             sip_call_id: "out-c2".into(),
             timers: CallTimers::default(),
+            routes: vec![],
         },
         now,
     );
@@ -795,6 +825,7 @@ fn outgoing_with(account: Arc<Account>, now: Instant) -> Call {
             trunk_sources,
             sip_call_id: "out-p1".into(),
             timers: CallTimers::default(),
+            routes: vec![],
         },
         now,
     )

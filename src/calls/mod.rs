@@ -8,13 +8,15 @@
 //! - [`inbound`]: routing of a trunk's new INVITE (404/480/488/503 or ring);
 //! - [`sessions`]: which browser sessions each account has open;
 //! - [`directory`]: accounts and trunks from the config;
-//! - [`trunk_health`], [`registration`]: OPTIONS pings and REGISTER per trunk.
+//! - [`trunk_health`], [`registration`]: OPTIONS pings and REGISTER per trunk;
+//! - [`cluster`]: REGISTER per account toward a cluster's proxy.
 
 pub mod api;
 pub mod call;
 #[cfg(test)]
 mod call_tests;
 pub mod cause;
+pub mod cluster;
 pub mod directory;
 pub mod driver;
 pub mod inbound;
@@ -70,6 +72,8 @@ pub struct CallsContext {
     pub cdr: CdrStore,
     /// Which trunks answer their OPTIONS pings.
     pub trunk_health: Arc<TrunkHealth>,
+    /// `cluster.outbound_proxy`: every trunk INVITE goes there.
+    pub outbound_proxy: Option<cluster::OutboundProxy>,
 }
 
 impl CallsContext {
@@ -133,6 +137,17 @@ impl Calls {
 
     fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// A clustered node leaving: takes no new calls (incoming INVITEs get
+    /// 503, a browser's `call` an error) and waits up to `max` for the calls
+    /// in progress to end by themselves; [`Calls::shutdown`] ends the rest.
+    pub async fn drain(&self, max: Duration) {
+        self.accepting.store(false, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + max;
+        while self.active_calls() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Stops taking new calls, hangs up the others (BYE/CANCEL, or a final
@@ -218,6 +233,32 @@ impl Calls {
             ));
         }
         registrars
+    }
+
+    /// Starts keeping a binding at the cluster's registrar for every
+    /// account with a session here (`changes` from a
+    /// [`cluster::ClusterSessions`]).
+    pub fn start_cluster(
+        &self,
+        registrar: &crate::config::TrunkUri,
+        domain: String,
+        instance: String,
+        changes: mpsc::UnboundedReceiver<cluster::PresenceChange>,
+    ) -> cluster::ClusterBindings {
+        let transport = Transport::from(registrar.transport);
+        let host = call::uri_host(&registrar.host);
+        cluster::start(
+            cluster::ClusterRegistrar {
+                uri: format!("sip:{host}:{}", registrar.port),
+                host: registrar.host.clone(),
+                port: registrar.port,
+                domain,
+                instance,
+                local: self.sip_local(transport),
+            },
+            self.ctx.sip.clone(),
+            changes,
+        )
     }
 
     fn spawn_task(&self, tx: Commands, task: impl Future<Output = ()> + Send + 'static) {
@@ -311,7 +352,12 @@ async fn run_outgoing(
         });
     };
     let trunk = req.account.trunk.clone();
-    let transport = Transport::from(trunk.uri.transport);
+    // The first hop's transport: the outbound proxy's when there is one.
+    let transport = Transport::from(
+        ctx.outbound_proxy
+            .as_ref()
+            .map_or(trunk.uri.transport, |p| p.uri.transport),
+    );
     if ctx.trunk_health.is_down(&trunk.name) {
         return refuse(Cause::TrunkUnreachable(format!(
             "trunk {} is not answering (OPTIONS)",
@@ -327,8 +373,17 @@ async fn run_outgoing(
     };
     // The INVITE goes to the first address; requests of the call are taken
     // from any of them (a trunk name with several nodes behind it).
-    let addresses = resolve_all(&trunk.uri.host, trunk.uri.port).await;
-    let Some(&destination) = addresses.first() else {
+    let mut addresses = resolve_all(&trunk.uri.host, trunk.uri.port).await;
+    let (mut destination, mut routes) = (addresses.first().copied(), Vec::new());
+    if let Some(proxy) = &ctx.outbound_proxy {
+        // Through the cluster's proxy: it sends the INVITE on and is where
+        // the trunk's answers and requests come from.
+        let found = resolve_all(&proxy.uri.host, proxy.uri.port).await;
+        destination = found.first().copied();
+        addresses.extend(found);
+        routes.push(proxy.route.clone());
+    }
+    let Some(destination) = destination else {
         return refuse(Cause::TrunkUnreachable(format!(
             "trunk {} cannot be resolved",
             trunk.name
@@ -373,6 +428,7 @@ async fn run_outgoing(
                 .signaling_sources(&addresses.iter().map(|a| a.ip()).collect::<Vec<_>>()),
             sip_call_id,
             timers: calls.ctx.call_timers(),
+            routes,
         },
         Instant::now(),
     );

@@ -159,8 +159,6 @@ async fn drive(
         return;
     };
     let host = uri_host(&trunk.uri.host);
-    let call_id = crate::sip::message::new_call_id();
-    let mut messages = sip.register_call(&call_id);
     let cfg = RegisterConfig {
         registrar_uri: format!("sip:{host}:{}", trunk.uri.port),
         aor: format!("sip:{username}@{host}"),
@@ -168,28 +166,58 @@ async fn drive(
         via_host: local.host.clone(),
         via_port: local.port,
         transport: local.transport,
-        call_id: call_id.clone(),
+        call_id: crate::sip::message::new_call_id(),
         credentials: DigestCredentials { username, password },
         expires: u32::try_from(expires.as_secs())
             .unwrap_or(MAX_EXPIRES)
             .min(MAX_EXPIRES),
         user_agent: crate::sip::uas::USER_AGENT.into(),
     };
-    let mut reg = Registration::new(cfg, Instant::now());
     let mut log = EventLog::default();
+    keep_binding(
+        Registration::new(cfg, Instant::now()),
+        &sip,
+        destination,
+        async move {
+            // A closed channel (the handle dropped) means stop as well.
+            let _ = stop.changed().await;
+        },
+        |reg| {
+            while let Some(event) = reg.poll_event() {
+                log.event(&event);
+            }
+            status.set(
+                &trunk.name,
+                RegStatus {
+                    state: reg.state().clone(),
+                    failures: reg.failures(),
+                },
+            );
+        },
+    )
+    .await;
+}
+
+/// Drives one binding until `unregister` resolves, then removes it (waiting
+/// at most [`UNREGISTER_WAIT`] for the registrar's answer), or until the
+/// endpoint closes. `observe` runs after every step: it drains the events
+/// and reads the state. Shared by trunk registration and the cluster's
+/// per-account bindings.
+pub(crate) async fn keep_binding(
+    mut reg: Registration,
+    sip: &SipEndpoint,
+    destination: SocketAddr,
+    unregister: impl std::future::Future<Output = ()>,
+    mut observe: impl FnMut(&mut Registration),
+) {
+    let call_id = reg.call_id().to_string();
+    let transport = reg.transport();
+    let mut messages = sip.register_call(&call_id);
     let mut unregister_by = None;
+    tokio::pin!(unregister);
     loop {
-        send_all(&mut reg, &sip, destination, local.transport).await;
-        while let Some(event) = reg.poll_event() {
-            log.event(&event);
-        }
-        status.set(
-            &trunk.name,
-            RegStatus {
-                state: reg.state().clone(),
-                failures: reg.failures(),
-            },
-        );
+        send_all(&mut reg, sip, destination, transport).await;
+        observe(&mut reg);
         if *reg.state() == RegState::Unregistered {
             break;
         }
@@ -214,8 +242,7 @@ async fn drive(
                 }
                 reg.handle_timeout(now);
             }
-            // A closed channel (the handle dropped) means stop as well.
-            _ = stop.changed(), if unregister_by.is_none() => {
+            _ = &mut unregister, if unregister_by.is_none() => {
                 let now = Instant::now();
                 unregister_by = Some(now + UNREGISTER_WAIT);
                 reg.unregister(now);

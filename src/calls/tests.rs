@@ -86,6 +86,7 @@ async fn setup() -> Setup {
             live: Arc::default(),
             cdr: test_cdr(),
             trunk_health: Arc::default(),
+            outbound_proxy: None,
             ring_timeout: Duration::from_secs(120),
             media_timeout: Duration::from_secs(30),
             hold_timeout: Duration::from_secs(3600),

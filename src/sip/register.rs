@@ -172,6 +172,11 @@ impl Registration {
         &self.cfg.call_id
     }
 
+    /// The transport the REGISTERs go over.
+    pub fn transport(&self) -> Transport {
+        self.cfg.transport
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(attempt) = self.attempt.as_mut() {
             attempt.tx.handle_timeout(now);

@@ -72,8 +72,14 @@ pub struct UacConfig {
     pub transport: Transport,
     pub credentials: Option<DigestCredentials>,
     pub user_agent: String,
-    /// The trunk's resolved address: where the INVITE (and its CANCEL) go.
+    /// The trunk's resolved address, or the outbound proxy's: where the
+    /// INVITE (and its CANCEL) go.
     pub destination: SocketAddr,
+    /// A pre-loaded route set (RFC 3261 8.1.2): `<sip:proxy;lr>` when a
+    /// cluster's outbound proxy carries the INVITE; the Request-URI stays
+    /// the trunk's. CANCEL and the ACK of a failure copy it; the dialog then
+    /// follows the Record-Route of the answer.
+    pub routes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,7 +294,7 @@ impl OutgoingCall {
             call_id: &self.cfg.call_id,
             cseq: self.invite_cseq,
             contact: Some(&self.cfg.contact),
-            routes: &[],
+            routes: &self.cfg.routes,
             user_agent: &self.cfg.user_agent,
             body: Some(("application/sdp", &self.sdp_offer)),
             extra,
@@ -1171,6 +1177,7 @@ mod tests {
             credentials,
             user_agent: "gw-test".into(),
             destination: trunk(),
+            routes: vec![],
         }
     }
 

@@ -852,6 +852,7 @@ mod tests {
                 credentials: None,
                 user_agent: "uac".into(),
                 destination: "192.0.2.1:5060".parse().unwrap(),
+                routes: vec![],
             },
             "v=0 offer\r\n".into(),
             t0,

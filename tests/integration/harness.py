@@ -723,8 +723,13 @@ class Gateway:
                  ring_timeout: Optional[int] = None, redact: bool = False,
                  privacy: Optional[dict] = None, operator_password: Optional[str] = None,
                  tls: bool = False, sip_limits: Optional[dict] = None, media: Optional[dict] = None,
-                 media_single_port: Optional[bool] = None):
-        self.dir = workdir / "gateway"
+                 media_single_port: Optional[bool] = None,
+                 cluster: Optional[dict] = None, token_secret: Optional[str] = None, name: str = "gateway"):
+        self.dir = workdir / name
+        # [cluster] keys (registrar, domain, outbound_proxy, drain_seconds);
+        # nodes of one cluster share token_secret (a token works on any node)
+        self.cluster = dict(cluster or {})
+        self.token_secret = token_secret or os.urandom(24).hex()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "gateway.log"
         self.config_path = self.dir / "gateway.toml"
@@ -773,7 +778,7 @@ class Gateway:
             f'https_listen = "127.0.0.1:{self.https_port}"',
             f'public_ip = "{host}"',
             f"data_dir = {toml_str(str(self.dir / 'data'))}",
-            f'token_secret = "{os.urandom(24).hex()}"',
+            f'token_secret = "{self.token_secret}"',
         ]
         if self.operator_password is not None:
             lines.append(f"admin_password_hash = {toml_str(hash_password(self.operator_password))}")
@@ -835,6 +840,11 @@ class Gateway:
             ]
             if self.redact:
                 lines.append("redact = true")
+            lines.append("")
+        if self.cluster:
+            lines.append("[cluster]")
+            for k, v in self.cluster.items():
+                lines.append(f"{k} = {json.dumps(v)}")
             lines.append("")
         if self.privacy:
             lines.append("[privacy]")

@@ -211,6 +211,9 @@ struct Inner {
     /// addresses.
     inflight: Mutex<Inflight>,
     digest: Option<Arc<super::auth_server::DigestGuard>>,
+    /// A clustered node leaving: OPTIONS get 503 so the proxy routes
+    /// elsewhere.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -328,6 +331,7 @@ pub async fn start_with(
         digest: cfg.digest.clone().filter(|d| d.is_active()),
         tasks: Mutex::new(Vec::new()),
         response_routes: Mutex::new(ResponseRoutes::default()),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
     let mut tasks = vec![tokio::spawn(udp::receive_loop(udp, Arc::downgrade(&inner)))];
     if let Some(listener) = listener {
@@ -441,6 +445,19 @@ impl SipEndpoint {
     /// Whether the receive tasks (UDP, and the TCP and TLS listeners if
     /// any) still run: `/healthz` reports the SIP plane down when one has
     /// ended.
+    /// From now on OPTIONS are answered 503 (the node is draining).
+    pub fn set_draining(&self) {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner
+            .draining
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn is_running(&self) -> bool {
         self.inner
             .tasks
@@ -758,7 +775,9 @@ impl Inner {
                 }
             }
             // Trunks probe with OPTIONS; answering keeps them routing to us.
-            Method::Options => 200,
+            Method::Options => {
+                options_status(self.draining.load(std::sync::atomic::Ordering::SeqCst))
+            }
             _ => 481,
         };
         let extra = if code == 200 {
@@ -1021,6 +1040,16 @@ fn unix_now() -> u64 {
 /// Helper for the receive tasks: the endpoint, if any handle is left.
 fn upgrade(weak: &Weak<Inner>) -> Option<Arc<Inner>> {
     weak.upgrade()
+}
+
+/// The answer to an out-of-dialog OPTIONS: 200, or 503 while the node drains
+/// (a cluster proxy's dispatcher then stops sending it new calls).
+fn options_status(draining: bool) -> u16 {
+    if draining {
+        503
+    } else {
+        200
+    }
 }
 
 #[cfg(test)]

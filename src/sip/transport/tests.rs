@@ -103,6 +103,7 @@ async fn place_call(ep: &SipEndpoint, trunk: SocketAddr, transport: Transport) -
             credentials: None,
             user_agent: "test".into(),
             destination: trunk,
+            routes: vec![],
         },
         "v=0 offer\r\n".into(),
         Instant::now(),
@@ -223,6 +224,18 @@ To: <sip:gw@127.0.0.1>\r\n\
 Call-ID: probe-1\r\n\
 CSeq: 1 OPTIONS\r\n\
 Content-Length: 0\r\n\r\n";
+
+#[tokio::test]
+async fn a_draining_node_answers_options_503() {
+    let (ep, _incoming) = start(local()).await.unwrap();
+    let sock = UdpSocket::bind(local()).await.unwrap();
+    assert_eq!(code(&exchange(&ep, &sock, OPTIONS.as_bytes()).await).0, 200);
+    assert!(!ep.is_draining());
+    ep.set_draining();
+    assert!(ep.is_draining());
+    let again = OPTIONS.replace("z9hG4bKprobe", "z9hG4bKprobe2");
+    assert_eq!(code(&exchange(&ep, &sock, again.as_bytes()).await).0, 503);
+}
 
 #[tokio::test]
 async fn malformed_unknown_and_probe_requests_are_answered_or_counted() {
@@ -523,6 +536,7 @@ async fn an_untrusted_trunk_gets_nothing_on_any_transport() {
                 destination: dest,
                 credentials: None,
                 user_agent: "test".into(),
+                routes: vec![],
             },
             "v=0 offer\r\n".into(),
             Instant::now(),

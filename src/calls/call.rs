@@ -49,7 +49,7 @@ use crate::sdp::{
 };
 use crate::sip::auth::DigestCredentials;
 use crate::sip::message::{self, ResponseParts};
-use crate::sip::own_requests::OwnEvent;
+use crate::sip::own_requests::{OwnError, OwnEvent};
 use crate::sip::reinvite::{OfferAnswer, RenegotiationEvent};
 use crate::sip::target::Target;
 use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
@@ -462,6 +462,19 @@ impl Common {
         let session = self.trunk_session.as_mut()?;
         let hold = session.local_hold;
         Some(session.hold_offer(hold))
+    }
+
+    /// Whether our refresh re-INVITE went out.
+    fn refresh_sent(&mut self, sent: Result<(), OwnError>) {
+        match sent {
+            Ok(()) => self.refresh_request = true,
+            Err(e) => {
+                warn!(error = %e, "cannot send the session refresh");
+                if let Some(s) = self.trunk_session.as_mut() {
+                    s.drop_offer();
+                }
+            }
+        }
     }
 
     /// The browser's `hold` / `resume`: checks it and writes our offer for
@@ -1188,15 +1201,8 @@ impl Outgoing {
             }
             UacEvent::RefreshDue => {
                 if let Some(sdp) = c.refresh_offer() {
-                    match self.uac.reoffer(sdp, now) {
-                        Ok(()) => c.refresh_request = true,
-                        Err(e) => {
-                            warn!(error = %e, "cannot send the session refresh");
-                            if let Some(s) = c.trunk_session.as_mut() {
-                                s.drop_offer();
-                            }
-                        }
-                    }
+                    let sent = self.uac.reoffer(sdp, now);
+                    c.refresh_sent(sent);
                 }
             }
             UacEvent::SessionExpired => self.end(c, Cause::SessionExpired, now),
@@ -1663,6 +1669,13 @@ impl Incoming {
                         self.end(c, cause, now);
                     }
                 }
+                UasEvent::RefreshDue => {
+                    if let Some(sdp) = c.refresh_offer() {
+                        let sent = self.uas.reoffer(sdp, now);
+                        c.refresh_sent(sent);
+                    }
+                }
+                UasEvent::SessionExpired => self.end(c, Cause::SessionExpired, now),
                 UasEvent::Terminated => c.finished = true,
             }
         }

@@ -1779,3 +1779,89 @@ fn a_trunk_reoffer_while_the_browser_holds_is_answered_without_receiving() {
     assert!(sdp.contains("a=sendonly"), "{sdp}");
     assert!(d.events.is_empty(), "neither held nor resumed by the trunk");
 }
+
+// ---- blind transfer from the browser (issue 13 item 6) --------------------
+
+/// A NOTIFY of the trunk about our REFER, in the incoming call's dialog.
+fn notify(tag: &str, cseq: u32, frag: &str) -> SipMessage {
+    parse(&format!(
+        "NOTIFY sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKn{cseq}\r\n\
+From: <sip:+4930123@carrier.example>;tag=ftag\r\nTo: <sip:alice@10.0.0.1>;tag={tag}\r\n\
+Call-ID: in-c1\r\nCSeq: {cseq} NOTIFY\r\nEvent: refer\r\nSubscription-State: active\r\n\
+Content-Type: message/sipfrag\r\nContent-Length: {}\r\n\r\n{frag}",
+        frag.len()
+    ))
+}
+
+fn transferred(d: &Drained, session: SessionKey) -> Vec<(String, u16)> {
+    d.to(session)
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::Transferred { to, code, .. } => Some((to.clone(), *code)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn the_refer(d: &Drained) -> rsip::Request {
+    d.sip
+        .iter()
+        .find_map(|m| match m {
+            SipMessage::Request(r) if r.method == rsip::Method::Refer => Some(r.clone()),
+            _ => None,
+        })
+        .expect("a REFER went out")
+}
+
+#[test]
+fn a_transfer_is_a_refer_whose_notify_reports_and_ends_our_part() {
+    let (mut call, now, tag) = connected_call(1);
+    let transfer = |call: &mut Call, to: &str| {
+        call.handle_session(
+            now,
+            SessionInput::Transfer {
+                session: 1,
+                to: to.into(),
+            },
+        )
+    };
+    transfer(&mut call, "200");
+    let refer = the_refer(&drain(&mut call));
+    assert_eq!(
+        message::header_values(&refer, "Refer-To"),
+        [format!("<sip:200@{TRUNK}>")]
+    );
+    // One at a time.
+    transfer(&mut call, "201");
+    assert_eq!(errors(&drain(&mut call), 1), [409]);
+    call.handle_sip(now, answer_ours(&refer, 202, None), trunk_addr());
+    assert!(drain(&mut call).events.is_empty());
+    call.handle_sip(now, notify(&tag, 2, "SIP/2.0 100 Trying\r\n"), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [200], "each NOTIFY is answered 200");
+    assert!(d.events.is_empty());
+    call.handle_sip(now, notify(&tag, 3, "SIP/2.0 200 OK\r\n"), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [200]);
+    assert_eq!(transferred(&d, 1), [("200".to_string(), 200)]);
+    assert_eq!(d.requests(), ["BYE"]);
+    assert_eq!(d.hangup_of(1), Some((200, "transferred".into())));
+}
+
+#[test]
+fn a_refused_refer_is_reported_and_the_call_goes_on() {
+    let (mut call, now, _tag) = connected_call(1);
+    call.handle_session(
+        now,
+        SessionInput::Transfer {
+            session: 1,
+            to: "200".into(),
+        },
+    );
+    let refer = the_refer(&drain(&mut call));
+    call.handle_sip(now, answer_ours(&refer, 603, None), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(transferred(&d, 1), [("200".to_string(), 603)]);
+    assert!(!call.is_over_for_browsers());
+    assert!(!d.requests().contains(&"BYE".to_string()));
+}

@@ -160,6 +160,7 @@ async fn run_echo(
                 // without one the caller's timer ends the call).
                 | UasEvent::Own(_)
                 | UasEvent::RefreshDue
+                | UasEvent::TransferNotify { .. }
                 | UasEvent::Acked => {}
             }
         }

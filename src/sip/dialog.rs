@@ -365,6 +365,14 @@ impl Dialog {
         resp
     }
 
+    /// Our name-addr in the dialog without its tag (for Referred-By).
+    pub fn local_uri(&self) -> String {
+        match message::addr_uri(&self.local_header) {
+            Some(uri) => format!("<{uri}>"),
+            None => self.local_header.clone(),
+        }
+    }
+
     pub fn local_cseq(&self) -> u32 {
         self.local_cseq
     }

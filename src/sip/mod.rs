@@ -13,6 +13,7 @@ pub mod dialog;
 pub mod message;
 pub mod own_requests;
 pub mod probe;
+pub mod refer;
 pub mod register;
 pub mod reinvite;
 pub mod session_timer;

@@ -281,7 +281,7 @@ pub fn absorb(timer: Option<&mut SessionTimer>, ev: OwnEvent, now: Instant) -> O
         OwnEvent::Answered {
             session_expires, ..
         } => (true, session_expires),
-        OwnEvent::Refused { .. } => (false, &None),
+        OwnEvent::Refused { .. } | OwnEvent::Referred { .. } => (false, &None),
     };
     if let Some(timer) = timer {
         if refreshed {

@@ -46,7 +46,7 @@ use rsip::{Header, Method, Request, Response, SipMessage};
 use super::auth::{Challenge, DigestAlgorithm, DigestClient, DigestCredentials};
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
 use super::message::{self, RequestParts, ResponseParts};
-use super::own_requests::{OwnError, OwnEvent, OwnRequests};
+use super::own_requests::{self, OwnError, OwnEvent, OwnRequests};
 use super::reinvite::{OfferAnswer, PeerUpdates, RenegotiationEvent};
 use super::session_timer::{self, Action, Role, SessionExpires, SessionTimer};
 use super::target::Target;
@@ -92,8 +92,11 @@ pub enum UacEvent {
     /// The trunk's re-INVITE or UPDATE, or the answer in the ACK of our 2xx
     /// to an offerless re-INVITE.
     Renegotiation(RenegotiationEvent),
-    /// The outcome of our own re-INVITE ([`OutgoingCall::reoffer`]).
+    /// The outcome of our own re-INVITE ([`OutgoingCall::reoffer`]) or REFER.
     Own(OwnEvent),
+    /// A NOTIFY about our REFER (already answered 200): the status of the
+    /// transferred call, from its sipfrag (RFC 3515).
+    TransferNotify { code: u16 },
     /// RFC 4028: we refresh, the trunk takes no UPDATE, and half the
     /// interval has passed: send a re-INVITE with the session's SDP
     /// ([`OutgoingCall::reoffer`]).
@@ -389,7 +392,13 @@ impl OutgoingCall {
                     self.transmit.push_back((refusal, to));
                 }
             }
-            InDialog::Other(resp) | InDialog::Retransmission(resp) => self.reply(resp),
+            InDialog::Other(resp) => {
+                if let Some(code) = own_requests::refer_notify(&req) {
+                    self.events.push_back(UacEvent::TransferNotify { code });
+                }
+                self.reply(resp)
+            }
+            InDialog::Retransmission(resp) => self.reply(resp),
         }
         while let Some(ev) = self.updates.poll_event() {
             self.events.push_back(UacEvent::Renegotiation(ev));
@@ -435,6 +444,24 @@ impl OutgoingCall {
             extra.extend(session_timer::headers(timer, Role::Uac));
         }
         self.own.send_offer(dialog, to, sdp, extra, now)?;
+        self.pump();
+        Ok(())
+    }
+
+    /// Sends a REFER asking the trunk to call `refer_to` (a blind
+    /// transfer); the answer comes as `UacEvent::Own(Referred)`, the
+    /// trunk's NOTIFYs as `TransferNotify`.
+    pub fn refer(&mut self, refer_to: &str, now: Instant) -> Result<(), OwnError> {
+        if self.ended || self.hangup_requested {
+            return Err(OwnError::NoDialog);
+        }
+        let Some(to) = self.dialog.as_ref().map(|d| self.hop_of(d)) else {
+            return Err(OwnError::NoDialog);
+        };
+        let Some(dialog) = self.dialog.as_mut() else {
+            return Err(OwnError::NoDialog);
+        };
+        self.own.send_refer(dialog, to, refer_to, now)?;
         self.pump();
         Ok(())
     }

@@ -29,7 +29,7 @@ use rsip::{Method, Request, Response, SipMessage};
 
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
 use super::message::{self, ResponseParts};
-use super::own_requests::{OwnError, OwnEvent, OwnRequests};
+use super::own_requests::{self, OwnError, OwnEvent, OwnRequests};
 use super::reinvite::{OfferAnswer, PeerUpdates, RenegotiationEvent};
 use super::session_timer::{self, Action, Role, SessionExpires, SessionTimer, UasDecision};
 use super::target::Target;
@@ -55,8 +55,11 @@ pub enum UasEvent {
     /// The caller's re-INVITE or UPDATE, or the answer in the ACK of our
     /// 2xx to an offerless re-INVITE.
     Renegotiation(RenegotiationEvent),
-    /// The outcome of our own re-INVITE ([`IncomingCall::reoffer`]).
+    /// The outcome of our own re-INVITE ([`IncomingCall::reoffer`]) or REFER.
     Own(OwnEvent),
+    /// A NOTIFY about our REFER (already answered 200): the status of the
+    /// transferred call, from its sipfrag (RFC 3515).
+    TransferNotify { code: u16 },
     /// RFC 4028: we refresh, the caller takes no UPDATE: send a re-INVITE
     /// with the session's SDP ([`IncomingCall::reoffer`]).
     RefreshDue,
@@ -434,9 +437,13 @@ impl IncomingCall {
                             self.transmit.push_back((refusal, self.caller()));
                         }
                     }
-                    InDialog::Other(resp) => self
-                        .transmit
-                        .push_back((message::to_bytes(resp), self.caller())),
+                    InDialog::Other(resp) => {
+                        if let Some(code) = own_requests::refer_notify(&req) {
+                            self.events.push_back(UasEvent::TransferNotify { code });
+                        }
+                        self.transmit
+                            .push_back((message::to_bytes(resp), self.caller()))
+                    }
                 }
             }
         }
@@ -462,6 +469,21 @@ impl IncomingCall {
             extra.extend(session_timer::headers(timer, Role::Uac));
         }
         self.own.send_offer(dialog, to, sdp, extra, now)?;
+        self.pump_own(now);
+        Ok(())
+    }
+
+    /// Sends a REFER asking the caller to call `refer_to` (see `sip::uac`).
+    pub fn refer(&mut self, refer_to: &str, now: Instant) -> Result<(), OwnError> {
+        if self.state != State::Confirmed || self.ended {
+            return Err(OwnError::NoDialog);
+        }
+        let caller = self.caller();
+        let Some(dialog) = self.dialog.as_mut() else {
+            return Err(OwnError::NoDialog);
+        };
+        let to = dialog.next_hop().unwrap_or(caller);
+        self.own.send_refer(dialog, to, refer_to, now)?;
         self.pump_own(now);
         Ok(())
     }

@@ -430,28 +430,26 @@ impl OutgoingCall {
     /// resume); the outcome comes as `UacEvent::Own`. Refused while the
     /// call is not answered or is ending, or while an offer of ours is out.
     pub fn reoffer(&mut self, sdp: String, now: Instant) -> Result<(), OwnError> {
-        if self.ended || self.hangup_requested {
-            return Err(OwnError::NoDialog);
-        }
-        let Some(to) = self.dialog.as_ref().map(|d| self.hop_of(d)) else {
-            return Err(OwnError::NoDialog);
-        };
-        let Some(dialog) = self.dialog.as_mut() else {
-            return Err(OwnError::NoDialog);
-        };
         let mut extra = vec![Header::Allow(super::uas::ALLOW.into())];
         if let Some(timer) = &self.timer {
             extra.extend(session_timer::headers(timer, Role::Uac));
         }
-        self.own.send_offer(dialog, to, sdp, extra, now)?;
-        self.pump();
-        Ok(())
+        self.send_own(|own, dialog, to| own.send_offer(dialog, to, sdp, extra, now))
     }
 
     /// Sends a REFER asking the trunk to call `refer_to` (a blind
     /// transfer); the answer comes as `UacEvent::Own(Referred)`, the
     /// trunk's NOTIFYs as `TransferNotify`.
     pub fn refer(&mut self, refer_to: &str, now: Instant) -> Result<(), OwnError> {
+        self.send_own(|own, dialog, to| own.send_refer(dialog, to, refer_to, now))
+    }
+
+    /// Runs `send` on our requests with the confirmed dialog and where its
+    /// requests go; refused while the call is not answered or is ending.
+    fn send_own(
+        &mut self,
+        send: impl FnOnce(&mut OwnRequests, &mut Dialog, Target) -> Result<(), OwnError>,
+    ) -> Result<(), OwnError> {
         if self.ended || self.hangup_requested {
             return Err(OwnError::NoDialog);
         }
@@ -461,7 +459,7 @@ impl OutgoingCall {
         let Some(dialog) = self.dialog.as_mut() else {
             return Err(OwnError::NoDialog);
         };
-        self.own.send_refer(dialog, to, refer_to, now)?;
+        send(&mut self.own, dialog, to)?;
         self.pump();
         Ok(())
     }

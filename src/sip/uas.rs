@@ -456,25 +456,29 @@ impl IncomingCall {
     /// resume); the outcome comes as `UasEvent::Own`. Only once the dialog
     /// is confirmed (our 2xx ACKed) and not ending, one offer at a time.
     pub fn reoffer(&mut self, sdp: String, now: Instant) -> Result<(), OwnError> {
-        if self.state != State::Confirmed || self.ended {
-            return Err(OwnError::NoDialog);
-        }
-        let caller = self.caller();
-        let Some(dialog) = self.dialog.as_mut() else {
-            return Err(OwnError::NoDialog);
-        };
-        let to = dialog.next_hop().unwrap_or(caller);
         let mut extra = vec![rsip::Header::Allow(ALLOW.into())];
         if let Some(timer) = &self.timer {
             extra.extend(session_timer::headers(timer, Role::Uac));
         }
-        self.own.send_offer(dialog, to, sdp, extra, now)?;
-        self.pump_own(now);
-        Ok(())
+        self.send_own(now, |own, dialog, to| {
+            own.send_offer(dialog, to, sdp, extra, now)
+        })
     }
 
     /// Sends a REFER asking the caller to call `refer_to` (see `sip::uac`).
     pub fn refer(&mut self, refer_to: &str, now: Instant) -> Result<(), OwnError> {
+        self.send_own(now, |own, dialog, to| {
+            own.send_refer(dialog, to, refer_to, now)
+        })
+    }
+
+    /// Runs `send` on our requests with the confirmed dialog and where its
+    /// requests go (the INVITE's source when its route is unusable).
+    fn send_own(
+        &mut self,
+        now: Instant,
+        send: impl FnOnce(&mut OwnRequests, &mut Dialog, Target) -> Result<(), OwnError>,
+    ) -> Result<(), OwnError> {
         if self.state != State::Confirmed || self.ended {
             return Err(OwnError::NoDialog);
         }
@@ -483,7 +487,7 @@ impl IncomingCall {
             return Err(OwnError::NoDialog);
         };
         let to = dialog.next_hop().unwrap_or(caller);
-        self.own.send_refer(dialog, to, refer_to, now)?;
+        send(&mut self.own, dialog, to)?;
         self.pump_own(now);
         Ok(())
     }

@@ -1865,3 +1865,83 @@ fn a_refused_refer_is_reported_and_the_call_goes_on() {
     assert!(!call.is_over_for_browsers());
     assert!(!d.requests().contains(&"BYE".to_string()));
 }
+
+// ---- session timers through the call (issue 13 item 5) --------------------
+
+/// An outgoing call (plain RTP) whose 200 carries `extra` headers, its
+/// browser DTLS up: connected.
+fn outgoing_answered_with(extra: Vec<rsip::Header>, now: Instant) -> (Call, rsip::Request) {
+    let mut call = outgoing_with(
+        account_with(
+            SecureMedia::Forbidden,
+            CallerStream::RelayOrDecrypt,
+            Some(CalleeStream::Decrypted),
+        ),
+        now,
+    );
+    let invite = the_invite(&drain(&mut call));
+    let SipMessage::Response(mut ok) = reply(&invite, 200, Some(PLAIN_ANSWER)) else {
+        unreachable!()
+    };
+    ok.headers.extend(extra);
+    call.handle_sip(now, SipMessage::Response(ok), trunk_addr());
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    assert_eq!(drain(&mut call).connected, 1);
+    (call, invite)
+}
+
+#[test]
+fn a_trunk_that_stops_refreshing_gets_bye_and_the_browser_hears_why() {
+    let now = Instant::now();
+    let se = rsip::Header::Other("Session-Expires".into(), "90;refresher=uas".into());
+    let (mut call, _) = outgoing_answered_with(vec![se], now);
+    // 90 - 30 s: nothing before, BYE at it.
+    assert_eq!(call.poll_timeout(), Some(now + Duration::from_secs(60)));
+    call.handle_timeout(now + Duration::from_secs(59));
+    assert!(drain(&mut call).sip.is_empty());
+    call.handle_timeout(now + Duration::from_secs(60));
+    let d = drain_anywhere(&mut call);
+    assert_eq!(d.requests(), ["BYE"]);
+    let (code, reason) = d.hangup_of(7).unwrap();
+    assert_eq!(code, 408);
+    assert!(reason.contains("session timer expired"), "{reason}");
+    assert!(d.stopped_media());
+}
+
+#[test]
+fn as_refresher_without_update_the_call_reinvites_with_the_same_sdp() {
+    let now = Instant::now();
+    let se = rsip::Header::Other("Session-Expires".into(), "120".into());
+    let (mut call, invite) = outgoing_answered_with(vec![se], now);
+    let first = String::from_utf8(invite.body.clone()).unwrap();
+    let t = now + Duration::from_secs(60);
+    call.handle_timeout(t);
+    let d = drain_anywhere(&mut call);
+    let refresh = the_invite(&d);
+    let sdp = String::from_utf8(refresh.body.clone()).unwrap();
+    assert!(
+        sdp.contains("a=sendrecv") && sdp.contains("RTP/AVP 0"),
+        "{sdp}"
+    );
+    assert_eq!(origin(&sdp).0, origin(&first).0, "the same session");
+    assert_eq!(
+        message::header_values(&refresh, "Session-Expires"),
+        ["120;refresher=uac"]
+    );
+    assert!(d.events.is_empty(), "nothing for the browser");
+    let answer = PLAIN_ANSWER.replace("o=- 1 1", "o=- 1 2");
+    call.handle_sip(t, reply(&refresh, 200, Some(&answer)), trunk_addr());
+    let d = drain_anywhere(&mut call);
+    assert_eq!(d.requests(), ["ACK"]);
+    assert!(d.events.is_empty());
+    assert!(
+        d.media.is_empty(),
+        "same address, codec and keys: nothing moves"
+    );
+    assert_eq!(call.poll_timeout(), Some(t + Duration::from_secs(60)));
+}

@@ -791,6 +791,9 @@ impl Call {
             trunk_offer,
             now,
         );
+        if !trunk.accept_refer {
+            uac.set_refer_answer(603);
+        }
         let fallback_params = fallback.map(|(sdp, params)| {
             uac.set_fallback_offer(sdp);
             params
@@ -857,6 +860,9 @@ impl Call {
             IncomingLegPlan::Plain => "rtp (unencrypted)".into(),
         };
         let mut uas = setup.uas;
+        if !setup.account.trunk.accept_refer {
+            uas.set_refer_answer(603);
+        }
         uas.ringing(now);
         info!(
             sessions = setup.sessions.len(),

@@ -59,6 +59,7 @@ fn account() -> Arc<Account> {
             ],
             inbound_sources: vec![("127.0.0.1".parse().unwrap(), 32)],
             reject_code: 486,
+            accept_refer: false,
             options_interval: Duration::ZERO,
             register: None,
         }),
@@ -1944,4 +1945,19 @@ fn as_refresher_without_update_the_call_reinvites_with_the_same_sdp() {
         "same address, codec and keys: nothing moves"
     );
     assert_eq!(call.poll_timeout(), Some(t + Duration::from_secs(60)));
+}
+
+#[test]
+fn a_trunks_refer_is_refused_603_where_accept_refer_is_false() {
+    // account() has accept_refer = false.
+    let (mut call, now, tag) = connected_call(1);
+    call.handle_sip(
+        now,
+        trunk_request("REFER", 2, &tag, "z9hG4bKref2", None),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [603]);
+    assert!(d.events.is_empty() && d.media.is_empty());
+    assert!(!call.is_over_for_browsers());
 }

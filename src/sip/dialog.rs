@@ -51,6 +51,9 @@ pub struct Dialog {
     /// answer, resent for its retransmissions.
     last_remote: Option<(String, Method, u32, Response)>,
     local: LocalEndpoint,
+    /// The answer to the peer's REFER: 501 (not carried out), or 603 where
+    /// the trunk's `accept_refer` is false.
+    refer_answer: u16,
 }
 
 /// What an in-dialog request from the peer amounts to.
@@ -101,6 +104,7 @@ impl Dialog {
             remote_cseq: None,
             last_remote: None,
             local,
+            refer_answer: 501,
         })
     }
 
@@ -138,6 +142,7 @@ impl Dialog {
             remote_cseq: Some(cseq),
             last_remote: None,
             local,
+            refer_answer: 501,
         })
     }
 
@@ -322,6 +327,7 @@ impl Dialog {
             Method::Options | Method::Info | Method::Notify => respond(200),
             // Re-INVITE and UPDATE need the B2BUA's media answer.
             Method::Invite | Method::Update => return InDialog::Offer,
+            Method::Refer => respond(self.refer_answer),
             _ => respond(501),
         };
         self.last_remote = Some((branch, req.method, seq, answer.clone()));
@@ -371,6 +377,12 @@ impl Dialog {
             Some(uri) => format!("<{uri}>"),
             None => self.local_header.clone(),
         }
+    }
+
+    /// How the peer's REFERs are answered (501 by default; 603 when the
+    /// trunk's `accept_refer` is false).
+    pub fn set_refer_answer(&mut self, code: u16) {
+        self.refer_answer = code;
     }
 
     pub fn local_cseq(&self) -> u32 {

@@ -140,6 +140,8 @@ pub struct OutgoingCall {
     peer_allows_update: bool,
     /// The `Session-Expires` of the trunk's pending re-INVITE or UPDATE.
     peer_refresh: Option<SessionExpires>,
+    /// How the trunk's REFERs are answered (`Dialog::set_refer_answer`).
+    refer_answer: u16,
     /// The ACK of our 2xx, resent for each retransmitted 2xx.
     ack_2xx: Option<(Bytes, Target)>,
     digest: DigestClient,
@@ -204,6 +206,7 @@ impl OutgoingCall {
             timer: None,
             peer_allows_update: false,
             peer_refresh: None,
+            refer_answer: 501,
             ack_2xx: None,
             digest: DigestClient::new(),
             auth_headers: Vec::new(),
@@ -256,6 +259,12 @@ impl OutgoingCall {
 
     pub fn call_id(&self) -> &str {
         &self.cfg.call_id
+    }
+
+    /// 603 refuses the trunk's REFERs (`accept_refer = false`); the default
+    /// 501 says a REFER is not carried out.
+    pub fn set_refer_answer(&mut self, code: u16) {
+        self.refer_answer = code;
     }
 
     /// True once `Terminated` has been emitted.
@@ -740,6 +749,7 @@ impl OutgoingCall {
             }
         };
         let mut dialog = dialog;
+        dialog.set_refer_answer(self.refer_answer);
         // Our PRACKs used CSeqs of this dialog already.
         dialog.raise_local_cseq(self.prack_cseq);
         // The ACK of a 2xx belongs to the dialog (13.2.2.4): it goes where

@@ -113,6 +113,8 @@ pub struct IncomingCall {
     timer: Option<SessionTimer>,
     peer_allows_update: bool,
     peer_refresh: Option<SessionExpires>,
+    /// How the caller's REFERs are answered (`Dialog::set_refer_answer`).
+    refer_answer: u16,
     /// Our BYE, and where it goes.
     bye_tx: Option<(ClientTransaction, Target)>,
     /// `hangup` came between our 2xx and its ACK (RFC 3261 15: BYE waits).
@@ -170,6 +172,7 @@ impl IncomingCall {
             timer: None,
             peer_allows_update,
             peer_refresh: None,
+            refer_answer: 501,
             bye_tx: None,
             bye_pending: false,
             ended: false,
@@ -198,6 +201,12 @@ impl IncomingCall {
             return None;
         }
         std::str::from_utf8(&self.invite.body).ok()
+    }
+
+    /// 603 refuses the caller's REFERs (`accept_refer = false`); the
+    /// default 501 says a REFER is not carried out.
+    pub fn set_refer_answer(&mut self, code: u16) {
+        self.refer_answer = code;
     }
 
     pub fn source(&self) -> SocketAddr {
@@ -245,6 +254,8 @@ impl IncomingCall {
                 return;
             }
         };
+        let mut dialog = dialog;
+        dialog.set_refer_answer(self.refer_answer);
         self.dialog = Some(dialog);
         let tag = self.local_tag.clone();
         // RFC 4028 9: the interval and refresher in force; the caller that

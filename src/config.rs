@@ -286,6 +286,10 @@ pub struct TrunkConfig {
     /// Sent when every browser session declines an incoming call.
     #[serde(default = "default_reject_code")]
     pub reject_code: u16,
+    /// Carry out a REFER from this trunk (PROTOCOL.md); false: refuse it
+    /// with 603. (Carrying one out is not built yet: true answers 501.)
+    #[serde(default = "default_true")]
+    pub accept_refer: bool,
     /// Seconds between OPTIONS pings to the trunk; 0 = off.
     #[serde(default = "default_options_interval")]
     pub options_interval: u64,
@@ -368,6 +372,9 @@ fn default_register_expires() -> u32 {
 fn default_reject_code() -> u16 {
     486
 }
+fn default_true() -> bool {
+    true
+}
 fn default_port_min() -> u16 {
     20000
 }
@@ -379,9 +386,6 @@ fn default_media_timeout() -> u64 {
 }
 /// More media workers than this is a typo, not a machine.
 const MAX_MEDIA_WORKERS: usize = 1024;
-fn default_true() -> bool {
-    true
-}
 fn default_hold_timeout() -> u64 {
     3600
 }
@@ -959,6 +963,16 @@ password_hash = "{HASH}"
 trunk = "carrier"
 "#
         )
+    }
+
+    #[test]
+    fn accept_refer_is_a_trunk_key_defaulting_to_true() {
+        assert!(parse(&full()).unwrap().trunks[0].accept_refer);
+        let off = full().replace(
+            "inbound_sources = [\"127.0.0.1/32\"]",
+            "inbound_sources = [\"127.0.0.1/32\"]\naccept_refer = false",
+        );
+        assert!(!parse(&off).unwrap().trunks[0].accept_refer);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub enum SessionCommand {
     Dtmf { id: CallId, digits: Vec<DtmfDigit> },
     /// Put a connected call on hold (true) or take it back (false).
     Hold { id: CallId, hold: bool },
+    /// Blind transfer of a connected call to `to` (REFER toward the trunk).
+    Transfer { id: CallId, to: String },
 }
 
 /// Security of both legs of a connected call, shown by the web client's lock.
@@ -77,6 +79,13 @@ pub enum SessionEvent {
     Dtmf {
         id: CallId,
         digit: DtmfDigit,
+    },
+    /// The outcome of the browser's `transfer`: the REFER's refusal code,
+    /// or the transferred call's status from the trunk's NOTIFY.
+    Transferred {
+        id: CallId,
+        to: String,
+        code: u16,
     },
     /// A call for this account; `sdp` is the gateway's offer.
     Incoming {

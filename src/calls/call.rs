@@ -50,7 +50,7 @@ use crate::sdp::{
 };
 use crate::sip::auth::DigestCredentials;
 use crate::sip::message::{self, ResponseParts};
-use crate::sip::own_requests::OwnEvent;
+use crate::sip::own_requests::{OwnError, OwnEvent};
 use crate::sip::reinvite::{OfferAnswer, RenegotiationEvent};
 use crate::sip::target::Target;
 use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
@@ -141,6 +141,8 @@ pub enum SessionInput {
     Join { session: SessionKey },
     /// `hold` (true) or `resume` (false) from the owner of a connected call.
     Hold { session: SessionKey, hold: bool },
+    /// `transfer` from the owner of a connected call.
+    Transfer { session: SessionKey, to: String },
     /// The gateway is stopping.
     Shutdown,
     /// `dtmf`: digits toward the trunk.
@@ -289,6 +291,11 @@ struct Common {
     hold_request: Option<bool>,
     /// Our session refresh (RFC 4028) by re-INVITE is out.
     refresh_request: bool,
+    /// `host:port` of the call's trunk, for the Refer-To of a transfer
+    /// (as outgoing calls build their Request-URI).
+    refer_base: String,
+    /// The browser's `transfer` target while its REFER runs.
+    transfer: Option<String>,
     /// Set once the browser side has been told the call ended.
     ended: Option<Cause>,
     /// The SIP side is done (or given up on): the driver can drop the call.
@@ -327,6 +334,8 @@ impl Common {
             telephone_event: None,
             hold_request: None,
             refresh_request: false,
+            refer_base: String::new(),
+            transfer: None,
             ended: None,
             finished: false,
             media_source: MediaSource::Signaled,
@@ -540,6 +549,19 @@ impl Common {
         Some(session.hold_offer(hold))
     }
 
+    /// Whether our refresh re-INVITE went out.
+    fn refresh_sent(&mut self, sent: Result<(), OwnError>) {
+        match sent {
+            Ok(()) => self.refresh_request = true,
+            Err(e) => {
+                warn!(error = %e, "cannot send the session refresh");
+                if let Some(s) = self.trunk_session.as_mut() {
+                    s.drop_offer();
+                }
+            }
+        }
+    }
+
     /// The browser's `hold` / `resume`: checks it and writes our offer for
     /// the trunk, `None` when it was answered here (an `error`, or the
     /// state it asked for is already in force).
@@ -598,7 +620,59 @@ impl Common {
     /// cause when the call must end: the trunk lost the dialog (481) or
     /// never answered (408), as RFC 3261 14.1 asks, or it answered with an
     /// SDP we cannot use (the 2xx is ACKed: nothing else to refuse it with).
+    /// The browser's `transfer`: checks it and returns the Refer-To URI.
+    fn transfer_target(&mut self, session: SessionKey, to: &str) -> Option<String> {
+        if Some(session) != self.owner {
+            self.error(session, 404, "no call with this id on this session");
+            return None;
+        }
+        if self.ended.is_some() || !self.connected_sent {
+            self.error(session, 409, "cannot transfer: the call is not connected");
+            return None;
+        }
+        if self.transfer.is_some() {
+            self.error(session, 409, "a transfer of this call is in progress");
+            return None;
+        }
+        Some(format!("sip:{to}@{}", self.refer_base))
+    }
+
+    /// The REFER's final answer: a refusal ends the transfer (the browser
+    /// hears its code in `transferred`); 202 waits for the NOTIFYs.
+    fn on_referred(&mut self, code: u16) {
+        if (200..300).contains(&code) {
+            info!(
+                code,
+                "the trunk accepted the transfer; waiting for its NOTIFYs"
+            );
+            return;
+        }
+        warn!(code, "the trunk refused the transfer; the call goes on");
+        if let Some(to) = self.transfer.take() {
+            let id = self.id.clone();
+            self.tell_owner(SessionEvent::Transferred { id, to, code });
+        }
+    }
+
+    /// A NOTIFY about our REFER: a final status goes to the browser as
+    /// `transferred`; a 2xx means the trunk now talks to the target, so
+    /// the gateway leaves the call (BYE, RFC 5589 blind transfer).
+    fn on_transfer_notify(&mut self, code: u16) -> Option<Cause> {
+        info!(code, "NOTIFY about the transfer");
+        if code < 200 {
+            return None;
+        }
+        let to = self.transfer.take()?;
+        let id = self.id.clone();
+        self.tell_owner(SessionEvent::Transferred { id, to, code });
+        (200..300).contains(&code).then_some(Cause::Transferred)
+    }
+
     fn on_own(&mut self, event: OwnEvent, now: Instant) -> Option<Cause> {
+        if let OwnEvent::Referred { code } = event {
+            self.on_referred(code);
+            return None;
+        }
         let refresh = self.hold_request.is_none() && std::mem::take(&mut self.refresh_request);
         let hold = match self.hold_request.take() {
             Some(hold) => hold,
@@ -614,7 +688,7 @@ impl Common {
             (false, false) => "resume",
         };
         match event {
-            OwnEvent::Updated { .. } => None,
+            OwnEvent::Updated { .. } | OwnEvent::Referred { .. } => None,
             OwnEvent::Answered { sdp, .. } => {
                 let session = self.trunk_session.as_mut()?;
                 match session.take_hold_answer(sdp.as_deref(), hold) {
@@ -731,6 +805,7 @@ impl Call {
             Err(e) => return refuse(c, Cause::Policy(e.to_string())),
         };
         let trunk = &setup.account.trunk;
+        c.refer_base = format!("{}:{}", uri_host(&trunk.uri.host), trunk.uri.port);
         let offer_media = match &plan {
             TrunkLegPlan::Sdes { suites, .. } => TrunkOfferMedia::Sdes {
                 keys: suites
@@ -794,6 +869,9 @@ impl Call {
             trunk_offer,
             now,
         );
+        if !trunk.accept_refer {
+            uac.set_refer_answer(603);
+        }
         let fallback_params = fallback.map(|(sdp, params)| {
             uac.set_fallback_offer(sdp);
             params
@@ -854,11 +932,16 @@ impl Call {
             c.tell(session, ring_event.clone());
         }
         c.ring_deadline = Some(now + c.timers.ring);
+        let trunk = &setup.account.trunk;
+        c.refer_base = format!("{}:{}", uri_host(&trunk.uri.host), trunk.uri.port);
         c.trunk_security = match setup.plan {
             IncomingLegPlan::Sdes { suite, .. } => format!("sdes-srtp {suite}"),
             IncomingLegPlan::Plain => "rtp (unencrypted)".into(),
         };
         let mut uas = setup.uas;
+        if !setup.account.trunk.accept_refer {
+            uas.set_refer_answer(603);
+        }
         uas.ringing(now);
         info!(
             sessions = setup.sessions.len(),
@@ -972,6 +1055,11 @@ impl Call {
         }
         if let SessionInput::Hold { session, hold } = input {
             self.browser_hold(session, hold, now);
+            self.pump(now);
+            return;
+        }
+        if let SessionInput::Transfer { session, to } = input {
+            self.browser_transfer(session, to, now);
             self.pump(now);
             return;
         }
@@ -1116,6 +1204,24 @@ impl Call {
         match sent {
             Ok(()) => self.c.hold_request = Some(hold),
             Err(e) => self.c.hold_not_sent(&e.to_string()),
+        }
+    }
+
+    /// The browser's `transfer`: REFER toward the trunk in the dialog.
+    fn browser_transfer(&mut self, session: SessionKey, to: String, now: Instant) {
+        let Some(refer_to) = self.c.transfer_target(session, &to) else {
+            return;
+        };
+        let sent = match &mut self.kind {
+            Kind::Outgoing(o) => o.uac.refer(&refer_to, now),
+            Kind::Incoming(i) => i.uas.refer(&refer_to, now),
+            Kind::Refused => return,
+        };
+        match sent {
+            Ok(()) => self.c.transfer = Some(to),
+            Err(e) => self
+                .c
+                .error(session, 409, &format!("cannot send REFER: {e}")),
         }
     }
 
@@ -1272,18 +1378,16 @@ impl Outgoing {
             }
             UacEvent::RefreshDue => {
                 if let Some(sdp) = c.refresh_offer() {
-                    match self.uac.reoffer(sdp, now) {
-                        Ok(()) => c.refresh_request = true,
-                        Err(e) => {
-                            warn!(error = %e, "cannot send the session refresh");
-                            if let Some(s) = c.trunk_session.as_mut() {
-                                s.drop_offer();
-                            }
-                        }
-                    }
+                    let sent = self.uac.reoffer(sdp, now);
+                    c.refresh_sent(sent);
                 }
             }
             UacEvent::SessionExpired => self.end(c, Cause::SessionExpired, now),
+            UacEvent::TransferNotify { code } => {
+                if let Some(cause) = c.on_transfer_notify(code) {
+                    self.end(c, cause, now);
+                }
+            }
             UacEvent::Terminated => c.finished = true,
         }
     }
@@ -1549,7 +1653,7 @@ impl Incoming {
             // Taken by `Call::handle_session` for both directions.
             SessionInput::Dtmf { .. } => {}
             // Taken by `Call::handle_session`.
-            SessionInput::Hold { .. } => {}
+            SessionInput::Hold { .. } | SessionInput::Transfer { .. } => {}
         }
     }
 
@@ -1764,6 +1868,18 @@ impl Incoming {
                 UasEvent::Dtmf(digit) => c.dtmf_from_trunk(digit, DtmfFrom::SipInfo),
                 UasEvent::Own(event) => {
                     if let Some(cause) = c.on_own(event, now) {
+                        self.end(c, cause, now);
+                    }
+                }
+                UasEvent::RefreshDue => {
+                    if let Some(sdp) = c.refresh_offer() {
+                        let sent = self.uas.reoffer(sdp, now);
+                        c.refresh_sent(sent);
+                    }
+                }
+                UasEvent::SessionExpired => self.end(c, Cause::SessionExpired, now),
+                UasEvent::TransferNotify { code } => {
+                    if let Some(cause) = c.on_transfer_notify(code) {
                         self.end(c, cause, now);
                     }
                 }

@@ -59,6 +59,7 @@ fn account() -> Arc<Account> {
             ],
             inbound_sources: vec![("127.0.0.1".parse().unwrap(), 32)],
             reject_code: 486,
+            accept_refer: false,
             options_interval: Duration::ZERO,
             media_source: crate::types::MediaSource::Signaled,
             register: None,
@@ -2039,4 +2040,185 @@ fn a_trunk_reoffer_while_the_browser_holds_is_answered_without_receiving() {
     let sdp = the_response(&d).1.unwrap();
     assert!(sdp.contains("a=sendonly"), "{sdp}");
     assert!(d.events.is_empty(), "neither held nor resumed by the trunk");
+}
+
+// ---- blind transfer from the browser (issue 13 item 6) --------------------
+
+/// A NOTIFY of the trunk about our REFER, in the incoming call's dialog.
+fn notify(tag: &str, cseq: u32, frag: &str) -> SipMessage {
+    parse(&format!(
+        "NOTIFY sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKn{cseq}\r\n\
+From: <sip:+4930123@carrier.example>;tag=ftag\r\nTo: <sip:alice@10.0.0.1>;tag={tag}\r\n\
+Call-ID: in-c1\r\nCSeq: {cseq} NOTIFY\r\nEvent: refer\r\nSubscription-State: active\r\n\
+Content-Type: message/sipfrag\r\nContent-Length: {}\r\n\r\n{frag}",
+        frag.len()
+    ))
+}
+
+fn transferred(d: &Drained, session: SessionKey) -> Vec<(String, u16)> {
+    d.to(session)
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::Transferred { to, code, .. } => Some((to.clone(), *code)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn the_refer(d: &Drained) -> rsip::Request {
+    d.sip
+        .iter()
+        .find_map(|m| match m {
+            SipMessage::Request(r) if r.method == rsip::Method::Refer => Some(r.clone()),
+            _ => None,
+        })
+        .expect("a REFER went out")
+}
+
+#[test]
+fn a_transfer_is_a_refer_whose_notify_reports_and_ends_our_part() {
+    let (mut call, now, tag) = connected_call(1);
+    let transfer = |call: &mut Call, to: &str| {
+        call.handle_session(
+            now,
+            SessionInput::Transfer {
+                session: 1,
+                to: to.into(),
+            },
+        )
+    };
+    transfer(&mut call, "200");
+    let refer = the_refer(&drain(&mut call));
+    assert_eq!(
+        message::header_values(&refer, "Refer-To"),
+        [format!("<sip:200@{TRUNK}>")]
+    );
+    // One at a time.
+    transfer(&mut call, "201");
+    assert_eq!(errors(&drain(&mut call), 1), [409]);
+    call.handle_sip(now, answer_ours(&refer, 202, None), trunk_addr());
+    assert!(drain(&mut call).events.is_empty());
+    call.handle_sip(now, notify(&tag, 2, "SIP/2.0 100 Trying\r\n"), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [200], "each NOTIFY is answered 200");
+    assert!(d.events.is_empty());
+    call.handle_sip(now, notify(&tag, 3, "SIP/2.0 200 OK\r\n"), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [200]);
+    assert_eq!(transferred(&d, 1), [("200".to_string(), 200)]);
+    assert_eq!(d.requests(), ["BYE"]);
+    assert_eq!(d.hangup_of(1), Some((200, "transferred".into())));
+}
+
+#[test]
+fn a_refused_refer_is_reported_and_the_call_goes_on() {
+    let (mut call, now, _tag) = connected_call(1);
+    call.handle_session(
+        now,
+        SessionInput::Transfer {
+            session: 1,
+            to: "200".into(),
+        },
+    );
+    let refer = the_refer(&drain(&mut call));
+    call.handle_sip(now, answer_ours(&refer, 603, None), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(transferred(&d, 1), [("200".to_string(), 603)]);
+    assert!(!call.is_over_for_browsers());
+    assert!(!d.requests().contains(&"BYE".to_string()));
+}
+
+// ---- session timers through the call (issue 13 item 5) --------------------
+
+/// An outgoing call (plain RTP) whose 200 carries `extra` headers, its
+/// browser DTLS up: connected.
+fn outgoing_answered_with(extra: Vec<rsip::Header>, now: Instant) -> (Call, rsip::Request) {
+    let mut call = outgoing_with(
+        account_with(
+            SecureMedia::Forbidden,
+            CallerStream::RelayOrDecrypt,
+            Some(CalleeStream::Decrypted),
+        ),
+        now,
+    );
+    let invite = the_invite(&drain(&mut call));
+    let SipMessage::Response(mut ok) = reply(&invite, 200, Some(PLAIN_ANSWER)) else {
+        unreachable!()
+    };
+    ok.headers.extend(extra);
+    call.handle_sip(now, SipMessage::Response(ok), trunk_addr());
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    assert_eq!(drain(&mut call).connected, 1);
+    (call, invite)
+}
+
+#[test]
+fn a_trunk_that_stops_refreshing_gets_bye_and_the_browser_hears_why() {
+    let now = Instant::now();
+    let se = rsip::Header::Other("Session-Expires".into(), "90;refresher=uas".into());
+    let (mut call, _) = outgoing_answered_with(vec![se], now);
+    // 90 - 30 s: nothing before, BYE at it.
+    assert_eq!(call.poll_timeout(), Some(now + Duration::from_secs(60)));
+    call.handle_timeout(now + Duration::from_secs(59));
+    assert!(drain(&mut call).sip.is_empty());
+    call.handle_timeout(now + Duration::from_secs(60));
+    let d = drain_anywhere(&mut call);
+    assert_eq!(d.requests(), ["BYE"]);
+    let (code, reason) = d.hangup_of(7).unwrap();
+    assert_eq!(code, 408);
+    assert!(reason.contains("session timer expired"), "{reason}");
+    assert!(d.stopped_media());
+}
+
+#[test]
+fn as_refresher_without_update_the_call_reinvites_with_the_same_sdp() {
+    let now = Instant::now();
+    let se = rsip::Header::Other("Session-Expires".into(), "120".into());
+    let (mut call, invite) = outgoing_answered_with(vec![se], now);
+    let first = String::from_utf8(invite.body.clone()).unwrap();
+    let t = now + Duration::from_secs(60);
+    call.handle_timeout(t);
+    let d = drain_anywhere(&mut call);
+    let refresh = the_invite(&d);
+    let sdp = String::from_utf8(refresh.body.clone()).unwrap();
+    assert!(
+        sdp.contains("a=sendrecv") && sdp.contains("RTP/AVP 0"),
+        "{sdp}"
+    );
+    assert_eq!(origin(&sdp).0, origin(&first).0, "the same session");
+    assert_eq!(
+        message::header_values(&refresh, "Session-Expires"),
+        ["120;refresher=uac"]
+    );
+    assert!(d.events.is_empty(), "nothing for the browser");
+    let answer = PLAIN_ANSWER.replace("o=- 1 1", "o=- 1 2");
+    call.handle_sip(t, reply(&refresh, 200, Some(&answer)), trunk_addr());
+    let d = drain_anywhere(&mut call);
+    assert_eq!(d.requests(), ["ACK"]);
+    assert!(d.events.is_empty());
+    assert!(
+        d.media.is_empty(),
+        "same address, codec and keys: nothing moves"
+    );
+    assert_eq!(call.poll_timeout(), Some(t + Duration::from_secs(60)));
+}
+
+#[test]
+fn a_trunks_refer_is_refused_603_where_accept_refer_is_false() {
+    // account() has accept_refer = false.
+    let (mut call, now, tag) = connected_call(1);
+    call.handle_sip(
+        now,
+        trunk_request("REFER", 2, &tag, "z9hG4bKref2", None),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [603]);
+    assert!(d.events.is_empty() && d.media.is_empty());
+    assert!(!call.is_over_for_browsers());
 }

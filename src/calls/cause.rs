@@ -46,6 +46,9 @@ pub enum Cause {
     TrunkUnreachable(String),
     /// The Request-URI user is no account.
     UnknownUser,
+    /// The browser's blind transfer succeeded (the trunk's NOTIFY said
+    /// 2xx): the gateway left the call with BYE.
+    Transferred,
     /// The trunk refreshes the session (RFC 4028) and no refresh came in
     /// time: the gateway ended the dialog with BYE.
     SessionExpired,
@@ -90,6 +93,7 @@ impl Cause {
             Policy(why) => (488, why.clone()),
             TrunkUnreachable(why) => (503, why.clone()),
             UnknownUser => (404, "no such account".into()),
+            Transferred => (200, "transferred".into()),
             SessionExpired => (
                 408,
                 "session timer expired: the trunk did not refresh the session (RFC 4028)".into(),
@@ -128,6 +132,7 @@ impl Cause {
             TrunkUnreachable(_) => 503,
             UnknownUser => 404,
             NoAnswer | SessionExpired => 408,
+            Transferred => 480,
             NoResources(_) | Shutdown => 503,
             NotSupported(_) => 501,
         }
@@ -151,7 +156,8 @@ impl Cause {
             | Declined
             | AllDeclined { .. }
             | BrowserSdp(_)
-            | AnsweredElsewhere => Side::Browser,
+            | AnsweredElsewhere
+            | Transferred => Side::Browser,
             RemoteHangup | CallerCancelled | TrunkRejected { .. } | TrunkSdp { .. } => Side::Trunk,
             NoSession | BrowserMediaTimeout | Policy(_) | TrunkUnreachable(_) | UnknownUser
             | NoAnswer | MediaFailed(_) | MediaTimeout | NoResources(_) | Shutdown

@@ -23,6 +23,8 @@ pub struct Trunk {
     pub inbound_sources: Vec<(IpAddr, u8)>,
     /// The status when every browser session declines an incoming call.
     pub reject_code: u16,
+    /// `accept_refer`: false refuses the trunk's REFERs with 603.
+    pub accept_refer: bool,
     /// Between OPTIONS pings; zero: not probed.
     pub options_interval: std::time::Duration,
     /// The expiry to ask when the gateway REGISTERs to this trunk; `None`:
@@ -119,6 +121,7 @@ impl Directory {
                             .filter_map(|s| parse_cidr(s))
                             .collect(),
                         reject_code: t.reject_code,
+                        accept_refer: t.accept_refer,
                         options_interval: std::time::Duration::from_secs(t.options_interval),
                         media_source: t.media_source,
                         register: t
@@ -202,6 +205,7 @@ pub fn demo_trunk(port: u16) -> Trunk {
         // The echo trunk never calls in.
         inbound_sources: Vec::new(),
         reject_code: 486,
+        accept_refer: true,
         // It is inside the process: no need to ask whether it is there.
         options_interval: std::time::Duration::ZERO,
         media_source: crate::types::MediaSource::Signaled,

@@ -408,6 +408,7 @@ fn observe_event(live: &LiveCall, event: &SessionEvent) {
         SessionEvent::Hangup { code, .. } => format!("hangup {code}"),
         SessionEvent::Held { .. } => "held".into(),
         SessionEvent::Resumed { .. } => "resumed".into(),
+        SessionEvent::Transferred { code, .. } => format!("transferred {code}"),
         SessionEvent::Error { code, .. } => format!("error {code}"),
     };
     live.ladder("out", "browser", summary);
@@ -425,6 +426,7 @@ fn observe_input(live: &LiveCall, input: &SessionInput) {
         SessionInput::Dtmf { .. } => "dtmf",
         SessionInput::Hold { hold: true, .. } => "hold",
         SessionInput::Hold { hold: false, .. } => "resume",
+        SessionInput::Transfer { .. } => "transfer",
         SessionInput::Join { .. } => return,
         SessionInput::Shutdown => return,
     };

@@ -569,6 +569,9 @@ impl SessionControl for Session {
             SessionCommand::Hold { id, hold } => {
                 self.forward(id, SessionInput::Hold { session, hold })
             }
+            SessionCommand::Transfer { id, to } => {
+                self.forward(id, SessionInput::Transfer { session, to })
+            }
         }
     }
 }

@@ -63,6 +63,7 @@ async fn setup() -> Setup {
         srtp_suites: vec![SrtpSuite::AesCm128HmacSha1_80],
         inbound_sources: Vec::new(),
         reject_code: 486,
+        accept_refer: true,
         options_interval: Duration::ZERO,
         media_source: crate::types::MediaSource::Signaled,
         register: None,

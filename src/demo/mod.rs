@@ -143,15 +143,25 @@ async fn run_echo(
                 UasEvent::Terminated => done = true,
                 // The demo's media is fixed: a session change is refused
                 // and the call goes on as it was (RFC 3261 14.2).
+                // An UPDATE without SDP is a session refresh (RFC 4028).
+                UasEvent::Renegotiation(RenegotiationEvent::Offer {
+                    update: true,
+                    sdp: None,
+                }) => uas.answer_offer(OfferAnswer::Empty, Instant::now()),
                 UasEvent::Renegotiation(RenegotiationEvent::Offer { .. }) => {
                     uas.answer_offer(OfferAnswer::Refuse(488), Instant::now());
                 }
+                // The caller did not refresh: end the call (RFC 4028 10).
+                UasEvent::SessionExpired => uas.hangup(Instant::now()),
                 UasEvent::Renegotiation(RenegotiationEvent::AckAnswer { .. })
                 | UasEvent::RemoteHangup
                 | UasEvent::Cancelled
                 | UasEvent::Dtmf(_)
-                // The demo never re-INVITEs.
+                // The demo never re-INVITEs (a refresh of its own included:
+                // without one the caller's timer ends the call).
                 | UasEvent::Own(_)
+                | UasEvent::RefreshDue
+                | UasEvent::TransferNotify { .. }
                 | UasEvent::Acked => {}
             }
         }

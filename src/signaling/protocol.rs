@@ -23,7 +23,7 @@ pub(crate) const MAX_MESSAGE_LEN: usize = 64 * 1024;
 
 /// Message types of PROTOCOL.md that the call layer cannot handle yet; they
 /// get a 501 instead of the 400 of an unknown type.
-const NOT_IMPLEMENTED: [&str; 1] = ["transfer"];
+const NOT_IMPLEMENTED: [&str; 0] = [];
 
 /// Why a browser message was refused; becomes an `error` message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +109,15 @@ pub fn parse_command(text: &str) -> Result<SessionCommand, Refusal> {
             id: id?,
             hold: true,
         }),
+        "transfer" => {
+            let id = id?;
+            let to = field_str(&obj, "to", Some(&id))?;
+            check_dial_string(to).map_err(|m| Refusal::bad(Some(&id), m))?;
+            Ok(SessionCommand::Transfer {
+                id,
+                to: to.to_string(),
+            })
+        }
         "resume" => Ok(SessionCommand::Hold {
             id: id?,
             hold: false,
@@ -246,6 +255,11 @@ enum Wire<'a> {
         id: &'a str,
         digit: String,
     },
+    Transferred {
+        id: &'a str,
+        to: &'a str,
+        code: u16,
+    },
     Incoming {
         id: &'a str,
         from: &'a str,
@@ -282,6 +296,11 @@ pub(crate) fn event_json(event: &SessionEvent) -> String {
         SessionEvent::Dtmf { id, digit } => Wire::Dtmf {
             id: &id.0,
             digit: digit.to_string(),
+        },
+        SessionEvent::Transferred { id, to, code } => Wire::Transferred {
+            id: &id.0,
+            to,
+            code: *code,
         },
         SessionEvent::Incoming {
             id,
@@ -466,9 +485,14 @@ mod tests {
             ),
             (json!({"type":"dtmf","digits":"1"}).to_string(), None, 400),
             (
-                json!({"type":"transfer","id":"c1","to":"2"}).to_string(),
+                json!({"type":"transfer","id":"c1","to":"2 3"}).to_string(),
                 Some("c1"),
-                501,
+                400,
+            ),
+            (
+                json!({"type":"transfer","id":"c1"}).to_string(),
+                Some("c1"),
+                400,
             ),
             // hold and resume need the call's id.
             (json!({"type":"hold"}).to_string(), None, 400),
@@ -611,6 +635,14 @@ mod tests {
                     by: HoldParty::Browser,
                 },
                 json!({"type":"held","id":"c1","by":"browser"}),
+            ),
+            (
+                SessionEvent::Transferred {
+                    id: id(),
+                    to: "200".into(),
+                    code: 200,
+                },
+                json!({"type":"transferred","id":"c1","to":"200","code":200}),
             ),
             (
                 SessionEvent::Error {

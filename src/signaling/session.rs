@@ -245,6 +245,7 @@ fn command_name(cmd: &crate::calls::api::SessionCommand) -> (&'static str, &str)
         SessionCommand::Dtmf { id, .. } => ("dtmf", &id.0),
         SessionCommand::Hold { id, hold: true } => ("hold", &id.0),
         SessionCommand::Hold { id, hold: false } => ("resume", &id.0),
+        SessionCommand::Transfer { id, .. } => ("transfer", &id.0),
     }
 }
 

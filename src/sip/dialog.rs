@@ -53,6 +53,9 @@ pub struct Dialog {
     /// answer, resent for its retransmissions.
     last_remote: Option<(String, Method, u32, Response)>,
     local: LocalEndpoint,
+    /// The answer to the peer's REFER: 501 (not carried out), or 603 where
+    /// the trunk's `accept_refer` is false.
+    refer_answer: u16,
 }
 
 /// What an in-dialog request from the peer amounts to.
@@ -105,6 +108,7 @@ impl Dialog {
             remote_cseq: None,
             last_remote: None,
             local,
+            refer_answer: 501,
         })
     }
 
@@ -142,6 +146,7 @@ impl Dialog {
             remote_cseq: Some(cseq),
             last_remote: None,
             local,
+            refer_answer: 501,
         })
     }
 
@@ -338,6 +343,7 @@ impl Dialog {
             Method::Options | Method::Notify => respond(200),
             // Re-INVITE and UPDATE need the B2BUA's media answer.
             Method::Invite | Method::Update => return InDialog::Offer,
+            Method::Refer => respond(self.refer_answer),
             _ => respond(501),
         };
         self.last_remote = Some((branch, req.method, seq, answer.clone()));
@@ -380,6 +386,20 @@ impl Dialog {
             self.last_remote = Some((branch, req.method, seq, resp.clone()));
         }
         resp
+    }
+
+    /// Our name-addr in the dialog without its tag (for Referred-By).
+    pub fn local_uri(&self) -> String {
+        match message::addr_uri(&self.local_header) {
+            Some(uri) => format!("<{uri}>"),
+            None => self.local_header.clone(),
+        }
+    }
+
+    /// How the peer's REFERs are answered (501 by default; 603 when the
+    /// trunk's `accept_refer` is false).
+    pub fn set_refer_answer(&mut self, code: u16) {
+        self.refer_answer = code;
     }
 
     pub fn local_cseq(&self) -> u32 {

@@ -14,6 +14,7 @@ pub mod info;
 pub mod message;
 pub mod own_requests;
 pub mod probe;
+pub mod refer;
 pub mod register;
 pub mod reinvite;
 pub mod session_timer;

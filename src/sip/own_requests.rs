@@ -37,6 +37,19 @@ use super::target::Target;
 use super::transaction::{ClientTransaction, TxEvent};
 use super::SipError;
 
+/// The status line of a NOTIFY about our REFER (its sipfrag), if `req` is
+/// one.
+pub fn refer_notify(req: &rsip::Request) -> Option<u16> {
+    if req.method != Method::Notify {
+        return None;
+    }
+    let event = message::header_values(req, "Event");
+    if !event.iter().any(|e| super::refer::is_refer_event(e)) {
+        return None;
+    }
+    super::refer::sipfrag_status(std::str::from_utf8(&req.body).ok()?)
+}
+
 /// What the caller hears about its request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnEvent {
@@ -46,6 +59,9 @@ pub enum OwnEvent {
         sdp: Option<String>,
         session_expires: Option<String>,
     },
+    /// The final answer to our REFER (202: accepted, NOTIFYs follow); 408
+    /// when none came.
+    Referred { code: u16 },
     /// The final answer to our UPDATE without SDP (a session refresh,
     /// RFC 4028), with its `Session-Expires`; 408 when none came.
     Updated {
@@ -89,6 +105,8 @@ pub struct OwnRequests {
     offer: Option<Offer>,
     /// Our UPDATE without SDP (a session refresh), and where it goes.
     update: Option<(ClientTransaction, Target)>,
+    /// Our REFER (a blind transfer), and where it goes.
+    refer: Option<(ClientTransaction, Target)>,
     /// The ACK of the last 2xx to a re-INVITE of ours (its CSeq, bytes and
     /// destination), resent for each retransmission of that 2xx.
     last_ack: Option<(u32, Bytes, Target)>,
@@ -110,6 +128,7 @@ impl OwnRequests {
             call_id_owner,
             offer: None,
             update: None,
+            refer: None,
             last_ack: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -185,6 +204,52 @@ impl OwnRequests {
         Ok(())
     }
 
+    /// Sends a REFER in `dialog` asking the peer to call `refer_to` (RFC
+    /// 3515); its NOTIFYs are the user agent's to report.
+    pub fn send_refer(
+        &mut self,
+        dialog: &mut Dialog,
+        to: Target,
+        refer_to: &str,
+        now: Instant,
+    ) -> Result<(), OwnError> {
+        if self.refer.is_some() {
+            return Err(OwnError::Busy);
+        }
+        let extra = vec![
+            Header::Other("Refer-To".into(), format!("<{refer_to}>")),
+            Header::Other("Referred-By".into(), dialog.local_uri()),
+        ];
+        let req = dialog
+            .request_with(Method::Refer, None, extra)
+            .map_err(|e| OwnError::Build(e.to_string()))?;
+        tracing::info!(call_id = %dialog.call_id, "sending REFER (blind transfer)");
+        self.refer = Some((ClientTransaction::new(req, to.transport, now), to));
+        self.pump();
+        Ok(())
+    }
+
+    /// Acts on what our REFER's transaction reported.
+    fn drain_refer(&mut self) {
+        let Some((tx, to)) = self.refer.as_mut() else {
+            return;
+        };
+        while let Some(b) = tx.poll_transmit() {
+            self.transmit.push_back((b, to.clone()));
+        }
+        while let Some(ev) = tx.poll_event() {
+            let code = match ev {
+                TxEvent::Response(r) if message::status_code(&r) < 200 => continue,
+                TxEvent::Response(r) => message::status_code(&r),
+                TxEvent::Timeout => 408,
+            };
+            self.events.push_back(OwnEvent::Referred { code });
+        }
+        if tx.is_terminated() {
+            self.refer = None;
+        }
+    }
+
     /// Acts on what our UPDATE's transaction reported.
     fn drain_update(&mut self) {
         let Some((tx, to)) = self.update.as_mut() else {
@@ -219,6 +284,11 @@ impl OwnRequests {
         if let Some((tx, _)) = self.update.as_mut().filter(|(tx, _)| tx.matches(resp)) {
             tx.handle_response(resp.clone(), now);
             self.drain_update();
+            return true;
+        }
+        if let Some((tx, _)) = self.refer.as_mut().filter(|(tx, _)| tx.matches(resp)) {
+            tx.handle_response(resp.clone(), now);
+            self.drain_refer();
             return true;
         }
         if let Some(tx) = self
@@ -327,6 +397,10 @@ impl OwnRequests {
             tx.handle_timeout(now);
             self.drain_update();
         }
+        if let Some((tx, _)) = self.refer.as_mut() {
+            tx.handle_timeout(now);
+            self.drain_refer();
+        }
         let Some(offer) = self.offer.as_mut() else {
             return;
         };
@@ -357,6 +431,7 @@ impl OwnRequests {
             .into_iter()
             .chain(offer.and_then(|o| o.retry_at))
             .chain(self.update.as_ref().and_then(|(tx, _)| tx.poll_timeout()))
+            .chain(self.refer.as_ref().and_then(|(tx, _)| tx.poll_timeout()))
             .min()
     }
 
@@ -369,7 +444,7 @@ impl OwnRequests {
     }
 
     fn pump(&mut self) {
-        if let Some((tx, to)) = self.update.as_mut() {
+        for (tx, to) in self.update.iter_mut().chain(self.refer.iter_mut()) {
             while let Some(b) = tx.poll_transmit() {
                 self.transmit.push_back((b, to.clone()));
             }

@@ -23,6 +23,10 @@
 
 use std::time::{Duration, Instant};
 
+use rsip::Header;
+
+use super::own_requests::OwnEvent;
+
 /// The smallest interval we accept (RFC 4028 4: 90 s is the floor).
 pub const MIN_SE: u64 = 90;
 /// The interval our INVITEs ask for (the RFC's recommended 1800 s).
@@ -232,6 +236,121 @@ impl SessionTimer {
     pub fn refresh_not_sent(&mut self) {
         self.refresh_sent = false;
     }
+}
+
+/// What a dialog's user agent (`sip::uac`, `sip::uas`) must do about its
+/// timer at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send an UPDATE without SDP (the peer allows UPDATE).
+    Update,
+    /// Ask the B2BUA for a re-INVITE with the session's SDP.
+    Reinvite,
+    /// End the dialog: tell the B2BUA, which hangs up with BYE.
+    Expired,
+}
+
+/// Polls `timer`: a refresh while an offer of ours is out is left to that
+/// offer's 2xx; an expired timer is dropped (it fires once).
+pub fn next_action(
+    timer: &mut Option<SessionTimer>,
+    now: Instant,
+    offer_pending: bool,
+    peer_allows_update: bool,
+) -> Option<Action> {
+    match timer.as_mut()?.poll(now)? {
+        TimerDue::Expired => {
+            *timer = None;
+            Some(Action::Expired)
+        }
+        TimerDue::Refresh if offer_pending => None,
+        TimerDue::Refresh if peer_allows_update => Some(Action::Update),
+        TimerDue::Refresh => Some(Action::Reinvite),
+    }
+}
+
+/// Takes what our own requests report into the timer (a 2xx to our
+/// re-INVITE or UPDATE is a refresh, RFC 4028 10) and returns what the
+/// B2BUA must still hear: our UPDATEs are the user agent's business.
+pub fn absorb(timer: Option<&mut SessionTimer>, ev: OwnEvent, now: Instant) -> Option<OwnEvent> {
+    let (refreshed, se) = match &ev {
+        OwnEvent::Updated {
+            code,
+            session_expires,
+        } => ((200..300).contains(code), session_expires),
+        OwnEvent::Answered {
+            session_expires, ..
+        } => (true, session_expires),
+        OwnEvent::Refused { .. } | OwnEvent::Referred { .. } => (false, &None),
+    };
+    if let Some(timer) = timer {
+        if refreshed {
+            let se = se.as_deref().and_then(SessionExpires::parse);
+            timer.refreshed(se.map(|se| (se, Role::Uac)), now);
+        }
+    }
+    match ev {
+        // A refresh that failed is not acted on: without a later one the
+        // session expires and the call ends.
+        OwnEvent::Updated { code, .. } => {
+            if !(200..300).contains(&code) {
+                tracing::warn!(code, "session refresh (UPDATE) refused");
+            }
+            None
+        }
+        other => Some(other),
+    }
+}
+
+/// The RFC 4028 headers of a refresh or of a 2xx to one: `Supported:
+/// timer` and `Session-Expires` naming the refresher in the terms of that
+/// transaction, where we are `me`.
+pub fn headers(timer: &SessionTimer, me: Role) -> Vec<Header> {
+    let peer = match me {
+        Role::Uac => Role::Uas,
+        Role::Uas => Role::Uac,
+    };
+    let se = SessionExpires {
+        seconds: timer.interval().as_secs(),
+        refresher: Some(if timer.we_refresh() { me } else { peer }),
+    };
+    vec![
+        Header::Supported("timer".into()),
+        Header::Other("Session-Expires".into(), se.header_value()),
+    ]
+}
+
+/// The peer's re-INVITE or UPDATE (with its `Session-Expires`) was
+/// answered: a 2xx refreshes the session (RFC 4028 9). The headers for that
+/// 2xx, naming the interval and refresher in force.
+pub fn peer_refresh(
+    timer: Option<&mut SessionTimer>,
+    se: Option<SessionExpires>,
+    accepted: bool,
+    now: Instant,
+) -> Vec<Header> {
+    match timer {
+        Some(timer) if accepted => {
+            timer.refreshed(se.map(|se| (se, Role::Uas)), now);
+            headers(timer, Role::Uas)
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The `Session-Expires` of a message, parsed.
+pub fn of<H: rsip::message::HeadersExt>(msg: &H) -> Option<SessionExpires> {
+    super::message::header_values(msg, "Session-Expires")
+        .first()
+        .and_then(|v| SessionExpires::parse(v))
+}
+
+/// Whether a message's `Allow` names UPDATE.
+pub fn allows_update<H: rsip::message::HeadersExt>(msg: &H) -> bool {
+    super::message::header_values(msg, "Allow")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|m| m.trim().eq_ignore_ascii_case("UPDATE"))
 }
 
 #[cfg(test)]

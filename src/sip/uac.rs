@@ -46,9 +46,9 @@ use rsip::{Header, Method, Request, Response, SipMessage};
 use super::auth::{Challenge, DigestAlgorithm, DigestClient, DigestCredentials};
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
 use super::message::{self, RequestParts, ResponseParts};
-use super::own_requests::{OwnError, OwnEvent, OwnRequests};
+use super::own_requests::{self, OwnError, OwnEvent, OwnRequests};
 use super::reinvite::{OfferAnswer, PeerUpdates, RenegotiationEvent};
-use super::session_timer::{self, Role, SessionExpires, SessionTimer, TimerDue};
+use super::session_timer::{self, Action, Role, SessionExpires, SessionTimer};
 use super::target::Target;
 use super::transaction::{ClientTransaction, TxEvent, TIMEOUT};
 use super::Transport;
@@ -100,8 +100,11 @@ pub enum UacEvent {
     Renegotiation(RenegotiationEvent),
     /// The trunk sent a DTMF digit in an INFO (answered 200).
     Dtmf(crate::types::DtmfDigit),
-    /// The outcome of our own re-INVITE ([`OutgoingCall::reoffer`]).
+    /// The outcome of our own re-INVITE ([`OutgoingCall::reoffer`]) or REFER.
     Own(OwnEvent),
+    /// A NOTIFY about our REFER (already answered 200): the status of the
+    /// transferred call, from its sipfrag (RFC 3515).
+    TransferNotify { code: u16 },
     /// RFC 4028: we refresh, the trunk takes no UPDATE, and half the
     /// interval has passed: send a re-INVITE with the session's SDP
     /// ([`OutgoingCall::reoffer`]).
@@ -145,6 +148,8 @@ pub struct OutgoingCall {
     peer_allows_update: bool,
     /// The `Session-Expires` of the trunk's pending re-INVITE or UPDATE.
     peer_refresh: Option<SessionExpires>,
+    /// How the trunk's REFERs are answered (`Dialog::set_refer_answer`).
+    refer_answer: u16,
     /// The ACK of our 2xx, resent for each retransmitted 2xx.
     ack_2xx: Option<(Bytes, Target)>,
     digest: DigestClient,
@@ -209,6 +214,7 @@ impl OutgoingCall {
             timer: None,
             peer_allows_update: false,
             peer_refresh: None,
+            refer_answer: 501,
             ack_2xx: None,
             digest: DigestClient::new(),
             auth_headers: Vec::new(),
@@ -261,6 +267,12 @@ impl OutgoingCall {
 
     pub fn call_id(&self) -> &str {
         &self.cfg.call_id
+    }
+
+    /// 603 refuses the trunk's REFERs (`accept_refer = false`); the default
+    /// 501 says a REFER is not carried out.
+    pub fn set_refer_answer(&mut self, code: u16) {
+        self.refer_answer = code;
     }
 
     /// True once `Terminated` has been emitted.
@@ -390,16 +402,20 @@ impl OutgoingCall {
                 self.updates.on_ack(&req);
             }
             InDialog::Offer => {
-                self.peer_refresh = message::header_values(&req, "Session-Expires")
-                    .first()
-                    .and_then(|v| SessionExpires::parse(v));
+                self.peer_refresh = session_timer::of(&req);
                 let ours = self.own.invite_open();
                 if let Some(refusal) = self.updates.begin(dialog, req, false, ours) {
                     let to = self.trunk();
                     self.transmit.push_back((refusal, to));
                 }
             }
-            InDialog::Other(resp) | InDialog::Retransmission(resp) => self.reply(resp),
+            InDialog::Other(resp) => {
+                if let Some(code) = own_requests::refer_notify(&req) {
+                    self.events.push_back(UacEvent::TransferNotify { code });
+                }
+                self.reply(resp)
+            }
+            InDialog::Retransmission(resp) => self.reply(resp),
             InDialog::Dtmf(resp, digit) => {
                 self.reply(resp);
                 self.events.push_back(UacEvent::Dtmf(digit));
@@ -418,14 +434,13 @@ impl OutgoingCall {
         };
         // A 2xx to the trunk's re-INVITE or UPDATE refreshes the session
         // (RFC 4028 9): it names the interval and refresher in force.
-        let mut extra = Vec::new();
-        if let Some(timer) = self.timer.as_mut() {
-            if !matches!(answer, OfferAnswer::Refuse(_)) {
-                timer.refreshed(self.peer_refresh.map(|se| (se, Role::Uas)), now);
-                extra = timer_headers(timer, Role::Uas);
-            }
-        }
-        self.peer_refresh = None;
+        let accepted = !matches!(answer, OfferAnswer::Refuse(_));
+        let extra = session_timer::peer_refresh(
+            self.timer.as_mut(),
+            self.peer_refresh.take(),
+            accepted,
+            now,
+        );
         if let Some(bytes) = self.updates.answer(dialog, answer, extra, now) {
             let to = self.trunk();
             self.transmit.push_back((bytes, to));
@@ -436,6 +451,26 @@ impl OutgoingCall {
     /// resume); the outcome comes as `UacEvent::Own`. Refused while the
     /// call is not answered or is ending, or while an offer of ours is out.
     pub fn reoffer(&mut self, sdp: String, now: Instant) -> Result<(), OwnError> {
+        let mut extra = vec![Header::Allow(super::uas::ALLOW.into())];
+        if let Some(timer) = &self.timer {
+            extra.extend(session_timer::headers(timer, Role::Uac));
+        }
+        self.send_own(|own, dialog, to| own.send_offer(dialog, to, sdp, extra, now))
+    }
+
+    /// Sends a REFER asking the trunk to call `refer_to` (a blind
+    /// transfer); the answer comes as `UacEvent::Own(Referred)`, the
+    /// trunk's NOTIFYs as `TransferNotify`.
+    pub fn refer(&mut self, refer_to: &str, now: Instant) -> Result<(), OwnError> {
+        self.send_own(|own, dialog, to| own.send_refer(dialog, to, refer_to, now))
+    }
+
+    /// Runs `send` on our requests with the confirmed dialog and where its
+    /// requests go; refused while the call is not answered or is ending.
+    fn send_own(
+        &mut self,
+        send: impl FnOnce(&mut OwnRequests, &mut Dialog, Target) -> Result<(), OwnError>,
+    ) -> Result<(), OwnError> {
         if self.ended || self.hangup_requested {
             return Err(OwnError::NoDialog);
         }
@@ -445,11 +480,7 @@ impl OutgoingCall {
         let Some(dialog) = self.dialog.as_mut() else {
             return Err(OwnError::NoDialog);
         };
-        let mut extra = vec![Header::Allow(super::uas::ALLOW.into())];
-        if let Some(timer) = &self.timer {
-            extra.extend(timer_headers(timer, Role::Uac));
-        }
-        self.own.send_offer(dialog, to, sdp, extra, now)?;
+        send(&mut self.own, dialog, to)?;
         self.pump();
         Ok(())
     }
@@ -614,34 +645,8 @@ impl OutgoingCall {
             if self.ended {
                 continue;
             }
-            match ev {
-                OwnEvent::Updated {
-                    code,
-                    session_expires,
-                } => {
-                    // A refresh that failed is not acted on: without a
-                    // later one the session expires and the call ends.
-                    if let (200..=299, Some(timer)) = (code, self.timer.as_mut()) {
-                        let se = session_expires.as_deref().and_then(SessionExpires::parse);
-                        timer.refreshed(se.map(|se| (se, Role::Uac)), now);
-                    } else {
-                        tracing::warn!(call_id = %self.cfg.call_id, code, "session refresh (UPDATE) refused");
-                    }
-                }
-                OwnEvent::Answered {
-                    sdp,
-                    session_expires,
-                } => {
-                    if let Some(timer) = self.timer.as_mut() {
-                        let se = session_expires.as_deref().and_then(SessionExpires::parse);
-                        timer.refreshed(se.map(|se| (se, Role::Uac)), now);
-                    }
-                    self.events.push_back(UacEvent::Own(OwnEvent::Answered {
-                        sdp,
-                        session_expires,
-                    }));
-                }
-                other => self.events.push_back(UacEvent::Own(other)),
+            if let Some(ev) = session_timer::absorb(self.timer.as_mut(), ev, now) {
+                self.events.push_back(UacEvent::Own(ev));
             }
         }
         while let Some(ev) = self.invite_tx.as_mut().and_then(|tx| tx.poll_event()) {
@@ -756,6 +761,7 @@ impl OutgoingCall {
             }
         };
         let mut dialog = dialog;
+        dialog.set_refer_answer(self.refer_answer);
         // Our PRACKs used CSeqs of this dialog already.
         dialog.raise_local_cseq(self.prack_cseq);
         // The ACK of a 2xx belongs to the dialog (13.2.2.4): it goes where
@@ -772,14 +778,8 @@ impl OutgoingCall {
         }
         self.dialog = Some(dialog);
         self.cancel_deadline = None;
-        self.peer_allows_update = message::header_values(&resp, "Allow")
-            .iter()
-            .flat_map(|v| v.split(','))
-            .any(|m| m.trim().eq_ignore_ascii_case("UPDATE"));
-        let se = message::header_values(&resp, "Session-Expires")
-            .first()
-            .and_then(|v| SessionExpires::parse(v));
-        if let Some(se) = session_timer::uac_decision(se) {
+        self.peer_allows_update = session_timer::allows_update(&resp);
+        if let Some(se) = session_timer::uac_decision(session_timer::of(&resp)) {
             let timer = SessionTimer::new(se, Role::Uac, now);
             tracing::info!(call_id = %self.cfg.call_id, interval_s = se.seconds,
                 we_refresh = timer.we_refresh(), "session timer (RFC 4028)");
@@ -968,24 +968,24 @@ impl OutgoingCall {
     /// session's SDP; nothing while an offer of ours is out, whose 2xx
     /// refreshes), or `SessionExpired`.
     fn session_timer(&mut self, now: Instant) {
-        let Some(due) = self.timer.as_mut().and_then(|t| t.poll(now)) else {
-            return;
-        };
-        match due {
-            TimerDue::Expired => {
+        let pending = self.own.offer_pending();
+        let action =
+            session_timer::next_action(&mut self.timer, now, pending, self.peer_allows_update);
+        match action {
+            None => {}
+            Some(Action::Expired) => {
                 tracing::warn!(call_id = %self.cfg.call_id, "session timer expired: no refresh (RFC 4028)");
-                self.timer = None;
                 self.events.push_back(UacEvent::SessionExpired);
             }
-            TimerDue::Refresh if self.own.offer_pending() => {}
-            TimerDue::Refresh if self.peer_allows_update => {
+            Some(Action::Reinvite) => self.events.push_back(UacEvent::RefreshDue),
+            Some(Action::Update) => {
                 let Some(to) = self.dialog.as_ref().map(|d| self.hop_of(d)) else {
                     return;
                 };
                 let extra = self
                     .timer
                     .as_ref()
-                    .map(|t| timer_headers(t, Role::Uac))
+                    .map(|t| session_timer::headers(t, Role::Uac))
                     .unwrap_or_default();
                 if let Some(dialog) = self.dialog.as_mut() {
                     if let Err(e) = self.own.send_update(dialog, to, extra, now) {
@@ -993,7 +993,6 @@ impl OutgoingCall {
                     }
                 }
             }
-            TimerDue::Refresh => self.events.push_back(UacEvent::RefreshDue),
         }
     }
 
@@ -1111,24 +1110,6 @@ impl OutgoingCall {
             self.events.push_back(UacEvent::Terminated);
         }
     }
-}
-
-/// The RFC 4028 headers of a refresh or of a 2xx to one: `Supported:
-/// timer` and `Session-Expires` naming the refresher in the terms of that
-/// transaction, where we are `me`.
-pub(crate) fn timer_headers(timer: &SessionTimer, me: Role) -> Vec<Header> {
-    let peer = match me {
-        Role::Uac => Role::Uas,
-        Role::Uas => Role::Uac,
-    };
-    let se = SessionExpires {
-        seconds: timer.interval().as_secs(),
-        refresher: Some(if timer.we_refresh() { me } else { peer }),
-    };
-    vec![
-        Header::Supported("timer".into()),
-        Header::Other("Session-Expires".into(), se.header_value()),
-    ]
 }
 
 /// Stands in until the real INVITE is built (only when building it failed).

@@ -29,8 +29,9 @@ use rsip::{Method, Request, Response, SipMessage};
 
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
 use super::message::{self, ResponseParts};
-use super::own_requests::{OwnError, OwnEvent, OwnRequests};
+use super::own_requests::{self, OwnError, OwnEvent, OwnRequests};
 use super::reinvite::{OfferAnswer, PeerUpdates, RenegotiationEvent};
+use super::session_timer::{self, Action, Role, SessionExpires, SessionTimer, UasDecision};
 use super::target::Target;
 use super::transaction::{ClientTransaction, TxEvent, TIMEOUT};
 use super::{SipError, Transport, T1, T2, T4};
@@ -56,8 +57,16 @@ pub enum UasEvent {
     Renegotiation(RenegotiationEvent),
     /// The caller sent a DTMF digit in an INFO (answered 200).
     Dtmf(crate::types::DtmfDigit),
-    /// The outcome of our own re-INVITE ([`IncomingCall::reoffer`]).
+    /// The outcome of our own re-INVITE ([`IncomingCall::reoffer`]) or REFER.
     Own(OwnEvent),
+    /// A NOTIFY about our REFER (already answered 200): the status of the
+    /// transferred call, from its sipfrag (RFC 3515).
+    TransferNotify { code: u16 },
+    /// RFC 4028: we refresh, the caller takes no UPDATE: send a re-INVITE
+    /// with the session's SDP ([`IncomingCall::reoffer`]).
+    RefreshDue,
+    /// RFC 4028: no refresh came in time. End the call ([`IncomingCall::hangup`]).
+    SessionExpired,
     /// Nothing left to do: the object can be dropped.
     Terminated,
 }
@@ -99,6 +108,15 @@ pub struct IncomingCall {
     updates: PeerUpdates,
     /// Our own re-INVITEs in the dialog (hold and resume).
     own: OwnRequests,
+    /// RFC 4028: what our 2xx says (from the INVITE), the timer once the
+    /// dialog is confirmed, whether the caller takes UPDATE, and the
+    /// `Session-Expires` of its pending re-INVITE or UPDATE.
+    timer_decision: UasDecision,
+    timer: Option<SessionTimer>,
+    peer_allows_update: bool,
+    peer_refresh: Option<SessionExpires>,
+    /// How the caller's REFERs are answered (`Dialog::set_refer_answer`).
+    refer_answer: u16,
     /// Our BYE, and where it goes.
     bye_tx: Option<(ClientTransaction, Target)>,
     /// `hangup` came between our 2xx and its ACK (RFC 3261 15: BYE waits).
@@ -128,6 +146,14 @@ impl IncomingCall {
             rsip::Transport::Tls => Transport::Tls,
             _ => Transport::Udp,
         };
+        let timer_decision = session_timer::uas_decision(
+            session_timer::of(&invite),
+            message::header_values(&invite, "Supported")
+                .iter()
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case("timer")),
+        );
+        let peer_allows_update = session_timer::allows_update(&invite);
         let mut call = IncomingCall {
             invite_branch: message::top_via_branch(&invite),
             invite,
@@ -144,6 +170,11 @@ impl IncomingCall {
             updates: PeerUpdates::default(),
             // The caller chose the Call-ID: the shorter 491 delays are ours.
             own: OwnRequests::new(false),
+            timer_decision,
+            timer: None,
+            peer_allows_update,
+            peer_refresh: None,
+            refer_answer: 501,
             bye_tx: None,
             bye_pending: false,
             ended: false,
@@ -172,6 +203,12 @@ impl IncomingCall {
             return None;
         }
         std::str::from_utf8(&self.invite.body).ok()
+    }
+
+    /// 603 refuses the caller's REFERs (`accept_refer = false`); the
+    /// default 501 says a REFER is not carried out.
+    pub fn set_refer_answer(&mut self, code: u16) {
+        self.refer_answer = code;
     }
 
     pub fn source(&self) -> SocketAddr {
@@ -219,14 +256,32 @@ impl IncomingCall {
                 return;
             }
         };
+        let mut dialog = dialog;
+        dialog.set_refer_answer(self.refer_answer);
         self.dialog = Some(dialog);
         let tag = self.local_tag.clone();
+        // RFC 4028 9: the interval and refresher in force; the caller that
+        // refreshes must (Require), and we say we support timers either way.
+        let mut extra = vec![
+            rsip::Header::Allow(ALLOW.into()),
+            rsip::Header::Supported("timer".into()),
+        ];
+        if let UasDecision::Timer(se) = self.timer_decision {
+            extra.push(rsip::Header::Other(
+                "Session-Expires".into(),
+                se.header_value(),
+            ));
+            if se.refresher == Some(Role::Uac) {
+                extra.push(rsip::Header::Require("timer".into()));
+            }
+        }
         self.respond(
             200,
             ResponseParts {
                 to_tag: Some(&tag),
                 contact: Some(&contact),
                 body: Some(("application/sdp", &sdp)),
+                extra,
                 ..Default::default()
             },
         );
@@ -275,7 +330,7 @@ impl IncomingCall {
             SipMessage::Response(resp) => {
                 if let Some(dialog) = self.dialog.as_mut() {
                     if self.own.handle_response(dialog, &resp, now) {
-                        self.pump_own();
+                        self.pump_own(now);
                         return;
                     }
                 }
@@ -321,6 +376,11 @@ impl IncomingCall {
                     self.retransmit_at = None;
                     self.give_up_at = None;
                     self.state = State::Confirmed;
+                    if let UasDecision::Timer(se) = self.timer_decision {
+                        tracing::info!(call_id = %self.call_id(), interval_s = se.seconds,
+                            refresher = se.refresher.map_or("uac", |r| r.as_str()), "session timer (RFC 4028)");
+                        self.timer = Some(SessionTimer::new(se, Role::Uas, now));
+                    }
                     self.events.push_back(UasEvent::Acked);
                     if self.bye_pending {
                         self.send_bye(now);
@@ -384,14 +444,19 @@ impl IncomingCall {
                         // Before the ACK of our first 2xx the INVITE
                         // transaction is still open: a re-INVITE is glare.
                         let open = self.state == State::Accepted;
+                        self.peer_refresh = session_timer::of(&req);
                         let ours = self.own.invite_open();
                         if let Some(refusal) = self.updates.begin(dialog, req, open, ours) {
                             self.transmit.push_back((refusal, self.caller()));
                         }
                     }
-                    InDialog::Other(resp) => self
-                        .transmit
-                        .push_back((message::to_bytes(resp), self.caller())),
+                    InDialog::Other(resp) => {
+                        if let Some(code) = own_requests::refer_notify(&req) {
+                            self.events.push_back(UasEvent::TransferNotify { code });
+                        }
+                        self.transmit
+                            .push_back((message::to_bytes(resp), self.caller()))
+                    }
                     InDialog::Dtmf(resp, digit) => {
                         self.transmit
                             .push_back((message::to_bytes(resp), self.caller()));
@@ -409,6 +474,29 @@ impl IncomingCall {
     /// resume); the outcome comes as `UasEvent::Own`. Only once the dialog
     /// is confirmed (our 2xx ACKed) and not ending, one offer at a time.
     pub fn reoffer(&mut self, sdp: String, now: Instant) -> Result<(), OwnError> {
+        let mut extra = vec![rsip::Header::Allow(ALLOW.into())];
+        if let Some(timer) = &self.timer {
+            extra.extend(session_timer::headers(timer, Role::Uac));
+        }
+        self.send_own(now, |own, dialog, to| {
+            own.send_offer(dialog, to, sdp, extra, now)
+        })
+    }
+
+    /// Sends a REFER asking the caller to call `refer_to` (see `sip::uac`).
+    pub fn refer(&mut self, refer_to: &str, now: Instant) -> Result<(), OwnError> {
+        self.send_own(now, |own, dialog, to| {
+            own.send_refer(dialog, to, refer_to, now)
+        })
+    }
+
+    /// Runs `send` on our requests with the confirmed dialog and where its
+    /// requests go (the INVITE's source when its route is unusable).
+    fn send_own(
+        &mut self,
+        now: Instant,
+        send: impl FnOnce(&mut OwnRequests, &mut Dialog, Target) -> Result<(), OwnError>,
+    ) -> Result<(), OwnError> {
         if self.state != State::Confirmed || self.ended {
             return Err(OwnError::NoDialog);
         }
@@ -417,20 +505,52 @@ impl IncomingCall {
             return Err(OwnError::NoDialog);
         };
         let to = dialog.next_hop().unwrap_or(caller);
-        let extra = vec![rsip::Header::Allow(ALLOW.into())];
-        self.own.send_offer(dialog, to, sdp, extra, now)?;
-        self.pump_own();
+        send(&mut self.own, dialog, to)?;
+        self.pump_own(now);
         Ok(())
     }
 
     /// Moves our re-INVITE's bytes and events out.
-    fn pump_own(&mut self) {
+    fn pump_own(&mut self, now: Instant) {
         while let Some(out) = self.own.poll_transmit() {
             self.transmit.push_back(out);
         }
         while let Some(ev) = self.own.poll_event() {
-            if self.state == State::Confirmed {
+            if self.state != State::Confirmed {
+                continue;
+            }
+            if let Some(ev) = session_timer::absorb(self.timer.as_mut(), ev, now) {
                 self.events.push_back(UasEvent::Own(ev));
+            }
+        }
+    }
+
+    /// What the session timer asks for at `now` (see `sip::uac`).
+    fn session_timer(&mut self, now: Instant) {
+        let pending = self.own.offer_pending();
+        let action =
+            session_timer::next_action(&mut self.timer, now, pending, self.peer_allows_update);
+        match action {
+            None => {}
+            Some(Action::Expired) => {
+                tracing::warn!(call_id = %self.call_id(), "session timer expired: no refresh (RFC 4028)");
+                self.events.push_back(UasEvent::SessionExpired);
+            }
+            Some(Action::Reinvite) => self.events.push_back(UasEvent::RefreshDue),
+            Some(Action::Update) => {
+                let caller = self.caller();
+                let extra = self
+                    .timer
+                    .as_ref()
+                    .map(|t| session_timer::headers(t, Role::Uac))
+                    .unwrap_or_default();
+                if let Some(dialog) = self.dialog.as_mut() {
+                    let to = dialog.next_hop().unwrap_or(caller);
+                    if let Err(e) = self.own.send_update(dialog, to, extra, now) {
+                        tracing::warn!(error = %e, "cannot send the UPDATE refresh");
+                    }
+                }
+                self.pump_own(now);
             }
         }
     }
@@ -441,7 +561,14 @@ impl IncomingCall {
         let Some(dialog) = self.dialog.as_mut() else {
             return;
         };
-        if let Some(bytes) = self.updates.answer(dialog, answer, vec![], now) {
+        let accepted = !matches!(answer, OfferAnswer::Refuse(_));
+        let extra = session_timer::peer_refresh(
+            self.timer.as_mut(),
+            self.peer_refresh.take(),
+            accepted,
+            now,
+        );
+        if let Some(bytes) = self.updates.answer(dialog, answer, extra, now) {
             self.transmit.push_back((bytes, self.caller()));
         }
     }
@@ -456,7 +583,8 @@ impl IncomingCall {
             .filter(|_| self.state == State::Confirmed)
         {
             self.own.handle_timeout(dialog, now);
-            self.pump_own();
+            self.pump_own(now);
+            self.session_timer(now);
         }
         if self.give_up_at.is_some_and(|t| t <= now) {
             self.give_up_at = None;
@@ -505,6 +633,12 @@ impl IncomingCall {
                 self.own
                     .poll_timeout()
                     .filter(|_| self.state == State::Confirmed),
+            )
+            .chain(
+                self.timer
+                    .as_ref()
+                    .filter(|_| self.state == State::Confirmed)
+                    .map(|t| t.poll_timeout()),
             )
             .min()
     }
@@ -954,5 +1088,108 @@ mod tests {
             message::header_values(&bye, "Route"),
             vec!["<sip:192.0.2.8:5070;lr>", "<sip:192.0.2.80;lr>"]
         );
+    }
+
+    // ---- session timers (RFC 4028) ----------------------------------------
+
+    /// An INVITE with these extra headers, answered and ACKed at `t0`;
+    /// returns the call, the 200 and the caller's dialog.
+    fn timed_call(extra: Vec<rsip::Header>, t0: Instant) -> (IncomingCall, SipMessage, Dialog) {
+        let mut inv = invite();
+        inv.headers.extend(extra);
+        let mut call = IncomingCall::new(inv.clone().into(), peer(), t0).unwrap();
+        call.answer(
+            "v=0 answer\r\n".into(),
+            "<sip:echo@192.0.2.1:5060>".into(),
+            t0,
+        );
+        let sent = out(&mut call);
+        let ok = sent
+            .into_iter()
+            .find(|m| codes(std::slice::from_ref(m)) == [200])
+            .unwrap();
+        let caller = caller_dialog(&inv, &ok);
+        call.handle_message(caller.ack(1).unwrap().into(), t0);
+        assert_eq!(events(&mut call), [UasEvent::Acked]);
+        (call, ok, caller)
+    }
+
+    fn se(v: &str) -> rsip::Header {
+        rsip::Header::Other("Session-Expires".into(), v.into())
+    }
+
+    #[test]
+    fn a_caller_with_timers_refreshes_and_its_silence_expires_the_session() {
+        let t0 = Instant::now();
+        let (mut call, ok, mut caller) =
+            timed_call(vec![rsip::Header::Supported("timer".into()), se("120")], t0);
+        assert_eq!(
+            message::header_values(&ok, "Session-Expires"),
+            ["120;refresher=uac"]
+        );
+        assert_eq!(message::header_values(&ok, "Require"), ["timer"]);
+        // 120 - min(32, 40) = 88 s without a refresh.
+        assert_eq!(call.poll_timeout(), Some(t0 + Duration::from_secs(88)));
+        // Its UPDATE at 60 s refreshes (answered with the interval).
+        let t1 = t0 + Duration::from_secs(60);
+        let update = caller
+            .request_with(Method::Update, None, vec![se("120;refresher=uac")])
+            .unwrap();
+        call.handle_message(update.into(), t1);
+        assert!(matches!(
+            events(&mut call)[..],
+            [UasEvent::Renegotiation(_)]
+        ));
+        call.answer_offer(OfferAnswer::Empty, t1);
+        let ok = out(&mut call).remove(0);
+        assert_eq!(codes(std::slice::from_ref(&ok)), [200]);
+        assert_eq!(
+            message::header_values(&ok, "Session-Expires"),
+            ["120;refresher=uac"]
+        );
+        call.handle_timeout(t1 + Duration::from_secs(87));
+        assert!(events(&mut call).is_empty());
+        call.handle_timeout(t1 + Duration::from_secs(88));
+        assert_eq!(events(&mut call), [UasEvent::SessionExpired]);
+        call.hangup(t1 + Duration::from_secs(88));
+        let bye = out(&mut call).remove(0);
+        assert!(matches!(bye, SipMessage::Request(ref r) if r.method == Method::Bye));
+    }
+
+    #[test]
+    fn a_caller_without_timers_leaves_the_refresh_to_us() {
+        let t0 = Instant::now();
+        // No Supported: timer: we refresh; its Allow names UPDATE.
+        let (mut call, ok, _) = timed_call(
+            vec![
+                se("90"),
+                rsip::Header::Allow("INVITE, ACK, BYE, UPDATE".into()),
+            ],
+            t0,
+        );
+        assert_eq!(
+            message::header_values(&ok, "Session-Expires"),
+            ["90;refresher=uas"]
+        );
+        assert!(message::header_values(&ok, "Require").is_empty());
+        call.handle_timeout(t0 + Duration::from_secs(45));
+        let update = out(&mut call).remove(0);
+        let SipMessage::Request(update) = update else {
+            panic!("a request")
+        };
+        assert_eq!(update.method, Method::Update);
+        assert_eq!(
+            message::header_values(&update, "Session-Expires"),
+            ["90;refresher=uac"]
+        );
+        // Without an Allow naming UPDATE the B2BUA writes a re-INVITE.
+        let (mut call, _, _) = timed_call(vec![se("90")], t0);
+        call.handle_timeout(t0 + Duration::from_secs(45));
+        assert_eq!(events(&mut call), [UasEvent::RefreshDue]);
+        // No Session-Expires at all: no timer.
+        let (call, ok, _) = timed_call(vec![], t0);
+        assert!(message::header_values(&ok, "Session-Expires").is_empty());
+        assert_eq!(message::header_values(&ok, "Supported"), ["timer"]);
+        assert_eq!(call.poll_timeout(), None);
     }
 }

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::message::{self, ResponseParts};
+use super::session_timer;
 use super::uas::USER_AGENT;
 use super::SipError;
 pub use super::Transport;
@@ -727,6 +728,25 @@ impl Inner {
             let _ = self.send(source, transport, message::to_bytes(resp)).await;
             return;
         }
+        // RFC 4028 8.1: a session interval below our floor gets 422 with
+        // the Min-SE we take.
+        if let (Method::Invite, Some(min_se)) = (
+            req.method,
+            session_timer::too_small(session_timer::of(&req)),
+        ) {
+            tracing::info!(%call_id, %source, "INVITE's Session-Expires below our Min-SE: 422");
+            let resp = message::build_response(
+                &req,
+                422,
+                ResponseParts {
+                    user_agent: USER_AGENT,
+                    extra: vec![rsip::Header::Other("Min-SE".into(), min_se.to_string())],
+                    ..Default::default()
+                },
+            );
+            let _ = self.send(source, transport, message::to_bytes(resp)).await;
+            return;
+        }
         let code = match req.method {
             Method::Ack => return,
             Method::Invite => {
@@ -1008,10 +1028,10 @@ impl Inflight {
 }
 
 /// Option tags of a request's `Require` that the gateway does not
-/// implement as a UAS, comma-separated (empty: none). It implements none of
-/// them yet: not 100rel (it sends no reliable provisionals), not timer.
+/// implement as a UAS, comma-separated (empty: none). It implements session
+/// timers (RFC 4028), not 100rel (it sends no reliable provisionals).
 fn unsupported_requirements(req: &rsip::Request) -> String {
-    const SUPPORTED: [&str; 0] = [];
+    const SUPPORTED: [&str; 1] = ["timer"];
     message::header_values(req, "Require")
         .iter()
         .flat_map(|v| v.split(','))

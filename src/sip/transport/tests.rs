@@ -677,7 +677,25 @@ async fn an_invite_requiring_an_extension_we_lack_gets_420_and_reaches_no_call()
     };
     assert_eq!(
         message::header_values(resp, "Unsupported"),
-        vec!["100rel, timer".to_string()]
+        vec!["100rel".to_string()]
+    );
+    assert!(incoming.try_recv().is_err(), "the B2BUA never saw it");
+    // Session timers are ours (RFC 4028); an interval below 90 s is 422.
+    let short = OPTIONS
+        .replace("OPTIONS", "INVITE")
+        .replace("probe-1", "probe-3")
+        .replace(
+            "Content-Length: 0",
+            "Require: timer\r\nSession-Expires: 60\r\nContent-Length: 0",
+        );
+    let answer = exchange(&ep, &sock, short.as_bytes()).await;
+    assert_eq!(code(&answer).0, 422);
+    let SipMessage::Response(resp) = &answer else {
+        unreachable!()
+    };
+    assert_eq!(
+        message::header_values(resp, "Min-SE"),
+        vec!["90".to_string()]
     );
     assert!(incoming.try_recv().is_err(), "the B2BUA never saw it");
     // Supported (not Require) is no obstacle.

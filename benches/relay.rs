@@ -323,6 +323,10 @@ fn bench_rtc_srtp(input_suite: Option<SrtpSuite>, output_suite: SrtpSuite) -> f6
 
 fn main() {
     let identity = Arc::new(DtlsIdentity::generate().expect("DTLS identity"));
+    if std::env::var("RELAY_BENCH").as_deref() == Ok("worker") {
+        worker_round_trip(&identity);
+        return;
+    }
     let cm80 = SrtpSuite::AesCm128HmacSha1_80;
     let gcm = SrtpSuite::AeadAes128Gcm;
     let scenarios = [
@@ -410,6 +414,7 @@ fn main() {
         "ratio: crypto pps / relay pps (\"in pl.\": / in-place relay pps); rtc-srtp: the previous SRTP crate, same work; alloc/p: most heap allocations per packet of the relay, in-place relay and crypto loops"
     );
     observers(&scenarios[0], &identity);
+    worker_round_trip(&identity);
 }
 
 /// The same relay step with and without the operator's side running on the
@@ -522,4 +527,116 @@ fn observers(s: &Scenario, identity: &Arc<DtlsIdentity>) {
         store.dropped()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A media worker end to end over loopback UDP: `CALLS` calls on one worker
+/// (single-port mode), each with a plain trunk and a keyed browser leg
+/// (AEAD_AES_128_GCM, no ICE/DTLS: `start_keyed_for_bench`). Per burst the
+/// "trunk" socket sends one RTP packet to each call's trunk port and the
+/// "browser" socket reads the `CALLS` encrypted packets back; the figure is
+/// wall time per packet of the whole round trip, generator included, once
+/// with 32 datagrams per `recvmmsg`/`sendmmsg` and once with one, so the
+/// difference is what batching saves. `strace -c -f` on
+/// `RELAY_BENCH=worker cargo bench --bench relay` counts the syscalls.
+fn worker_round_trip(identity: &Arc<DtlsIdentity>) {
+    use webrtc_sip_gateway::media::{MediaConfig, MediaEngine};
+    const CALLS: usize = 64;
+    const BURSTS: usize = 2_000;
+    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+    println!();
+    println!(
+        "media worker round trip over loopback: {CALLS} calls on one worker, plain trunk -> browser AEAD_AES_128_GCM, {BURSTS} bursts of one packet per call"
+    );
+    for (label, batch) in [
+        ("batched, 32 per syscall", 32),
+        ("one datagram per syscall", 1),
+    ] {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let probe = std::net::UdpSocket::bind((lo, 0)).expect("probe");
+            let base = probe.local_addr().expect("addr").port().clamp(1024, 64000);
+            drop(probe);
+            let engine = MediaEngine::with_batch(
+                MediaConfig {
+                    bind_ip: lo,
+                    public_ip: lo,
+                    port_min: base,
+                    port_max: base + 400,
+                    workers: 1,
+                    single_port: true,
+                },
+                identity.clone(),
+                batch,
+            );
+            let trunk = std::net::UdpSocket::bind((lo, 0)).expect("trunk socket");
+            let browser = std::net::UdpSocket::bind((lo, 0)).expect("browser socket");
+            browser
+                .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .expect("timeout");
+            let keys = SrtpKeyMaterial::generate(SrtpSuite::AeadAes128Gcm);
+            let (events, _events_rx) = tokio::sync::mpsc::channel(CALLS * 4);
+            let mut handles = vec![];
+            let mut ports = vec![];
+            for _ in 0..CALLS {
+                let alloc = engine.allocate().await.expect("allocate");
+                ports.push(SocketAddr::new(lo, alloc.trunk_rtp_port));
+                let params = RelayParams {
+                    browser: BrowserLegParams {
+                        local_ufrag: String::new(),
+                        local_pwd: Secret::new(String::new()),
+                        remote_ufrag: "brws".into(),
+                        remote_fingerprint: Fingerprint::sha256(b"bench"),
+                        ssrcs: vec![],
+                    },
+                    trunk: TrunkLegParams {
+                        remote_rtp: trunk.local_addr().expect("addr"),
+                        remote_rtcp: None,
+                        crypto: TrunkCrypto::Plain,
+                        ssrcs: vec![],
+                    },
+                    payload_map: vec![(PayloadType(0), PayloadType(0), 8000)],
+                };
+                let browser_addr = browser.local_addr().expect("addr");
+                handles.push(
+                    alloc
+                        .start_keyed_for_bench(params, &keys, &keys, browser_addr, events.clone())
+                        .expect("keyed call"),
+                );
+            }
+            let packets: Vec<Vec<u8>> = (0..BURSTS)
+                .map(|i| rtp(i as u16, (i as u32).wrapping_mul(160), 0x4242_4242))
+                .collect();
+            let mut buf = [0u8; 2048];
+            let mut received = 0usize;
+            let start = Instant::now();
+            for packet in &packets {
+                for port in &ports {
+                    trunk.send_to(packet, port).expect("send");
+                }
+                for _ in 0..CALLS {
+                    match browser.recv(&mut buf) {
+                        Ok(_) => received += 1,
+                        Err(_) => break,
+                    }
+                }
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            let sent = BURSTS * CALLS;
+            println!(
+                "{label:<28} {:>8.2} us/packet round trip {:>9.0} packets/s, {} of {sent} received",
+                elapsed * 1e6 / sent as f64,
+                sent as f64 / elapsed,
+                received
+            );
+            for h in &handles {
+                h.stop();
+            }
+            for mut h in handles {
+                h.stopped().await;
+            }
+        });
+    }
 }

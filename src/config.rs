@@ -1087,6 +1087,46 @@ trunk = "carrier"
     }
 
     #[test]
+    fn media_workers_and_single_port() {
+        let c = parse(&full()).unwrap();
+        assert_eq!((c.media.workers, c.media.single_port), (0, true));
+        assert!(c.media_workers() >= 1);
+        assert!(
+            c.media_summary().contains("(one per core)"),
+            "{}",
+            c.media_summary()
+        );
+        let set = |extra: &str| {
+            parse(&full().replace("port_min = 30000", &format!("port_min = 30000\n{extra}")))
+                .unwrap()
+        };
+        let c = set("workers = 3\nsingle_port = false");
+        assert_eq!((c.media_workers(), c.media.single_port), (3, false));
+        assert_eq!(c.problems(), vec![]);
+        assert!(c.media_summary().contains("one browser UDP port per call"));
+        let keys = |extra: &str| -> Vec<String> {
+            set(extra).problems().into_iter().map(|p| p.key).collect()
+        };
+        assert_eq!(keys("workers = 5000"), ["media.workers"]);
+        // A port per worker plus one call's pair must fit in the range.
+        let small = |workers: usize| -> Vec<String> {
+            let text = full().replace(
+                "port_min = 30000",
+                &format!("port_min = 30000\nworkers = {workers}"),
+            );
+            let mut c = parse(&text).unwrap();
+            c.media.port_max = c.media.port_min + 5;
+            c.problems().into_iter().map(|p| p.key).collect()
+        };
+        assert_eq!(small(3), Vec::<String>::new());
+        assert_eq!(small(4), ["media.port_max"]);
+        assert!(
+            parse(&full().replace("port_min = 30000", "port_min = 30000\nsingle_port = 1"))
+                .is_err()
+        );
+    }
+
+    #[test]
     fn register_keys() {
         let c = parse(&full()).unwrap();
         assert!(!c.trunks[0].register);

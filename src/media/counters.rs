@@ -223,9 +223,9 @@ impl CallCounters {
 pub struct MediaStats {
     pub browser: LegCounters,
     pub trunk: LegCounters,
-    /// Calls whose media task is running.
+    /// Calls running on a media worker.
     pub calls_active: AtomicU64,
-    /// Calls whose media task was ever started.
+    /// Calls ever started on a media worker.
     pub calls_started: AtomicU64,
     /// Browser legs whose DTLS handshake completed.
     pub dtls_connected: AtomicU64,

@@ -280,15 +280,50 @@ impl MediaAllocation {
     /// [`ssrc_to_trunk`](Self::ssrc_to_trunk).
     pub fn start(self, mut params: RelayParams, events: mpsc::Sender<MediaEvent>) -> MediaHandle {
         params.browser.local_ufrag = self.ice_ufrag.clone();
-        params.browser.local_pwd = self.ice_pwd;
+        params.browser.local_pwd = self.ice_pwd.clone();
         let counters = Arc::new(CallCounters::default());
-        let mut relay = CallRelay::new(
+        let relay = CallRelay::new(
             params,
-            self.identity,
+            self.identity.clone(),
             counters.clone(),
-            self.stats,
+            self.stats.clone(),
             std::time::Instant::now(),
         );
+        self.start_relay(relay, counters, events)
+    }
+
+    /// As [`start`](Self::start) with the browser leg already keyed and at
+    /// `browser_addr` (no ICE, no DTLS). For the worker benchmark only.
+    #[doc(hidden)]
+    pub fn start_keyed_for_bench(
+        self,
+        mut params: RelayParams,
+        browser_inbound: &crate::types::SrtpKeyMaterial,
+        browser_outbound: &crate::types::SrtpKeyMaterial,
+        browser_addr: std::net::SocketAddr,
+        events: mpsc::Sender<MediaEvent>,
+    ) -> Result<MediaHandle, super::srtp::SrtpError> {
+        params.browser.local_ufrag = self.ice_ufrag.clone();
+        let counters = Arc::new(CallCounters::default());
+        let relay = CallRelay::new_keyed_for_bench(
+            params,
+            self.identity.clone(),
+            browser_inbound,
+            browser_outbound,
+            browser_addr,
+            counters.clone(),
+            self.stats.clone(),
+            std::time::Instant::now(),
+        )?;
+        Ok(self.start_relay(relay, counters, events))
+    }
+
+    fn start_relay(
+        self,
+        mut relay: CallRelay,
+        counters: Arc<CallCounters>,
+        events: mpsc::Sender<MediaEvent>,
+    ) -> MediaHandle {
         relay.set_output_ssrcs(self.ssrc_to_browser, self.ssrc_to_trunk);
         let (done, stopped) = oneshot::channel();
         self.worker.send(Command::Start(Box::new(StartCall {

@@ -37,7 +37,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::{mpsc, oneshot};
 
-use self::batch::{RecvBatch, SendBatch, BATCH};
+use self::batch::{RecvBatch, SendBatch};
 use self::browser_demux::{BrowserDemux, Unrouted};
 use super::counters::MediaStats;
 use super::engine::MediaEvent;
@@ -49,6 +49,10 @@ pub(crate) type CallId = u64;
 
 /// A renegotiated trunk leg and payload map (re-INVITE).
 pub(crate) type TrunkUpdate = (TrunkLegParams, Vec<(PayloadType, PayloadType, u32)>);
+
+/// Forwarded datagrams held for one round's `sendmmsg`s at most; a round
+/// with more sends early.
+const MAX_PENDING: usize = 256;
 
 /// Commands queued per worker. Bounded: a B2BUA that outruns a worker waits
 /// for it rather than growing a queue without limit.
@@ -246,8 +250,14 @@ struct Worker {
     ready: VecDeque<Source>,
     recv: RecvBatch,
     send: SendBatch,
-    /// Forwarded datagrams of the current batch: (socket, buffer index, to).
-    out: Vec<(RawFd, usize, SocketAddr)>,
+    /// Forwarded datagrams waiting for the end of the round: (socket,
+    /// buffer, to). Their buffers were swapped out of `recv` for spare ones,
+    /// so one `sendmmsg` per socket carries a whole round (every call's
+    /// packets toward the shared browser port in one syscall).
+    out: Vec<(RawFd, Vec<u8>, SocketAddr)>,
+    /// Empty buffers of the same capacity as `recv`'s, swapped in for the
+    /// ones in `out`; preallocated, so no allocation per packet.
+    spare: Vec<Vec<u8>>,
     touched: Vec<usize>,
     /// Terminal events waiting for room in a full channel.
     pending_events: VecDeque<(mpsc::Sender<MediaEvent>, MediaEvent)>,
@@ -275,8 +285,11 @@ impl Worker {
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
             recv: RecvBatch::new(batch),
-            send: SendBatch::new(batch.max(BATCH)),
-            out: Vec::with_capacity(batch),
+            send: SendBatch::new(batch),
+            out: Vec::with_capacity(MAX_PENDING),
+            spare: (0..MAX_PENDING)
+                .map(|_| Vec::with_capacity(batch::RECV_LEN + crate::media::srtp::MAX_OVERHEAD))
+                .collect(),
             touched: Vec::new(),
             pending_events: VecDeque::new(),
             stats,
@@ -323,6 +336,7 @@ impl Worker {
                     self.unmark_ready(source);
                 }
             }
+            self.send_out();
             self.fire_timers(Instant::now());
             self.retry_events();
         }
@@ -528,6 +542,10 @@ impl Worker {
 
     /// Forgets the call and closes its sockets; then tells `stopped()`.
     fn end_call(&mut self, slot: usize) {
+        if self.calls[slot].is_none() {
+            return;
+        }
+        self.send_out();
         let Some(call) = self.calls[slot].take() else {
             return;
         };
@@ -579,17 +597,20 @@ impl Worker {
             Err(_) => return true,
         };
         let now = Instant::now();
+        if self.spare.len() < n {
+            self.send_out();
+        }
         let Worker {
             calls,
             demux,
             recv,
             out,
+            spare,
             touched,
             shared,
             stats,
             ..
         } = self;
-        out.clear();
         for i in 0..n {
             let from = recv.from[i];
             let buf = &mut recv.bufs[i];
@@ -617,8 +638,9 @@ impl Worker {
                     (LegId::Browser, None, shared) => shared.map(AsRawFd::as_raw_fd),
                     (leg, _, _) => call.socket(leg).map(AsRawFd::as_raw_fd),
                 };
-                if let Some(fd) = fd {
-                    out.push((fd, i, to));
+                if let (Some(fd), Some(mut fresh)) = (fd, spare.pop()) {
+                    std::mem::swap(&mut fresh, buf);
+                    out.push((fd, fresh, to));
                 }
             }
             if !call.touched {
@@ -626,7 +648,6 @@ impl Worker {
                 touched.push(slot);
             }
         }
-        self.send_out();
         let mut touched = std::mem::take(&mut self.touched);
         for slot in touched.drain(..) {
             if let Some(call) = self.calls[slot].as_mut() {
@@ -638,7 +659,9 @@ impl Worker {
         n == self.recv.capacity()
     }
 
-    /// Sends the batch's forwarded datagrams, one `sendmmsg` per socket.
+    /// Sends the forwarded datagrams held, one `sendmmsg` per socket, and
+    /// takes their buffers back. Runs at the end of each round, and before
+    /// a call's sockets close (the held file descriptors must stay valid).
     fn send_out(&mut self) {
         if self.out.is_empty() {
             return;
@@ -649,18 +672,18 @@ impl Worker {
         while at < self.out.len() {
             let fd = self.out[at].0;
             let end = at + self.out[at..].iter().take_while(|o| o.0 == fd).count();
-            let bufs = &self.recv.bufs;
             let sent = self.send.send(
                 fd,
                 self.out[at..end]
                     .iter()
-                    .map(|(_, i, to)| (bufs[*i].as_slice(), *to)),
+                    .map(|(_, buf, to)| (buf.as_slice(), *to)),
             );
             if sent.failed > 0 {
                 tracing::debug!(failed = sent.failed, "media datagrams not sent");
             }
             at = end;
         }
+        self.spare.extend(self.out.drain(..).map(|(_, buf, _)| buf));
     }
 
     /// After the relay of `slot` handled input: its STUN/DTLS answers go

@@ -596,8 +596,10 @@ fn worker_round_trip(identity: &Arc<DtlsIdentity>) {
                         remote_rtcp: None,
                         crypto: TrunkCrypto::Plain,
                         ssrcs: vec![],
+                        media_source: webrtc_sip_gateway::types::MediaSource::Signaled,
                     },
                     payload_map: vec![(PayloadType(0), PayloadType(0), 8000)],
+                    telephone_event: None,
                 };
                 let browser_addr = browser.local_addr().expect("addr");
                 handles.push(

@@ -43,6 +43,8 @@ fuzz_target!(|data: &[u8]| {
             remote_rtcp: None,
             crypto: TrunkCrypto::Plain,
             ssrcs: vec![],
+            // latching: the fuzzer's packets come from anywhere
+            media_source: webrtc_sip_gateway::types::MediaSource::Latch,
         },
         payload_map: vec![(PayloadType(111), PayloadType(0), 8000)],
         telephone_event: None,

@@ -1848,13 +1848,21 @@ impl Incoming {
                     self.phase = Phase::Confirmed;
                     c.maybe_connected(true);
                 }
-                UasEvent::Cancelled => {
-                    info!("the trunk cancelled the call");
+                UasEvent::Cancelled { elsewhere } => {
+                    // A forking proxy (several gateway nodes behind Kamailio)
+                    // cancels the branches that lost with RFC 3326's cause 200:
+                    // their browsers are told the call was answered elsewhere.
+                    let cause = if elsewhere {
+                        Cause::AnsweredElsewhere
+                    } else {
+                        Cause::CallerCancelled
+                    };
+                    info!(elsewhere, "the trunk cancelled the call");
                     for session in std::mem::take(&mut self.ringing) {
-                        let event = c.hangup_event(&Cause::CallerCancelled);
+                        let event = c.hangup_event(&cause);
                         c.tell(session, event);
                     }
-                    c.finish(Cause::CallerCancelled, now);
+                    c.finish(cause, now);
                 }
                 UasEvent::RemoteHangup => {
                     info!("trunk hung up");

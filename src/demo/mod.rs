@@ -155,7 +155,7 @@ async fn run_echo(
                 UasEvent::SessionExpired => uas.hangup(Instant::now()),
                 UasEvent::Renegotiation(RenegotiationEvent::AckAnswer { .. })
                 | UasEvent::RemoteHangup
-                | UasEvent::Cancelled
+                | UasEvent::Cancelled { .. }
                 | UasEvent::Dtmf(_)
                 // The demo never re-INVITEs (a refresh of its own included:
                 // without one the caller's timer ends the call).

@@ -51,7 +51,9 @@ pub enum UasEvent {
     /// The caller sent BYE; the 200 OK is queued.
     RemoteHangup,
     /// The caller cancelled before we answered; 200 and 487 are queued.
-    Cancelled,
+    /// `elsewhere`: the CANCEL said why with RFC 3326's
+    /// `Reason: SIP;cause=200` (a forking proxy's other branch answered).
+    Cancelled { elsewhere: bool },
     /// The caller's re-INVITE or UPDATE, or the answer in the ACK of our
     /// 2xx to an offerless re-INVITE.
     Renegotiation(RenegotiationEvent),
@@ -412,7 +414,8 @@ impl IncomingCall {
                         },
                     );
                     self.enter_completed(now);
-                    self.events.push_back(UasEvent::Cancelled);
+                    let elsewhere = answered_elsewhere(&req);
+                    self.events.push_back(UasEvent::Cancelled { elsewhere });
                 }
             }
             _ => {
@@ -769,6 +772,27 @@ fn contact_port(contact: &str) -> Option<u16> {
     uri.host_with_port.port.map(|p| *p.value())
 }
 
+/// RFC 3326: a CANCEL whose `Reason` names SIP cause 200 was sent because
+/// another branch of a forked INVITE answered (Kamailio's tm and most
+/// forking proxies add `Reason: SIP;cause=200;text="Call completed elsewhere"`).
+fn answered_elsewhere(cancel: &rsip::Request) -> bool {
+    message::header_values(cancel, "Reason")
+        .iter()
+        .any(|value| {
+            value.split(',').any(|reason| {
+                let mut parts = reason.split(';').map(str::trim);
+                parts
+                    .next()
+                    .is_some_and(|proto| proto.eq_ignore_ascii_case("SIP"))
+                    && parts.any(|p| {
+                        p.split_once('=').is_some_and(|(k, v)| {
+                            k.trim().eq_ignore_ascii_case("cause") && v.trim() == "200"
+                        })
+                    })
+            })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -926,6 +950,38 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_with_reason_cause_200_says_answered_elsewhere() {
+        let t0 = Instant::now();
+        let inv = invite();
+        let with = |reason: &str| {
+            let mut call = IncomingCall::new(inv.clone().into(), peer(), t0).unwrap();
+            call.ringing(t0);
+            out(&mut call);
+            let mut cancel = message::cancel_for(&inv, "proxy");
+            if !reason.is_empty() {
+                cancel
+                    .headers
+                    .push(rsip::Header::Other("Reason".into(), reason.into()));
+            }
+            call.handle_message(cancel.into(), t0);
+            assert_eq!(codes(&out(&mut call)), vec![200, 487]);
+            events(&mut call)
+        };
+        let elsewhere = |e: bool| vec![UasEvent::Cancelled { elsewhere: e }];
+        // Kamailio's tm on the branches that lost a fork (RFC 3326)
+        assert_eq!(
+            with(r#"SIP;cause=200;text="Call completed elsewhere""#),
+            elsewhere(true)
+        );
+        assert_eq!(with("Q.850;cause=16, sip ; cause = 200"), elsewhere(true));
+        // another cause, another protocol, none, or junk: the caller gave up
+        assert_eq!(with("SIP;cause=487"), elsewhere(false));
+        assert_eq!(with("Q.850;cause=200"), elsewhere(false));
+        assert_eq!(with(""), elsewhere(false));
+        assert_eq!(with(";;=;cause"), elsewhere(false));
+    }
+
+    #[test]
     fn cancel_before_answer_gives_200_and_487() {
         let t0 = Instant::now();
         let inv = invite();
@@ -937,7 +993,10 @@ mod tests {
         let sent = out(&mut call);
         assert_eq!(codes(&sent), vec![200, 487]);
         assert_eq!(message::cseq(&sent[0]).unwrap().1, Method::Cancel);
-        assert_eq!(events(&mut call), vec![UasEvent::Cancelled]);
+        assert_eq!(
+            events(&mut call),
+            vec![UasEvent::Cancelled { elsewhere: false }]
+        );
         // 487 resent (Timer G) until the ACK.
         let again = run_until(&mut call, t0, t0 + Duration::from_millis(600));
         assert_eq!(again.len(), 1);

@@ -214,9 +214,11 @@ async def _fork_to_both(kam, a, b, lb, trunk):
         await first.accept()
         connected = await first.wait_for({"connected"}, 20, call_id=first.call_id)
         assert connected["type"] == "connected", connected
-        # The losing node got Kamailio's CANCEL: its session stops ringing.
+        # The losing node got Kamailio's CANCEL with RFC 3326's
+        # Reason: SIP;cause=200: its session stops ringing, told why.
         lost = await second.wait_for({"hangup"}, 10)
-        assert lost["type"] == "hangup" and lost.get("code") in (200, 487), lost
+        assert lost["type"] == "hangup" and lost.get("code") == 200, lost
+        assert "elsewhere" in str(lost.get("reason", "")), lost
         trunk.wait_established()
         await first.receive(150, timeout=20)
         trunk.wait_heard_seconds(2.0, timeout=20, gateway=first_node)

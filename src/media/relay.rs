@@ -950,7 +950,8 @@ impl CallRelay {
                     && self
                         .telephone_event
                         .is_some_and(|te| te.trunk.0 == fields.payload_type);
-                if !trunk_event && self.payload_map.map(toward, fields.payload_type).is_none() {
+                let mapped = self.payload_map.map(toward, fields.payload_type);
+                if !trunk_event && mapped.is_none() {
                     return Err(DropReason::UnknownPayloadType);
                 }
                 self.arrival_filter(toward).accept(ssrc, now);
@@ -963,10 +964,8 @@ impl CallRelay {
                 if self.hold_trunk && toward == Toward::Trunk {
                     return Ok(None);
                 }
-                let (pt, clock_rate) = self
-                    .payload_map
-                    .map(toward, fields.payload_type)
-                    .ok_or(DropReason::UnknownPayloadType)?;
+                // (a trunk event the browser did not negotiate was consumed)
+                let (pt, clock_rate) = mapped.ok_or(DropReason::UnknownPayloadType)?;
                 let rewriter = match toward {
                     Toward::Trunk => &mut self.to_trunk,
                     Toward::Browser => &mut self.to_browser,

@@ -301,11 +301,9 @@ fn rfc6188_aes_256_cm() {
 }
 
 /// RFC 6188 7.3 (AES-192-CM keystream: session key, session salt as the
-/// IV, SSRC 0 and index 0), through the reference's AES (ours: below).
-/// RFC 6188 has no AES-192 key derivation vector that we could reach here;
-/// the KDF is the one AES-128 (RFC 3711 B.3) and AES-256 (RFC 6188 7.2)
-/// check, keyed with a 24-byte key, and `every_suite_matches_the_reference`
-/// compares whole AES-192 packets entering through a master key.
+/// IV, SSRC 0 and index 0) and 7.4 (AES-192 key derivation), through the
+/// reference's AES (ours: below). Debian's libsrtp 2.5.0 fails 7.4: it runs
+/// the AES-256 KDF for AES-192 keys (cisco/libsrtp#763).
 #[test]
 fn rfc6188_aes_192_cm() {
     let key = unhex("eab234764e517b2d3d160d587d8c86219740f65f99b6bcf7");
@@ -318,6 +316,19 @@ fn rfc6188_aes_192_cm() {
     let mut stream = [0u8; 32];
     ref_ctr(&key, &iv, &mut stream);
     assert_eq!(stream.to_vec(), expected);
+
+    // 7.4: AES-192 key derivation.
+    let mk = unhex("73edc66c4fa15776fb57f9505c17136550ffda71f3e8e5f1");
+    let ms = unhex("c8522f3acd4ce86d5add78edbb11");
+    assert_eq!(
+        ref_kdf(&mk, &ms, 0, 24),
+        unhex("31874736a8f1143870c26e4857d8a5b2c4a354407faadabb")
+    );
+    assert_eq!(ref_kdf(&mk, &ms, 2, 14), unhex("2372b82d639b6d8503a47adc0a6c"));
+    assert_eq!(
+        ref_kdf(&mk, &ms, 1, 20),
+        unhex("355b10973cd95b9eacf4061c7e1a7151e7cfbfcb")
+    );
 }
 
 /// RFC 7714 16.1.1 (SRTP) and 17.1.1 (SRTCP), AEAD_AES_128_GCM with the
@@ -591,6 +602,7 @@ fn context_can_move_to_a_media_worker() {
 /// RFC 3711 B.3 and RFC 6188 7.2 through `cipher::derive`.
 #[test]
 fn rfc3711_b3_and_rfc6188_key_derivation_ours() {
+    // RFC 3711 B.3 (AES-128), RFC 6188 7.2 (AES-256) and 7.4 (AES-192).
     let cases = [
         (
             "E1F97A0D3E018BE0D64FA32C06DE4139",
@@ -608,6 +620,15 @@ fn rfc3711_b3_and_rfc6188_key_derivation_ours() {
                 "5ba1064e30ec51613cad926c5a28ef731ec7fb397f70a960653caf06554cd8c4",
                 "fd9c32d39ed5fbb5a9dc96b30818454d1313dc05",
                 "fa31791685ca444a9e07c6c64e93",
+            ],
+        ),
+        (
+            "73edc66c4fa15776fb57f9505c17136550ffda71f3e8e5f1",
+            "c8522f3acd4ce86d5add78edbb11",
+            [
+                "31874736a8f1143870c26e4857d8a5b2c4a354407faadabb",
+                "355b10973cd95b9eacf4061c7e1a7151e7cfbfcb",
+                "2372b82d639b6d8503a47adc0a6c",
             ],
         ),
     ];

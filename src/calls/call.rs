@@ -1347,6 +1347,10 @@ impl Outgoing {
             // the trunk's retransmissions); the browser hears now.
             UacEvent::Rejected { code, reason } => {
                 info!(code, reason = %reason, "trunk rejected the call");
+                let reason = match self.plan.refusal_reason(code) {
+                    Some(policy) => format!("{reason}: {policy}"),
+                    None => reason,
+                };
                 c.finish(Cause::TrunkRejected { code, reason }, now);
             }
             UacEvent::Reoffered { code, reason } => {

@@ -324,7 +324,10 @@ fn rfc6188_aes_192_cm() {
         ref_kdf(&mk, &ms, 0, 24),
         unhex("31874736a8f1143870c26e4857d8a5b2c4a354407faadabb")
     );
-    assert_eq!(ref_kdf(&mk, &ms, 2, 14), unhex("2372b82d639b6d8503a47adc0a6c"));
+    assert_eq!(
+        ref_kdf(&mk, &ms, 2, 14),
+        unhex("2372b82d639b6d8503a47adc0a6c")
+    );
     assert_eq!(
         ref_kdf(&mk, &ms, 1, 20),
         unhex("355b10973cd95b9eacf4061c7e1a7151e7cfbfcb")

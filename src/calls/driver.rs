@@ -165,7 +165,15 @@ pub async fn run(mut call: Call, io: CallIo) {
                         allocation = None;
                     }
                 },
-                Output::Connected => stats.call_connected(direction, started.elapsed()),
+                Output::Connected => {
+                    stats.call_connected(direction, started.elapsed());
+                    let info = call.info();
+                    stats.legs_connected(
+                        info.browser_security.as_deref(),
+                        info.trunk_security.as_deref(),
+                        info.private,
+                    );
+                }
                 Output::SecureMediaFallback => stats.secure_media_fallback(),
             }
         }

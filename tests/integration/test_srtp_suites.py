@@ -109,6 +109,12 @@ def _bad_drops(gw) -> float:
         m.sum("gateway_media_drops_total", reason="malformed")
 
 
+def _trunk_legs(gw, suite: str) -> float:
+    """Connected trunk legs /metrics counts under `suite`, decrypted."""
+    return gw.metrics().sum("gateway_call_legs_total", leg="trunk", key_agreement="sdes-srtp", suite=suite,
+                            handling="decrypted")
+
+
 # Debian's libsrtp 2.5.0 derives AES-192 session keys with its AES-256 KDF
 # (cisco/libsrtp#763, fixed upstream in 2025 by #765, after 2.5.0): no
 # RFC 6188 AES-192 peer runs here, so AES-192 is checked against RFC 6188's
@@ -151,6 +157,7 @@ def test_outgoing_call_with_every_suite(workdir, start_gateway, start_sipp, suit
         connected, offer, r = asyncio.run(run())
         assert sipp.wait(20) == 0, f"sipp scenario failed: {sipp.out_path}"
         drops_after = _bad_drops(gw)
+        assert _trunk_legs(gw, suite) == 1, "/metrics counts the trunk leg under its suite"
     finally:
         media.close()
     save_result(workdir, suite=suite, mki=mki, connected=connected, offer_cryptos=sdp_cryptos(offer), **r)
@@ -200,6 +207,7 @@ def test_incoming_call_with_every_suite(workdir, start_gateway, start_sipp_uac, 
 
         connected, answer, r, code, sipp = asyncio.run(run())
         drops_after = _bad_drops(gw)
+        assert _trunk_legs(gw, suite) == 1, "/metrics counts the trunk leg under its suite"
     finally:
         media.close()
     save_result(workdir, suite=suite, mki=mki, connected=connected, answer_cryptos=sdp_cryptos(answer),

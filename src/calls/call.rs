@@ -1356,6 +1356,10 @@ impl Call {
                 t.uac.hangup(now);
                 self.retired.push(Retired::Uac(Box::new(t.uac)));
                 self.c.trunk_transfer = false;
+                // The transferor's dialog is over already: nothing to wait for.
+                if self.c.old_dialog_done {
+                    self.c.finished = true;
+                }
                 progressed = true;
             }
             return progressed;

@@ -1355,11 +1355,10 @@ impl Call {
             if let Some(mut t) = self.transfer_in.take() {
                 t.uac.hangup(now);
                 self.retired.push(Retired::Uac(Box::new(t.uac)));
+                // The new INVITE's CANCEL still has to run: the call
+                // winds down by its teardown deadline, not at once, even
+                // when the transferor's dialog is over already.
                 self.c.trunk_transfer = false;
-                // The transferor's dialog is over already: nothing to wait for.
-                if self.c.old_dialog_done {
-                    self.c.finished = true;
-                }
                 progressed = true;
             }
             return progressed;

@@ -1340,6 +1340,15 @@ impl Call {
                 break;
             }
         }
+        // The transferor's dialog ended during a transfer that failed
+        // afterwards: the call is finished once the dialogs left are.
+        if self.c.ended.is_some()
+            && self.c.old_dialog_done
+            && self.retired.is_empty()
+            && self.transfer_in.is_none()
+        {
+            self.c.finished = true;
+        }
     }
 
     // ---- a REFER of the trunk (see calls::transferee) ----------------------
@@ -1498,17 +1507,14 @@ impl Call {
             self.retired.push(Retired::Uac(Box::new(t.uac)));
         }
         if std::mem::take(&mut self.c.referrer_gone) {
-            let done = std::mem::take(&mut self.c.old_dialog_done);
             let cause = Cause::TrunkRejected {
                 code,
                 reason: format!(
                     "the trunk's transfer failed ({code} {reason}) and the transferor had hung up"
                 ),
             };
+            // Finished once the failed INVITE's transaction is (`pump`).
             self.end(cause, now);
-            if done {
-                self.c.finished = true;
-            }
         } else {
             info!(
                 code,

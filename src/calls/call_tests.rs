@@ -2493,6 +2493,16 @@ fn a_failed_trunk_transfer_after_the_transferor_left_ends_the_call() {
     assert_eq!(code, 404);
     assert!(reason.contains("transfer"), "{reason}");
     assert!(d.stopped_media());
+    // Finished once both dialogs are (Timer D of the refused INVITE, 32 s),
+    // before the teardown deadline (70 s).
+    let mut t = now;
+    while !call.is_finished() && t < now + Duration::from_secs(60) {
+        t = call.poll_timeout().expect("a deadline while not finished");
+        call.handle_timeout(t);
+        drain(&mut call);
+    }
+    assert!(call.is_finished());
+    assert!(t <= now + Duration::from_secs(40), "{:?}", t - now);
 }
 
 #[test]

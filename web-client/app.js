@@ -687,6 +687,7 @@ function setCallState(state, text) {
   show(ui.callTimer, state === 'connected');
   if (state !== 'connected') stopTimer();
   if (state === 'dialing' || state === 'incoming') showTones('', '');
+  if (state === 'dialing' || state === 'incoming') showTransfer('', undefined);
   if (state === 'idle' || state === 'dialing' || state === 'incoming') show(ui.security, false);
 }
 

@@ -12,6 +12,8 @@ Artifacts in tests/artifacts/<test name>/: sipp/messages.log, gateway/gateway.lo
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from harness import save_result, sip_header
@@ -68,9 +70,14 @@ def test_trunk_refer_moves_the_call_to_the_target_on_the_same_browser_media(work
             return next((m for m in peer.messages if m.get("type") == "transferred"
                          and m.get("code", 0) >= 200), None)
         done = await async_wait_until(final, 15, "transferred with a final code")
+        at = time.monotonic()
         packets_at, loud_at = peer.packets_received, peer.sink.loud_frames
+        # a figure, not an assertion: how soon the target's echo arrives
+        await peer.receive(packets_at + 5, timeout=10)
+        first_ms = round((time.monotonic() - at) * 1000)
         await peer.receive(packets_at + 100, timeout=10)
         figures = {"packets_before": packets_at, "loud_frames_before": loud_before,
+                   "ms_from_transferred_to_5_packets": first_ms,
                    "packets_after": peer.packets_received - packets_at,
                    "loud_frames_after": peer.sink.loud_frames - loud_at}
         await peer.hangup()

@@ -12,6 +12,7 @@ Artifacts in tests/artifacts/<test name>/: sipp/messages.log, gateway/gateway.lo
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -114,3 +115,65 @@ def test_trunk_refer_moves_the_call_to_the_target_on_the_same_browser_media(work
     # the echo from the target's port: 100 packets (2 s at 50/s) of the tone
     assert figures["packets_after"] >= 100 and figures["loud_frames_after"] > 50, figures
     assert hangup.get("type") == "hangup" and hangup.get("code") == 200, hangup
+
+
+def test_trunk_refer_on_an_incoming_call(workdir):
+    """The trunk's REFER on a call the trunk placed (the gateway's server
+    dialog): SIPp as the caller (sipp/uac_refer_in.xml, -rtp_echo) calls
+    alice, the browser (aiortc) answers; after 1.5 s SIPp REFERs to 200 and
+    wants 202 and the NOTIFYs 100 / 200. The gateway's new INVITE goes to
+    the trunk's URI, a second SIPp (sipp/uas_transfer_target.xml,
+    -rtp_echo), which checks its Request-URI (200) and Referred-By and
+    answers; the caller's dialog gets our BYE; the browser, on its one peer
+    connection, hears its tone echoed by the target, then hangs up (BYE to
+    the target)."""
+    from harness import BrowserPeer, Gateway, SippUac, SippUas, TrunkSpec, async_wait_until
+    target = SippUas(workdir, "uas_transfer_target.xml", extra=["-rtp_echo"], name="sipp_target").start()
+    gw = Gateway(workdir, trunk=TrunkSpec("carrier", target.uri, callee_stream="decrypted",
+                                          secure_media="forbidden")).start()
+    caller = None
+    try:
+        async def run():
+            nonlocal caller
+            peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+            try:
+                caller = SippUac(workdir, "uac_refer_in.xml", remote=f"127.0.0.1:{gw.sip_port}",
+                                 service="alice", extra=["-rtp_echo"]).start()
+                await peer.wait_incoming(10)
+                await peer.accept()
+                connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
+                assert connected["type"] == "connected", connected
+
+                def final():
+                    return next((m for m in peer.messages if m.get("type") == "transferred"
+                                 and m.get("code", 0) >= 200), None)
+                await async_wait_until(final, 15, "transferred with a final code")
+                packets_at, loud_at = peer.packets_received, peer.sink.loud_frames
+                await peer.receive(packets_at + 100, timeout=10)
+                figures = {"packets_after": peer.packets_received - packets_at,
+                           "loud_frames_after": peer.sink.loud_frames - loud_at}
+                await peer.hangup()
+                hangup = await peer.wait_for({"hangup"}, 10)
+                transferred = [m for m in peer.messages if m.get("type") == "transferred"]
+                return transferred, hangup, figures
+            finally:
+                await peer.close()
+
+        transferred, hangup, figures = asyncio.run(run())
+        caller_code = caller.wait(20)
+        target_code = target.wait(20)
+    finally:
+        if caller is not None:
+            caller.stop()
+        target.stop()
+        gw_code = gw.stop()
+    save_result(workdir, caller_exit=caller_code, target_exit=target_code, transferred=transferred,
+                hangup=hangup, **figures,
+                target_invite=[m.first_line for m in target.received("INVITE")])
+    assert caller_code == 0, f"caller sipp exit {caller_code} ({caller.msg_path})"
+    assert target_code == 0, f"target sipp exit {target_code} ({target.msg_path})"
+    assert gw_code == 0 and "panicked" not in gw.log()
+    assert [(m.get("code"), m.get("by"), m.get("to")) for m in transferred] == \
+        [(100, "trunk", "200"), (200, "trunk", "200")], transferred
+    assert figures["packets_after"] >= 100 and figures["loud_frames_after"] > 50, figures
+    assert hangup.get("code") == 200, hangup

@@ -2333,6 +2333,9 @@ fn trunk_transfer_started() -> (Call, Instant, String, rsip::Request) {
         message::header_values(&invite, "Referred-By"),
         ["<sip:+4930123@carrier.example>"]
     );
+    assert!(message::header_values(&invite, "Allow")
+        .join(",")
+        .contains("REFER"));
     let offer = String::from_utf8(invite.body.clone()).unwrap();
     // Only the codec the browser runs, with telephone-event; SDES.
     assert!(offer.contains("m=audio 20002 RTP/SAVP 8 101"), "{offer}");

@@ -42,7 +42,10 @@ pub const USER_AGENT: &str = concat!("webrtc-sip-gateway/", env!("CARGO_PKG_VERS
 /// The methods the gateway takes from a trunk (`Allow` of our INVITEs and of
 /// the 200 to OPTIONS). PRACK is not among them: we send no reliable
 /// provisionals.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE";
+/// What we take in a dialog: INFO (DTMF), REFER (carried out or refused
+/// per `accept_refer`, RFC 3515 says a UA that takes REFER lists it) and
+/// NOTIFY (about our own REFER) besides the INVITE usage.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REFER, NOTIFY";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UasEvent {

@@ -13,6 +13,11 @@
 // waiting for a click or key press | unavailable), and
 // `window.gatewayClient.ringLevel()` is the ringer's current output level
 // (RMS, 0 when silent), so tests need no audio hardware.
+// While an outgoing call rings, `data-ringback` on <body> says which
+// ringback plays: `local` (180 without early media: the page's own WebAudio
+// tone), `network` (183: the trunk's early media through the call's audio),
+// else `off`. A transfer shows on #call-status as `data-transfer`
+// (pending | done | failed) with `data-transfer-code`.
 
 const TOKEN_KEY = 'gateway.token';
 const ACCOUNT_KEY = 'gateway.account';
@@ -64,6 +69,7 @@ const ui = {
   callButton: $('call-button'),
   hangupButton: $('hangup-button'),
   holdButton: $('hold-button'),
+  transferButton: $('transfer-button'),
   backspaceButton: $('backspace-button'),
   remoteAudio: $('remote-audio'),
 };
@@ -647,6 +653,7 @@ function onSignal(data) {
     case 'dtmf': onDtmf(msg); break;
     case 'held': onHold(msg, true); break;
     case 'resumed': onHold(msg, false); break;
+    case 'transferred': onTransferred(msg); break;
     default: log('unknown message type', msg.type);
   }
 }
@@ -672,12 +679,15 @@ function setCallState(state, text) {
   ui.callButton.disabled = active;
   ui.hangupButton.disabled = !active;
   if (state !== 'connected') ui.holdButton.disabled = true;
+  if (state !== 'connected') ui.transferButton.disabled = true;
+  if (state !== 'ringing' && state !== 'dialing') ringback.set('off');
   ui.number.readOnly = active;
   show(ui.incomingPanel, state === 'incoming');
   if (state !== 'incoming') ringer.stop();
   show(ui.callTimer, state === 'connected');
   if (state !== 'connected') stopTimer();
   if (state === 'dialing' || state === 'incoming') showTones('', '');
+  if (state === 'dialing' || state === 'incoming') showTransfer('', undefined);
   if (state === 'idle' || state === 'dialing' || state === 'incoming') show(ui.security, false);
 }
 
@@ -888,10 +898,126 @@ async function startCall() {
 
 function onProgress(msg) {
   const code = Number(msg.code);
+  if (code === 183) call.earlyMedia = true;
   if (code === 180 || code === 183) {
-    setCallState('ringing', code === 183 ? 'Ringing… (early media)' : 'Ringing…');
+    setCallState('ringing', call.earlyMedia ? 'Ringing… (early media)' : 'Ringing…');
+    // 183 brings the network's ringback (or announcement) as early media;
+    // a bare 180 has none, so the page plays its own.
+    ringback.set(call.earlyMedia ? 'network' : 'local');
   }
   // 100 Trying: stay in `dialing`.
+}
+
+// ---------------------------------------------------------------------------
+// Ringback while an outgoing call rings: a 180 without early media gets the
+// page's own tone (WebAudio: 440 + 480 Hz, 2 s on, 4 s off, as in North
+// America); with a 183 the trunk's early media plays through the call's
+// audio element instead. The call button's click started the context.
+
+const ringback = {
+  mode: 'off',
+  ctx: null,
+  gain: null,
+  oscillators: [],
+  cadence: null,
+
+  set(mode) {
+    if (mode === this.mode) return;
+    this.mode = mode;
+    document.body.dataset.ringback = mode;
+    if (mode === 'local') this.start();
+    else this.stop();
+  },
+
+  start() {
+    const AC = window.AudioContext || window.webkitAudioContext;
+    if (!AC) return;
+    try {
+      if (!this.ctx) this.ctx = new AC();
+      if (this.ctx.state === 'suspended') this.ctx.resume().catch(() => {});
+      this.gain = this.ctx.createGain();
+      this.gain.gain.value = 0;
+      this.gain.connect(this.ctx.destination);
+      this.oscillators = [440, 480].map((f) => {
+        const o = this.ctx.createOscillator();
+        o.frequency.value = f;
+        o.connect(this.gain);
+        o.start();
+        return o;
+      });
+      let on = false;
+      const tick = () => {
+        on = !on;
+        if (this.gain) this.gain.gain.value = on ? 0.1 : 0;
+        this.cadence = setTimeout(tick, on ? 2000 : 4000);
+      };
+      tick();
+    } catch (err) {
+      log('ringback unavailable', err);
+    }
+  },
+
+  stop() {
+    clearTimeout(this.cadence);
+    this.cadence = null;
+    for (const o of this.oscillators) {
+      try { o.stop(); o.disconnect(); } catch { /* already stopped */ }
+    }
+    this.oscillators = [];
+    if (this.gain) { try { this.gain.disconnect(); } catch { /* gone */ } }
+    this.gain = null;
+  },
+};
+
+// ---------------------------------------------------------------------------
+// Blind transfer (PROTOCOL.md `transfer`, answered by `transferred`): the
+// Transfer button asks for the number; `transferred` reports the outcome,
+// also of a transfer the other party (the trunk's REFER) carries out.
+
+function showTransfer(state, code) {
+  ui.callStatus.dataset.transfer = state;
+  ui.callStatus.dataset.transferCode = code === undefined ? '' : String(code);
+  const c = call;
+  ui.transferButton.disabled = !c || c.state !== 'connected' || state === 'pending';
+}
+
+function startTransfer() {
+  const c = call;
+  if (!c || c.state !== 'connected' || c.transferPending) return;
+  const answer = window.prompt('Transfer the call to which number?', '');
+  if (answer === null) return;
+  const to = answer.trim();
+  if (!NUMBER_RE.test(to)) {
+    showMessage(`"${to}" is not a number to transfer to.`);
+    return;
+  }
+  if (!send({ type: 'transfer', id: c.id, to })) {
+    showMessage('Not connected to the gateway: the call could not be transferred.');
+    return;
+  }
+  c.transferPending = to;
+  setText(ui.callStatusText, `Transferring to ${to}…`);
+  showTransfer('pending');
+}
+
+function onTransferred(msg) {
+  const c = call;
+  const code = Number(msg.code);
+  const to = String(msg.to || '');
+  const byTrunk = msg.by === 'trunk';
+  if (!byTrunk) c.transferPending = undefined;
+  if (code < 200) {
+    setText(ui.callStatusText, `The other party transfers the call to ${to}…`);
+    showTransfer('pending', code);
+  } else if (code < 300) {
+    showTransfer('done', code);
+    // Ours ends our part (a `hangup` follows); theirs goes on with `to`.
+    setText(ui.callStatusText, byTrunk ? `Connected (transferred to ${to})` : `Transferred to ${to}`);
+  } else {
+    showTransfer('failed', code);
+    showMessage(`The transfer to ${to} failed (${code}); the call goes on.`);
+    setText(ui.callStatusText, 'Connected');
+  }
 }
 
 async function onAnswer(msg) {
@@ -918,6 +1044,7 @@ function onConnected(msg) {
   startTimer();
   showSecurity(msg.security);
   showHold();
+  showTransfer('', undefined);
 }
 
 // ---------------------------------------------------------------------------
@@ -1116,6 +1243,7 @@ function endCall(reason, code, fromGateway = false, text = null) {
   ui.callButton.disabled = false;
   ui.hangupButton.disabled = true;
   ui.holdButton.disabled = true;
+  ui.transferButton.disabled = true;
   ui.holdButton.setAttribute('aria-pressed', 'false');
   setText(ui.holdButton, 'Hold');
   ui.holdButton.dataset.state = 'none';
@@ -1173,6 +1301,7 @@ ui.dialForm.addEventListener('submit', (event) => {
 });
 ui.hangupButton.addEventListener('click', () => hangup());
 ui.holdButton.addEventListener('click', () => toggleHold());
+ui.transferButton.addEventListener('click', () => startTransfer());
 ui.acceptButton.addEventListener('click', () => acceptCall());
 ui.rejectButton.addEventListener('click', () => rejectCall());
 ui.backspaceButton.addEventListener('click', () => {
@@ -1203,6 +1332,7 @@ for (const type of ['pointerdown', 'keydown', 'touchend']) {
 }
 document.body.dataset.ringing = 'false';
 document.body.dataset.ringAudio = 'off';
+document.body.dataset.ringback = 'off';
 
 session = loadSession();
 if (session) {

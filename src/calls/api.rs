@@ -87,6 +87,14 @@ pub enum SessionEvent {
         to: String,
         code: u16,
     },
+    /// The trunk's REFER carried out (`calls::transferee`): 100 when the
+    /// call to `to` starts, then its final status (2xx: the browser now
+    /// talks to `to`; otherwise it failed).
+    TransferredByTrunk {
+        id: CallId,
+        to: String,
+        code: u16,
+    },
     /// A call for this account; `sdp` is the gateway's offer.
     Incoming {
         id: CallId,

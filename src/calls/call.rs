@@ -39,6 +39,7 @@ use super::cause::Cause;
 use super::directory::Account;
 use super::renegotiate::{Change, TrunkSession};
 use super::sessions::SessionKey;
+use super::transferee::{Outcome, Retired, TrunkTransfer};
 use crate::config::cidr_contains;
 use crate::media::relay::{BrowserLegParams, TelephoneEvent, TrunkCrypto, TrunkLegParams};
 use crate::media::rewrite::Toward;
@@ -51,6 +52,7 @@ use crate::sdp::{
 use crate::sip::auth::DigestCredentials;
 use crate::sip::message::{self, ResponseParts};
 use crate::sip::own_requests::{OwnError, OwnEvent};
+use crate::sip::refer::Referral;
 use crate::sip::reinvite::{OfferAnswer, RenegotiationEvent};
 use crate::sip::target::Target;
 use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
@@ -195,6 +197,9 @@ pub enum Output {
     /// The trunk refused SRTP and the call went on with plain RTP
     /// (`secure_media = "optional"`; for the counters).
     SecureMediaFallback,
+    /// A new dialog of the call (the INVITE a trunk's REFER asked for):
+    /// messages with this Call-ID are the call's too.
+    ListenCallId(String),
 }
 
 /// An outgoing call as the browser's `call` message and the config give it.
@@ -238,12 +243,19 @@ pub struct IncomingSetup {
     /// The status when every session declined (the trunk's `reject_code`).
     pub reject_code: u16,
     pub timers: CallTimers,
+    /// The trunk's resolved address: where a new INVITE goes when the
+    /// trunk's REFER is carried out; `None` (unresolved): REFER gets 501.
+    pub destination: Option<SocketAddr>,
 }
 
 /// One call. See the module documentation.
 pub struct Call {
     c: Common,
     kind: Kind,
+    /// The new call a trunk's REFER asked for, until its final answer.
+    transfer_in: Option<Box<TrunkTransfer>>,
+    /// Dialogs left behind by a transfer, winding down.
+    retired: Vec<Retired>,
 }
 
 enum Kind {
@@ -296,6 +308,20 @@ struct Common {
     refer_base: String,
     /// The browser's `transfer` target while its REFER runs.
     transfer: Option<String>,
+    /// The INVITE configuration of a new call to the call's trunk (as an
+    /// outgoing call's own; its Call-ID and Request-URI are replaced): what
+    /// a trunk's REFER is carried out with (`calls::transferee`).
+    trunk_call: Option<UacConfig>,
+    /// A REFER of the trunk that the SIP side accepted (202), for
+    /// [`Call`] to carry out.
+    referral: Option<Referral>,
+    /// A trunk's REFER is being carried out: the end of the old dialog
+    /// (the transferor's BYE) does not end the call.
+    trunk_transfer: bool,
+    /// The transferor hung up while the transfer ran; its dialog is over
+    /// (`Terminated`) too when `old_dialog_done`.
+    referrer_gone: bool,
+    old_dialog_done: bool,
     /// Set once the browser side has been told the call ended.
     ended: Option<Cause>,
     /// The SIP side is done (or given up on): the driver can drop the call.
@@ -336,9 +362,45 @@ impl Common {
             refresh_request: false,
             refer_base: String::new(),
             transfer: None,
+            trunk_call: None,
+            referral: None,
+            trunk_transfer: false,
+            referrer_gone: false,
+            old_dialog_done: false,
             ended: None,
             finished: false,
             media_source: MediaSource::Signaled,
+        }
+    }
+
+    /// How the trunk's REFERs are answered: carried out (202) when a new
+    /// call to the trunk can be made, refused (603) by `accept_refer =
+    /// false`, else not carried out (501).
+    fn refer_answer(&self, accept_refer: bool) -> u16 {
+        match (accept_refer, self.trunk_call.is_some()) {
+            (false, _) => 603,
+            (true, true) => 202,
+            (true, false) => 501,
+        }
+    }
+
+    /// The old dialog's BYE from the transferor: while a trunk's REFER is
+    /// carried out it does not end the call (true: taken).
+    fn transferor_left(&mut self) -> bool {
+        if self.trunk_transfer {
+            info!("the transferor hung up; the transfer goes on");
+            self.referrer_gone = true;
+        }
+        self.trunk_transfer
+    }
+
+    /// The old dialog is over (`Terminated`): the call is finished unless
+    /// a trunk's REFER is being carried out.
+    fn dialog_done(&mut self) {
+        if self.trunk_transfer {
+            self.old_dialog_done = true;
+        } else {
+            self.finished = true;
         }
     }
 
@@ -791,6 +853,8 @@ impl Call {
             Call {
                 c,
                 kind: Kind::Refused,
+                transfer_in: None,
+                retired: Vec::new(),
             }
         };
         let offer = match sdp::parse_browser_offer(&setup.browser_sdp) {
@@ -840,38 +904,24 @@ impl Call {
             }
             _ => None,
         };
-        let account = &setup.account.name;
-        let mut uac = OutgoingCall::new(
-            UacConfig {
-                call_id: setup.sip_call_id,
-                request_uri: format!(
-                    "sip:{}@{}:{}",
-                    setup.to,
-                    uri_host(&trunk.uri.host),
-                    trunk.uri.port
-                ),
-                from_uri: format!("sip:{account}@{}", setup.local.host),
-                contact: setup.local.contact(account),
-                via_host: setup.local.host.clone(),
-                via_port: setup.local.port,
-                transport: setup.local.transport,
-                credentials: match (&trunk.username, &trunk.password) {
-                    (Some(username), Some(password)) => Some(DigestCredentials {
-                        username: username.clone(),
-                        password: password.clone(),
-                    }),
-                    _ => None,
-                },
-                user_agent: crate::sip::uas::USER_AGENT.to_string(),
-                destination: setup.destination,
-                routes: setup.routes,
-            },
-            trunk_offer,
-            now,
-        );
-        if !trunk.accept_refer {
-            uac.set_refer_answer(603);
-        }
+        let cfg = UacConfig {
+            call_id: setup.sip_call_id,
+            request_uri: format!(
+                "sip:{}@{}:{}",
+                setup.to,
+                uri_host(&trunk.uri.host),
+                trunk.uri.port
+            ),
+            ..trunk_call_config(
+                &setup.account,
+                &setup.local,
+                setup.destination,
+                setup.routes,
+            )
+        };
+        c.trunk_call = Some(cfg.clone());
+        let mut uac = OutgoingCall::new(cfg, trunk_offer, now);
+        uac.set_refer_answer(c.refer_answer(trunk.accept_refer));
         let fallback_params = fallback.map(|(sdp, params)| {
             uac.set_fallback_offer(sdp);
             params
@@ -880,6 +930,8 @@ impl Call {
         info!(sip_call_id = %uac.call_id(), to = %to, trunk = %trunk.name, "calling trunk");
         c.ring_deadline = Some(now + c.timers.ring);
         let mut call = Call {
+            transfer_in: None,
+            retired: Vec::new(),
             c,
             kind: Kind::Outgoing(Box::new(Outgoing {
                 uac,
@@ -939,9 +991,10 @@ impl Call {
             IncomingLegPlan::Plain => "rtp (unencrypted)".into(),
         };
         let mut uas = setup.uas;
-        if !setup.account.trunk.accept_refer {
-            uas.set_refer_answer(603);
-        }
+        c.trunk_call = setup.destination.map(|destination| {
+            trunk_call_config(&setup.account, &setup.local, destination, Vec::new())
+        });
+        uas.set_refer_answer(c.refer_answer(trunk.accept_refer));
         uas.ringing(now);
         info!(
             sessions = setup.sessions.len(),
@@ -949,6 +1002,8 @@ impl Call {
             "ringing the account's browser sessions"
         );
         let mut call = Call {
+            transfer_in: None,
+            retired: Vec::new(),
             c,
             kind: Kind::Incoming(Box::new(Incoming {
                 uas,
@@ -1034,8 +1089,12 @@ impl Call {
             Kind::Incoming(i) => i.uas.poll_timeout(),
             Kind::Refused => None,
         };
+        let transfer = self.transfer_in.as_ref().and_then(|t| t.uac.poll_timeout());
+        let retired = self.retired.iter().filter_map(|r| r.poll_timeout()).min();
         [
             sip,
+            transfer,
+            retired,
             self.c.dtls_deadline,
             self.c.ring_deadline,
             self.c.teardown_deadline,
@@ -1098,10 +1157,29 @@ impl Call {
                 return;
             }
         }
-        match &mut self.kind {
-            Kind::Outgoing(o) => o.uac.handle_message(msg, now),
-            Kind::Incoming(i) => i.uas.handle_message(msg, now),
-            Kind::Refused => {}
+        // The new dialog of a trunk's REFER, or one left behind by it.
+        let call_id = match &msg {
+            SipMessage::Request(r) => message::call_id(r).ok(),
+            SipMessage::Response(r) => message::call_id(r).ok(),
+        };
+        if let Some(t) = self
+            .transfer_in
+            .as_mut()
+            .filter(|t| call_id.as_deref() == Some(t.uac.call_id()))
+        {
+            t.uac.handle_message(msg, now);
+        } else if let Some(r) = self
+            .retired
+            .iter_mut()
+            .find(|r| call_id.as_deref() == Some(r.call_id().as_str()))
+        {
+            r.handle_message(msg, now);
+        } else {
+            match &mut self.kind {
+                Kind::Outgoing(o) => o.uac.handle_message(msg, now),
+                Kind::Incoming(i) => i.uas.handle_message(msg, now),
+                Kind::Refused => {}
+            }
         }
         self.pump(now);
     }
@@ -1188,11 +1266,20 @@ impl Call {
             Kind::Incoming(i) => i.uas.handle_timeout(now),
             Kind::Refused => {}
         }
+        if let Some(t) = self.transfer_in.as_mut() {
+            t.uac.handle_timeout(now);
+        }
+        for r in &mut self.retired {
+            r.handle_timeout(now);
+        }
         self.pump(now);
     }
 
     /// The browser's `hold` / `resume`: our re-INVITE toward the trunk.
     fn browser_hold(&mut self, session: SessionKey, hold: bool, now: Instant) {
+        if self.transfer_in.is_some() && Some(session) == self.c.owner {
+            return self.c.error(session, 409, TRANSFER_RUNS);
+        }
         let Some(sdp) = self.c.hold_offer(session, hold) else {
             return;
         };
@@ -1209,6 +1296,9 @@ impl Call {
 
     /// The browser's `transfer`: REFER toward the trunk in the dialog.
     fn browser_transfer(&mut self, session: SessionKey, to: String, now: Instant) {
+        if self.transfer_in.is_some() && Some(session) == self.c.owner {
+            return self.c.error(session, 409, TRANSFER_RUNS);
+        }
         let Some(refer_to) = self.c.transfer_target(session, &to) else {
             return;
         };
@@ -1233,17 +1323,203 @@ impl Call {
         }
     }
 
-    /// Moves the SIP machine's output and events through the call.
+    /// Moves the SIP machines' output and events through the call.
     fn pump(&mut self, now: Instant) {
         loop {
-            let progressed = match &mut self.kind {
+            let mut progressed = match &mut self.kind {
                 Kind::Outgoing(o) => o.pump(&mut self.c, now),
                 Kind::Incoming(i) => i.pump(&mut self.c, now),
                 Kind::Refused => false,
             };
+            progressed |= self.pump_trunk_transfer(now);
+            for r in &mut self.retired {
+                progressed |= r.drain(&mut self.c.out);
+            }
+            self.retired.retain(|r| !r.is_finished());
             if !progressed {
                 break;
             }
+        }
+        // The transferor's dialog ended during a transfer that failed
+        // afterwards: the call is finished once the dialogs left are.
+        if self.c.ended.is_some()
+            && self.c.old_dialog_done
+            && self.retired.is_empty()
+            && self.transfer_in.is_none()
+        {
+            self.c.finished = true;
+        }
+    }
+
+    // ---- a REFER of the trunk (see calls::transferee) ----------------------
+
+    fn pump_trunk_transfer(&mut self, now: Instant) -> bool {
+        let mut progressed = false;
+        if let Some(referral) = self.c.referral.take() {
+            self.start_trunk_transfer(&referral, now);
+            progressed = true;
+        }
+        if self.c.ended.is_some() {
+            // The browser's end (or the call's) ends the new call too.
+            if let Some(mut t) = self.transfer_in.take() {
+                t.uac.hangup(now);
+                self.retired.push(Retired::Uac(Box::new(t.uac)));
+                // The new INVITE's CANCEL still has to run: the call
+                // winds down by its teardown deadline, not at once, even
+                // when the transferor's dialog is over already.
+                self.c.trunk_transfer = false;
+                progressed = true;
+            }
+            return progressed;
+        }
+        let Some(t) = self.transfer_in.as_mut() else {
+            return progressed;
+        };
+        let (moved, outcome) = t.poll(&mut self.c.out, now);
+        progressed |= moved;
+        if let Some(outcome) = outcome {
+            if let Some(t) = self.transfer_in.take() {
+                self.c.trunk_transfer = false;
+                match outcome {
+                    Outcome::Answered(answered) => {
+                        let (session, change) = *answered;
+                        self.trunk_transfer_answered(*t, session, change, now)
+                    }
+                    Outcome::Failed { code, reason } => {
+                        self.trunk_transfer_failed(*t, code, &reason, now)
+                    }
+                }
+            }
+        }
+        progressed
+    }
+
+    /// A NOTIFY about the trunk's REFER in the old dialog, unless the
+    /// transferor has left it.
+    fn notify_referrer(&mut self, refer_cseq: u32, status: (u16, &str), last: bool, now: Instant) {
+        if self.c.referrer_gone {
+            return;
+        }
+        let sent = match &mut self.kind {
+            Kind::Outgoing(o) => o.uac.notify_referrer(refer_cseq, status, last, now),
+            Kind::Incoming(i) => i.uas.notify_referrer(refer_cseq, status, last, now),
+            Kind::Refused => return,
+        };
+        if let Err(e) = sent {
+            warn!(error = %e, "cannot send NOTIFY about the trunk's REFER");
+        }
+    }
+
+    fn tell_trunk_transfer(&mut self, to: &str, code: u16) {
+        let id = self.c.id.clone();
+        self.c.tell_owner(SessionEvent::TransferredByTrunk {
+            id,
+            to: to.to_string(),
+            code,
+        });
+    }
+
+    /// The trunk's REFER, accepted with 202: 100 Trying to the transferor
+    /// and the new INVITE out, or at once the final NOTIFY saying why not.
+    fn start_trunk_transfer(&mut self, referral: &Referral, now: Instant) {
+        if self.c.ended.is_some() {
+            return;
+        }
+        let busy = self.transfer_in.is_some()
+            || self.c.transfer.is_some()
+            || self.c.hold_request.is_some()
+            || self.c.refresh_request;
+        let ready = self.c.connected_sent && self.c.trunk_session.is_some();
+        let (Some(template), Some(current), false, true) =
+            (&self.c.trunk_call, &self.c.trunk_session, busy, ready)
+        else {
+            warn!(
+                busy,
+                ready, "the trunk's REFER cannot be carried out now: NOTIFY 503"
+            );
+            return self.notify_referrer(referral.cseq, (503, "Service Unavailable"), true, now);
+        };
+        let cfg = UacConfig {
+            call_id: message::new_call_id(),
+            request_uri: format!("sip:{}@{}", referral.user, self.c.refer_base),
+            ..template.clone()
+        };
+        let refer_answer = self.c.refer_answer(true);
+        info!(sip_call_id = %cfg.call_id, "the trunk transfers the call (REFER): calling the target");
+        self.c
+            .out
+            .push_back(Output::ListenCallId(cfg.call_id.clone()));
+        let t = TrunkTransfer::start(referral, cfg, current, refer_answer, now);
+        self.notify_referrer(referral.cseq, (100, "Trying"), false, now);
+        self.tell_trunk_transfer(&t.to, 100);
+        self.transfer_in = Some(Box::new(t));
+        self.c.trunk_transfer = true;
+    }
+
+    /// The target answered: the trunk leg moves to the new dialog, the
+    /// transferor hears 200 and the old dialog ends with our BYE.
+    fn trunk_transfer_answered(
+        &mut self,
+        t: TrunkTransfer,
+        session: super::renegotiate::TrunkSession,
+        change: super::renegotiate::Change,
+        now: Instant,
+    ) {
+        self.notify_referrer(t.refer_cseq, (200, "OK"), true, now);
+        let referrer_gone = std::mem::take(&mut self.c.referrer_gone);
+        let old_done = std::mem::take(&mut self.c.old_dialog_done);
+        let new = Kind::Outgoing(Box::new(Outgoing::transferred(t.uac)));
+        let retired = match std::mem::replace(&mut self.kind, new) {
+            Kind::Outgoing(mut o) => {
+                if !referrer_gone {
+                    o.uac.hangup(now);
+                }
+                Retired::Uac(Box::new(o.uac))
+            }
+            Kind::Incoming(mut i) => {
+                if !referrer_gone {
+                    i.uas.hangup(now);
+                }
+                Retired::Uas(Box::new(i.uas))
+            }
+            Kind::Refused => return,
+        };
+        if !old_done {
+            self.retired.push(retired);
+        }
+        if let Some(te) = self.c.telephone_event.as_mut() {
+            match session.trunk_te {
+                Some(pt) => te.trunk = pt,
+                None => self.c.telephone_event = None,
+            }
+        }
+        self.c.trunk_session = Some(session);
+        self.c.apply(change, now);
+        self.tell_trunk_transfer(&t.to, 200);
+    }
+
+    /// The new call failed: the transferor hears why; the call goes on
+    /// with it, or ends when it has hung up.
+    fn trunk_transfer_failed(&mut self, t: TrunkTransfer, code: u16, reason: &str, now: Instant) {
+        self.notify_referrer(t.refer_cseq, (code, reason), true, now);
+        self.tell_trunk_transfer(&t.to, code);
+        if !t.uac.is_finished() {
+            self.retired.push(Retired::Uac(Box::new(t.uac)));
+        }
+        if std::mem::take(&mut self.c.referrer_gone) {
+            let cause = Cause::TrunkRejected {
+                code,
+                reason: format!(
+                    "the trunk's transfer failed ({code} {reason}) and the transferor had hung up"
+                ),
+            };
+            // Finished once the failed INVITE's transaction is (`pump`).
+            self.end(cause, now);
+        } else {
+            info!(
+                code,
+                "the trunk's transfer failed; the call goes on with the transferor"
+            );
         }
     }
 }
@@ -1267,6 +1543,24 @@ struct Outgoing {
 }
 
 impl Outgoing {
+    /// The new dialog of a trunk's REFER, answered: it is the call's from
+    /// now on. The browser's offer is answered already (its SDP is not
+    /// needed again) and the session is the call's `trunk_session`.
+    fn transferred(uac: OutgoingCall) -> Outgoing {
+        Outgoing {
+            uac,
+            offer: None,
+            offer_params: None,
+            // Read only while the call is set up (fallbacks, answers).
+            plan: TrunkLegPlan::Plain,
+            fallback_params: None,
+            fell_back: false,
+            answered: true,
+            trunk_sdp: None,
+            browser_codec: None,
+        }
+    }
+
     fn handle_session(&mut self, c: &mut Common, now: Instant, input: SessionInput) {
         let cause = match input {
             // Before the trunk answered, the browser's end is a CANCEL.
@@ -1365,10 +1659,12 @@ impl Outgoing {
                 self.trunk_sdp = None;
                 self.note_fallback(c);
             }
+            UacEvent::RemoteHangup if c.transferor_left() => {}
             UacEvent::RemoteHangup => {
                 info!("trunk hung up");
                 c.finish(Cause::RemoteHangup, now);
             }
+            UacEvent::Referred(referral) => c.referral = Some(referral),
             UacEvent::Renegotiation(event) => {
                 if let Some(answer) = c.renegotiate(event, now) {
                     self.uac.answer_offer(answer, now);
@@ -1392,7 +1688,7 @@ impl Outgoing {
                     self.end(c, cause, now);
                 }
             }
-            UacEvent::Terminated => c.finished = true,
+            UacEvent::Terminated => c.dialog_done(),
         }
     }
 
@@ -1868,10 +2164,12 @@ impl Incoming {
                     }
                     c.finish(cause, now);
                 }
+                UasEvent::RemoteHangup if c.transferor_left() => {}
                 UasEvent::RemoteHangup => {
                     info!("trunk hung up");
                     c.finish(Cause::RemoteHangup, now);
                 }
+                UasEvent::Referred(referral) => c.referral = Some(referral),
                 UasEvent::Renegotiation(event) => {
                     if let Some(answer) = c.renegotiate(event, now) {
                         self.uas.answer_offer(answer, now);
@@ -1895,12 +2193,15 @@ impl Incoming {
                         self.end(c, cause, now);
                     }
                 }
-                UasEvent::Terminated => c.finished = true,
+                UasEvent::Terminated => c.dialog_done(),
             }
         }
         progressed
     }
 }
+
+/// Why the browser's `hold`, `resume` or `transfer` waits.
+const TRANSFER_RUNS: &str = "the trunk is transferring this call (REFER): try again after it";
 
 /// The telephone-event our answer gives the trunk on an incoming call: the
 /// browser's (the trunk's entry at the chosen clock), else the trunk's own
@@ -1927,6 +2228,38 @@ fn codec_label(codec: &sdp::Codec) -> String {
         )
     } else {
         format!("{}/{}", codec.name.as_str(), codec.clock_rate)
+    }
+}
+
+/// An INVITE of `account` toward its trunk at `destination`, without its
+/// Call-ID and Request-URI (the caller's to fill in): From, Contact, Via,
+/// the trunk's credentials.
+fn trunk_call_config(
+    account: &Account,
+    local: &SipLocal,
+    destination: SocketAddr,
+    routes: Vec<String>,
+) -> UacConfig {
+    let trunk = &account.trunk;
+    let name = &account.name;
+    UacConfig {
+        call_id: String::new(),
+        request_uri: String::new(),
+        from_uri: format!("sip:{name}@{}", local.host),
+        contact: local.contact(name),
+        via_host: local.host.clone(),
+        via_port: local.port,
+        transport: local.transport,
+        credentials: match (&trunk.username, &trunk.password) {
+            (Some(username), Some(password)) => Some(DigestCredentials {
+                username: username.clone(),
+                password: password.clone(),
+            }),
+            _ => None,
+        },
+        user_agent: crate::sip::uas::USER_AGENT.to_string(),
+        destination,
+        routes,
     }
 }
 

@@ -131,6 +131,15 @@ a=rtpmap:101 telephone-event/8000\r\na=ssrc:777 cname:x\r\n"
 }
 
 fn incoming(sessions: &[SessionKey], reject_code: u16, now: Instant) -> Call {
+    incoming_for(account(), sessions, reject_code, now)
+}
+
+fn incoming_for(
+    account: Arc<Account>,
+    sessions: &[SessionKey],
+    reject_code: u16,
+    now: Instant,
+) -> Call {
     let uas = IncomingCall::new(invite(), trunk_addr(), now).unwrap();
     let offer = parse_sip_offer(TRUNK_OFFER).unwrap();
     Call::incoming(
@@ -144,15 +153,16 @@ fn incoming(sessions: &[SessionKey], reject_code: u16, now: Instant) -> Call {
             },
             sessions: sessions.to_vec(),
             from: Personal::new("+4930123", false),
-            account: account(),
+            account: account.clone(),
             media: media_plan(),
             local: local(),
-            trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
+            trunk_sources: account.trunk.signaling_sources(&[trunk_addr().ip()]),
             reject_code,
             timers: CallTimers {
                 ring: Duration::from_secs(30),
                 ..CallTimers::default()
             },
+            destination: Some(trunk_addr()),
         },
         now,
     )
@@ -168,6 +178,8 @@ struct Drained {
     media: Vec<MediaCommand>,
     connected: usize,
     fallbacks: usize,
+    /// Further Call-IDs the call listens to.
+    call_ids: Vec<String>,
 }
 
 impl Drained {
@@ -255,6 +267,7 @@ fn drain_anywhere(call: &mut Call) -> Drained {
             Output::Media(m) => d.media.push(m),
             Output::Connected => d.connected += 1,
             Output::SecureMediaFallback => d.fallbacks += 1,
+            Output::ListenCallId(id) => d.call_ids.push(id),
         }
     }
     d
@@ -268,9 +281,13 @@ fn to_tag_of(resp: &rsip::Response) -> String {
 /// ACKs the 200: the call is connected. Returns the call, the clock and our
 /// To tag.
 fn connected_call(n: u64) -> (Call, Instant, String) {
+    connected_call_for(account(), n)
+}
+
+fn connected_call_for(account: Arc<Account>, n: u64) -> (Call, Instant, String) {
     let now = Instant::now();
     let sessions: Vec<_> = (1..=n).collect();
-    let mut call = incoming(&sessions, 486, now);
+    let mut call = incoming_for(account, &sessions, 486, now);
     drain(&mut call);
     call.handle_session(
         now,
@@ -2221,4 +2238,309 @@ fn a_trunks_refer_is_refused_603_where_accept_refer_is_false() {
     assert_eq!(d.statuses(), [603]);
     assert!(d.events.is_empty() && d.media.is_empty());
     assert!(!call.is_over_for_browsers());
+}
+
+// ---- a REFER of the trunk carried out (issue 13 item 6) ------------------
+
+fn account_accepting_refer() -> Arc<Account> {
+    let base = account();
+    let mut trunk = (*base.trunk).clone();
+    trunk.accept_refer = true;
+    Arc::new(Account {
+        trunk: Arc::new(trunk),
+        ..(*base).clone()
+    })
+}
+
+/// The trunk's REFER in the incoming call's dialog, with `refer_to`.
+fn trunk_refer(tag: &str, cseq: u32, refer_to: &str) -> SipMessage {
+    let SipMessage::Request(mut req) =
+        trunk_request("REFER", cseq, tag, &format!("z9hG4bKref{cseq}"), None)
+    else {
+        unreachable!()
+    };
+    req.headers
+        .push(rsip::Header::Other("Refer-To".into(), refer_to.into()));
+    req.headers.push(rsip::Header::Other(
+        "Referred-By".into(),
+        "<sip:+4930123@carrier.example>".into(),
+    ));
+    SipMessage::Request(req)
+}
+
+/// The transfer target's answer: another address and key, PCMA at 18.
+const TARGET_ANSWER: &str = "v=0\r\no=- 5 1 IN IP4 10.0.0.77\r\ns=-\r\nc=IN IP4 10.0.0.77\r\nt=0 0\r\n\
+m=audio 40000 RTP/SAVP 18 101\r\na=rtpmap:18 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:YUJDZGVmZ2hpSktMbW5vUHFyc3RVVldYeXoxMjM0\r\na=sendrecv\r\n";
+
+fn requests_of(d: &Drained, method: rsip::Method) -> Vec<rsip::Request> {
+    d.sip
+        .iter()
+        .filter_map(|m| match m {
+            SipMessage::Request(r) if r.method == method => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn by_trunk(d: &Drained, session: SessionKey) -> Vec<(String, u16)> {
+    d.to(session)
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::TransferredByTrunk { to, code, .. } => Some((to.clone(), *code)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The sipfrag status and Subscription-State of a NOTIFY of ours.
+fn notify_of(req: &rsip::Request) -> (String, String, String) {
+    (
+        String::from_utf8(req.body.clone()).unwrap(),
+        message::header_values(req, "Subscription-State").join(","),
+        message::header_values(req, "Event").join(","),
+    )
+}
+
+/// A connected incoming call whose trunk sent REFER to 200: the new
+/// INVITE is out. Returns the call, the clock, our tag in the old dialog
+/// and the new INVITE.
+fn trunk_transfer_started() -> (Call, Instant, String, rsip::Request) {
+    let (mut call, now, tag) = connected_call_for(account_accepting_refer(), 1);
+    call.handle_sip(
+        now,
+        trunk_refer(&tag, 2, "<sip:200@127.0.0.1:5070>"),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [202]);
+    let notifies = requests_of(&d, rsip::Method::Notify);
+    assert_eq!(notifies.len(), 1);
+    assert_eq!(
+        notify_of(&notifies[0]),
+        (
+            "SIP/2.0 100 Trying\r\n".into(),
+            "active;expires=60".into(),
+            "refer;id=2".into()
+        )
+    );
+    let invite = the_invite(&d);
+    assert_eq!(invite.uri.to_string(), "sip:200@127.0.0.1:5070");
+    let new_id = message::call_id(&invite).unwrap();
+    assert_ne!(new_id, "in-c1");
+    assert_eq!(d.call_ids, [new_id]);
+    assert_eq!(
+        message::header_values(&invite, "Referred-By"),
+        ["<sip:+4930123@carrier.example>"]
+    );
+    assert!(message::header_values(&invite, "Allow")
+        .join(",")
+        .contains("REFER"));
+    let offer = String::from_utf8(invite.body.clone()).unwrap();
+    // Only the codec the browser runs, with telephone-event; SDES.
+    assert!(offer.contains("m=audio 20002 RTP/SAVP 8 101"), "{offer}");
+    assert!(
+        offer.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_80"),
+        "{offer}"
+    );
+    assert_eq!(by_trunk(&d, 1), [("200".to_string(), 100)]);
+    assert!(
+        d.media.is_empty(),
+        "the browser keeps hearing the transferor"
+    );
+    (call, now, tag, invite)
+}
+
+#[test]
+fn a_trunks_refer_moves_the_trunk_leg_to_the_new_call_and_ends_the_old_dialog() {
+    let (mut call, now, _tag, invite) = trunk_transfer_started();
+    call.handle_sip(now, reply(&invite, 180, None), trunk_addr());
+    assert!(drain(&mut call).events.is_empty());
+    call.handle_sip(now, reply(&invite, 200, Some(TARGET_ANSWER)), trunk_addr());
+    let d = drain(&mut call);
+    // ACK in the new dialog, NOTIFY 200 (terminated) and BYE in the old.
+    assert_eq!(d.requests(), ["ACK", "NOTIFY", "BYE"]);
+    let ids: Vec<String> = d
+        .sip
+        .iter()
+        .map(|m| match m {
+            SipMessage::Request(r) => message::call_id(r).unwrap(),
+            SipMessage::Response(r) => message::call_id(r).unwrap(),
+        })
+        .collect();
+    let new_id = message::call_id(&invite).unwrap();
+    assert_eq!(ids, [new_id.clone(), "in-c1".into(), "in-c1".into()]);
+    let notify = &requests_of(&d, rsip::Method::Notify)[0];
+    assert_eq!(
+        notify_of(notify),
+        (
+            "SIP/2.0 200 OK\r\n".into(),
+            "terminated;reason=noresource".into(),
+            "refer;id=2".into()
+        )
+    );
+    match d.media.as_slice() {
+        [MediaCommand::UpdateTrunk(params, map)] => {
+            assert_eq!(
+                params.remote_rtp,
+                "10.0.0.77:40000".parse::<SocketAddr>().unwrap()
+            );
+            assert!(
+                map.contains(&(
+                    crate::types::PayloadType(8),
+                    crate::types::PayloadType(18),
+                    8000
+                )),
+                "{map:?}"
+            );
+            assert!(
+                map.contains(&(
+                    crate::types::PayloadType(101),
+                    crate::types::PayloadType(101),
+                    8000
+                )),
+                "{map:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(by_trunk(&d, 1), [("200".to_string(), 200)]);
+    assert!(!call.is_over_for_browsers());
+    // The old dialog's BYE is answered; the call goes on.
+    let bye = &requests_of(&d, rsip::Method::Bye)[0];
+    call.handle_sip(now, answer_ours(bye, 200, None), trunk_addr());
+    assert!(drain(&mut call).events.is_empty());
+    assert!(!call.is_over_for_browsers() && !call.is_finished());
+    // The call is the new dialog's now: hold goes there, its BYE ends it.
+    call.handle_session(
+        now,
+        SessionInput::Hold {
+            session: 1,
+            hold: true,
+        },
+    );
+    let d = drain(&mut call);
+    let reinvite = the_invite(&d);
+    assert_eq!(message::call_id(&reinvite).unwrap(), new_id);
+    assert!(String::from_utf8(reinvite.body.clone())
+        .unwrap()
+        .contains("RTP/SAVP 18 101"));
+    let SipMessage::Request(mut target_bye) = trunk_request("BYE", 9, "ftag", "z9hG4bKtb", None)
+    else {
+        unreachable!()
+    };
+    // The target's BYE: its tags are the new dialog's (ours is From).
+    target_bye.headers.retain(|h| {
+        !matches!(
+            h,
+            rsip::Header::CallId(_) | rsip::Header::From(_) | rsip::Header::To(_)
+        )
+    });
+    let our_from = message::header_values(&invite, "From").join("");
+    target_bye
+        .headers
+        .push(rsip::Header::CallId(new_id.clone().into()));
+    target_bye
+        .headers
+        .push(rsip::Header::From("<sip:200@127.0.0.1:5070>;tag=t1".into()));
+    target_bye.headers.push(rsip::Header::To(our_from.into()));
+    call.handle_sip(now, SipMessage::Request(target_bye), trunk_addr());
+    let d = drain(&mut call);
+    assert!(d.statuses().contains(&200));
+    assert_eq!(d.hangup_of(1).map(|h| h.0), Some(200));
+}
+
+#[test]
+fn a_failed_trunk_transfer_is_reported_and_the_call_stays_with_the_transferor() {
+    let (mut call, now, tag, invite) = trunk_transfer_started();
+    call.handle_sip(now, reply(&invite, 486, None), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK", "NOTIFY"]);
+    let notify = &requests_of(&d, rsip::Method::Notify)[0];
+    let (frag, state, _) = notify_of(notify);
+    assert!(frag.starts_with("SIP/2.0 486 "), "{frag}");
+    assert_eq!(state, "terminated;reason=noresource");
+    assert_eq!(by_trunk(&d, 1), [("200".to_string(), 486)]);
+    assert!(d.media.is_empty() && d.hangup_of(1).is_none());
+    assert!(!call.is_over_for_browsers());
+    // The old dialog is still the call's: a second REFER is carried out.
+    call.handle_sip(now, trunk_refer(&tag, 3, "<tel:+4930999>"), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [202]);
+    assert_eq!(
+        the_invite(&d).uri.to_string(),
+        "sip:+4930999@127.0.0.1:5070"
+    );
+}
+
+#[test]
+fn a_failed_trunk_transfer_after_the_transferor_left_ends_the_call() {
+    let (mut call, now, tag, invite) = trunk_transfer_started();
+    call.handle_sip(
+        now,
+        trunk_request("BYE", 3, &tag, "z9hG4bKbye3", None),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [200]);
+    assert!(d.events.is_empty(), "the transfer goes on");
+    assert!(!call.is_over_for_browsers());
+    call.handle_sip(now, reply(&invite, 404, None), trunk_addr());
+    let d = drain(&mut call);
+    assert!(
+        requests_of(&d, rsip::Method::Notify).is_empty(),
+        "nobody to tell"
+    );
+    assert_eq!(by_trunk(&d, 1), [("200".to_string(), 404)]);
+    let (code, reason) = d.hangup_of(1).unwrap();
+    assert_eq!(code, 404);
+    assert!(reason.contains("transfer"), "{reason}");
+    assert!(d.stopped_media());
+    // Finished once both dialogs are (Timer D of the refused INVITE, 32 s),
+    // before the teardown deadline (70 s).
+    let mut t = now;
+    while !call.is_finished() && t < now + Duration::from_secs(60) {
+        t = call.poll_timeout().expect("a deadline while not finished");
+        call.handle_timeout(t);
+        drain(&mut call);
+    }
+    assert!(call.is_finished());
+    assert!(t <= now + Duration::from_secs(40), "{:?}", t - now);
+}
+
+#[test]
+fn the_browsers_hangup_cancels_the_trunks_transfer() {
+    let (mut call, now, _tag, invite) = trunk_transfer_started();
+    // CANCEL once the target answered provisionally (RFC 3261 9.1).
+    call.handle_sip(now, reply(&invite, 180, None), trunk_addr());
+    drain(&mut call);
+    call.handle_session(now, SessionInput::Hangup { session: 1 });
+    let d = drain(&mut call);
+    let mut sent = d.requests();
+    sent.sort();
+    assert_eq!(sent, ["BYE", "CANCEL"]);
+    let cancel = &requests_of(&d, rsip::Method::Cancel)[0];
+    assert_eq!(
+        message::call_id(cancel).unwrap(),
+        message::call_id(&invite).unwrap()
+    );
+}
+
+#[test]
+fn a_trunks_refer_without_a_usable_refer_to_gets_400_and_hold_waits_for_a_transfer() {
+    let (mut call, now, tag) = connected_call_for(account_accepting_refer(), 1);
+    call.handle_sip(now, trunk_refer(&tag, 2, "<sip:host.only>"), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [400]);
+    assert!(d.events.is_empty());
+    call.handle_sip(now, trunk_refer(&tag, 3, "<sip:200@x>"), trunk_addr());
+    drain(&mut call);
+    call.handle_session(
+        now,
+        SessionInput::Hold {
+            session: 1,
+            hold: true,
+        },
+    );
+    assert_eq!(errors(&drain(&mut call), 1), [409]);
 }

@@ -98,6 +98,10 @@ pub async fn run(mut call: Call, io: CallIo) {
     let mut closed_means = closed_means;
     let mut on_over = Some(on_over);
     let mut names = Names::default();
+    // The call's further dialogs (a trunk's REFER carried out): their
+    // messages are forwarded here by a task per Call-ID.
+    let (extra_tx, mut extra_rx) = mpsc::channel::<CallMessage>(64);
+    let mut extra_ids: Vec<String> = Vec::new();
 
     loop {
         let mut transport_failed: Option<String> = None;
@@ -175,6 +179,20 @@ pub async fn run(mut call: Call, io: CallIo) {
                     );
                 }
                 Output::SecureMediaFallback => stats.secure_media_fallback(),
+                Output::ListenCallId(id) => {
+                    let mut rx = sip.register_call(&id);
+                    let tx = extra_tx.clone();
+                    // Ends when the endpoint forgets the Call-ID
+                    // (`unregister_call` below) or the call is gone.
+                    tokio::spawn(async move {
+                        while let Some(m) = rx.recv().await {
+                            if tx.send(m).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    extra_ids.push(id);
+                }
             }
         }
         let info = call.info();
@@ -220,6 +238,10 @@ pub async fn run(mut call: Call, io: CallIo) {
                 // The endpoint is gone (shutdown): nothing more can happen.
                 None => break,
             },
+            Some(CallMessage { msg, source }) = extra_rx.recv() => {
+                observe_message(&live, "in", &msg);
+                call.handle_sip(Instant::now(), msg, source)
+            }
             cmd = commands.recv(), if commands_open => match cmd {
                 Some(input) => {
                     observe_input(&live, &input);
@@ -254,6 +276,9 @@ pub async fn run(mut call: Call, io: CallIo) {
         }
     }
     sip.unregister_call(&sip_call_id);
+    for id in &extra_ids {
+        sip.unregister_call(id);
+    }
     if let Some(m) = media.take() {
         info!(counters = ?m.counters(), "media stopped");
         m.stop();
@@ -417,6 +442,7 @@ fn observe_event(live: &LiveCall, event: &SessionEvent) {
         SessionEvent::Held { .. } => "held".into(),
         SessionEvent::Resumed { .. } => "resumed".into(),
         SessionEvent::Transferred { code, .. } => format!("transferred {code}"),
+        SessionEvent::TransferredByTrunk { code, .. } => format!("transferred by the trunk {code}"),
         SessionEvent::Error { code, .. } => format!("error {code}"),
     };
     live.ladder("out", "browser", summary);

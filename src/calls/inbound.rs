@@ -178,12 +178,10 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
     // The call hears only this trunk: its inbound_sources (the INVITE's
     // source among them), its own address, and the INVITE's source when
     // it proved itself the trunk with digest credentials.
-    let mut trunk_addresses: Vec<std::net::IpAddr> =
-        super::resolve_all(&trunk.uri.host, trunk.uri.port)
-            .await
-            .iter()
-            .map(|a| a.ip())
-            .collect();
+    let resolved = super::resolve_all(&trunk.uri.host, trunk.uri.port).await;
+    // Where a new INVITE goes when the trunk's REFER is carried out.
+    let destination = resolved.first().copied();
+    let mut trunk_addresses: Vec<std::net::IpAddr> = resolved.iter().map(|a| a.ip()).collect();
     if authenticated {
         trunk_addresses.push(source.ip());
     }
@@ -203,6 +201,7 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
             trunk_sources,
             reject_code: trunk.reject_code,
             timers: calls.ctx.call_timers(),
+            destination,
         },
         now,
     );

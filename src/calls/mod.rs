@@ -25,6 +25,7 @@ mod renegotiate;
 pub mod sessions;
 #[cfg(test)]
 mod tests;
+mod transferee;
 pub mod trunk_health;
 
 use crate::cdr::CdrStore;

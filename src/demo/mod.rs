@@ -162,6 +162,8 @@ async fn run_echo(
                 | UasEvent::Own(_)
                 | UasEvent::RefreshDue
                 | UasEvent::TransferNotify { .. }
+                // The demo leaves REFERs answered 501 (the default).
+                | UasEvent::Referred(_)
                 | UasEvent::Acked => {}
             }
         }

@@ -259,6 +259,9 @@ enum Wire<'a> {
         id: &'a str,
         to: &'a str,
         code: u16,
+        /// Set for the trunk's transfer (its REFER) only.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<crate::calls::api::HoldParty>,
     },
     Incoming {
         id: &'a str,
@@ -301,6 +304,13 @@ pub(crate) fn event_json(event: &SessionEvent) -> String {
             id: &id.0,
             to,
             code: *code,
+            by: None,
+        },
+        SessionEvent::TransferredByTrunk { id, to, code } => Wire::Transferred {
+            id: &id.0,
+            to,
+            code: *code,
+            by: Some(crate::calls::api::HoldParty::Trunk),
         },
         SessionEvent::Incoming {
             id,
@@ -643,6 +653,14 @@ mod tests {
                     code: 200,
                 },
                 json!({"type":"transferred","id":"c1","to":"200","code":200}),
+            ),
+            (
+                SessionEvent::TransferredByTrunk {
+                    id: id(),
+                    to: "300".into(),
+                    code: 100,
+                },
+                json!({"type":"transferred","id":"c1","to":"300","code":100,"by":"trunk"}),
             ),
             (
                 SessionEvent::Error {

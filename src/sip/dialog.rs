@@ -19,6 +19,7 @@ use rsip::{Header, Method, Request, Response};
 
 use super::info::{self, InfoBody};
 use super::message::{self, RequestParts, ResponseParts};
+use super::refer::{self, Referral};
 use super::target::Target;
 use super::{SipError, Transport};
 use crate::types::DtmfDigit;
@@ -53,8 +54,9 @@ pub struct Dialog {
     /// answer, resent for its retransmissions.
     last_remote: Option<(String, Method, u32, Response)>,
     local: LocalEndpoint,
-    /// The answer to the peer's REFER: 501 (not carried out), or 603 where
-    /// the trunk's `accept_refer` is false.
+    /// The answer to the peer's REFER: 202 (accepted: reported as
+    /// [`InDialog::Refer`] for the B2BUA to carry out), 501 (not carried
+    /// out), or 603 where the trunk's `accept_refer` is false.
     refer_answer: u16,
 }
 
@@ -75,6 +77,9 @@ pub enum InDialog {
     Offer,
     /// An INFO with a DTMF digit (see `sip::info`), with its 200.
     Dtmf(Response, DtmfDigit),
+    /// A REFER accepted with 202 (its answer): the user agent reports it
+    /// and sends the NOTIFYs (RFC 3515 2.4.4).
+    Refer(Response, Referral),
 }
 
 impl Dialog {
@@ -326,6 +331,7 @@ impl Dialog {
         }
         self.remote_cseq = Some(seq);
         let mut digit = None;
+        let mut referral = None;
         let answer = match req.method {
             Method::Bye => respond(200),
             Method::Info => {
@@ -343,10 +349,37 @@ impl Dialog {
             Method::Options | Method::Notify => respond(200),
             // Re-INVITE and UPDATE need the B2BUA's media answer.
             Method::Invite | Method::Update => return InDialog::Offer,
+            Method::Refer if self.refer_answer == 202 => {
+                let refer_to = message::header_values(req, "Refer-To")
+                    .into_iter()
+                    .chain(message::header_values(req, "r"))
+                    .next()
+                    .unwrap_or_default();
+                match refer::refer_to_user(&refer_to) {
+                    Ok(user) => {
+                        referral = Some(Referral {
+                            user,
+                            referred_by: message::header_values(req, "Referred-By")
+                                .into_iter()
+                                .chain(message::header_values(req, "b"))
+                                .next(),
+                            cseq: seq,
+                        });
+                        respond(202)
+                    }
+                    Err(e) => {
+                        tracing::warn!(call_id = %self.call_id, error = %e, "REFER refused");
+                        respond(e.status())
+                    }
+                }
+            }
             Method::Refer => respond(self.refer_answer),
             _ => respond(501),
         };
         self.last_remote = Some((branch, req.method, seq, answer.clone()));
+        if let Some(referral) = referral {
+            return InDialog::Refer(answer, referral);
+        }
         match (req.method, digit) {
             (Method::Bye, _) => InDialog::Bye(answer),
             (_, Some(digit)) => InDialog::Dtmf(answer, digit),
@@ -396,8 +429,8 @@ impl Dialog {
         }
     }
 
-    /// How the peer's REFERs are answered (501 by default; 603 when the
-    /// trunk's `accept_refer` is false).
+    /// How the peer's REFERs are answered (501 by default; 202 to carry
+    /// them out, 603 when the trunk's `accept_refer` is false).
     pub fn set_refer_answer(&mut self, code: u16) {
         self.refer_answer = code;
     }
@@ -727,7 +760,65 @@ mod tests {
                 if d.as_char() == '5' { "dtmf 5" } else { "dtmf" },
                 r.status_code.code(),
             ),
+            InDialog::Refer(r, _) => ("refer", r.status_code.code()),
         }
+    }
+
+    #[test]
+    fn refer_is_carried_out_refused_or_not_done_by_configuration() {
+        let inv = invite();
+        let mut d = Dialog::uac(&inv, &ok_with_routes(&inv, &[]), local()).unwrap();
+        let refer = |seq: u32, refer_to: Option<&str>| {
+            let mut req = peer_request(Method::Refer, seq, &format!("z9hG4bKr{seq}"));
+            if let Some(to) = refer_to {
+                req.headers
+                    .push(Header::Other("Refer-To".into(), to.into()));
+            }
+            req.headers.push(Header::Other(
+                "Referred-By".into(),
+                "<sip:bob@192.0.2.2>".into(),
+            ));
+            req
+        };
+        // The default: not carried out.
+        assert_eq!(
+            code(d.handle_request(&refer(1, Some("<sip:200@x>")))),
+            ("other", 501)
+        );
+        d.set_refer_answer(603);
+        assert_eq!(
+            code(d.handle_request(&refer(2, Some("<sip:200@x>")))),
+            ("other", 603)
+        );
+        d.set_refer_answer(202);
+        match d.handle_request(&refer(3, Some("<sip:200@x;transport=udp>"))) {
+            InDialog::Refer(resp, referral) => {
+                assert_eq!(resp.status_code.code(), 202);
+                assert_eq!(
+                    referral,
+                    Referral {
+                        user: "200".into(),
+                        referred_by: Some("<sip:bob@192.0.2.2>".into()),
+                        cseq: 3,
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Its retransmission is answered again, not carried out twice.
+        assert_eq!(
+            code(d.handle_request(&refer(3, Some("<sip:200@x;transport=udp>")))),
+            ("again", 202)
+        );
+        assert_eq!(code(d.handle_request(&refer(4, None))), ("other", 400));
+        assert_eq!(
+            code(d.handle_request(&refer(5, Some("<sip:host-only>")))),
+            ("other", 400)
+        );
+        assert_eq!(
+            code(d.handle_request(&refer(6, Some("<sip:200@x?Replaces=a%40b>")))),
+            ("other", 501)
+        );
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub struct OwnRequests {
     update: Option<(ClientTransaction, Target)>,
     /// Our REFER (a blind transfer), and where it goes.
     refer: Option<(ClientTransaction, Target)>,
+    /// Our NOTIFYs about the peer's REFER (their answers change nothing:
+    /// the transactions only retransmit until answered).
+    notifies: Vec<(ClientTransaction, Target)>,
     /// The ACK of the last 2xx to a re-INVITE of ours (its CSeq, bytes and
     /// destination), resent for each retransmission of that 2xx.
     last_ack: Option<(u32, Bytes, Target)>,
@@ -129,6 +132,7 @@ impl OwnRequests {
             offer: None,
             update: None,
             refer: None,
+            notifies: Vec::new(),
             last_ack: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -229,6 +233,55 @@ impl OwnRequests {
         Ok(())
     }
 
+    /// Sends a NOTIFY about the peer's REFER with CSeq `refer_cseq` (RFC
+    /// 3515 2.4.4): `message/sipfrag` with `code` and `reason`, the last one
+    /// (`terminated`) ending the implicit subscription. Several may be out
+    /// at once (100 Trying, then the final status a moment later).
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_refer_notify(
+        &mut self,
+        dialog: &mut Dialog,
+        to: Target,
+        refer_cseq: u32,
+        (code, reason): (u16, &str),
+        terminated: bool,
+        now: Instant,
+    ) -> Result<(), OwnError> {
+        let state = if terminated {
+            "terminated;reason=noresource"
+        } else {
+            "active;expires=60"
+        };
+        let extra = vec![
+            Header::Other("Event".into(), format!("refer;id={refer_cseq}")),
+            Header::Other("Subscription-State".into(), state.into()),
+        ];
+        let body = super::refer::sipfrag(code, reason);
+        let req = dialog
+            .request_with(
+                Method::Notify,
+                Some(("message/sipfrag;version=2.0", &body)),
+                extra,
+            )
+            .map_err(|e| OwnError::Build(e.to_string()))?;
+        tracing::info!(call_id = %dialog.call_id, code, terminated, "sending NOTIFY about the peer's REFER");
+        self.notifies
+            .push((ClientTransaction::new(req, to.transport, now), to));
+        self.pump();
+        Ok(())
+    }
+
+    /// Moves our NOTIFYs' retransmissions out and forgets finished ones.
+    fn drain_notifies(&mut self) {
+        for (tx, to) in &mut self.notifies {
+            while let Some(b) = tx.poll_transmit() {
+                self.transmit.push_back((b, to.clone()));
+            }
+            while tx.poll_event().is_some() {}
+        }
+        self.notifies.retain(|(tx, _)| !tx.is_terminated());
+    }
+
     /// Acts on what our REFER's transaction reported.
     fn drain_refer(&mut self) {
         let Some((tx, to)) = self.refer.as_mut() else {
@@ -289,6 +342,11 @@ impl OwnRequests {
         if let Some((tx, _)) = self.refer.as_mut().filter(|(tx, _)| tx.matches(resp)) {
             tx.handle_response(resp.clone(), now);
             self.drain_refer();
+            return true;
+        }
+        if let Some((tx, _)) = self.notifies.iter_mut().find(|(tx, _)| tx.matches(resp)) {
+            tx.handle_response(resp.clone(), now);
+            self.drain_notifies();
             return true;
         }
         if let Some(tx) = self
@@ -401,6 +459,12 @@ impl OwnRequests {
             tx.handle_timeout(now);
             self.drain_refer();
         }
+        if !self.notifies.is_empty() {
+            for (tx, _) in &mut self.notifies {
+                tx.handle_timeout(now);
+            }
+            self.drain_notifies();
+        }
         let Some(offer) = self.offer.as_mut() else {
             return;
         };
@@ -432,6 +496,7 @@ impl OwnRequests {
             .chain(offer.and_then(|o| o.retry_at))
             .chain(self.update.as_ref().and_then(|(tx, _)| tx.poll_timeout()))
             .chain(self.refer.as_ref().and_then(|(tx, _)| tx.poll_timeout()))
+            .chain(self.notifies.iter().filter_map(|(tx, _)| tx.poll_timeout()))
             .min()
     }
 
@@ -444,7 +509,12 @@ impl OwnRequests {
     }
 
     fn pump(&mut self) {
-        for (tx, to) in self.update.iter_mut().chain(self.refer.iter_mut()) {
+        for (tx, to) in self
+            .update
+            .iter_mut()
+            .chain(self.refer.iter_mut())
+            .chain(self.notifies.iter_mut())
+        {
             while let Some(b) = tx.poll_transmit() {
                 self.transmit.push_back((b, to.clone()));
             }

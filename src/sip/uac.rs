@@ -105,6 +105,9 @@ pub enum UacEvent {
     /// A NOTIFY about our REFER (already answered 200): the status of the
     /// transferred call, from its sipfrag (RFC 3515).
     TransferNotify { code: u16 },
+    /// The peer's REFER, accepted with 202 (after `set_refer_answer(202)`):
+    /// call `user` and report with [`notify_referrer`](Self::notify_referrer).
+    Referred(super::refer::Referral),
     /// RFC 4028: we refresh, the trunk takes no UPDATE, and half the
     /// interval has passed: send a re-INVITE with the session's SDP
     /// ([`OutgoingCall::reoffer`]).
@@ -150,6 +153,8 @@ pub struct OutgoingCall {
     peer_refresh: Option<SessionExpires>,
     /// How the trunk's REFERs are answered (`Dialog::set_refer_answer`).
     refer_answer: u16,
+    /// Further headers of our INVITEs (`with_headers`).
+    invite_headers: Vec<Header>,
     /// The ACK of our 2xx, resent for each retransmitted 2xx.
     ack_2xx: Option<(Bytes, Target)>,
     digest: DigestClient,
@@ -187,6 +192,17 @@ impl OutgoingCall {
     /// A `request_uri` that does not parse yields a call that is at once
     /// `Rejected { code: 400 }` and `Terminated`, so the caller has one error path.
     pub fn new(cfg: UacConfig, sdp_offer: String, now: Instant) -> Self {
+        Self::with_headers(cfg, sdp_offer, Vec::new(), now)
+    }
+
+    /// [`OutgoingCall::new`] with further headers in every INVITE (the
+    /// `Referred-By` of a trunk's REFER that the call carries out).
+    pub fn with_headers(
+        cfg: UacConfig,
+        sdp_offer: String,
+        invite_headers: Vec<Header>,
+        now: Instant,
+    ) -> Self {
         let local = LocalEndpoint {
             via_host: cfg.via_host.clone(),
             via_port: cfg.via_port,
@@ -231,6 +247,7 @@ impl OutgoingCall {
             terminated: false,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
+            invite_headers,
             cfg,
         };
         match call.build_invite() {
@@ -269,10 +286,14 @@ impl OutgoingCall {
         &self.cfg.call_id
     }
 
-    /// 603 refuses the trunk's REFERs (`accept_refer = false`); the default
-    /// 501 says a REFER is not carried out.
+    /// 202 carries the trunk's REFERs out (`UacEvent::Referred`), 603
+    /// refuses them (`accept_refer = false`); the default 501 says a REFER
+    /// is not carried out. Takes effect in the dialog at once.
     pub fn set_refer_answer(&mut self, code: u16) {
         self.refer_answer = code;
+        if let Some(d) = self.dialog.as_mut() {
+            d.set_refer_answer(code);
+        }
     }
 
     /// True once `Terminated` has been emitted.
@@ -291,6 +312,7 @@ impl OutgoingCall {
             Header::Other("Session-Expires".into(), self.session_expires.to_string()),
             Header::Other("Min-SE".into(), self.min_se.to_string()),
         ];
+        extra.extend(self.invite_headers.iter().cloned());
         extra.extend(self.auth_headers.iter().cloned());
         message::build_request(RequestParts {
             method: Method::Invite,
@@ -416,6 +438,10 @@ impl OutgoingCall {
                 self.reply(resp)
             }
             InDialog::Retransmission(resp) => self.reply(resp),
+            InDialog::Refer(resp, referral) => {
+                self.reply(resp);
+                self.events.push_back(UacEvent::Referred(referral));
+            }
             InDialog::Dtmf(resp, digit) => {
                 self.reply(resp);
                 self.events.push_back(UacEvent::Dtmf(digit));
@@ -463,6 +489,21 @@ impl OutgoingCall {
     /// trunk's NOTIFYs as `TransferNotify`.
     pub fn refer(&mut self, refer_to: &str, now: Instant) -> Result<(), OwnError> {
         self.send_own(|own, dialog, to| own.send_refer(dialog, to, refer_to, now))
+    }
+
+    /// Reports on the trunk's REFER with CSeq `refer_cseq` (see
+    /// `UacEvent::Referred`): a NOTIFY with `status` as its sipfrag, the
+    /// `last` one ending the subscription (RFC 3515 2.4.4).
+    pub fn notify_referrer(
+        &mut self,
+        refer_cseq: u32,
+        status: (u16, &str),
+        last: bool,
+        now: Instant,
+    ) -> Result<(), OwnError> {
+        self.send_own(|own, dialog, to| {
+            own.send_refer_notify(dialog, to, refer_cseq, status, last, now)
+        })
     }
 
     /// Runs `send` on our requests with the confirmed dialog and where its

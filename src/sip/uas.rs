@@ -42,7 +42,10 @@ pub const USER_AGENT: &str = concat!("webrtc-sip-gateway/", env!("CARGO_PKG_VERS
 /// The methods the gateway takes from a trunk (`Allow` of our INVITEs and of
 /// the 200 to OPTIONS). PRACK is not among them: we send no reliable
 /// provisionals.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE";
+/// What we take in a dialog: INFO (DTMF), REFER (carried out or refused
+/// per `accept_refer`, RFC 3515 says a UA that takes REFER lists it) and
+/// NOTIFY (about our own REFER) besides the INVITE usage.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REFER, NOTIFY";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UasEvent {
@@ -64,6 +67,9 @@ pub enum UasEvent {
     /// A NOTIFY about our REFER (already answered 200): the status of the
     /// transferred call, from its sipfrag (RFC 3515).
     TransferNotify { code: u16 },
+    /// The peer's REFER, accepted with 202 (after `set_refer_answer(202)`):
+    /// call `user` and report with [`notify_referrer`](Self::notify_referrer).
+    Referred(super::refer::Referral),
     /// RFC 4028: we refresh, the caller takes no UPDATE: send a re-INVITE
     /// with the session's SDP ([`IncomingCall::reoffer`]).
     RefreshDue,
@@ -207,10 +213,14 @@ impl IncomingCall {
         std::str::from_utf8(&self.invite.body).ok()
     }
 
-    /// 603 refuses the caller's REFERs (`accept_refer = false`); the
-    /// default 501 says a REFER is not carried out.
+    /// 202 carries the caller's REFERs out (`UasEvent::Referred`), 603
+    /// refuses them (`accept_refer = false`); the default 501 says a REFER
+    /// is not carried out. Takes effect in the dialog at once.
     pub fn set_refer_answer(&mut self, code: u16) {
         self.refer_answer = code;
+        if let Some(d) = self.dialog.as_mut() {
+            d.set_refer_answer(code);
+        }
     }
 
     pub fn source(&self) -> SocketAddr {
@@ -460,6 +470,11 @@ impl IncomingCall {
                         self.transmit
                             .push_back((message::to_bytes(resp), self.caller()))
                     }
+                    InDialog::Refer(resp, referral) => {
+                        self.transmit
+                            .push_back((message::to_bytes(resp), self.caller()));
+                        self.events.push_back(UasEvent::Referred(referral));
+                    }
                     InDialog::Dtmf(resp, digit) => {
                         self.transmit
                             .push_back((message::to_bytes(resp), self.caller()));
@@ -490,6 +505,19 @@ impl IncomingCall {
     pub fn refer(&mut self, refer_to: &str, now: Instant) -> Result<(), OwnError> {
         self.send_own(now, |own, dialog, to| {
             own.send_refer(dialog, to, refer_to, now)
+        })
+    }
+
+    /// Reports on the caller's REFER (see `sip::uac::OutgoingCall::notify_referrer`).
+    pub fn notify_referrer(
+        &mut self,
+        refer_cseq: u32,
+        status: (u16, &str),
+        last: bool,
+        now: Instant,
+    ) -> Result<(), OwnError> {
+        self.send_own(now, |own, dialog, to| {
+            own.send_refer_notify(dialog, to, refer_cseq, status, last, now)
         })
     }
 

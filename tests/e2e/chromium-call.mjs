@@ -13,7 +13,12 @@
 // on the dial pad once connected, 300 ms apart; the page must show them as
 // sent and no error), HOLD (optional, "1": before
 // hanging up, click Hold, check the button and status show the hold and
-// the far end's audio stops, click Resume, check it flows again).
+// the far end's audio stops, click Resume, check it flows again),
+// EXPECT_RINGBACK (optional, "local" or "network": the ringback the page
+// must have played while the call rang, from body[data-ringback]),
+// TRANSFER_TO (optional: instead of hanging up, click Transfer, answer its
+// prompt with this number, and expect the gateway's `transferred` 2xx to
+// show and the call to end "transferred").
 
 import { chromium } from 'playwright-core';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -30,6 +35,8 @@ const MEDIA_MS = Math.round(1000 * Number(env.MEDIA_SECONDS || 6));
 const CHROMIUM = env.CHROMIUM_PATH || '/usr/bin/chromium';
 const DTMF = env.DTMF_DIGITS || '';
 const HOLD = env.HOLD === '1';
+const EXPECT_RINGBACK = env.EXPECT_RINGBACK || '';
+const TRANSFER_TO = env.TRANSFER_TO || '';
 
 const CONNECT_TIMEOUT_MS = 20000;
 const OVERALL_TIMEOUT_MS = 120000;
@@ -229,7 +236,7 @@ async function run() {
   await page.waitForSelector('#conn-status[data-state="open"]', { timeout: 10000 })
     .catch(async () => fail(`signaling WebSocket did not open within 10 s (status: ${await page.textContent('#conn-status').catch(() => '?')})`));
 
-  // Record every call state the page goes through.
+  // Record every call state the page goes through, and every ringback.
   await page.evaluate(() => {
     const el = document.getElementById('call-status');
     window.__e2eStates = [el.dataset.state];
@@ -237,6 +244,11 @@ async function run() {
       const s = el.dataset.state;
       if (window.__e2eStates[window.__e2eStates.length - 1] !== s) window.__e2eStates.push(s);
     }).observe(el, { attributes: true, attributeFilter: ['data-state'] });
+    window.__e2eRingback = [document.body.dataset.ringback];
+    new MutationObserver(() => {
+      const r = document.body.dataset.ringback;
+      if (window.__e2eRingback[window.__e2eRingback.length - 1] !== r) window.__e2eRingback.push(r);
+    }).observe(document.body, { attributes: true, attributeFilter: ['data-ringback'] });
   });
 
   step(`dialling ${NUMBER} on the dial pad`);
@@ -336,7 +348,22 @@ async function run() {
     }
   }
 
+  summary.ringback = await page.evaluate(() => window.__e2eRingback || []);
+  if (EXPECT_RINGBACK && !summary.ringback.includes(EXPECT_RINGBACK)) {
+    problems.push(`ringback went ${JSON.stringify(summary.ringback)}, expected "${EXPECT_RINGBACK}" among them`);
+  }
+  if (summary.ringback[summary.ringback.length - 1] !== 'off') {
+    problems.push(`ringback still "${summary.ringback[summary.ringback.length - 1]}" once connected`);
+  }
+
   if (HOLD) await holdAndResume(page, problems);
+
+  if (TRANSFER_TO) {
+    await transfer(page, problems);
+    if (problems.length) fail(problems.join('; '));
+    summary.result = 'pass';
+    return;
+  }
 
   step('clicking Hang up');
   await page.click('#hangup-button');
@@ -352,6 +379,31 @@ async function run() {
 
   if (problems.length) fail(problems.join('; '));
   summary.result = 'pass';
+}
+
+/** TRANSFER_TO: the Transfer button, its prompt, the gateway's outcome. */
+async function transfer(p, problems) {
+  const before = await p.evaluate(() => document.getElementById('transfer-button').disabled);
+  if (before) problems.push('the Transfer button is disabled in a connected call');
+  p.once('dialog', (d) => { note(`dialog: ${d.message()}`); d.accept(TRANSFER_TO); });
+  step(`clicking Transfer, to ${TRANSFER_TO}`);
+  await p.click('#transfer-button');
+  await p.waitForSelector('#call-status[data-transfer="done"]', { timeout: 10000 })
+    .catch(() => problems.push('no successful `transferred` shown within 10 s of the click'));
+  await p.waitForSelector('#call-status[data-state="ended"]', { timeout: 10000 })
+    .catch(() => problems.push('the call did not end within 10 s of the transfer'));
+  await p.waitForTimeout(500);
+  const shown = await p.evaluate(() => ({
+    transfer: document.getElementById('call-status').dataset.transfer,
+    code: document.getElementById('call-status').dataset.transferCode,
+    text: document.getElementById('call-status-text').textContent.trim(),
+    pc: window.gatewayClient.pc !== null,
+  }));
+  summary.transfer = shown;
+  await p.screenshot({ path: path.join(ARTIFACT_DIR, 'chromium-transferred.png'), fullPage: true });
+  if (shown.code !== '200') problems.push(`data-transfer-code is "${shown.code}", expected 200`);
+  if (!/transferred/i.test(shown.text)) problems.push(`the status line shows "${shown.text}" after the transfer`);
+  if (shown.pc) problems.push('window.gatewayClient.pc still set after the transfer');
 }
 
 /** What the Hold button and the status line show. */

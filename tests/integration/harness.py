@@ -471,9 +471,12 @@ class SippUas:
     scenario ran to its end for that call."""
 
     def __init__(self, workdir: Path, scenario: str, keys: Optional[dict] = None, name: str = "sipp",
-                 timeout: float = 60.0, transport: str = "u1", extra: Optional[list] = None):
-        # extra: more command-line options, e.g. ["-rtp_echo"]
+                 timeout: float = 60.0, transport: str = "u1", extra: Optional[list] = None,
+                 calls: int = 1):
+        # extra: more command-line options, e.g. ["-rtp_echo"]; calls: how
+        # many calls SIPp takes before it exits (-m)
         self.extra = list(extra or [])
+        self.calls = calls
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.scenario = SIPP_DIR / scenario
@@ -494,7 +497,7 @@ class SippUas:
         cmd = ["sipp", "-sf", str(self.scenario), "-t", self.transport,
                "-i", "127.0.0.1", "-p", str(self.port),
                "-mi", GWT_HOST, "-mp", str(self.media_port),
-               "-m", "1", "-timeout", f"{int(self.timeout)}s", "-timeout_error", "-nostdin",
+               "-m", str(self.calls), "-timeout", f"{int(self.timeout)}s", "-timeout_error", "-nostdin",
                "-trace_msg", "-message_file", str(self.msg_path),
                "-trace_logs", "-log_file", str(self.actions_path),
                "-trace_err", "-error_file", str(self.err_path)] + self.extra
@@ -1348,3 +1351,41 @@ def make_pki(directory: Path, name: str = "pki") -> TestPki:
     digest = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
     fingerprint = "sha-256 " + ":".join(digest[i:i + 2] for i in range(0, 64, 2))
     return TestPki(ca=ca_path, server=server_path, fingerprint=fingerprint)
+
+
+@dataclass
+class SippTrunkRun:
+    """What [run_browser_against_sipp] saw: the browser coroutine's result,
+    SIPp's and the gateway's exit codes, and both for their traces."""
+    result: object
+    sipp_code: Optional[int]
+    gw_code: Optional[int]
+    sipp: SippUas
+    gw: "Gateway"
+
+
+def run_browser_against_sipp(workdir: Path, scenario: str, browser, sipp_wait: float = 20.0,
+                             **sipp_options) -> SippTrunkRun:
+    """SIPp (a UAS `scenario` from sipp/) plays a plain-RTP trunk
+    (callee_stream "decrypted", secure_media "forbidden") of a gateway, and
+    `browser(peer, gw)`, an async function, runs with a BrowserPeer logged in
+    and connected (closed afterwards). Then SIPp is waited for (it exits
+    after its calls) and both are stopped. `sipp_options` go to SippUas
+    (extra, calls, ...)."""
+    sipp = SippUas(workdir, scenario, **sipp_options).start()
+    gw = Gateway(workdir, trunk=TrunkSpec("carrier", sipp.uri, callee_stream="decrypted",
+                                          secure_media="forbidden")).start()
+    try:
+        async def run():
+            peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+            try:
+                return await browser(peer, gw)
+            finally:
+                await peer.close()
+
+        result = asyncio.run(run())
+        code = sipp.wait(sipp_wait)
+    finally:
+        sipp.stop()
+        gw_code = gw.stop()
+    return SippTrunkRun(result, code, gw_code, sipp, gw)

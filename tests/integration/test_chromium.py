@@ -18,7 +18,19 @@ SCRIPT = REPO / "tests" / "e2e" / "chromium-call.mjs"
 
 
 def _run_call_script(workdir, gw, trunk, **extra_env) -> str:
-    """Runs chromium-call.mjs against `gw` toward `trunk`; returns its output."""
+    """Runs chromium-call.mjs against `gw` toward `trunk` (baresip); returns its output."""
+    text = _run_script(workdir, gw, **extra_env)
+    # baresip's log is buffered: wait for the BYE (which comes last) before
+    # looking for the INVITE in it.
+    trunk.wait_bye()
+    assert trunk.received("INVITE"), f"the trunk got no INVITE ({trunk.log_path})"
+    tx, rx = trunk.wait_rtp_stats()
+    assert rx > 0, "baresip received no RTP from Chromium"
+    return text
+
+
+def _run_script(workdir, gw, **extra_env) -> str:
+    """Runs chromium-call.mjs against `gw`; returns its output."""
     assert SCRIPT.exists(), f"{SCRIPT} is missing"
     assert (SCRIPT.parent / "node_modules").exists(), "run `npm ci` in tests/e2e first (tests/run-all.sh does)"
     node = shutil.which("node")
@@ -33,8 +45,8 @@ def _run_call_script(workdir, gw, trunk, **extra_env) -> str:
         GW_NUMBER=TRUNK_NUMBER,
         ARTIFACT_DIR=str(artifacts),
         EXPECT_TRUNK_SECURITY="sdes-srtp",
-        **extra_env,
     )
+    env.update(extra_env)
     out = workdir / "chromium-call.log"
     with open(out, "wb") as log:
         try:
@@ -44,12 +56,6 @@ def _run_call_script(workdir, gw, trunk, **extra_env) -> str:
             rc = "timeout"
     text = out.read_text(errors="replace")
     assert rc == 0, f"chromium-call.mjs exited {rc}; output ({out}):\n{text[-4000:]}"
-    # baresip's log is buffered: wait for the BYE (which comes last) before
-    # looking for the INVITE in it.
-    trunk.wait_bye()
-    assert trunk.received("INVITE"), f"the trunk got no INVITE ({trunk.log_path})"
-    tx, rx = trunk.wait_rtp_stats()
-    assert rx > 0, "baresip received no RTP from Chromium"
     shots = list(artifacts.glob("*.png"))
     assert shots, f"no screenshot in {artifacts}"
     return text
@@ -93,3 +99,57 @@ def test_chromium_dial_pad_sends_dtmf(workdir, gateway_sdes, baresip_sdes):
     invite = trunk.received("INVITE")[0].text
     save_result(workdir, baresip_digits=digits(), te_offered=re.findall(r"a=rtpmap:\d+ telephone-event/\d+", invite))
     assert digits() == "4*7", f"baresip logged {digits()!r}"
+
+
+@pytest.mark.timeout(240)
+def test_chromium_transfer_button_and_own_ringback(workdir):
+    """The web client's Transfer button and its own ringback, SIPp as the
+    trunk (sipp/uas_ring_accept_refer.xml, plain RTP, -rtp_echo: Chromium
+    hears its own fake-device audio back): SIPp rings with a 180 without
+    SDP for 1.5 s, so the page must play its own ringback
+    (body[data-ringback] goes "local", then "off" once connected); after
+    2 s of media the Transfer button's prompt is answered "200": SIPp gets
+    a REFER to sip:200@, answers 202 and NOTIFYs 100 then 200; the page
+    shows data-transfer="done" with code 200 and the call ends
+    "transferred" (chromium-transferred.png)."""
+    from harness import Gateway, SippUas, TrunkSpec, save_result, sip_header
+    sipp = SippUas(workdir, "uas_ring_accept_refer.xml", extra=["-rtp_echo"]).start()
+    gw = Gateway(workdir, trunk=TrunkSpec("carrier", sipp.uri, callee_stream="decrypted",
+                                          secure_media="forbidden")).start()
+    try:
+        _run_script(workdir, gw, EXPECT_TRUNK_SECURITY="rtp", EXPECT_RINGBACK="local",
+                    TRANSFER_TO="200", MEDIA_SECONDS="2")
+        code = sipp.wait(20)
+    finally:
+        sipp.stop()
+        gw_code = gw.stop()
+    refers = sipp.received("REFER")
+    save_result(workdir, sipp_exit=code, refer_to=[sip_header(m.text, "Refer-To") for m in refers])
+    assert code == 0, f"sipp exit {code} ({sipp.msg_path})"
+    assert gw_code == 0
+    assert len(refers) == 1 and sip_header(refers[0].text, "Refer-To").startswith("<sip:200@127.0.0.1:")
+
+
+@pytest.mark.timeout(240)
+def test_chromium_plays_the_networks_ringback_on_183(workdir):
+    """Early media in the web client: SIPp (sipp/uas_183_then_200.xml with
+    -rtp_echo, its SDP A and B on its two echoing ports) sends 183 with SDP
+    for 1.5 s before the 200: the page must not play its own ringback but
+    the network's (body[data-ringback] goes "network", then "off" once
+    connected), and the call's audio flows as usual to the hang-up."""
+    from harness import Gateway, SippUas, TrunkSpec
+    sipp = SippUas(workdir, "uas_183_then_200.xml", extra=["-rtp_echo"])
+    sipp.keys = {"pa": sipp.media_port, "pb": sipp.media_port + 2, "early_ms": 1500}
+    sipp.start()
+    gw = Gateway(workdir, trunk=TrunkSpec("carrier", sipp.uri, callee_stream="decrypted",
+                                          secure_media="forbidden")).start()
+    try:
+        text = _run_script(workdir, gw, EXPECT_TRUNK_SECURITY="rtp", EXPECT_RINGBACK="network",
+                           MEDIA_SECONDS="2")
+        code = sipp.wait(20)
+    finally:
+        sipp.stop()
+        gw_code = gw.stop()
+    assert code == 0, f"sipp exit {code} ({sipp.msg_path})"
+    assert gw_code == 0
+    assert '"ringback":["off","network","off"]' in text, text[-2000:]

@@ -15,8 +15,6 @@ Artifacts in tests/artifacts/<test name>/: sipp/messages.log, gateway/gateway.lo
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from harness import save_result, sip_header
@@ -25,26 +23,17 @@ pytestmark = pytest.mark.gateway
 
 
 def test_422_is_followed_and_the_trunks_refresh_answered(workdir):
-    from harness import BrowserPeer, Gateway, SippUas, TrunkSpec
+    from harness import run_browser_against_sipp
     from conftest import TRUNK_NUMBER
-    sipp = SippUas(workdir, "uas_session_timer_422.xml").start()
-    gw = Gateway(workdir, trunk=TrunkSpec("carrier", sipp.uri, callee_stream="decrypted",
-                                          secure_media="forbidden")).start()
-    try:
-        async def run():
-            peer = await BrowserPeer(gw.base_url, gw.login()).connect()
-            try:
-                connected = await peer.call(TRUNK_NUMBER)
-                hangup = await peer.wait_for({"hangup"}, 15)
-                return connected, hangup, [m.get("type") for m in peer.messages]
-            finally:
-                await peer.close()
 
-        connected, hangup, types = asyncio.run(run())
-        code = sipp.wait(20)
-    finally:
-        sipp.stop()
-        gw_code = gw.stop()
+    async def browser(peer, gw):
+        connected = await peer.call(TRUNK_NUMBER)
+        hangup = await peer.wait_for({"hangup"}, 15)
+        return connected, hangup, [m.get("type") for m in peer.messages]
+
+    run = run_browser_against_sipp(workdir, "uas_session_timer_422.xml", browser)
+    connected, hangup, types = run.result
+    code, gw_code, sipp, gw = run.sipp_code, run.gw_code, run.sipp, run.gw
     invites = sipp.received("INVITE")
     ok_update = [m for m in sipp.received(status=200) if "UPDATE" in (sip_header(m.text, "CSeq") or "")]
     save_result(workdir, sipp_exit=code, types=types, hangup=hangup,

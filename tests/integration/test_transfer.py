@@ -13,6 +13,7 @@ Artifacts in tests/artifacts/<test name>/: sipp/messages.log, gateway/gateway.lo
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -22,35 +23,157 @@ pytestmark = pytest.mark.gateway
 
 
 def test_browser_transfer_sends_refer_and_reports_the_notify(workdir):
-    from harness import BrowserPeer, Gateway, SippUas, TrunkSpec
+    from harness import run_browser_against_sipp
     from conftest import TRUNK_NUMBER
-    sipp = SippUas(workdir, "uas_accept_refer.xml").start()
-    gw = Gateway(workdir, trunk=TrunkSpec("carrier", sipp.uri, callee_stream="decrypted",
-                                          secure_media="forbidden")).start()
-    try:
-        async def run():
-            peer = await BrowserPeer(gw.base_url, gw.login()).connect()
-            try:
-                connected = await peer.call(TRUNK_NUMBER)
-                assert connected["type"] == "connected", connected
-                await peer.send({"type": "transfer", "id": peer.call_id, "to": "200"})
-                done = await peer.wait_for({"transferred"}, 10, call_id=peer.call_id)
-                hangup = await peer.wait_for({"hangup"}, 10)
-                return done, hangup, peer.call_id, [m.get("type") for m in peer.messages]
-            finally:
-                await peer.close()
 
-        done, hangup, call_id, types = asyncio.run(run())
-        code = sipp.wait(20)
-    finally:
-        sipp.stop()
-        gw_code = gw.stop()
+    async def browser(peer, gw):
+        connected = await peer.call(TRUNK_NUMBER)
+        assert connected["type"] == "connected", connected
+        await peer.send({"type": "transfer", "id": peer.call_id, "to": "200"})
+        done = await peer.wait_for({"transferred"}, 10, call_id=peer.call_id)
+        hangup = await peer.wait_for({"hangup"}, 10)
+        return done, hangup, peer.call_id, [m.get("type") for m in peer.messages]
+
+    run = run_browser_against_sipp(workdir, "uas_accept_refer.xml", browser)
+    done, hangup, call_id, types = run.result
+    code, sipp, gw = run.sipp_code, run.sipp, run.gw
     refers = sipp.received("REFER")
     save_result(workdir, sipp_exit=code, transferred=done, hangup=hangup, types=types,
                 refer_to=[sip_header(m.text, "Refer-To") for m in refers])
     assert code == 0, f"sipp exit {code} ({sipp.msg_path}, {sipp.err_path})"
-    assert gw_code == 0 and "panicked" not in gw.log()
+    assert run.gw_code == 0 and "panicked" not in gw.log()
     assert done == {"type": "transferred", "id": call_id, "to": "200", "code": 200}, done
     assert hangup.get("code") == 200 and hangup.get("reason") == "transferred", hangup
     assert len(refers) == 1 and sip_header(refers[0].text, "Refer-To").startswith("<sip:200@127.0.0.1:")
     assert types.count("hangup") == 1, types
+
+
+def test_trunk_refer_moves_the_call_to_the_target_on_the_same_browser_media(workdir):
+    """The trunk's REFER (issue 13 item 6, the other way): SIPp
+    (sipp/uas_refer_to_target.xml, -m 2 -rtp_echo) answers the browser's
+    call on its media port, REFERs the gateway to 200 after 1.5 s and wants
+    202 and the NOTIFYs (100 Trying, then 200 OK terminated), then answers
+    the gateway's new INVITE to sip:200@ (with Referred-By) on media port + 2.
+    The browser (aiortc, a 440 Hz tone) keeps its one peer connection: it
+    hears the echo of its tone before the transfer and, from the new port,
+    after it (the gateway's trunk leg only takes plain RTP from the signaled
+    address, so the old port's echo would not count)."""
+    from harness import async_wait_until, run_browser_against_sipp
+    from conftest import TRUNK_NUMBER
+
+    async def browser(peer, gw):
+        connected = await peer.call(TRUNK_NUMBER)
+        assert connected["type"] == "connected", connected
+        await peer.receive(40, timeout=10)
+        loud_before = peer.sink.loud_frames
+
+        def final():
+            return next((m for m in peer.messages if m.get("type") == "transferred"
+                         and m.get("code", 0) >= 200), None)
+        done = await async_wait_until(final, 15, "transferred with a final code")
+        at = time.monotonic()
+        packets_at, loud_at = peer.packets_received, peer.sink.loud_frames
+        # a figure, not an assertion: how soon the target's echo arrives
+        await peer.receive(packets_at + 5, timeout=10)
+        first_ms = round((time.monotonic() - at) * 1000)
+        await peer.receive(packets_at + 100, timeout=10)
+        figures = {"packets_before": packets_at, "loud_frames_before": loud_before,
+                   "ms_from_transferred_to_5_packets": first_ms,
+                   "packets_after": peer.packets_received - packets_at,
+                   "loud_frames_after": peer.sink.loud_frames - loud_at}
+        await peer.hangup()
+        hangup = await peer.wait_for({"hangup"}, 10)
+        transferred = [m for m in peer.messages if m.get("type") == "transferred"]
+        return done, transferred, hangup, figures, peer.call_id
+
+    run = run_browser_against_sipp(workdir, "uas_refer_to_target.xml", browser,
+                                   extra=["-rtp_echo"], calls=2)
+    done, transferred, hangup, figures, call_id = run.result
+    sipp, gw = run.sipp, run.gw
+    invites = sipp.received("INVITE")
+    notifies = sipp.received("NOTIFY")
+    save_result(workdir, sipp_exit=run.sipp_code, transferred=transferred, hangup=hangup, **figures,
+                invites=[m.first_line for m in invites],
+                referred_by=[sip_header(m.text, "Referred-By") for m in invites],
+                notify_bodies=[m.text.split("\r\n\r\n", 1)[-1].strip() for m in notifies],
+                answers_to_refer=[m.first_line for m in sipp.received(status=202)])
+    assert run.sipp_code == 0, f"sipp exit {run.sipp_code} ({sipp.msg_path}, {sipp.err_path})"
+    assert run.gw_code == 0 and "panicked" not in gw.log()
+    assert [m.get("code") for m in transferred] == [100, 200], transferred
+    assert all(m.get("by") == "trunk" and m.get("to") == "200" and m.get("id") == call_id
+               for m in transferred), transferred
+    assert len(sipp.received(status=202)) == 1
+    assert [m.text.split("\r\n\r\n", 1)[-1].strip() for m in notifies] == \
+        ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"], notifies
+    assert len(invites) == 2 and invites[1].first_line.startswith("INVITE sip:200@127.0.0.1:"), invites
+    assert "transferor" in (sip_header(invites[1].text, "Referred-By") or "")
+    assert sip_header(invites[0].text, "Call-ID") != sip_header(invites[1].text, "Call-ID")
+    # one BYE for the old dialog (after the NOTIFY 200), one for the new
+    byes = sipp.received("BYE")
+    assert [sip_header(b.text, "Call-ID") for b in byes] == \
+        [sip_header(invites[0].text, "Call-ID"), sip_header(invites[1].text, "Call-ID")], byes
+    # the echo from the target's port: 100 packets (2 s at 50/s) of the tone
+    assert figures["packets_after"] >= 100 and figures["loud_frames_after"] > 50, figures
+    assert hangup.get("type") == "hangup" and hangup.get("code") == 200, hangup
+
+
+def test_trunk_refer_on_an_incoming_call(workdir):
+    """The trunk's REFER on a call the trunk placed (the gateway's server
+    dialog): SIPp as the caller (sipp/uac_refer_in.xml, -rtp_echo) calls
+    alice, the browser (aiortc) answers; after 1.5 s SIPp REFERs to 200 and
+    wants 202 and the NOTIFYs 100 / 200. The gateway's new INVITE goes to
+    the trunk's URI, a second SIPp (sipp/uas_transfer_target.xml,
+    -rtp_echo), which checks its Request-URI (200) and Referred-By and
+    answers; the caller's dialog gets our BYE; the browser, on its one peer
+    connection, hears its tone echoed by the target, then hangs up (BYE to
+    the target)."""
+    from harness import BrowserPeer, Gateway, SippUac, SippUas, TrunkSpec, async_wait_until
+    target = SippUas(workdir, "uas_transfer_target.xml", extra=["-rtp_echo"], name="sipp_target").start()
+    gw = Gateway(workdir, trunk=TrunkSpec("carrier", target.uri, callee_stream="decrypted",
+                                          secure_media="forbidden")).start()
+    caller = None
+    try:
+        async def run():
+            nonlocal caller
+            peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+            try:
+                caller = SippUac(workdir, "uac_refer_in.xml", remote=f"127.0.0.1:{gw.sip_port}",
+                                 service="alice", extra=["-rtp_echo"]).start()
+                await peer.wait_incoming(10)
+                await peer.accept()
+                connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
+                assert connected["type"] == "connected", connected
+
+                def final():
+                    return next((m for m in peer.messages if m.get("type") == "transferred"
+                                 and m.get("code", 0) >= 200), None)
+                await async_wait_until(final, 15, "transferred with a final code")
+                packets_at, loud_at = peer.packets_received, peer.sink.loud_frames
+                await peer.receive(packets_at + 100, timeout=10)
+                figures = {"packets_after": peer.packets_received - packets_at,
+                           "loud_frames_after": peer.sink.loud_frames - loud_at}
+                await peer.hangup()
+                hangup = await peer.wait_for({"hangup"}, 10)
+                transferred = [m for m in peer.messages if m.get("type") == "transferred"]
+                return transferred, hangup, figures
+            finally:
+                await peer.close()
+
+        transferred, hangup, figures = asyncio.run(run())
+        caller_code = caller.wait(20)
+        target_code = target.wait(20)
+    finally:
+        if caller is not None:
+            caller.stop()
+        target.stop()
+        gw_code = gw.stop()
+    save_result(workdir, caller_exit=caller_code, target_exit=target_code, transferred=transferred,
+                hangup=hangup, **figures,
+                target_invite=[m.first_line for m in target.received("INVITE")])
+    assert caller_code == 0, f"caller sipp exit {caller_code} ({caller.msg_path})"
+    assert target_code == 0, f"target sipp exit {target_code} ({target.msg_path})"
+    assert gw_code == 0 and "panicked" not in gw.log()
+    assert [(m.get("code"), m.get("by"), m.get("to")) for m in transferred] == \
+        [(100, "trunk", "200"), (200, "trunk", "200")], transferred
+    assert figures["packets_after"] >= 100 and figures["loud_frames_after"] > 50, figures
+    assert hangup.get("code") == 200, hangup

@@ -45,8 +45,8 @@ use crate::media::rewrite::Toward;
 use crate::media::{MediaEvent, RelayParams};
 use crate::policy::{IncomingLegPlan, TrunkLegPlan};
 use crate::sdp::{
-    self, BrowserAnswer, BrowserAnswerParams, BrowserOffer, BrowserOfferParams, SipOffer,
-    TrunkAnswer, TrunkOfferMedia, TrunkOfferParams,
+    self, AnswerKeying, BrowserAnswer, BrowserAnswerParams, BrowserOffer, BrowserOfferParams,
+    SipOffer, TrunkAnswer, TrunkOfferMedia, TrunkOfferParams,
 };
 use crate::sip::auth::DigestCredentials;
 use crate::sip::message::{self, ResponseParts};
@@ -270,6 +270,9 @@ struct Common {
     media_started: bool,
     browser_suite: Option<SrtpSuite>,
     trunk_security: String,
+    /// A DTLS-SRTP trunk leg whose handshake has not completed: `connected`
+    /// waits for it, so that `security` names the negotiated profile.
+    trunk_dtls_pending: bool,
     /// The codec both legs run, once chosen (`PCMU/8000`).
     codec: Option<String>,
     connected_sent: bool,
@@ -324,6 +327,7 @@ impl Common {
             media_started: false,
             browser_suite: None,
             trunk_security: String::new(),
+            trunk_dtls_pending: false,
             codec: None,
             connected_sent: false,
             dtls_deadline: None,
@@ -751,7 +755,7 @@ impl Common {
     /// `connected` goes out once the trunk side is up and the browser's DTLS
     /// is, so the lock the browser shows is true for both legs.
     fn maybe_connected(&mut self, trunk_up: bool) {
-        if self.connected_sent || !trunk_up || self.ended.is_some() {
+        if self.connected_sent || !trunk_up || self.ended.is_some() || self.trunk_dtls_pending {
             return;
         }
         let Some(suite) = self.browser_suite else {
@@ -813,6 +817,9 @@ impl Call {
                     .map(|suite| SrtpKeyMaterial::generate(*suite))
                     .collect(),
             },
+            TrunkLegPlan::Dtls { .. } => TrunkOfferMedia::Dtls {
+                fingerprint_sha256: setup.media.fingerprint_sha256.clone(),
+            },
             TrunkLegPlan::Plain => TrunkOfferMedia::Plain,
         };
         let offer_params = TrunkOfferParams {
@@ -829,6 +836,9 @@ impl Call {
         // `sip::uac`: a 488 leaves no dialog to re-INVITE in).
         let fallback = match &plan {
             TrunkLegPlan::Sdes {
+                accept_plain: true, ..
+            }
+            | TrunkLegPlan::Dtls {
                 accept_plain: true, ..
             } => {
                 let params = TrunkOfferParams {
@@ -891,6 +901,7 @@ impl Call {
                 answered: false,
                 trunk_sdp: None,
                 browser_codec: None,
+                dtls: None,
             })),
         };
         call.pump(now);
@@ -934,10 +945,13 @@ impl Call {
         c.ring_deadline = Some(now + c.timers.ring);
         let trunk = &setup.account.trunk;
         c.refer_base = format!("{}:{}", uri_host(&trunk.uri.host), trunk.uri.port);
-        c.trunk_security = match setup.plan {
+        c.trunk_security = match &setup.plan {
             IncomingLegPlan::Sdes { suite, .. } => format!("sdes-srtp {suite}"),
+            // The profile is known once the handshake is done.
+            IncomingLegPlan::Dtls { .. } => "dtls-srtp".into(),
             IncomingLegPlan::Plain => "rtp (unencrypted)".into(),
         };
+        c.trunk_dtls_pending = matches!(setup.plan, IncomingLegPlan::Dtls { .. });
         let mut uas = setup.uas;
         if !setup.account.trunk.accept_refer {
             uas.set_refer_answer(603);
@@ -1144,6 +1158,17 @@ impl Call {
                     Kind::Refused => {}
                 }
             }
+            MediaEvent::TrunkConnected { suite } => {
+                info!(suite = %suite, "trunk DTLS-SRTP connected");
+                self.c.trunk_security = format!("dtls-srtp {suite}");
+                self.c.trunk_dtls_pending = false;
+                let up = match &self.kind {
+                    Kind::Outgoing(o) => o.answered,
+                    Kind::Incoming(i) => i.phase == Phase::Confirmed,
+                    Kind::Refused => false,
+                };
+                self.c.maybe_connected(up);
+            }
             MediaEvent::Failed { reason } => {
                 warn!(reason = %reason, "media failed");
                 self.end(Cause::MediaFailed(reason), now);
@@ -1264,6 +1289,8 @@ struct Outgoing {
     /// The trunk SDP the media runs on, and the browser's PT of its codec.
     trunk_sdp: Option<String>,
     browser_codec: Option<PayloadType>,
+    /// The DTLS side of the trunk's last SDP (DTLS-SRTP legs).
+    dtls: Option<sdp::TrunkDtls>,
 }
 
 impl Outgoing {
@@ -1424,10 +1451,15 @@ impl Outgoing {
                 return self.end(c, cause, now);
             }
         };
-        let trunk_crypto = match &answer.crypto {
-            Some(a) => TrunkCrypto::Sdes {
+        let trunk_crypto = match (&answer.crypto, &answer.dtls) {
+            (Some(a), _) => TrunkCrypto::Sdes {
                 inbound: a.remote_key.clone(),
                 outbound: a.local_key.clone(),
+            },
+            (None, Some(d)) => TrunkCrypto::Dtls {
+                role: d.role,
+                remote_fingerprint: d.fingerprint.clone(),
+                suites: self.plan.suites().to_vec(),
             },
             // An RTP/AVP answer to our RTP/SAVP offer on an optional trunk:
             // the dialog exists once it comes in a 200, so the RFC-correct
@@ -1435,8 +1467,8 @@ impl Outgoing {
             // (RFC 3261 14.1), which sip::uac does not send yet; the trunk's
             // answer already names plain RTP with its address and codec, so
             // the gateway runs plain RTP on it, counted as a fallback.
-            None if self.plan.accepts_plain_answer() => {
-                if matches!(self.plan, TrunkLegPlan::Sdes { .. }) && !self.fell_back {
+            (None, None) if self.plan.accepts_plain_answer() => {
+                if !matches!(self.plan, TrunkLegPlan::Plain) && !self.fell_back {
                     warn!(
                         "trunk answered plain RTP to the SRTP offer (secure_media = \"optional\")"
                     );
@@ -1445,17 +1477,25 @@ impl Outgoing {
                 }
                 TrunkCrypto::Plain
             }
-            None => {
+            (None, None) => {
                 let cause = Cause::Policy(
                     "the trunk answered plain RTP but its secure_media is \"mandatory\"".into(),
                 );
                 return self.end(c, cause, now);
             }
         };
-        c.trunk_security = match &answer.crypto {
-            Some(a) => format!("sdes-srtp {}", a.remote_key.suite),
-            None => "rtp (unencrypted)".into(),
-        };
+        // A DTLS leg that already runs (a 200 after a 183 with the same
+        // certificate) keeps its association and its profile.
+        let same_dtls = c.media_started && answer.dtls.is_some() && self.dtls == answer.dtls;
+        self.dtls = answer.dtls.clone();
+        if !same_dtls {
+            c.trunk_security = match (&answer.crypto, &answer.dtls) {
+                (Some(a), _) => format!("sdes-srtp {}", a.remote_key.suite),
+                (None, Some(_)) => "dtls-srtp".into(),
+                (None, None) => "rtp (unencrypted)".into(),
+            };
+            c.trunk_dtls_pending = answer.dtls.is_some();
+        }
         self.trunk_sdp = Some(sdp.to_string());
         let params = outgoing_relay_params(offer, &answer, trunk_crypto, c.media_source);
         let session = TrunkSession::new(
@@ -1476,10 +1516,7 @@ impl Outgoing {
                 .crypto
                 .as_ref()
                 .map(|a| (a.remote_key.clone(), a.local_key.clone(), a.tag)),
-            match &self.plan {
-                TrunkLegPlan::Sdes { suites, .. } => suites.clone(),
-                TrunkLegPlan::Plain => Vec::new(),
-            },
+            self.plan.suites().to_vec(),
         );
 
         if c.media_started {
@@ -1710,7 +1747,7 @@ impl Incoming {
         }
         let our_key = match self.plan {
             IncomingLegPlan::Sdes { suite, .. } => Some(SrtpKeyMaterial::generate(suite)),
-            IncomingLegPlan::Plain => None,
+            IncomingLegPlan::Dtls { .. } | IncomingLegPlan::Plain => None,
         };
         let crypto = match (&self.plan, &our_key) {
             (IncomingLegPlan::Sdes { tag, .. }, Some(ours)) => {
@@ -1732,6 +1769,17 @@ impl Incoming {
                     }
                 }
             }
+            (IncomingLegPlan::Dtls { suites }, _) => match &self.offer.dtls {
+                Some(d) => TrunkCrypto::Dtls {
+                    role: d.role,
+                    remote_fingerprint: d.fingerprint.clone(),
+                    suites: suites.clone(),
+                },
+                None => {
+                    let cause = Cause::Policy("the trunk's a=fingerprint vanished".into());
+                    return self.end(c, cause, now);
+                }
+            },
             _ => TrunkCrypto::Plain,
         };
         let sdes = match (&self.plan, &crypto) {
@@ -1800,17 +1848,20 @@ impl Incoming {
         };
         let mut codecs = vec![answer.codec.clone()];
         codecs.extend(trunk_telephone_event(&self.offer, answer));
-        let crypto = match (&self.plan, our_key) {
-            (IncomingLegPlan::Sdes { tag, .. }, Some(key)) => Some((*tag, key)),
-            _ => None,
+        let keying = match (&self.plan, our_key) {
+            (IncomingLegPlan::Sdes { tag, .. }, Some(key)) => AnswerKeying::Sdes(*tag, key),
+            (IncomingLegPlan::Dtls { .. }, _) => AnswerKeying::Dtls {
+                fingerprint_sha256: &c.media.fingerprint_sha256,
+            },
+            _ => AnswerKeying::None,
         };
-        let sdp = sdp::write_sip_answer_with(
+        let sdp = sdp::write_sip_answer_keyed(
             &self.offer,
             &codecs,
             c.media.public_ip,
             c.media.trunk_rtp_port,
-            crypto,
-            c.trunk_session.as_ref().map_or(1, |s| s.session_id),
+            keying,
+            (c.trunk_session.as_ref().map_or(1, |s| s.session_id), 1),
         );
         self.uas.answer(sdp, self.contact.clone(), now);
         self.phase = Phase::Answered;

@@ -286,6 +286,7 @@ impl TrunkSession {
             remote_rtcp: self.remote_rtcp,
             codecs: codecs.clone(),
             cryptos: Vec::new(),
+            dtls: None,
             ssrcs: Vec::new(),
             // The writer answers: it mirrors this.
             direction: direction.reversed(),

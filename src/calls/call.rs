@@ -1374,6 +1374,25 @@ impl Outgoing {
             // the trunk's retransmissions); the browser hears now.
             UacEvent::Rejected { code, reason } => {
                 info!(code, reason = %reason, "trunk rejected the call");
+                // A 488 to an SRTP offer that may not fall back: say which
+                // policy kept the call from going on in plain RTP.
+                let reason = match &self.plan {
+                    TrunkLegPlan::Sdes {
+                        accept_plain: false,
+                        ..
+                    }
+                    | TrunkLegPlan::Dtls {
+                        accept_plain: false,
+                        ..
+                    } if code == 488 => format!(
+                        "{reason} (the trunk refused {}; its secure_media is \"mandatory\": no plain RTP offered)",
+                        match self.plan {
+                            TrunkLegPlan::Dtls { .. } => "DTLS-SRTP",
+                            _ => "SDES-SRTP",
+                        }
+                    ),
+                    _ => reason,
+                };
                 c.finish(Cause::TrunkRejected { code, reason }, now);
             }
             UacEvent::Reoffered { code, reason } => {

@@ -588,6 +588,8 @@ impl CallRelay {
         self.trunk.remote_rtcp = trunk.remote_rtcp;
         self.trunk.srtp = srtp;
         self.trunk.dtls = dtls;
+        // A new DTLS client toward the trunk speaks first.
+        self.drain_trunk_dtls(now);
         self.trunk.rtp_latch = None;
         self.trunk.rtcp_latch = None;
         self.trunk.filter.reset(trunk.ssrcs);
@@ -1329,6 +1331,11 @@ use dtmf_side::DtmfOut;
 #[cfg(test)]
 #[path = "relay_dtmf_tests.rs"]
 mod dtmf_tests;
+
+/// A DTLS-SRTP trunk leg, on the fixtures of `tests`.
+#[cfg(test)]
+#[path = "relay_dtls_trunk_tests.rs"]
+mod dtls_trunk_tests;
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -1863,4 +1863,192 @@ mod tests {
             exercise(garbage);
         }
     }
+
+    // ---- DTLS-SRTP toward trunks ----------------------------------------
+
+    fn dtls_params() -> TrunkOfferParams {
+        TrunkOfferParams {
+            media: TrunkOfferMedia::Dtls {
+                fingerprint_sha256: ["AB"; 32].join(":"),
+            },
+            ..sdes_params()
+        }
+    }
+
+    /// baresip 1.0 dtls_srtp's answer: session-level setup and fingerprint
+    /// (upper-case algorithm), no rtcp-mux.
+    fn baresip_dtls_answer(setup: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
+             a=setup:{setup}\r\na=fingerprint:SHA-256 {}\r\n\
+             m=audio 31154 UDP/TLS/RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+             a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\na=ptime:20\r\n",
+            ["D4"; 32].join(":")
+        )
+    }
+
+    #[test]
+    fn a_dtls_trunk_offer_has_udp_tls_our_fingerprint_and_actpass() {
+        let offer = parse_browser_offer(CHROME).unwrap();
+        let sdp = write_trunk_offer(&offer, &dtls_params());
+        let m = lines(&sdp)
+            .into_iter()
+            .find(|l| l.starts_with("m=audio"))
+            .unwrap();
+        assert!(m.starts_with("m=audio 20000 UDP/TLS/RTP/SAVP "), "{sdp}");
+        assert!(
+            has(
+                &sdp,
+                &format!("a=fingerprint:sha-256 {}", ["AB"; 32].join(":"))
+            ),
+            "{sdp}"
+        );
+        assert!(has(&sdp, "a=setup:actpass"), "{sdp}");
+        assert!(
+            has(&sdp, "a=rtcp-mux") && has(&sdp, "a=rtcp:20001"),
+            "{sdp}"
+        );
+        assert!(!sdp.contains("a=crypto") && !sdp.contains("ice-"), "{sdp}");
+    }
+
+    #[test]
+    fn the_answers_setup_decides_our_role() {
+        let offer = parse_browser_offer(CHROME).unwrap();
+        for (setup, role) in [("active", DtlsRole::Server), ("passive", DtlsRole::Client)] {
+            let a =
+                parse_trunk_answer(&baresip_dtls_answer(setup), &dtls_params(), &offer).unwrap();
+            let dtls = a.dtls.clone().expect("DTLS answer");
+            assert_eq!(dtls.role, role, "{setup}");
+            assert_eq!(dtls.fingerprint.algorithm, "sha-256");
+            assert!(a.is_secure() && a.crypto.is_none());
+            assert_eq!(
+                a.remote_rtp,
+                "198.51.100.7:31154".parse::<SocketAddr>().unwrap()
+            );
+            assert_eq!(
+                a.remote_rtcp,
+                Some("198.51.100.7:31155".parse::<SocketAddr>().unwrap())
+            );
+        }
+        // No a=setup in an answer means active (RFC 4145 4): we serve.
+        let none = baresip_dtls_answer("active").replace("a=setup:active\r\n", "");
+        let a = parse_trunk_answer(&none, &dtls_params(), &offer).unwrap();
+        assert_eq!(a.dtls.unwrap().role, DtlsRole::Server);
+        // actpass and holdconn are no answers.
+        for bad in ["actpass", "holdconn"] {
+            let e = parse_trunk_answer(&baresip_dtls_answer(bad), &dtls_params(), &offer);
+            assert!(
+                matches!(
+                    e,
+                    Err(SdpError::BadAttribute {
+                        attribute: "setup",
+                        ..
+                    })
+                ),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dtls_answers_that_do_not_fit_are_refused_or_marked_plain() {
+        let offer = parse_browser_offer(CHROME).unwrap();
+        // Without a fingerprint nothing could be verified.
+        let bare = baresip_dtls_answer("active")
+            .lines()
+            .filter(|l| !l.starts_with("a=fingerprint"))
+            .map(|l| format!("{l}\r\n"))
+            .collect::<String>();
+        assert_eq!(
+            parse_trunk_answer(&bare, &dtls_params(), &offer),
+            Err(SdpError::MissingFingerprint)
+        );
+        // SDES to our DTLS offer, DTLS to our SDES offer: mismatches.
+        let sdes = baresip_answer(
+            &key(SrtpSuite::AesCm128HmacSha1_80, 9),
+            1,
+            "AES_CM_128_HMAC_SHA1_80",
+        );
+        assert!(matches!(
+            parse_trunk_answer(&sdes, &dtls_params(), &offer),
+            Err(SdpError::ProtoMismatch { .. })
+        ));
+        assert!(matches!(
+            parse_trunk_answer(&baresip_dtls_answer("active"), &sdes_params(), &offer),
+            Err(SdpError::ProtoMismatch { .. })
+        ));
+        // RTP/AVP to our DTLS offer parses, not secure: the policy decides.
+        let plain = baresip_dtls_answer("active").replace("UDP/TLS/RTP/SAVP", "RTP/AVP");
+        let a = parse_trunk_answer(&plain, &dtls_params(), &offer).unwrap();
+        assert!(!a.is_secure() && a.dtls.is_none());
+    }
+
+    #[test]
+    fn an_incoming_dtls_offer_and_our_answer() {
+        let offer_sdp =
+            baresip_dtls_answer("actpass").replace("UDP/TLS/RTP/SAVP ", "UDP/TLS/RTP/SAVPF ");
+        let offer = parse_sip_offer(&offer_sdp).unwrap();
+        let dtls = offer.dtls.clone().expect("a DTLS offer");
+        assert_eq!(dtls.role, DtlsRole::Server);
+        assert!(offer.cryptos.is_empty());
+        let ours = ["AB"; 32].join(":");
+        let answer = write_sip_answer_keyed(
+            &offer,
+            &offer.codecs,
+            "203.0.113.5".parse().unwrap(),
+            20002,
+            AnswerKeying::Dtls {
+                fingerprint_sha256: &ours,
+            },
+            (9, 1),
+        );
+        assert!(
+            answer.contains("m=audio 20002 UDP/TLS/RTP/SAVPF 0 101"),
+            "{answer}"
+        );
+        assert!(
+            has(&answer, &format!("a=fingerprint:sha-256 {ours}")),
+            "{answer}"
+        );
+        assert!(has(&answer, "a=setup:passive"), "{answer}");
+        assert!(has(&answer, "a=rtcp:20003"), "{answer}");
+        // A passive offer makes us the client: we answer active.
+        let passive = parse_sip_offer(&baresip_dtls_answer("passive")).unwrap();
+        assert_eq!(passive.dtls.as_ref().unwrap().role, DtlsRole::Client);
+        let answer = write_sip_answer_keyed(
+            &passive,
+            &passive.codecs,
+            "203.0.113.5".parse().unwrap(),
+            20002,
+            AnswerKeying::Dtls {
+                fingerprint_sha256: &ours,
+            },
+            (9, 1),
+        );
+        assert!(has(&answer, "a=setup:active"), "{answer}");
+        // The role table of RFC 5763 5.
+        assert_eq!(
+            answer_setup(Some(Setup::Actpass)).unwrap(),
+            (DtlsRole::Server, Setup::Passive)
+        );
+        assert_eq!(
+            answer_setup(Some(Setup::Active)).unwrap(),
+            (DtlsRole::Server, Setup::Passive)
+        );
+        assert_eq!(
+            answer_setup(None).unwrap(),
+            (DtlsRole::Server, Setup::Passive)
+        );
+        assert_eq!(
+            answer_setup(Some(Setup::Passive)).unwrap(),
+            (DtlsRole::Client, Setup::Active)
+        );
+        assert!(answer_setup(Some(Setup::Holdconn)).is_err());
+        // A DTLS offer without fingerprint: 488 with the reason.
+        let bare = baresip_dtls_answer("actpass").replace(
+            &format!("a=fingerprint:SHA-256 {}\r\n", ["D4"; 32].join(":")),
+            "",
+        );
+        assert_eq!(parse_sip_offer(&bare), Err(SdpError::MissingFingerprint));
+    }
 }

@@ -503,7 +503,12 @@ impl Common {
             params.media_source = self.media_source;
             info!(remote = %params.remote_rtp, "trunk re-offer: moving or re-keying the trunk leg");
             if let Some(s) = &self.trunk_session {
-                self.trunk_security = s.security();
+                let security = s.security();
+                // A DTLS leg keeps its profile's name; a rebuilt association
+                // names it again when its handshake is done.
+                if !(security == "dtls-srtp" && self.trunk_security.starts_with("dtls-srtp ")) {
+                    self.trunk_security = security;
+                }
             }
             self.media(MediaCommand::UpdateTrunk(Box::new(params), map));
         }
@@ -1537,6 +1542,10 @@ impl Outgoing {
                 .map(|a| (a.remote_key.clone(), a.local_key.clone(), a.tag)),
             self.plan.suites().to_vec(),
         );
+        let session = match &answer.dtls {
+            Some(d) => session.with_dtls(d.clone(), c.media.fingerprint_sha256.clone()),
+            None => session,
+        };
 
         if c.media_started {
             // Media runs already: only the trunk leg changes, and only if the
@@ -1823,6 +1832,12 @@ impl Incoming {
             sdes,
             self.suites.clone(),
         ));
+        if let Some(d) = &self.offer.dtls {
+            c.trunk_session = c
+                .trunk_session
+                .take()
+                .map(|s| s.with_dtls(d.clone(), c.media.fingerprint_sha256.clone()));
+        }
         let mut payload_map = vec![(answer.codec.pt, answer.codec.pt, answer.codec.clock_rate)];
         if let Some(te) = &answer.telephone_event {
             payload_map.push((te.pt, te.pt, answer.codec.clock_rate));

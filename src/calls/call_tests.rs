@@ -2453,6 +2453,61 @@ a=rtpmap:101 telephone-event/8000\r\n\
 a=fingerprint:sha-256 EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF\r\n\
 a=setup:SETUP\r\na=sendrecv\r\n";
 
+/// An incoming call from a DTLS trunk whose offer says `a=setup:offered`,
+/// accepted by session 1, the browser's DTLS up: returns the call, the
+/// clock, the trunk crypto the media started with, and our 200 OK.
+fn dtls_incoming(offered: &str) -> (Call, Instant, Option<TrunkCrypto>, rsip::Response) {
+    let now = Instant::now();
+    let sdp = DTLS_OFFER.replace("SETUP", offered);
+    let invite = parse(&format!(
+        "INVITE sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKinv1\r\n\
+From: <sip:+4930123@carrier.example>;tag=ftag\r\nTo: <sip:alice@10.0.0.1>\r\nCall-ID: in-c1\r\n\
+CSeq: 1 INVITE\r\nContact: <sip:carrier@{TRUNK}>\r\nContent-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    ));
+    let offer = parse_sip_offer(&sdp).unwrap();
+    let mut call = Call::incoming(
+        IncomingSetup {
+            id: CallId("in-1".into()),
+            uas: IncomingCall::new(invite, trunk_addr(), now).unwrap(),
+            offer,
+            plan: IncomingLegPlan::Dtls {
+                suites: vec![SrtpSuite::AesCm128HmacSha1_80],
+            },
+            sessions: vec![1],
+            from: Personal::new("+4930123", false),
+            account: account(),
+            media: media_plan(),
+            local: local(),
+            trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
+            reject_code: 486,
+            timers: CallTimers::default(),
+        },
+        now,
+    );
+    drain(&mut call);
+    call.handle_session(
+        now,
+        SessionInput::Accept {
+            session: 1,
+            sdp: browser_answer()
+                .replace("a=rtpmap:8 PCMA/8000", "a=rtpmap:0 PCMU/8000")
+                .replace("SAVPF 8 101", "SAVPF 0 101"),
+        },
+    );
+    let crypto = trunk_crypto_of(&drain(&mut call));
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    let d = drain(&mut call);
+    let ok = d.ok_to_invite().expect("200 OK").clone();
+    (call, now, crypto, ok)
+}
+
 #[test]
 fn an_incoming_dtls_offer_is_answered_with_our_fingerprint_and_the_right_setup() {
     for (offered, answered, role) in [
@@ -2460,47 +2515,8 @@ fn an_incoming_dtls_offer_is_answered_with_our_fingerprint_and_the_right_setup()
         ("active", "passive", crate::types::DtlsRole::Server),
         ("passive", "active", crate::types::DtlsRole::Client),
     ] {
-        let now = Instant::now();
-        let sdp = DTLS_OFFER.replace("SETUP", offered);
-        let invite = parse(&format!(
-            "INVITE sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKinv1\r\n\
-From: <sip:+4930123@carrier.example>;tag=ftag\r\nTo: <sip:alice@10.0.0.1>\r\nCall-ID: in-c1\r\n\
-CSeq: 1 INVITE\r\nContact: <sip:carrier@{TRUNK}>\r\nContent-Type: application/sdp\r\n\
-Content-Length: {}\r\n\r\n{sdp}",
-            sdp.len()
-        ));
-        let offer = parse_sip_offer(&sdp).unwrap();
-        let mut call = Call::incoming(
-            IncomingSetup {
-                id: CallId("in-1".into()),
-                uas: IncomingCall::new(invite, trunk_addr(), now).unwrap(),
-                offer,
-                plan: IncomingLegPlan::Dtls {
-                    suites: vec![SrtpSuite::AesCm128HmacSha1_80],
-                },
-                sessions: vec![1],
-                from: Personal::new("+4930123", false),
-                account: account(),
-                media: media_plan(),
-                local: local(),
-                trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
-                reject_code: 486,
-                timers: CallTimers::default(),
-            },
-            now,
-        );
-        drain(&mut call);
-        call.handle_session(
-            now,
-            SessionInput::Accept {
-                session: 1,
-                sdp: browser_answer()
-                    .replace("a=rtpmap:8 PCMA/8000", "a=rtpmap:0 PCMU/8000")
-                    .replace("SAVPF 8 101", "SAVPF 0 101"),
-            },
-        );
-        let d = drain(&mut call);
-        match trunk_crypto_of(&d) {
+        let (mut call, now, crypto, ok) = dtls_incoming(offered);
+        match crypto {
             Some(TrunkCrypto::Dtls {
                 role: got,
                 remote_fingerprint,
@@ -2514,14 +2530,6 @@ Content-Length: {}\r\n\r\n{sdp}",
             }
             other => panic!("{other:?}"),
         }
-        call.handle_media(
-            now,
-            MediaEvent::BrowserConnected {
-                suite: SrtpSuite::AeadAes128Gcm,
-            },
-        );
-        let d = drain(&mut call);
-        let ok = d.ok_to_invite().expect("200 OK");
         let body = std::str::from_utf8(&ok.body).unwrap();
         assert!(
             body.contains("m=audio 20002 UDP/TLS/RTP/SAVP 0 101"),
@@ -2536,7 +2544,7 @@ Content-Length: {}\r\n\r\n{sdp}",
         );
         assert!(body.contains(&format!("a=setup:{answered}")), "{body}");
         assert!(!body.contains("a=crypto"), "{body}");
-        let tag = to_tag_of(ok);
+        let tag = to_tag_of(&ok);
         call.handle_sip(
             now,
             from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"),
@@ -2564,4 +2572,137 @@ Content-Length: {}\r\n\r\n{sdp}",
             Some("dtls-srtp AES_CM_128_HMAC_SHA1_80")
         );
     }
+}
+
+/// A DTLS trunk's hold re-INVITE (same certificate) is answered with our
+/// fingerprint and role, the association stays; an SDES or plain re-offer
+/// is refused with 488; the browser's hold offer carries the fingerprint.
+#[test]
+fn re_offers_on_a_dtls_leg_keep_the_association() {
+    let (mut call, now, _, ok) = dtls_incoming("actpass");
+    let tag = to_tag_of(&ok);
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"),
+        trunk_addr(),
+    );
+    call.handle_media(
+        now,
+        MediaEvent::TrunkConnected {
+            suite: SrtpSuite::AesCm128HmacSha1_80,
+        },
+    );
+    drain(&mut call);
+    let hold = DTLS_OFFER
+        .replace("SETUP", "actpass")
+        .replace("o=- 1 1 ", "o=- 1 2 ")
+        .replace("a=sendrecv", "a=sendonly");
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 2, &tag, "z9hG4bKre2", Some(&hold)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    let (code, sdp) = the_response(&d);
+    assert_eq!(code, 200);
+    let sdp = sdp.expect("an SDP answer");
+    assert!(sdp.contains("m=audio 20002 UDP/TLS/RTP/SAVP 0"), "{sdp}");
+    assert!(
+        sdp.contains("a=recvonly") && sdp.contains("a=setup:passive"),
+        "{sdp}"
+    );
+    assert!(sdp.contains(&media_plan().fingerprint_sha256), "{sdp}");
+    assert!(
+        updates(&d).is_empty(),
+        "same certificate and role: the leg stays"
+    );
+    assert_eq!(
+        call.info().trunk_security.as_deref(),
+        Some("dtls-srtp AES_CM_128_HMAC_SHA1_80")
+    );
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 2, Some(&tag), "z9hG4bKack2"),
+        trunk_addr(),
+    );
+    drain(&mut call);
+
+    // A new certificate: the leg is rebuilt with it.
+    let other_fp = ["12"; 32].join(":");
+    let moved = DTLS_OFFER
+        .replace("SETUP", "actpass")
+        .replace("o=- 1 1 ", "o=- 1 3 ")
+        .replace(&dtls_fp(), &other_fp);
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 3, &tag, "z9hG4bKre3", Some(&moved)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(the_response(&d).0, 200);
+    match &updates(&d)[..] {
+        [p] => match &p.crypto {
+            TrunkCrypto::Dtls {
+                remote_fingerprint, ..
+            } => assert_eq!(
+                remote_fingerprint.to_string(),
+                format!("sha-256 {other_fp}")
+            ),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 3, Some(&tag), "z9hG4bKack3"),
+        trunk_addr(),
+    );
+    drain(&mut call);
+
+    // SDES or plain in mid-call: 488, nothing changes.
+    let sdes = reoffer(4, |s| s);
+    let plain = DTLS_OFFER
+        .replace("SETUP", "actpass")
+        .replace("o=- 1 1 ", "o=- 1 5 ")
+        .replace("UDP/TLS/RTP/SAVP", "RTP/AVP");
+    for (cseq, body) in [(4, sdes), (5, plain)] {
+        call.handle_sip(
+            now,
+            trunk_request(
+                "INVITE",
+                cseq,
+                &tag,
+                &format!("z9hG4bKre{cseq}"),
+                Some(&body),
+            ),
+            trunk_addr(),
+        );
+        let d = drain(&mut call);
+        assert_eq!(the_response(&d).0, 488, "{body}");
+        assert!(updates(&d).is_empty());
+        call.handle_sip(
+            now,
+            from_trunk("ACK", cseq, Some(&tag), &format!("z9hG4bKre{cseq}")),
+            trunk_addr(),
+        );
+        drain(&mut call);
+    }
+
+    // The browser holds: our re-INVITE keeps the fingerprint and our role.
+    call.handle_session(
+        now,
+        SessionInput::Hold {
+            session: 1,
+            hold: true,
+        },
+    );
+    let d = drain(&mut call);
+    let reinvite = the_invite(&d);
+    let body = std::str::from_utf8(&reinvite.body).unwrap();
+    assert!(
+        body.contains("UDP/TLS/RTP/SAVP") && body.contains("a=sendonly"),
+        "{body}"
+    );
+    assert!(body.contains(&media_plan().fingerprint_sha256), "{body}");
+    assert!(body.contains("a=setup:passive"), "{body}");
 }

@@ -11,7 +11,9 @@ with a=fingerprint and a=setup, keyed by DTLS, no ICE on that side.
   a hangup naming the fingerprint, no media is forwarded either way;
 - secure_media mandatory / optional toward a trunk that cannot do DTLS
   (plain baresip): 488 and a hangup naming the policy, or a re-offer of
-  plain RTP that carries audio.
+  plain RTP that carries audio;
+- the browser's hold and resume: re-INVITEs with our fingerprint and role,
+  the association and its keys stay.
 """
 
 from __future__ import annotations
@@ -287,5 +289,66 @@ def test_dtls_optional_falls_back_to_plain_rtp(workdir, baresip_plain_trunk):
         assert profiles[:2] == ["UDP/TLS/RTP/SAVP", "RTP/AVP"], profiles
         assert str(security.get("trunk", "")).startswith("rtp"), security
         _check_media(result, trunk, workdir)
+    finally:
+        next(gen, None)
+
+
+def test_browser_hold_and_resume_on_a_dtls_trunk(workdir, baresip_dtls):
+    """The browser holds and resumes a call to a DTLS trunk: our re-INVITEs
+    keep UDP/TLS/RTP/SAVP, our fingerprint and our role (setup:passive,
+    baresip having answered active), baresip accepts both, the DTLS
+    association and its keys stay: after the resume the audio flows again
+    both ways without a new handshake."""
+    trunk = baresip_dtls
+    gen = _gateway(workdir, dtls_trunk(trunk))
+    gw = next(gen)
+
+    async def run():
+        peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+        try:
+            connected = await peer.call(TRUNK_NUMBER)
+            assert connected["type"] == "connected", connected
+            trunk.wait_established()
+            await peer.receive(100, timeout=20)
+            since = len(peer.messages)
+            await peer.send({"type": "hold", "id": peer.call_id})
+            held = await peer.wait_for({"held", "error", "hangup"}, 10, since=since, call_id=peer.call_id)
+            await asyncio.sleep(1)
+            since = len(peer.messages)
+            await peer.send({"type": "resume", "id": peer.call_id})
+            resumed = await peer.wait_for({"resumed", "error", "hangup"}, 10, since=since,
+                                          call_id=peer.call_id)
+            at_resume = peer.packets_received
+            await peer.receive(at_resume + 100, timeout=20)
+            after = peer.packets_received - at_resume
+            ended = [m for m in peer.messages if m.get("type") == "hangup"]
+            await peer.hangup()
+            trunk.wait_bye()
+            return held, resumed, after, ended
+        finally:
+            await peer.close()
+
+    try:
+        held, resumed, after, ended = asyncio.run(run())
+        invites = trunk.received("INVITE")
+        tx, rx = trunk.wait_rtp_stats()
+        handshakes = gw.log().count("media::relay: trunk DTLS-SRTP connected")
+        save_result(workdir, held=held, resumed=resumed, browser_rtp_after_resume=after,
+                    trunk_tx=tx, trunk_rx=rx, handshakes=handshakes,
+                    reinvites=[sdp_body(m.text) for m in invites[1:]])
+        assert held.get("type") == "held", held
+        assert resumed.get("type") == "resumed", resumed
+        assert not ended, ended
+        assert len(invites) == 3, [m.first_line for m in invites]
+        ours = _fingerprint(sdp_body(invites[0].text))
+        for m in invites[1:]:
+            body = sdp_body(m.text)
+            assert m.sdp_media()[2] == "UDP/TLS/RTP/SAVP", body
+            assert _fingerprint(body) == ours, body
+            assert _setup(body) == "passive", body
+        assert "a=sendonly" in sdp_body(invites[1].text)
+        assert after >= 100, f"browser got {after} packets after the resume"
+        assert rx > 150, f"baresip received {rx} RTP packets in all"
+        assert handshakes == 1, f"{handshakes} trunk handshakes: the association did not stay"
     finally:
         next(gen, None)

@@ -944,25 +944,34 @@ impl CallRelay {
     }
 
     /// Sends what the trunk's DTLS association queued and acts on its
-    /// events: `Connected` keys the trunk leg, `Failed` ends the call.
+    /// events: `Connected` keys the trunk leg, `Failed` ends the call. What
+    /// the association queued together with a failure (its fatal alert) is
+    /// not sent: a peer whose certificate failed the fingerprint check is
+    /// told nothing, and a genuine trunk hears the call's BYE, so that the
+    /// call ends for the failure rather than for the trunk's reaction to
+    /// the alert.
     fn drain_trunk_dtls(&mut self, _now: Instant) {
-        loop {
-            let Some(dtls) = self.trunk.dtls.as_mut() else {
-                return;
-            };
-            let peer = dtls.peer;
-            let Some(assoc) = dtls.assoc.as_mut() else {
-                return;
-            };
-            if let Some(datagram) = assoc.poll_transmit() {
+        let Some(dtls) = self.trunk.dtls.as_mut() else {
+            return;
+        };
+        let peer = dtls.peer;
+        let Some(assoc) = dtls.assoc.as_mut() else {
+            return;
+        };
+        let mut outgoing = Vec::new();
+        while let Some(datagram) = assoc.poll_transmit() {
+            outgoing.push(datagram);
+        }
+        let events: Vec<DtlsEvent> = std::iter::from_fn(|| assoc.poll_event()).collect();
+        let failed = events.iter().any(|e| matches!(e, DtlsEvent::Failed(_)));
+        if !failed {
+            for datagram in outgoing {
                 let mut buf = self.take_buffer();
                 buf.extend_from_slice(&datagram);
                 self.push(LegId::TrunkRtp, peer, buf);
-                continue;
             }
-            let Some(event) = assoc.poll_event() else {
-                return;
-            };
+        }
+        for event in events {
             match event {
                 DtlsEvent::Connected {
                     suite,

@@ -168,6 +168,13 @@ fn a_trunk_certificate_that_is_not_its_fingerprint_fails_and_nothing_crosses() {
             other => panic!("{role:?}: {other:?}"),
         }
         assert!(!t.k.relay.is_connected());
+        // The impostor is told nothing (no alert: it still waits for our
+        // next flight) and never keyed.
+        assert!(t.srtp.is_none(), "{role:?}");
+        assert!(
+            t.peer.poll_timeout().is_some(),
+            "{role:?}: the peer got an alert"
+        );
         // Nothing crosses afterwards.
         let pkt = protect(&mut t.k.browser_tx, &rtp_packet(PCMU, 2, 160, 0xB1, 0x11));
         t.k.relay

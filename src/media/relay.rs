@@ -537,9 +537,9 @@ impl CallRelay {
         payload_map: Vec<(PayloadType, PayloadType, u32)>,
         now: Instant,
     ) {
-        // The same DTLS peer (same certificate and role) keeps its
-        // association and keys across a re-INVITE (RFC 5763 6.7.1); anything
-        // else starts over.
+        // The same DTLS peer (same certificate, role and address) keeps its
+        // association and keys across a re-INVITE (RFC 5763 6.7.1, RFC 8842
+        // 5.5); anything else starts a new one.
         let keep = match (&trunk.crypto, &self.trunk.dtls) {
             (
                 TrunkCrypto::Dtls {
@@ -548,7 +548,11 @@ impl CallRelay {
                     ..
                 },
                 Some(cur),
-            ) => *role == cur.role && *remote_fingerprint == cur.expected,
+            ) => {
+                *role == cur.role
+                    && *remote_fingerprint == cur.expected
+                    && trunk.remote_rtp == self.trunk.remote_rtp
+            }
             _ => false,
         };
         let (srtp, dtls) = if keep {

@@ -277,3 +277,39 @@ fn a_re_invite_with_the_same_certificate_keeps_the_association() {
         .handle_datagram(LegId::TrunkRtp, addr(TRUNK), &pkt, now);
     assert_eq!(drain(&mut t.k.relay).len(), 1);
 }
+
+#[test]
+fn a_move_to_another_address_starts_a_new_association() {
+    let mut t = dtls_trunk(DtlsRole::Client, None);
+    let now = t.k.t0 + ms(5);
+    assert!(matches!(
+        t.pump(now).as_slice(),
+        [RelayEvent::TrunkConnected { .. }]
+    ));
+    let expected = match &t.k.relay.trunk.dtls {
+        Some(d) => d.expected.clone(),
+        None => unreachable!(),
+    };
+    let moved = addr("192.0.2.10:30100");
+    t.k.relay.update_trunk(
+        TrunkLegParams {
+            remote_rtp: moved,
+            remote_rtcp: None,
+            crypto: TrunkCrypto::Dtls {
+                role: DtlsRole::Client,
+                remote_fingerprint: expected,
+                suites: vec![SrtpSuite::AesCm128HmacSha1_80],
+            },
+            ssrcs: vec![],
+            media_source: MediaSource::Signaled,
+        },
+        payload_map(),
+        now,
+    );
+    // A fresh ClientHello to the new address, and no keys until it is done.
+    let out = drain(&mut t.k.relay);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].0, out[0].1), (LegId::TrunkRtp, moved));
+    assert_eq!(out[0].2[0], 22);
+    assert!(t.k.relay.trunk.srtp.is_none());
+}

@@ -54,6 +54,30 @@ fn dtls_trunk(our_role: DtlsRole, expected: Option<Fingerprint>) -> DtlsTrunk {
 }
 
 impl DtlsTrunk {
+    /// A re-INVITE (or a 200 after a 183) naming the same certificate,
+    /// with the trunk at `remote` and the gateway in `role`.
+    fn re_offer(&mut self, remote: SocketAddr, role: DtlsRole, now: Instant) {
+        let expected = match &self.k.relay.trunk.dtls {
+            Some(d) => d.expected.clone(),
+            None => unreachable!("a DTLS trunk leg"),
+        };
+        self.k.relay.update_trunk(
+            TrunkLegParams {
+                remote_rtp: remote,
+                remote_rtcp: None,
+                crypto: TrunkCrypto::Dtls {
+                    role,
+                    remote_fingerprint: expected,
+                    suites: vec![SrtpSuite::AesCm128HmacSha1_80],
+                },
+                ssrcs: vec![],
+                media_source: MediaSource::Signaled,
+            },
+            payload_map(),
+            now,
+        );
+    }
+
     /// Hands datagrams both ways until quiet; returns the relay's events.
     fn pump(&mut self, now: Instant) -> Vec<RelayEvent> {
         for _ in 0..50 {
@@ -252,25 +276,7 @@ fn a_re_invite_with_the_same_certificate_keeps_the_association() {
         [RelayEvent::TrunkConnected { .. }]
     ));
     let (mut trunk_tx, _) = t.srtp.take().unwrap();
-    let expected = match &t.k.relay.trunk.dtls {
-        Some(d) => d.expected.clone(),
-        None => unreachable!(),
-    };
-    t.k.relay.update_trunk(
-        TrunkLegParams {
-            remote_rtp: addr(TRUNK),
-            remote_rtcp: None,
-            crypto: TrunkCrypto::Dtls {
-                role: DtlsRole::Server,
-                remote_fingerprint: expected,
-                suites: vec![SrtpSuite::AesCm128HmacSha1_80],
-            },
-            ssrcs: vec![],
-            media_source: MediaSource::Signaled,
-        },
-        payload_map(),
-        now,
-    );
+    t.re_offer(addr(TRUNK), DtlsRole::Server, now);
     // Still keyed: the trunk's packets decrypt with the same keys.
     let pkt = protect(&mut trunk_tx, &rtp_packet(PCMU, 70, 0, 0x71, 0x22));
     t.k.relay
@@ -286,26 +292,8 @@ fn a_move_to_another_address_starts_a_new_association() {
         t.pump(now).as_slice(),
         [RelayEvent::TrunkConnected { .. }]
     ));
-    let expected = match &t.k.relay.trunk.dtls {
-        Some(d) => d.expected.clone(),
-        None => unreachable!(),
-    };
     let moved = addr("192.0.2.10:30100");
-    t.k.relay.update_trunk(
-        TrunkLegParams {
-            remote_rtp: moved,
-            remote_rtcp: None,
-            crypto: TrunkCrypto::Dtls {
-                role: DtlsRole::Client,
-                remote_fingerprint: expected,
-                suites: vec![SrtpSuite::AesCm128HmacSha1_80],
-            },
-            ssrcs: vec![],
-            media_source: MediaSource::Signaled,
-        },
-        payload_map(),
-        now,
-    );
+    t.re_offer(moved, DtlsRole::Client, now);
     // A fresh ClientHello to the new address, and no keys until it is done.
     let out = drain(&mut t.k.relay);
     assert_eq!(out.len(), 1);

@@ -273,6 +273,9 @@ struct Common {
     /// A DTLS-SRTP trunk leg whose handshake has not completed: `connected`
     /// waits for it, so that `security` names the negotiated profile.
     trunk_dtls_pending: bool,
+    /// When a pending trunk handshake is given up (the `dtls` timer from
+    /// the media start, outgoing, or from our 200, incoming).
+    trunk_dtls_deadline: Option<Instant>,
     /// The codec both legs run, once chosen (`PCMU/8000`).
     codec: Option<String>,
     connected_sent: bool,
@@ -328,6 +331,7 @@ impl Common {
             browser_suite: None,
             trunk_security: String::new(),
             trunk_dtls_pending: false,
+            trunk_dtls_deadline: None,
             codec: None,
             connected_sent: false,
             dtls_deadline: None,
@@ -1056,6 +1060,7 @@ impl Call {
         [
             sip,
             self.c.dtls_deadline,
+            self.c.trunk_dtls_deadline,
             self.c.ring_deadline,
             self.c.teardown_deadline,
             self.c.resume_deadline,
@@ -1167,6 +1172,7 @@ impl Call {
                 info!(suite = %suite, "trunk DTLS-SRTP connected");
                 self.c.trunk_security = format!("dtls-srtp {suite}");
                 self.c.trunk_dtls_pending = false;
+                self.c.trunk_dtls_deadline = None;
                 let up = match &self.kind {
                     Kind::Outgoing(o) => o.answered,
                     Kind::Incoming(i) => i.phase == Phase::Confirmed,
@@ -1203,6 +1209,14 @@ impl Call {
         if self.c.dtls_deadline.is_some_and(|d| now >= d) {
             self.c.dtls_deadline = None;
             self.end(Cause::BrowserMediaTimeout, now);
+        }
+        if self.c.trunk_dtls_deadline.is_some_and(|d| now >= d) {
+            self.c.trunk_dtls_deadline = None;
+            let why = format!(
+                "the trunk's DTLS handshake did not complete within {} s",
+                self.c.timers.dtls.as_secs()
+            );
+            self.end(Cause::MediaFailed(why), now);
         }
         if self.c.ring_deadline.is_some_and(|d| now >= d) {
             self.c.ring_deadline = None;
@@ -1519,6 +1533,7 @@ impl Outgoing {
                 (None, None) => "rtp (unencrypted)".into(),
             };
             c.trunk_dtls_pending = answer.dtls.is_some();
+            c.trunk_dtls_deadline = answer.dtls.is_some().then(|| now + c.timers.dtls);
         }
         self.trunk_sdp = Some(sdp.to_string());
         let params = outgoing_relay_params(offer, &answer, trunk_crypto, c.media_source);
@@ -1898,6 +1913,10 @@ impl Incoming {
             (c.trunk_session.as_ref().map_or(1, |s| s.session_id), 1),
         );
         self.uas.answer(sdp, self.contact.clone(), now);
+        if c.trunk_dtls_pending {
+            // A DTLS trunk starts its handshake once it has our answer.
+            c.trunk_dtls_deadline = Some(now + c.timers.dtls);
+        }
         self.phase = Phase::Answered;
         c.ring_deadline = None;
         c.media(MediaCommand::SetTimeout(c.timers.answered_media));

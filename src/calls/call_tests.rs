@@ -2412,6 +2412,45 @@ fn a_dtls_answer_without_fingerprint_or_with_actpass_is_refused() {
 }
 
 #[test]
+fn a_trunk_dtls_handshake_that_never_completes_ends_the_call() {
+    let now = Instant::now();
+    let mut call = outgoing_with(
+        account_with(
+            SecureMedia::Mandatory,
+            CallerStream::RelayOrDecrypt,
+            Some(CalleeStream::Dtls),
+        ),
+        now,
+    );
+    let invite = the_invite(&drain(&mut call));
+    call.handle_sip(
+        now,
+        reply(&invite, 200, Some(&dtls_answer("active"))),
+        trunk_addr(),
+    );
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.connected, 0);
+    let limit = CallTimers::default().dtls;
+    assert_eq!(call.poll_timeout(), Some(now + limit));
+    call.handle_timeout(now + limit - Duration::from_millis(1));
+    assert!(drain(&mut call).hangup_of(7).is_none());
+    call.handle_timeout(now + limit);
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["BYE"]);
+    let (_, reason) = d.hangup_of(7).expect("hangup");
+    assert!(
+        reason.contains("the trunk's DTLS handshake did not complete"),
+        "{reason}"
+    );
+}
+
+#[test]
 fn a_trunk_dtls_failure_ends_the_call_with_its_reason() {
     let now = Instant::now();
     let mut call = outgoing_with(

@@ -2233,6 +2233,22 @@ a=fingerprint:sha-256 {}\r\na=setup:{setup}\r\na=rtcp-mux\r\n",
     )
 }
 
+/// An outgoing call on a trunk with `secure_media` and callee_stream
+/// "dtls": the call, the clock and its INVITE.
+fn dtls_call(secure_media: SecureMedia) -> (Call, Instant, rsip::Request) {
+    let now = Instant::now();
+    let mut call = outgoing_with(
+        account_with(
+            secure_media,
+            CallerStream::RelayOrDecrypt,
+            Some(CalleeStream::Dtls),
+        ),
+        now,
+    );
+    let invite = the_invite(&drain(&mut call));
+    (call, now, invite)
+}
+
 fn security_of(d: &Drained) -> Option<String> {
     d.to(7).into_iter().find_map(|e| match e {
         SessionEvent::Connected { security, .. } => Some(security.trunk.clone()),
@@ -2246,16 +2262,7 @@ fn callee_stream_dtls_offers_udp_tls_and_keys_the_trunk_by_its_fingerprint() {
         ("active", crate::types::DtlsRole::Server),
         ("passive", crate::types::DtlsRole::Client),
     ] {
-        let now = Instant::now();
-        let mut call = outgoing_with(
-            account_with(
-                SecureMedia::Mandatory,
-                CallerStream::RelayOrDecrypt,
-                Some(CalleeStream::Dtls),
-            ),
-            now,
-        );
-        let invite = the_invite(&drain(&mut call));
+        let (mut call, now, invite) = dtls_call(SecureMedia::Mandatory);
         let body = std::str::from_utf8(&invite.body).unwrap();
         assert!(body.contains("m=audio 20002 UDP/TLS/RTP/SAVP "), "{body}");
         assert!(
@@ -2329,16 +2336,7 @@ fn callee_stream_dtls_offers_udp_tls_and_keys_the_trunk_by_its_fingerprint() {
 
 #[test]
 fn dtls_toward_a_mandatory_trunk_that_answers_plain_rtp_ends_naming_the_policy() {
-    let now = Instant::now();
-    let mut call = outgoing_with(
-        account_with(
-            SecureMedia::Mandatory,
-            CallerStream::RelayOrDecrypt,
-            Some(CalleeStream::Dtls),
-        ),
-        now,
-    );
-    let invite = the_invite(&drain(&mut call));
+    let (mut call, now, invite) = dtls_call(SecureMedia::Mandatory);
     call.handle_sip(now, reply(&invite, 200, Some(PLAIN_ANSWER)), trunk_addr());
     let d = drain(&mut call);
     assert_eq!(d.requests(), ["ACK", "BYE"]);
@@ -2350,16 +2348,7 @@ fn dtls_toward_a_mandatory_trunk_that_answers_plain_rtp_ends_naming_the_policy()
 
 #[test]
 fn dtls_toward_an_optional_trunk_falls_back_to_plain_rtp() {
-    let now = Instant::now();
-    let mut call = outgoing_with(
-        account_with(
-            SecureMedia::Optional,
-            CallerStream::RelayOrDecrypt,
-            Some(CalleeStream::Dtls),
-        ),
-        now,
-    );
-    let invite = the_invite(&drain(&mut call));
+    let (mut call, now, invite) = dtls_call(SecureMedia::Optional);
     // 488 to the DTLS offer: a plain RTP INVITE follows.
     call.handle_sip(now, reply(&invite, 488, None), trunk_addr());
     let d = drain(&mut call);
@@ -2392,16 +2381,7 @@ fn a_dtls_answer_without_fingerprint_or_with_actpass_is_refused() {
         dtls_answer("actpass"),
         dtls_answer("active").replace(&format!("a=fingerprint:sha-256 {}\r\n", dtls_fp()), ""),
     ] {
-        let now = Instant::now();
-        let mut call = outgoing_with(
-            account_with(
-                SecureMedia::Mandatory,
-                CallerStream::RelayOrDecrypt,
-                Some(CalleeStream::Dtls),
-            ),
-            now,
-        );
-        let invite = the_invite(&drain(&mut call));
+        let (mut call, now, invite) = dtls_call(SecureMedia::Mandatory);
         call.handle_sip(now, reply(&invite, 200, Some(&bad)), trunk_addr());
         let d = drain(&mut call);
         assert!(!d.started_media());
@@ -2413,16 +2393,7 @@ fn a_dtls_answer_without_fingerprint_or_with_actpass_is_refused() {
 
 #[test]
 fn a_trunk_dtls_handshake_that_never_completes_ends_the_call() {
-    let now = Instant::now();
-    let mut call = outgoing_with(
-        account_with(
-            SecureMedia::Mandatory,
-            CallerStream::RelayOrDecrypt,
-            Some(CalleeStream::Dtls),
-        ),
-        now,
-    );
-    let invite = the_invite(&drain(&mut call));
+    let (mut call, now, invite) = dtls_call(SecureMedia::Mandatory);
     call.handle_sip(
         now,
         reply(&invite, 200, Some(&dtls_answer("active"))),
@@ -2452,16 +2423,7 @@ fn a_trunk_dtls_handshake_that_never_completes_ends_the_call() {
 
 #[test]
 fn a_trunk_dtls_failure_ends_the_call_with_its_reason() {
-    let now = Instant::now();
-    let mut call = outgoing_with(
-        account_with(
-            SecureMedia::Mandatory,
-            CallerStream::RelayOrDecrypt,
-            Some(CalleeStream::Dtls),
-        ),
-        now,
-    );
-    let invite = the_invite(&drain(&mut call));
+    let (mut call, now, invite) = dtls_call(SecureMedia::Mandatory);
     call.handle_sip(
         now,
         reply(&invite, 200, Some(&dtls_answer("active"))),

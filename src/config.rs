@@ -1169,6 +1169,30 @@ trunk = "carrier"
         assert_eq!(problems[0].key, "trunks[0].callee_stream");
     }
 
+    /// callee_stream = "dtls" is accepted (DTLS-SRTP toward the trunk),
+    /// except where secure_media forbids SRTP or no suite has a DTLS profile.
+    #[test]
+    fn dtls_toward_a_trunk_is_checked_like_the_other_streams() {
+        let dtls = full().replace("callee_stream = \"sdes\"", "callee_stream = \"dtls\"");
+        let problems = parse(&dtls).unwrap().problems();
+        assert!(problems.is_empty(), "{problems:?}");
+        let forbidden = dtls.replace(
+            "secure_media = \"mandatory\"",
+            "secure_media = \"forbidden\"",
+        );
+        let problems = parse(&forbidden).unwrap().problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "trunks[0].callee_stream");
+        assert!(problems[0].message.contains("dtls"), "{problems:?}");
+        let cm256 = dtls.replace(
+            "srtp_suites = [\"AES_CM_128_HMAC_SHA1_80\", \"AES_CM_128_HMAC_SHA1_32\"]",
+            "srtp_suites = [\"AES_256_CM_HMAC_SHA1_80\"]",
+        );
+        let problems = parse(&cm256).unwrap().problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("DTLS-SRTP"), "{problems:?}");
+    }
+
     #[test]
     fn tls_trunks_need_a_listener_and_a_usable_check() {
         let tls = full().replace("transport=udp", "transport=tls");

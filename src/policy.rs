@@ -9,14 +9,18 @@
 //! gateway decrypts or relays out. No IO, no state.
 //!
 //! The sides are a browser (always DTLS-SRTP, always asks for encryption) or
-//! a trunk (SDES-SRTP or plain RTP; it asks for encryption when it offered
-//! `RTP/SAVP`). The gateway today places browser → trunk and trunk → browser
+//! a trunk (SDES-SRTP, DTLS-SRTP or plain RTP; it asks for encryption when
+//! it offered `RTP/SAVP` or `UDP/TLS/RTP/SAVP`). The gateway today places browser → trunk and trunk → browser
 //! calls; the function also answers trunk → trunk so that every row of the
 //! PortaSwitch table can be checked, including "the caller did not ask".
 //!
 //! What the media plane cannot do yet comes out as a named [`PolicyError`]:
-//! relaying an encrypted stream without decrypting it (a private call) and
-//! DTLS-SRTP toward a trunk.
+//! relaying an encrypted stream without decrypting it (a private call).
+//!
+//! DTLS-SRTP toward a trunk is used when it is asked for by name
+//! (`callee_stream = "dtls"`) or offered by the calling trunk; a trunk is
+//! never assumed to speak it otherwise (`as_caller` toward a trunk gets
+//! SDES, as SIP equipment mostly does).
 
 use crate::types::SrtpSuite;
 use serde::Deserialize;
@@ -31,7 +35,7 @@ pub enum CalleeStream {
     Decrypted,
     /// SDES-SRTP keyed by the gateway.
     Sdes,
-    /// DTLS-SRTP (a browser callee always; toward trunks not supported yet).
+    /// DTLS-SRTP (a browser callee always; a trunk's when set).
     Dtls,
 }
 
@@ -74,7 +78,7 @@ pub enum SecureMedia {
 /// How a leg's SRTP keys are agreed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyAgreement {
-    /// DTLS-SRTP (browsers).
+    /// DTLS-SRTP (browsers; trunks that offer it or are set to it).
     Dtls,
     /// SDES `a=crypto` (RFC 4568).
     Sdes,
@@ -100,7 +104,8 @@ pub struct LegPolicy {
     pub key_agreement: KeyAgreement,
     /// In preference order: the SDES suites to offer (callee trunk), the one
     /// chosen from the trunk's offer (caller trunk), the DTLS-SRTP profiles
-    /// (browser). Empty for plain RTP.
+    /// (browser; a trunk's `srtp_suites` that DTLS can negotiate). Empty for
+    /// plain RTP.
     pub suites: Vec<SrtpSuite>,
     /// A caller trunk's `a=crypto` tag we answer (its tag kept, our key).
     pub sdes_tag: Option<u32>,
@@ -156,17 +161,43 @@ impl TrunkMedia<'_> {
         match ka {
             KeyAgreement::None => self.secure_media != SecureMedia::Mandatory,
             KeyAgreement::Sdes => self.secure_media != SecureMedia::Forbidden,
-            // DTLS-SRTP toward trunks is not built yet.
+            // Unless asked for by name (see `allows`): whether a trunk
+            // speaks DTLS-SRTP is not known, so no stream is relayed to it
+            // as DTLS and no encryption for it defaults to DTLS.
             KeyAgreement::Dtls => false,
         }
+    }
+
+    /// May this trunk's leg be keyed this way when its settings ask for it?
+    fn allows(&self, ka: KeyAgreement) -> bool {
+        match ka {
+            KeyAgreement::Dtls => self.secure_media != SecureMedia::Forbidden,
+            other => self.can_take(other),
+        }
+    }
+
+    /// The trunk's `srtp_suites` that DTLS-SRTP can negotiate, in order.
+    fn dtls_suites(&self) -> Result<Vec<SrtpSuite>, PolicyError> {
+        let suites: Vec<SrtpSuite> = self
+            .srtp_suites
+            .iter()
+            .copied()
+            .filter(|s| s.has_dtls_profile())
+            .collect();
+        if suites.is_empty() {
+            return Err(PolicyError::NoDtlsSuites);
+        }
+        Ok(suites)
     }
 }
 
 /// What a trunk's INVITE offered, as the policy needs it.
 #[derive(Debug, Clone, Copy)]
 pub struct IncomingOffer<'a> {
-    /// RTP/SAVP (SDES) rather than RTP/AVP.
+    /// RTP/SAVP (SDES) or UDP/TLS/RTP/SAVP (DTLS) rather than RTP/AVP.
     pub secure: bool,
+    /// UDP/TLS/RTP/SAVP: keyed by DTLS (`cryptos` is then empty).
+    pub dtls: bool,
     /// The usable `a=crypto` lines as `(tag, suite)`, in the trunk's order.
     pub cryptos: &'a [(u32, SrtpSuite)],
 }
@@ -239,8 +270,10 @@ pub struct PolicyInput<'a> {
 pub enum PolicyError {
     #[error("private (relayed, never decrypted) calls are not supported yet ({0})")]
     PrivateCallUnsupported(&'static str),
-    #[error("callee_stream = \"dtls\": DTLS-SRTP toward trunks is not supported yet")]
-    DtlsTowardTrunkUnsupported,
+    #[error("secure_media = \"forbidden\" conflicts with callee_stream = \"dtls\"")]
+    ForbiddenButDtls,
+    #[error("no srtp_suites entry can be negotiated by DTLS-SRTP (AES_CM_128_HMAC_SHA1_80/32, AEAD_AES_128_GCM, AEAD_AES_256_GCM)")]
+    NoDtlsSuites,
     #[error("secure_media = \"mandatory\" conflicts with callee_stream = \"{0}\" (plain RTP toward the trunk)")]
     MandatoryButPlain(&'static str),
     #[error("secure_media = \"forbidden\" conflicts with callee_stream = \"sdes\"")]
@@ -328,8 +361,12 @@ pub fn resolve(input: PolicyInput<'_>) -> Result<CallPolicy, PolicyError> {
             KeyAgreement::Sdes
         }
         (_, CalleeStream::Dtls, _) => {
-            if !callee.can_take(KeyAgreement::Dtls) {
-                return Err(PolicyError::DtlsTowardTrunkUnsupported);
+            let allowed = match callee {
+                Callee::Browser => true,
+                Callee::Trunk { media, .. } => media.allows(KeyAgreement::Dtls),
+            };
+            if !allowed {
+                return Err(PolicyError::ForbiddenButDtls);
             }
             KeyAgreement::Dtls
         }
@@ -337,7 +374,13 @@ pub fn resolve(input: PolicyInput<'_>) -> Result<CallPolicy, PolicyError> {
 
     let callee_leg = match (callee_ka, &input.callee) {
         (KeyAgreement::None, _) => LegPolicy::plain(),
-        (KeyAgreement::Dtls, _) => LegPolicy::dtls(),
+        (KeyAgreement::Dtls, Callee::Browser) => LegPolicy::dtls(),
+        (KeyAgreement::Dtls, Callee::Trunk { media, .. }) => LegPolicy {
+            key_agreement: KeyAgreement::Dtls,
+            suites: media.dtls_suites()?,
+            sdes_tag: None,
+            plain_fallback: media.secure_media == SecureMedia::Optional,
+        },
         (KeyAgreement::Sdes, Callee::Trunk { media, .. }) => {
             if media.srtp_suites.is_empty() {
                 return Err(PolicyError::NoSuites);
@@ -378,6 +421,12 @@ fn caller_trunk_leg(
         (false, SecureMedia::Mandatory) => Err(PolicyError::PlainOfferRefused),
         (false, _) => Ok(LegPolicy::plain()),
         (true, SecureMedia::Forbidden) => Err(PolicyError::SecureOfferRefused),
+        (true, _) if offer.dtls => Ok(LegPolicy {
+            key_agreement: KeyAgreement::Dtls,
+            suites: media.dtls_suites()?,
+            sdes_tag: None,
+            plain_fallback: false,
+        }),
         (true, _) => media
             .srtp_suites
             .iter()
@@ -410,6 +459,12 @@ pub enum TrunkLegPlan {
     },
     /// RTP/AVP.
     Plain,
+    /// UDP/TLS/RTP/SAVP (DTLS-SRTP) with these `use_srtp` profiles in this
+    /// order; `accept_plain` as for SDES.
+    Dtls {
+        suites: Vec<SrtpSuite>,
+        accept_plain: bool,
+    },
 }
 
 impl TrunkLegPlan {
@@ -417,7 +472,17 @@ impl TrunkLegPlan {
     pub fn accepts_plain_answer(&self) -> bool {
         match self {
             TrunkLegPlan::Plain => true,
-            TrunkLegPlan::Sdes { accept_plain, .. } => *accept_plain,
+            TrunkLegPlan::Sdes { accept_plain, .. } | TrunkLegPlan::Dtls { accept_plain, .. } => {
+                *accept_plain
+            }
+        }
+    }
+
+    /// The SRTP suites of the plan, in order (empty for plain RTP).
+    pub fn suites(&self) -> &[SrtpSuite] {
+        match self {
+            TrunkLegPlan::Plain => &[],
+            TrunkLegPlan::Sdes { suites, .. } | TrunkLegPlan::Dtls { suites, .. } => suites,
         }
     }
 
@@ -435,8 +500,15 @@ impl TrunkLegPlan {
                 accept_plain: false,
                 ..
             } => Some(
-                "the trunk refused SRTP (RTP/SAVP) and its secure_media is \"mandatory\": \
+                "the trunk refused SDES-SRTP (RTP/SAVP) and its secure_media is \"mandatory\": \
                  no plain RTP is offered",
+            ),
+            TrunkLegPlan::Dtls {
+                accept_plain: false,
+                ..
+            } => Some(
+                "the trunk refused DTLS-SRTP (UDP/TLS/RTP/SAVP) and its secure_media is \
+                 \"mandatory\": no plain RTP is offered",
             ),
             TrunkLegPlan::Plain => Some(
                 "the trunk refused plain RTP (RTP/AVP), the only offer its policy allows \
@@ -448,11 +520,14 @@ impl TrunkLegPlan {
 }
 
 /// The trunk leg of an incoming (trunk → browser) call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IncomingLegPlan {
     /// Answer RTP/SAVP with the trunk's `a=crypto` line `tag` (of `suite`)
     /// and a fresh key of ours.
     Sdes { tag: u32, suite: SrtpSuite },
+    /// Answer UDP/TLS/RTP/SAVP with our fingerprint; DTLS then negotiates
+    /// one of `suites` (in this order when we are the server).
+    Dtls { suites: Vec<SrtpSuite> },
     /// Answer RTP/AVP.
     Plain,
 }
@@ -477,8 +552,10 @@ pub fn plan_outgoing(
             accept_plain: p.callee.plain_fallback,
         },
         KeyAgreement::None => TrunkLegPlan::Plain,
-        // resolve() refuses DTLS toward trunks.
-        KeyAgreement::Dtls => return Err(PolicyError::DtlsTowardTrunkUnsupported),
+        KeyAgreement::Dtls => TrunkLegPlan::Dtls {
+            suites: p.callee.suites,
+            accept_plain: p.callee.plain_fallback,
+        },
     })
 }
 
@@ -496,10 +573,19 @@ pub fn plan_incoming(
         },
         callee: Callee::Browser,
     })?;
-    Ok(match (p.caller.sdes_tag, p.caller.suites.first()) {
-        (Some(tag), Some(&suite)) => IncomingLegPlan::Sdes { tag, suite },
-        _ => IncomingLegPlan::Plain,
-    })
+    Ok(
+        match (
+            p.caller.key_agreement,
+            p.caller.sdes_tag,
+            p.caller.suites.first(),
+        ) {
+            (KeyAgreement::Dtls, _, _) => IncomingLegPlan::Dtls {
+                suites: p.caller.suites,
+            },
+            (_, Some(tag), Some(&suite)) => IncomingLegPlan::Sdes { tag, suite },
+            _ => IncomingLegPlan::Plain,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -530,6 +616,7 @@ mod tests {
             media: trunk(SecureMedia::Optional),
             offer: IncomingOffer {
                 secure: asked,
+                dtls: false,
                 cryptos: if asked { OFFERED } else { &[] },
             },
         }
@@ -615,12 +702,12 @@ mod tests {
             let both = "Caller <-encrypted-> (Encrypt 1)  PortaSwitch (Encrypt 2)  <-encrypted-> Callee";
             rows.push((caller, Sdes, Who::Trunk, true, both, Plan(K::Sdes, K::Sdes, Dec)));
             rows.push((caller, Dtls, Who::Browser, true, both, Plan(K::Sdes, K::Dtls, Dec)));
-            rows.push((caller, Dtls, Who::Trunk, true, both, NotYet(PolicyError::DtlsTowardTrunkUnsupported)));
+            rows.push((caller, Dtls, Who::Trunk, true, both, Plan(K::Sdes, K::Dtls, Dec)));
             // ... | no: "Caller <-non-encrypted-> PortaSwitch <-encrypted-> Callee" (Yes)
             let one = "Caller <-non-encrypted-> PortaSwitch <-encrypted-> Callee";
             rows.push((caller, Sdes, Who::Trunk, false, one, Plan(K::None, K::Sdes, Dec)));
             rows.push((caller, Dtls, Who::Browser, false, one, Plan(K::None, K::Dtls, Dec)));
-            rows.push((caller, Dtls, Who::Trunk, false, one, NotYet(PolicyError::DtlsTowardTrunkUnsupported)));
+            rows.push((caller, Dtls, Who::Trunk, false, one, Plan(K::None, K::Dtls, Dec)));
         }
         for callee in [AsCaller, Decrypted] {
             // decrypt | as_caller, decrypted | requested: "Caller <-encrypted-> PortaSwitch <-non-encrypted-> Callee" (Yes)
@@ -731,9 +818,24 @@ mod tests {
                 Err(PolicyError::PrivateCallUnsupported(FORCED))
             );
         }
+        // dtls: UDP/TLS/RTP/SAVP with the suites DTLS can negotiate.
         assert_eq!(
             outgoing(RelayOrDecrypt, Dtls, SecureMedia::Mandatory),
-            Err(PolicyError::DtlsTowardTrunkUnsupported)
+            Ok(TrunkLegPlan::Dtls {
+                suites: SUITES.to_vec(),
+                accept_plain: false
+            })
+        );
+        assert_eq!(
+            outgoing(Decrypt, Dtls, SecureMedia::Optional),
+            Ok(TrunkLegPlan::Dtls {
+                suites: SUITES.to_vec(),
+                accept_plain: true
+            })
+        );
+        assert_eq!(
+            outgoing(RelayOrDecrypt, Dtls, SecureMedia::Forbidden),
+            Err(PolicyError::ForbiddenButDtls)
         );
         assert_eq!(
             outgoing(RelayOrDecrypt, Sdes, SecureMedia::Forbidden),
@@ -778,6 +880,7 @@ mod tests {
     fn incoming_sdes_picks_our_preferred_suite_and_keeps_the_trunks_tag() {
         let offer = IncomingOffer {
             secure: true,
+            dtls: false,
             cryptos: OFFERED,
         };
         assert_eq!(
@@ -821,6 +924,7 @@ mod tests {
     fn incoming_plain_offer_follows_secure_media() {
         let offer = IncomingOffer {
             secure: false,
+            dtls: false,
             cryptos: &[],
         };
         assert_eq!(
@@ -837,5 +941,131 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// DTLS-SRTP toward a trunk keeps the operator's suite order, minus the
+    /// suites `use_srtp` has no profile for.
+    #[test]
+    fn dtls_toward_a_trunk_offers_the_dtls_capable_suites_in_order() {
+        let mixed = [
+            SrtpSuite::AesCm256HmacSha1_80,
+            SrtpSuite::AeadAes256Gcm,
+            SrtpSuite::AesCm128HmacSha1_32,
+        ];
+        let media = TrunkMedia {
+            secure_media: SecureMedia::Mandatory,
+            srtp_suites: &mixed,
+        };
+        assert_eq!(
+            plan_outgoing(RelayOrDecrypt, CalleeStream::Dtls, media),
+            Ok(TrunkLegPlan::Dtls {
+                suites: vec![SrtpSuite::AeadAes256Gcm, SrtpSuite::AesCm128HmacSha1_32],
+                accept_plain: false
+            })
+        );
+        let only_256_cm = TrunkMedia {
+            secure_media: SecureMedia::Mandatory,
+            srtp_suites: &[SrtpSuite::AesCm256HmacSha1_80],
+        };
+        assert_eq!(
+            plan_outgoing(RelayOrDecrypt, CalleeStream::Dtls, only_256_cm),
+            Err(PolicyError::NoDtlsSuites)
+        );
+        // as_caller never guesses DTLS for a trunk: SDES, as before.
+        assert_eq!(
+            plan_outgoing(
+                RelayOrDecrypt,
+                CalleeStream::AsCaller,
+                trunk(SecureMedia::Optional)
+            ),
+            Ok(TrunkLegPlan::Sdes {
+                suites: SUITES.to_vec(),
+                accept_plain: true
+            })
+        );
+        assert!(TrunkLegPlan::Dtls {
+            suites: vec![],
+            accept_plain: true
+        }
+        .accepts_plain_answer());
+        assert_eq!(
+            TrunkLegPlan::Dtls {
+                suites: SUITES.to_vec(),
+                accept_plain: false
+            }
+            .suites(),
+            SUITES
+        );
+    }
+
+    /// A trunk that offered UDP/TLS/RTP/SAVP asked for encryption: the
+    /// requested rows with a DTLS caller leg.
+    #[test]
+    fn a_dtls_offer_from_a_trunk() {
+        let dtls_offer = IncomingOffer {
+            secure: true,
+            dtls: true,
+            cryptos: &[],
+        };
+        for caller in [RelayOrDecrypt, Decrypt] {
+            assert_eq!(
+                plan_incoming(caller, trunk(SecureMedia::Mandatory), dtls_offer),
+                Ok(IncomingLegPlan::Dtls {
+                    suites: SUITES.to_vec()
+                })
+            );
+            assert_eq!(
+                plan_incoming(caller, trunk(SecureMedia::Optional), dtls_offer),
+                Ok(IncomingLegPlan::Dtls {
+                    suites: SUITES.to_vec()
+                })
+            );
+        }
+        assert_eq!(
+            plan_incoming(RelayOrDecrypt, trunk(SecureMedia::Forbidden), dtls_offer),
+            Err(PolicyError::SecureOfferRefused)
+        );
+        let only_256_cm = TrunkMedia {
+            secure_media: SecureMedia::Optional,
+            srtp_suites: &[SrtpSuite::AesCm256HmacSha1_32],
+        };
+        assert_eq!(
+            plan_incoming(RelayOrDecrypt, only_256_cm, dtls_offer),
+            Err(PolicyError::NoDtlsSuites)
+        );
+        // forced_relay stays the private-call helper's row.
+        assert!(matches!(
+            plan_incoming(ForcedRelay, trunk(SecureMedia::Mandatory), dtls_offer),
+            Err(PolicyError::PrivateCallUnsupported(_))
+        ));
+        // Trunk to trunk, the table's "requested" rows with a DTLS caller:
+        // (Encrypt 1) PortaSwitch (Encrypt 2), or decrypted toward the callee.
+        let caller = Caller::Trunk {
+            media: trunk(SecureMedia::Optional),
+            offer: dtls_offer,
+        };
+        let plan = |callee_stream| {
+            resolve(PolicyInput {
+                caller_stream: RelayOrDecrypt,
+                caller,
+                callee: Callee::Trunk {
+                    media: trunk(SecureMedia::Optional),
+                    callee_stream,
+                },
+            })
+            .map(|p| (p.caller.key_agreement, p.callee.key_agreement, p.handling))
+        };
+        assert_eq!(
+            plan(CalleeStream::Dtls),
+            Ok((K::Dtls, K::Dtls, Handling::Decrypt))
+        );
+        assert_eq!(
+            plan(CalleeStream::Sdes),
+            Ok((K::Dtls, K::Sdes, Handling::Decrypt))
+        );
+        assert_eq!(
+            plan(CalleeStream::Decrypted),
+            Ok((K::Dtls, K::None, Handling::Decrypt))
+        );
     }
 }

@@ -170,6 +170,19 @@ impl SrtpSuite {
         SrtpSuite::AesCm192HmacSha1_32,
     ];
 
+    /// Whether DTLS-SRTP can negotiate this suite: `use_srtp` has profiles
+    /// for the AES_CM_128 suites (RFC 5764 4.1.2) and the AEAD ones
+    /// (RFC 7714 14.2), none for AES_256_CM (RFC 6188 is SDES only).
+    pub fn has_dtls_profile(self) -> bool {
+        !matches!(
+            self,
+            SrtpSuite::AesCm192HmacSha1_80
+                | SrtpSuite::AesCm192HmacSha1_32
+                | SrtpSuite::AesCm256HmacSha1_80
+                | SrtpSuite::AesCm256HmacSha1_32
+        )
+    }
+
     /// The name used in `a=crypto` (SDES) and in the config's `srtp_suites`.
     pub fn name(self) -> &'static str {
         match self {
@@ -324,4 +337,13 @@ pub enum MediaSource {
     /// type came (trunks behind NAT, or multi-homed ones that advertise one
     /// address and send from another, as linphone does by default).
     Latch,
+}
+
+/// Which side of a DTLS handshake the gateway plays on a leg (RFC 5763 5,
+/// from `a=setup`): the client (`active`) sends the ClientHello, the server
+/// (`passive`) waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DtlsRole {
+    Client,
+    Server,
 }

@@ -46,8 +46,8 @@ use crate::media::rewrite::Toward;
 use crate::media::{MediaEvent, RelayParams};
 use crate::policy::{IncomingLegPlan, TrunkLegPlan};
 use crate::sdp::{
-    self, BrowserAnswer, BrowserAnswerParams, BrowserOffer, BrowserOfferParams, SipOffer,
-    TrunkAnswer, TrunkOfferMedia, TrunkOfferParams,
+    self, AnswerKeying, BrowserAnswer, BrowserAnswerParams, BrowserOffer, BrowserOfferParams,
+    SipOffer, TrunkAnswer, TrunkOfferMedia, TrunkOfferParams,
 };
 use crate::sip::auth::DigestCredentials;
 use crate::sip::message::{self, ResponseParts};
@@ -282,6 +282,12 @@ struct Common {
     media_started: bool,
     browser_suite: Option<SrtpSuite>,
     trunk_security: String,
+    /// A DTLS-SRTP trunk leg whose handshake has not completed: `connected`
+    /// waits for it, so that `security` names the negotiated profile.
+    trunk_dtls_pending: bool,
+    /// When a pending trunk handshake is given up (the `dtls` timer from
+    /// the media start, outgoing, or from our 200, incoming).
+    trunk_dtls_deadline: Option<Instant>,
     /// The codec both legs run, once chosen (`PCMU/8000`).
     codec: Option<String>,
     connected_sent: bool,
@@ -350,6 +356,8 @@ impl Common {
             media_started: false,
             browser_suite: None,
             trunk_security: String::new(),
+            trunk_dtls_pending: false,
+            trunk_dtls_deadline: None,
             codec: None,
             connected_sent: false,
             dtls_deadline: None,
@@ -561,7 +569,12 @@ impl Common {
             params.media_source = self.media_source;
             info!(remote = %params.remote_rtp, "trunk re-offer: moving or re-keying the trunk leg");
             if let Some(s) = &self.trunk_session {
-                self.trunk_security = s.security();
+                let security = s.security();
+                // A DTLS leg keeps its profile's name; a rebuilt association
+                // names it again when its handshake is done.
+                if !(security == "dtls-srtp" && self.trunk_security.starts_with("dtls-srtp ")) {
+                    self.trunk_security = security;
+                }
             }
             self.media(MediaCommand::UpdateTrunk(Box::new(params), map));
         }
@@ -813,7 +826,7 @@ impl Common {
     /// `connected` goes out once the trunk side is up and the browser's DTLS
     /// is, so the lock the browser shows is true for both legs.
     fn maybe_connected(&mut self, trunk_up: bool) {
-        if self.connected_sent || !trunk_up || self.ended.is_some() {
+        if self.connected_sent || !trunk_up || self.ended.is_some() || self.trunk_dtls_pending {
             return;
         }
         let Some(suite) = self.browser_suite else {
@@ -877,6 +890,9 @@ impl Call {
                     .map(|suite| SrtpKeyMaterial::generate(*suite))
                     .collect(),
             },
+            TrunkLegPlan::Dtls { .. } => TrunkOfferMedia::Dtls {
+                fingerprint_sha256: setup.media.fingerprint_sha256.clone(),
+            },
             TrunkLegPlan::Plain => TrunkOfferMedia::Plain,
         };
         let offer_params = TrunkOfferParams {
@@ -893,6 +909,9 @@ impl Call {
         // `sip::uac`: a 488 leaves no dialog to re-INVITE in).
         let fallback = match &plan {
             TrunkLegPlan::Sdes {
+                accept_plain: true, ..
+            }
+            | TrunkLegPlan::Dtls {
                 accept_plain: true, ..
             } => {
                 let params = TrunkOfferParams {
@@ -943,6 +962,7 @@ impl Call {
                 answered: false,
                 trunk_sdp: None,
                 browser_codec: None,
+                dtls: None,
             })),
         };
         call.pump(now);
@@ -986,10 +1006,13 @@ impl Call {
         c.ring_deadline = Some(now + c.timers.ring);
         let trunk = &setup.account.trunk;
         c.refer_base = format!("{}:{}", uri_host(&trunk.uri.host), trunk.uri.port);
-        c.trunk_security = match setup.plan {
+        c.trunk_security = match &setup.plan {
             IncomingLegPlan::Sdes { suite, .. } => format!("sdes-srtp {suite}"),
+            // The profile is known once the handshake is done.
+            IncomingLegPlan::Dtls { .. } => "dtls-srtp".into(),
             IncomingLegPlan::Plain => "rtp (unencrypted)".into(),
         };
+        c.trunk_dtls_pending = matches!(setup.plan, IncomingLegPlan::Dtls { .. });
         let mut uas = setup.uas;
         c.trunk_call = setup.destination.map(|destination| {
             trunk_call_config(&setup.account, &setup.local, destination, Vec::new())
@@ -1096,6 +1119,7 @@ impl Call {
             transfer,
             retired,
             self.c.dtls_deadline,
+            self.c.trunk_dtls_deadline,
             self.c.ring_deadline,
             self.c.teardown_deadline,
             self.c.resume_deadline,
@@ -1222,6 +1246,18 @@ impl Call {
                     Kind::Refused => {}
                 }
             }
+            MediaEvent::TrunkConnected { suite } => {
+                info!(suite = %suite, "trunk DTLS-SRTP connected");
+                self.c.trunk_security = format!("dtls-srtp {suite}");
+                self.c.trunk_dtls_pending = false;
+                self.c.trunk_dtls_deadline = None;
+                let up = match &self.kind {
+                    Kind::Outgoing(o) => o.answered,
+                    Kind::Incoming(i) => i.phase == Phase::Confirmed,
+                    Kind::Refused => false,
+                };
+                self.c.maybe_connected(up);
+            }
             MediaEvent::Failed { reason } => {
                 warn!(reason = %reason, "media failed");
                 self.end(Cause::MediaFailed(reason), now);
@@ -1251,6 +1287,14 @@ impl Call {
         if self.c.dtls_deadline.is_some_and(|d| now >= d) {
             self.c.dtls_deadline = None;
             self.end(Cause::BrowserMediaTimeout, now);
+        }
+        if self.c.trunk_dtls_deadline.is_some_and(|d| now >= d) {
+            self.c.trunk_dtls_deadline = None;
+            let why = format!(
+                "the trunk's DTLS handshake did not complete within {} s",
+                self.c.timers.dtls.as_secs()
+            );
+            self.end(Cause::MediaFailed(why), now);
         }
         if self.c.ring_deadline.is_some_and(|d| now >= d) {
             self.c.ring_deadline = None;
@@ -1540,6 +1584,8 @@ struct Outgoing {
     /// The trunk SDP the media runs on, and the browser's PT of its codec.
     trunk_sdp: Option<String>,
     browser_codec: Option<PayloadType>,
+    /// The DTLS side of the trunk's last SDP (DTLS-SRTP legs).
+    dtls: Option<sdp::TrunkDtls>,
 }
 
 impl Outgoing {
@@ -1558,6 +1604,9 @@ impl Outgoing {
             answered: true,
             trunk_sdp: None,
             browser_codec: None,
+            // A REFER's new dialog (issue 13) runs SDES or plain RTP; a DTLS
+            // leg is not transferred (see `TrunkLegPlan::Plain` above).
+            dtls: None,
         }
     }
 
@@ -1724,10 +1773,15 @@ impl Outgoing {
                 return self.end(c, cause, now);
             }
         };
-        let trunk_crypto = match &answer.crypto {
-            Some(a) => TrunkCrypto::Sdes {
+        let trunk_crypto = match (&answer.crypto, &answer.dtls) {
+            (Some(a), _) => TrunkCrypto::Sdes {
                 inbound: a.remote_key.clone(),
                 outbound: a.local_key.clone(),
+            },
+            (None, Some(d)) => TrunkCrypto::Dtls {
+                role: d.role,
+                remote_fingerprint: d.fingerprint.clone(),
+                suites: self.plan.suites().to_vec(),
             },
             // An RTP/AVP answer to our RTP/SAVP offer on an optional trunk:
             // the dialog exists once it comes in a 200, so the RFC-correct
@@ -1735,8 +1789,8 @@ impl Outgoing {
             // (RFC 3261 14.1), which sip::uac does not send yet; the trunk's
             // answer already names plain RTP with its address and codec, so
             // the gateway runs plain RTP on it, counted as a fallback.
-            None if self.plan.accepts_plain_answer() => {
-                if matches!(self.plan, TrunkLegPlan::Sdes { .. }) && !self.fell_back {
+            (None, None) if self.plan.accepts_plain_answer() => {
+                if !matches!(self.plan, TrunkLegPlan::Plain) && !self.fell_back {
                     warn!(
                         "trunk answered plain RTP to the SRTP offer (secure_media = \"optional\")"
                     );
@@ -1745,17 +1799,26 @@ impl Outgoing {
                 }
                 TrunkCrypto::Plain
             }
-            None => {
+            (None, None) => {
                 let cause = Cause::Policy(
                     "the trunk answered plain RTP but its secure_media is \"mandatory\"".into(),
                 );
                 return self.end(c, cause, now);
             }
         };
-        c.trunk_security = match &answer.crypto {
-            Some(a) => format!("sdes-srtp {}", a.remote_key.suite),
-            None => "rtp (unencrypted)".into(),
-        };
+        // A DTLS leg that already runs (a 200 after a 183 with the same
+        // certificate) keeps its association and its profile.
+        let same_dtls = c.media_started && answer.dtls.is_some() && self.dtls == answer.dtls;
+        self.dtls = answer.dtls.clone();
+        if !same_dtls {
+            c.trunk_security = match (&answer.crypto, &answer.dtls) {
+                (Some(a), _) => format!("sdes-srtp {}", a.remote_key.suite),
+                (None, Some(_)) => "dtls-srtp".into(),
+                (None, None) => "rtp (unencrypted)".into(),
+            };
+            c.trunk_dtls_pending = answer.dtls.is_some();
+            c.trunk_dtls_deadline = answer.dtls.is_some().then(|| now + c.timers.dtls);
+        }
         self.trunk_sdp = Some(sdp.to_string());
         let params = outgoing_relay_params(offer, &answer, trunk_crypto, c.media_source);
         let session = TrunkSession::new(
@@ -1776,11 +1839,12 @@ impl Outgoing {
                 .crypto
                 .as_ref()
                 .map(|a| (a.remote_key.clone(), a.local_key.clone(), a.tag)),
-            match &self.plan {
-                TrunkLegPlan::Sdes { suites, .. } => suites.clone(),
-                TrunkLegPlan::Plain => Vec::new(),
-            },
+            self.plan.suites().to_vec(),
         );
+        let session = match &answer.dtls {
+            Some(d) => session.with_dtls(d.clone(), c.media.fingerprint_sha256.clone()),
+            None => session,
+        };
 
         if c.media_started {
             // Media runs already: only the trunk leg changes, and only if the
@@ -2010,7 +2074,7 @@ impl Incoming {
         }
         let our_key = match self.plan {
             IncomingLegPlan::Sdes { suite, .. } => Some(SrtpKeyMaterial::generate(suite)),
-            IncomingLegPlan::Plain => None,
+            IncomingLegPlan::Dtls { .. } | IncomingLegPlan::Plain => None,
         };
         let crypto = match (&self.plan, &our_key) {
             (IncomingLegPlan::Sdes { tag, .. }, Some(ours)) => {
@@ -2032,6 +2096,17 @@ impl Incoming {
                     }
                 }
             }
+            (IncomingLegPlan::Dtls { suites }, _) => match &self.offer.dtls {
+                Some(d) => TrunkCrypto::Dtls {
+                    role: d.role,
+                    remote_fingerprint: d.fingerprint.clone(),
+                    suites: suites.clone(),
+                },
+                None => {
+                    let cause = Cause::Policy("the trunk's a=fingerprint vanished".into());
+                    return self.end(c, cause, now);
+                }
+            },
             _ => TrunkCrypto::Plain,
         };
         let sdes = match (&self.plan, &crypto) {
@@ -2056,6 +2131,12 @@ impl Incoming {
             sdes,
             self.suites.clone(),
         ));
+        if let Some(d) = &self.offer.dtls {
+            c.trunk_session = c
+                .trunk_session
+                .take()
+                .map(|s| s.with_dtls(d.clone(), c.media.fingerprint_sha256.clone()));
+        }
         let mut payload_map = vec![(answer.codec.pt, answer.codec.pt, answer.codec.clock_rate)];
         if let Some(te) = &answer.telephone_event {
             payload_map.push((te.pt, te.pt, answer.codec.clock_rate));
@@ -2100,19 +2181,26 @@ impl Incoming {
         };
         let mut codecs = vec![answer.codec.clone()];
         codecs.extend(trunk_telephone_event(&self.offer, answer));
-        let crypto = match (&self.plan, our_key) {
-            (IncomingLegPlan::Sdes { tag, .. }, Some(key)) => Some((*tag, key)),
-            _ => None,
+        let keying = match (&self.plan, our_key) {
+            (IncomingLegPlan::Sdes { tag, .. }, Some(key)) => AnswerKeying::Sdes(*tag, key),
+            (IncomingLegPlan::Dtls { .. }, _) => AnswerKeying::Dtls {
+                fingerprint_sha256: &c.media.fingerprint_sha256,
+            },
+            _ => AnswerKeying::None,
         };
-        let sdp = sdp::write_sip_answer_with(
+        let sdp = sdp::write_sip_answer_keyed(
             &self.offer,
             &codecs,
             c.media.public_ip,
             c.media.trunk_rtp_port,
-            crypto,
-            c.trunk_session.as_ref().map_or(1, |s| s.session_id),
+            keying,
+            (c.trunk_session.as_ref().map_or(1, |s| s.session_id), 1),
         );
         self.uas.answer(sdp, self.contact.clone(), now);
+        if c.trunk_dtls_pending {
+            // A DTLS trunk starts its handshake once it has our answer.
+            c.trunk_dtls_deadline = Some(now + c.timers.dtls);
+        }
         self.phase = Phase::Answered;
         c.ring_deadline = None;
         c.media(MediaCommand::SetTimeout(c.timers.answered_media));

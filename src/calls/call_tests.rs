@@ -989,11 +989,6 @@ fn unsupported_policy_rows_end_the_call_with_488_naming_the_policy() {
         ),
         (
             CallerStream::RelayOrDecrypt,
-            Some(CalleeStream::Dtls),
-            "DTLS-SRTP toward trunks is not supported yet",
-        ),
-        (
-            CallerStream::RelayOrDecrypt,
             Some(CalleeStream::Decrypted),
             "secure_media = \"mandatory\" conflicts",
         ),
@@ -2543,4 +2538,495 @@ fn a_trunks_refer_without_a_usable_refer_to_gets_400_and_hold_waits_for_a_transf
         },
     );
     assert_eq!(errors(&drain(&mut call), 1), [409]);
+}
+
+// ---- DTLS-SRTP toward trunks (issue 11 item 4) ------------------------------
+
+fn dtls_fp() -> String {
+    ["EF"; 32].join(":")
+}
+
+fn dtls_answer(setup: &str) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+m=audio 30000 UDP/TLS/RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n\
+a=fingerprint:sha-256 {}\r\na=setup:{setup}\r\na=rtcp-mux\r\n",
+        dtls_fp()
+    )
+}
+
+/// An outgoing call on a trunk with `secure_media` and callee_stream
+/// "dtls": the call, the clock and its INVITE.
+fn dtls_call(secure_media: SecureMedia) -> (Call, Instant, rsip::Request) {
+    let now = Instant::now();
+    let mut call = outgoing_with(
+        account_with(
+            secure_media,
+            CallerStream::RelayOrDecrypt,
+            Some(CalleeStream::Dtls),
+        ),
+        now,
+    );
+    let invite = the_invite(&drain(&mut call));
+    (call, now, invite)
+}
+
+fn security_of(d: &Drained) -> Option<String> {
+    d.to(7).into_iter().find_map(|e| match e {
+        SessionEvent::Connected { security, .. } => Some(security.trunk.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn callee_stream_dtls_offers_udp_tls_and_keys_the_trunk_by_its_fingerprint() {
+    for (setup, role) in [
+        ("active", crate::types::DtlsRole::Server),
+        ("passive", crate::types::DtlsRole::Client),
+    ] {
+        let (mut call, now, invite) = dtls_call(SecureMedia::Mandatory);
+        let body = std::str::from_utf8(&invite.body).unwrap();
+        assert!(body.contains("m=audio 20002 UDP/TLS/RTP/SAVP "), "{body}");
+        assert!(
+            body.contains(&format!(
+                "a=fingerprint:sha-256 {}",
+                media_plan().fingerprint_sha256
+            )),
+            "{body}"
+        );
+        assert!(body.contains("a=setup:actpass"), "{body}");
+        assert!(
+            body.contains("a=rtcp-mux") && body.contains("a=rtcp:20003"),
+            "{body}"
+        );
+        assert!(!body.contains("a=crypto"), "{body}");
+
+        call.handle_sip(
+            now,
+            reply(&invite, 200, Some(&dtls_answer(setup))),
+            trunk_addr(),
+        );
+        let d = drain(&mut call);
+        assert_eq!(d.requests(), ["ACK"]);
+        match trunk_crypto_of(&d) {
+            Some(TrunkCrypto::Dtls {
+                role: got,
+                remote_fingerprint,
+                suites,
+            }) => {
+                assert_eq!(got, role, "answer setup:{setup}");
+                assert_eq!(
+                    remote_fingerprint.to_string(),
+                    format!("sha-256 {}", dtls_fp())
+                );
+                assert_eq!(
+                    suites,
+                    [
+                        SrtpSuite::AesCm128HmacSha1_80,
+                        SrtpSuite::AesCm128HmacSha1_32
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The browser is up, the trunk's handshake not yet: no `connected`.
+        call.handle_media(
+            now,
+            MediaEvent::BrowserConnected {
+                suite: SrtpSuite::AeadAes128Gcm,
+            },
+        );
+        assert_eq!(drain(&mut call).connected, 0);
+        call.handle_media(
+            now,
+            MediaEvent::TrunkConnected {
+                suite: SrtpSuite::AesCm128HmacSha1_32,
+            },
+        );
+        let d = drain(&mut call);
+        assert_eq!(d.connected, 1);
+        assert_eq!(
+            security_of(&d).as_deref(),
+            Some("dtls-srtp AES_CM_128_HMAC_SHA1_32")
+        );
+        assert_eq!(
+            call.info().trunk_security.as_deref(),
+            Some("dtls-srtp AES_CM_128_HMAC_SHA1_32")
+        );
+    }
+}
+
+#[test]
+fn dtls_toward_a_mandatory_trunk_that_answers_plain_rtp_ends_naming_the_policy() {
+    let (mut call, now, invite) = dtls_call(SecureMedia::Mandatory);
+    call.handle_sip(now, reply(&invite, 200, Some(PLAIN_ANSWER)), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK", "BYE"]);
+    assert!(!d.started_media());
+    let (code, reason) = d.hangup_of(7).expect("hangup");
+    assert_eq!(code, 488);
+    assert!(reason.contains("secure_media is \"mandatory\""), "{reason}");
+}
+
+#[test]
+fn dtls_toward_an_optional_trunk_falls_back_to_plain_rtp() {
+    let (mut call, now, invite) = dtls_call(SecureMedia::Optional);
+    // 488 to the DTLS offer: a plain RTP INVITE follows.
+    call.handle_sip(now, reply(&invite, 488, None), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK", "INVITE"]);
+    assert_eq!(d.fallbacks, 1);
+    let second = the_invite(&d);
+    let body = std::str::from_utf8(&second.body).unwrap();
+    assert!(
+        body.contains(" RTP/AVP ") && !body.contains("fingerprint"),
+        "{body}"
+    );
+    call.handle_sip(now, reply(&second, 200, Some(PLAIN_ANSWER)), trunk_addr());
+    let d = drain(&mut call);
+    assert!(matches!(trunk_crypto_of(&d), Some(TrunkCrypto::Plain)));
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    assert_eq!(
+        security_of(&drain(&mut call)).as_deref(),
+        Some("rtp (unencrypted)")
+    );
+}
+
+#[test]
+fn a_dtls_answer_without_fingerprint_or_with_actpass_is_refused() {
+    for bad in [
+        dtls_answer("actpass"),
+        dtls_answer("active").replace(&format!("a=fingerprint:sha-256 {}\r\n", dtls_fp()), ""),
+    ] {
+        let (mut call, now, invite) = dtls_call(SecureMedia::Mandatory);
+        call.handle_sip(now, reply(&invite, 200, Some(&bad)), trunk_addr());
+        let d = drain(&mut call);
+        assert!(!d.started_media());
+        let (code, reason) = d.hangup_of(7).expect("hangup");
+        assert_eq!(code, 488, "{reason}");
+        assert!(reason.contains("trunk SDP refused"), "{reason}");
+    }
+}
+
+#[test]
+fn a_trunk_dtls_handshake_that_never_completes_ends_the_call() {
+    let (mut call, now, invite) = dtls_call(SecureMedia::Mandatory);
+    call.handle_sip(
+        now,
+        reply(&invite, 200, Some(&dtls_answer("active"))),
+        trunk_addr(),
+    );
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.connected, 0);
+    let limit = CallTimers::default().dtls;
+    assert_eq!(call.poll_timeout(), Some(now + limit));
+    call.handle_timeout(now + limit - Duration::from_millis(1));
+    assert!(drain(&mut call).hangup_of(7).is_none());
+    call.handle_timeout(now + limit);
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["BYE"]);
+    let (_, reason) = d.hangup_of(7).expect("hangup");
+    assert!(
+        reason.contains("the trunk's DTLS handshake did not complete"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_trunk_dtls_failure_ends_the_call_with_its_reason() {
+    let (mut call, now, invite) = dtls_call(SecureMedia::Mandatory);
+    call.handle_sip(
+        now,
+        reply(&invite, 200, Some(&dtls_answer("active"))),
+        trunk_addr(),
+    );
+    drain(&mut call);
+    call.handle_media(
+        now,
+        MediaEvent::Failed {
+            reason: "DTLS with trunk 10.0.0.9:30000 failed: DTLS peer certificate does not \
+                     match the SDP fingerprint"
+                .into(),
+        },
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["BYE"]);
+    let (_, reason) = d.hangup_of(7).expect("hangup");
+    assert!(
+        reason.contains("does not match the SDP fingerprint"),
+        "{reason}"
+    );
+    assert_eq!(d.connected, 0);
+}
+
+const DTLS_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+m=audio 30000 UDP/TLS/RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=fingerprint:sha-256 EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF:EF\r\n\
+a=setup:SETUP\r\na=sendrecv\r\n";
+
+/// An incoming call from a DTLS trunk whose offer says `a=setup:offered`,
+/// accepted by session 1, the browser's DTLS up: returns the call, the
+/// clock, the trunk crypto the media started with, and our 200 OK.
+fn dtls_incoming(offered: &str) -> (Call, Instant, Option<TrunkCrypto>, rsip::Response) {
+    let now = Instant::now();
+    let sdp = DTLS_OFFER.replace("SETUP", offered);
+    let invite = parse(&format!(
+        "INVITE sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKinv1\r\n\
+From: <sip:+4930123@carrier.example>;tag=ftag\r\nTo: <sip:alice@10.0.0.1>\r\nCall-ID: in-c1\r\n\
+CSeq: 1 INVITE\r\nContact: <sip:carrier@{TRUNK}>\r\nContent-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    ));
+    let offer = parse_sip_offer(&sdp).unwrap();
+    let mut call = Call::incoming(
+        IncomingSetup {
+            id: CallId("in-1".into()),
+            uas: IncomingCall::new(invite, trunk_addr(), now).unwrap(),
+            offer,
+            plan: IncomingLegPlan::Dtls {
+                suites: vec![SrtpSuite::AesCm128HmacSha1_80],
+            },
+            sessions: vec![1],
+            from: Personal::new("+4930123", false),
+            account: account(),
+            media: media_plan(),
+            local: local(),
+            trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
+            reject_code: 486,
+            timers: CallTimers::default(),
+            destination: Some(trunk_addr()),
+        },
+        now,
+    );
+    drain(&mut call);
+    call.handle_session(
+        now,
+        SessionInput::Accept {
+            session: 1,
+            sdp: browser_answer()
+                .replace("a=rtpmap:8 PCMA/8000", "a=rtpmap:0 PCMU/8000")
+                .replace("SAVPF 8 101", "SAVPF 0 101"),
+        },
+    );
+    let crypto = trunk_crypto_of(&drain(&mut call));
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    let d = drain(&mut call);
+    let ok = d.ok_to_invite().expect("200 OK").clone();
+    (call, now, crypto, ok)
+}
+
+#[test]
+fn an_incoming_dtls_offer_is_answered_with_our_fingerprint_and_the_right_setup() {
+    for (offered, answered, role) in [
+        ("actpass", "passive", crate::types::DtlsRole::Server),
+        ("active", "passive", crate::types::DtlsRole::Server),
+        ("passive", "active", crate::types::DtlsRole::Client),
+    ] {
+        let (mut call, now, crypto, ok) = dtls_incoming(offered);
+        match crypto {
+            Some(TrunkCrypto::Dtls {
+                role: got,
+                remote_fingerprint,
+                ..
+            }) => {
+                assert_eq!(got, role, "offer setup:{offered}");
+                assert_eq!(
+                    remote_fingerprint.to_string(),
+                    format!("sha-256 {}", dtls_fp())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let body = std::str::from_utf8(&ok.body).unwrap();
+        assert!(
+            body.contains("m=audio 20002 UDP/TLS/RTP/SAVP 0 101"),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!(
+                "a=fingerprint:sha-256 {}",
+                media_plan().fingerprint_sha256
+            )),
+            "{body}"
+        );
+        assert!(body.contains(&format!("a=setup:{answered}")), "{body}");
+        assert!(!body.contains("a=crypto"), "{body}");
+        let tag = to_tag_of(&ok);
+        call.handle_sip(
+            now,
+            from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"),
+            trunk_addr(),
+        );
+        assert_eq!(
+            drain(&mut call).connected,
+            0,
+            "the trunk's DTLS is not up yet"
+        );
+        call.handle_media(
+            now,
+            MediaEvent::TrunkConnected {
+                suite: SrtpSuite::AesCm128HmacSha1_80,
+            },
+        );
+        let d = drain(&mut call);
+        assert_eq!(d.connected, 1);
+        let security = d.to(1).into_iter().find_map(|e| match e {
+            SessionEvent::Connected { security, .. } => Some(security.trunk.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            security.as_deref(),
+            Some("dtls-srtp AES_CM_128_HMAC_SHA1_80")
+        );
+    }
+}
+
+/// A DTLS trunk's hold re-INVITE (same certificate) is answered with our
+/// fingerprint and role, the association stays; an SDES or plain re-offer
+/// is refused with 488; the browser's hold offer carries the fingerprint.
+#[test]
+fn re_offers_on_a_dtls_leg_keep_the_association() {
+    let (mut call, now, _, ok) = dtls_incoming("actpass");
+    let tag = to_tag_of(&ok);
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 1, Some(&tag), "z9hG4bKack1"),
+        trunk_addr(),
+    );
+    call.handle_media(
+        now,
+        MediaEvent::TrunkConnected {
+            suite: SrtpSuite::AesCm128HmacSha1_80,
+        },
+    );
+    drain(&mut call);
+    let hold = DTLS_OFFER
+        .replace("SETUP", "actpass")
+        .replace("o=- 1 1 ", "o=- 1 2 ")
+        .replace("a=sendrecv", "a=sendonly");
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 2, &tag, "z9hG4bKre2", Some(&hold)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    let (code, sdp) = the_response(&d);
+    assert_eq!(code, 200);
+    let sdp = sdp.expect("an SDP answer");
+    assert!(sdp.contains("m=audio 20002 UDP/TLS/RTP/SAVP 0"), "{sdp}");
+    assert!(
+        sdp.contains("a=recvonly") && sdp.contains("a=setup:passive"),
+        "{sdp}"
+    );
+    assert!(sdp.contains(&media_plan().fingerprint_sha256), "{sdp}");
+    assert!(
+        updates(&d).is_empty(),
+        "same certificate and role: the leg stays"
+    );
+    assert_eq!(
+        call.info().trunk_security.as_deref(),
+        Some("dtls-srtp AES_CM_128_HMAC_SHA1_80")
+    );
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 2, Some(&tag), "z9hG4bKack2"),
+        trunk_addr(),
+    );
+    drain(&mut call);
+
+    // A new certificate: the leg is rebuilt with it.
+    let other_fp = ["12"; 32].join(":");
+    let moved = DTLS_OFFER
+        .replace("SETUP", "actpass")
+        .replace("o=- 1 1 ", "o=- 1 3 ")
+        .replace(&dtls_fp(), &other_fp);
+    call.handle_sip(
+        now,
+        trunk_request("INVITE", 3, &tag, "z9hG4bKre3", Some(&moved)),
+        trunk_addr(),
+    );
+    let d = drain(&mut call);
+    assert_eq!(the_response(&d).0, 200);
+    match &updates(&d)[..] {
+        [p] => match &p.crypto {
+            TrunkCrypto::Dtls {
+                remote_fingerprint, ..
+            } => assert_eq!(
+                remote_fingerprint.to_string(),
+                format!("sha-256 {other_fp}")
+            ),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    call.handle_sip(
+        now,
+        from_trunk("ACK", 3, Some(&tag), "z9hG4bKack3"),
+        trunk_addr(),
+    );
+    drain(&mut call);
+
+    // SDES or plain in mid-call: 488, nothing changes.
+    let sdes = reoffer(4, |s| s);
+    let plain = DTLS_OFFER
+        .replace("SETUP", "actpass")
+        .replace("o=- 1 1 ", "o=- 1 5 ")
+        .replace("UDP/TLS/RTP/SAVP", "RTP/AVP");
+    for (cseq, body) in [(4, sdes), (5, plain)] {
+        call.handle_sip(
+            now,
+            trunk_request(
+                "INVITE",
+                cseq,
+                &tag,
+                &format!("z9hG4bKre{cseq}"),
+                Some(&body),
+            ),
+            trunk_addr(),
+        );
+        let d = drain(&mut call);
+        assert_eq!(the_response(&d).0, 488, "{body}");
+        assert!(updates(&d).is_empty());
+        call.handle_sip(
+            now,
+            from_trunk("ACK", cseq, Some(&tag), &format!("z9hG4bKre{cseq}")),
+            trunk_addr(),
+        );
+        drain(&mut call);
+    }
+
+    // The browser holds: our re-INVITE keeps the fingerprint and our role.
+    call.handle_session(
+        now,
+        SessionInput::Hold {
+            session: 1,
+            hold: true,
+        },
+    );
+    let d = drain(&mut call);
+    let reinvite = the_invite(&d);
+    let body = std::str::from_utf8(&reinvite.body).unwrap();
+    assert!(
+        body.contains("UDP/TLS/RTP/SAVP") && body.contains("a=sendonly"),
+        "{body}"
+    );
+    assert!(body.contains(&media_plan().fingerprint_sha256), "{body}");
+    assert!(body.contains("a=setup:passive"), "{body}");
 }

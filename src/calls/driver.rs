@@ -230,6 +230,12 @@ pub async fn run(mut call: Call, io: CallIo) {
             }
         };
         tokio::select! {
+            // Media events first: when the media failed (a trunk's DTLS
+            // certificate that is not its fingerprint) and the peer, told
+            // by the alert, hangs up at once, the call must end for the
+            // reason that came first, not for the BYE that followed.
+            biased;
+            Some(event) = media_rx.recv() => call.handle_media(Instant::now(), event),
             msg = sip_rx.recv() => match msg {
                 Some(CallMessage { msg, source }) => {
                     observe_message(&live, "in", &msg);
@@ -271,7 +277,6 @@ pub async fn run(mut call: Call, io: CallIo) {
             Some(key) = gone.next(), if !gone.is_empty() => {
                 call.handle_session(Instant::now(), SessionInput::Gone { session: key });
             }
-            Some(event) = media_rx.recv() => call.handle_media(Instant::now(), event),
             _ = sleep => call.handle_timeout(Instant::now()),
         }
     }

@@ -132,6 +132,7 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
         trunk.media(),
         IncomingOffer {
             secure: offer.proto.is_secure(),
+            dtls: offer.dtls.is_some(),
             cryptos: &cryptos,
         },
     ) {

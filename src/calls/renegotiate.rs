@@ -46,7 +46,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::media::relay::{TrunkCrypto, TrunkLegParams};
-use crate::sdp::{self, Codec, Direction, Proto, SdpError, SipOffer};
+use crate::sdp::{self, AnswerKeying, Codec, Direction, Proto, SdpError, SipOffer, TrunkDtls};
 use crate::types::{PayloadType, SrtpKeyMaterial, SrtpSuite};
 
 /// Why a re-offer was refused (488); the session goes on unchanged.
@@ -60,6 +60,8 @@ pub enum Refusal {
     Upgrade,
     #[error("no usable a=crypto of an allowed suite")]
     NoCrypto,
+    #[error("the trunk leg is DTLS-SRTP: an SDES offer is not taken in mid-call")]
+    NotDtls,
     #[error("the offer lacks the call's codec {0} (the browser is not re-asked)")]
     CodecGone(String),
     #[error("the answer in the ACK came without SDP")]
@@ -117,6 +119,10 @@ pub struct TrunkSession {
     /// Our key in the offer of our 2xx to an offerless re-INVITE, until the
     /// ACK's answer.
     offered_key: Option<SrtpKeyMaterial>,
+    /// A DTLS-SRTP leg: the trunk's certificate and our role, and our own
+    /// fingerprint for the SDPs we write. Re-offers keep the association
+    /// while the certificate and role stay (RFC 5763 6.7.1).
+    dtls: Option<(TrunkDtls, String)>,
 }
 
 /// A re-offer, checked against the session.
@@ -165,6 +171,26 @@ impl TrunkSession {
             held: false,
             local_hold: false,
             offered_key: None,
+            dtls: None,
+        }
+    }
+
+    /// The session of a DTLS-SRTP leg: `theirs` from the trunk's SDP,
+    /// `our_fingerprint` (sha-256, `AB:CD:...`) what our SDPs carry.
+    pub fn with_dtls(mut self, theirs: TrunkDtls, our_fingerprint: String) -> Self {
+        self.dtls = Some((theirs, our_fingerprint));
+        self
+    }
+
+    /// How the SDPs we write are keyed: SDES with `crypto`, else DTLS on a
+    /// DTLS leg, else nothing.
+    fn keying<'a>(&'a self, crypto: Option<(u32, &'a SrtpKeyMaterial)>) -> AnswerKeying<'a> {
+        match (crypto, &self.dtls) {
+            (Some((tag, key)), _) => AnswerKeying::Sdes(tag, key),
+            (None, Some((_, ours))) => AnswerKeying::Dtls {
+                fingerprint_sha256: ours,
+            },
+            (None, None) => AnswerKeying::None,
         }
     }
 
@@ -192,14 +218,13 @@ impl TrunkSession {
         if self.local_hold {
             shape.direction = not_receiving(shape.direction.reversed()).reversed();
         }
-        let answer = sdp::write_sip_answer_versioned(
+        let answer = sdp::write_sip_answer_keyed(
             &shape,
             &taken.codecs,
             self.local_ip,
             self.local_port,
-            crypto,
-            self.session_id,
-            self.version,
+            self.keying(crypto),
+            (self.session_id, self.version),
         );
         Ok((answer, self.commit(taken, ours, rebuild)))
     }
@@ -286,6 +311,8 @@ impl TrunkSession {
             remote_rtcp: self.remote_rtcp,
             codecs: codecs.clone(),
             cryptos: Vec::new(),
+            // Our current role, written as the answer to it would be.
+            dtls: self.dtls.as_ref().map(|(theirs, _)| theirs.clone()),
             ssrcs: Vec::new(),
             // The writer answers: it mirrors this.
             direction: direction.reversed(),
@@ -293,14 +320,13 @@ impl TrunkSession {
             skipped: Vec::new(),
         };
         self.version += 1;
-        let sdp = sdp::write_sip_answer_versioned(
+        let sdp = sdp::write_sip_answer_keyed(
             &shape,
             &codecs,
             self.local_ip,
             self.local_port,
-            key.as_ref().map(|(tag, k)| (*tag, k)),
-            self.session_id,
-            self.version,
+            self.keying(key.as_ref().map(|(tag, k)| (*tag, k))),
+            (self.session_id, self.version),
         );
         self.offered_key = key.map(|(_, k)| k);
         sdp
@@ -333,7 +359,15 @@ impl TrunkSession {
                     .find(|c| c.is_telephone_event() && c.clock_rate == codec.clock_rate)
             })
             .cloned();
-        let theirs = match (&self.sdes, offer.proto.is_secure()) {
+        // A DTLS leg takes DTLS offers only (a new certificate or role
+        // rebuilds the association), and they carry no a=crypto.
+        match (&self.dtls, &offer.dtls) {
+            (Some(_), None) if offer.proto.is_secure() => return Err(Refusal::NotDtls),
+            (Some(_), None) => return Err(Refusal::Downgrade),
+            (None, Some(_)) => return Err(Refusal::Upgrade),
+            _ => {}
+        }
+        let theirs = match (&self.sdes, offer.proto.is_secure() && offer.dtls.is_none()) {
             (Some(cur), true) => {
                 // The suite in use if offered, else the first allowed one.
                 let line = offer
@@ -380,7 +414,12 @@ impl TrunkSession {
             (Some((_, theirs)), Some(cur)) => *theirs != cur.theirs,
             _ => false,
         };
+        let dtls_changed = match (&self.dtls, &t.offer.dtls) {
+            (Some((cur, _)), Some(new)) => cur != new,
+            _ => false,
+        };
         rekeyed
+            || dtls_changed
             || t.remote_rtp != self.remote_rtp
             || t.remote_rtcp != self.remote_rtcp
             || t.trunk_pt != self.trunk_pt
@@ -402,13 +441,26 @@ impl TrunkSession {
         if let (Some((tag, theirs)), Some(ours)) = (t.theirs, ours) {
             self.sdes = Some(Sdes { theirs, ours, tag });
         }
+        if let (Some((cur, _)), Some(new)) = (self.dtls.as_mut(), t.offer.dtls.clone()) {
+            *cur = new;
+        }
         let update = rebuild.then(|| {
-            let crypto = match &self.sdes {
-                Some(s) => TrunkCrypto::Sdes {
+            let crypto = match (&self.sdes, &self.dtls) {
+                (Some(s), _) => TrunkCrypto::Sdes {
                     inbound: s.theirs.clone(),
                     outbound: s.ours.clone(),
                 },
-                None => TrunkCrypto::Plain,
+                (None, Some((theirs, _))) => TrunkCrypto::Dtls {
+                    role: theirs.role,
+                    remote_fingerprint: theirs.fingerprint.clone(),
+                    suites: self
+                        .suites
+                        .iter()
+                        .copied()
+                        .filter(|s| s.has_dtls_profile())
+                        .collect(),
+                },
+                (None, None) => TrunkCrypto::Plain,
             };
             let clock = self.browser_codec.clock_rate;
             let mut map = vec![(self.browser_codec.pt, self.trunk_pt, clock)];
@@ -430,9 +482,11 @@ impl TrunkSession {
 
     /// A label for `connected`-style security strings after a re-key.
     pub fn security(&self) -> String {
-        match &self.sdes {
-            Some(s) => format!("sdes-srtp {}", s.theirs.suite),
-            None => "rtp (unencrypted)".into(),
+        match (&self.sdes, &self.dtls) {
+            (Some(s), _) => format!("sdes-srtp {}", s.theirs.suite),
+            // The profile comes with the handshake (`TrunkConnected`).
+            (None, Some(_)) => "dtls-srtp".into(),
+            (None, None) => "rtp (unencrypted)".into(),
         }
     }
 }

@@ -1,15 +1,18 @@
-//! DTLS-SRTP with the browser (RFC 5763, RFC 5764) on top of `rtc-dtls`'s
-//! sans-IO endpoint, in the server (passive, `a=setup:passive`) role.
+//! DTLS-SRTP (RFC 5763, RFC 5764) on top of `rtc-dtls`'s sans-IO endpoint,
+//! in either role: the server (`a=setup:passive`, what browsers always get
+//! from our ICE-lite side, and a trunk that answers `active` or offers
+//! `actpass`/`active`) or the client (`a=setup:active`, toward a trunk that
+//! answers or offers `passive`).
 //!
 //! What this adds to the library: the gateway's certificate, a per-call check
-//! of the browser's certificate against the `a=fingerprint` of its SDP (the
-//! only authentication WebRTC media has), the `use_srtp` profiles we accept,
-//! and the split of the exported keying material into the two SRTP
-//! directions. Events come out in the order they happen; a failed or closed
-//! association ignores further input.
+//! of the peer's certificate against the `a=fingerprint` of its SDP (the
+//! only authentication this media has), the `use_srtp` profiles we accept in
+//! our order, and the split of the exported keying material into the two
+//! SRTP directions, which depends on the role. Events come out in the order
+//! they happen; a failed or closed association ignores further input.
 
 use super::fingerprint::{sha256_fingerprint, Fingerprint};
-use crate::types::{Secret, SrtpKeyMaterial, SrtpSuite};
+use crate::types::{DtlsRole, Secret, SrtpKeyMaterial, SrtpSuite};
 use bytes::BytesMut;
 use rtc_crypto::RTCCryptoProvider;
 use rtc_dtls::config::{
@@ -143,12 +146,12 @@ impl std::fmt::Debug for DtlsIdentity {
 /// What the association reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DtlsEvent {
-    /// Handshake done, browser certificate verified, keys exported.
+    /// Handshake done, peer certificate verified, keys exported.
     Connected {
         suite: SrtpSuite,
-        /// Decrypts what the browser sends (the client write key and salt).
+        /// Decrypts what the peer sends (the peer role's write key and salt).
         inbound: SrtpKeyMaterial,
-        /// Encrypts what we send (the server write key and salt).
+        /// Encrypts what we send (our role's write key and salt).
         outbound: SrtpKeyMaterial,
     },
     /// The association is dead; the call must end.
@@ -165,12 +168,18 @@ enum Phase {
     Done,
 }
 
-/// One DTLS association with one browser, server role.
+/// One DTLS association with one peer (a browser or a trunk). Named after
+/// its first job, the browser's server side; [`DtlsServer::client`] makes
+/// the client side of the same machinery.
 pub struct DtlsServer {
     endpoint: Endpoint,
+    role: DtlsRole,
     /// Kept to rebuild the endpoint once the ClientHello is known.
     identity: DtlsIdentity,
-    /// Reads the browser's SRTP profiles; `None` once it has.
+    /// The SRTP profiles we accept, in our order of preference.
+    profiles: Vec<SrtpProtectionProfile>,
+    /// Server: reads the peer's SRTP profiles; `None` once it has (and
+    /// always for the client role).
     hello_scan: Option<ClientHelloScan>,
     /// The key of the association inside the endpoint. The driver sends our
     /// datagrams wherever ICE currently points, so this never needs to follow
@@ -196,14 +205,51 @@ impl DtlsServer {
         remote: SocketAddr,
         now: Instant,
     ) -> Result<Self, DtlsError> {
+        Self::server(identity, expected, remote, &BOTH_PROFILES, now)
+    }
+
+    /// The server side for a peer (a trunk) whose SDP gave `expected`,
+    /// accepting the `use_srtp` profiles of `suites` in that order (suites
+    /// without a DTLS profile are skipped). Nothing is sent until the
+    /// peer's ClientHello arrives.
+    pub fn new_server(
+        identity: &DtlsIdentity,
+        expected: Fingerprint,
+        remote: SocketAddr,
+        suites: &[SrtpSuite],
+        now: Instant,
+    ) -> Result<Self, DtlsError> {
+        Self::server(identity, expected, remote, &profiles_of(suites)?, now)
+    }
+
+    fn server(
+        identity: &DtlsIdentity,
+        expected: Fingerprint,
+        remote: SocketAddr,
+        profiles: &[SrtpProtectionProfile],
+        now: Instant,
+    ) -> Result<Self, DtlsError> {
         // `now` is not needed before the first datagram: rtc-dtls arms its
         // timers from the instants passed to `read` and `handle_timeout`.
         let _ = now;
         let mismatch = Arc::new(AtomicBool::new(false));
-        let endpoint = build_endpoint(identity, &expected, &mismatch, remote, &BOTH_PROFILES)?;
+        let endpoint = Endpoint::new(
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            TransportProtocol::UDP,
+            Some(build_config(
+                identity,
+                &expected,
+                &mismatch,
+                remote,
+                profiles,
+                DtlsRole::Server,
+            )?),
+        );
         Ok(DtlsServer {
             endpoint,
+            role: DtlsRole::Server,
             identity: identity.clone(),
+            profiles: profiles.to_vec(),
             hello_scan: Some(ClientHelloScan::default()),
             remote,
             expected,
@@ -214,21 +260,85 @@ impl DtlsServer {
         })
     }
 
-    /// Our SRTP profile choice (see `client_hello.rs`): once the whole
-    /// ClientHello is known, the association accepts only GCM when the
-    /// browser offers it. Nothing has been sent yet, so swapping the endpoint
-    /// loses no state.
+    /// The client side toward a peer (a trunk that is `passive`) whose SDP
+    /// gave `expected`: the ClientHello, offering the `use_srtp` profiles of
+    /// `suites` in that order, is queued at once for
+    /// [`poll_transmit`](Self::poll_transmit), and retransmitted on
+    /// [`poll_timeout`](Self::poll_timeout) until the server answers.
+    pub fn client(
+        identity: &DtlsIdentity,
+        expected: Fingerprint,
+        remote: SocketAddr,
+        suites: &[SrtpSuite],
+        now: Instant,
+    ) -> Result<Self, DtlsError> {
+        let profiles = profiles_of(suites)?;
+        let mismatch = Arc::new(AtomicBool::new(false));
+        let config = build_config(
+            identity,
+            &expected,
+            &mismatch,
+            remote,
+            &profiles,
+            DtlsRole::Client,
+        )?;
+        let mut endpoint = Endpoint::new(
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            TransportProtocol::UDP,
+            None,
+        );
+        endpoint
+            .connect(now, remote, config, None)
+            .map_err(|e| DtlsError::Setup(e.to_string()))?;
+        Ok(DtlsServer {
+            endpoint,
+            role: DtlsRole::Client,
+            identity: identity.clone(),
+            profiles,
+            hello_scan: None,
+            remote,
+            expected,
+            mismatch,
+            phase: Phase::Handshaking,
+            events: VecDeque::new(),
+            transmits: VecDeque::new(),
+        })
+    }
+
+    /// Our role in this association.
+    pub fn role(&self) -> DtlsRole {
+        self.role
+    }
+
+    /// Our SRTP profile choice as the server (see `client_hello.rs`): once
+    /// the whole ClientHello is known, the association accepts only the
+    /// first of our profiles that the peer offered (rtc-dtls would take the
+    /// peer's order; RFC 5764 4.1.1 leaves the choice to the server). A
+    /// browser then gets GCM whenever it offers it. Nothing has been sent
+    /// yet, so swapping the endpoint loses no state.
     fn choose_profiles(&mut self, offered: Option<&[u16]>) -> Result<(), DtlsError> {
-        let gcm = offered.is_some_and(|p| p.contains(&GCM_PROFILE_ID));
-        tracing::debug!(?offered, gcm, "browser's SRTP profiles");
-        if gcm {
-            self.endpoint = build_endpoint(
-                &self.identity,
-                &self.expected,
-                &self.mismatch,
-                self.remote,
-                &[SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm],
-            )?;
+        let chosen = offered.and_then(|offered| {
+            self.profiles
+                .iter()
+                .copied()
+                .find(|ours| offered.contains(&(*ours as u16)))
+        });
+        tracing::debug!(?offered, ?chosen, "peer's SRTP profiles");
+        if let Some(profile) = chosen {
+            if self.profiles.len() > 1 {
+                self.endpoint = Endpoint::new(
+                    SocketAddr::from(([0, 0, 0, 0], 0)),
+                    TransportProtocol::UDP,
+                    Some(build_config(
+                        &self.identity,
+                        &self.expected,
+                        &self.mismatch,
+                        self.remote,
+                        &[profile],
+                        DtlsRole::Server,
+                    )?),
+                );
+            }
         }
         Ok(())
     }
@@ -341,10 +451,11 @@ impl DtlsServer {
         }
     }
 
-    /// Checks the browser's certificate once more (the callback already did,
+    /// Checks the peer's certificate once more (the callback already did,
     /// this guards against a library path that skips it) and splits the
     /// exporter output per RFC 5764 4.2:
-    /// client key | server key | client salt | server salt.
+    /// client key | server key | client salt | server salt; the peer's
+    /// half decrypts, ours encrypts.
     fn export_keys(&self) -> Result<DtlsEvent, DtlsError> {
         let state = self
             .endpoint
@@ -373,17 +484,21 @@ impl DtlsServer {
             return Err(DtlsError::KeyExport("short keying material".into()));
         }
         let part = |range: std::ops::Range<usize>| Secret::new(m[range].to_vec());
-        let inbound = SrtpKeyMaterial {
+        let client = SrtpKeyMaterial {
             suite,
             key: part(0..k),
             salt: part(2 * k..2 * k + s),
             mki: None,
         };
-        let outbound = SrtpKeyMaterial {
+        let server = SrtpKeyMaterial {
             suite,
             key: part(k..2 * k),
             salt: part(2 * k + s..2 * (k + s)),
             mki: None,
+        };
+        let (inbound, outbound) = match self.role {
+            DtlsRole::Server => (client, server),
+            DtlsRole::Client => (server, client),
         };
         Ok(DtlsEvent::Connected {
             suite,
@@ -404,7 +519,7 @@ impl DtlsServer {
         if self.phase != Phase::Handshaking {
             return;
         }
-        // No association yet (no ClientHello seen): nothing to drive.
+        // No association yet (server, no ClientHello seen): nothing to drive.
         if self.endpoint.get_connection_state(self.remote).is_none() {
             return;
         }
@@ -446,35 +561,63 @@ const BOTH_PROFILES: [SrtpProtectionProfile; 2] = [
     SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
     SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
 ];
-/// SRTP_AEAD_AES_128_GCM in the use_srtp extension (RFC 7714 14.2).
-const GCM_PROFILE_ID: u16 = 0x0007;
 
-fn build_endpoint(
+/// The `use_srtp` profile of each suite that has one, in order
+/// ([`SrtpSuite::has_dtls_profile`]); an error when none has.
+fn profiles_of(suites: &[SrtpSuite]) -> Result<Vec<SrtpProtectionProfile>, DtlsError> {
+    let profiles: Vec<_> = suites
+        .iter()
+        .filter_map(|suite| match suite {
+            SrtpSuite::AeadAes128Gcm => Some(SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm),
+            SrtpSuite::AeadAes256Gcm => Some(SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm),
+            SrtpSuite::AesCm128HmacSha1_80 => {
+                Some(SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80)
+            }
+            SrtpSuite::AesCm128HmacSha1_32 => {
+                Some(SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32)
+            }
+            // RFC 5764 has no AES-192/256-CM profiles (only a draft does).
+            SrtpSuite::AesCm192HmacSha1_80
+            | SrtpSuite::AesCm192HmacSha1_32
+            | SrtpSuite::AesCm256HmacSha1_80
+            | SrtpSuite::AesCm256HmacSha1_32 => None,
+        })
+        .collect();
+    if profiles.is_empty() {
+        return Err(DtlsError::NoSrtpProfile);
+    }
+    Ok(profiles)
+}
+
+fn build_config(
     identity: &DtlsIdentity,
     expected: &Fingerprint,
     mismatch: &Arc<AtomicBool>,
     remote: SocketAddr,
     profiles: &[SrtpProtectionProfile],
-) -> Result<Endpoint, DtlsError> {
-    let config = ConfigBuilder::default()
+    role: DtlsRole,
+) -> Result<Arc<rtc_dtls::config::HandshakeConfig>, DtlsError> {
+    let builder = ConfigBuilder::default()
         .with_crypto_provider(identity.provider.clone())
         .with_certificates(vec![identity.certificate.clone()])
         .with_srtp_protection_profiles(profiles.to_vec())
-        // A self-signed browser certificate is expected: no chain check,
-        // only the fingerprint below.
-        .with_client_auth(ClientAuthType::RequireAnyClientCert)
+        // A self-signed peer certificate is expected: no chain check, only
+        // the fingerprint below.
         .with_verify_peer_certificate(Some(fingerprint_verifier(
             expected.clone(),
             mismatch.clone(),
         )))
-        .with_extended_master_secret(ExtendedMasterSecretType::Require)
-        .build(false, Some(remote))
+        .with_extended_master_secret(ExtendedMasterSecretType::Require);
+    let builder = match role {
+        DtlsRole::Server => builder.with_client_auth(ClientAuthType::RequireAnyClientCert),
+        // The client checks the server's certificate only through the
+        // callback: "insecure" names the skipped chain validation.
+        DtlsRole::Client => builder.with_insecure_skip_verify(true),
+    };
+    let config = builder
+        .build(role == DtlsRole::Client, Some(remote))
         .map_err(|e| DtlsError::Setup(e.to_string()))?;
-    Ok(Endpoint::new(
-        SocketAddr::from(([0, 0, 0, 0], 0)),
-        TransportProtocol::UDP,
-        Some(Arc::new(config)),
-    ))
+    Ok(Arc::new(config))
 }
 
 fn fingerprint_verifier(
@@ -966,6 +1109,219 @@ mod tests {
             events(&mut server).as_slice(),
             [DtlsEvent::Connected { .. }]
         ));
+    }
+
+    /// Two of ours, one per role (a trunk leg toward a gateway-like peer):
+    /// pumps until quiet.
+    fn pump_pair(now: Instant, a: &mut DtlsServer, b: &mut DtlsServer) {
+        for _ in 0..50 {
+            let mut moved = false;
+            while let Some(d) = a.poll_transmit() {
+                moved = true;
+                let _ = b.handle_datagram(now, &d);
+            }
+            while let Some(d) = b.poll_transmit() {
+                moved = true;
+                let _ = a.handle_datagram(now, &d);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("handshake did not settle");
+    }
+
+    fn pair(
+        client_suites: &[SrtpSuite],
+        server_suites: &[SrtpSuite],
+        client_expects: Option<Fingerprint>,
+    ) -> (Instant, DtlsServer, DtlsServer) {
+        let now = Instant::now();
+        let (ours, theirs) = (
+            DtlsIdentity::generate().unwrap(),
+            DtlsIdentity::generate().unwrap(),
+        );
+        let client = DtlsServer::client(
+            &ours,
+            client_expects.unwrap_or_else(|| theirs.fingerprint()),
+            SERVER.parse().unwrap(),
+            client_suites,
+            now,
+        )
+        .unwrap();
+        let server = DtlsServer::new_server(
+            &theirs,
+            ours.fingerprint(),
+            CLIENT.parse().unwrap(),
+            server_suites,
+            now,
+        )
+        .unwrap();
+        (now, client, server)
+    }
+
+    fn connected(d: &mut DtlsServer) -> (SrtpSuite, SrtpKeyMaterial, SrtpKeyMaterial) {
+        match events(d).as_slice() {
+            [DtlsEvent::Connected {
+                suite,
+                inbound,
+                outbound,
+            }] => (*suite, inbound.clone(), outbound.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn client_role_connects_and_keys_mirror_the_server() {
+        let (now, mut client, mut server) = pair(
+            &[SrtpSuite::AesCm128HmacSha1_80, SrtpSuite::AeadAes128Gcm],
+            &[SrtpSuite::AesCm128HmacSha1_80, SrtpSuite::AeadAes128Gcm],
+            None,
+        );
+        assert_eq!(client.role(), DtlsRole::Client);
+        assert_eq!(server.role(), DtlsRole::Server);
+        // The client speaks first, unprompted.
+        assert!(
+            client.poll_timeout().is_some(),
+            "ClientHello retransmission armed"
+        );
+        pump_pair(now, &mut client, &mut server);
+        let (suite, c_in, c_out) = connected(&mut client);
+        let (s_suite, s_in, s_out) = connected(&mut server);
+        // The server's first preference that the client offered.
+        assert_eq!(suite, SrtpSuite::AesCm128HmacSha1_80);
+        assert_eq!(s_suite, suite);
+        assert_eq!(c_in, s_out);
+        assert_eq!(c_out, s_in);
+        assert_ne!(c_in, c_out);
+        assert_eq!(client.poll_timeout(), None);
+    }
+
+    #[test]
+    fn server_takes_its_own_first_profile_the_client_offered() {
+        // Client prefers _32 then GCM; our server's order is GCM-256, GCM,
+        // _32: GCM (128) is the first of ours the client has.
+        let (now, mut client, mut server) = pair(
+            &[SrtpSuite::AesCm128HmacSha1_32, SrtpSuite::AeadAes128Gcm],
+            &[
+                SrtpSuite::AeadAes256Gcm,
+                SrtpSuite::AeadAes128Gcm,
+                SrtpSuite::AesCm128HmacSha1_32,
+            ],
+            None,
+        );
+        pump_pair(now, &mut client, &mut server);
+        assert_eq!(connected(&mut client).0, SrtpSuite::AeadAes128Gcm);
+        assert_eq!(connected(&mut server).0, SrtpSuite::AeadAes128Gcm);
+    }
+
+    #[test]
+    fn every_dtls_suite_keys_both_ways() {
+        for suite in SrtpSuite::ALL.into_iter().filter(|s| s.has_dtls_profile()) {
+            let (now, mut client, mut server) = pair(&[suite], &[suite], None);
+            pump_pair(now, &mut client, &mut server);
+            let (got, c_in, c_out) = connected(&mut client);
+            let (_, s_in, s_out) = connected(&mut server);
+            assert_eq!(got, suite);
+            assert_eq!(c_in.key.expose().len(), suite.key_len());
+            let rtp = [0x80, 0x00, 0, 1, 0, 0, 0, 160, 0xca, 0xfe, 0xba, 0xbe, 9, 9];
+            let (mut wire, mut plain) = (Vec::new(), Vec::new());
+            SrtpContext::new(&c_out)
+                .unwrap()
+                .protect_rtp(&rtp, &mut wire)
+                .unwrap();
+            SrtpContext::new(&s_in)
+                .unwrap()
+                .unprotect_rtp(&wire, &mut plain)
+                .unwrap();
+            assert_eq!(plain, rtp, "{suite}");
+            SrtpContext::new(&s_out)
+                .unwrap()
+                .protect_rtp(&rtp, &mut wire)
+                .unwrap();
+            SrtpContext::new(&c_in)
+                .unwrap()
+                .unprotect_rtp(&wire, &mut plain)
+                .unwrap();
+            assert_eq!(plain, rtp, "{suite}");
+        }
+    }
+
+    #[test]
+    fn client_refuses_a_server_whose_certificate_is_not_the_sdp_fingerprint() {
+        let stranger = DtlsIdentity::generate().unwrap().fingerprint();
+        let (now, mut client, mut server) = pair(
+            &[SrtpSuite::AesCm128HmacSha1_80],
+            &[SrtpSuite::AesCm128HmacSha1_80],
+            Some(stranger),
+        );
+        pump_pair(now, &mut client, &mut server);
+        assert_eq!(
+            events(&mut client),
+            vec![DtlsEvent::Failed(DtlsError::FingerprintMismatch)]
+        );
+        assert!(!client.is_connected());
+        assert!(
+            !events(&mut server)
+                .iter()
+                .any(|e| matches!(e, DtlsEvent::Connected { .. })),
+            "the server must not finish either"
+        );
+    }
+
+    #[test]
+    fn suites_without_a_dtls_profile_are_refused_up_front() {
+        let id = DtlsIdentity::generate().unwrap();
+        let only_256_cm = [SrtpSuite::AesCm256HmacSha1_80];
+        let now = Instant::now();
+        assert!(matches!(
+            DtlsServer::client(
+                &id,
+                id.fingerprint(),
+                SERVER.parse().unwrap(),
+                &only_256_cm,
+                now
+            ),
+            Err(DtlsError::NoSrtpProfile)
+        ));
+        assert!(matches!(
+            DtlsServer::new_server(
+                &id,
+                id.fingerprint(),
+                CLIENT.parse().unwrap(),
+                &only_256_cm,
+                now
+            ),
+            Err(DtlsError::NoSrtpProfile)
+        ));
+    }
+
+    #[test]
+    fn unanswered_client_hello_is_retransmitted_then_times_out() {
+        let (start, mut client, _server) = pair(
+            &[SrtpSuite::AesCm128HmacSha1_80],
+            &[SrtpSuite::AesCm128HmacSha1_80],
+            None,
+        );
+        let first = client.poll_transmit().expect("ClientHello");
+        assert_eq!(first[0], 22, "a handshake record");
+        let deadline = client.poll_timeout().expect("retransmission timer");
+        client.handle_timeout(deadline);
+        let again = client.poll_transmit().expect("the ClientHello again");
+        assert_eq!(again[0], 22);
+        assert_eq!(again.len(), first.len(), "the same flight");
+        let mut rounds = 0;
+        while let Some(deadline) = client.poll_timeout() {
+            client.handle_timeout(deadline);
+            while client.poll_transmit().is_some() {}
+            rounds += 1;
+            assert!(rounds < 100, "retransmission never gives up");
+        }
+        assert_eq!(
+            events(&mut client),
+            vec![DtlsEvent::Failed(DtlsError::Timeout)]
+        );
+        assert!(client.poll_timeout().is_none() && start <= Instant::now());
     }
 
     #[test]

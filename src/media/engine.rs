@@ -50,6 +50,9 @@ pub struct MediaConfig {
 pub enum MediaEvent {
     /// The browser's DTLS completed and its fingerprint matched; media flows.
     BrowserConnected { suite: SrtpSuite },
+    /// A DTLS-SRTP trunk's handshake completed, its fingerprint matched:
+    /// the trunk leg runs `suite`.
+    TrunkConnected { suite: SrtpSuite },
     /// The media cannot work (DTLS failure or fingerprint mismatch, SRTP
     /// keying failed). The call's media has ended.
     Failed { reason: String },

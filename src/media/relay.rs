@@ -45,7 +45,9 @@ use super::rewrite::{parse_rtp, rewrite_rtcp, rtp_ssrc, PayloadMap, StreamRewrit
 use super::rtcp_stats::RtcpWatch;
 use super::srtp::{SrtpContext, SrtpError, MAX_OVERHEAD};
 use super::ssrc_filter::SsrcFilter;
-use crate::types::{DtmfDigit, MediaSource, PayloadType, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
+use crate::types::{
+    DtlsRole, DtmfDigit, MediaSource, PayloadType, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc,
+};
 
 /// What the relay needs to know about the browser leg (from the browser's
 /// SDP and our answer).
@@ -74,6 +76,16 @@ pub enum TrunkCrypto {
     },
     /// Plain RTP/RTCP.
     Plain,
+    /// DTLS-SRTP (RFC 5763/5764) on the trunk's RTP port, without ICE: the
+    /// gateway plays `role` (from `a=setup`), the trunk's certificate must
+    /// hash to `remote_fingerprint`, the profile is the first of `suites`
+    /// both sides have. Nothing is forwarded either way on the trunk leg
+    /// until the handshake keyed it.
+    Dtls {
+        role: DtlsRole,
+        remote_fingerprint: Fingerprint,
+        suites: Vec<SrtpSuite>,
+    },
 }
 
 /// What the relay needs to know about the trunk leg (from the trunk's SDP).
@@ -155,6 +167,9 @@ pub enum RelayEvent {
     /// DTLS with the browser completed, fingerprint verified, SRTP keyed:
     /// media flows from now on.
     BrowserConnected { suite: SrtpSuite },
+    /// DTLS with a DTLS-SRTP trunk completed, its fingerprint verified: the
+    /// trunk leg is keyed with `suite`.
+    TrunkConnected { suite: SrtpSuite },
     /// The call's media cannot work (DTLS failed or the fingerprint did not
     /// match, SRTP keying failed). Nothing is
     /// forwarded any more.
@@ -226,6 +241,48 @@ struct TrunkLeg {
     /// back to them: the new signaled address wins.
     retired: Vec<SocketAddr>,
     media_source: MediaSource,
+    /// A DTLS-SRTP trunk: its handshake (`srtp` is `None` until it keyed
+    /// the leg).
+    dtls: Option<TrunkDtls>,
+}
+
+/// The DTLS side of a DTLS-SRTP trunk leg.
+struct TrunkDtls {
+    /// Created at once as the client; as the server, at the trunk's first
+    /// DTLS datagram (whose source is the association's key).
+    assoc: Option<DtlsServer>,
+    role: DtlsRole,
+    expected: Fingerprint,
+    suites: Vec<SrtpSuite>,
+    /// Where our DTLS records go: the signaled RTP address, then the source
+    /// of the trunk's last DTLS datagram (a NATed trunk answers from there).
+    peer: SocketAddr,
+}
+
+impl TrunkDtls {
+    fn new(
+        role: DtlsRole,
+        expected: Fingerprint,
+        suites: Vec<SrtpSuite>,
+        remote_rtp: SocketAddr,
+        identity: &DtlsIdentity,
+        now: Instant,
+    ) -> Result<Self, String> {
+        let assoc = match role {
+            DtlsRole::Client => Some(
+                DtlsServer::client(identity, expected.clone(), remote_rtp, &suites, now)
+                    .map_err(|e| format!("cannot start DTLS toward trunk {remote_rtp}: {e}"))?,
+            ),
+            DtlsRole::Server => None,
+        };
+        Ok(TrunkDtls {
+            assoc,
+            role,
+            expected,
+            suites,
+            peer: remote_rtp,
+        })
+    }
 }
 
 /// How many previous trunk addresses are remembered as retired.
@@ -311,22 +368,12 @@ impl CallRelay {
         } = params;
         let mut events = VecDeque::new();
         let mut phase = Phase::Connecting;
-        let srtp = match &trunk.crypto {
-            TrunkCrypto::Plain => None,
-            TrunkCrypto::Sdes { inbound, outbound } => {
-                match (SrtpContext::new(inbound), SrtpContext::new(outbound)) {
-                    (Ok(i), Ok(o)) => Some((i, o)),
-                    (Err(e), _) | (_, Err(e)) => {
-                        phase = Phase::Stopped;
-                        events.push_back(RelayEvent::Failed {
-                            reason: format!(
-                                "cannot key SDES-SRTP toward trunk {} ({}): {e}",
-                                trunk.remote_rtp, inbound.suite
-                            ),
-                        });
-                        None
-                    }
-                }
+        let (srtp, dtls) = match trunk_keying(&trunk, &identity, now) {
+            Ok(keying) => keying,
+            Err(reason) => {
+                phase = Phase::Stopped;
+                events.push_back(RelayEvent::Failed { reason });
+                (None, None)
             }
         };
         let ice = IceLite::new(
@@ -334,7 +381,7 @@ impl CallRelay {
             browser.local_pwd,
             Some(browser.remote_ufrag),
         );
-        CallRelay {
+        let mut relay = CallRelay {
             phase,
             identity,
             browser: BrowserLeg {
@@ -357,6 +404,7 @@ impl CallRelay {
                 filter: SsrcFilter::new(trunk.ssrcs, SsrcFilter::DEFAULT_SILENCE),
                 retired: Vec::new(),
                 media_source: trunk.media_source,
+                dtls,
             },
             // Jitter is reported in the clock of the stream: the codec's.
             rtcp_watch: RtcpWatch::new(payload_map.first().map_or(8000, |(_, _, clock)| *clock)),
@@ -378,7 +426,10 @@ impl CallRelay {
             dtmf_to_browser: None,
             dtmf_in: DtmfReceiver::default(),
             hold_trunk: false,
-        }
+        };
+        // A DTLS client toward the trunk speaks first.
+        relay.drain_trunk_dtls(now);
+        relay
     }
 
     /// A relay already connected with the given browser SRTP keys and browser
@@ -457,6 +508,23 @@ impl CallRelay {
                 self.push(LegId::Browser, dest, buf);
             }
         }
+        if let Some(dtls) = self.trunk.dtls.as_mut() {
+            let peer = dtls.peer;
+            if let Some(assoc) = dtls.assoc.as_mut() {
+                assoc.close(now);
+            }
+            while let Some(datagram) = self
+                .trunk
+                .dtls
+                .as_mut()
+                .and_then(|d| d.assoc.as_mut())
+                .and_then(|a| a.poll_transmit())
+            {
+                let mut buf = self.take_buffer();
+                buf.extend_from_slice(&datagram);
+                self.push(LegId::TrunkRtp, peer, buf);
+            }
+        }
         self.phase = Phase::Stopped;
     }
 
@@ -467,21 +535,32 @@ impl CallRelay {
         &mut self,
         trunk: TrunkLegParams,
         payload_map: Vec<(PayloadType, PayloadType, u32)>,
+        now: Instant,
     ) {
-        let srtp = match &trunk.crypto {
-            TrunkCrypto::Plain => None,
-            TrunkCrypto::Sdes { inbound, outbound } => {
-                match (SrtpContext::new(inbound), SrtpContext::new(outbound)) {
-                    (Ok(i), Ok(o)) => Some((i, o)),
-                    (Err(e), _) | (_, Err(e)) => {
-                        let reason = format!(
-                            "cannot key SDES-SRTP toward trunk {} ({}): {e}",
-                            trunk.remote_rtp, inbound.suite
-                        );
-                        self.fail(reason);
-                        return;
-                    }
-                }
+        // The same DTLS peer (same certificate, role and address) keeps its
+        // association and keys across a re-INVITE (RFC 5763 6.7.1, RFC 8842
+        // 5.5); anything else starts a new one.
+        let keep = match (&trunk.crypto, &self.trunk.dtls) {
+            (
+                TrunkCrypto::Dtls {
+                    role,
+                    remote_fingerprint,
+                    ..
+                },
+                Some(cur),
+            ) => {
+                *role == cur.role
+                    && *remote_fingerprint == cur.expected
+                    && trunk.remote_rtp == self.trunk.remote_rtp
+            }
+            _ => false,
+        };
+        let (srtp, dtls) = if keep {
+            (self.trunk.srtp.take(), self.trunk.dtls.take())
+        } else {
+            match trunk_keying(&trunk, &self.identity, now) {
+                Ok(keying) => keying,
+                Err(reason) => return self.fail(reason),
             }
         };
         // A latching trunk keeps sending from its NAT's address whatever it
@@ -512,6 +591,9 @@ impl CallRelay {
         self.trunk.remote_rtp = trunk.remote_rtp;
         self.trunk.remote_rtcp = trunk.remote_rtcp;
         self.trunk.srtp = srtp;
+        self.trunk.dtls = dtls;
+        // A new DTLS client toward the trunk speaks first.
+        self.drain_trunk_dtls(now);
         self.trunk.rtp_latch = None;
         self.trunk.rtcp_latch = None;
         self.trunk.filter.reset(trunk.ssrcs);
@@ -622,7 +704,13 @@ impl CallRelay {
             Phase::Stopped => return None,
         };
         let dtls = self.browser.dtls.as_ref().and_then(|d| d.poll_timeout());
-        [media, dtls, self.dtmf_timeout()]
+        let trunk_dtls = self
+            .trunk
+            .dtls
+            .as_ref()
+            .and_then(|d| d.assoc.as_ref())
+            .and_then(|a| a.poll_timeout());
+        [media, dtls, trunk_dtls, self.dtmf_timeout()]
             .into_iter()
             .flatten()
             .min()
@@ -636,6 +724,13 @@ impl CallRelay {
             dtls.handle_timeout(now);
         }
         self.drain_dtls(now);
+        if let Some(assoc) = self.trunk.dtls.as_mut().and_then(|d| d.assoc.as_mut()) {
+            assoc.handle_timeout(now);
+        }
+        self.drain_trunk_dtls(now);
+        if self.phase == Phase::Stopped {
+            return;
+        }
         let expired = |last: Instant| now.saturating_duration_since(last) >= self.media_timeout;
         let timed_out = match self.phase {
             Phase::Connecting if expired(self.created) => Some(Leg::Browser),
@@ -806,8 +901,106 @@ impl CallRelay {
         match classify(data) {
             PacketKind::Rtp => self.media(leg, from, Media::Rtp, data, now),
             PacketKind::Rtcp => self.media(leg, from, Media::Rtcp, data, now),
+            PacketKind::Dtls if self.trunk.dtls.is_some() => self.trunk_dtls(leg, from, data, now),
             // STUN/DTLS toward a SDES or plain trunk, or noise.
             _ => self.drop(Leg::Trunk, DropReason::Malformed),
+        }
+    }
+
+    /// A DTLS datagram from a DTLS-SRTP trunk. Only on the RTP port: with
+    /// rtcp-mux refused, RFC 5764 would want a second association on the
+    /// RTCP port, which is not run (its datagrams are dropped, counted).
+    /// With `media_source = "signaled"` it must come from the signaled IP;
+    /// either way the fingerprint check decides who the peer is.
+    fn trunk_dtls(&mut self, leg: LegId, from: SocketAddr, data: &[u8], now: Instant) {
+        if self.phase == Phase::Stopped {
+            return self.drop(Leg::Trunk, DropReason::NotReady);
+        }
+        if leg != LegId::TrunkRtp
+            || (self.trunk.media_source == MediaSource::Signaled
+                && from.ip() != self.trunk.remote_rtp.ip())
+            || self.trunk.retired.contains(&from)
+        {
+            return self.drop(Leg::Trunk, DropReason::WrongSource);
+        }
+        let identity = self.identity.clone();
+        let Some(dtls) = self.trunk.dtls.as_mut() else {
+            return;
+        };
+        if dtls.assoc.is_none() {
+            match DtlsServer::new_server(&identity, dtls.expected.clone(), from, &dtls.suites, now)
+            {
+                Ok(server) => dtls.assoc = Some(server),
+                Err(e) => return self.fail(format!("cannot start DTLS with trunk {from}: {e}")),
+            }
+        }
+        dtls.peer = from;
+        let bad = dtls
+            .assoc
+            .as_mut()
+            .is_some_and(|a| a.handle_datagram(now, data).is_err());
+        if bad {
+            // A bad record is dropped; a fatal handshake error arrives as
+            // DtlsEvent::Failed below.
+            self.drop(Leg::Trunk, DropReason::Malformed);
+        }
+        self.drain_trunk_dtls(now);
+    }
+
+    /// Sends what the trunk's DTLS association queued and acts on its
+    /// events: `Connected` keys the trunk leg, `Failed` ends the call. What
+    /// the association queued together with a failure (its fatal alert) is
+    /// not sent: a peer whose certificate failed the fingerprint check is
+    /// told nothing, and a genuine trunk hears the call's BYE, so that the
+    /// call ends for the failure rather than for the trunk's reaction to
+    /// the alert.
+    fn drain_trunk_dtls(&mut self, _now: Instant) {
+        let Some(dtls) = self.trunk.dtls.as_mut() else {
+            return;
+        };
+        let peer = dtls.peer;
+        let Some(assoc) = dtls.assoc.as_mut() else {
+            return;
+        };
+        let mut outgoing = Vec::new();
+        while let Some(datagram) = assoc.poll_transmit() {
+            outgoing.push(datagram);
+        }
+        let events: Vec<DtlsEvent> = std::iter::from_fn(|| assoc.poll_event()).collect();
+        let failed = events.iter().any(|e| matches!(e, DtlsEvent::Failed(_)));
+        if !failed {
+            for datagram in outgoing {
+                let mut buf = self.take_buffer();
+                buf.extend_from_slice(&datagram);
+                self.push(LegId::TrunkRtp, peer, buf);
+            }
+        }
+        for event in events {
+            match event {
+                DtlsEvent::Connected {
+                    suite,
+                    inbound,
+                    outbound,
+                } => match (SrtpContext::new(&inbound), SrtpContext::new(&outbound)) {
+                    (Ok(i), Ok(o)) => {
+                        tracing::info!(%suite, trunk = %peer, "trunk DTLS-SRTP connected");
+                        self.trunk.srtp = Some((i, o));
+                        self.events.push_back(RelayEvent::TrunkConnected { suite });
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        self.fail(format!("cannot key DTLS-SRTP toward trunk ({suite}): {e}"));
+                    }
+                },
+                DtlsEvent::Failed(e) => {
+                    self.fail(format!("DTLS with trunk {peer} failed: {e}"));
+                }
+                DtlsEvent::Closed => {
+                    // close_notify: the trunk is hanging up (its BYE ends the
+                    // call). Its keys are gone: nothing more is forwarded.
+                    tracing::info!(trunk = %peer, "trunk closed DTLS");
+                    self.trunk.srtp = None;
+                }
+            }
         }
     }
 
@@ -914,6 +1107,11 @@ impl CallRelay {
             Toward::Browser => self.trunk_source_ok(leg, from, now)?,
         }
         if self.phase != Phase::Connected {
+            return Err(DropReason::NotReady);
+        }
+        // A DTLS-SRTP trunk leg carries nothing before its handshake keyed
+        // it (nor after the trunk closed it).
+        if self.trunk.dtls.is_some() && self.trunk.srtp.is_none() {
             return Err(DropReason::NotReady);
         }
 
@@ -1077,6 +1275,41 @@ impl CallRelay {
     }
 }
 
+/// The trunk leg's SRTP contexts (SDES) or DTLS side (DTLS-SRTP, keyed
+/// later), or neither (plain); `Err` names why the keys are unusable.
+#[allow(clippy::type_complexity)]
+fn trunk_keying(
+    trunk: &TrunkLegParams,
+    identity: &DtlsIdentity,
+    now: Instant,
+) -> Result<(Option<(SrtpContext, SrtpContext)>, Option<TrunkDtls>), String> {
+    match &trunk.crypto {
+        TrunkCrypto::Plain => Ok((None, None)),
+        TrunkCrypto::Sdes { inbound, outbound } => {
+            match (SrtpContext::new(inbound), SrtpContext::new(outbound)) {
+                (Ok(i), Ok(o)) => Ok((Some((i, o)), None)),
+                (Err(e), _) | (_, Err(e)) => Err(format!(
+                    "cannot key SDES-SRTP toward trunk {} ({}): {e}",
+                    trunk.remote_rtp, inbound.suite
+                )),
+            }
+        }
+        TrunkCrypto::Dtls {
+            role,
+            remote_fingerprint,
+            suites,
+        } => TrunkDtls::new(
+            *role,
+            remote_fingerprint.clone(),
+            suites.clone(),
+            trunk.remote_rtp,
+            identity,
+            now,
+        )
+        .map(|dtls| (None, Some(dtls))),
+    }
+}
+
 fn drop_reason(e: SrtpError) -> DropReason {
     match e {
         SrtpError::AuthFailed => DropReason::AuthFailed,
@@ -1111,6 +1344,11 @@ use dtmf_side::DtmfOut;
 #[cfg(test)]
 #[path = "relay_dtmf_tests.rs"]
 mod dtmf_tests;
+
+/// A DTLS-SRTP trunk leg, on the fixtures of `tests`.
+#[cfg(test)]
+#[path = "relay_dtls_trunk_tests.rs"]
+mod dtls_trunk_tests;
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -1483,6 +1721,7 @@ pub(crate) mod tests {
                 media_source: MediaSource::Latch,
             },
             payload_map(),
+            k.t0,
         );
         let again = rtp_packet(PCMU, 3, 320, 0x55, 4);
         k.relay
@@ -1648,6 +1887,7 @@ pub(crate) mod tests {
                 media_source: MediaSource::Signaled,
             },
             payload_map(),
+            k.t0,
         );
         // The old server's SRTP now fails the IP check; the new stream
         // (announced SSRC) is accepted at once and continues the numbering.
@@ -1695,6 +1935,7 @@ pub(crate) mod tests {
                 media_source: MediaSource::Signaled,
             },
             payload_map(),
+            k.t0,
         );
         k.relay.handle_datagram(
             LegId::TrunkRtp,

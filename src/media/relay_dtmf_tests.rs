@@ -267,13 +267,17 @@ fn re_invite_follows_the_trunks_new_telephone_event_number() {
             (PayloadType(PCMU), PayloadType(PCMU), 8000),
             (PayloadType(TE_BROWSER), PayloadType(100), 8000),
         ],
+        k.t0,
     );
     assert_eq!(
         k.relay.telephone_event.map(|t| t.trunk),
         Some(PayloadType(100))
     );
-    k.relay
-        .update_trunk(trunk, vec![(PayloadType(PCMU), PayloadType(PCMU), 8000)]);
+    k.relay.update_trunk(
+        trunk,
+        vec![(PayloadType(PCMU), PayloadType(PCMU), 8000)],
+        k.t0,
+    );
     assert_eq!(k.relay.telephone_event, None);
 }
 

@@ -24,10 +24,10 @@ pub use model::{
     AudioSection, Direction, Fingerprint, Proto, RtcpAttr, RtpMap, SessionDescription, Setup,
 };
 pub use translate::{
-    parse_browser_offer, parse_sip_offer, parse_trunk_answer, write_browser_answer,
-    write_sip_answer, write_sip_answer_versioned, write_sip_answer_with, write_trunk_offer,
-    AcceptedCrypto, BrowserAnswerParams, BrowserOffer, Codec, CodecName, OtherSection, SipOffer,
-    TrunkAnswer, TrunkOfferMedia, TrunkOfferParams,
+    answer_setup, parse_browser_offer, parse_sip_offer, parse_trunk_answer, write_browser_answer,
+    write_sip_answer, write_sip_answer_keyed, write_sip_answer_versioned, write_sip_answer_with,
+    write_trunk_offer, AcceptedCrypto, AnswerKeying, BrowserAnswerParams, BrowserOffer, Codec,
+    CodecName, OtherSection, SipOffer, TrunkAnswer, TrunkDtls, TrunkOfferMedia, TrunkOfferParams,
 };
 
 use crate::types::SrtpSuite;

@@ -24,7 +24,7 @@ use sdp_types::{Attribute, Connection, Media, Origin, Session, Time};
 use super::crypto::{CryptoAttribute, Mki};
 use super::model::{AudioSection, Direction, Fingerprint, Proto, SessionDescription, Setup};
 use super::{write_session, SdpError};
-use crate::types::{PayloadType, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
+use crate::types::{DtlsRole, PayloadType, Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
 
 /// Packetisation we offer to trunks: 20 ms is what every SIP phone and
 /// browser uses by default.
@@ -301,7 +301,65 @@ pub enum TrunkOfferMedia {
     Sdes { keys: Vec<SrtpKeyMaterial> },
     /// Plain RTP (`RTP/AVP`).
     Plain,
-    // DTLS-SRTP toward trunks comes later.
+    /// DTLS-SRTP (`UDP/TLS/RTP/SAVP`, RFC 5763): our certificate's SHA-256
+    /// fingerprint (`AB:CD:...`) and `a=setup:actpass`, so that the trunk
+    /// picks the role. No ICE: the trunk sends to `c=`/`m=` as for RTP.
+    Dtls { fingerprint_sha256: String },
+}
+
+/// The DTLS side of a trunk's SDP (an answer to our DTLS offer, or its
+/// offer): the certificate it will present and the role it leaves us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkDtls {
+    pub fingerprint: Fingerprint,
+    /// Our role in the handshake, from its `a=setup`.
+    pub role: DtlsRole,
+}
+
+/// The trunk's certificate fingerprint from its SDP: SHA-256 when it gave
+/// one, else the first of another algorithm we can check (SHA-1, SHA-384,
+/// SHA-512: older SIP equipment).
+fn trunk_fingerprint(audio: &AudioSection) -> Result<Fingerprint, SdpError> {
+    audio
+        .fingerprint("sha-256")
+        .or_else(|| {
+            audio
+                .fingerprints
+                .iter()
+                .find(|f| matches!(f.algorithm.as_str(), "sha-1" | "sha-384" | "sha-512"))
+        })
+        .cloned()
+        .ok_or(SdpError::MissingFingerprint)
+}
+
+/// Our DTLS role in answer to an offer's `a=setup` (RFC 5763 5, RFC 4145
+/// 4: a missing one means `active`): `actpass` and `active` make us the
+/// server (`passive`, as toward browsers), `passive` the client
+/// (`active`). Returns the role and the `a=setup` of our answer.
+pub fn answer_setup(offered: Option<Setup>) -> Result<(DtlsRole, Setup), SdpError> {
+    match offered.unwrap_or(Setup::Active) {
+        Setup::Actpass | Setup::Active => Ok((DtlsRole::Server, Setup::Passive)),
+        Setup::Passive => Ok((DtlsRole::Client, Setup::Active)),
+        Setup::Holdconn => Err(SdpError::BadAttribute {
+            attribute: "setup",
+            reason: "holdconn: no DTLS connection offered".into(),
+        }),
+    }
+}
+
+/// Our DTLS role from the answer to our `actpass` offer: the answerer's
+/// `active` makes us the server, `passive` the client (RFC 5763 5; a
+/// missing a=setup in an answer means `active`, RFC 4145 4). `actpass` is
+/// not an answer.
+fn role_from_answer(answered: Option<Setup>) -> Result<DtlsRole, SdpError> {
+    match answered.unwrap_or(Setup::Active) {
+        Setup::Active => Ok(DtlsRole::Server),
+        Setup::Passive => Ok(DtlsRole::Client),
+        other => Err(SdpError::BadAttribute {
+            attribute: "setup",
+            reason: format!("{} is not a valid answer to actpass", other.as_str()),
+        }),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,12 +376,23 @@ pub struct TrunkOfferParams {
     pub session_version: u64,
 }
 
+impl TrunkOfferMedia {
+    /// The m-line transport of this offer.
+    pub fn proto(&self) -> Proto {
+        match self {
+            TrunkOfferMedia::Sdes { .. } => Proto::RtpSavp,
+            TrunkOfferMedia::Plain => Proto::RtpAvp,
+            TrunkOfferMedia::Dtls { .. } => Proto::UdpTlsRtpSavp,
+        }
+    }
+}
+
 impl TrunkOfferParams {
     /// Our offered key with `tag` (tags count from 1 in offer order).
     fn key_for_tag(&self, tag: u32) -> Option<&SrtpKeyMaterial> {
         match &self.media {
             TrunkOfferMedia::Sdes { keys } => keys.get(usize::try_from(tag).ok()?.checked_sub(1)?),
-            TrunkOfferMedia::Plain => None,
+            TrunkOfferMedia::Plain | TrunkOfferMedia::Dtls { .. } => None,
         }
     }
 }
@@ -358,19 +427,23 @@ fn trunk_offer_codecs(offer: &BrowserOffer) -> Vec<Codec> {
 /// `a=ssrc` toward the trunk: SIP peers do not need them and some choke.
 pub fn write_trunk_offer(offer: &BrowserOffer, p: &TrunkOfferParams) -> String {
     let codecs = trunk_offer_codecs(offer);
-    let proto = match p.media {
-        TrunkOfferMedia::Sdes { .. } => Proto::RtpSavp,
-        TrunkOfferMedia::Plain => Proto::RtpAvp,
-    };
+    let proto = p.media.proto();
     let mut attrs = codec_attributes(&codecs);
-    if let TrunkOfferMedia::Sdes { keys } = &p.media {
-        for (i, key) in keys.iter().enumerate() {
-            let tag = u32::try_from(i + 1).unwrap_or(u32::MAX);
-            attrs.push(attr(
-                "crypto",
-                CryptoAttribute::new(tag, key.clone()).to_sdp_value(),
-            ));
+    match &p.media {
+        TrunkOfferMedia::Sdes { keys } => {
+            for (i, key) in keys.iter().enumerate() {
+                let tag = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                attrs.push(attr(
+                    "crypto",
+                    CryptoAttribute::new(tag, key.clone()).to_sdp_value(),
+                ));
+            }
         }
+        TrunkOfferMedia::Dtls { fingerprint_sha256 } => {
+            attrs.push(attr("fingerprint", format!("sha-256 {fingerprint_sha256}")));
+            attrs.push(attr("setup", Setup::Actpass.as_str().to_string()));
+        }
+        TrunkOfferMedia::Plain => {}
     }
     // Offer rtcp-mux but keep a separate RTCP port for trunks that refuse it.
     attrs.push(flag("rtcp-mux"));
@@ -430,8 +503,11 @@ pub struct TrunkAnswer {
     /// The trunk's PT of telephone-event at the codec's clock, whether or
     /// not the browser has it (the gateway's own DTMF toward the trunk).
     pub trunk_telephone_event: Option<PayloadType>,
-    /// `None` for plain RTP. See [`TrunkAnswer::is_secure`].
+    /// The SDES keys; `None` for plain RTP and DTLS-SRTP. See
+    /// [`TrunkAnswer::is_secure`].
     pub crypto: Option<AcceptedCrypto>,
+    /// DTLS-SRTP: the trunk's fingerprint and our role; `None` otherwise.
+    pub dtls: Option<TrunkDtls>,
     pub ssrcs: Vec<Ssrc>,
     /// The trunk's direction, from its point of view.
     pub direction: Direction,
@@ -446,7 +522,7 @@ impl TrunkAnswer {
     /// offer parses (some trunks do that) but is not secure; whether that
     /// ends the call (`secure_media = "mandatory"`) is the caller's policy.
     pub fn is_secure(&self) -> bool {
-        self.crypto.is_some()
+        self.crypto.is_some() || self.dtls.is_some()
     }
 }
 
@@ -461,20 +537,26 @@ pub fn parse_trunk_answer(
     if audio.port == 0 {
         return Err(SdpError::MediaRejected);
     }
-    let offered_proto = match offered.media {
-        TrunkOfferMedia::Sdes { .. } => Proto::RtpSavp,
-        TrunkOfferMedia::Plain => Proto::RtpAvp,
-    };
+    let offered_proto = offered.media.proto();
     let mismatch = || SdpError::ProtoMismatch {
         offered: offered_proto.as_str().to_string(),
         answer: audio.proto.as_str().to_string(),
     };
-    if audio.proto.is_dtls() {
+    let dtls_offered = matches!(offered.media, TrunkOfferMedia::Dtls { .. });
+    if audio.proto.is_dtls() != dtls_offered && audio.proto.is_secure() {
         return Err(mismatch());
     }
+    let dtls = match dtls_offered && audio.proto.is_dtls() {
+        true => Some(TrunkDtls {
+            fingerprint: trunk_fingerprint(&audio)?,
+            role: role_from_answer(audio.setup)?,
+        }),
+        // RTP/AVP to our DTLS offer: reported via is_secure().
+        false => None,
+    };
     let crypto = match offered.media {
         TrunkOfferMedia::Plain if audio.proto.is_secure() => return Err(mismatch()),
-        TrunkOfferMedia::Plain => None,
+        TrunkOfferMedia::Plain | TrunkOfferMedia::Dtls { .. } => None,
         TrunkOfferMedia::Sdes { .. } => match audio.cryptos.first() {
             // RFC 4568: the answer carries exactly one a=crypto; a bad one
             // is an error even if more follow.
@@ -534,6 +616,7 @@ pub fn parse_trunk_answer(
         telephone_event,
         trunk_telephone_event,
         crypto,
+        dtls,
         ssrcs: audio.ssrcs.clone(),
         direction: audio.direction,
         proto: audio.proto,
@@ -700,6 +783,9 @@ pub struct SipOffer {
     /// Lines with unknown suites, bad keys or unsupported parameters are left
     /// out (RFC 4568: the answerer picks one it supports).
     pub cryptos: Vec<CryptoAttribute>,
+    /// `UDP/TLS/RTP/SAVP`: the peer's fingerprint and the role our answer
+    /// takes ([`answer_setup`]).
+    pub dtls: Option<TrunkDtls>,
     pub ssrcs: Vec<Ssrc>,
     pub direction: Direction,
     pub ptime: Option<u32>,
@@ -720,19 +806,26 @@ impl SipOffer {
     }
 }
 
-/// Parses a SIP offer (RTP/AVP or RTP/SAVP with SDES).
+/// Parses a SIP offer (RTP/AVP, RTP/SAVP with SDES, or UDP/TLS/RTP/SAVP
+/// with a fingerprint; ICE attributes of a DTLS offer are ignored: the
+/// media goes to `c=`/`m=`).
 pub fn parse_sip_offer(sdp: &str) -> Result<SipOffer, SdpError> {
     let desc = SessionDescription::parse(sdp)?;
     let audio = desc.audio()?;
     if audio.port == 0 {
         return Err(SdpError::MediaRejected);
     }
-    if audio.proto.is_dtls() {
-        return Err(SdpError::UnsupportedProto(audio.proto.as_str().to_string()));
-    }
+    let dtls = if audio.proto.is_dtls() {
+        Some(TrunkDtls {
+            fingerprint: trunk_fingerprint(&audio)?,
+            role: answer_setup(audio.setup)?.0,
+        })
+    } else {
+        None
+    };
     let address = audio.connection.ok_or(SdpError::MissingConnection)?;
     let cryptos: Vec<CryptoAttribute> = audio.valid_cryptos().cloned().collect();
-    if audio.proto.is_secure() && cryptos.is_empty() {
+    if audio.proto.is_secure() && !audio.proto.is_dtls() && cryptos.is_empty() {
         // Say why the first line failed, when there was one: that is what
         // the operator needs to see next to the 488.
         return Err(match audio.cryptos.iter().find_map(|c| c.as_ref().err()) {
@@ -763,6 +856,7 @@ pub fn parse_sip_offer(sdp: &str) -> Result<SipOffer, SdpError> {
         remote_rtcp,
         codecs,
         cryptos,
+        dtls,
         ssrcs: audio.ssrcs.clone(),
         direction: audio.direction,
         ptime: audio.ptime,
@@ -829,12 +923,58 @@ pub fn write_sip_answer_versioned(
     session_id: u64,
     session_version: u64,
 ) -> String {
+    let keying = match crypto {
+        Some((tag, key)) => AnswerKeying::Sdes(tag, key),
+        None => AnswerKeying::None,
+    };
+    write_sip_answer_keyed(
+        offer,
+        codecs,
+        local_ip,
+        port,
+        keying,
+        (session_id, session_version),
+    )
+}
+
+/// How a SIP answer is keyed.
+#[derive(Debug, Clone, Copy)]
+pub enum AnswerKeying<'a> {
+    /// Plain RTP, or an SDES offer refused elsewhere.
+    None,
+    /// SDES: the tag of the offered line we took, and our key.
+    Sdes(u32, &'a SrtpKeyMaterial),
+    /// DTLS-SRTP: our certificate's SHA-256 fingerprint (`AB:CD:...`); the
+    /// `a=setup` follows the offer's ([`answer_setup`]).
+    Dtls { fingerprint_sha256: &'a str },
+}
+
+/// [`write_sip_answer_versioned`] for any keying, DTLS-SRTP included;
+/// `session` is the `o=` id and version.
+pub fn write_sip_answer_keyed(
+    offer: &SipOffer,
+    codecs: &[Codec],
+    local_ip: IpAddr,
+    port: u16,
+    keying: AnswerKeying<'_>,
+    origin: (u64, u64),
+) -> String {
+    let (session_id, session_version) = origin;
     let mut attrs = codec_attributes(codecs);
-    if let Some((tag, key)) = crypto {
-        attrs.push(attr(
+    match keying {
+        AnswerKeying::Sdes(tag, key) => attrs.push(attr(
             "crypto",
             CryptoAttribute::new(tag, key.clone()).to_sdp_value(),
-        ));
+        )),
+        AnswerKeying::Dtls { fingerprint_sha256 } => {
+            let setup = match offer.dtls.as_ref().map(|d| d.role) {
+                Some(DtlsRole::Client) => Setup::Active,
+                _ => Setup::Passive,
+            };
+            attrs.push(attr("fingerprint", format!("sha-256 {fingerprint_sha256}")));
+            attrs.push(attr("setup", setup.as_str().to_string()));
+        }
+        AnswerKeying::None => {}
     }
     if offer.rtcp_mux {
         attrs.push(flag("rtcp-mux"));
@@ -1720,5 +1860,193 @@ mod tests {
         ] {
             exercise(garbage);
         }
+    }
+
+    // ---- DTLS-SRTP toward trunks ----------------------------------------
+
+    fn dtls_params() -> TrunkOfferParams {
+        TrunkOfferParams {
+            media: TrunkOfferMedia::Dtls {
+                fingerprint_sha256: ["AB"; 32].join(":"),
+            },
+            ..sdes_params()
+        }
+    }
+
+    /// baresip 1.0 dtls_srtp's answer: session-level setup and fingerprint
+    /// (upper-case algorithm), no rtcp-mux.
+    fn baresip_dtls_answer(setup: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
+             a=setup:{setup}\r\na=fingerprint:SHA-256 {}\r\n\
+             m=audio 31154 UDP/TLS/RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+             a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\na=ptime:20\r\n",
+            ["D4"; 32].join(":")
+        )
+    }
+
+    #[test]
+    fn a_dtls_trunk_offer_has_udp_tls_our_fingerprint_and_actpass() {
+        let offer = parse_browser_offer(CHROME).unwrap();
+        let sdp = write_trunk_offer(&offer, &dtls_params());
+        let m = lines(&sdp)
+            .into_iter()
+            .find(|l| l.starts_with("m=audio"))
+            .unwrap();
+        assert!(m.starts_with("m=audio 20000 UDP/TLS/RTP/SAVP "), "{sdp}");
+        assert!(
+            has(
+                &sdp,
+                &format!("a=fingerprint:sha-256 {}", ["AB"; 32].join(":"))
+            ),
+            "{sdp}"
+        );
+        assert!(has(&sdp, "a=setup:actpass"), "{sdp}");
+        assert!(
+            has(&sdp, "a=rtcp-mux") && has(&sdp, "a=rtcp:20001"),
+            "{sdp}"
+        );
+        assert!(!sdp.contains("a=crypto") && !sdp.contains("ice-"), "{sdp}");
+    }
+
+    #[test]
+    fn the_answers_setup_decides_our_role() {
+        let offer = parse_browser_offer(CHROME).unwrap();
+        for (setup, role) in [("active", DtlsRole::Server), ("passive", DtlsRole::Client)] {
+            let a =
+                parse_trunk_answer(&baresip_dtls_answer(setup), &dtls_params(), &offer).unwrap();
+            let dtls = a.dtls.clone().expect("DTLS answer");
+            assert_eq!(dtls.role, role, "{setup}");
+            assert_eq!(dtls.fingerprint.algorithm, "sha-256");
+            assert!(a.is_secure() && a.crypto.is_none());
+            assert_eq!(
+                a.remote_rtp,
+                "198.51.100.7:31154".parse::<SocketAddr>().unwrap()
+            );
+            assert_eq!(
+                a.remote_rtcp,
+                Some("198.51.100.7:31155".parse::<SocketAddr>().unwrap())
+            );
+        }
+        // No a=setup in an answer means active (RFC 4145 4): we serve.
+        let none = baresip_dtls_answer("active").replace("a=setup:active\r\n", "");
+        let a = parse_trunk_answer(&none, &dtls_params(), &offer).unwrap();
+        assert_eq!(a.dtls.unwrap().role, DtlsRole::Server);
+        // actpass and holdconn are no answers.
+        for bad in ["actpass", "holdconn"] {
+            let e = parse_trunk_answer(&baresip_dtls_answer(bad), &dtls_params(), &offer);
+            assert!(
+                matches!(
+                    e,
+                    Err(SdpError::BadAttribute {
+                        attribute: "setup",
+                        ..
+                    })
+                ),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dtls_answers_that_do_not_fit_are_refused_or_marked_plain() {
+        let offer = parse_browser_offer(CHROME).unwrap();
+        // Without a fingerprint nothing could be verified.
+        let bare = baresip_dtls_answer("active")
+            .lines()
+            .filter(|l| !l.starts_with("a=fingerprint"))
+            .map(|l| format!("{l}\r\n"))
+            .collect::<String>();
+        assert_eq!(
+            parse_trunk_answer(&bare, &dtls_params(), &offer),
+            Err(SdpError::MissingFingerprint)
+        );
+        // SDES to our DTLS offer, DTLS to our SDES offer: mismatches.
+        let sdes = baresip_answer(
+            &key(SrtpSuite::AesCm128HmacSha1_80, 9),
+            1,
+            "AES_CM_128_HMAC_SHA1_80",
+        );
+        assert!(matches!(
+            parse_trunk_answer(&sdes, &dtls_params(), &offer),
+            Err(SdpError::ProtoMismatch { .. })
+        ));
+        assert!(matches!(
+            parse_trunk_answer(&baresip_dtls_answer("active"), &sdes_params(), &offer),
+            Err(SdpError::ProtoMismatch { .. })
+        ));
+        // RTP/AVP to our DTLS offer parses, not secure: the policy decides.
+        let plain = baresip_dtls_answer("active").replace("UDP/TLS/RTP/SAVP", "RTP/AVP");
+        let a = parse_trunk_answer(&plain, &dtls_params(), &offer).unwrap();
+        assert!(!a.is_secure() && a.dtls.is_none());
+    }
+
+    #[test]
+    fn an_incoming_dtls_offer_and_our_answer() {
+        let offer_sdp =
+            baresip_dtls_answer("actpass").replace("UDP/TLS/RTP/SAVP ", "UDP/TLS/RTP/SAVPF ");
+        let offer = parse_sip_offer(&offer_sdp).unwrap();
+        let dtls = offer.dtls.clone().expect("a DTLS offer");
+        assert_eq!(dtls.role, DtlsRole::Server);
+        assert!(offer.cryptos.is_empty());
+        let ours = ["AB"; 32].join(":");
+        let answer = write_sip_answer_keyed(
+            &offer,
+            &offer.codecs,
+            "203.0.113.5".parse().unwrap(),
+            20002,
+            AnswerKeying::Dtls {
+                fingerprint_sha256: &ours,
+            },
+            (9, 1),
+        );
+        assert!(
+            answer.contains("m=audio 20002 UDP/TLS/RTP/SAVPF 0 101"),
+            "{answer}"
+        );
+        assert!(
+            has(&answer, &format!("a=fingerprint:sha-256 {ours}")),
+            "{answer}"
+        );
+        assert!(has(&answer, "a=setup:passive"), "{answer}");
+        assert!(has(&answer, "a=rtcp:20003"), "{answer}");
+        // A passive offer makes us the client: we answer active.
+        let passive = parse_sip_offer(&baresip_dtls_answer("passive")).unwrap();
+        assert_eq!(passive.dtls.as_ref().unwrap().role, DtlsRole::Client);
+        let answer = write_sip_answer_keyed(
+            &passive,
+            &passive.codecs,
+            "203.0.113.5".parse().unwrap(),
+            20002,
+            AnswerKeying::Dtls {
+                fingerprint_sha256: &ours,
+            },
+            (9, 1),
+        );
+        assert!(has(&answer, "a=setup:active"), "{answer}");
+        // The role table of RFC 5763 5.
+        assert_eq!(
+            answer_setup(Some(Setup::Actpass)).unwrap(),
+            (DtlsRole::Server, Setup::Passive)
+        );
+        assert_eq!(
+            answer_setup(Some(Setup::Active)).unwrap(),
+            (DtlsRole::Server, Setup::Passive)
+        );
+        assert_eq!(
+            answer_setup(None).unwrap(),
+            (DtlsRole::Server, Setup::Passive)
+        );
+        assert_eq!(
+            answer_setup(Some(Setup::Passive)).unwrap(),
+            (DtlsRole::Client, Setup::Active)
+        );
+        assert!(answer_setup(Some(Setup::Holdconn)).is_err());
+        // A DTLS offer without fingerprint: 488 with the reason.
+        let bare = baresip_dtls_answer("actpass").replace(
+            &format!("a=fingerprint:SHA-256 {}\r\n", ["D4"; 32].join(":")),
+            "",
+        );
+        assert_eq!(parse_sip_offer(&bare), Err(SdpError::MissingFingerprint));
     }
 }

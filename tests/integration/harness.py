@@ -202,7 +202,8 @@ class Baresip:
     """
 
     def __init__(self, workdir: Path, tone_wav: Path, user: str = "1000", srtp: bool = True,
-                 name: str = "baresip", answer: bool = True, tls_certificate: Optional[Path] = None):
+                 name: str = "baresip", answer: bool = True, tls_certificate: Optional[Path] = None,
+                 mediaenc: Optional[str] = None):
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dump_dir = self.dir / "dump"
@@ -216,6 +217,9 @@ class Baresip:
         self.log_path = self.dir / "baresip.log"
         self.user = user
         self.srtp = srtp
+        # another media encryption than srtp-mand (srtp=True) or none:
+        # "dtls_srtp" loads dtls_srtp.so (UDP/TLS/RTP/SAVP, a=fingerprint)
+        self.mediaenc = mediaenc
         self.tone_wav = tone_wav
         self.answer = answer
         # SIP over TLS too when given a certificate (PEM: certificate and
@@ -239,7 +243,9 @@ class Baresip:
 
     def write_config(self):
         modules = ["g711.so", "aufile.so", "aubridge.so", "sndfile.so", "ctrl_tcp.so"]
-        if self.srtp:
+        if self.mediaenc == "dtls_srtp":
+            modules.append("dtls_srtp.so")
+        elif self.srtp:
             modules.append("srtp.so")
         lines = ["module_path /usr/lib/baresip/modules"]
         lines += [f"module {m}" for m in modules]
@@ -261,7 +267,9 @@ class Baresip:
         (self.dir / "config").write_text("\n".join(lines) + "\n")
         params = ";regint=0"
         params += ";answermode=auto" if self.answer else ";answermode=manual"
-        if self.srtp:
+        if self.mediaenc:
+            params += f";mediaenc={self.mediaenc}"
+        elif self.srtp:
             params += ";mediaenc=srtp-mand"
         (self.dir / "accounts").write_text(f"<sip:{self.user}@127.0.0.1:{self.sip_port}>{params}\n")
 

@@ -394,7 +394,7 @@ impl Worker {
                     if let Some(slot) = self.ids.get(&id).copied() {
                         if let Some(call) = self.calls[slot].as_mut() {
                             let (trunk, payload_map) = *update;
-                            call.relay.update_trunk(trunk, payload_map);
+                            call.relay.update_trunk(trunk, payload_map, Instant::now());
                         }
                         self.service(slot);
                     }
@@ -801,6 +801,7 @@ fn forward_events(
                 tracing::info!(%suite, "browser media connected");
                 (MediaEvent::BrowserConnected { suite }, false)
             }
+            RelayEvent::TrunkConnected { suite } => (MediaEvent::TrunkConnected { suite }, false),
             RelayEvent::Failed { reason } => (MediaEvent::Failed { reason }, true),
             RelayEvent::Timeout { leg } => {
                 tracing::info!(leg = leg.label(), "media timeout");

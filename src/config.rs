@@ -827,7 +827,8 @@ impl Config {
                             policy::plan_outgoing(account.caller_stream, callee, trunk_media(trunk))
                         {
                             let k = match e {
-                                policy::PolicyError::PrivateCallUnsupported(_) => "caller_stream",
+                                policy::PolicyError::PrivateCallUnsupported(_)
+                                | policy::PolicyError::ForbiddenButPrivate => "caller_stream",
                                 _ => "callee_stream",
                             };
                             add(key(k), e.to_string());

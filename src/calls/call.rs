@@ -270,6 +270,11 @@ struct Common {
     media_started: bool,
     browser_suite: Option<SrtpSuite>,
     trunk_security: String,
+    /// A private call (`TrunkLegPlan::Private`): `Some` once the browser and
+    /// the trunk agreed keys through the relay, with the suite they chose if
+    /// the relay could read it.
+    private: bool,
+    private_connected: Option<Option<SrtpSuite>>,
     /// The codec both legs run, once chosen (`PCMU/8000`).
     codec: Option<String>,
     connected_sent: bool,
@@ -324,6 +329,8 @@ impl Common {
             media_started: false,
             browser_suite: None,
             trunk_security: String::new(),
+            private: false,
+            private_connected: None,
             codec: None,
             connected_sent: false,
             dtls_deadline: None,
@@ -754,18 +761,32 @@ impl Common {
         if self.connected_sent || !trunk_up || self.ended.is_some() {
             return;
         }
-        let Some(suite) = self.browser_suite else {
-            return;
+        let security = if self.private {
+            let Some(suite) = self.private_connected else {
+                return;
+            };
+            let text = private_security(suite);
+            Security {
+                browser: text.clone(),
+                trunk: text,
+                private: true,
+            }
+        } else {
+            let Some(suite) = self.browser_suite else {
+                return;
+            };
+            Security {
+                browser: format!("dtls-srtp {suite}"),
+                trunk: self.trunk_security.clone(),
+                private: false,
+            }
         };
         self.connected_sent = true;
-        info!("call connected");
+        info!(private = self.private, "call connected");
         self.out.push_back(Output::Connected);
         let event = SessionEvent::Connected {
             id: self.id.clone(),
-            security: Security {
-                browser: format!("dtls-srtp {suite}"),
-                trunk: self.trunk_security.clone(),
-            },
+            security,
         };
         self.tell_owner(event);
     }
@@ -813,7 +834,7 @@ impl Call {
                     .map(|suite| SrtpKeyMaterial::generate(*suite))
                     .collect(),
             },
-            TrunkLegPlan::Plain => TrunkOfferMedia::Plain,
+            TrunkLegPlan::Plain | TrunkLegPlan::Private => TrunkOfferMedia::Plain,
         };
         let offer_params = TrunkOfferParams {
             local_ip: setup.media.public_ip,
@@ -822,7 +843,14 @@ impl Call {
             session_id: rand::random::<u32>() as u64,
             session_version: 1,
         };
-        let trunk_offer = sdp::write_trunk_offer(&offer, &offer_params);
+        let trunk_offer = if plan == TrunkLegPlan::Private {
+            // The browser's DTLS peer is the trunk: the gateway holds no key.
+            c.private = true;
+            info!("private call: the media is relayed end to end, never decrypted");
+            sdp::write_private_trunk_offer(&offer, &offer_params)
+        } else {
+            sdp::write_trunk_offer(&offer, &offer_params)
+        };
         // secure_media = "optional": a plain RTP offer ready for a trunk that
         // refuses SRTP with 488 (FreeSWITCH's "SAVP preferred, AVP
         // accepted"). It goes in a new INVITE of the same call (see
@@ -891,6 +919,7 @@ impl Call {
                 answered: false,
                 trunk_sdp: None,
                 browser_codec: None,
+                private_fingerprint: None,
             })),
         };
         call.pump(now);
@@ -1015,9 +1044,12 @@ impl Call {
         CallInfo {
             state,
             codec: self.c.codec.clone(),
-            browser_security: self.c.browser_suite.map(|s| format!("dtls-srtp {s}")),
+            browser_security: match self.c.private_connected {
+                Some(suite) => Some(private_security(suite)),
+                None => self.c.browser_suite.map(|s| format!("dtls-srtp {s}")),
+            },
             trunk_security: Some(self.c.trunk_security.clone()).filter(|s| !s.is_empty()),
-            private: false,
+            private: self.c.private,
         }
     }
 
@@ -1144,6 +1176,19 @@ impl Call {
                     Kind::Refused => {}
                 }
             }
+            MediaEvent::PrivateConnected { suite } => {
+                info!(
+                    suite = suite.map_or("unknown", |s| s.name()),
+                    private = true,
+                    "browser and trunk connected end to end (DTLS-SRTP relayed, never decrypted)"
+                );
+                self.c.private_connected = Some(suite);
+                self.c.dtls_deadline = None;
+                if let Kind::Outgoing(o) = &self.kind {
+                    let up = o.answered;
+                    self.c.maybe_connected(up);
+                }
+            }
             MediaEvent::Failed { reason } => {
                 warn!(reason = %reason, "media failed");
                 self.end(Cause::MediaFailed(reason), now);
@@ -1264,6 +1309,8 @@ struct Outgoing {
     /// The trunk SDP the media runs on, and the browser's PT of its codec.
     trunk_sdp: Option<String>,
     browser_codec: Option<PayloadType>,
+    /// A private call: the trunk's certificate fingerprint the browser got.
+    private_fingerprint: Option<crate::sdp::Fingerprint>,
 }
 
 impl Outgoing {
@@ -1410,6 +1457,9 @@ impl Outgoing {
         if self.trunk_sdp.as_deref() == Some(sdp) {
             return;
         }
+        if self.plan == TrunkLegPlan::Private {
+            return self.on_private_trunk_sdp(c, sdp, now);
+        }
         let (Some(offer), Some(offer_params)) = (&self.offer, &self.offer_params) else {
             return;
         };
@@ -1478,7 +1528,7 @@ impl Outgoing {
                 .map(|a| (a.remote_key.clone(), a.local_key.clone(), a.tag)),
             match &self.plan {
                 TrunkLegPlan::Sdes { suites, .. } => suites.clone(),
-                TrunkLegPlan::Plain => Vec::new(),
+                TrunkLegPlan::Plain | TrunkLegPlan::Private => Vec::new(),
             },
         );
 
@@ -1515,6 +1565,18 @@ impl Outgoing {
             ssrc: Some(c.media.ssrc_to_browser),
         };
         let browser_answer = sdp::write_browser_answer(offer, &answer, &answer_params);
+        self.start_media(c, params, browser_answer, now);
+    }
+
+    /// Starts the relay on the first trunk SDP and gives the browser its
+    /// answer.
+    fn start_media(
+        &self,
+        c: &mut Common,
+        params: RelayParams,
+        browser_answer: String,
+        now: Instant,
+    ) {
         c.telephone_event = params.telephone_event;
         c.media(MediaCommand::Start(Box::new(params)));
         c.media_started = true;
@@ -1534,6 +1596,17 @@ impl Outgoing {
         });
     }
 }
+
+/// The `security` text of both legs of a private call.
+fn private_security(suite: Option<SrtpSuite>) -> String {
+    match suite {
+        Some(suite) => format!("dtls-srtp {suite} end to end"),
+        None => "dtls-srtp end to end".into(),
+    }
+}
+
+#[path = "call_private.rs"]
+mod private_side;
 
 /// What the relay needs, from the browser's offer and the trunk's answer.
 /// The local ICE credentials are filled in by `MediaAllocation::start`.

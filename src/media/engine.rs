@@ -50,6 +50,10 @@ pub struct MediaConfig {
 pub enum MediaEvent {
     /// The browser's DTLS completed and its fingerprint matched; media flows.
     BrowserConnected { suite: SrtpSuite },
+    /// A private call: the browser and the trunk completed DTLS with each
+    /// other through the relay; media flows, the gateway holds no key.
+    /// `suite` is the SRTP profile they chose, when the relay could read it.
+    PrivateConnected { suite: Option<SrtpSuite> },
     /// The media cannot work (DTLS failure or fingerprint mismatch, SRTP
     /// keying failed). The call's media has ended.
     Failed { reason: String },

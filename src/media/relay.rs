@@ -74,6 +74,11 @@ pub enum TrunkCrypto {
     },
     /// Plain RTP/RTCP.
     Plain,
+    /// A private call: the browser's DTLS peer is the trunk. The relay
+    /// forwards the DTLS handshake and SRTP/SRTCP both ways unchanged and
+    /// never holds a key (see `relay_private.rs`); it still answers the
+    /// browser's ICE, checks sources and filters SSRCs (clear headers).
+    Passthrough,
 }
 
 /// What the relay needs to know about the trunk leg (from the trunk's SDP).
@@ -155,6 +160,10 @@ pub enum RelayEvent {
     /// DTLS with the browser completed, fingerprint verified, SRTP keyed:
     /// media flows from now on.
     BrowserConnected { suite: SrtpSuite },
+    /// A private call: the browser and the trunk completed their DTLS
+    /// handshake through the relay (or media flows). `suite` is the SRTP
+    /// profile the DTLS server's ServerHello chose, when it could be read.
+    PrivateConnected { suite: Option<SrtpSuite> },
     /// The call's media cannot work (DTLS failed or the fingerprint did not
     /// match, SRTP keying failed). Nothing is
     /// forwarded any more.
@@ -287,6 +296,8 @@ pub struct CallRelay {
     /// The browser put the call on hold: its RTP is taken (the leg stays
     /// alive) but not sent to the trunk, the held party. RTCP still flows.
     hold_trunk: bool,
+    /// `Some` for a private call (`TrunkCrypto::Passthrough`).
+    private: Option<private_side::Passthrough>,
 }
 
 impl CallRelay {
@@ -311,11 +322,16 @@ impl CallRelay {
         } = params;
         let mut events = VecDeque::new();
         let mut phase = Phase::Connecting;
+        let private = matches!(trunk.crypto, TrunkCrypto::Passthrough)
+            .then(private_side::Passthrough::default);
         let srtp = match &trunk.crypto {
-            TrunkCrypto::Plain => None,
+            TrunkCrypto::Plain | TrunkCrypto::Passthrough => None,
             TrunkCrypto::Sdes { inbound, outbound } => {
                 match (SrtpContext::new(inbound), SrtpContext::new(outbound)) {
-                    (Ok(i), Ok(o)) => Some((i, o)),
+                    (Ok(i), Ok(o)) => {
+                        counters.srtp_contexts.fetch_add(2, Relaxed);
+                        Some((i, o))
+                    }
                     (Err(e), _) | (_, Err(e)) => {
                         phase = Phase::Stopped;
                         events.push_back(RelayEvent::Failed {
@@ -378,6 +394,7 @@ impl CallRelay {
             dtmf_to_browser: None,
             dtmf_in: DtmfReceiver::default(),
             hold_trunk: false,
+            private,
         }
     }
 
@@ -398,6 +415,7 @@ impl CallRelay {
         let mut relay = Self::new(params, identity, counters, stats, now);
         relay.browser.srtp_in = Some(SrtpContext::new(browser_inbound)?);
         relay.browser.srtp_out = Some(SrtpContext::new(browser_outbound)?);
+        relay.counters.srtp_contexts.fetch_add(2, Relaxed);
         relay.browser.allowed.push(browser_addr);
         relay.browser.dest = Some(browser_addr);
         if relay.phase == Phase::Connecting {
@@ -469,10 +487,13 @@ impl CallRelay {
         payload_map: Vec<(PayloadType, PayloadType, u32)>,
     ) {
         let srtp = match &trunk.crypto {
-            TrunkCrypto::Plain => None,
+            TrunkCrypto::Plain | TrunkCrypto::Passthrough => None,
             TrunkCrypto::Sdes { inbound, outbound } => {
                 match (SrtpContext::new(inbound), SrtpContext::new(outbound)) {
-                    (Ok(i), Ok(o)) => Some((i, o)),
+                    (Ok(i), Ok(o)) => {
+                        self.counters.srtp_contexts.fetch_add(2, Relaxed);
+                        Some((i, o))
+                    }
                     (Err(e), _) | (_, Err(e)) => {
                         let reason = format!(
                             "cannot key SDES-SRTP toward trunk {} ({}): {e}",
@@ -694,6 +715,9 @@ impl CallRelay {
                 } else {
                     self.push(LegId::Browser, from, buf);
                 }
+                // A private call: the trunk's DTLS that came before the
+                // browser's address was known goes out now.
+                self.flush_private_pending();
             }
             Err(_) => {
                 // Not logged: a per-packet event an attacker controls. The
@@ -716,6 +740,9 @@ impl CallRelay {
         }
         if !self.browser.allowed.contains(&from) {
             return self.drop(Leg::Browser, DropReason::WrongSource);
+        }
+        if self.private.is_some() {
+            return self.private_browser_dtls(data, now);
         }
         if self.browser.dtls.is_none() {
             let Some(expected) = self.browser.remote_fingerprint.take() else {
@@ -766,6 +793,7 @@ impl CallRelay {
                     }
                     match (SrtpContext::new(&inbound), SrtpContext::new(&outbound)) {
                         (Ok(i), Ok(o)) => {
+                            self.counters.srtp_contexts.fetch_add(2, Relaxed);
                             self.browser.srtp_in = Some(i);
                             self.browser.srtp_out = Some(o);
                             self.phase = Phase::Connected;
@@ -806,6 +834,9 @@ impl CallRelay {
         match classify(data) {
             PacketKind::Rtp => self.media(leg, from, Media::Rtp, data, now),
             PacketKind::Rtcp => self.media(leg, from, Media::Rtcp, data, now),
+            PacketKind::Dtls if self.private.is_some() => {
+                self.private_trunk_dtls(leg, from, data, now)
+            }
             // STUN/DTLS toward a SDES or plain trunk, or noise.
             _ => self.drop(Leg::Trunk, DropReason::Malformed),
         }
@@ -912,6 +943,9 @@ impl CallRelay {
             }
             Toward::Trunk => {}
             Toward::Browser => self.trunk_source_ok(leg, from, now)?,
+        }
+        if self.private.is_some() {
+            return self.forward_private(leg, from, kind, buf, now);
         }
         if self.phase != Phase::Connected {
             return Err(DropReason::NotReady);
@@ -1106,6 +1140,16 @@ fn random_ssrc() -> Ssrc {
 #[path = "relay_dtmf.rs"]
 mod dtmf_side;
 use dtmf_side::DtmfOut;
+
+/// The private-call (passthrough) half of `CallRelay`: DTLS and SRTP
+/// relayed unchanged, no keys.
+#[path = "relay_private.rs"]
+mod private_side;
+
+/// Private calls through the relay, on the fixtures of `tests`.
+#[cfg(test)]
+#[path = "relay_private_tests.rs"]
+mod private_tests;
 
 /// DTMF toward the trunk and from it, on the fixtures of `tests`.
 #[cfg(test)]

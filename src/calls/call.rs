@@ -1183,6 +1183,7 @@ impl Call {
                     "browser and trunk connected end to end (DTLS-SRTP relayed, never decrypted)"
                 );
                 self.c.private_connected = Some(suite);
+                self.c.trunk_security = private_security(suite);
                 self.c.dtls_deadline = None;
                 if let Kind::Outgoing(o) = &self.kind {
                     let up = o.answered;

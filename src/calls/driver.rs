@@ -165,7 +165,12 @@ pub async fn run(mut call: Call, io: CallIo) {
                         allocation = None;
                     }
                 },
-                Output::Connected => stats.call_connected(direction, started.elapsed()),
+                Output::Connected => {
+                    stats.call_connected(direction, started.elapsed());
+                    if call.info().private {
+                        stats.private_call_connected();
+                    }
+                }
                 Output::SecureMediaFallback => stats.secure_media_fallback(),
             }
         }

@@ -64,6 +64,9 @@ pub struct CallStats {
     /// Outgoing calls whose trunk refused SRTP (`secure_media = "optional"`)
     /// and went on with plain RTP.
     secure_media_fallbacks: AtomicU64,
+    /// Private calls (media relayed end to end, never decrypted) that
+    /// reached connected.
+    private_connected: AtomicU64,
 }
 
 impl CallStats {
@@ -88,6 +91,11 @@ impl CallStats {
     /// A trunk refused SRTP and the call fell back to plain RTP.
     pub fn secure_media_fallback(&self) {
         self.secure_media_fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A private call reached connected.
+    pub fn private_call_connected(&self) {
+        self.private_connected.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn active(&self) -> u64 {
@@ -143,6 +151,12 @@ impl CallStats {
             "# HELP {name} Calls whose trunk refused SRTP (secure_media optional) and that went on with plain RTP.\n# TYPE {name} counter\n{name} {}",
             self.secure_media_fallbacks.load(Ordering::Relaxed)
         );
+        let name = "gateway_private_calls_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Private calls that connected: media encrypted end to end and relayed, never decrypted by the gateway.\n# TYPE {name} counter\n{name} {}",
+            self.private_connected.load(Ordering::Relaxed)
+        );
         let name = "gateway_call_setup_seconds";
         let _ = writeln!(
             out,
@@ -186,11 +200,13 @@ mod tests {
         stats.call_connected(live::Direction::Incoming, Duration::from_millis(300));
         stats.call_ended(live::Direction::Outgoing, 486, "trunk");
         stats.secure_media_fallback();
+        stats.private_call_connected();
         let mut out = String::new();
         stats.render_prometheus(&mut out);
         for line in [
             "gateway_calls_active 1\n",
             "gateway_secure_media_fallbacks_total 1\n",
+            "gateway_private_calls_total 1\n",
             "gateway_calls_started_total{direction=\"outgoing\"} 1\n",
             "gateway_calls_connected_total{direction=\"incoming\"} 1\n",
             "gateway_call_ends_total{direction=\"outgoing\",code=\"486\",side=\"trunk\"} 1\n",

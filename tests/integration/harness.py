@@ -202,7 +202,8 @@ class Baresip:
     """
 
     def __init__(self, workdir: Path, tone_wav: Path, user: str = "1000", srtp: bool = True,
-                 name: str = "baresip", answer: bool = True, tls_certificate: Optional[Path] = None):
+                 name: str = "baresip", answer: bool = True, tls_certificate: Optional[Path] = None,
+                 mediaenc: Optional[str] = None):
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dump_dir = self.dir / "dump"
@@ -216,6 +217,9 @@ class Baresip:
         self.log_path = self.dir / "baresip.log"
         self.user = user
         self.srtp = srtp
+        # another mediaenc than srtp's "srtp-mand" (e.g. "dtls_srtp", whose
+        # module is then loaded too)
+        self.mediaenc = mediaenc
         self.tone_wav = tone_wav
         self.answer = answer
         # SIP over TLS too when given a certificate (PEM: certificate and
@@ -241,6 +245,8 @@ class Baresip:
         modules = ["g711.so", "aufile.so", "aubridge.so", "sndfile.so", "ctrl_tcp.so"]
         if self.srtp:
             modules.append("srtp.so")
+        if self.mediaenc == "dtls_srtp":
+            modules.append("dtls_srtp.so")
         lines = ["module_path /usr/lib/baresip/modules"]
         lines += [f"module {m}" for m in modules]
         lines += [
@@ -261,7 +267,9 @@ class Baresip:
         (self.dir / "config").write_text("\n".join(lines) + "\n")
         params = ";regint=0"
         params += ";answermode=auto" if self.answer else ";answermode=manual"
-        if self.srtp:
+        if self.mediaenc:
+            params += f";mediaenc={self.mediaenc}"
+        elif self.srtp:
             params += ";mediaenc=srtp-mand"
         (self.dir / "accounts").write_text(f"<sip:{self.user}@127.0.0.1:{self.sip_port}>{params}\n")
 
@@ -724,7 +732,8 @@ class Gateway:
                  privacy: Optional[dict] = None, operator_password: Optional[str] = None,
                  tls: bool = False, sip_limits: Optional[dict] = None, media: Optional[dict] = None,
                  media_single_port: Optional[bool] = None,
-                 cluster: Optional[dict] = None, token_secret: Optional[str] = None, name: str = "gateway"):
+                 cluster: Optional[dict] = None, token_secret: Optional[str] = None, name: str = "gateway",
+                 caller_stream: Optional[str] = None):
         self.dir = workdir / name
         # [cluster] keys (registrar, domain, outbound_proxy, drain_seconds);
         # nodes of one cluster share token_secret (a token works on any node)
@@ -735,6 +744,8 @@ class Gateway:
         self.config_path = self.dir / "gateway.toml"
         self.trunk = trunk
         self.account = account
+        # the account's caller_stream (left out of the config when None)
+        self.caller_stream = caller_stream
         self.password = password or os.urandom(9).hex()
         self.use_config = use_config
         self.https_port = free_port() if use_config else 8443
@@ -840,6 +851,8 @@ class Gateway:
             ]
             if self.redact:
                 lines.append("redact = true")
+            if self.caller_stream is not None:
+                lines.append(f"caller_stream = {toml_str(self.caller_stream)}")
             lines.append("")
         if self.cluster:
             lines.append("[cluster]")

@@ -33,8 +33,8 @@ def _run_call_script(workdir, gw, trunk, **extra_env) -> str:
         GW_NUMBER=TRUNK_NUMBER,
         ARTIFACT_DIR=str(artifacts),
         EXPECT_TRUNK_SECURITY="sdes-srtp",
-        **extra_env,
     )
+    env.update(extra_env)
     out = workdir / "chromium-call.log"
     with open(out, "wb") as log:
         try:

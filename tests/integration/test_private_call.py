@@ -45,12 +45,14 @@ def baresip_dtls(workdir, tone_wav):
 
 
 @pytest.fixture
-def gateway_private(workdir, baresip_dtls):
-    """The account calls with caller_stream forced_relay: private calls."""
+def gateway_private(request, workdir, baresip_dtls):
+    """The account calls with caller_stream forced_relay: private calls.
+    Indirect parameter: media.single_port."""
     trunk = TrunkSpec("carrier", f"sip:127.0.0.1:{baresip_dtls.sip_port};transport=udp",
                       callee_stream="sdes", secure_media="mandatory")
     yield from _gateway(workdir, trunk, caller_stream="forced_relay",
-                        operator_password=OPERATOR_PASSWORD)
+                        operator_password=OPERATOR_PASSWORD,
+                        media_single_port=getattr(request, "param", None))
 
 
 def fingerprint_of(sdp: str) -> str:
@@ -91,6 +93,7 @@ def call_detail(gw) -> dict:
         conn.close()
 
 
+@pytest.mark.parametrize("gateway_private", [True, False], indirect=True, ids=["single", "percall"])
 def test_private_call_dtls_end_to_end_no_key_at_the_gateway(workdir, gateway_private, baresip_dtls):
     gw, trunk = gateway_private, baresip_dtls
 
@@ -157,3 +160,20 @@ def test_private_call_dtls_end_to_end_no_key_at_the_gateway(workdir, gateway_pri
     assert call.get("srtp_contexts") == 0, f"the gateway created SRTP contexts for a private call: {call}"
     assert metrics.sum("gateway_private_calls_total") == 1, metrics.text
     assert "private call media connected" in gw.log(), gw.log()[-2000:]
+
+
+@pytest.mark.chromium
+@pytest.mark.timeout(240)
+def test_chromium_private_call_lock_says_end_to_end(workdir, gateway_private, baresip_dtls):
+    """Debian's Chromium through the web client: Chromium's DTLS peer is
+    baresip (its fingerprint in the answer), audio flows (Chromium's own
+    statistics: packets both ways, received energy), and the lock says
+    "End-to-end, not decrypted by the gateway" (chromium-connected.png)."""
+    from test_chromium import _run_call_script
+
+    _run_call_script(workdir, gateway_private, baresip_dtls, EXPECT_TRUNK_SECURITY="end to end",
+                     EXPECT_LOCK_LEVEL="private", MEDIA_SECONDS="3")
+    ok = baresip_dtls.sent(status=200)[0]
+    assert "UDP/TLS/RTP/SAVP" in ok.text, ok.text
+    assert "dtls_srtp: verified sha-256 fingerprint OK" in baresip_dtls.log()
+    assert "private call media connected" in gateway_private.log()

@@ -1170,6 +1170,25 @@ trunk = "carrier"
         assert_eq!(problems[0].key, "trunks[0].callee_stream");
     }
 
+    /// forced_relay places private calls: valid, except toward a trunk that
+    /// forbids SRTP, which is named at the account's caller_stream.
+    #[test]
+    fn forced_relay_is_valid_unless_the_trunk_forbids_srtp() {
+        let private = full().replace(
+            "trunk = \"carrier\"\n",
+            "trunk = \"carrier\"\ncaller_stream = \"forced_relay\"\n",
+        );
+        assert!(private.contains("forced_relay"));
+        assert!(parse(&private).unwrap().problems().is_empty());
+        let forbidden = private
+            .replace("secure_media = \"mandatory\"", "secure_media = \"forbidden\"")
+            .replace("callee_stream = \"sdes\"", "callee_stream = \"decrypted\"");
+        let problems = parse(&forbidden).unwrap().problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "accounts[0].caller_stream");
+        assert!(problems[0].message.contains("private call"), "{problems:?}");
+    }
+
     #[test]
     fn tls_trunks_need_a_listener_and_a_usable_check() {
         let tls = full().replace("transport=udp", "transport=tls");

@@ -590,6 +590,16 @@ impl Common {
             self.error(session, 409, "a hold or resume of this call is in progress");
             return None;
         }
+        if self.private {
+            // Its re-INVITE would have to restate a DTLS-SRTP session the
+            // gateway only relays: not built.
+            self.error(
+                session,
+                409,
+                &format!("cannot {what} a private call (relayed end to end)"),
+            );
+            return None;
+        }
         let trunk_session = self.trunk_session.as_mut()?;
         if trunk_session.local_hold == hold {
             // Asked twice: the state is already in force; say so again.

@@ -2313,4 +2313,20 @@ fn a_private_call_hands_each_side_the_others_fingerprint_and_says_private() {
         .to(7)
         .iter()
         .any(|e| matches!(e, SessionEvent::Error { .. })));
+    // Nor hold it: a clear refusal, no re-INVITE.
+    call.handle_session(
+        now,
+        SessionInput::Hold {
+            session: 7,
+            hold: true,
+        },
+    );
+    let d = drain(&mut call);
+    assert!(d.sip.is_empty());
+    assert!(
+        d.to(7).iter().any(|e| matches!(e,
+            SessionEvent::Error { code: 409, message, .. } if message.contains("private call"))),
+        "{:?}",
+        d.events
+    );
 }

@@ -1181,7 +1181,10 @@ trunk = "carrier"
         assert!(private.contains("forced_relay"));
         assert!(parse(&private).unwrap().problems().is_empty());
         let forbidden = private
-            .replace("secure_media = \"mandatory\"", "secure_media = \"forbidden\"")
+            .replace(
+                "secure_media = \"mandatory\"",
+                "secure_media = \"forbidden\"",
+            )
             .replace("callee_stream = \"sdes\"", "callee_stream = \"decrypted\"");
         let problems = parse(&forbidden).unwrap().problems();
         assert_eq!(problems.len(), 1, "{problems:?}");

@@ -174,6 +174,8 @@ pub struct IncomingOffer<'a> {
     pub secure: bool,
     /// The usable `a=crypto` lines as `(tag, suite)`, in the trunk's order.
     pub cryptos: &'a [(u32, SrtpSuite)],
+    /// UDP/TLS/RTP/SAVP: DTLS-SRTP (then `secure` is true, `cryptos` empty).
+    pub dtls: bool,
 }
 
 /// The calling side.
@@ -402,7 +404,13 @@ fn caller_trunk_leg(
     media: TrunkMedia<'_>,
     offer: IncomingOffer<'_>,
 ) -> Result<LegPolicy, PolicyError> {
-    match (offer.secure, media.secure_media) {
+    match (offer.secure || offer.dtls, media.secure_media) {
+        (true, SecureMedia::Forbidden) if offer.dtls => Err(PolicyError::SecureOfferRefused),
+        (true, _) if offer.dtls => Ok(LegPolicy {
+            // The suite is agreed in the DTLS handshake.
+            suites: Vec::new(),
+            ..LegPolicy::dtls()
+        }),
         (false, SecureMedia::Mandatory) => Err(PolicyError::PlainOfferRefused),
         (false, _) => Ok(LegPolicy::plain()),
         (true, SecureMedia::Forbidden) => Err(PolicyError::SecureOfferRefused),
@@ -463,6 +471,10 @@ pub enum IncomingLegPlan {
     Sdes { tag: u32, suite: SrtpSuite },
     /// Answer RTP/AVP.
     Plain,
+    /// A private call: the trunk's DTLS-SRTP offer goes to the browsers with
+    /// the trunk's fingerprint, the trunk is answered with the browser's;
+    /// the gateway relays without keys.
+    Private,
 }
 
 /// What an account's outgoing calls get toward its trunk.
@@ -507,6 +519,13 @@ pub fn plan_incoming(
         },
         callee: Callee::Browser,
     })?;
+    if p.handling == Handling::Private {
+        return Ok(IncomingLegPlan::Private);
+    }
+    if p.caller.key_agreement == KeyAgreement::Dtls {
+        // The gateway's own DTLS-SRTP with the trunk is not built here.
+        return Err(PolicyError::DtlsTowardTrunkUnsupported);
+    }
     Ok(match (p.caller.sdes_tag, p.caller.suites.first()) {
         (Some(tag), Some(&suite)) => IncomingLegPlan::Sdes { tag, suite },
         _ => IncomingLegPlan::Plain,
@@ -542,6 +561,7 @@ mod tests {
             offer: IncomingOffer {
                 secure: asked,
                 cryptos: if asked { OFFERED } else { &[] },
+                dtls: false,
             },
         }
     }
@@ -818,6 +838,7 @@ mod tests {
         let offer = IncomingOffer {
             secure: true,
             cryptos: OFFERED,
+            dtls: false,
         };
         assert_eq!(
             plan_incoming(RelayOrDecrypt, trunk(SecureMedia::Mandatory), offer),
@@ -857,11 +878,38 @@ mod tests {
         );
     }
 
+    /// A trunk's DTLS-SRTP offer: with forced_relay the browser takes it
+    /// as is (private); otherwise the gateway would have to terminate DTLS
+    /// with the trunk itself.
+    #[test]
+    fn incoming_dtls_offer_is_private_with_forced_relay() {
+        let offer = IncomingOffer {
+            secure: true,
+            cryptos: &[],
+            dtls: true,
+        };
+        assert_eq!(
+            plan_incoming(ForcedRelay, trunk(SecureMedia::Mandatory), offer),
+            Ok(IncomingLegPlan::Private)
+        );
+        for caller in [RelayOrDecrypt, Decrypt] {
+            assert_eq!(
+                plan_incoming(caller, trunk(SecureMedia::Optional), offer),
+                Err(PolicyError::DtlsTowardTrunkUnsupported)
+            );
+        }
+        assert_eq!(
+            plan_incoming(ForcedRelay, trunk(SecureMedia::Forbidden), offer),
+            Err(PolicyError::SecureOfferRefused)
+        );
+    }
+
     #[test]
     fn incoming_plain_offer_follows_secure_media() {
         let offer = IncomingOffer {
             secure: false,
             cryptos: &[],
+            dtls: false,
         };
         assert_eq!(
             plan_incoming(RelayOrDecrypt, trunk(SecureMedia::Mandatory), offer),

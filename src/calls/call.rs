@@ -226,6 +226,9 @@ pub struct IncomingSetup {
     pub uas: IncomingCall,
     pub offer: SipOffer,
     pub plan: IncomingLegPlan,
+    /// The trunk's fingerprint and role when it offered DTLS-SRTP (a
+    /// private call: `IncomingLegPlan::Private`).
+    pub trunk_dtls: Option<sdp::TrunkDtls>,
     pub sessions: Vec<SessionKey>,
     /// The caller as the browsers are shown it (redacted per account).
     pub from: Personal,
@@ -948,19 +951,31 @@ impl Call {
             setup.trunk_sources,
         );
         c.media_source = setup.account.trunk.media_source;
-        let browser_offer = sdp::write_browser_offer(
-            &setup.offer,
-            &BrowserOfferParams {
-                local_ip: setup.media.public_ip,
-                port: setup.media.browser_port,
-                ice_ufrag: setup.media.ice_ufrag.clone(),
-                ice_pwd: setup.media.ice_pwd.expose().clone(),
-                fingerprint_sha256: setup.media.fingerprint_sha256.clone(),
-                session_id: rand::random::<u32>() as u64,
-                session_version: 1,
-                ssrc: setup.media.ssrc_to_browser,
-            },
-        );
+        let offer_params = BrowserOfferParams {
+            local_ip: setup.media.public_ip,
+            port: setup.media.browser_port,
+            ice_ufrag: setup.media.ice_ufrag.clone(),
+            ice_pwd: setup.media.ice_pwd.expose().clone(),
+            fingerprint_sha256: setup.media.fingerprint_sha256.clone(),
+            session_id: rand::random::<u32>() as u64,
+            session_version: 1,
+            ssrc: setup.media.ssrc_to_browser,
+        };
+        let browser_offer = match (&setup.plan, &setup.trunk_dtls) {
+            (IncomingLegPlan::Private, Some(trunk_dtls)) => {
+                // The browsers' DTLS peer is the trunk: the gateway holds no key.
+                c.private = true;
+                info!("private call: the media is relayed end to end, never decrypted");
+                sdp::write_private_browser_offer(&setup.offer, trunk_dtls, &offer_params)
+                    .unwrap_or_else(|e| {
+                        // Our own SDP re-read: cannot fail in practice; the
+                        // browser's DTLS then fails and ends the call.
+                        warn!(error = %e, "private browser offer not written");
+                        sdp::write_browser_offer(&setup.offer, &offer_params)
+                    })
+            }
+            _ => sdp::write_browser_offer(&setup.offer, &offer_params),
+        };
         let ring_event = SessionEvent::Incoming {
             id: setup.id.clone(),
             from: setup.from.to_string(),
@@ -976,6 +991,7 @@ impl Call {
         c.trunk_security = match setup.plan {
             IncomingLegPlan::Sdes { suite, .. } => format!("sdes-srtp {suite}"),
             IncomingLegPlan::Plain => "rtp (unencrypted)".into(),
+            IncomingLegPlan::Private => "dtls-srtp end to end".into(),
         };
         let mut uas = setup.uas;
         if !setup.account.trunk.accept_refer {
@@ -1195,10 +1211,12 @@ impl Call {
                 self.c.private_connected = Some(suite);
                 self.c.trunk_security = private_security(suite);
                 self.c.dtls_deadline = None;
-                if let Kind::Outgoing(o) = &self.kind {
-                    let up = o.answered;
-                    self.c.maybe_connected(up);
-                }
+                let up = match &self.kind {
+                    Kind::Outgoing(o) => o.answered,
+                    Kind::Incoming(i) => i.phase == Phase::Confirmed,
+                    Kind::Refused => false,
+                };
+                self.c.maybe_connected(up);
             }
             MediaEvent::Failed { reason } => {
                 warn!(reason = %reason, "media failed");
@@ -1774,7 +1792,12 @@ impl Incoming {
             };
             return c.error(session, 409, message);
         }
-        let answer = match sdp::parse_browser_answer(sdp, &self.offer) {
+        let parsed = if self.plan == IncomingLegPlan::Private {
+            sdp::parse_private_browser_answer(sdp, &self.offer).map(|(a, setup)| (a, Some(setup)))
+        } else {
+            sdp::parse_browser_answer(sdp, &self.offer).map(|a| (a, None))
+        };
+        let (answer, browser_setup) = match parsed {
             Ok(answer) => answer,
             Err(e) => {
                 warn!(session, error = %e, "browser answer refused");
@@ -1792,9 +1815,12 @@ impl Incoming {
             let event = c.hangup_event(&Cause::AnsweredElsewhere);
             c.tell(other, event);
         }
+        if let Some(setup) = browser_setup {
+            return self.accept_private(c, answer, setup, now);
+        }
         let our_key = match self.plan {
             IncomingLegPlan::Sdes { suite, .. } => Some(SrtpKeyMaterial::generate(suite)),
-            IncomingLegPlan::Plain => None,
+            IncomingLegPlan::Plain | IncomingLegPlan::Private => None,
         };
         let crypto = match (&self.plan, &our_key) {
             (IncomingLegPlan::Sdes { tag, .. }, Some(ours)) => {

@@ -8,14 +8,27 @@
 //! in-band reach the trunk when both negotiated telephone-event with the same
 //! number) and re-INVITEs from the trunk (refused with 488, the call goes
 //! on).
+//!
+//! Incoming (`IncomingLegPlan::Private`): the browsers were offered the
+//! trunk's fingerprint and role; the one that accepts is answered to the
+//! trunk at once with *its* fingerprint and role (the trunk cannot start
+//! DTLS without them, so the 200 does not wait for DTLS as it does when the
+//! gateway is the browser's DTLS peer).
 
 use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::{codec_label, outgoing_relay_params, Cause, Common, MediaCommand, Outgoing};
-use crate::media::relay::TrunkCrypto;
-use crate::sdp::{self, BrowserAnswerParams};
+use std::net::SocketAddr;
+
+use super::{
+    codec_label, outgoing_relay_params, trunk_telephone_event, Cause, Common, Incoming,
+    MediaCommand, Outgoing, Phase,
+};
+use crate::media::relay::{BrowserLegParams, TrunkCrypto, TrunkLegParams};
+use crate::media::RelayParams;
+use crate::sdp::{self, BrowserAnswer, BrowserAnswerParams, Setup};
+use crate::types::Secret;
 
 impl Outgoing {
     pub(super) fn on_private_trunk_sdp(&mut self, c: &mut Common, sdp: &str, now: Instant) {
@@ -98,5 +111,75 @@ impl Outgoing {
             "private call: the browser's DTLS peer is the trunk"
         );
         self.start_media(c, params, browser_answer, now);
+    }
+}
+
+impl Incoming {
+    /// The browser accepted a private incoming call: the relay starts in
+    /// passthrough and the trunk gets the 200 with the browser's
+    /// fingerprint and role.
+    pub(super) fn accept_private(
+        &mut self,
+        c: &mut Common,
+        answer: BrowserAnswer,
+        browser_setup: Setup,
+        now: Instant,
+    ) {
+        let clock = answer.codec.clock_rate;
+        // The browser was offered the trunk's numbers: they map one to one.
+        let mut payload_map = vec![(answer.codec.pt, answer.codec.pt, clock)];
+        if let Some(te) = &answer.telephone_event {
+            payload_map.push((te.pt, te.pt, clock));
+        }
+        let params = RelayParams {
+            browser: BrowserLegParams {
+                local_ufrag: String::new(),
+                local_pwd: Secret::new(String::new()),
+                remote_ufrag: answer.ice_ufrag.clone(),
+                // Checked by the trunk, its DTLS peer; unused by the relay.
+                remote_fingerprint: answer.fingerprint.clone(),
+                ssrcs: answer.ssrcs.clone(),
+            },
+            trunk: TrunkLegParams {
+                remote_rtp: SocketAddr::new(self.offer.address, self.offer.port),
+                remote_rtcp: self.offer.remote_rtcp,
+                crypto: TrunkCrypto::Passthrough,
+                ssrcs: self.offer.ssrcs.clone(),
+                media_source: c.media_source,
+            },
+            payload_map,
+            // The gateway cannot write into (or read) the encrypted stream.
+            telephone_event: None,
+        };
+        let mut codecs = vec![answer.codec.clone()];
+        codecs.extend(trunk_telephone_event(&self.offer, &answer));
+        let sip_answer = match sdp::write_private_sip_answer(
+            &self.offer,
+            &codecs,
+            c.media.public_ip,
+            c.media.trunk_rtp_port,
+            u64::from(rand::random::<u32>()),
+            (&answer.fingerprint, browser_setup),
+        ) {
+            Ok(sdp) => sdp,
+            Err(e) => {
+                let cause =
+                    Cause::BrowserSdp(format!("cannot answer the trunk for a private call: {e}"));
+                return self.end(c, cause, now);
+            }
+        };
+        info!(
+            setup = browser_setup.as_str(),
+            "private call: the trunk's DTLS peer is the browser; answering the trunk"
+        );
+        c.telephone_event = None;
+        c.media(MediaCommand::Start(Box::new(params)));
+        c.media_started = true;
+        c.dtls_deadline = Some(now + c.timers.dtls);
+        self.uas.answer(sip_answer, self.contact.clone(), now);
+        self.answer = Some((answer, None));
+        self.phase = Phase::Answered;
+        c.ring_deadline = None;
+        c.media(MediaCommand::SetTimeout(c.timers.answered_media));
     }
 }

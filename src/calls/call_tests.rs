@@ -142,6 +142,7 @@ fn incoming(sessions: &[SessionKey], reject_code: u16, now: Instant) -> Call {
                 tag: 2,
                 suite: SrtpSuite::AesCm128HmacSha1_80,
             },
+            trunk_dtls: None,
             sessions: sessions.to_vec(),
             from: Personal::new("+4930123", false),
             account: account(),

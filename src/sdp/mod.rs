@@ -25,8 +25,9 @@ pub use model::{
     AudioSection, Direction, Fingerprint, Proto, RtcpAttr, RtpMap, SessionDescription, Setup,
 };
 pub use private::{
-    parse_private_trunk_answer, write_private_browser_answer, write_private_trunk_offer,
-    PrivateTrunkAnswer,
+    parse_any_sip_offer, parse_private_browser_answer, parse_private_trunk_answer,
+    write_private_browser_answer, write_private_browser_offer, write_private_sip_answer,
+    write_private_trunk_offer, PrivateTrunkAnswer, TrunkDtls,
 };
 pub use translate::{
     parse_browser_offer, parse_sip_offer, parse_trunk_answer, write_browser_answer,

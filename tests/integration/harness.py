@@ -716,6 +716,8 @@ class TrunkSpec:
     register_expires: Optional[int] = None
     # "signaled" | "latch": where the trunk's plain RTP may come from
     media_source: Optional[str] = None
+    # the trunk's caller_stream on its incoming calls (gateway default when None)
+    caller_stream: Optional[str] = None
 
 
 def toml_str(s: str) -> str:
@@ -835,7 +837,7 @@ class Gateway:
             if t.reject_code is not None:
                 lines.append(f"reject_code = {int(t.reject_code)}")
             for key in ("ca_file", "tls_verify", "tls_fingerprint", "inbound_username", "inbound_password",
-                        "media_source"):
+                        "media_source", "caller_stream"):
                 if getattr(t, key) is not None:
                     lines.append(f"{key} = {toml_str(str(getattr(t, key)))}")
             if t.register:

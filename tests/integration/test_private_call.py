@@ -7,7 +7,9 @@ mediaenc=dtls_srtp. Proven here: the INVITE offers UDP/TLS/RTP/SAVP with the
 browser's fingerprint, the browser's answer carries baresip's, audio crosses
 both ways (packet counts and the tone's energy at each end), the call's SRTP
 context counter stays 0 in /api/stats/calls/{id}, and `connected.security`,
-the stats and /metrics say private.
+the stats and /metrics say private. The other way too: baresip (dtls_srtp)
+calls the account through a trunk with caller_stream = "forced_relay", the
+browser is offered baresip's fingerprint and baresip gets the browser's.
 """
 
 from __future__ import annotations
@@ -177,3 +179,65 @@ def test_chromium_private_call_lock_says_end_to_end(workdir, gateway_private, ba
     assert "UDP/TLS/RTP/SAVP" in ok.text, ok.text
     assert "dtls_srtp: verified sha-256 fingerprint OK" in baresip_dtls.log()
     assert "private call media connected" in gateway_private.log()
+
+
+@pytest.fixture
+def gateway_private_incoming(workdir, baresip_dtls):
+    """The trunk's own calls are private: its caller_stream is forced_relay."""
+    trunk = TrunkSpec("carrier", f"sip:127.0.0.1:{baresip_dtls.sip_port};transport=udp",
+                      callee_stream="sdes", secure_media="mandatory", caller_stream="forced_relay")
+    yield from _gateway(workdir, trunk, operator_password=OPERATOR_PASSWORD)
+
+
+def test_incoming_private_call_browser_and_trunk_get_each_others_fingerprint(
+        workdir, gateway_private_incoming, baresip_dtls):
+    from test_incoming import gw_uri, sessions
+
+    gw, trunk = gateway_private_incoming, baresip_dtls
+
+    async def run():
+        (peer,) = await sessions(gw, 1)
+        try:
+            trunk.dial(gw_uri(gw))
+            incoming = await peer.wait_incoming(10)
+            answer_sdp = await peer.accept()
+            connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
+            assert connected["type"] == "connected", connected
+            trunk.wait_established()
+            await peer.receive(150, timeout=20)
+            trunk.wait_heard_seconds(2.0, timeout=20, gateway=gw)
+            detail = call_detail(gw)
+            received, sent = await peer.stats()
+            result = {"received": received, "sent": sent, "rms": peer.sink.rms,
+                      "offer": incoming["sdp"], "answer": answer_sdp}
+            await peer.hangup()
+            trunk.wait_bye()
+        finally:
+            await peer.close()
+        return connected, result, detail
+
+    connected, result, detail = asyncio.run(run())
+    tx, rx = trunk.wait_rtp_stats()
+    heard = trunk.dec_wav()
+    call = detail.get("call") or {}
+    save_result(workdir, security=connected.get("security"), browser_received=result["received"],
+                browser_sent=result["sent"], browser_rms=result["rms"], trunk_tx=tx, trunk_rx=rx,
+                trunk_heard_rms=heard.rms, srtp_contexts=call.get("srtp_contexts"))
+
+    assert (connected.get("security") or {}).get("private") is True, connected
+    invite = trunk.sent("INVITE")[0]
+    assert invite.sdp_media()[2] == "UDP/TLS/RTP/SAVPF", invite.text  # baresip's spelling
+    assert fingerprint_of(result["offer"]) == fingerprint_of(invite.text), result["offer"]
+    # baresip offers actpass; the gateway lets it open DTLS (the browser is
+    # offered `active` and answers passive: see sdp/private.rs).
+    assert setup_of(invite.text) == "actpass", invite.text
+    assert setup_of(result["offer"]) == "active", result["offer"]
+    ok = [m for m in trunk.received(status=200) if m.sdp_media()][0]
+    assert ok.sdp_media()[2] == "UDP/TLS/RTP/SAVPF", ok.text  # the offer's proto
+    assert fingerprint_of(ok.text) == fingerprint_of(result["answer"]), ok.text
+    assert setup_of(ok.text) == setup_of(result["answer"]), ok.text
+    assert result["received"] > 100 and result["sent"] > 100, result
+    assert result["rms"] > TONE_RMS_MIN, f"browser heard RMS {result['rms']:.0f}"
+    assert rx > 100 and tx > 100, (tx, rx)
+    assert heard.rms > TONE_RMS_MIN, f"baresip heard RMS {heard.rms:.0f}"
+    assert call.get("private") is True and call.get("srtp_contexts") == 0, call

@@ -1866,11 +1866,35 @@ impl Incoming {
             sdes,
             self.suites.clone(),
         ));
-        let mut payload_map = vec![(answer.codec.pt, answer.codec.pt, answer.codec.clock_rate)];
+        let mut params = self.relay_params(&answer, crypto, c.media_source);
+        params.telephone_event = trunk_te.map(|te| TelephoneEvent {
+            trunk: te.pt,
+            browser: te_pt,
+            clock_rate: answer.codec.clock_rate,
+        });
+        c.telephone_event = params.telephone_event;
+        c.media(MediaCommand::Start(Box::new(params)));
+        c.media_started = true;
+        c.dtls_deadline = Some(now + c.timers.dtls);
+        self.answer = Some((answer, our_key));
+        self.phase = Phase::Answering;
+    }
+
+    /// The relay of the accepted browser's leg and the trunk's offer; the
+    /// browser was offered the trunk's payload numbers, so they map one to
+    /// one. No telephone-event (the caller adds the trunk's if it has one).
+    fn relay_params(
+        &self,
+        answer: &BrowserAnswer,
+        crypto: TrunkCrypto,
+        media_source: MediaSource,
+    ) -> RelayParams {
+        let clock = answer.codec.clock_rate;
+        let mut payload_map = vec![(answer.codec.pt, answer.codec.pt, clock)];
         if let Some(te) = &answer.telephone_event {
-            payload_map.push((te.pt, te.pt, answer.codec.clock_rate));
+            payload_map.push((te.pt, te.pt, clock));
         }
-        let params = RelayParams {
+        RelayParams {
             browser: BrowserLegParams {
                 local_ufrag: String::new(),
                 local_pwd: Secret::new(String::new()),
@@ -1883,21 +1907,11 @@ impl Incoming {
                 remote_rtcp: self.offer.remote_rtcp,
                 crypto,
                 ssrcs: self.offer.ssrcs.clone(),
-                media_source: c.media_source,
+                media_source,
             },
             payload_map,
-            telephone_event: trunk_te.map(|te| TelephoneEvent {
-                trunk: te.pt,
-                browser: te_pt,
-                clock_rate: answer.codec.clock_rate,
-            }),
-        };
-        c.telephone_event = params.telephone_event;
-        c.media(MediaCommand::Start(Box::new(params)));
-        c.media_started = true;
-        c.dtls_deadline = Some(now + c.timers.dtls);
-        self.answer = Some((answer, our_key));
-        self.phase = Phase::Answering;
+            telephone_event: None,
+        }
     }
 
     /// The winner's DTLS is up: answer the trunk.

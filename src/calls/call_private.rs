@@ -19,16 +19,12 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use std::net::SocketAddr;
-
 use super::{
     codec_label, outgoing_relay_params, trunk_telephone_event, Cause, Common, Incoming,
     MediaCommand, Outgoing, Phase,
 };
-use crate::media::relay::{BrowserLegParams, TrunkCrypto, TrunkLegParams};
-use crate::media::RelayParams;
+use crate::media::relay::TrunkCrypto;
 use crate::sdp::{self, BrowserAnswer, BrowserAnswerParams, Setup};
-use crate::types::Secret;
 
 impl Outgoing {
     pub(super) fn on_private_trunk_sdp(&mut self, c: &mut Common, sdp: &str, now: Instant) {
@@ -125,32 +121,9 @@ impl Incoming {
         browser_setup: Setup,
         now: Instant,
     ) {
-        let clock = answer.codec.clock_rate;
-        // The browser was offered the trunk's numbers: they map one to one.
-        let mut payload_map = vec![(answer.codec.pt, answer.codec.pt, clock)];
-        if let Some(te) = &answer.telephone_event {
-            payload_map.push((te.pt, te.pt, clock));
-        }
-        let params = RelayParams {
-            browser: BrowserLegParams {
-                local_ufrag: String::new(),
-                local_pwd: Secret::new(String::new()),
-                remote_ufrag: answer.ice_ufrag.clone(),
-                // Checked by the trunk, its DTLS peer; unused by the relay.
-                remote_fingerprint: answer.fingerprint.clone(),
-                ssrcs: answer.ssrcs.clone(),
-            },
-            trunk: TrunkLegParams {
-                remote_rtp: SocketAddr::new(self.offer.address, self.offer.port),
-                remote_rtcp: self.offer.remote_rtcp,
-                crypto: TrunkCrypto::Passthrough,
-                ssrcs: self.offer.ssrcs.clone(),
-                media_source: c.media_source,
-            },
-            payload_map,
-            // The gateway cannot write into (or read) the encrypted stream.
-            telephone_event: None,
-        };
+        // No telephone-event: the gateway cannot write into (or read) the
+        // encrypted stream.
+        let params = self.relay_params(&answer, TrunkCrypto::Passthrough, c.media_source);
         let mut codecs = vec![answer.codec.clone()];
         codecs.extend(trunk_telephone_event(&self.offer, &answer));
         let sip_answer = match sdp::write_private_sip_answer(

@@ -461,6 +461,31 @@ impl TrunkLegPlan {
             TrunkLegPlan::Sdes { accept_plain, .. } => *accept_plain,
         }
     }
+
+    /// Why the trunk's "not acceptable" (488, 606) ends the call, in the
+    /// policy's words, when it is the offer the policy allowed that the trunk
+    /// refused: the browser's hangup then says what to change, not only the
+    /// trunk's status text. `None` for any other answer or plan (an optional
+    /// trunk's 488 is a fallback, not an end).
+    pub fn refusal_reason(&self, code: u16) -> Option<&'static str> {
+        if !matches!(code, 488 | 606) {
+            return None;
+        }
+        match self {
+            TrunkLegPlan::Sdes {
+                accept_plain: false,
+                ..
+            } => Some(
+                "the trunk refused SRTP (RTP/SAVP) and its secure_media is \"mandatory\": \
+                 no plain RTP is offered",
+            ),
+            TrunkLegPlan::Plain => Some(
+                "the trunk refused plain RTP (RTP/AVP), the only offer its policy allows \
+                 (callee_stream \"decrypted\" or secure_media \"forbidden\")",
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// The trunk leg of an incoming (trunk → browser) call.
@@ -581,6 +606,27 @@ mod tests {
         NotYet(PolicyError),
     }
     use Expect::*;
+
+    #[test]
+    fn a_refusal_of_the_only_allowed_offer_names_the_policy() {
+        let mandatory = TrunkLegPlan::Sdes {
+            suites: vec![SrtpSuite::AesCm128HmacSha1_80],
+            accept_plain: false,
+        };
+        let optional = TrunkLegPlan::Sdes {
+            suites: vec![SrtpSuite::AesCm128HmacSha1_80],
+            accept_plain: true,
+        };
+        assert!(mandatory
+            .refusal_reason(488)
+            .is_some_and(|r| r.contains("secure_media is \"mandatory\"")));
+        assert!(TrunkLegPlan::Plain
+            .refusal_reason(606)
+            .is_some_and(|r| r.contains("refused plain RTP")));
+        assert_eq!(optional.refusal_reason(488), None);
+        assert_eq!(mandatory.refusal_reason(486), None);
+        assert_eq!(TrunkLegPlan::Plain.refusal_reason(503), None);
+    }
 
     /// A private call between two SDES ends: the callee's leg is the
     /// caller's stream as is, never decrypted.

@@ -150,6 +150,8 @@ impl fmt::Debug for Personal {
 pub enum SrtpSuite {
     AesCm128HmacSha1_80,
     AesCm128HmacSha1_32,
+    AesCm192HmacSha1_80,
+    AesCm192HmacSha1_32,
     AesCm256HmacSha1_80,
     AesCm256HmacSha1_32,
     AeadAes128Gcm,
@@ -157,13 +159,15 @@ pub enum SrtpSuite {
 }
 
 impl SrtpSuite {
-    pub const ALL: [SrtpSuite; 6] = [
+    pub const ALL: [SrtpSuite; 8] = [
         SrtpSuite::AeadAes128Gcm,
         SrtpSuite::AeadAes256Gcm,
         SrtpSuite::AesCm128HmacSha1_80,
         SrtpSuite::AesCm128HmacSha1_32,
         SrtpSuite::AesCm256HmacSha1_80,
         SrtpSuite::AesCm256HmacSha1_32,
+        SrtpSuite::AesCm192HmacSha1_80,
+        SrtpSuite::AesCm192HmacSha1_32,
     ];
 
     /// The name used in `a=crypto` (SDES) and in the config's `srtp_suites`.
@@ -171,6 +175,8 @@ impl SrtpSuite {
         match self {
             SrtpSuite::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
             SrtpSuite::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
+            SrtpSuite::AesCm192HmacSha1_80 => "AES_192_CM_HMAC_SHA1_80",
+            SrtpSuite::AesCm192HmacSha1_32 => "AES_192_CM_HMAC_SHA1_32",
             SrtpSuite::AesCm256HmacSha1_80 => "AES_256_CM_HMAC_SHA1_80",
             SrtpSuite::AesCm256HmacSha1_32 => "AES_256_CM_HMAC_SHA1_32",
             SrtpSuite::AeadAes128Gcm => "AEAD_AES_128_GCM",
@@ -184,6 +190,7 @@ impl SrtpSuite {
             SrtpSuite::AesCm128HmacSha1_80
             | SrtpSuite::AesCm128HmacSha1_32
             | SrtpSuite::AeadAes128Gcm => 16,
+            SrtpSuite::AesCm192HmacSha1_80 | SrtpSuite::AesCm192HmacSha1_32 => 24,
             SrtpSuite::AesCm256HmacSha1_80
             | SrtpSuite::AesCm256HmacSha1_32
             | SrtpSuite::AeadAes256Gcm => 32,
@@ -212,10 +219,12 @@ pub struct UnknownSuite(pub String);
 impl FromStr for SrtpSuite {
     type Err = UnknownSuite;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // "AES_CM_256_HMAC_SHA1_80" is FreeSWITCH's spelling of the RFC 6188 name.
+        // "AES_CM_256_HMAC_SHA1_80" is FreeSWITCH's spelling of the RFC 6188 names.
         let s = match s {
             "AES_CM_256_HMAC_SHA1_80" => "AES_256_CM_HMAC_SHA1_80",
             "AES_CM_256_HMAC_SHA1_32" => "AES_256_CM_HMAC_SHA1_32",
+            "AES_CM_192_HMAC_SHA1_80" => "AES_192_CM_HMAC_SHA1_80",
+            "AES_CM_192_HMAC_SHA1_32" => "AES_192_CM_HMAC_SHA1_32",
             other => other,
         };
         SrtpSuite::ALL
@@ -239,6 +248,10 @@ pub struct SrtpKeyMaterial {
     pub suite: SrtpSuite,
     pub key: Secret<Vec<u8>>,
     pub salt: Secret<Vec<u8>>,
+    /// The master key identifier as it travels in every packet protected
+    /// with this key (RFC 3711 3.1, RFC 4568 `|value:length`), or `None`.
+    /// Not secret: it is on the wire in the clear.
+    pub mki: Option<Vec<u8>>,
 }
 
 impl SrtpKeyMaterial {
@@ -253,6 +266,7 @@ impl SrtpKeyMaterial {
             suite,
             key: Secret::new(key),
             salt: Secret::new(salt),
+            mki: None,
         }
     }
 }

@@ -32,8 +32,9 @@ mkdir -p "$ARTIFACTS"
 banner "1/5 system packages"
 export DEBIAN_FRONTEND=noninteractive
 # rtpengine-daemon (10.5): the load tool's comparison target (test_load_tool.py)
+# libsrtp2-1 (2.5): the trunk-side SRTP peer of every SDES suite (test_srtp_suites.py, via ctypes)
 # kamailio, haproxy: the cluster front (test_cluster.py)
-pkgs=(baresip baresip-core sip-tester kamailio haproxy chromium firefox-esr libnss3-tools fonts-dejavu-core iproute2 iptables python3-pip python3-venv sox libssl-dev pkg-config rtpengine-daemon)
+pkgs=(baresip baresip-core sip-tester kamailio haproxy chromium firefox-esr libnss3-tools fonts-dejavu-core iproute2 iptables python3-pip python3-venv sox libssl-dev pkg-config rtpengine-daemon libsrtp2-1)
 # node 20 + npm may come from elsewhere (nvm, nodesource); Debian's only if absent
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)

@@ -991,7 +991,7 @@ impl Call {
         c.trunk_security = match setup.plan {
             IncomingLegPlan::Sdes { suite, .. } => format!("sdes-srtp {suite}"),
             IncomingLegPlan::Plain => "rtp (unencrypted)".into(),
-            IncomingLegPlan::Private => "dtls-srtp end to end".into(),
+            IncomingLegPlan::Private => "dtls-srtp (end to end)".into(),
         };
         let mut uas = setup.uas;
         if !setup.account.trunk.accept_refer {
@@ -1423,6 +1423,10 @@ impl Outgoing {
             // the trunk's retransmissions); the browser hears now.
             UacEvent::Rejected { code, reason } => {
                 info!(code, reason = %reason, "trunk rejected the call");
+                let reason = match self.plan.refusal_reason(code) {
+                    Some(policy) => format!("{reason}: {policy}"),
+                    None => reason,
+                };
                 c.finish(Cause::TrunkRejected { code, reason }, now);
             }
             UacEvent::Reoffered { code, reason } => {
@@ -1630,7 +1634,7 @@ impl Outgoing {
 fn private_security(suite: Option<SrtpSuite>) -> String {
     match suite {
         Some(suite) => format!("dtls-srtp {suite} end to end"),
-        None => "dtls-srtp end to end".into(),
+        None => "dtls-srtp (end to end)".into(),
     }
 }
 

@@ -77,7 +77,7 @@ impl Outgoing {
             ));
             return;
         }
-        c.trunk_security = "dtls-srtp end to end".into();
+        c.trunk_security = "dtls-srtp (end to end)".into();
         self.private_fingerprint = Some(trunk.fingerprint.clone());
         self.browser_codec = Some(trunk.answer.codec.pt);
         c.codec = Some(codec_label(&trunk.answer.codec));

@@ -167,7 +167,13 @@ pub async fn run(mut call: Call, io: CallIo) {
                 },
                 Output::Connected => {
                     stats.call_connected(direction, started.elapsed());
-                    if call.info().private {
+                    let info = call.info();
+                    stats.legs_connected(
+                        info.browser_security.as_deref(),
+                        info.trunk_security.as_deref(),
+                        info.private,
+                    );
+                    if info.private {
                         stats.private_call_connected();
                     }
                 }

@@ -122,8 +122,7 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
     let cryptos: Vec<(u32, crate::types::SrtpSuite)> = offer
         .cryptos
         .iter()
-        // SRTP with MKI is not run by the relay: such lines cannot be chosen.
-        .filter(|c| c.key().is_some_and(|k| k.mki.is_none()))
+        .filter(|c| c.key().is_some())
         .map(|c| (c.tag, c.suite))
         .collect();
     // The trunk calls: its caller_stream, its secure_media and suites, and

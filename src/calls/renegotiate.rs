@@ -343,9 +343,6 @@ impl TrunkSession {
                     .or_else(|| offer.choose_crypto(&self.suites))
                     .ok_or(Refusal::NoCrypto)?;
                 let key = line.key().ok_or(Refusal::NoCrypto)?;
-                if key.mki.is_some() {
-                    return Err(Refusal::NoCrypto);
-                }
                 Some((line.tag, key.material.clone()))
             }
             (None, false) => None,

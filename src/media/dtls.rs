@@ -377,11 +377,13 @@ impl DtlsServer {
             suite,
             key: part(0..k),
             salt: part(2 * k..2 * k + s),
+            mki: None,
         };
         let outbound = SrtpKeyMaterial {
             suite,
             key: part(k..2 * k),
             salt: part(2 * k + s..2 * (k + s)),
+            mki: None,
         };
         Ok(DtlsEvent::Connected {
             suite,
@@ -599,6 +601,7 @@ mod tests {
                 suite,
                 key: Secret::new(key.to_vec()),
                 salt: Secret::new(salt.to_vec()),
+                mki: None,
             };
             let outbound = mk(&m[..k], &m[2 * k..2 * k + s]);
             let inbound = mk(&m[k..2 * k], &m[2 * k + s..]);

@@ -2071,6 +2071,7 @@ pub(crate) mod tests {
                 suite,
                 key: Secret::new(m[key].to_vec()),
                 salt: Secret::new(m[salt].to_vec()),
+                mki: None,
             };
             // The client writes with the client key and salt.
             self.tx = Some(SrtpContext::new(&mat(0..k, 2 * k..2 * k + s)).unwrap());

@@ -237,6 +237,7 @@ fn parse_key_param(tag: u32, suite: SrtpSuite, param: &str) -> Result<InlineKey,
             suite,
             key: Secret::new(bytes),
             salt: Secret::new(salt),
+            mki: mki.map(|m| m.wire_bytes()),
         },
         lifetime,
         mki,
@@ -305,6 +306,19 @@ fn check_session_param(tag: u32, param: &str) -> Result<(), SdpError> {
         tag,
         param: param.to_string(),
     })
+}
+
+impl Mki {
+    /// The MKI as it travels in each packet: `value` big-endian in `length`
+    /// bytes (zeros in front when the length is over 8).
+    pub fn wire_bytes(&self) -> Vec<u8> {
+        let len = usize::from(self.length);
+        let mut out = vec![0u8; len];
+        let value = self.value.to_be_bytes();
+        let n = len.min(value.len());
+        out[len - n..].copy_from_slice(&value[value.len() - n..]);
+        out
+    }
 }
 
 impl fmt::Display for Mki {
@@ -416,6 +430,8 @@ mod tests {
         for (suite, len) in [
             (SrtpSuite::AesCm128HmacSha1_80, 30),
             (SrtpSuite::AesCm128HmacSha1_32, 30),
+            (SrtpSuite::AesCm192HmacSha1_80, 38),
+            (SrtpSuite::AesCm192HmacSha1_32, 38),
             (SrtpSuite::AesCm256HmacSha1_80, 46),
             (SrtpSuite::AesCm256HmacSha1_32, 46),
             (SrtpSuite::AeadAes128Gcm, 28),

@@ -554,16 +554,9 @@ fn accept_crypto(
         .key_for_tag(answer.tag)
         .filter(|k| k.suite == answer.suite)
         .ok_or_else(not_offered)?;
+    // With an MKI every packet the trunk sends carries it: the key material
+    // holds its wire bytes and the SRTP context checks and strips them.
     let remote = answer.key().ok_or_else(not_offered)?;
-    // With an MKI every SRTP packet carries the key index; the media plane
-    // does not handle that yet, so such an answer is refused (488) rather
-    // than accepted and then failing every packet's authentication.
-    if remote.mki.is_some() {
-        return Err(SdpError::UnsupportedCryptoParam {
-            tag: answer.tag,
-            param: "MKI".to_string(),
-        });
-    }
     Ok(AcceptedCrypto {
         tag: answer.tag,
         remote_key: remote.material.clone(),
@@ -977,6 +970,7 @@ mod tests {
             suite,
             key: Secret::new(vec![byte; suite.key_len()]),
             salt: Secret::new(vec![byte ^ 0xff; suite.salt_len()]),
+            mki: None,
         }
     }
 
@@ -1289,15 +1283,19 @@ mod tests {
              a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}|2^31\r\n",
             inline(&remote)
         );
-        // An MKI in the answer is refused: the media plane does not carry it.
-        let with_mki = answer.replace("|2^31\r\n", "|2^31|1:4\r\n");
+        // An MKI in the answer is taken: its wire bytes go with the key, for
+        // the SRTP context to check and strip from every packet.
+        let with_mki = answer.replace("|2^31\r\n", "|2^31|258:4\r\n");
+        let m = parse_trunk_answer(&with_mki, &p, &o).unwrap();
+        let c = m.crypto.as_ref().unwrap();
         assert_eq!(
-            parse_trunk_answer(&with_mki, &p, &o),
-            Err(SdpError::UnsupportedCryptoParam {
-                tag: 1,
-                param: "MKI".into()
+            c.remote_mki,
+            Some(Mki {
+                value: 258,
+                length: 4
             })
         );
+        assert_eq!(c.remote_key.mki, Some(vec![0, 0, 1, 2]));
         let a = parse_trunk_answer(&answer, &p, &o).unwrap();
         assert!(a.rtcp_mux);
         assert_eq!(a.remote_rtcp, None);

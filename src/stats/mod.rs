@@ -67,6 +67,26 @@ pub struct CallStats {
     /// Private calls (media relayed end to end, never decrypted) that
     /// reached connected.
     private_connected: AtomicU64,
+    /// Connected legs by (leg, key agreement, suite, handling): what the
+    /// lock says, countable. Bounded: two legs, three agreements, a handful
+    /// of suites, two handlings.
+    legs: Mutex<BTreeMap<LegLabels, u64>>,
+}
+
+/// Label values of `gateway_call_legs_total`.
+type LegLabels = (&'static str, String, String, &'static str);
+
+/// Splits a leg's security text as `connected` gives it ("dtls-srtp
+/// AEAD_AES_128_GCM", "sdes-srtp AES_CM_128_HMAC_SHA1_80", "rtp
+/// (unencrypted)") into key agreement and suite ("none" for plain RTP).
+fn security_labels(security: &str) -> (String, String) {
+    let mut words = security.split_whitespace();
+    let agreement = words.next().unwrap_or("unknown").to_string();
+    let suite = match words.next() {
+        Some(s) if !s.starts_with('(') => s.to_string(),
+        _ => "none".to_string(),
+    };
+    (agreement, suite)
 }
 
 impl CallStats {
@@ -86,6 +106,20 @@ impl CallStats {
     pub fn call_connected(&self, d: live::Direction, setup: std::time::Duration) {
         self.connected[dir_index(d)].fetch_add(1, Ordering::Relaxed);
         self.setup[dir_index(d)].observe(setup.as_secs_f64());
+    }
+
+    /// The call connected with these legs: `browser` and `trunk` as
+    /// `connected.security` names them; `private` when the gateway relays
+    /// the encrypted stream without its keys.
+    pub fn legs_connected(&self, browser: Option<&str>, trunk: Option<&str>, private: bool) {
+        let handling = if private { "relayed" } else { "decrypted" };
+        let Ok(mut legs) = self.legs.lock() else {
+            return;
+        };
+        for (leg, security) in [("browser", browser), ("trunk", trunk)] {
+            let (agreement, suite) = security_labels(security.unwrap_or("unknown"));
+            *legs.entry((leg, agreement, suite, handling)).or_default() += 1;
+        }
     }
 
     /// A trunk refused SRTP and the call fell back to plain RTP.
@@ -145,6 +179,19 @@ impl CallStats {
                 );
             }
         }
+        let name = "gateway_call_legs_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Legs of connected calls, by leg, key agreement (dtls-srtp, sdes-srtp, rtp), SRTP suite, and whether the gateway decrypts or relays the stream unread (a private call).\n# TYPE {name} counter"
+        );
+        if let Ok(legs) = self.legs.lock() {
+            for ((leg, agreement, suite, handling), n) in legs.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{leg=\"{leg}\",key_agreement=\"{agreement}\",suite=\"{suite}\",handling=\"{handling}\"}} {n}"
+                );
+            }
+        }
         let name = "gateway_secure_media_fallbacks_total";
         let _ = writeln!(
             out,
@@ -201,12 +248,25 @@ mod tests {
         stats.call_ended(live::Direction::Outgoing, 486, "trunk");
         stats.secure_media_fallback();
         stats.private_call_connected();
+        stats.legs_connected(
+            Some("dtls-srtp AEAD_AES_128_GCM"),
+            Some("sdes-srtp AES_CM_128_HMAC_SHA1_80"),
+            false,
+        );
+        stats.legs_connected(
+            Some("dtls-srtp AES_CM_128_HMAC_SHA1_80"),
+            Some("rtp (unencrypted)"),
+            false,
+        );
         let mut out = String::new();
         stats.render_prometheus(&mut out);
         for line in [
             "gateway_calls_active 1\n",
             "gateway_secure_media_fallbacks_total 1\n",
             "gateway_private_calls_total 1\n",
+            "gateway_call_legs_total{leg=\"browser\",key_agreement=\"dtls-srtp\",suite=\"AEAD_AES_128_GCM\",handling=\"decrypted\"} 1\n",
+            "gateway_call_legs_total{leg=\"trunk\",key_agreement=\"sdes-srtp\",suite=\"AES_CM_128_HMAC_SHA1_80\",handling=\"decrypted\"} 1\n",
+            "gateway_call_legs_total{leg=\"trunk\",key_agreement=\"rtp\",suite=\"none\",handling=\"decrypted\"} 1\n",
             "gateway_calls_started_total{direction=\"outgoing\"} 1\n",
             "gateway_calls_connected_total{direction=\"incoming\"} 1\n",
             "gateway_call_ends_total{direction=\"outgoing\",code=\"486\",side=\"trunk\"} 1\n",

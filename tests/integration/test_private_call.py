@@ -161,6 +161,8 @@ def test_private_call_dtls_end_to_end_no_key_at_the_gateway(workdir, gateway_pri
     assert call.get("private") is True, call
     assert call.get("srtp_contexts") == 0, f"the gateway created SRTP contexts for a private call: {call}"
     assert metrics.sum("gateway_private_calls_total") == 1, metrics.text
+    assert metrics.sum("gateway_call_legs_total", handling="relayed") == 2, metrics.text
+    assert metrics.sum("gateway_call_legs_total", handling="decrypted") == 0, metrics.text
     assert "private call media connected" in gw.log(), gw.log()[-2000:]
 
 

@@ -222,6 +222,7 @@ impl Browser {
             suite,
             key: Secret::new(m[key].to_vec()),
             salt: Secret::new(m[salt].to_vec()),
+            mki: None,
         };
         // RFC 5764 4.2: client key, server key, client salt, server salt;
         // the client writes with the client's.

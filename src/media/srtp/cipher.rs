@@ -1,6 +1,6 @@
 //! The SRTP transforms, working on the caller's bytes: RFC 3711 key
 //! derivation (4.3), AES counter mode (4.1.1) with HMAC-SHA1 (4.2), RFC
-//! 6188's AES-256 variant, and RFC 7714 AES-GCM.
+//! 6188's AES-192 and AES-256 variants, and RFC 7714 AES-GCM.
 //!
 //! AES-CTR and AES-GCM are aws-lc-rs's. HMAC-SHA1 is the RustCrypto `hmac`
 //! and `sha1` crates (SHA-NI when the CPU has it): aws-lc-rs's `hmac::Context`
@@ -13,7 +13,9 @@
 //! payload, index and tag.
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::cipher::{EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128, AES_256};
+use aws_lc_rs::cipher::{
+    EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128, AES_192, AES_256,
+};
 use aws_lc_rs::iv::FixedLength;
 use hmac::{Hmac, Mac as _};
 use sha1::Sha1;
@@ -40,6 +42,7 @@ fn keying_error() -> SrtpError {
 fn ctr_key(key: &[u8]) -> Result<EncryptingKey, SrtpError> {
     let algorithm = match key.len() {
         16 => &AES_128,
+        24 => &AES_192,
         32 => &AES_256,
         _ => return Err(keying_error()),
     };

@@ -82,8 +82,12 @@ fn is_gcm(suite: SrtpSuite) -> bool {
 /// Length of the SRTP authentication tag of `suite`.
 fn rtp_tag_len(suite: SrtpSuite) -> usize {
     match suite {
-        SrtpSuite::AesCm128HmacSha1_80 | SrtpSuite::AesCm256HmacSha1_80 => 10,
-        SrtpSuite::AesCm128HmacSha1_32 | SrtpSuite::AesCm256HmacSha1_32 => 4,
+        SrtpSuite::AesCm128HmacSha1_80
+        | SrtpSuite::AesCm192HmacSha1_80
+        | SrtpSuite::AesCm256HmacSha1_80 => 10,
+        SrtpSuite::AesCm128HmacSha1_32
+        | SrtpSuite::AesCm192HmacSha1_32
+        | SrtpSuite::AesCm256HmacSha1_32 => 4,
         SrtpSuite::AeadAes128Gcm | SrtpSuite::AeadAes256Gcm => GCM_TAG_LEN,
     }
 }
@@ -168,6 +172,13 @@ pub struct SrtpContext {
     rtp_index: SsrcTable<Window>,
     /// Per SSRC, SRTCP: last index sent (in `highest`), or the receive window.
     rtcp_index: SsrcTable<Window>,
+    /// The key's MKI, written into every packet we protect and required in
+    /// every packet we unprotect; empty without one. RFC 3711 3.1 puts it
+    /// between the authenticated part and the HMAC tag (not authenticated);
+    /// RFC 7714 puts it after the AEAD tag (SRTP) or the index (SRTCP).
+    /// One key per context: a packet naming another MKI names a key we do
+    /// not hold, and fails authentication.
+    mki: Box<[u8]>,
 }
 
 impl SrtpContext {
@@ -203,6 +214,7 @@ impl SrtpContext {
             transform,
             rtp_index: SsrcTable::new(),
             rtcp_index: SsrcTable::new(),
+            mki: material.mki.clone().unwrap_or_default().into_boxed_slice(),
         })
     }
 
@@ -215,7 +227,8 @@ impl SrtpContext {
     /// [`srtp_overhead`] bytes of room after the packet.
     pub fn protect_rtp_in_place(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
         let tag_len = rtp_tag_len(self.suite);
-        room(buf, len, tag_len)?;
+        let mki_len = self.mki.len();
+        room(buf, len, tag_len + mki_len)?;
         let header_len = rtp_header_len(&buf[..len]).ok_or(SrtpError::Malformed)?;
         let ssrc = be32(&buf[8..12]);
         let seq = u16::from_be_bytes([buf[2], buf[3]]);
@@ -226,17 +239,19 @@ impl SrtpContext {
             Transform::Cm { rtp, .. } => {
                 rtp.apply_keystream(ssrc, index, &mut buf[header_len..len])?;
                 let tag = rtp.tag(&buf[..len], &roc.to_be_bytes());
-                buf[len..len + tag_len].copy_from_slice(&tag[..tag_len]);
+                buf[len..len + mki_len].copy_from_slice(&self.mki);
+                buf[len + mki_len..len + mki_len + tag_len].copy_from_slice(&tag[..tag_len]);
             }
             Transform::Gcm { rtp, .. } => {
                 let (header, body) = buf.split_at_mut(header_len);
                 let tag = rtp.seal(ssrc, index, header, &mut body[..len - header_len])?;
                 buf[len..len + tag_len].copy_from_slice(&tag);
+                buf[len + tag_len..len + tag_len + mki_len].copy_from_slice(&self.mki);
             }
         }
         sent.accept(index);
         self.rtp_index.put(ssrc, sent);
-        Ok(len + tag_len)
+        Ok(len + tag_len + mki_len)
     }
 
     /// Authenticates, replay-checks and decrypts the SRTP packet `packet` in
@@ -244,11 +259,21 @@ impl SrtpContext {
     /// On error the packet's state is unspecified and nothing was recorded.
     pub fn unprotect_rtp_in_place(&mut self, packet: &mut [u8]) -> Result<usize, SrtpError> {
         let tag_len = rtp_tag_len(self.suite);
+        let mki_len = self.mki.len();
         let header_len = rtp_header_len(packet).ok_or(SrtpError::Malformed)?;
-        if packet.len() < header_len + tag_len {
+        if packet.len() < header_len + tag_len + mki_len {
             return Err(SrtpError::Malformed);
         }
-        let len = packet.len() - tag_len;
+        // Where the MKI sits: before the HMAC tag, after the AEAD tag.
+        let mki_at = if is_gcm(self.suite) {
+            packet.len() - mki_len
+        } else {
+            packet.len() - mki_len - tag_len
+        };
+        if packet[mki_at..mki_at + mki_len] != *self.mki {
+            return Err(SrtpError::AuthFailed);
+        }
+        let len = packet.len() - tag_len - mki_len;
         let ssrc = be32(&packet[8..12]);
         let seq = u16::from_be_bytes([packet[2], packet[3]]);
         // A fresh window for an SSRC not seen yet: it is stored only once a
@@ -263,13 +288,13 @@ impl SrtpContext {
         match &self.transform {
             Transform::Cm { rtp, .. } => {
                 let expected = rtp.tag(&packet[..len], &roc.to_be_bytes());
-                if !tags_equal(&expected[..tag_len], &packet[len..]) {
+                if !tags_equal(&expected[..tag_len], &packet[len + mki_len..]) {
                     return Err(SrtpError::AuthFailed);
                 }
                 rtp.apply_keystream(ssrc, index, &mut packet[header_len..len])?;
             }
             Transform::Gcm { rtp, .. } => {
-                let (header, body) = packet.split_at_mut(header_len);
+                let (header, body) = packet[..mki_at].split_at_mut(header_len);
                 rtp.open(ssrc, index, header, body)?;
             }
         }
@@ -287,7 +312,8 @@ impl SrtpContext {
         buf: &mut [u8],
         len: usize,
     ) -> Result<usize, SrtpError> {
-        let overhead = srtcp_overhead(self.suite);
+        let mki_len = self.mki.len();
+        let overhead = srtcp_overhead(self.suite) + mki_len;
         room(buf, len, overhead)?;
         check_rtcp(&buf[..len], RTCP_CLEAR_LEN)?;
         let ssrc = be32(&buf[4..8]);
@@ -304,6 +330,8 @@ impl SrtpContext {
                 buf[len..len + SRTCP_INDEX_LEN].copy_from_slice(&e_index);
                 let end = len + SRTCP_INDEX_LEN;
                 let tag = rtcp.tag(&buf[..end], &[]);
+                buf[end..end + mki_len].copy_from_slice(&self.mki);
+                let end = end + mki_len;
                 buf[end..end + SRTCP_HMAC_TAG_LEN].copy_from_slice(&tag[..SRTCP_HMAC_TAG_LEN]);
             }
             Transform::Gcm { rtcp, .. } => {
@@ -312,7 +340,9 @@ impl SrtpContext {
                 aad[RTCP_CLEAR_LEN..].copy_from_slice(&e_index);
                 let tag = rtcp.seal(ssrc, index, &aad, &mut buf[RTCP_CLEAR_LEN..len])?;
                 buf[len..len + GCM_TAG_LEN].copy_from_slice(&tag);
-                buf[len + GCM_TAG_LEN..len + overhead].copy_from_slice(&e_index);
+                let end = len + GCM_TAG_LEN;
+                buf[end..end + SRTCP_INDEX_LEN].copy_from_slice(&e_index);
+                buf[end + SRTCP_INDEX_LEN..len + overhead].copy_from_slice(&self.mki);
             }
         }
         sent.accept(index);
@@ -323,17 +353,23 @@ impl SrtpContext {
     /// Authenticates, replay-checks and decrypts the SRTCP packet `packet` in
     /// place; returns the RTCP packet's length.
     pub fn unprotect_rtcp_in_place(&mut self, packet: &mut [u8]) -> Result<usize, SrtpError> {
-        let overhead = srtcp_overhead(self.suite);
+        let mki_len = self.mki.len();
+        let overhead = srtcp_overhead(self.suite) + mki_len;
         check_rtcp(packet, RTCP_CLEAR_LEN + overhead)?;
         // The E flag is the top bit of the index word, which sits before the
         // HMAC tag (AES-CM) or last (AEAD, whose tag precedes it). Every peer
         // we talk to encrypts SRTCP, so E=0 (which would let a packet through
         // with only a tag over plaintext) is treated as failed authentication.
+        // The MKI follows the index word (and precedes the HMAC tag).
         let e_at = if is_gcm(self.suite) {
-            packet.len() - SRTCP_INDEX_LEN
+            packet.len() - mki_len - SRTCP_INDEX_LEN
         } else {
-            packet.len() - SRTCP_HMAC_TAG_LEN - SRTCP_INDEX_LEN
+            packet.len() - SRTCP_HMAC_TAG_LEN - mki_len - SRTCP_INDEX_LEN
         };
+        let mki_at = e_at + SRTCP_INDEX_LEN;
+        if packet[mki_at..mki_at + mki_len] != *self.mki {
+            return Err(SrtpError::AuthFailed);
+        }
         let e_index = be32(&packet[e_at..e_at + SRTCP_INDEX_LEN]);
         if e_index & 0x8000_0000 == 0 {
             return Err(SrtpError::AuthFailed);
@@ -349,7 +385,7 @@ impl SrtpContext {
             Transform::Cm { rtcp, .. } => {
                 let tagged = e_at + SRTCP_INDEX_LEN;
                 let expected = rtcp.tag(&packet[..tagged], &[]);
-                if !tags_equal(&expected[..SRTCP_HMAC_TAG_LEN], &packet[tagged..]) {
+                if !tags_equal(&expected[..SRTCP_HMAC_TAG_LEN], &packet[tagged + mki_len..]) {
                     return Err(SrtpError::AuthFailed);
                 }
                 rtcp.apply_keystream(ssrc, index, &mut packet[RTCP_CLEAR_LEN..e_at])?;
@@ -373,9 +409,12 @@ impl SrtpContext {
 
     /// Encrypts and authenticates the RTP packet `rtp` into `out`.
     pub fn protect_rtp(&mut self, rtp: &[u8], out: &mut Vec<u8>) -> Result<(), SrtpError> {
-        copy_then(out, rtp, srtp_overhead(self.suite), |buf, len| {
-            self.protect_rtp_in_place(buf, len)
-        })
+        copy_then(
+            out,
+            rtp,
+            srtp_overhead(self.suite) + self.mki.len(),
+            |buf, len| self.protect_rtp_in_place(buf, len),
+        )
     }
 
     /// Authenticates, replay-checks and decrypts the SRTP packet `srtp` into
@@ -387,9 +426,12 @@ impl SrtpContext {
     /// Encrypts and authenticates the (compound) RTCP packet `rtcp` into
     /// `out`, with E=1 and the next SRTCP index of its sender SSRC.
     pub fn protect_rtcp(&mut self, rtcp: &[u8], out: &mut Vec<u8>) -> Result<(), SrtpError> {
-        copy_then(out, rtcp, srtcp_overhead(self.suite), |buf, len| {
-            self.protect_rtcp_in_place(buf, len)
-        })
+        copy_then(
+            out,
+            rtcp,
+            srtcp_overhead(self.suite) + self.mki.len(),
+            |buf, len| self.protect_rtcp_in_place(buf, len),
+        )
     }
 
     /// Authenticates, replay-checks and decrypts the SRTCP packet `srtcp`

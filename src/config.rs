@@ -827,7 +827,8 @@ impl Config {
                             policy::plan_outgoing(account.caller_stream, callee, trunk_media(trunk))
                         {
                             let k = match e {
-                                policy::PolicyError::PrivateCallUnsupported(_) => "caller_stream",
+                                policy::PolicyError::PrivateCallUnsupported(_)
+                                | policy::PolicyError::ForbiddenButPrivate => "caller_stream",
                                 _ => "callee_stream",
                             };
                             add(key(k), e.to_string());
@@ -1191,6 +1192,28 @@ trunk = "carrier"
         let problems = parse(&cm256).unwrap().problems();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].message.contains("DTLS-SRTP"), "{problems:?}");
+    }
+
+    /// forced_relay places private calls: valid, except toward a trunk that
+    /// forbids SRTP, which is named at the account's caller_stream.
+    #[test]
+    fn forced_relay_is_valid_unless_the_trunk_forbids_srtp() {
+        let private = full().replace(
+            "trunk = \"carrier\"\n",
+            "trunk = \"carrier\"\ncaller_stream = \"forced_relay\"\n",
+        );
+        assert!(private.contains("forced_relay"));
+        assert!(parse(&private).unwrap().problems().is_empty());
+        let forbidden = private
+            .replace(
+                "secure_media = \"mandatory\"",
+                "secure_media = \"forbidden\"",
+            )
+            .replace("callee_stream = \"sdes\"", "callee_stream = \"decrypted\"");
+        let problems = parse(&forbidden).unwrap().problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "accounts[0].caller_stream");
+        assert!(problems[0].message.contains("private call"), "{problems:?}");
     }
 
     #[test]

@@ -14,8 +14,12 @@
 //! calls; the function also answers trunk → trunk so that every row of the
 //! PortaSwitch table can be checked, including "the caller did not ask".
 //!
-//! What the media plane cannot do yet comes out as a named [`PolicyError`]:
-//! relaying an encrypted stream without decrypting it (a private call).
+//! A private call ([`Handling::Private`]: `forced_relay`, or
+//! `relay_or_decrypt` + `as_caller` toward a callee that can take the
+//! caller's stream as is) relays the encrypted stream without the gateway
+//! ever holding a media key. What cannot be done (a private call whose two
+//! ends cannot agree keys with each other) comes out as a named
+//! [`PolicyError`].
 //!
 //! DTLS-SRTP toward a trunk is used when it is asked for by name
 //! (`callee_stream = "dtls"`) or offered by the calling trunk; a trunk is
@@ -92,10 +96,12 @@ pub enum Handling {
     /// The gateway decrypts and/or encrypts: it terminates SRTP on at least
     /// one leg (PortaSwitch's "Encrypt 1 / Encrypt 2" and "decrypted" rows).
     Decrypt,
-    /// The stream passes as it came: plain RTP relayed as plain RTP (an
-    /// encrypted stream relayed as is would be a private call, which
-    /// [`resolve`] refuses for now).
+    /// The stream passes as it came: plain RTP relayed as plain RTP.
     Relay,
+    /// A fully private call: the encrypted stream (and its key agreement,
+    /// a DTLS handshake included) is relayed as is between the two ends;
+    /// the gateway never holds a media key.
+    Private,
 }
 
 /// One leg of the call as the policy decided it.
@@ -196,7 +202,8 @@ impl TrunkMedia<'_> {
 pub struct IncomingOffer<'a> {
     /// RTP/SAVP (SDES) or UDP/TLS/RTP/SAVP (DTLS) rather than RTP/AVP.
     pub secure: bool,
-    /// UDP/TLS/RTP/SAVP: keyed by DTLS (`cryptos` is then empty).
+    /// UDP/TLS/RTP/SAVP: keyed by DTLS (then `secure` is true, `cryptos`
+    /// empty).
     pub dtls: bool,
     /// The usable `a=crypto` lines as `(tag, suite)`, in the trunk's order.
     pub cryptos: &'a [(u32, SrtpSuite)],
@@ -268,12 +275,14 @@ pub struct PolicyInput<'a> {
 /// Why a call cannot be placed under the configured policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("private (relayed, never decrypted) calls are not supported yet ({0})")]
+    #[error("a private (relayed, never decrypted) call cannot be made here: {0}")]
     PrivateCallUnsupported(&'static str),
     #[error("secure_media = \"forbidden\" conflicts with callee_stream = \"dtls\"")]
     ForbiddenButDtls,
     #[error("no srtp_suites entry can be negotiated by DTLS-SRTP (AES_CM_128_HMAC_SHA1_80/32, AEAD_AES_128_GCM, AEAD_AES_256_GCM)")]
     NoDtlsSuites,
+    #[error("secure_media = \"forbidden\" conflicts with a private call (caller_stream = \"forced_relay\" relays the caller's encrypted stream as is)")]
+    ForbiddenButPrivate,
     #[error("secure_media = \"mandatory\" conflicts with callee_stream = \"{0}\" (plain RTP toward the trunk)")]
     MandatoryButPlain(&'static str),
     #[error("secure_media = \"forbidden\" conflicts with callee_stream = \"sdes\"")]
@@ -305,9 +314,7 @@ pub fn resolve(input: PolicyInput<'_>) -> Result<CallPolicy, PolicyError> {
         // forced_relay, any callee, requested: "Relayed via PortaSwitch or
         // sent directly", never decrypted.
         (CallerStream::ForcedRelay, _, true) => {
-            return Err(PolicyError::PrivateCallUnsupported(
-                "caller_stream = \"forced_relay\"",
-            ))
+            return private_call(caller, callee);
         }
         // The caller sent plain RTP and either nothing says otherwise
         // (forced_relay ignores the callee's settings; as_caller), or the
@@ -329,16 +336,12 @@ pub fn resolve(input: PolicyInput<'_>) -> Result<CallPolicy, PolicyError> {
             }
         }
         // relay_or_decrypt, as_caller, requested: relayed as is when the
-        // callee could take the caller's stream (a private call: not yet);
-        // otherwise "the media stream is encrypted/decrypted": the callee
+        // callee can take the caller's stream (a private call); otherwise "the media stream is encrypted/decrypted": the callee
         // gets the encrypted stream it can take (a trunk: SDES; one that
         // forbids SRTP: plain RTP, as today).
         (CallerStream::RelayOrDecrypt, CalleeStream::AsCaller, true) => {
             if callee.can_take(caller.key_agreement) {
-                return Err(PolicyError::PrivateCallUnsupported(
-                    "caller_stream = \"relay_or_decrypt\" with callee_stream = \"as_caller\": \
-                     both sides could take the stream as is",
-                ));
+                return private_call(caller, callee);
             }
             callee.encrypted().unwrap_or(KeyAgreement::None)
         }
@@ -409,6 +412,33 @@ pub fn resolve(input: PolicyInput<'_>) -> Result<CallPolicy, PolicyError> {
     })
 }
 
+/// A private call: the callee's leg is the caller's stream as is (same key
+/// agreement; the suite is agreed end to end, or is the caller's SDES one).
+/// Only a callee that can take that stream can have it: a browser takes
+/// DTLS-SRTP only; a trunk whose `secure_media` forbids SRTP takes none.
+fn private_call(caller: LegPolicy, callee: &Callee<'_>) -> Result<CallPolicy, PolicyError> {
+    match (callee, caller.key_agreement) {
+        (Callee::Browser, KeyAgreement::Dtls) => {}
+        (Callee::Browser, _) => {
+            return Err(PolicyError::PrivateCallUnsupported(
+                "a browser takes only DTLS-SRTP and the caller's stream is SDES-SRTP",
+            ))
+        }
+        (Callee::Trunk { media, .. }, _) if media.secure_media == SecureMedia::Forbidden => {
+            return Err(PolicyError::ForbiddenButPrivate)
+        }
+        (Callee::Trunk { .. }, _) => {}
+    }
+    Ok(CallPolicy {
+        callee: LegPolicy {
+            plain_fallback: false,
+            ..caller.clone()
+        },
+        caller,
+        handling: Handling::Private,
+    })
+}
+
 /// A calling trunk's leg from its offer: its `secure_media` says which
 /// profile it may use (FreeSWITCH's `rtp_secure_media`), and among the
 /// offered `a=crypto` lines the first suite in *our* `srtp_suites` order wins
@@ -417,7 +447,7 @@ fn caller_trunk_leg(
     media: TrunkMedia<'_>,
     offer: IncomingOffer<'_>,
 ) -> Result<LegPolicy, PolicyError> {
-    match (offer.secure, media.secure_media) {
+    match (offer.secure || offer.dtls, media.secure_media) {
         (false, SecureMedia::Mandatory) => Err(PolicyError::PlainOfferRefused),
         (false, _) => Ok(LegPolicy::plain()),
         (true, SecureMedia::Forbidden) => Err(PolicyError::SecureOfferRefused),
@@ -465,6 +495,10 @@ pub enum TrunkLegPlan {
         suites: Vec<SrtpSuite>,
         accept_plain: bool,
     },
+    /// A private call: UDP/TLS/RTP/SAVP carrying the *browser's*
+    /// fingerprint and `a=setup`; the browser's DTLS peer is the trunk and
+    /// the gateway relays the handshake and SRTP without keys.
+    Private,
 }
 
 impl TrunkLegPlan {
@@ -472,16 +506,18 @@ impl TrunkLegPlan {
     pub fn accepts_plain_answer(&self) -> bool {
         match self {
             TrunkLegPlan::Plain => true,
+            TrunkLegPlan::Private => false,
             TrunkLegPlan::Sdes { accept_plain, .. } | TrunkLegPlan::Dtls { accept_plain, .. } => {
                 *accept_plain
             }
         }
     }
 
-    /// The SRTP suites of the plan, in order (empty for plain RTP).
+    /// The SRTP suites of the plan, in order (empty for plain RTP and for a
+    /// private call, whose suites the two ends agree without us).
     pub fn suites(&self) -> &[SrtpSuite] {
         match self {
-            TrunkLegPlan::Plain => &[],
+            TrunkLegPlan::Plain | TrunkLegPlan::Private => &[],
             TrunkLegPlan::Sdes { suites, .. } | TrunkLegPlan::Dtls { suites, .. } => suites,
         }
     }
@@ -530,6 +566,10 @@ pub enum IncomingLegPlan {
     Dtls { suites: Vec<SrtpSuite> },
     /// Answer RTP/AVP.
     Plain,
+    /// A private call: the trunk's DTLS-SRTP offer goes to the browsers with
+    /// the trunk's fingerprint, the trunk is answered with the browser's;
+    /// the gateway relays without keys.
+    Private,
 }
 
 /// What an account's outgoing calls get toward its trunk.
@@ -546,6 +586,9 @@ pub fn plan_outgoing(
             callee_stream,
         },
     })?;
+    if p.handling == Handling::Private {
+        return Ok(TrunkLegPlan::Private);
+    }
     Ok(match p.callee.key_agreement {
         KeyAgreement::Sdes => TrunkLegPlan::Sdes {
             suites: p.callee.suites,
@@ -573,6 +616,9 @@ pub fn plan_incoming(
         },
         callee: Callee::Browser,
     })?;
+    if p.handling == Handling::Private {
+        return Ok(IncomingLegPlan::Private);
+    }
     Ok(
         match (
             p.caller.key_agreement,
@@ -659,12 +705,11 @@ mod tests {
         assert_eq!(TrunkLegPlan::Plain.refusal_reason(503), None);
     }
 
-    fn private(why: &'static str) -> Expect {
-        NotYet(PolicyError::PrivateCallUnsupported(why))
-    }
-    const FORCED: &str = "caller_stream = \"forced_relay\"";
-    const AS_IS: &str = "caller_stream = \"relay_or_decrypt\" with callee_stream = \"as_caller\": \
-                         both sides could take the stream as is";
+    /// A private call between two SDES ends: the callee's leg is the
+    /// caller's stream as is, never decrypted.
+    const PRIVATE_SDES: Expect = Plan(K::Sdes, K::Sdes, Handling::Private);
+    const BROWSER_SDES: &str =
+        "a browser takes only DTLS-SRTP and the caller's stream is SDES-SRTP";
 
     /// The PortaSwitch results table (reference/portaswitch-media-encryption.txt),
     /// one line per (caller_stream, callee_stream, encryption asked), the
@@ -679,14 +724,16 @@ mod tests {
         // forced_relay | decrypted, as_caller, sdes, dtls, zrtp
         for callee in [Decrypted, AsCaller, Sdes, Dtls] {
             // requested: "Caller <-> Relayed via PortaSwitch or sent directly <-> Callee" (media features: No)
-            rows.push((ForcedRelay, callee, Who::Trunk, true, forced, private(FORCED)));
-            rows.push((ForcedRelay, callee, Who::Browser, true, forced, private(FORCED)));
+            rows.push((ForcedRelay, callee, Who::Trunk, true, forced, PRIVATE_SDES));
+            // (a browser cannot take the calling trunk's SDES stream as is)
+            rows.push((ForcedRelay, callee, Who::Browser, true, forced,
+                       NotYet(PolicyError::PrivateCallUnsupported(BROWSER_SDES))));
             // no: "Caller <-> Relayed via PortaSwitch or sent directly <-> Callee" (Yes)
             rows.push((ForcedRelay, callee, Who::Trunk, false, forced, Plan(K::None, K::None, Relay)));
         }
         rows.extend([
             // relay_or_decrypt | as_caller | requested: "Caller <-> Relayed via PortaSwitch or sent directly <-> Callee" (No)
-            (RelayOrDecrypt, AsCaller, Who::Trunk, true, forced, private(AS_IS)),
+            (RelayOrDecrypt, AsCaller, Who::Trunk, true, forced, PRIVATE_SDES),
             // relay_or_decrypt | as_caller | no: "Caller <-> Relayed via PortaSwitch or sent directly <-> Callee" (Yes)
             (RelayOrDecrypt, AsCaller, Who::Trunk, false, forced, Plan(K::None, K::None, Relay)),
             // relay_or_decrypt | decrypted | requested: "Caller <-encrypted-> PortaSwitch <-non-encrypted-> Callee" (Yes)
@@ -811,11 +858,20 @@ mod tests {
             Err(PolicyError::MandatoryButPlain("as_caller"))
         );
         assert_eq!(outgoing(Decrypt, Sdes, SecureMedia::Mandatory), sdes(false));
-        // Not supported yet, and conflicts.
+        // forced_relay: a private call whatever the callee's settings
+        // ("Caller <-> Relayed via PortaSwitch <-> Callee"), the browser's
+        // DTLS-SRTP relayed to the trunk; never toward a trunk that forbids
+        // SRTP.
         for callee in [Sdes, Decrypted, AsCaller, Dtls] {
+            for secure in [SecureMedia::Mandatory, SecureMedia::Optional] {
+                assert_eq!(
+                    outgoing(ForcedRelay, callee, secure),
+                    Ok(TrunkLegPlan::Private)
+                );
+            }
             assert_eq!(
-                outgoing(ForcedRelay, callee, SecureMedia::Mandatory),
-                Err(PolicyError::PrivateCallUnsupported(FORCED))
+                outgoing(ForcedRelay, callee, SecureMedia::Forbidden),
+                Err(PolicyError::ForbiddenButPrivate)
             );
         }
         // dtls: UDP/TLS/RTP/SAVP with the suites DTLS can negotiate.
@@ -852,9 +908,9 @@ mod tests {
             ),
             Err(PolicyError::NoSuites)
         );
-        let msg = PolicyError::PrivateCallUnsupported(FORCED).to_string();
+        let msg = PolicyError::ForbiddenButPrivate.to_string();
         assert!(
-            msg.contains("private (relayed, never decrypted) calls are not supported yet"),
+            msg.contains("forbidden") && msg.contains("private"),
             "{msg}"
         );
     }
@@ -874,6 +930,44 @@ mod tests {
         assert_eq!(p.caller.suites, BROWSER_DTLS_SUITES);
         assert_eq!(p.callee.suites, SUITES);
         assert_eq!(p.handling, Handling::Decrypt);
+    }
+
+    /// A browser calling with forced_relay: both legs DTLS-SRTP, handled
+    /// privately (the gateway holds no key); a browser callee of a DTLS
+    /// caller too.
+    #[test]
+    fn private_call_legs_carry_the_callers_stream() {
+        let p = resolve(PolicyInput {
+            caller_stream: ForcedRelay,
+            caller: Caller::Browser,
+            callee: Callee::Trunk {
+                media: trunk(SecureMedia::Mandatory),
+                callee_stream: CalleeStream::Sdes,
+            },
+        })
+        .unwrap();
+        assert_eq!(p.handling, Handling::Private);
+        assert_eq!(p.caller.key_agreement, K::Dtls);
+        assert_eq!(p.callee.key_agreement, K::Dtls);
+        let p = resolve(PolicyInput {
+            caller_stream: ForcedRelay,
+            caller: Caller::Browser,
+            callee: Callee::Browser,
+        })
+        .unwrap();
+        assert_eq!(p.handling, Handling::Private);
+        // A private SDES call keeps the caller's suite and tag.
+        let p = resolve(PolicyInput {
+            caller_stream: ForcedRelay,
+            caller: trunk_caller(true),
+            callee: Callee::Trunk {
+                media: trunk(SecureMedia::Optional),
+                callee_stream: CalleeStream::Decrypted,
+            },
+        })
+        .unwrap();
+        assert_eq!(p.callee, p.caller);
+        assert_eq!(p.callee.suites, [SrtpSuite::AesCm128HmacSha1_80]);
     }
 
     #[test]
@@ -913,10 +1007,31 @@ mod tests {
             plan_incoming(RelayOrDecrypt, trunk(SecureMedia::Forbidden), offer),
             Err(PolicyError::SecureOfferRefused)
         );
-        // A private call from a trunk is refused (488 toward it).
+        // A private call from an SDES trunk cannot reach a browser, which
+        // takes only DTLS-SRTP: refused (488 toward the trunk).
         assert_eq!(
             plan_incoming(ForcedRelay, trunk(SecureMedia::Mandatory), offer),
-            Err(PolicyError::PrivateCallUnsupported(FORCED))
+            Err(PolicyError::PrivateCallUnsupported(BROWSER_SDES))
+        );
+    }
+
+    /// A trunk's DTLS-SRTP offer: with forced_relay the browser takes it
+    /// as is (private); otherwise the gateway terminates DTLS with the trunk
+    /// itself (`a_dtls_offer_from_a_trunk`).
+    #[test]
+    fn incoming_dtls_offer_is_private_with_forced_relay() {
+        let offer = IncomingOffer {
+            secure: true,
+            cryptos: &[],
+            dtls: true,
+        };
+        assert_eq!(
+            plan_incoming(ForcedRelay, trunk(SecureMedia::Mandatory), offer),
+            Ok(IncomingLegPlan::Private)
+        );
+        assert_eq!(
+            plan_incoming(ForcedRelay, trunk(SecureMedia::Forbidden), offer),
+            Err(PolicyError::SecureOfferRefused)
         );
     }
 
@@ -1033,11 +1148,11 @@ mod tests {
             plan_incoming(RelayOrDecrypt, only_256_cm, dtls_offer),
             Err(PolicyError::NoDtlsSuites)
         );
-        // forced_relay stays the private-call helper's row.
-        assert!(matches!(
+        // forced_relay: a private call (the browser's DTLS peer is the trunk).
+        assert_eq!(
             plan_incoming(ForcedRelay, trunk(SecureMedia::Mandatory), dtls_offer),
-            Err(PolicyError::PrivateCallUnsupported(_))
-        ));
+            Ok(IncomingLegPlan::Private)
+        );
         // Trunk to trunk, the table's "requested" rows with a DTLS caller:
         // (Encrypt 1) PortaSwitch (Encrypt 2), or decrypted toward the callee.
         let caller = Caller::Trunk {

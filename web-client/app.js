@@ -725,7 +725,12 @@ function showSecurity(security) {
   setText(ui.securityTrunk, `Trunk: ${trunk}`);
   let level;
   let summary;
-  if (isEncrypted(browser) && isEncrypted(trunk)) {
+  if (security && security.private === true) {
+    // A private call: the browser's DTLS peer is the far end; the gateway
+    // only relays the encrypted stream (issue 11, PortaSwitch forced_relay).
+    level = 'private';
+    summary = 'End-to-end, not decrypted by the gateway';
+  } else if (isEncrypted(browser) && isEncrypted(trunk)) {
     level = 'secure';
     summary = 'Encrypted on both legs';
   } else if (isEncrypted(browser) && trunk !== 'unknown') {

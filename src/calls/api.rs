@@ -32,6 +32,11 @@ pub struct Security {
     pub browser: String,
     /// e.g. "sdes-srtp AES_CM_128_HMAC_SHA1_80" or "rtp (unencrypted)"
     pub trunk: String,
+    /// A private call: the media is encrypted end to end between the
+    /// browser and the trunk and relayed, never decrypted, by the gateway.
+    /// Only written when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
 }
 
 /// Who put a call on hold or took it back (`held` / `resumed`, field `by`).

@@ -231,6 +231,9 @@ pub struct IncomingSetup {
     pub uas: IncomingCall,
     pub offer: SipOffer,
     pub plan: IncomingLegPlan,
+    /// The trunk's fingerprint and role when it offered DTLS-SRTP (a
+    /// private call: `IncomingLegPlan::Private`).
+    pub trunk_dtls: Option<sdp::PrivateOfferDtls>,
     pub sessions: Vec<SessionKey>,
     /// The caller as the browsers are shown it (redacted per account).
     pub from: Personal,
@@ -288,6 +291,11 @@ struct Common {
     /// When a pending trunk handshake is given up (the `dtls` timer from
     /// the media start, outgoing, or from our 200, incoming).
     trunk_dtls_deadline: Option<Instant>,
+    /// A private call (`TrunkLegPlan::Private`): `Some` once the browser and
+    /// the trunk agreed keys through the relay, with the suite they chose if
+    /// the relay could read it.
+    private: bool,
+    private_connected: Option<Option<SrtpSuite>>,
     /// The codec both legs run, once chosen (`PCMU/8000`).
     codec: Option<String>,
     connected_sent: bool,
@@ -358,6 +366,8 @@ impl Common {
             trunk_security: String::new(),
             trunk_dtls_pending: false,
             trunk_dtls_deadline: None,
+            private: false,
+            private_connected: None,
             codec: None,
             connected_sent: false,
             dtls_deadline: None,
@@ -658,6 +668,16 @@ impl Common {
             self.error(session, 409, "a hold or resume of this call is in progress");
             return None;
         }
+        if self.private {
+            // Its re-INVITE would have to restate a DTLS-SRTP session the
+            // gateway only relays: not built.
+            self.error(
+                session,
+                409,
+                &format!("cannot {what} a private call (relayed end to end)"),
+            );
+            return None;
+        }
         let trunk_session = self.trunk_session.as_mut()?;
         if trunk_session.local_hold == hold {
             // Asked twice: the state is already in force; say so again.
@@ -829,18 +849,32 @@ impl Common {
         if self.connected_sent || !trunk_up || self.ended.is_some() || self.trunk_dtls_pending {
             return;
         }
-        let Some(suite) = self.browser_suite else {
-            return;
+        let security = if self.private {
+            let Some(suite) = self.private_connected else {
+                return;
+            };
+            let text = private_security(suite);
+            Security {
+                browser: text.clone(),
+                trunk: text,
+                private: true,
+            }
+        } else {
+            let Some(suite) = self.browser_suite else {
+                return;
+            };
+            Security {
+                browser: format!("dtls-srtp {suite}"),
+                trunk: self.trunk_security.clone(),
+                private: false,
+            }
         };
         self.connected_sent = true;
-        info!("call connected");
+        info!(private = self.private, "call connected");
         self.out.push_back(Output::Connected);
         let event = SessionEvent::Connected {
             id: self.id.clone(),
-            security: Security {
-                browser: format!("dtls-srtp {suite}"),
-                trunk: self.trunk_security.clone(),
-            },
+            security,
         };
         self.tell_owner(event);
     }
@@ -893,7 +927,7 @@ impl Call {
             TrunkLegPlan::Dtls { .. } => TrunkOfferMedia::Dtls {
                 fingerprint_sha256: setup.media.fingerprint_sha256.clone(),
             },
-            TrunkLegPlan::Plain => TrunkOfferMedia::Plain,
+            TrunkLegPlan::Plain | TrunkLegPlan::Private => TrunkOfferMedia::Plain,
         };
         let offer_params = TrunkOfferParams {
             local_ip: setup.media.public_ip,
@@ -902,7 +936,14 @@ impl Call {
             session_id: rand::random::<u32>() as u64,
             session_version: 1,
         };
-        let trunk_offer = sdp::write_trunk_offer(&offer, &offer_params);
+        let trunk_offer = if plan == TrunkLegPlan::Private {
+            // The browser's DTLS peer is the trunk: the gateway holds no key.
+            c.private = true;
+            info!("private call: the media is relayed end to end, never decrypted");
+            sdp::write_private_trunk_offer(&offer, &offer_params)
+        } else {
+            sdp::write_trunk_offer(&offer, &offer_params)
+        };
         // secure_media = "optional": a plain RTP offer ready for a trunk that
         // refuses SRTP with 488 (FreeSWITCH's "SAVP preferred, AVP
         // accepted"). It goes in a new INVITE of the same call (see
@@ -963,6 +1004,7 @@ impl Call {
                 trunk_sdp: None,
                 browser_codec: None,
                 dtls: None,
+                private_fingerprint: None,
             })),
         };
         call.pump(now);
@@ -981,19 +1023,31 @@ impl Call {
             setup.trunk_sources,
         );
         c.media_source = setup.account.trunk.media_source;
-        let browser_offer = sdp::write_browser_offer(
-            &setup.offer,
-            &BrowserOfferParams {
-                local_ip: setup.media.public_ip,
-                port: setup.media.browser_port,
-                ice_ufrag: setup.media.ice_ufrag.clone(),
-                ice_pwd: setup.media.ice_pwd.expose().clone(),
-                fingerprint_sha256: setup.media.fingerprint_sha256.clone(),
-                session_id: rand::random::<u32>() as u64,
-                session_version: 1,
-                ssrc: setup.media.ssrc_to_browser,
-            },
-        );
+        let offer_params = BrowserOfferParams {
+            local_ip: setup.media.public_ip,
+            port: setup.media.browser_port,
+            ice_ufrag: setup.media.ice_ufrag.clone(),
+            ice_pwd: setup.media.ice_pwd.expose().clone(),
+            fingerprint_sha256: setup.media.fingerprint_sha256.clone(),
+            session_id: rand::random::<u32>() as u64,
+            session_version: 1,
+            ssrc: setup.media.ssrc_to_browser,
+        };
+        let browser_offer = match (&setup.plan, &setup.trunk_dtls) {
+            (IncomingLegPlan::Private, Some(trunk_dtls)) => {
+                // The browsers' DTLS peer is the trunk: the gateway holds no key.
+                c.private = true;
+                info!("private call: the media is relayed end to end, never decrypted");
+                sdp::write_private_browser_offer(&setup.offer, trunk_dtls, &offer_params)
+                    .unwrap_or_else(|e| {
+                        // Our own SDP re-read: cannot fail in practice; the
+                        // browser's DTLS then fails and ends the call.
+                        warn!(error = %e, "private browser offer not written");
+                        sdp::write_browser_offer(&setup.offer, &offer_params)
+                    })
+            }
+            _ => sdp::write_browser_offer(&setup.offer, &offer_params),
+        };
         let ring_event = SessionEvent::Incoming {
             id: setup.id.clone(),
             from: setup.from.to_string(),
@@ -1011,6 +1065,7 @@ impl Call {
             // The profile is known once the handshake is done.
             IncomingLegPlan::Dtls { .. } => "dtls-srtp".into(),
             IncomingLegPlan::Plain => "rtp (unencrypted)".into(),
+            IncomingLegPlan::Private => "dtls-srtp (end to end)".into(),
         };
         c.trunk_dtls_pending = matches!(setup.plan, IncomingLegPlan::Dtls { .. });
         let mut uas = setup.uas;
@@ -1093,9 +1148,12 @@ impl Call {
         CallInfo {
             state,
             codec: self.c.codec.clone(),
-            browser_security: self.c.browser_suite.map(|s| format!("dtls-srtp {s}")),
+            browser_security: match self.c.private_connected {
+                Some(suite) => Some(private_security(suite)),
+                None => self.c.browser_suite.map(|s| format!("dtls-srtp {s}")),
+            },
             trunk_security: Some(self.c.trunk_security.clone()).filter(|s| !s.is_empty()),
-            private: false,
+            private: self.c.private,
         }
     }
 
@@ -1251,6 +1309,22 @@ impl Call {
                 self.c.trunk_security = format!("dtls-srtp {suite}");
                 self.c.trunk_dtls_pending = false;
                 self.c.trunk_dtls_deadline = None;
+                let up = match &self.kind {
+                    Kind::Outgoing(o) => o.answered,
+                    Kind::Incoming(i) => i.phase == Phase::Confirmed,
+                    Kind::Refused => false,
+                };
+                self.c.maybe_connected(up);
+            }
+            MediaEvent::PrivateConnected { suite } => {
+                info!(
+                    suite = suite.map_or("unknown", |s| s.name()),
+                    private = true,
+                    "browser and trunk connected end to end (DTLS-SRTP relayed, never decrypted)"
+                );
+                self.c.private_connected = Some(suite);
+                self.c.trunk_security = private_security(suite);
+                self.c.dtls_deadline = None;
                 let up = match &self.kind {
                     Kind::Outgoing(o) => o.answered,
                     Kind::Incoming(i) => i.phase == Phase::Confirmed,
@@ -1586,6 +1660,8 @@ struct Outgoing {
     browser_codec: Option<PayloadType>,
     /// The DTLS side of the trunk's last SDP (DTLS-SRTP legs).
     dtls: Option<sdp::TrunkDtls>,
+    /// A private call: the trunk's certificate fingerprint the browser got.
+    private_fingerprint: Option<crate::sdp::Fingerprint>,
 }
 
 impl Outgoing {
@@ -1607,6 +1683,7 @@ impl Outgoing {
             // A REFER's new dialog (issue 13) runs SDES or plain RTP; a DTLS
             // leg is not transferred (see `TrunkLegPlan::Plain` above).
             dtls: None,
+            private_fingerprint: None,
         }
     }
 
@@ -1759,6 +1836,9 @@ impl Outgoing {
         if self.trunk_sdp.as_deref() == Some(sdp) {
             return;
         }
+        if self.plan == TrunkLegPlan::Private {
+            return self.on_private_trunk_sdp(c, sdp, now);
+        }
         let (Some(offer), Some(offer_params)) = (&self.offer, &self.offer_params) else {
             return;
         };
@@ -1879,6 +1959,18 @@ impl Outgoing {
             ssrc: Some(c.media.ssrc_to_browser),
         };
         let browser_answer = sdp::write_browser_answer(offer, &answer, &answer_params);
+        self.start_media(c, params, browser_answer, now);
+    }
+
+    /// Starts the relay on the first trunk SDP and gives the browser its
+    /// answer.
+    fn start_media(
+        &self,
+        c: &mut Common,
+        params: RelayParams,
+        browser_answer: String,
+        now: Instant,
+    ) {
         c.telephone_event = params.telephone_event;
         c.media(MediaCommand::Start(Box::new(params)));
         c.media_started = true;
@@ -1898,6 +1990,17 @@ impl Outgoing {
         });
     }
 }
+
+/// The `security` text of both legs of a private call.
+fn private_security(suite: Option<SrtpSuite>) -> String {
+    match suite {
+        Some(suite) => format!("dtls-srtp {suite} end to end"),
+        None => "dtls-srtp (end to end)".into(),
+    }
+}
+
+#[path = "call_private.rs"]
+mod private_side;
 
 /// What the relay needs, from the browser's offer and the trunk's answer.
 /// The local ICE credentials are filled in by `MediaAllocation::start`.
@@ -2054,7 +2157,12 @@ impl Incoming {
             };
             return c.error(session, 409, message);
         }
-        let answer = match sdp::parse_browser_answer(sdp, &self.offer) {
+        let parsed = if self.plan == IncomingLegPlan::Private {
+            sdp::parse_private_browser_answer(sdp, &self.offer).map(|(a, setup)| (a, Some(setup)))
+        } else {
+            sdp::parse_browser_answer(sdp, &self.offer).map(|a| (a, None))
+        };
+        let (answer, browser_setup) = match parsed {
             Ok(answer) => answer,
             Err(e) => {
                 warn!(session, error = %e, "browser answer refused");
@@ -2072,9 +2180,14 @@ impl Incoming {
             let event = c.hangup_event(&Cause::AnsweredElsewhere);
             c.tell(other, event);
         }
+        if let Some(setup) = browser_setup {
+            return self.accept_private(c, answer, setup, now);
+        }
         let our_key = match self.plan {
             IncomingLegPlan::Sdes { suite, .. } => Some(SrtpKeyMaterial::generate(suite)),
-            IncomingLegPlan::Dtls { .. } | IncomingLegPlan::Plain => None,
+            IncomingLegPlan::Dtls { .. } | IncomingLegPlan::Plain | IncomingLegPlan::Private => {
+                None
+            }
         };
         let crypto = match (&self.plan, &our_key) {
             (IncomingLegPlan::Sdes { tag, .. }, Some(ours)) => {
@@ -2137,11 +2250,35 @@ impl Incoming {
                 .take()
                 .map(|s| s.with_dtls(d.clone(), c.media.fingerprint_sha256.clone()));
         }
-        let mut payload_map = vec![(answer.codec.pt, answer.codec.pt, answer.codec.clock_rate)];
+        let mut params = self.relay_params(&answer, crypto, c.media_source);
+        params.telephone_event = trunk_te.map(|te| TelephoneEvent {
+            trunk: te.pt,
+            browser: te_pt,
+            clock_rate: answer.codec.clock_rate,
+        });
+        c.telephone_event = params.telephone_event;
+        c.media(MediaCommand::Start(Box::new(params)));
+        c.media_started = true;
+        c.dtls_deadline = Some(now + c.timers.dtls);
+        self.answer = Some((answer, our_key));
+        self.phase = Phase::Answering;
+    }
+
+    /// The relay of the accepted browser's leg and the trunk's offer; the
+    /// browser was offered the trunk's payload numbers, so they map one to
+    /// one. No telephone-event (the caller adds the trunk's if it has one).
+    fn relay_params(
+        &self,
+        answer: &BrowserAnswer,
+        crypto: TrunkCrypto,
+        media_source: MediaSource,
+    ) -> RelayParams {
+        let clock = answer.codec.clock_rate;
+        let mut payload_map = vec![(answer.codec.pt, answer.codec.pt, clock)];
         if let Some(te) = &answer.telephone_event {
-            payload_map.push((te.pt, te.pt, answer.codec.clock_rate));
+            payload_map.push((te.pt, te.pt, clock));
         }
-        let params = RelayParams {
+        RelayParams {
             browser: BrowserLegParams {
                 local_ufrag: String::new(),
                 local_pwd: Secret::new(String::new()),
@@ -2154,21 +2291,11 @@ impl Incoming {
                 remote_rtcp: self.offer.remote_rtcp,
                 crypto,
                 ssrcs: self.offer.ssrcs.clone(),
-                media_source: c.media_source,
+                media_source,
             },
             payload_map,
-            telephone_event: trunk_te.map(|te| TelephoneEvent {
-                trunk: te.pt,
-                browser: te_pt,
-                clock_rate: answer.codec.clock_rate,
-            }),
-        };
-        c.telephone_event = params.telephone_event;
-        c.media(MediaCommand::Start(Box::new(params)));
-        c.media_started = true;
-        c.dtls_deadline = Some(now + c.timers.dtls);
-        self.answer = Some((answer, our_key));
-        self.phase = Phase::Answering;
+            telephone_event: None,
+        }
     }
 
     /// The winner's DTLS is up: answer the trunk.

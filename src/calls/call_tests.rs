@@ -151,6 +151,7 @@ fn incoming_for(
                 tag: 2,
                 suite: SrtpSuite::AesCm128HmacSha1_80,
             },
+            trunk_dtls: None,
             sessions: sessions.to_vec(),
             from: Personal::new("+4930123", false),
             account: account.clone(),
@@ -981,19 +982,21 @@ fn mandatory_secure_media_never_runs_plain_rtp() {
 #[test]
 fn unsupported_policy_rows_end_the_call_with_488_naming_the_policy() {
     let now = Instant::now();
-    for (caller, callee, words) in [
+    for (secure, caller, callee, words) in [
         (
+            SecureMedia::Forbidden,
             CallerStream::ForcedRelay,
             None,
-            "private (relayed, never decrypted) calls are not supported yet",
+            "secure_media = \"forbidden\" conflicts with a private call",
         ),
         (
+            SecureMedia::Mandatory,
             CallerStream::RelayOrDecrypt,
             Some(CalleeStream::Decrypted),
             "secure_media = \"mandatory\" conflicts",
         ),
     ] {
-        let mut call = outgoing_with(account_with(SecureMedia::Mandatory, caller, callee), now);
+        let mut call = outgoing_with(account_with(secure, caller, callee), now);
         let d = drain(&mut call);
         assert!(d.sip.is_empty(), "{caller:?}");
         let (code, reason) = d.hangup_of(7).expect("hangup");
@@ -2798,6 +2801,7 @@ Content-Length: {}\r\n\r\n{sdp}",
             plan: IncomingLegPlan::Dtls {
                 suites: vec![SrtpSuite::AesCm128HmacSha1_80],
             },
+            trunk_dtls: None,
             sessions: vec![1],
             from: Personal::new("+4930123", false),
             account: account(),
@@ -3029,4 +3033,109 @@ fn re_offers_on_a_dtls_leg_keep_the_association() {
     );
     assert!(body.contains(&media_plan().fingerprint_sha256), "{body}");
     assert!(body.contains("a=setup:passive"), "{body}");
+}
+
+/// forced_relay: the INVITE offers DTLS-SRTP with the browser's fingerprint
+/// and setup, the browser's answer carries the trunk's, the relay starts in
+/// passthrough, and `connected` says private once both ends agreed keys.
+#[test]
+fn a_private_call_hands_each_side_the_others_fingerprint_and_says_private() {
+    let now = Instant::now();
+    let mut call = outgoing_with(
+        account_with(SecureMedia::Mandatory, CallerStream::ForcedRelay, None),
+        now,
+    );
+    let invite = the_invite(&drain(&mut call));
+    let offer = String::from_utf8_lossy(&invite.body).to_string();
+    assert!(offer.contains("UDP/TLS/RTP/SAVP "), "{offer}");
+    assert!(
+        offer.contains("a=fingerprint:sha-256 8D:A6:71:40"),
+        "{offer}"
+    );
+    assert!(offer.contains("a=setup:actpass"), "{offer}");
+    assert!(!offer.contains("a=crypto"), "{offer}");
+
+    const TRUNK_FP: &str = "sha-256 A1:B2:C3:D4:E5:F6:A7:B8:C9:D0:E1:F2:A3:B4:C5:D6:E7:F8:A9:B0:C1:D2:E3:F4:A5:B6:C7:D8:E9:F0:A1:B2";
+    let answer = format!(
+        "v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+         m=audio 30000 UDP/TLS/RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n\
+         a=fingerprint:{TRUNK_FP}\r\na=setup:active\r\n"
+    );
+    call.handle_sip(now, reply(&invite, 200, Some(&answer)), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK"]);
+    assert!(matches!(
+        trunk_crypto_of(&d),
+        Some(TrunkCrypto::Passthrough)
+    ));
+    let browser_answer = d
+        .to(7)
+        .into_iter()
+        .find_map(|e| match e {
+            SessionEvent::Answer { sdp, .. } => Some(sdp.clone()),
+            _ => None,
+        })
+        .expect("answer");
+    assert!(
+        browser_answer.contains(&format!("a=fingerprint:{TRUNK_FP}")),
+        "{browser_answer}"
+    );
+    assert!(
+        browser_answer.contains("a=setup:active"),
+        "{browser_answer}"
+    );
+    assert!(!browser_answer.contains("a=ssrc"), "{browser_answer}");
+    assert_eq!(d.connected, 0, "not before the ends agreed keys");
+
+    call.handle_media(
+        now,
+        MediaEvent::PrivateConnected {
+            suite: Some(SrtpSuite::AesCm128HmacSha1_80),
+        },
+    );
+    let d = drain(&mut call);
+    assert_eq!(d.connected, 1);
+    let security = d
+        .to(7)
+        .into_iter()
+        .find_map(|e| match e {
+            SessionEvent::Connected { security, .. } => Some(security.clone()),
+            _ => None,
+        })
+        .expect("connected");
+    assert!(security.private);
+    assert_eq!(
+        security.browser,
+        "dtls-srtp AES_CM_128_HMAC_SHA1_80 end to end"
+    );
+    let info = call.info();
+    assert!(info.private);
+    // The gateway cannot play DTMF into a stream it cannot encrypt.
+    call.handle_session(
+        now,
+        SessionInput::Dtmf {
+            session: 7,
+            digits: vec![crate::types::DtmfDigit::from_char('1').unwrap()],
+        },
+    );
+    assert!(drain(&mut call)
+        .to(7)
+        .iter()
+        .any(|e| matches!(e, SessionEvent::Error { .. })));
+    // Nor hold it: a clear refusal, no re-INVITE.
+    call.handle_session(
+        now,
+        SessionInput::Hold {
+            session: 7,
+            hold: true,
+        },
+    );
+    let d = drain(&mut call);
+    assert!(d.sip.is_empty());
+    assert!(
+        d.to(7).iter().any(|e| matches!(e,
+            SessionEvent::Error { code: 409, message, .. } if message.contains("private call"))),
+        "{:?}",
+        d.events
+    );
 }

@@ -177,6 +177,9 @@ pub async fn run(mut call: Call, io: CallIo) {
                         info.trunk_security.as_deref(),
                         info.private,
                     );
+                    if info.private {
+                        stats.private_call_connected();
+                    }
                 }
                 Output::SecureMediaFallback => stats.secure_media_fallback(),
                 Output::ListenCallId(id) => {

@@ -92,7 +92,7 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
         info!(%source, account = %account.name, "INVITE for an account with no session open: 480");
         return refuse(uas, Cause::NoSession);
     }
-    let offer = match uas.offer_sdp().map(sdp::parse_sip_offer) {
+    let (offer, trunk_dtls) = match uas.offer_sdp().map(sdp::parse_any_sip_offer) {
         Some(Ok(offer)) => offer,
         Some(Err(e)) => {
             warn!(%source, error = %e, "inbound offer refused");
@@ -194,6 +194,7 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
             uas,
             offer,
             plan,
+            trunk_dtls,
             sessions: sessions.iter().map(|s| s.key).collect(),
             from,
             account: account.clone(),

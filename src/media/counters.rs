@@ -203,6 +203,10 @@ impl Leg {
 pub struct CallCounters {
     pub browser: LegCounters,
     pub trunk: LegCounters,
+    /// SRTP contexts (one per keyed direction) the relay created for this
+    /// call: 4 for a call the gateway decrypts on both legs, and 0 for a
+    /// private call, whose media keys the gateway never holds.
+    pub srtp_contexts: AtomicU64,
 }
 
 impl CallCounters {

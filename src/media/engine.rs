@@ -53,6 +53,10 @@ pub enum MediaEvent {
     /// A DTLS-SRTP trunk's handshake completed, its fingerprint matched:
     /// the trunk leg runs `suite`.
     TrunkConnected { suite: SrtpSuite },
+    /// A private call: the browser and the trunk completed DTLS with each
+    /// other through the relay; media flows, the gateway holds no key.
+    /// `suite` is the SRTP profile they chose, when the relay could read it.
+    PrivateConnected { suite: Option<SrtpSuite> },
     /// The media cannot work (DTLS failure or fingerprint mismatch, SRTP
     /// keying failed). The call's media has ended.
     Failed { reason: String },

@@ -22,6 +22,7 @@ pub mod client_hello;
 pub mod counters;
 pub mod demux;
 pub mod dtls;
+pub(crate) mod dtls_watch;
 pub mod dtmf;
 pub mod engine;
 /// Shared with `sdp`, which parses what this module verifies.

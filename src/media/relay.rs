@@ -86,6 +86,11 @@ pub enum TrunkCrypto {
         remote_fingerprint: Fingerprint,
         suites: Vec<SrtpSuite>,
     },
+    /// A private call: the browser's DTLS peer is the trunk. The relay
+    /// forwards the DTLS handshake and SRTP/SRTCP both ways unchanged and
+    /// never holds a key (see `relay_private.rs`); it still answers the
+    /// browser's ICE, checks sources and filters SSRCs (clear headers).
+    Passthrough,
 }
 
 /// What the relay needs to know about the trunk leg (from the trunk's SDP).
@@ -170,6 +175,10 @@ pub enum RelayEvent {
     /// DTLS with a DTLS-SRTP trunk completed, its fingerprint verified: the
     /// trunk leg is keyed with `suite`.
     TrunkConnected { suite: SrtpSuite },
+    /// A private call: the browser and the trunk completed their DTLS
+    /// handshake through the relay (or media flows). `suite` is the SRTP
+    /// profile the DTLS server's ServerHello chose, when it could be read.
+    PrivateConnected { suite: Option<SrtpSuite> },
     /// The call's media cannot work (DTLS failed or the fingerprint did not
     /// match, SRTP keying failed). Nothing is
     /// forwarded any more.
@@ -344,6 +353,8 @@ pub struct CallRelay {
     /// The browser put the call on hold: its RTP is taken (the leg stays
     /// alive) but not sent to the trunk, the held party. RTCP still flows.
     hold_trunk: bool,
+    /// `Some` for a private call (`TrunkCrypto::Passthrough`).
+    private: Option<private_side::Passthrough>,
 }
 
 impl CallRelay {
@@ -368,6 +379,8 @@ impl CallRelay {
         } = params;
         let mut events = VecDeque::new();
         let mut phase = Phase::Connecting;
+        let private = matches!(trunk.crypto, TrunkCrypto::Passthrough)
+            .then(private_side::Passthrough::default);
         let (srtp, dtls) = match trunk_keying(&trunk, &identity, now) {
             Ok(keying) => keying,
             Err(reason) => {
@@ -376,6 +389,9 @@ impl CallRelay {
                 (None, None)
             }
         };
+        if srtp.is_some() {
+            counters.srtp_contexts.fetch_add(2, Relaxed);
+        }
         let ice = IceLite::new(
             browser.local_ufrag,
             browser.local_pwd,
@@ -426,6 +442,7 @@ impl CallRelay {
             dtmf_to_browser: None,
             dtmf_in: DtmfReceiver::default(),
             hold_trunk: false,
+            private,
         };
         // A DTLS client toward the trunk speaks first.
         relay.drain_trunk_dtls(now);
@@ -449,6 +466,7 @@ impl CallRelay {
         let mut relay = Self::new(params, identity, counters, stats, now);
         relay.browser.srtp_in = Some(SrtpContext::new(browser_inbound)?);
         relay.browser.srtp_out = Some(SrtpContext::new(browser_outbound)?);
+        relay.counters.srtp_contexts.fetch_add(2, Relaxed);
         relay.browser.allowed.push(browser_addr);
         relay.browser.dest = Some(browser_addr);
         if relay.phase == Phase::Connecting {
@@ -563,6 +581,9 @@ impl CallRelay {
                 Err(reason) => return self.fail(reason),
             }
         };
+        if !keep && srtp.is_some() {
+            self.counters.srtp_contexts.fetch_add(2, Relaxed);
+        }
         // A latching trunk keeps sending from its NAT's address whatever it
         // signals: only a strict leg retires the sources it latched to.
         let latched = match trunk.media_source {
@@ -789,6 +810,9 @@ impl CallRelay {
                 } else {
                     self.push(LegId::Browser, from, buf);
                 }
+                // A private call: the trunk's DTLS that came before the
+                // browser's address was known goes out now.
+                self.flush_private_pending();
             }
             Err(_) => {
                 // Not logged: a per-packet event an attacker controls. The
@@ -811,6 +835,9 @@ impl CallRelay {
         }
         if !self.browser.allowed.contains(&from) {
             return self.drop(Leg::Browser, DropReason::WrongSource);
+        }
+        if self.private.is_some() {
+            return self.private_browser_dtls(data, now);
         }
         if self.browser.dtls.is_none() {
             let Some(expected) = self.browser.remote_fingerprint.take() else {
@@ -861,6 +888,7 @@ impl CallRelay {
                     }
                     match (SrtpContext::new(&inbound), SrtpContext::new(&outbound)) {
                         (Ok(i), Ok(o)) => {
+                            self.counters.srtp_contexts.fetch_add(2, Relaxed);
                             self.browser.srtp_in = Some(i);
                             self.browser.srtp_out = Some(o);
                             self.phase = Phase::Connected;
@@ -902,6 +930,9 @@ impl CallRelay {
             PacketKind::Rtp => self.media(leg, from, Media::Rtp, data, now),
             PacketKind::Rtcp => self.media(leg, from, Media::Rtcp, data, now),
             PacketKind::Dtls if self.trunk.dtls.is_some() => self.trunk_dtls(leg, from, data, now),
+            PacketKind::Dtls if self.private.is_some() => {
+                self.private_trunk_dtls(leg, from, data, now)
+            }
             // STUN/DTLS toward a SDES or plain trunk, or noise.
             _ => self.drop(Leg::Trunk, DropReason::Malformed),
         }
@@ -984,6 +1015,7 @@ impl CallRelay {
                 } => match (SrtpContext::new(&inbound), SrtpContext::new(&outbound)) {
                     (Ok(i), Ok(o)) => {
                         tracing::info!(%suite, trunk = %peer, "trunk DTLS-SRTP connected");
+                        self.counters.srtp_contexts.fetch_add(2, Relaxed);
                         self.trunk.srtp = Some((i, o));
                         self.events.push_back(RelayEvent::TrunkConnected { suite });
                     }
@@ -1105,6 +1137,9 @@ impl CallRelay {
             }
             Toward::Trunk => {}
             Toward::Browser => self.trunk_source_ok(leg, from, now)?,
+        }
+        if self.private.is_some() {
+            return self.forward_private(leg, from, kind, buf, now);
         }
         if self.phase != Phase::Connected {
             return Err(DropReason::NotReady);
@@ -1284,7 +1319,8 @@ fn trunk_keying(
     now: Instant,
 ) -> Result<(Option<(SrtpContext, SrtpContext)>, Option<TrunkDtls>), String> {
     match &trunk.crypto {
-        TrunkCrypto::Plain => Ok((None, None)),
+        // A private call's trunk leg is keyed by nobody here.
+        TrunkCrypto::Plain | TrunkCrypto::Passthrough => Ok((None, None)),
         TrunkCrypto::Sdes { inbound, outbound } => {
             match (SrtpContext::new(inbound), SrtpContext::new(outbound)) {
                 (Ok(i), Ok(o)) => Ok((Some((i, o)), None)),
@@ -1339,6 +1375,16 @@ fn random_ssrc() -> Ssrc {
 #[path = "relay_dtmf.rs"]
 mod dtmf_side;
 use dtmf_side::DtmfOut;
+
+/// The private-call (passthrough) half of `CallRelay`: DTLS and SRTP
+/// relayed unchanged, no keys.
+#[path = "relay_private.rs"]
+mod private_side;
+
+/// Private calls through the relay, on the fixtures of `tests`.
+#[cfg(test)]
+#[path = "relay_private_tests.rs"]
+mod private_tests;
 
 /// DTMF toward the trunk and from it, on the fixtures of `tests`.
 #[cfg(test)]

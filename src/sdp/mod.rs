@@ -16,12 +16,18 @@
 pub mod crypto;
 pub mod incoming;
 pub mod model;
+pub mod private;
 pub mod translate;
 
 pub use crypto::{CryptoAttribute, InlineKey, Mki};
 pub use incoming::{parse_browser_answer, write_browser_offer, BrowserAnswer, BrowserOfferParams};
 pub use model::{
     AudioSection, Direction, Fingerprint, Proto, RtcpAttr, RtpMap, SessionDescription, Setup,
+};
+pub use private::{
+    parse_any_sip_offer, parse_private_browser_answer, parse_private_trunk_answer,
+    write_private_browser_answer, write_private_browser_offer, write_private_sip_answer,
+    write_private_trunk_offer, PrivateOfferDtls, PrivateTrunkAnswer,
 };
 pub use translate::{
     answer_setup, parse_browser_offer, parse_sip_offer, parse_trunk_answer, write_browser_answer,

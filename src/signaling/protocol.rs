@@ -602,6 +602,7 @@ mod tests {
                     security: Security {
                         browser: "dtls-srtp AEAD_AES_128_GCM".into(),
                         trunk: "sdes-srtp AES_CM_128_HMAC_SHA1_80".into(),
+                        private: false,
                     },
                 },
                 json!({"type":"connected","id":"c1","security":{

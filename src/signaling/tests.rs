@@ -468,11 +468,26 @@ async fn call_reaches_the_call_layer_and_events_come_back_as_protocol_json() {
                 security: Security {
                     browser: "dtls-srtp AEAD_AES_128_GCM".into(),
                     trunk: "sdes-srtp AES_CM_128_HMAC_SHA1_80".into(),
+                    private: false,
                 },
             },
             json!({"type":"connected","id":"c1","security":{
                 "browser":"dtls-srtp AEAD_AES_128_GCM",
                 "trunk":"sdes-srtp AES_CM_128_HMAC_SHA1_80"}}),
+        ),
+        (
+            SessionEvent::Connected {
+                id: id(),
+                security: Security {
+                    browser: "dtls-srtp AES_CM_128_HMAC_SHA1_80 end to end".into(),
+                    trunk: "dtls-srtp AES_CM_128_HMAC_SHA1_80 end to end".into(),
+                    private: true,
+                },
+            },
+            json!({"type":"connected","id":"c1","security":{
+                "browser":"dtls-srtp AES_CM_128_HMAC_SHA1_80 end to end",
+                "trunk":"dtls-srtp AES_CM_128_HMAC_SHA1_80 end to end",
+                "private":true}}),
         ),
         (
             SessionEvent::Hangup {

@@ -192,6 +192,9 @@ impl LiveCall {
             duration_s: (duration_s * 10.0).round() / 10.0,
             codec: inner.info.codec.clone(),
             private: inner.info.private,
+            srtp_contexts: inner.counters.as_ref().map_or(0, |c| {
+                c.srtp_contexts.load(std::sync::atomic::Ordering::Relaxed)
+            }),
             legs: Legs {
                 browser: leg(Leg::Browser, &inner.info.browser_security),
                 trunk: leg(Leg::Trunk, &inner.info.trunk_security),
@@ -306,6 +309,9 @@ pub struct LiveCallView {
     pub duration_s: f64,
     pub codec: Option<String>,
     pub private: bool,
+    /// SRTP contexts the relay created for this call (one per keyed
+    /// direction): 0 for a private call, whose keys the gateway never holds.
+    pub srtp_contexts: u64,
     pub legs: Legs,
 }
 

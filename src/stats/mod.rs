@@ -64,6 +64,9 @@ pub struct CallStats {
     /// Outgoing calls whose trunk refused SRTP (`secure_media = "optional"`)
     /// and went on with plain RTP.
     secure_media_fallbacks: AtomicU64,
+    /// Private calls (media relayed end to end, never decrypted) that
+    /// reached connected.
+    private_connected: AtomicU64,
     /// Connected legs by (leg, key agreement, suite, handling): what the
     /// lock says, countable. Bounded: two legs, three agreements, a handful
     /// of suites, two handlings.
@@ -122,6 +125,11 @@ impl CallStats {
     /// A trunk refused SRTP and the call fell back to plain RTP.
     pub fn secure_media_fallback(&self) {
         self.secure_media_fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A private call reached connected.
+    pub fn private_call_connected(&self) {
+        self.private_connected.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn active(&self) -> u64 {
@@ -190,6 +198,12 @@ impl CallStats {
             "# HELP {name} Calls whose trunk refused SRTP (secure_media optional) and that went on with plain RTP.\n# TYPE {name} counter\n{name} {}",
             self.secure_media_fallbacks.load(Ordering::Relaxed)
         );
+        let name = "gateway_private_calls_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Private calls that connected: media encrypted end to end and relayed, never decrypted by the gateway.\n# TYPE {name} counter\n{name} {}",
+            self.private_connected.load(Ordering::Relaxed)
+        );
         let name = "gateway_call_setup_seconds";
         let _ = writeln!(
             out,
@@ -233,6 +247,7 @@ mod tests {
         stats.call_connected(live::Direction::Incoming, Duration::from_millis(300));
         stats.call_ended(live::Direction::Outgoing, 486, "trunk");
         stats.secure_media_fallback();
+        stats.private_call_connected();
         stats.legs_connected(
             Some("dtls-srtp AEAD_AES_128_GCM"),
             Some("sdes-srtp AES_CM_128_HMAC_SHA1_80"),
@@ -248,6 +263,7 @@ mod tests {
         for line in [
             "gateway_calls_active 1\n",
             "gateway_secure_media_fallbacks_total 1\n",
+            "gateway_private_calls_total 1\n",
             "gateway_call_legs_total{leg=\"browser\",key_agreement=\"dtls-srtp\",suite=\"AEAD_AES_128_GCM\",handling=\"decrypted\"} 1\n",
             "gateway_call_legs_total{leg=\"trunk\",key_agreement=\"sdes-srtp\",suite=\"AES_CM_128_HMAC_SHA1_80\",handling=\"decrypted\"} 1\n",
             "gateway_call_legs_total{leg=\"trunk\",key_agreement=\"rtp\",suite=\"none\",handling=\"decrypted\"} 1\n",

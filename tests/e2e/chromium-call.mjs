@@ -31,6 +31,8 @@ const PASSWORD = env.GW_PASSWORD || '';
 const NUMBER = env.GW_NUMBER || '';
 const ARTIFACT_DIR = path.resolve(env.ARTIFACT_DIR || 'artifacts');
 const EXPECT_TRUNK = env.EXPECT_TRUNK_SECURITY || '';
+// The lock's level when it is not what the trunk leg implies ("private").
+const EXPECT_LEVEL = env.EXPECT_LOCK_LEVEL || '';
 const MEDIA_MS = Math.round(1000 * Number(env.MEDIA_SECONDS || 6));
 const CHROMIUM = env.CHROMIUM_PATH || '/usr/bin/chromium';
 const DTMF = env.DTMF_DIGITS || '';
@@ -341,7 +343,12 @@ async function run() {
     if (EXPECT_TRUNK && !security.trunk.toLowerCase().includes(EXPECT_TRUNK.toLowerCase())) {
       problems.push(`lock shows trunk leg "${security.trunk}", expected ${EXPECT_TRUNK}`);
     }
-    if (EXPECT_TRUNK) {
+    if (EXPECT_LEVEL) {
+      if (security.level !== EXPECT_LEVEL) problems.push(`lock level is "${security.level}", expected "${EXPECT_LEVEL}"`);
+      if (EXPECT_LEVEL === 'private' && !/not decrypted by the gateway/i.test(security.text)) {
+        problems.push(`the private lock reads "${security.text}", expected "not decrypted by the gateway"`);
+      }
+    } else if (EXPECT_TRUNK) {
       const trunkEncrypted = /srtp/i.test(EXPECT_TRUNK);
       const want = trunkEncrypted ? 'secure' : 'insecure';
       if (security.level !== want) problems.push(`lock level is "${security.level}", expected "${want}" for trunk ${EXPECT_TRUNK}`);

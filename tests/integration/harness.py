@@ -719,6 +719,8 @@ class TrunkSpec:
     register_expires: Optional[int] = None
     # "signaled" | "latch": where the trunk's plain RTP may come from
     media_source: Optional[str] = None
+    # the trunk's caller_stream on its incoming calls (gateway default when None)
+    caller_stream: Optional[str] = None
 
 
 def toml_str(s: str) -> str:
@@ -735,7 +737,8 @@ class Gateway:
                  privacy: Optional[dict] = None, operator_password: Optional[str] = None,
                  tls: bool = False, sip_limits: Optional[dict] = None, media: Optional[dict] = None,
                  media_single_port: Optional[bool] = None,
-                 cluster: Optional[dict] = None, token_secret: Optional[str] = None, name: str = "gateway"):
+                 cluster: Optional[dict] = None, token_secret: Optional[str] = None, name: str = "gateway",
+                 caller_stream: Optional[str] = None):
         self.dir = workdir / name
         # [cluster] keys (registrar, domain, outbound_proxy, drain_seconds);
         # nodes of one cluster share token_secret (a token works on any node)
@@ -746,6 +749,8 @@ class Gateway:
         self.config_path = self.dir / "gateway.toml"
         self.trunk = trunk
         self.account = account
+        # the account's caller_stream (left out of the config when None)
+        self.caller_stream = caller_stream
         self.password = password or os.urandom(9).hex()
         self.use_config = use_config
         self.https_port = free_port() if use_config else 8443
@@ -835,7 +840,7 @@ class Gateway:
             if t.reject_code is not None:
                 lines.append(f"reject_code = {int(t.reject_code)}")
             for key in ("ca_file", "tls_verify", "tls_fingerprint", "inbound_username", "inbound_password",
-                        "media_source"):
+                        "media_source", "caller_stream"):
                 if getattr(t, key) is not None:
                     lines.append(f"{key} = {toml_str(str(getattr(t, key)))}")
             if t.register:
@@ -851,6 +856,8 @@ class Gateway:
             ]
             if self.redact:
                 lines.append("redact = true")
+            if self.caller_stream is not None:
+                lines.append(f"caller_stream = {toml_str(self.caller_stream)}")
             lines.append("")
         if self.cluster:
             lines.append("[cluster]")

@@ -802,6 +802,14 @@ fn forward_events(
                 (MediaEvent::BrowserConnected { suite }, false)
             }
             RelayEvent::TrunkConnected { suite } => (MediaEvent::TrunkConnected { suite }, false),
+            RelayEvent::PrivateConnected { suite } => {
+                tracing::info!(
+                    suite = suite.map_or("unknown", |s| s.name()),
+                    private = true,
+                    "private call media connected (relayed, never decrypted)"
+                );
+                (MediaEvent::PrivateConnected { suite }, false)
+            }
             RelayEvent::Failed { reason } => (MediaEvent::Failed { reason }, true),
             RelayEvent::Timeout { leg } => {
                 tracing::info!(leg = leg.label(), "media timeout");

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::batch::{RecvBatch, SendBatch};
 use self::browser_demux::{BrowserDemux, Unrouted};
-use super::counters::MediaStats;
+use super::counters::WorkerStats;
 use super::engine::MediaEvent;
 use super::relay::{CallRelay, LegId, RelayEvent, TrunkLegParams};
 use crate::types::PayloadType;
@@ -122,6 +122,8 @@ pub(crate) struct WorkerHandle {
     pub browser_port: Option<u16>,
     /// Calls allocated on this worker and not yet ended.
     pub load: Arc<AtomicUsize>,
+    /// This worker's counters, handed to the relays it will run.
+    pub stats: Arc<WorkerStats>,
 }
 
 impl WorkerHandle {
@@ -131,7 +133,7 @@ impl WorkerHandle {
     pub fn spawn(
         index: usize,
         shared_browser: Option<std::net::UdpSocket>,
-        stats: Arc<MediaStats>,
+        stats: Arc<WorkerStats>,
         batch: usize,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
@@ -155,12 +157,16 @@ impl WorkerHandle {
             .name(format!("media-{index}"))
             // Built on the thread: the batch buffers hold raw pointers for
             // the kernel and never leave it.
-            .spawn(move || Worker::new(poll, command_rx, shared, stats, batch).run())?;
+            .spawn({
+                let stats = stats.clone();
+                move || Worker::new(poll, command_rx, shared, stats, batch).run()
+            })?;
         Ok(WorkerHandle {
             commands,
             waker,
             browser_port,
             load: Arc::new(AtomicUsize::new(0)),
+            stats,
         })
     }
 
@@ -261,7 +267,7 @@ struct Worker {
     touched: Vec<usize>,
     /// Terminal events waiting for room in a full channel.
     pending_events: VecDeque<(mpsc::Sender<MediaEvent>, MediaEvent)>,
-    stats: Arc<MediaStats>,
+    stats: Arc<WorkerStats>,
 }
 
 impl Worker {
@@ -269,7 +275,7 @@ impl Worker {
         poll: Poll,
         commands: Receiver<Command>,
         shared: Option<UdpSocket>,
-        stats: Arc<MediaStats>,
+        stats: Arc<WorkerStats>,
         batch: usize,
     ) -> Self {
         Worker {
@@ -493,8 +499,8 @@ impl Worker {
             let _enter = span.enter();
             tracing::error!("ICE ufrag already in use on this media worker");
         }
-        self.stats.calls_active.fetch_add(1, Relaxed);
-        self.stats.calls_started.fetch_add(1, Relaxed);
+        WorkerStats::incr(&self.stats.calls_active);
+        WorkerStats::incr(&self.stats.calls_started);
         self.generation = self.generation.wrapping_add(1);
         self.ids.insert(id, slot);
         self.calls[slot] = Some(Call {
@@ -552,7 +558,7 @@ impl Worker {
         self.demux.remove_call(slot);
         self.ids.remove(&call.id);
         self.free.push(slot);
-        self.stats.calls_active.fetch_sub(1, Relaxed);
+        WorkerStats::decr(&self.stats.calls_active);
         let Call {
             browser,
             trunk_rtp,

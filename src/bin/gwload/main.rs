@@ -89,6 +89,10 @@ enum Cmd {
         /// Also set up this many calls with a login each (setup rate).
         #[arg(long, default_value_t = 0)]
         login_per_call_sample: usize,
+        /// Before the calls, log in this many times (no calls) and report
+        /// the gateway's RSS idle and after.
+        #[arg(long, default_value_t = 0)]
+        login_storm: usize,
         #[command(flatten)]
         rtp: RtpengineArgs,
         #[command(flatten)]
@@ -274,6 +278,7 @@ fn main() -> Result<()> {
             tool_cpu,
             workdir,
             login_per_call_sample,
+            login_storm,
             rtp,
             load,
         } => {
@@ -293,7 +298,7 @@ fn main() -> Result<()> {
                 &gateway_bin,
                 &target_cpu,
                 &workdir,
-                login_per_call_sample,
+                (login_per_call_sample, login_storm),
                 &l,
             )?;
             let mut rtp = rtp.clone();
@@ -388,6 +393,7 @@ fn gateway_target(
         trunk_media: gw.trunk_media.into(),
         login_per_call: gw.login_per_call,
         login_per_call_sample,
+        login_storm: 0,
     })
 }
 
@@ -444,7 +450,7 @@ fn compare_gateway(
     bin: &PathBuf,
     cpus: &[usize],
     workdir: &std::path::Path,
-    login_per_call_sample: usize,
+    (login_per_call_sample, login_storm): (usize, usize),
     l: &Load,
 ) -> Result<TargetReport> {
     if !bin.exists() {
@@ -501,7 +507,8 @@ fn compare_gateway(
         trunk_media: TrunkArg::Sdes,
         login_per_call: false,
     };
-    let target = gateway_target(&gw, child.0.id(), login_per_call_sample)?;
+    let mut target = gateway_target(&gw, child.0.id(), login_per_call_sample)?;
+    target.login_storm = login_storm;
     let rt = tokio_runtime()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     rt.block_on(async {

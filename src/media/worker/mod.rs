@@ -247,7 +247,10 @@ struct Worker {
     shared: Option<UdpSocket>,
     shared_queued: bool,
     demux: BrowserDemux<usize>,
-    calls: Vec<Option<Call>>,
+    /// Boxed: a call is ~7.5 KiB (four SRTP contexts inline), and a slot
+    /// vector of inline calls grows by doubling, so up to half of it would
+    /// be empty slots of that size.
+    calls: Vec<Option<Box<Call>>>,
     free: Vec<usize>,
     generation: u32,
     ids: HashMap<CallId, usize>,
@@ -503,7 +506,7 @@ impl Worker {
         WorkerStats::incr(&self.stats.calls_started);
         self.generation = self.generation.wrapping_add(1);
         self.ids.insert(id, slot);
-        self.calls[slot] = Some(Call {
+        self.calls[slot] = Some(Box::new(Call {
             id,
             generation: self.generation,
             relay,
@@ -517,7 +520,7 @@ impl Worker {
             armed: None,
             touched: false,
             queued: [false; 3],
-        });
+        }));
         // Anything the relay already has to say (bad trunk keys), and its
         // first deadline. Datagrams that arrived before the sockets were
         // registered are waiting in them: read them too (edge-triggered
@@ -565,7 +568,7 @@ impl Worker {
             trunk_rtcp,
             mut done,
             ..
-        } = call;
+        } = *call;
         // Closing a socket removes it from the epoll set.
         drop((browser, trunk_rtp, trunk_rtcp));
         if let Some(done) = done.take() {

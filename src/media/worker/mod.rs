@@ -145,6 +145,12 @@ impl WorkerHandle {
         let shared = match shared_browser {
             Some(socket) => {
                 socket.set_nonblocking(true)?;
+                match batch::grow_socket_buffers(socket.as_raw_fd(), batch::SHARED_SOCKET_BUFFER) {
+                    Ok(granted) => tracing::debug!(granted, "shared browser port receive buffer"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot grow the shared browser port's buffers")
+                    }
+                }
                 let mut socket = UdpSocket::from_std(socket);
                 poll.registry()
                     .register(&mut socket, SHARED, Interest::READABLE)?;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use webrtc_sip_gateway::media::dtls::DtlsIdentity;
 use webrtc_sip_gateway::media::fingerprint::Fingerprint;
 use webrtc_sip_gateway::media::{
-    BrowserLegParams, CallCounters, CallRelay, LegId, WorkerStats, RelayParams, TrunkCrypto,
-    TrunkLegParams,
+    BrowserLegParams, CallCounters, CallRelay, LegId, RelayParams, TrunkCrypto, TrunkLegParams,
+    WorkerStats,
 };
 use webrtc_sip_gateway::types::{PayloadType, Secret, SrtpKeyMaterial, SrtpSuite};
 

@@ -63,8 +63,8 @@ enum Cmd {
         #[command(flatten)]
         load: LoadArgs,
     },
-    /// Start a gateway and rtpengine in turn, pinned to one core, load each
-    /// with the same calls and rates, print the side-by-side table.
+    /// Start a gateway and rtpengine in turn, pinned to --target-cpu, load
+    /// each with the same calls and rates, print the side-by-side table.
     Compare {
         /// The gateway binary (a release build for figures worth quoting).
         #[arg(long, default_value = "target/release/webrtc-sip-gateway")]

@@ -28,8 +28,8 @@ use webrtc_sip_gateway::media::dtls::DtlsIdentity;
 use webrtc_sip_gateway::media::fingerprint::Fingerprint;
 use webrtc_sip_gateway::media::srtp::SrtpContext;
 use webrtc_sip_gateway::media::{
-    BrowserLegParams, CallCounters, CallRelay, LegId, MediaStats, RelayParams, TrunkCrypto,
-    TrunkLegParams,
+    BrowserLegParams, CallCounters, CallRelay, LegId, RelayParams, TrunkCrypto, TrunkLegParams,
+    WorkerStats,
 };
 use webrtc_sip_gateway::types::{PayloadType, Secret, SrtpKeyMaterial, SrtpSuite};
 
@@ -161,7 +161,7 @@ fn relay_for(
         &keys.browser_out,
         addr(BROWSER),
         counters,
-        Arc::new(MediaStats::default()),
+        Arc::new(WorkerStats::default()),
         Instant::now(),
     )
     .expect("keyed relay")

@@ -502,14 +502,7 @@ async fn sample_history(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let packets = media
-            .browser
-            .packets_in
-            .load(std::sync::atomic::Ordering::Relaxed)
-            + media
-                .trunk
-                .packets_in
-                .load(std::sync::atomic::Ordering::Relaxed);
+        let packets = media.packets_in();
         let unix = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use webrtc_sip_gateway::media::dtls::DtlsIdentity;
 use webrtc_sip_gateway::media::fingerprint::Fingerprint;
 use webrtc_sip_gateway::media::{
-    BrowserLegParams, CallCounters, CallRelay, LegId, MediaStats, RelayParams, TrunkCrypto,
-    TrunkLegParams,
+    BrowserLegParams, CallCounters, CallRelay, LegId, RelayParams, TrunkCrypto, TrunkLegParams,
+    WorkerStats,
 };
 use webrtc_sip_gateway::types::{PayloadType, Secret, SrtpKeyMaterial, SrtpSuite};
 
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
         &keys,
         addr(BROWSER),
         Arc::new(CallCounters::default()),
-        Arc::new(MediaStats::default()),
+        Arc::new(WorkerStats::default()),
         start,
     ) else {
         return;

@@ -11,7 +11,7 @@ use crate::cdr::{CdrEvent, CdrStore, LegFigures};
 use crate::media::{MediaAllocation, MediaEvent, MediaHandle};
 use crate::sip::message;
 use crate::sip::target::{Host, Target};
-use crate::sip::transport::{CallMessage, SipEndpoint};
+use crate::sip::transport::{CallMessage, CallQueue, SipEndpoint};
 use crate::stats::live::{CallStart, CallState, Direction, LiveCall, LiveCalls, SdpRole};
 use crate::stats::CallStats;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -29,7 +29,7 @@ use tracing::{info, warn};
 /// What the driver needs besides the call.
 pub struct CallIo {
     pub sip: SipEndpoint,
-    pub sip_rx: mpsc::Receiver<CallMessage>,
+    pub sip_rx: CallQueue,
     pub allocation: MediaAllocation,
     /// The sessions the call may address, with their event senders.
     pub sessions: Vec<(SessionKey, mpsc::Sender<SessionEvent>)>,
@@ -240,7 +240,8 @@ pub async fn run(mut call: Call, io: CallIo) {
             biased;
             Some(event) = media_rx.recv() => call.handle_media(Instant::now(), event),
             msg = sip_rx.recv() => match msg {
-                Some(CallMessage { msg, source }) => {
+                Some(m) => {
+                    let CallMessage { msg, source } = *m;
                     observe_message(&live, "in", &msg);
                     call.handle_sip(Instant::now(), msg, source)
                 }

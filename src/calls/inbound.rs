@@ -16,7 +16,7 @@ use super::{Calls, IncomingEntry};
 use crate::policy::{self, IncomingOffer};
 use crate::sdp;
 use crate::sip::message::{self, ResponseParts};
-use crate::sip::transport::{CallMessage, IncomingRequest, SipEndpoint};
+use crate::sip::transport::{CallQueue, IncomingRequest, SipEndpoint};
 use crate::sip::uas::{IncomingCall, USER_AGENT};
 use crate::stats::live::{self, CallStart, LiveCall};
 use crate::types::{CallId, Personal};
@@ -228,7 +228,7 @@ fn spawn_incoming(
     call: Call,
     sessions: Vec<SessionHandle>,
     allocation: crate::media::MediaAllocation,
-    sip_rx: mpsc::Receiver<CallMessage>,
+    sip_rx: CallQueue,
     live: Arc<LiveCall>,
     now: Instant,
     account: &str,
@@ -324,7 +324,8 @@ fn spawn_refusal(
             };
             tokio::select! {
                 msg = messages.recv() => match msg {
-                    Some(CallMessage { msg, .. }) => {
+                    Some(m) => {
+                        let msg = m.msg;
                         // Once the final response is ACKed only Timer I's
                         // absorbing of ACK copies is left (the transport
                         // drops stray ACKs anyway): free the slot now.

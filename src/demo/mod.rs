@@ -84,7 +84,7 @@ async fn echo_call(endpoint: SipEndpoint, request: IncomingRequest) -> Result<()
 async fn run_echo(
     endpoint: &SipEndpoint,
     uas: &mut IncomingCall,
-    sip_rx: &mut mpsc::Receiver<crate::sip::transport::CallMessage>,
+    sip_rx: &mut crate::sip::transport::CallQueue,
 ) -> Result<(), EchoError> {
     let offer = match uas.offer_sdp().map(sdp::parse_sip_offer) {
         Some(Ok(offer)) => offer,

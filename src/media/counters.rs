@@ -1,14 +1,17 @@
 //! Packet counters of the media plane.
 //!
 //! Every call owns a [`CallCounters`] (one [`LegCounters`] per leg) that only
-//! its relay writes; the process-wide [`MediaStats`] holds the same figures
-//! summed over all calls. Both are plain atomics updated with relaxed adds:
-//! the packet path takes no lock, and a reader (stats page, Prometheus
-//! scrape, CDR) sees values that are each exact but not a snapshot taken at
-//! one instant, which is all a counter needs.
+//! its relay writes; every media worker owns a [`WorkerStats`] with the same
+//! figures summed over its calls, and the process-wide [`MediaStats`] sums
+//! the workers' shards when read. All are plain atomics, each written by one
+//! thread only (a relaxed load and store): the packet path takes no lock and
+//! shares no cache line with another core, and a reader (stats page,
+//! Prometheus scrape, CDR) sees values that are each exact but not a
+//! snapshot taken at one instant, which is all a counter needs.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// Why the relay dropped a datagram. Every drop is counted under exactly one
 /// reason, on the leg the datagram arrived on.
@@ -131,24 +134,10 @@ impl LegCounters {
         }
     }
 
-    pub(crate) fn add_in(&self, bytes: usize) {
-        self.packets_in.fetch_add(1, Relaxed);
-        self.bytes_in.fetch_add(bytes as u64, Relaxed);
-    }
-
-    pub(crate) fn add_out(&self, bytes: usize) {
-        self.packets_out.fetch_add(1, Relaxed);
-        self.bytes_out.fetch_add(bytes as u64, Relaxed);
-    }
-
-    pub(crate) fn add_drop(&self, reason: DropReason) {
-        self.drops[reason.index()].fetch_add(1, Relaxed);
-    }
-
-    // The same for counters with a single writer (a call's own, written only
-    // by its relay): a load and a store rather than a locked add, which is a
-    // plain `mov` on x86 and takes a few ns off every packet. Readers still
-    // see whole values. Never for the process-wide `MediaStats`.
+    // Counters have a single writer (a call's own are written only by its
+    // relay, a worker's shard only by that worker's thread): a load and a
+    // store rather than a locked add, which is a plain `mov` on x86 and
+    // takes a few ns off every packet. Readers still see whole values.
 
     pub(crate) fn add_in_single_writer(&self, bytes: usize) {
         bump(&self.packets_in, 1);
@@ -159,6 +148,10 @@ impl LegCounters {
         bump(&self.packets_out, 1);
         bump(&self.bytes_out, bytes as u64);
     }
+
+    pub(crate) fn add_drop_single_writer(&self, reason: DropReason) {
+        bump(&self.drops[reason.index()], 1);
+    }
 }
 
 /// `counter += n` for a counter only the calling thread writes.
@@ -166,7 +159,7 @@ fn bump(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
-/// Plain values copied out of a [`LegCounters`].
+/// Plain values copied out of a [`LegCounters`] (or summed over workers).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LegSnapshot {
     pub packets_in: u64,
@@ -218,18 +211,22 @@ impl CallCounters {
     }
 }
 
-/// Process-wide aggregate of every call's counters, plus call gauges. One
-/// instance per [`MediaEngine`](super::engine::MediaEngine), shared by all
-/// relays through an `Arc`; relaxed atomic adds only (a cache line bounces
-/// between cores under load, which is the price of a live total without a
-/// lock; a per-worker shard can replace it when workers arrive).
+/// One media worker's share of the process-wide figures: every call's
+/// counters summed over the calls of that worker, plus call gauges. Written
+/// only by its worker's thread (the relays it owns and its demultiplexer),
+/// so each update is a plain load and store rather than a locked add, and
+/// the cache line stays on that worker's core instead of bouncing between
+/// all of them; [`MediaStats`] sums the shards when read.
 #[derive(Debug, Default)]
-pub struct MediaStats {
+// Two cache lines (the adjacent-line prefetcher pairs them): neighbouring
+// shards never share one.
+#[repr(align(128))]
+pub struct WorkerStats {
     pub browser: LegCounters,
     pub trunk: LegCounters,
-    /// Calls running on a media worker.
+    /// Calls running on this worker.
     pub calls_active: AtomicU64,
-    /// Calls ever started on a media worker.
+    /// Calls ever started on this worker.
     pub calls_started: AtomicU64,
     /// Browser legs whose DTLS handshake completed.
     pub dtls_connected: AtomicU64,
@@ -244,7 +241,7 @@ pub struct MediaStats {
     pub unknown_ufrag_dropped: AtomicU64,
 }
 
-impl MediaStats {
+impl WorkerStats {
     pub fn leg(&self, leg: Leg) -> &LegCounters {
         match leg {
             Leg::Browser => &self.browser,
@@ -253,13 +250,81 @@ impl MediaStats {
     }
 
     /// Counts a datagram on a shared browser port that no call claims.
-    pub fn add_unrouted(&self, unknown_ufrag: bool) {
+    pub(crate) fn add_unrouted(&self, unknown_ufrag: bool) {
         let counter = if unknown_ufrag {
             &self.unknown_ufrag_dropped
         } else {
             &self.unknown_source_dropped
         };
-        counter.fetch_add(1, Relaxed);
+        bump(counter, 1);
+    }
+
+    /// `counter += 1` on one of this shard's gauges (its worker's thread only).
+    pub(crate) fn incr(counter: &AtomicU64) {
+        bump(counter, 1);
+    }
+
+    /// `counter -= 1` on one of this shard's gauges (its worker's thread only).
+    pub(crate) fn decr(counter: &AtomicU64) {
+        counter.store(counter.load(Relaxed).wrapping_sub(1), Relaxed);
+    }
+}
+
+/// The process-wide media figures: the [`WorkerStats`] of every worker,
+/// summed when read (stats page, `/metrics`, the API). One instance per
+/// [`MediaEngine`](super::engine::MediaEngine).
+#[derive(Debug, Default)]
+pub struct MediaStats {
+    workers: Vec<Arc<WorkerStats>>,
+}
+
+impl MediaStats {
+    /// The sum of `shards` (one per worker).
+    pub fn new(shards: Vec<Arc<WorkerStats>>) -> Self {
+        MediaStats { workers: shards }
+    }
+
+    /// Every worker's value of one field, summed.
+    fn total(&self, field: impl Fn(&WorkerStats) -> &AtomicU64) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| field(w).load(Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
+    /// One leg's counters summed over the workers.
+    pub fn leg(&self, leg: Leg) -> LegSnapshot {
+        self.workers
+            .iter()
+            .map(|w| w.leg(leg).snapshot())
+            .fold(LegSnapshot::default(), |sum, s| LegSnapshot {
+                packets_in: sum.packets_in.wrapping_add(s.packets_in),
+                packets_out: sum.packets_out.wrapping_add(s.packets_out),
+                bytes_in: sum.bytes_in.wrapping_add(s.bytes_in),
+                bytes_out: sum.bytes_out.wrapping_add(s.bytes_out),
+                drops: std::array::from_fn(|i| sum.drops[i].wrapping_add(s.drops[i])),
+            })
+    }
+
+    /// Datagrams received on both legs, every worker.
+    pub fn packets_in(&self) -> u64 {
+        self.total(|w| &w.browser.packets_in)
+            .wrapping_add(self.total(|w| &w.trunk.packets_in))
+    }
+
+    /// Calls running on a media worker.
+    pub fn calls_active(&self) -> u64 {
+        self.total(|w| &w.calls_active)
+    }
+
+    /// Shared-port datagrams from an address no call validated.
+    pub fn unknown_source_dropped(&self) -> u64 {
+        self.total(|w| &w.unknown_source_dropped)
+    }
+
+    /// Shared-port STUN checks naming no call.
+    pub fn unknown_ufrag_dropped(&self) -> u64 {
+        self.total(|w| &w.unknown_ufrag_dropped)
     }
 
     /// Appends the media figures in the Prometheus text exposition format.
@@ -269,29 +334,28 @@ impl MediaStats {
              # TYPE gateway_media_unknown_source_dropped_total counter\n",
         );
         for (reason, value) in [
-            ("unknown_address", &self.unknown_source_dropped),
-            ("unknown_ufrag", &self.unknown_ufrag_dropped),
+            ("unknown_address", self.unknown_source_dropped()),
+            ("unknown_ufrag", self.unknown_ufrag_dropped()),
         ] {
             let _ = writeln!(
                 out,
-                "gateway_media_unknown_source_dropped_total{{reason=\"{reason}\"}} {}",
-                value.load(Relaxed)
+                "gateway_media_unknown_source_dropped_total{{reason=\"{reason}\"}} {value}",
             );
         }
         // `write!` into a String cannot fail; the results are ignored on purpose.
+        let legs = [Leg::Browser, Leg::Trunk].map(|leg| (leg, self.leg(leg)));
         out.push_str(
             "# HELP gateway_media_packets_total Datagrams received (in) and sent (out) per media leg.\n\
              # TYPE gateway_media_packets_total counter\n",
         );
-        for leg in [Leg::Browser, Leg::Trunk] {
-            let c = self.leg(leg);
-            for (direction, value) in [("in", &c.packets_in), ("out", &c.packets_out)] {
+        for (leg, c) in &legs {
+            for (direction, value) in [("in", c.packets_in), ("out", c.packets_out)] {
                 let _ = writeln!(
                     out,
                     "gateway_media_packets_total{{leg=\"{}\",direction=\"{}\"}} {}",
                     leg.label(),
                     direction,
-                    value.load(Relaxed)
+                    value
                 );
             }
         }
@@ -299,15 +363,14 @@ impl MediaStats {
             "# HELP gateway_media_bytes_total Bytes received (in) and sent (out) per media leg.\n\
              # TYPE gateway_media_bytes_total counter\n",
         );
-        for leg in [Leg::Browser, Leg::Trunk] {
-            let c = self.leg(leg);
-            for (direction, value) in [("in", &c.bytes_in), ("out", &c.bytes_out)] {
+        for (leg, c) in &legs {
+            for (direction, value) in [("in", c.bytes_in), ("out", c.bytes_out)] {
                 let _ = writeln!(
                     out,
                     "gateway_media_bytes_total{{leg=\"{}\",direction=\"{}\"}} {}",
                     leg.label(),
                     direction,
-                    value.load(Relaxed)
+                    value
                 );
             }
         }
@@ -315,8 +378,7 @@ impl MediaStats {
             "# HELP gateway_media_drops_total Datagrams dropped by the relay, per leg and reason.\n\
              # TYPE gateway_media_drops_total counter\n",
         );
-        for leg in [Leg::Browser, Leg::Trunk] {
-            let c = self.leg(leg);
+        for (leg, c) in &legs {
             for reason in DropReason::ALL {
                 let _ = writeln!(
                     out,
@@ -327,43 +389,42 @@ impl MediaStats {
                 );
             }
         }
-        let gauges: [(&str, &str, &str, &AtomicU64); 5] = [
+        let gauges: [(&str, &str, &str, u64); 5] = [
             (
                 "gateway_media_calls_active",
                 "gauge",
                 "Calls whose media relay is running.",
-                &self.calls_active,
+                self.calls_active(),
             ),
             (
                 "gateway_media_calls_started_total",
                 "counter",
                 "Media relays started.",
-                &self.calls_started,
+                self.total(|w| &w.calls_started),
             ),
             (
                 "gateway_media_dtls_connected_total",
                 "counter",
                 "Browser DTLS handshakes completed.",
-                &self.dtls_connected,
+                self.total(|w| &w.dtls_connected),
             ),
             (
                 "gateway_media_dtls_failed_total",
                 "counter",
                 "Browser DTLS handshakes failed (fingerprint mismatch included).",
-                &self.dtls_failed,
+                self.total(|w| &w.dtls_failed),
             ),
             (
                 "gateway_media_timeouts_total",
                 "counter",
                 "Calls ended because media stopped.",
-                &self.media_timeouts,
+                self.total(|w| &w.media_timeouts),
             ),
         ];
         for (name, kind, help, value) in gauges {
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                value.load(Relaxed)
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
     }
@@ -382,17 +443,28 @@ mod tests {
 
     #[test]
     fn counts_and_renders() {
-        let stats = MediaStats::default();
-        stats.trunk.add_in(172);
-        stats.trunk.add_in(172);
-        stats.browser.add_out(182);
-        stats.trunk.add_drop(DropReason::UnknownSsrc);
-        stats.calls_active.fetch_add(1, Relaxed);
-        let snap = stats.trunk.snapshot();
+        // Two workers' shards, summed on read.
+        let (a, b) = (
+            Arc::new(WorkerStats::default()),
+            Arc::new(WorkerStats::default()),
+        );
+        let stats = MediaStats::new(vec![a.clone(), b.clone()]);
+        a.trunk.add_in_single_writer(172);
+        b.trunk.add_in_single_writer(172);
+        b.browser.add_out_single_writer(182);
+        a.trunk.add_drop_single_writer(DropReason::UnknownSsrc);
+        WorkerStats::incr(&a.calls_active);
+        WorkerStats::incr(&b.calls_active);
+        WorkerStats::decr(&b.calls_active);
+        b.add_unrouted(true);
+        let snap = stats.leg(Leg::Trunk);
         assert_eq!(snap.packets_in, 2);
         assert_eq!(snap.bytes_in, 344);
         assert_eq!(snap.drops(DropReason::UnknownSsrc), 1);
-        assert_eq!(stats.trunk.drops_total(), 1);
+        assert_eq!(stats.packets_in(), 2);
+        assert_eq!(stats.calls_active(), 1);
+        assert_eq!(stats.unknown_ufrag_dropped(), 1);
+        assert_eq!(a.trunk.drops_total(), 1);
 
         let mut text = String::new();
         stats.render_prometheus(&mut text);
@@ -404,6 +476,8 @@ mod tests {
         assert!(text
             .contains("gateway_media_drops_total{leg=\"browser\",reason=\"stun_rejected\"} 0\n"));
         assert!(text.contains("gateway_media_calls_active 1\n"));
+        assert!(text
+            .contains("gateway_media_unknown_source_dropped_total{reason=\"unknown_ufrag\"} 1\n"));
         // Every sample line belongs to a declared metric family.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

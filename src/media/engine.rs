@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::counters::{CallCounters, MediaStats};
+use super::counters::{CallCounters, MediaStats, WorkerStats};
 use super::dtls::DtlsIdentity;
 use super::ice_lite::IceLite;
 use super::port_pool::PortPool;
@@ -111,11 +111,14 @@ impl MediaEngine {
     #[doc(hidden)]
     pub fn with_batch(cfg: MediaConfig, identity: Arc<DtlsIdentity>, batch: usize) -> Self {
         let pool = PortPool::new(cfg.bind_ip, cfg.port_min, cfg.port_max);
-        let stats = Arc::new(MediaStats::default());
         let workers = match &pool {
-            Ok(pool) => start_workers(&cfg, pool, &stats, batch),
+            Ok(pool) => start_workers(&cfg, pool, batch),
             Err(e) => Err(e.to_string()),
         };
+        // Each worker counts on its own shard; readers get the sum.
+        let stats = Arc::new(MediaStats::new(
+            workers.iter().flatten().map(|w| w.stats.clone()).collect(),
+        ));
         if let Err(e) = &workers {
             tracing::error!(error = %e, "media workers did not start");
         }
@@ -147,7 +150,8 @@ impl MediaEngine {
         self.inner.cfg.public_ip
     }
 
-    /// Process-wide media counters (for `stats` and `/metrics`).
+    /// Process-wide media counters, summed over the workers on read (for
+    /// `stats` and `/metrics`).
     pub fn stats(&self) -> Arc<MediaStats> {
         self.inner.stats.clone()
     }
@@ -205,11 +209,11 @@ impl MediaEngine {
             browser_socket,
             trunk_rtp: rtp.socket,
             trunk_rtcp: rtcp.socket,
-            worker,
             load,
             id: self.inner.next_call.fetch_add(1, Relaxed),
             identity: self.inner.identity.clone(),
-            stats: self.inner.stats.clone(),
+            stats: worker.stats.clone(),
+            worker,
         })
     }
 }
@@ -219,7 +223,6 @@ impl MediaEngine {
 fn start_workers(
     cfg: &MediaConfig,
     pool: &PortPool,
-    stats: &Arc<MediaStats>,
     batch: usize,
 ) -> Result<Vec<Arc<WorkerHandle>>, String> {
     let count = match cfg.workers {
@@ -234,7 +237,7 @@ fn start_workers(
             } else {
                 None
             };
-            WorkerHandle::spawn(index, shared, stats.clone(), batch)
+            WorkerHandle::spawn(index, shared, Arc::new(WorkerStats::default()), batch)
                 .map(Arc::new)
                 .map_err(|e| format!("cannot start media worker {index}: {e}"))
         })
@@ -265,7 +268,8 @@ pub struct MediaAllocation {
     load: LoadGuard,
     id: CallId,
     identity: Arc<DtlsIdentity>,
-    stats: Arc<MediaStats>,
+    /// The counters of the worker the call is placed on.
+    stats: Arc<WorkerStats>,
 }
 
 impl std::fmt::Debug for MediaAllocation {
@@ -531,11 +535,7 @@ mod tests {
         let counters = handle.counters();
 
         let stats = engine.stats();
-        let unknown = || {
-            stats
-                .unknown_source_dropped
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
+        let unknown = || stats.unknown_source_dropped();
         // Before any check: DTLS from the browser's address is nobody's
         // (single port: dropped and counted by the worker).
         let early_dtls = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -640,31 +640,16 @@ mod tests {
             let req = SimBrowser::stun_request("nobody00", "x", true);
             stranger.send_to(&req, gw_browser).await.unwrap();
             let deadline = tokio::time::Instant::now() + WAIT;
-            while stats
-                .unknown_ufrag_dropped
-                .load(std::sync::atomic::Ordering::Relaxed)
-                < 1
-                && tokio::time::Instant::now() < deadline
-            {
+            while stats.unknown_ufrag_dropped() < 1 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            assert_eq!(
-                stats
-                    .unknown_ufrag_dropped
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                1
-            );
+            assert_eq!(stats.unknown_ufrag_dropped(), 1);
         } else {
             // The call's own port: the early ClientHello reached the call,
             // which dropped it as from an address that passed no check.
             assert_eq!(unknown(), 0);
         }
-        assert_eq!(
-            stats
-                .calls_active
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(stats.calls_active(), 1);
         let mut text = String::new();
         stats.render_prometheus(&mut text);
         assert!(text.contains("gateway_media_packets_total{leg=\"trunk\",direction=\"out\"} 10\n"));
@@ -675,12 +660,7 @@ mod tests {
         // The browser was told: a DTLS alert record (close_notify).
         let (alert, _) = recv(&browser_sock).await;
         assert_eq!(alert[0], 21, "DTLS alert record");
-        assert_eq!(
-            stats
-                .calls_active
-                .load(std::sync::atomic::Ordering::Relaxed),
-            0
-        );
+        assert_eq!(stats.calls_active(), 0);
         if single_port {
             // The worker's port stays: other calls share it.
             assert!(std::net::UdpSocket::bind(gw_browser).is_err());

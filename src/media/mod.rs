@@ -37,7 +37,9 @@ pub mod ssrc_filter;
 pub mod stun;
 pub mod worker;
 
-pub use counters::{CallCounters, DropReason, Leg, LegCounters, LegSnapshot, MediaStats};
+pub use counters::{
+    CallCounters, DropReason, Leg, LegCounters, LegSnapshot, MediaStats, WorkerStats,
+};
 pub use engine::{MediaAllocation, MediaConfig, MediaEngine, MediaEvent, MediaHandle};
 pub use relay::{
     BrowserLegParams, CallRelay, DtmfRefused, LegId, RelayEvent, RelayParams, TelephoneEvent,

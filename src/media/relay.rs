@@ -31,11 +31,10 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::counters::{CallCounters, DropReason, Leg, MediaStats};
+use super::counters::{CallCounters, DropReason, Leg, WorkerStats};
 use super::demux::{classify, PacketKind};
 use super::dtls::{DtlsEvent, DtlsIdentity, DtlsServer};
 use super::dtmf::DtmfReceiver;
@@ -330,7 +329,7 @@ pub struct CallRelay {
     to_trunk: StreamRewriter,
     to_browser: StreamRewriter,
     counters: Arc<CallCounters>,
-    stats: Arc<MediaStats>,
+    stats: Arc<WorkerStats>,
     /// Loss, jitter and round trip per leg from the RTCP relayed.
     rtcp_watch: RtcpWatch,
     queue: VecDeque<Queued>,
@@ -368,7 +367,7 @@ impl CallRelay {
         params: RelayParams,
         identity: Arc<DtlsIdentity>,
         counters: Arc<CallCounters>,
-        stats: Arc<MediaStats>,
+        stats: Arc<WorkerStats>,
         now: Instant,
     ) -> Self {
         let RelayParams {
@@ -460,7 +459,7 @@ impl CallRelay {
         browser_outbound: &SrtpKeyMaterial,
         browser_addr: SocketAddr,
         counters: Arc<CallCounters>,
-        stats: Arc<MediaStats>,
+        stats: Arc<WorkerStats>,
         now: Instant,
     ) -> Result<Self, SrtpError> {
         let mut relay = Self::new(params, identity, counters, stats, now);
@@ -641,12 +640,12 @@ impl CallRelay {
         match leg {
             LegId::Browser => {
                 self.counters.browser.add_in_single_writer(data.len());
-                self.stats.browser.add_in(data.len());
+                self.stats.browser.add_in_single_writer(data.len());
                 self.handle_browser(from, data, now);
             }
             LegId::TrunkRtp | LegId::TrunkRtcp => {
                 self.counters.trunk.add_in_single_writer(data.len());
-                self.stats.trunk.add_in(data.len());
+                self.stats.trunk.add_in_single_writer(data.len());
                 self.handle_trunk(leg, from, data, now);
             }
         }
@@ -679,12 +678,12 @@ impl CallRelay {
         };
         let arrival = counted_leg(leg);
         self.counters.leg(arrival).add_in_single_writer(buf.len());
-        self.stats.leg(arrival).add_in(buf.len());
+        self.stats.leg(arrival).add_in_single_writer(buf.len());
         match self.forward(leg, from, kind, buf, now) {
             Ok(Some((out_leg, to))) => {
                 let out = counted_leg(out_leg);
                 self.counters.leg(out).add_out_single_writer(buf.len());
-                self.stats.leg(out).add_out(buf.len());
+                self.stats.leg(out).add_out_single_writer(buf.len());
                 Some((out_leg, to))
             }
             Ok(None) => None,
@@ -761,7 +760,7 @@ impl CallRelay {
         };
         if let Some(leg) = timed_out {
             self.phase = Phase::Stopped;
-            self.stats.media_timeouts.fetch_add(1, Relaxed);
+            WorkerStats::incr(&self.stats.media_timeouts);
             self.events.push_back(RelayEvent::Timeout { leg });
         }
         self.play_dtmf(now);
@@ -894,7 +893,7 @@ impl CallRelay {
                             self.phase = Phase::Connected;
                             self.last_browser_rx = now;
                             self.last_trunk_rx = now;
-                            self.stats.dtls_connected.fetch_add(1, Relaxed);
+                            WorkerStats::incr(&self.stats.dtls_connected);
                             self.events
                                 .push_back(RelayEvent::BrowserConnected { suite });
                         }
@@ -904,7 +903,7 @@ impl CallRelay {
                     }
                 }
                 DtlsEvent::Failed(e) => {
-                    self.stats.dtls_failed.fetch_add(1, Relaxed);
+                    WorkerStats::incr(&self.stats.dtls_failed);
                     let peer = self
                         .browser
                         .dest
@@ -1285,8 +1284,8 @@ impl CallRelay {
     }
 
     fn drop(&self, leg: Leg, reason: DropReason) {
-        self.counters.leg(leg).add_drop(reason);
-        self.stats.leg(leg).add_drop(reason);
+        self.counters.leg(leg).add_drop_single_writer(reason);
+        self.stats.leg(leg).add_drop_single_writer(reason);
     }
 
     fn take_buffer(&mut self) -> Vec<u8> {
@@ -1305,7 +1304,7 @@ impl CallRelay {
     fn push(&mut self, leg: LegId, to: SocketAddr, buf: Vec<u8>) {
         let out_leg = counted_leg(leg);
         self.counters.leg(out_leg).add_out_single_writer(buf.len());
-        self.stats.leg(out_leg).add_out(buf.len());
+        self.stats.leg(out_leg).add_out_single_writer(buf.len());
         self.queue.push_back(Queued { leg, to, buf });
     }
 }
@@ -1513,7 +1512,7 @@ pub(crate) mod tests {
             &b_out,
             addr(BROWSER),
             counters.clone(),
-            Arc::new(MediaStats::default()),
+            Arc::new(WorkerStats::default()),
             t0,
         )
         .unwrap();
@@ -1900,7 +1899,7 @@ pub(crate) mod tests {
             params(crypto, None, Fingerprint::sha256(b"x"), "u", "p"),
             identity(),
             Arc::new(CallCounters::default()),
-            Arc::new(MediaStats::default()),
+            Arc::new(WorkerStats::default()),
             Instant::now(),
         );
         match relay.poll_event() {
@@ -2025,7 +2024,7 @@ pub(crate) mod tests {
             &b_out,
             addr(BROWSER),
             counters.clone(),
-            Arc::new(MediaStats::default()),
+            Arc::new(WorkerStats::default()),
             t0,
         )
         .unwrap();
@@ -2348,7 +2347,7 @@ pub(crate) mod tests {
             ),
             identity(),
             counters.clone(),
-            Arc::new(MediaStats::default()),
+            Arc::new(WorkerStats::default()),
             t0,
         );
         (

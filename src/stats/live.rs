@@ -485,7 +485,7 @@ a=x-who:tel:+4930123456789\r\na=rtpmap:0 PCMU/8000\r\n";
             private: false,
         });
         let counters = Arc::new(CallCounters::default());
-        counters.trunk.add_in(172);
+        counters.trunk.add_in_single_writer(172);
         call.set_counters(counters);
         let views = live.views();
         assert_eq!(views.len(), 1);

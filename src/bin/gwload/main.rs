@@ -63,24 +63,36 @@ enum Cmd {
         #[command(flatten)]
         load: LoadArgs,
     },
-    /// Start a gateway and rtpengine in turn, pinned to one core, load each
-    /// with the same calls and rates, print the side-by-side table.
+    /// Start a gateway and rtpengine in turn, pinned to --target-cpu, load
+    /// each with the same calls and rates, print the side-by-side table.
     Compare {
         /// The gateway binary (a release build for figures worth quoting).
         #[arg(long, default_value = "target/release/webrtc-sip-gateway")]
         gateway_bin: PathBuf,
-        /// Core the targets are pinned to (taskset).
-        #[arg(long, default_value_t = 0)]
-        target_cpu: usize,
-        /// Core the tool pins itself to.
-        #[arg(long, default_value_t = 1)]
-        tool_cpu: usize,
+        /// Cores the targets are pinned to (taskset), comma-separated: with
+        /// two, the gateway runs two media workers and rtpengine two threads
+        /// (the knee on 2 cores).
+        #[arg(
+            long,
+            alias = "target-cpus",
+            value_delimiter = ',',
+            default_value = "0"
+        )]
+        target_cpu: Vec<usize>,
+        /// Core the tool pins itself to, or "any" (not pinned: with the
+        /// targets on every core the tool shares them).
+        #[arg(long, default_value = "1")]
+        tool_cpu: String,
         /// Where configs and logs go.
         #[arg(long, default_value = "target/gwload")]
         workdir: PathBuf,
         /// Also set up this many calls with a login each (setup rate).
         #[arg(long, default_value_t = 0)]
         login_per_call_sample: usize,
+        /// Before the calls, log in this many times (no calls) and report
+        /// the gateway's RSS idle and after.
+        #[arg(long, default_value_t = 0)]
+        login_storm: usize,
         #[command(flatten)]
         rtp: RtpengineArgs,
         #[command(flatten)]
@@ -256,7 +268,8 @@ fn main() -> Result<()> {
         }
         Cmd::Rtpengine { rtp, load } => {
             let l = load.load()?;
-            let report = with_rtpengine(&rtp, &l, rtp.rtpengine_cpu)?;
+            let cpus = rtp.rtpengine_cpu.map(|c| vec![c]);
+            let report = with_rtpengine(&rtp, &l, cpus.as_deref())?;
             load.emit(&report, &report::target_markdown(&report))
         }
         Cmd::Compare {
@@ -265,22 +278,32 @@ fn main() -> Result<()> {
             tool_cpu,
             workdir,
             login_per_call_sample,
+            login_storm,
             rtp,
             load,
         } => {
             let l = load.load()?;
-            pin_self(tool_cpu)?;
+            if target_cpu.is_empty() {
+                bail!("--target-cpu needs at least one core");
+            }
+            match tool_cpu.as_str() {
+                "any" => {}
+                n => pin_self(
+                    n.parse()
+                        .map_err(|_| anyhow!("--tool-cpu is a core number or \"any\""))?,
+                )?,
+            }
             std::fs::create_dir_all(&workdir)?;
             let gw = compare_gateway(
                 &gateway_bin,
-                target_cpu,
+                &target_cpu,
                 &workdir,
-                login_per_call_sample,
+                (login_per_call_sample, login_storm),
                 &l,
             )?;
             let mut rtp = rtp.clone();
             rtp.rtpengine_log = workdir.join("rtpengine.log");
-            let re = with_rtpengine(&rtp, &l, Some(target_cpu))?;
+            let re = with_rtpengine(&rtp, &l, Some(&target_cpu))?;
             #[derive(Serialize)]
             struct Both<'a> {
                 gateway: &'a TargetReport,
@@ -370,10 +393,11 @@ fn gateway_target(
         trunk_media: gw.trunk_media.into(),
         login_per_call: gw.login_per_call,
         login_per_call_sample,
+        login_storm: 0,
     })
 }
 
-fn with_rtpengine(rtp: &RtpengineArgs, l: &Load, cpu: Option<usize>) -> Result<TargetReport> {
+fn with_rtpengine(rtp: &RtpengineArgs, l: &Load, cpus: Option<&[usize]>) -> Result<TargetReport> {
     if let Some(dir) = rtp.rtpengine_log.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -383,7 +407,7 @@ fn with_rtpengine(rtp: &RtpengineArgs, l: &Load, cpu: Option<usize>) -> Result<T
         ng_port: rtp.ng_port,
         port_min: 40000,
         port_max: 49999,
-        cpu,
+        cpus,
         log: &rtp.rtpengine_log,
     })?;
     let report = run::run_rtpengine(&engine, l);
@@ -413,12 +437,20 @@ fn free_port() -> Result<u16> {
     Ok(tcp.local_addr()?.port())
 }
 
-/// Writes a config, starts the gateway pinned to `cpu`, runs the load, stops it.
+/// The taskset list of `cpus`.
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Writes a config, starts the gateway pinned to `cpus`, runs the load, stops it.
 fn compare_gateway(
     bin: &PathBuf,
-    cpu: usize,
+    cpus: &[usize],
     workdir: &std::path::Path,
-    login_per_call_sample: usize,
+    (login_per_call_sample, login_storm): (usize, usize),
     l: &Load,
 ) -> Result<TargetReport> {
     if !bin.exists() {
@@ -452,7 +484,7 @@ fn compare_gateway(
     let log = std::fs::File::create(workdir.join("gateway.log"))?;
     let child = Command::new("taskset")
         .arg("-c")
-        .arg(cpu.to_string())
+        .arg(cpu_list(cpus))
         .arg(bin)
         .arg("run")
         .arg("--config")
@@ -475,7 +507,8 @@ fn compare_gateway(
         trunk_media: TrunkArg::Sdes,
         login_per_call: false,
     };
-    let target = gateway_target(&gw, child.0.id(), login_per_call_sample)?;
+    let mut target = gateway_target(&gw, child.0.id(), login_per_call_sample)?;
+    target.login_storm = login_storm;
     let rt = tokio_runtime()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     rt.block_on(async {

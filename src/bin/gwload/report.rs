@@ -101,6 +101,18 @@ pub struct SetupReport {
     pub first_error: Option<String>,
 }
 
+/// A storm of logins without calls, before the calls (gateway only).
+#[derive(Debug, Clone, Serialize)]
+pub struct LoginStormReport {
+    pub logins: usize,
+    pub failed: usize,
+    pub seconds: f64,
+    /// RSS before the first login.
+    pub rss_idle_kib: u64,
+    /// RSS after the last.
+    pub rss_after_kib: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetReport {
     /// "gateway" or "rtpengine".
@@ -113,6 +125,7 @@ pub struct TargetReport {
     pub setup: SetupReport,
     /// Setup of extra calls with a login each, when asked for.
     pub setup_login_per_call: Option<SetupReport>,
+    pub login_storm: Option<LoginStormReport>,
     pub rss_before_kib: u64,
     pub rss_with_calls_kib: u64,
     pub rss_per_call_kib: Option<f64>,
@@ -170,6 +183,17 @@ pub fn target_markdown(r: &TargetReport) -> String {
     s += &setup_line(&r.setup);
     if let Some(l) = &r.setup_login_per_call {
         s += &setup_line(l);
+    }
+    if let Some(l) = &r.login_storm {
+        s += &format!(
+            "login storm: {} logins in {:.2} s ({} failed): RSS {} KiB idle, {} KiB after (+{:.1} MiB)\n",
+            l.logins,
+            l.seconds,
+            l.failed,
+            l.rss_idle_kib,
+            l.rss_after_kib,
+            (l.rss_after_kib as f64 - l.rss_idle_kib as f64) / 1024.0
+        );
     }
     s += &format!(
         "memory: RSS {} KiB before, {} KiB with {} calls: {} per call\n",

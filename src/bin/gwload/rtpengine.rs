@@ -45,8 +45,8 @@ pub struct Start<'a> {
     pub ng_port: u16,
     pub port_min: u16,
     pub port_max: u16,
-    /// Pin the daemon to this core (taskset).
-    pub cpu: Option<usize>,
+    /// Pin the daemon to these cores (taskset), one thread each.
+    pub cpus: Option<&'a [usize]>,
     pub log: &'a Path,
 }
 
@@ -63,16 +63,16 @@ impl Rtpengine {
             "--table=-1".into(),
             format!("--interface={}", o.ip),
             format!("--listen-ng=127.0.0.1:{}", o.ng_port),
-            "--num-threads=1".into(),
+            format!("--num-threads={}", o.cpus.map_or(1, |c| c.len().max(1))),
             format!("--port-min={}", o.port_min),
             format!("--port-max={}", o.port_max),
             "--log-level=4".into(),
             "--delete-delay=0".into(),
         ];
-        let mut cmd = match o.cpu {
-            Some(cpu) => {
+        let mut cmd = match o.cpus {
+            Some(cpus) => {
                 let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(o.bin);
+                c.arg("-c").arg(crate::cpu_list(cpus)).arg(o.bin);
                 c
             }
             None => Command::new(o.bin),

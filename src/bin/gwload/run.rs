@@ -14,7 +14,7 @@ use crate::browser::{hang_up, Browser};
 use crate::https::{Target as Https, Ws};
 use crate::media::{run_step, CallMedia, StepPlan};
 use crate::procstat::Target;
-use crate::report::{SetupReport, StepReport, TargetReport};
+use crate::report::{LoginStormReport, SetupReport, StepReport, TargetReport};
 use crate::rtpengine::Rtpengine;
 use crate::uas::{TrunkMedia, Uas};
 
@@ -82,6 +82,37 @@ pub struct GatewayTarget {
     pub login_per_call: bool,
     /// Extra calls set up afterwards with a login each (0: none).
     pub login_per_call_sample: usize,
+    /// Logins (no calls) before the calls, RSS read after them (0: none).
+    pub login_storm: usize,
+}
+
+/// Logs in `n` times, `concurrency` at once; RSS is read before and after.
+async fn login_storm(
+    g: &GatewayTarget,
+    target: &Target,
+    n: usize,
+    concurrency: usize,
+) -> Result<LoginStormReport> {
+    let rss_idle_kib = target.rss_kib()?;
+    let start = Instant::now();
+    let failed = futures_util::stream::iter(0..n)
+        .map(|_| async { g.https.login(&g.account, &g.password).await.is_err() })
+        .buffer_unordered(concurrency.max(1))
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    let seconds = start.elapsed().as_secs_f64();
+    let rss_after_kib = target.rss_kib()?;
+    eprintln!(
+        "gwload: login storm: {n} logins in {seconds:.2} s ({failed} failed), RSS {rss_idle_kib} -> {rss_after_kib} KiB"
+    );
+    Ok(LoginStormReport {
+        logins: n,
+        failed,
+        seconds,
+        rss_idle_kib,
+        rss_after_kib,
+    })
 }
 
 struct Established {
@@ -219,6 +250,11 @@ pub async fn run_gateway(g: &GatewayTarget, load: &Load) -> Result<TargetReport>
     }
     let uas = Arc::new(Uas::start(g.uas, load.media_ip, g.trunk_media).await?);
     let browser = Arc::new(Browser::new(g.https.clone(), load.media_ip)?);
+    // Before anything else: RSS idle, then after the storm.
+    let login_storm = match g.login_storm {
+        0 => None,
+        n => Some(login_storm(g, &target, n, load.setup_concurrency).await?),
+    };
     // One login first: its argon2 working memory stays with the
     // allocator, and belongs to logins, not to calls.
     g.https.login(&g.account, &g.password).await?;
@@ -284,6 +320,7 @@ pub async fn run_gateway(g: &GatewayTarget, load: &Load) -> Result<TargetReport>
         },
         setup: est.report,
         setup_login_per_call,
+        login_storm,
         rss_before_kib: rss_before,
         rss_with_calls_kib: rss_after,
         rss_per_call_kib: per_call(rss_before, rss_after, n_up),
@@ -346,6 +383,7 @@ pub fn run_rtpengine(engine: &Rtpengine, load: &Load) -> Result<TargetReport> {
             first_error,
         },
         setup_login_per_call: None,
+        login_storm: None,
         rss_before_kib: rss_before,
         rss_with_calls_kib: rss_after,
         rss_per_call_kib: per_call(rss_before, rss_after, n_up),

@@ -98,8 +98,11 @@ pub(super) fn estimate_index(highest: Option<u64>, seq: u16) -> Result<u64, Srtp
 /// The per-SSRC states of one context, most recently used first. A leg
 /// forwards one SSRC at a time (the relay's SSRC filter), so a handful of
 /// slots covers stream switches; the least recently used is forgotten when a
-/// new SSRC needs room. Fixed capacity, reserved at keying: no allocation per
-/// packet and no state for SSRCs that never authenticated.
+/// new SSRC needs room. Room for one SSRC is reserved at keying (most legs
+/// never see a second): the table grows, up to its bound, only when another
+/// SSRC authenticates, so there is no allocation per packet, no state for
+/// SSRCs that never authenticated, and 4 contexts x 2 tables do not hold 8
+/// slots each for a call that uses one (about 2.5 KiB per call).
 pub(super) struct SsrcTable<T> {
     slots: Vec<(u32, T)>,
 }
@@ -110,7 +113,7 @@ pub(super) const SSRC_SLOTS: usize = 8;
 impl<T: Copy> SsrcTable<T> {
     pub(super) fn new() -> Self {
         SsrcTable {
-            slots: Vec::with_capacity(SSRC_SLOTS),
+            slots: Vec::with_capacity(1),
         }
     }
 

@@ -306,9 +306,67 @@ fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// Kernel buffer we ask for on a worker's shared browser port, each way.
+pub const SHARED_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Asks for `bytes` of kernel receive and send buffer on `fd` (the kernel
+/// caps it at `net.core.rmem_max`/`wmem_max`); returns the receive buffer
+/// granted. For the shared browser port: it carries every call of its
+/// worker, and with the default ~208 KiB (about 200 datagrams of kernel
+/// accounting) a worker descheduled for a few ms at 50,000 packets/s
+/// overflows it and loses a burst, where per-call sockets each have their
+/// own. Best effort: a failure leaves the default and is reported.
+pub fn grow_socket_buffers(fd: RawFd, bytes: usize) -> io::Result<usize> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: `value` outlives the call and its size is passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let mut granted: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `granted` and `len` outlive the call; `len` is its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut granted as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(granted).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_buffers_grow_as_asked_within_the_kernel_cap() {
+        use std::os::fd::AsRawFd;
+        let small = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let large = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let small = grow_socket_buffers(small.as_raw_fd(), 4096).unwrap();
+        let large = grow_socket_buffers(large.as_raw_fd(), SHARED_SOCKET_BUFFER).unwrap();
+        // The kernel doubles what it grants (bookkeeping) and caps it at
+        // rmem_max, which is never below its 208 KiB default.
+        assert!(small >= 4096, "{small}");
+        assert!(large > small && large >= 200 * 1024, "{large} vs {small}");
+    }
     use std::os::fd::AsRawFd;
 
     #[test]

@@ -19,10 +19,7 @@ fn local() -> SocketAddr {
 }
 
 /// Waits for the next input of a sans-IO machine: a message or its deadline.
-async fn next_input(
-    rx: &mut mpsc::Receiver<CallMessage>,
-    deadline: Option<Instant>,
-) -> Option<SipMessage> {
+async fn next_input(rx: &mut CallQueue, deadline: Option<Instant>) -> Option<SipMessage> {
     match deadline {
         Some(at) => tokio::select! {
             msg = rx.recv() => msg.map(|m| m.msg),
@@ -322,7 +319,7 @@ Content-Length: 0\r\n\r\n";
     let Some(CallMessage {
         msg: SipMessage::Request(req),
         source,
-    }) = timeout(WAIT, calls.recv()).await.unwrap()
+    }) = timeout(WAIT, calls.recv()).await.unwrap().map(|m| *m)
     else {
         panic!("expected the BYE");
     };

@@ -100,7 +100,7 @@ pub async fn run(mut call: Call, io: CallIo) {
     let mut names = Names::default();
     // The call's further dialogs (a trunk's REFER carried out): their
     // messages are forwarded here by a task per Call-ID.
-    let (extra_tx, mut extra_rx) = mpsc::channel::<CallMessage>(64);
+    let (extra_tx, mut extra_rx) = mpsc::channel::<Box<CallMessage>>(64);
     let mut extra_ids: Vec<String> = Vec::new();
 
     loop {
@@ -248,7 +248,8 @@ pub async fn run(mut call: Call, io: CallIo) {
                 // The endpoint is gone (shutdown): nothing more can happen.
                 None => break,
             },
-            Some(CallMessage { msg, source }) = extra_rx.recv() => {
+            Some(m) = extra_rx.recv() => {
+                let CallMessage { msg, source } = *m;
                 observe_message(&live, "in", &msg);
                 call.handle_sip(Instant::now(), msg, source)
             }

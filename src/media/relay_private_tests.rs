@@ -28,7 +28,7 @@ fn private_relay(remote_rtcp: Option<SocketAddr>) -> (CallRelay, Arc<CallCounter
         ),
         identity(),
         counters.clone(),
-        Arc::new(MediaStats::default()),
+        Arc::new(WorkerStats::default()),
         t0,
     );
     (relay, counters, t0)

@@ -302,7 +302,13 @@ fn spawn_refusal(
     };
     let call_id = uas.call_id();
     let mut messages = sip.register_call(&call_id);
-    uas.reject(code, Instant::now());
+    // An offer the gateway cannot take: the trunk is told why in a Warning.
+    let why = matches!(
+        cause,
+        Cause::TrunkSdp { .. } | Cause::Policy(_) | Cause::NotSupported(_)
+    )
+    .then(|| cause.browser().1);
+    uas.reject_with_warning(code, why.as_deref(), Instant::now());
     tokio::spawn(async move {
         let mut permit = Some(permit);
         while !uas.is_finished() {

@@ -307,14 +307,41 @@ impl IncomingCall {
 
     /// Queues a final non-2xx response (e.g. 486, 603).
     pub fn reject(&mut self, code: u16, now: Instant) {
+        self.reject_with_warning(code, None, now);
+    }
+
+    /// [`reject`](Self::reject) with a `Warning: 399` (RFC 3261 20.43)
+    /// saying why in words, for refusals the trunk's operator must act on
+    /// (an offer the policy cannot take). The text must hold no secret.
+    pub fn reject_with_warning(&mut self, code: u16, why: Option<&str>, now: Instant) {
         if self.state != State::Proceeding || !(300..700).contains(&code) {
             return;
         }
         let tag = self.local_tag.clone();
+        let extra = why
+            .map(|text| {
+                // warn-text is a quoted-string: no raw quotes, backslashes
+                // or line breaks inside.
+                let text: String = text
+                    .chars()
+                    .map(|c| match c {
+                        '"' => '\'',
+                        '\\' | '\r' | '\n' => ' ',
+                        c => c,
+                    })
+                    .collect();
+                rsip::Header::Other(
+                    "Warning".into(),
+                    format!("399 webrtc-sip-gateway \"{text}\""),
+                )
+            })
+            .into_iter()
+            .collect();
         self.respond(
             code,
             ResponseParts {
                 to_tag: Some(&tag),
+                extra,
                 ..Default::default()
             },
         );
@@ -1048,6 +1075,25 @@ mod tests {
         let at: Vec<u64> = sent.iter().map(|(d, _)| d.as_millis() as u64).collect();
         assert_eq!(&at[..5], &[500, 1500, 3500, 7500, 11500]);
         assert_eq!(events(&mut call), vec![UasEvent::Terminated]);
+    }
+
+    #[test]
+    fn a_refusal_can_say_why_in_a_warning() {
+        let t0 = Instant::now();
+        let mut call = IncomingCall::new(invite().into(), peer(), t0).unwrap();
+        out(&mut call);
+        call.reject_with_warning(488, Some("secure_media is \"mandatory\"\r\nX: y"), t0);
+        let (bytes, _) = call.poll_transmit().expect("the 488");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.starts_with("SIP/2.0 488 "), "{text}");
+        // One header, quoted text, no line break or raw quote smuggled in.
+        assert!(
+            text.contains(
+                "\r\nWarning: 399 webrtc-sip-gateway \"secure_media is 'mandatory'  X: y\"\r\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("\r\nX: y"), "{text}");
     }
 
     #[test]

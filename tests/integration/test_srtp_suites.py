@@ -214,3 +214,68 @@ def test_incoming_call_with_every_suite(workdir, start_gateway, start_sipp_uac, 
                 sipp_exit=code, **r)
     assert code == 0, f"sipp exit {code} ({sipp.msg_path})"
     _check(r, connected, suite, drops_before, drops_after)
+
+
+# --------------------------------------------------------------------------
+# a suite mismatch ends with 488 and a reason, never with plain RTP
+
+
+def test_outgoing_answer_with_a_suite_not_offered_ends_488(workdir, start_gateway, start_sipp):
+    """The trunk (srtp_suites [AES_CM_128_HMAC_SHA1_80], mandatory) answers
+    tag 1 with AES_256_CM_HMAC_SHA1_80, which it was not offered: the
+    gateway ends the call (ACK, BYE) and the browser's hangup says 488 and
+    why; nothing goes on in plain RTP and the browser gets no media."""
+    media = TrunkMedia(GWT_HOST)
+    try:
+        sipp = start_sipp("uas_sdes_keyed.xml", keys={
+            "srtp_port": media.port,
+            "crypto": f"1 AES_256_CM_HMAC_SHA1_80 {_inline(os.urandom(46), None)}"})
+        gw = start_gateway(TrunkSpec("carrier", sipp.uri, callee_stream="sdes", secure_media="mandatory",
+                                     srtp_suites=["AES_CM_128_HMAC_SHA1_80"]))
+
+        async def run():
+            peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+            try:
+                first = await peer.call(TRUNK_NUMBER)
+                return first, peer.packets_received
+            finally:
+                await peer.close()
+
+        first, packets = asyncio.run(run())
+        code = sipp.wait(20)
+    finally:
+        media.close()
+    invites = sipp.received("INVITE")
+    save_result(workdir, first=first, browser_packets=packets, sipp_exit=code,
+                invites=[sdp_cryptos(sdp_body(m.text)) for m in invites])
+    assert first["type"] == "hangup" and first.get("code") == 488, first
+    assert "AES_256_CM_HMAC_SHA1_80" in str(first.get("reason")), f"the reason names the suite: {first}"
+    assert len(invites) == 1, "no second offer (plain RTP) under mandatory"
+    assert packets == 0, packets
+    assert code == 0 and sipp.received("BYE"), f"the answered INVITE is ACKed and BYEd ({sipp.msg_path})"
+
+
+def test_incoming_offer_without_a_suite_of_ours_is_refused_488(workdir, start_gateway, start_sipp_uac):
+    """SIPp offers only AES_CM_128_HMAC_SHA1_80; the trunk's srtp_suites
+    is [AEAD_AES_256_GCM] (mandatory): 488 to the trunk with a Warning
+    naming the cause, the browser is not rung."""
+    from harness import free_port
+    gw = start_gateway(TrunkSpec("carrier", f"sip:127.0.0.1:{free_port()};transport=udp", callee_stream="sdes",
+                                 secure_media="mandatory", srtp_suites=["AEAD_AES_256_GCM"]))
+
+    async def run():
+        (peer,) = await sessions(gw, 1)
+        try:
+            sipp = start_sipp_uac("uac_invite_keyed.xml", gw, keys={
+                "srtp_port": free_port(), "crypto": f"1 AES_CM_128_HMAC_SHA1_80 {_inline(os.urandom(30), None)}"})
+            final = await asyncio.to_thread(sipp.wait_received, "", 488, 10)
+            await peer.barrier()
+            return sipp, final, [m["type"] for m in peer.messages]
+        finally:
+            await peer.close()
+
+    sipp, final, seen = asyncio.run(run())
+    save_result(workdir, final=final.text, browser_saw=seen)
+    assert final.status == 488, final.text
+    assert "suite" in final.text.lower(), f"the 488 says why:\n{final.text}"
+    assert "incoming" not in seen, f"a refused call rang the browser: {seen}"

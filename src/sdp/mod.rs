@@ -12,10 +12,12 @@
 //!   and SIP offer → SIP answer for the demo echo trunk and inbound calls.
 //! - [`incoming`]: trunk offer → browser offer, browser answer → SIP answer
 //!   (calls from a trunk to browsers).
+//! - [`reoffer`]: our re-offer to the browser when the trunk changes codec.
 
 pub mod crypto;
 pub mod incoming;
 pub mod model;
+pub mod reoffer;
 pub mod translate;
 
 pub use crypto::{CryptoAttribute, InlineKey, Mki};
@@ -23,6 +25,7 @@ pub use incoming::{parse_browser_answer, write_browser_offer, BrowserAnswer, Bro
 pub use model::{
     AudioSection, Direction, Fingerprint, Proto, RtcpAttr, RtpMap, SessionDescription, Setup,
 };
+pub use reoffer::{parse_browser_reanswer, write_browser_reoffer};
 pub use translate::{
     parse_browser_offer, parse_sip_offer, parse_trunk_answer, write_browser_answer,
     write_sip_answer, write_sip_answer_versioned, write_sip_answer_with, write_trunk_offer,

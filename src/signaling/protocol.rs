@@ -99,6 +99,15 @@ pub fn parse_command(text: &str) -> Result<SessionCommand, Refusal> {
             })
         }
         "reject" => Ok(SessionCommand::Reject { id: id? }),
+        // The browser's answer to our `offer` (a codec change mid-call).
+        "answer" => {
+            let id = id?;
+            let sdp = field_sdp(&obj, &id)?;
+            Ok(SessionCommand::Answer {
+                id,
+                sdp: sdp.to_string(),
+            })
+        }
         "dtmf" => {
             let id = id?;
             let digits = field_str(&obj, "digits", Some(&id))?;
@@ -230,6 +239,10 @@ enum Wire<'a> {
         id: &'a str,
         code: u16,
     },
+    Offer {
+        id: &'a str,
+        sdp: &'a str,
+    },
     Answer {
         id: &'a str,
         sdp: &'a str,
@@ -285,6 +298,7 @@ pub(crate) fn event_json(event: &SessionEvent) -> String {
             code: *code,
         },
         SessionEvent::Answer { id, sdp } => Wire::Answer { id: &id.0, sdp },
+        SessionEvent::Offer { id, sdp } => Wire::Offer { id: &id.0, sdp },
         SessionEvent::Connected { id, security } => Wire::Connected {
             id: &id.0,
             security,

@@ -518,6 +518,16 @@ mod tests {
                 Some("c1"),
                 400,
             ),
+            (
+                json!({"type":"answer","id":"c1"}).to_string(),
+                Some("c1"),
+                400,
+            ),
+            (
+                json!({"type":"answer","sdp":"v=0\r\n"}).to_string(),
+                None,
+                400,
+            ),
             // hold and resume need the call's id.
             (json!({"type":"hold"}).to_string(), None, 400),
             (json!({"type":"resume","id":7}).to_string(), None, 400),
@@ -536,6 +546,13 @@ mod tests {
             parse(json!({"type":"accept","id":"in-1","sdp":"v=0\r\n"})),
             Ok(SessionCommand::Accept {
                 id: CallId("in-1".into()),
+                sdp: "v=0\r\n".into()
+            })
+        );
+        assert_eq!(
+            parse(json!({"type":"answer","id":"c1","sdp":"v=0\r\n"})),
+            Ok(SessionCommand::Answer {
+                id: CallId("c1".into()),
                 sdp: "v=0\r\n".into()
             })
         );
@@ -645,6 +662,13 @@ mod tests {
                     by: HoldParty::Trunk,
                 },
                 json!({"type":"held","id":"c1","by":"trunk"}),
+            ),
+            (
+                SessionEvent::Offer {
+                    id: id(),
+                    sdp: "v=0\r\n".into(),
+                },
+                json!({"type":"offer","id":"c1","sdp":"v=0\r\n"}),
             ),
             (
                 SessionEvent::Resumed {

@@ -658,6 +658,18 @@ impl Common {
                 info!(codec = %codec_label(codec), "the browser took the trunk's new codec");
                 self.codec = Some(codec_label(codec));
                 self.browser_sdp = Some(switch.browser_sdp);
+                // Our own DTMF toward the trunk uses the new numbers.
+                let trunk_te = session.trunk_te;
+                if let Some(t) = self.telephone_event.as_mut() {
+                    match trunk_te {
+                        Some(pt) => {
+                            t.trunk = pt;
+                            t.browser = te;
+                            t.clock_rate = codec.clock_rate;
+                        }
+                        None => self.telephone_event = None,
+                    }
+                }
                 self.apply(change, now);
                 OfferAnswer::Sdp(answer)
             }

@@ -99,3 +99,61 @@ def test_trunk_reinvite_to_pcma_is_reoffered_to_the_browser(workdir):
     # The browser still hears its tone, echoed by the trunk, in PCMA.
     assert r["loud_after"] >= 50, figures
     assert r["hangup"].get("code") == 200, r["hangup"]
+
+
+WAIT_FOR_BYE = """  <recv request="BYE" />
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <Reference variables="v1" />
+  <timewait milliseconds="500" />
+</scenario>
+"""
+
+
+@pytest.mark.chromium
+@pytest.mark.timeout(240)
+def test_chromium_follows_the_trunks_codec_change(workdir):
+    """The same change with headless Chromium and the web client
+    (tests/e2e/chromium-call.mjs, EXPECT_CODEC=PCMA): SIPp answers PCMU,
+    re-INVITEs PCMA only 2.5 s after its ACK, and waits for the page's
+    hangup (the scenario's own BYE replaced by a wait for ours). The page
+    answers the gateway's `offer` itself; after 5 s of media both of its
+    directions use PCMA, and 2 s more bring packets and audio energy (the
+    echo socket returns its audio). The echo socket gets PCMU before and
+    only PCMA after."""
+    from harness import SIPP_DIR, Gateway, SippUas, TrunkSpec
+    from test_chromium import _run_script
+    text = (SIPP_DIR / "uas_codec_change.xml").read_text()
+    scenario = workdir / "uas_codec_change_wait_bye.xml"
+    scenario.write_text(text[:text.index('  <pause milliseconds="3000" />')] + WAIT_FOR_BYE)
+    with PtEcho(GWT_HOST) as echo:
+        sipp = SippUas(workdir, str(scenario), keys={"echo_port": echo.port}).start()
+        gw = Gateway(workdir, trunk=TrunkSpec("carrier", sipp.uri, callee_stream="decrypted",
+                                              secure_media="forbidden")).start()
+        try:
+            out = _run_script(workdir, gw, EXPECT_TRUNK_SECURITY="rtp", EXPECT_CODEC="PCMA",
+                              MEDIA_SECONDS="5")
+            code = sipp.wait(20)
+        finally:
+            sipp.stop()
+            gw_code = gw.stop()
+    pts = echo.pts
+    first8 = pts.index(8) if 8 in pts else len(pts)
+    summary = [line for line in out.splitlines() if line.startswith("{")]
+    save_result(workdir, sipp_exit=code, pcmu_before=pts[:first8].count(0), pcma_after=pts[first8:].count(8),
+                pcmu_after=pts[first8:].count(0), page=summary[-1] if summary else None)
+    assert code == 0, f"sipp exit {code} ({sipp.msg_path}, {sipp.err_path})"
+    assert gw_code == 0 and "panicked" not in gw.log()
+    assert pts[:first8].count(0) >= 50, pts[:first8][:20]
+    assert pts[first8:].count(8) >= 100 and pts[-50:] == [8] * 50, pts[first8:][:20]

@@ -515,6 +515,10 @@ impl Common {
             return;
         }
         info!(cause = %cause, "call ends");
+        if self.codec_switch.take().is_some() {
+            // The trunk's re-offer waited for the browser: it gets its final answer.
+            self.deferred_answer = Some(OfferAnswer::Refuse(488));
+        }
         if self.media_started {
             self.media(MediaCommand::Stop);
         }
@@ -741,7 +745,11 @@ impl Common {
     /// SDP of the browser's hold state, our key. `None` while an offer of
     /// ours is out (its answer refreshes) or the media does not run.
     fn refresh_offer(&mut self) -> Option<String> {
-        if self.ended.is_some() || self.hold_request.is_some() || self.refresh_request {
+        if self.ended.is_some()
+            || self.hold_request.is_some()
+            || self.refresh_request
+            || self.codec_switch.is_some()
+        {
             return None;
         }
         let session = self.trunk_session.as_mut()?;
@@ -781,6 +789,16 @@ impl Common {
         }
         if self.hold_request.is_some() {
             self.error(session, 409, "a hold or resume of this call is in progress");
+            return None;
+        }
+        // The trunk's re-INVITE waits for the browser's answer: no INVITE
+        // of ours while it is open (RFC 3261 14.1).
+        if self.codec_switch.is_some() {
+            self.error(
+                session,
+                409,
+                "a codec change of the trunk is in progress: answer its offer first",
+            );
             return None;
         }
         let trunk_session = self.trunk_session.as_mut()?;

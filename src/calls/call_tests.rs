@@ -2671,3 +2671,27 @@ fn a_browser_answer_without_the_new_codec_is_488_and_the_call_unchanged() {
     assert!(d.media.is_empty());
     assert!(!call.is_over_for_browsers());
 }
+
+#[test]
+fn while_the_browser_is_asked_no_hold_of_ours_and_a_hangup_answers_the_trunk() {
+    let (mut call, now, _tag, _offer) = codec_change_asked();
+    let hold = SessionInput::Hold {
+        session: 1,
+        hold: true,
+    };
+    call.handle_session(now, hold);
+    let d = drain(&mut call);
+    assert!(d.sip.is_empty(), "no re-INVITE of ours over the trunk's");
+    assert!(matches!(
+        d.to(1)[..],
+        [SessionEvent::Error { code: 409, .. }]
+    ));
+    call.handle_session(now, SessionInput::Hangup { session: 1 });
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["BYE"]);
+    assert_eq!(
+        d.statuses(),
+        [488],
+        "the waiting re-INVITE gets its final answer"
+    );
+}

@@ -157,3 +157,58 @@ def test_chromium_follows_the_trunks_codec_change(workdir):
     assert gw_code == 0 and "panicked" not in gw.log()
     assert pts[:first8].count(0) >= 50, pts[:first8][:20]
     assert pts[first8:].count(8) >= 100 and pts[-50:] == [8] * 50, pts[first8:][:20]
+
+
+def test_incoming_call_follows_the_trunks_codec_change(workdir):
+    """An incoming call: SIPp (sipp/uac_codec_change.xml) calls alice
+    offering PCMU and PCMA; the aiortc browser accepts (its answer lists
+    both, it sends PCMU, the first); 2.5 s after the ACK SIPp re-INVITEs
+    with PCMA only: the browser gets `offer`, answers, SIPp's 200 carries
+    PCMA (its ereg), the echo socket gets PCMU before and only PCMA after,
+    and the browser hears its tone echoed after the change."""
+    from harness import Gateway, SippUac, free_port
+    from test_incoming import plain_trunk, sessions
+
+    with PtEcho(GWT_HOST) as echo:
+        gw = Gateway(workdir, trunk=plain_trunk(f"sip:127.0.0.1:{free_port()};transport=udp")).start()
+        sipp = None
+        try:
+            async def run():
+                nonlocal sipp
+                (peer,) = await sessions(gw, 1)
+                try:
+                    sipp = SippUac(workdir, "uac_codec_change.xml", remote=f"127.0.0.1:{gw.sip_port}",
+                                   service="alice", keys={"echo_port": echo.port}).start()
+                    await peer.wait_incoming(10)
+                    accepted = await peer.accept()
+                    connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
+                    assert connected["type"] == "connected", connected
+                    offer = await peer.wait_for({"offer"}, 10, call_id=peer.call_id)
+                    assert offer["type"] == "offer", offer
+                    before = echo.pts.copy()
+                    loud_before = peer.sink.loud_frames
+                    answer = await peer.answer_offer(offer)
+                    hangup = await peer.wait_for({"hangup"}, 15)
+                    return dict(accepted=accepted, offer=offer["sdp"], answer=answer, hangup=hangup,
+                                pts_before=before, loud_after=peer.sink.loud_frames - loud_before)
+                finally:
+                    await peer.close()
+
+            r = asyncio.run(run())
+            code = sipp.wait(20)
+        finally:
+            if sipp is not None:
+                sipp.stop()
+            gw_code = gw.stop()
+    after = echo.pts[len(r["pts_before"]):]
+    figures = dict(sipp_exit=code, pts_before={pt: r["pts_before"].count(pt) for pt in (0, 8)},
+                   pts_after={pt: after.count(pt) for pt in (0, 8)}, loud_frames_after=r["loud_after"],
+                   hangup=r["hangup"])
+    save_result(workdir, **figures, accepted=r["accepted"], offer=r["offer"], answer=r["answer"])
+    assert code == 0, f"sipp exit {code} ({sipp.msg_path}, {sipp.err_path})"
+    assert gw_code == 0 and "panicked" not in gw.log()
+    assert "PCMA/8000" in r["accepted"] and "a=rtpmap:8 PCMA/8000" in r["offer"], r["offer"]
+    assert r["pts_before"].count(0) >= 50 and 8 not in r["pts_before"], figures
+    assert after.count(8) >= 50 and after[-50:] == [8] * 50, figures
+    assert r["loud_after"] >= 50, figures
+    assert r["hangup"].get("code") == 200, r["hangup"]

@@ -648,6 +648,7 @@ function onSignal(data) {
   switch (msg.type) {
     case 'progress': onProgress(msg); break;
     case 'answer': onAnswer(msg); break;
+    case 'offer': onOffer(msg); break;
     case 'connected': onConnected(msg); break;
     case 'hangup': onHangup(msg); break;
     case 'dtmf': onDtmf(msg); break;
@@ -1041,6 +1042,23 @@ async function onAnswer(msg) {
       endCall('The gateway answer could not be used', null);
       showMessage(`The gateway's answer was rejected by the browser: ${err && err.message ? err.message : err}`);
     }
+  }
+}
+
+// The gateway's re-offer in a connected call: the trunk changed the codec.
+// Same ICE and DTLS, only the codec differs; our answer tells the gateway
+// which one we now send. No answer (e.g. a failure here) makes the gateway
+// refuse the trunk's change after a few seconds; the call goes on.
+async function onOffer(msg) {
+  const c = call;
+  if (!c.pc || typeof msg.sdp !== 'string') return;
+  try {
+    await c.pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+    const answer = await c.pc.createAnswer();
+    await c.pc.setLocalDescription(answer);
+    if (call === c) send({ type: 'answer', id: c.id, sdp: c.pc.localDescription.sdp });
+  } catch (err) {
+    log('re-offer not taken', err);
   }
 }
 

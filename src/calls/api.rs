@@ -23,6 +23,8 @@ pub enum SessionCommand {
     Hold { id: CallId, hold: bool },
     /// Blind transfer of a connected call to `to` (REFER toward the trunk).
     Transfer { id: CallId, to: String },
+    /// The browser's answer to the gateway's re-offer (`offer`).
+    Answer { id: CallId, sdp: String },
 }
 
 /// Security of both legs of a connected call, shown by the web client's lock.
@@ -99,6 +101,12 @@ pub enum SessionEvent {
         id: CallId,
         to: String,
         code: u16,
+    },
+    /// The gateway's re-offer in a connected call (the trunk changed the
+    /// codec): the browser answers with `answer`.
+    Offer {
+        id: CallId,
+        sdp: String,
     },
     /// A call for this account; `sdp` is the gateway's offer.
     Incoming {

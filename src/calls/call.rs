@@ -37,7 +37,7 @@ use tracing::{info, warn};
 use super::api::{HoldParty, Security, SessionEvent};
 use super::cause::Cause;
 use super::directory::Account;
-use super::renegotiate::{Change, TrunkSession};
+use super::renegotiate::{Change, Refusal, TrunkSession};
 use super::sessions::SessionKey;
 use super::transferee::{Outcome, Retired, TrunkTransfer};
 use crate::config::cidr_contains;
@@ -145,6 +145,8 @@ pub enum SessionInput {
     Hold { session: SessionKey, hold: bool },
     /// `transfer` from the owner of a connected call.
     Transfer { session: SessionKey, to: String },
+    /// `answer`: the owner's answer to our re-offer (a codec change).
+    Reanswer { session: SessionKey, sdp: String },
     /// The gateway is stopping.
     Shutdown,
     /// `dtmf`: digits toward the trunk.
@@ -310,6 +312,14 @@ struct Common {
     /// measures silence from the last packet, which on a long hold is far
     /// in the past, so the trunk gets `answered_media` to start sending.
     resume_deadline: Option<Instant>,
+    /// Our last SDP to the browser (answer or offer): what a re-offer to it
+    /// starts from.
+    browser_sdp: Option<String>,
+    /// The trunk's re-offer that waits for the browser's answer to ours.
+    codec_switch: Option<CodecSwitch>,
+    /// An answer to the trunk's pending re-offer, for the SIP side's next
+    /// pump (`Common` cannot reach the dialog).
+    deferred_answer: Option<OfferAnswer>,
     /// The telephone-event of the trunk leg, once media runs: without it
     /// the browser's `dtmf` is refused.
     telephone_event: Option<TelephoneEvent>,
@@ -375,6 +385,9 @@ impl Common {
             teardown_deadline: None,
             trunk_session: None,
             resume_deadline: None,
+            browser_sdp: None,
+            codec_switch: None,
+            deferred_answer: None,
             telephone_event: None,
             hold_request: None,
             refresh_request: false,
@@ -430,6 +443,9 @@ impl Common {
     }
 
     fn tell(&mut self, session: SessionKey, event: SessionEvent) {
+        if let SessionEvent::Answer { sdp, .. } | SessionEvent::Incoming { sdp, .. } = &event {
+            self.browser_sdp = Some(sdp.clone());
+        }
         self.out.push_back(Output::Session { session, event });
     }
 
@@ -517,6 +533,10 @@ impl Common {
             return;
         }
         info!(cause = %cause, "call ends");
+        if self.codec_switch.take().is_some() {
+            // The trunk's re-offer waited for the browser: it gets its final answer.
+            self.deferred_answer = Some(OfferAnswer::Refuse(488));
+        }
         if self.media_started {
             self.media(MediaCommand::Stop);
         }
@@ -553,6 +573,13 @@ impl Common {
                         self.apply(change, now);
                         Some(OfferAnswer::Sdp(answer))
                     }
+                    Err(e @ Refusal::CodecGone(_)) => {
+                        if self.ask_browser(sdp, now) {
+                            return Some(OfferAnswer::Later);
+                        }
+                        warn!(reason = %e, "trunk re-offer refused; the call goes on unchanged");
+                        Some(OfferAnswer::Refuse(488))
+                    }
                     Err(e) => {
                         warn!(reason = %e, "trunk re-offer refused; the call goes on unchanged");
                         Some(OfferAnswer::Refuse(488))
@@ -570,6 +597,121 @@ impl Common {
                 }
                 None
             }
+        }
+    }
+
+    /// The trunk's re-offer `trunk_sdp` dropped the call's codec: re-offers
+    /// the browser another codec it accepted, if the offer has one. The
+    /// trunk's request waits (100 sent) until [`Common::on_reanswer`] or
+    /// [`CODEC_SWITCH_WAIT`]. False: nothing to ask (refuse the trunk).
+    fn ask_browser(&mut self, trunk_sdp: String, now: Instant) -> bool {
+        let Some(codecs) = self
+            .trunk_session
+            .as_ref()
+            .and_then(|s| s.switch_for(&trunk_sdp))
+        else {
+            return false;
+        };
+        if self.owner.is_none() || self.codec_switch.is_some() {
+            return false;
+        }
+        let Some(previous) = self.browser_sdp.as_deref() else {
+            return false;
+        };
+        let offer = match sdp::write_browser_reoffer(previous, &codecs) {
+            Ok(offer) => offer,
+            Err(e) => {
+                warn!(error = %e, "cannot write the re-offer to the browser");
+                return false;
+            }
+        };
+        info!(codec = %codec_label(&codecs[0]), "the trunk changes the codec: re-offering the browser");
+        let id = self.id.clone();
+        self.tell_owner(SessionEvent::Offer {
+            id,
+            sdp: offer.clone(),
+        });
+        self.codec_switch = Some(CodecSwitch {
+            trunk_sdp,
+            codec: codecs[0].clone(),
+            browser_sdp: offer,
+            deadline: now + CODEC_SWITCH_WAIT,
+        });
+        true
+    }
+
+    /// The browser's `answer` to our re-offer: the trunk gets its answer
+    /// with the codec the browser took, or 488 when it did not take it.
+    fn on_reanswer(&mut self, session: SessionKey, sdp: &str, now: Instant) {
+        if Some(session) != self.owner {
+            return self.error(session, 403, "this call is not this session's");
+        }
+        let Some(switch) = self.codec_switch.take() else {
+            return self.error(session, 409, "no offer of the gateway waits for an answer");
+        };
+        let answer = self.switched(switch, sdp, now);
+        self.deferred_answer = Some(answer);
+    }
+
+    fn switched(&mut self, switch: CodecSwitch, sdp: &str, now: Instant) -> OfferAnswer {
+        let codecs = match sdp::parse_browser_reanswer(sdp) {
+            Ok(codecs) => codecs,
+            Err(e) => {
+                warn!(error = %e, "the browser's answer to our re-offer does not parse: 488 to the trunk");
+                return OfferAnswer::Refuse(488);
+            }
+        };
+        let Some(codec) = codecs
+            .iter()
+            .find(|c| !c.is_telephone_event() && c.same_as(&switch.codec))
+        else {
+            warn!("the browser's answer lacks the new codec: 488 to the trunk, the call goes on unchanged");
+            return OfferAnswer::Refuse(488);
+        };
+        let te = codecs
+            .iter()
+            .find(|c| c.is_telephone_event() && c.clock_rate == codec.clock_rate)
+            .map(|c| c.pt);
+        let Some(session) = self.trunk_session.as_mut() else {
+            return OfferAnswer::Refuse(488);
+        };
+        match session.answer_switched(&switch.trunk_sdp, codec.clone(), te) {
+            Ok((answer, change)) => {
+                info!(codec = %codec_label(codec), "the browser took the trunk's new codec");
+                self.codec = Some(codec_label(codec));
+                self.browser_sdp = Some(switch.browser_sdp);
+                // Our own DTMF toward the trunk uses the new numbers.
+                let trunk_te = session.trunk_te;
+                if let Some(t) = self.telephone_event.as_mut() {
+                    match trunk_te {
+                        Some(pt) => {
+                            t.trunk = pt;
+                            t.browser = te;
+                            t.clock_rate = codec.clock_rate;
+                        }
+                        None => self.telephone_event = None,
+                    }
+                }
+                self.apply(change, now);
+                OfferAnswer::Sdp(answer)
+            }
+            Err(e) => {
+                warn!(reason = %e, "trunk re-offer refused after the browser's answer");
+                OfferAnswer::Refuse(488)
+            }
+        }
+    }
+
+    /// No `answer` from the browser in time: 488 to the trunk.
+    fn codec_switch_timeout(&mut self, now: Instant) {
+        if self
+            .codec_switch
+            .as_ref()
+            .is_some_and(|s| now >= s.deadline)
+        {
+            self.codec_switch = None;
+            warn!("the browser did not answer our re-offer: 488 to the trunk, the call goes on unchanged");
+            self.deferred_answer = Some(OfferAnswer::Refuse(488));
         }
     }
 
@@ -626,7 +768,11 @@ impl Common {
     /// SDP of the browser's hold state, our key. `None` while an offer of
     /// ours is out (its answer refreshes) or the media does not run.
     fn refresh_offer(&mut self) -> Option<String> {
-        if self.ended.is_some() || self.hold_request.is_some() || self.refresh_request {
+        if self.ended.is_some()
+            || self.hold_request.is_some()
+            || self.refresh_request
+            || self.codec_switch.is_some()
+        {
             return None;
         }
         let session = self.trunk_session.as_mut()?;
@@ -675,6 +821,16 @@ impl Common {
                 session,
                 409,
                 &format!("cannot {what} a private call (relayed end to end)"),
+            );
+            return None;
+        }
+        // The trunk's re-INVITE waits for the browser's answer: no INVITE
+        // of ours while it is open (RFC 3261 14.1).
+        if self.codec_switch.is_some() {
+            self.error(
+                session,
+                409,
+                "a codec change of the trunk is in progress: answer its offer first",
             );
             return None;
         }
@@ -1181,6 +1337,7 @@ impl Call {
             self.c.ring_deadline,
             self.c.teardown_deadline,
             self.c.resume_deadline,
+            self.c.codec_switch.as_ref().map(|s| s.deadline),
         ]
         .into_iter()
         .flatten()
@@ -1201,6 +1358,11 @@ impl Call {
         }
         if let SessionInput::Transfer { session, to } = input {
             self.browser_transfer(session, to, now);
+            self.pump(now);
+            return;
+        }
+        if let SessionInput::Reanswer { session, sdp } = input {
+            self.c.on_reanswer(session, &sdp, now);
             self.pump(now);
             return;
         }
@@ -1379,6 +1541,7 @@ impl Call {
             let timeout = self.c.timers.answered_media;
             self.c.media(MediaCommand::SetTimeout(timeout));
         }
+        self.c.codec_switch_timeout(now);
         match &mut self.kind {
             Kind::Outgoing(o) => o.uac.handle_timeout(now),
             Kind::Incoming(i) => i.uas.handle_timeout(now),
@@ -1718,6 +1881,9 @@ impl Outgoing {
 
     fn pump(&mut self, c: &mut Common, now: Instant) -> bool {
         let mut progressed = false;
+        if let Some(answer) = c.deferred_answer.take() {
+            self.uac.answer_offer(answer, now);
+        }
         while let Some((bytes, to)) = self.uac.poll_transmit() {
             c.out.push_back(Output::Sip { to, bytes });
             progressed = true;
@@ -1925,6 +2091,8 @@ impl Outgoing {
             Some(d) => session.with_dtls(d.clone(), c.media.fingerprint_sha256.clone()),
             None => session,
         };
+        let mut session = session;
+        session.browser_codecs = offer.codecs.clone();
 
         if c.media_started {
             // Media runs already: only the trunk leg changes, and only if the
@@ -2120,7 +2288,9 @@ impl Incoming {
             // Taken by `Call::handle_session` for both directions.
             SessionInput::Dtmf { .. } => {}
             // Taken by `Call::handle_session`.
-            SessionInput::Hold { .. } | SessionInput::Transfer { .. } => {}
+            SessionInput::Hold { .. }
+            | SessionInput::Transfer { .. }
+            | SessionInput::Reanswer { .. } => {}
         }
     }
 
@@ -2230,7 +2400,7 @@ impl Incoming {
         };
         let te_pt = answer.telephone_event.as_ref().map(|te| te.pt);
         let trunk_te = trunk_telephone_event(&self.offer, &answer);
-        c.trunk_session = Some(TrunkSession::new(
+        let mut trunk_session = TrunkSession::new(
             rand::random::<u32>() as u64,
             1,
             (c.media.public_ip, c.media.trunk_rtp_port),
@@ -2243,13 +2413,14 @@ impl Incoming {
             (self.offer.proto, self.offer.rtcp_mux, self.offer.ptime),
             sdes,
             self.suites.clone(),
-        ));
+        );
+        // What the browser accepted: the codecs of its answer.
+        trunk_session.browser_codecs =
+            sdp::parse_browser_reanswer(sdp).unwrap_or_else(|_| vec![answer.codec.clone()]);
         if let Some(d) = &self.offer.dtls {
-            c.trunk_session = c
-                .trunk_session
-                .take()
-                .map(|s| s.with_dtls(d.clone(), c.media.fingerprint_sha256.clone()));
+            trunk_session = trunk_session.with_dtls(d.clone(), c.media.fingerprint_sha256.clone());
         }
+        c.trunk_session = Some(trunk_session);
         let mut params = self.relay_params(&answer, crypto, c.media_source);
         params.telephone_event = trunk_te.map(|te| TelephoneEvent {
             trunk: te.pt,
@@ -2352,6 +2523,9 @@ impl Incoming {
 
     fn pump(&mut self, c: &mut Common, now: Instant) -> bool {
         let mut progressed = false;
+        if let Some(answer) = c.deferred_answer.take() {
+            self.uas.answer_offer(answer, now);
+        }
         while let Some((bytes, to)) = self.uas.poll_transmit() {
             c.out.push_back(Output::Sip { to, bytes });
             progressed = true;
@@ -2413,6 +2587,22 @@ impl Incoming {
         }
         progressed
     }
+}
+
+/// How long the trunk's codec change waits for the browser's `answer`:
+/// a browser answers in milliseconds; the trunk's re-INVITE client gives
+/// up after 32 s (Timer B), its user long before.
+const CODEC_SWITCH_WAIT: Duration = Duration::from_secs(4);
+
+/// The trunk's re-offer that changes the codec, while the browser is asked.
+#[derive(Debug)]
+struct CodecSwitch {
+    trunk_sdp: String,
+    /// The codec offered to the browser (its PT).
+    codec: sdp::Codec,
+    /// Our re-offer: the browser's view once it answered.
+    browser_sdp: String,
+    deadline: Instant,
 }
 
 /// Why the browser's `hold`, `resume` or `transfer` waits.

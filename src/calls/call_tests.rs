@@ -18,7 +18,7 @@ use crate::sip::message;
 use crate::sip::target::Target;
 use crate::sip::uas::IncomingCall;
 use crate::sip::Transport;
-use crate::types::{CallId, Personal, Secret, SrtpSuite, Ssrc};
+use crate::types::{CallId, PayloadType, Personal, Secret, SrtpSuite, Ssrc};
 use rsip::SipMessage;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -286,6 +286,14 @@ fn connected_call(n: u64) -> (Call, Instant, String) {
 }
 
 fn connected_call_for(account: Arc<Account>, n: u64) -> (Call, Instant, String) {
+    connected_call_answered(account, n, browser_answer())
+}
+
+fn connected_call_answered(
+    account: Arc<Account>,
+    n: u64,
+    answer: String,
+) -> (Call, Instant, String) {
     let now = Instant::now();
     let sessions: Vec<_> = (1..=n).collect();
     let mut call = incoming_for(account, &sessions, 486, now);
@@ -294,7 +302,7 @@ fn connected_call_for(account: Arc<Account>, n: u64) -> (Call, Instant, String) 
         now,
         SessionInput::Accept {
             session: 1,
-            sdp: browser_answer(),
+            sdp: answer,
         },
     );
     drain(&mut call);
@@ -3137,5 +3145,155 @@ fn a_private_call_hands_each_side_the_others_fingerprint_and_says_private() {
             SessionEvent::Error { code: 409, message, .. } if message.contains("private call"))),
         "{:?}",
         d.events
+    );
+}
+
+// ---- the trunk changes the codec (calls::renegotiate, re-offer to the browser)
+
+/// A connected call whose browser accepted PCMA and PCMU (PCMA in use), and
+/// the trunk's re-INVITE (CSeq 2) that drops PCMA: the browser got our
+/// re-offer, the trunk a 100.
+fn codec_change_asked() -> (Call, Instant, String, String) {
+    let answer = browser_answer()
+        .replace("SAVPF 8 101", "SAVPF 8 0 101")
+        .replace(
+            "a=rtpmap:8 PCMA/8000\r\n",
+            "a=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n",
+        );
+    let (mut call, now, tag) = connected_call_answered(account(), 1, answer);
+    let pcmu = reoffer(2, |s| s.replace("RTP/SAVP 0 8 101", "RTP/SAVP 0 101"));
+    let d = reinvite(&mut call, now, &tag, 2, &pcmu);
+    assert_eq!(d.statuses(), [100], "the trunk waits for the browser");
+    assert!(
+        d.media.is_empty(),
+        "nothing changes before the browser answers"
+    );
+    let offer = match &d.to(1)[..] {
+        [SessionEvent::Offer { sdp, .. }] => sdp.clone(),
+        other => panic!("expected our re-offer, got {other:?}"),
+    };
+    (call, now, tag, offer)
+}
+
+/// The trunk's re-INVITE `cseq` with `sdp`, and what came of it.
+fn reinvite(call: &mut Call, now: Instant, tag: &str, cseq: u32, sdp: &str) -> Drained {
+    let branch = format!("z9hG4bKcodec{cseq}");
+    let req = trunk_request("INVITE", cseq, tag, &branch, Some(sdp));
+    call.handle_sip(now, req, trunk_addr());
+    drain(call)
+}
+
+/// The browser's `answer` to our re-offer, taking `pt`, and what came of it.
+fn reanswer(call: &mut Call, now: Instant, pt: u8, name: &str) -> Drained {
+    let sdp = browser_answer()
+        .replace("o=- 1 2 ", "o=- 1 3 ")
+        .replace("SAVPF 8 101", &format!("SAVPF {pt} 101"))
+        .replace(
+            "a=rtpmap:8 PCMA/8000",
+            &format!("a=rtpmap:{pt} {name}/8000"),
+        );
+    call.handle_session(now, SessionInput::Reanswer { session: 1, sdp });
+    drain(call)
+}
+
+#[test]
+fn a_codec_change_is_reoffered_to_the_browser_then_answered_to_the_trunk() {
+    let (mut call, now, _tag, offer) = codec_change_asked();
+    // The same ICE and DTLS, only the codec changed, a new version.
+    let audio = offer.lines().find(|l| l.starts_with("m=audio")).unwrap();
+    assert!(audio.ends_with(" 0 101"), "{audio}");
+    assert!(offer.contains("a=rtpmap:0 PCMU/8000"));
+    assert!(!offer.contains("PCMA"));
+    assert!(offer.contains("a=setup:actpass") && offer.contains("a=ice-lite"));
+    assert!(offer.contains("a=fingerprint:sha-256 ") && offer.contains("a=ice-ufrag:"));
+    let d = reanswer(&mut call, now, 0, "PCMU");
+    let (code, sdp) = the_response(&d);
+    assert_eq!(code, 200);
+    let sdp = sdp.unwrap();
+    assert!(
+        sdp.contains("m=audio") && sdp.contains(" RTP/SAVP 0 101"),
+        "{sdp}"
+    );
+    assert!(sdp.contains("a=rtpmap:0 PCMU/8000") && !sdp.contains("PCMA"));
+    let maps: Vec<_> = d
+        .media
+        .iter()
+        .filter_map(|m| match m {
+            MediaCommand::UpdateTrunk(_, map) => Some(map.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        maps,
+        [vec![
+            (PayloadType(0), PayloadType(0), 8000),
+            (PayloadType(101), PayloadType(101), 8000)
+        ]],
+        "the relay maps the browser's PCMU to the trunk's"
+    );
+    assert!(!call.is_over_for_browsers());
+    // A second answer has nothing to answer.
+    let d = reanswer(&mut call, now, 0, "PCMU");
+    assert!(d.sip.is_empty());
+    assert!(matches!(
+        d.to(1)[..],
+        [SessionEvent::Error { code: 409, .. }]
+    ));
+}
+
+#[test]
+fn no_answer_from_the_browser_in_time_is_488_and_the_call_unchanged() {
+    let (mut call, now, tag) = {
+        let (call, now, tag, _) = codec_change_asked();
+        (call, now, tag)
+    };
+    let at = call.poll_timeout().unwrap();
+    assert!(at <= now + Duration::from_secs(4));
+    call.handle_timeout(now + Duration::from_secs(4));
+    let d = drain(&mut call);
+    assert_eq!(d.statuses(), [488]);
+    assert!(d.media.is_empty() && d.events.is_empty());
+    // The session is as it was: a hold re-offer keeps PCMA.
+    let hold = reoffer(3, |s| s.replace("a=sendrecv", "a=sendonly"));
+    let d = reinvite(&mut call, now, &tag, 3, &hold);
+    let (code, sdp) = the_response(&d);
+    assert_eq!(code, 200);
+    assert!(sdp.unwrap().contains("a=rtpmap:8 PCMA/8000"));
+    assert!(
+        updates(&d).is_empty(),
+        "no rebuild: nothing but the direction"
+    );
+}
+
+#[test]
+fn a_browser_answer_without_the_new_codec_is_488_and_the_call_unchanged() {
+    let (mut call, now, _tag, _offer) = codec_change_asked();
+    let d = reanswer(&mut call, now, 8, "PCMA");
+    assert_eq!(d.statuses(), [488]);
+    assert!(d.media.is_empty());
+    assert!(!call.is_over_for_browsers());
+}
+
+#[test]
+fn while_the_browser_is_asked_no_hold_of_ours_and_a_hangup_answers_the_trunk() {
+    let (mut call, now, _tag, _offer) = codec_change_asked();
+    let hold = SessionInput::Hold {
+        session: 1,
+        hold: true,
+    };
+    call.handle_session(now, hold);
+    let d = drain(&mut call);
+    assert!(d.sip.is_empty(), "no re-INVITE of ours over the trunk's");
+    assert!(matches!(
+        d.to(1)[..],
+        [SessionEvent::Error { code: 409, .. }]
+    ));
+    call.handle_session(now, SessionInput::Hangup { session: 1 });
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["BYE"]);
+    assert_eq!(
+        d.statuses(),
+        [488],
+        "the waiting re-INVITE gets its final answer"
     );
 }

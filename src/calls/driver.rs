@@ -444,6 +444,7 @@ fn observe_event(live: &LiveCall, event: &SessionEvent) {
         SessionEvent::Connected { .. } => "connected".into(),
         // Not the digit: DTMF carries PINs and card numbers.
         SessionEvent::Dtmf { .. } => "dtmf".into(),
+        SessionEvent::Offer { .. } => "offer (SDP, codec change)".into(),
         SessionEvent::Incoming { sdp, .. } => {
             live.set_sdp(SdpRole::BrowserOffer, sdp);
             "incoming (SDP)".into()
@@ -471,6 +472,7 @@ fn observe_input(live: &LiveCall, input: &SessionInput) {
         SessionInput::Hold { hold: true, .. } => "hold",
         SessionInput::Hold { hold: false, .. } => "resume",
         SessionInput::Transfer { .. } => "transfer",
+        SessionInput::Reanswer { .. } => "answer (SDP)",
         SessionInput::Join { .. } => return,
         SessionInput::Shutdown => return,
     };

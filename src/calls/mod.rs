@@ -573,6 +573,9 @@ impl SessionControl for Session {
             SessionCommand::Transfer { id, to } => {
                 self.forward(id, SessionInput::Transfer { session, to })
             }
+            SessionCommand::Answer { id, sdp } => {
+                self.forward(id, SessionInput::Reanswer { session, sdp })
+            }
         }
     }
 }

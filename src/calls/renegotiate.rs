@@ -12,8 +12,12 @@
 //!   `c=0.0.0.0` keeps the old address (there is nothing to send to);
 //! - `a=crypto` key: the trunk leg is re-keyed;
 //! - payload types: the browser's codec is followed under the trunk's new
-//!   number. The browser is not asked again, so the codec itself must stay:
-//!   an offer without it is refused (488), as is a change between SRTP and
+//!   number. An offer without it but with another codec the browser
+//!   accepted ([`TrunkSession::browser_codecs`]) is a codec change: the
+//!   B2BUA re-offers the browser first ([`TrunkSession::switch_for`]) and
+//!   answers the trunk with the codec the browser took
+//!   ([`TrunkSession::answer_switched`]), or 488 when it does not take it.
+//!   An offer with neither is refused (488), as is a change between SRTP and
 //!   plain RTP in either direction (a mid-call downgrade is what
 //!   `secure_media = "mandatory"` exists to refuse, and an upgrade would
 //!   change what the browser was told in `connected`).
@@ -62,7 +66,7 @@ pub enum Refusal {
     NoCrypto,
     #[error("the trunk leg is DTLS-SRTP: an SDES offer is not taken in mid-call")]
     NotDtls,
-    #[error("the offer lacks the call's codec {0} (the browser is not re-asked)")]
+    #[error("the offer lacks the call's codec {0} and any other the browser accepted")]
     CodecGone(String),
     #[error("the answer in the ACK came without SDP")]
     NoAnswer,
@@ -123,6 +127,11 @@ pub struct TrunkSession {
     /// fingerprint for the SDPs we write. Re-offers keep the association
     /// while the certificate and role stay (RFC 5763 6.7.1).
     dtls: Option<(TrunkDtls, String)>,
+    /// The codecs the browser accepted, with its PTs (outgoing calls: its
+    /// offer; incoming: its answer): what a codec change may move to.
+    pub browser_codecs: Vec<Codec>,
+    /// The next answer rebuilds the leg (the browser's codec changed).
+    switched: bool,
 }
 
 /// A re-offer, checked against the session.
@@ -172,6 +181,8 @@ impl TrunkSession {
             local_hold: false,
             offered_key: None,
             dtls: None,
+            browser_codecs: Vec::new(),
+            switched: false,
         }
     }
 
@@ -192,6 +203,52 @@ impl TrunkSession {
             },
             (None, None) => AnswerKeying::None,
         }
+    }
+
+    /// For a re-offer [`TrunkSession::answer`] refused with
+    /// [`Refusal::CodecGone`]: the codecs to re-offer the browser (the first
+    /// of the trunk's codecs that the browser accepted, with the browser's
+    /// PT, and its telephone-event at that clock rate), or `None`.
+    pub fn switch_for(&self, sdp: &str) -> Option<Vec<Codec>> {
+        let offer = sdp::parse_sip_offer(sdp).ok()?;
+        let codec = offer
+            .codecs
+            .iter()
+            .filter(|c| !c.is_telephone_event())
+            .find_map(|c| {
+                self.browser_codecs
+                    .iter()
+                    .find(|b| !b.is_telephone_event() && b.same_as(c))
+            })?;
+        let mut codecs = vec![codec.clone()];
+        codecs.extend(
+            self.browser_codecs
+                .iter()
+                .find(|b| b.is_telephone_event() && b.clock_rate == codec.clock_rate)
+                .cloned(),
+        );
+        Some(codecs)
+    }
+
+    /// Answers the trunk's re-offer after the browser took `codec` (with
+    /// the PT it sends) and `te` in its answer to our re-offer: the call's
+    /// codec is `codec` from now on. On error nothing changed.
+    pub fn answer_switched(
+        &mut self,
+        sdp: &str,
+        codec: Codec,
+        te: Option<PayloadType>,
+    ) -> Result<(String, Change), Refusal> {
+        let old = (self.browser_codec.clone(), self.browser_te, self.trunk_te);
+        self.browser_codec = codec;
+        self.browser_te = te;
+        self.switched = true;
+        let answered = self.answer(sdp);
+        self.switched = false;
+        if answered.is_err() {
+            (self.browser_codec, self.browser_te, self.trunk_te) = old;
+        }
+        answered
     }
 
     /// Answers the trunk's re-offer: the SDP for the 200 and what changes.
@@ -420,6 +477,7 @@ impl TrunkSession {
         };
         rekeyed
             || dtls_changed
+            || self.switched
             || t.remote_rtp != self.remote_rtp
             || t.remote_rtcp != self.remote_rtcp
             || t.trunk_pt != self.trunk_pt

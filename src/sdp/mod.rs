@@ -12,11 +12,13 @@
 //!   and SIP offer → SIP answer for the demo echo trunk and inbound calls.
 //! - [`incoming`]: trunk offer → browser offer, browser answer → SIP answer
 //!   (calls from a trunk to browsers).
+//! - [`reoffer`]: our re-offer to the browser when the trunk changes codec.
 
 pub mod crypto;
 pub mod incoming;
 pub mod model;
 pub mod private;
+pub mod reoffer;
 pub mod translate;
 
 pub use crypto::{CryptoAttribute, InlineKey, Mki};
@@ -29,6 +31,7 @@ pub use private::{
     write_private_browser_answer, write_private_browser_offer, write_private_sip_answer,
     write_private_trunk_offer, PrivateOfferDtls, PrivateTrunkAnswer,
 };
+pub use reoffer::{parse_browser_reanswer, write_browser_reoffer};
 pub use translate::{
     answer_setup, parse_browser_offer, parse_sip_offer, parse_trunk_answer, write_browser_answer,
     write_sip_answer, write_sip_answer_keyed, write_sip_answer_versioned, write_sip_answer_with,

@@ -99,6 +99,15 @@ pub fn parse_command(text: &str) -> Result<SessionCommand, Refusal> {
             })
         }
         "reject" => Ok(SessionCommand::Reject { id: id? }),
+        // The browser's answer to our `offer` (a codec change mid-call).
+        "answer" => {
+            let id = id?;
+            let sdp = field_sdp(&obj, &id)?;
+            Ok(SessionCommand::Answer {
+                id,
+                sdp: sdp.to_string(),
+            })
+        }
         "dtmf" => {
             let id = id?;
             let digits = field_str(&obj, "digits", Some(&id))?;
@@ -230,6 +239,10 @@ enum Wire<'a> {
         id: &'a str,
         code: u16,
     },
+    Offer {
+        id: &'a str,
+        sdp: &'a str,
+    },
     Answer {
         id: &'a str,
         sdp: &'a str,
@@ -285,6 +298,7 @@ pub(crate) fn event_json(event: &SessionEvent) -> String {
             code: *code,
         },
         SessionEvent::Answer { id, sdp } => Wire::Answer { id: &id.0, sdp },
+        SessionEvent::Offer { id, sdp } => Wire::Offer { id: &id.0, sdp },
         SessionEvent::Connected { id, security } => Wire::Connected {
             id: &id.0,
             security,
@@ -504,6 +518,16 @@ mod tests {
                 Some("c1"),
                 400,
             ),
+            (
+                json!({"type":"answer","id":"c1"}).to_string(),
+                Some("c1"),
+                400,
+            ),
+            (
+                json!({"type":"answer","sdp":"v=0\r\n"}).to_string(),
+                None,
+                400,
+            ),
             // hold and resume need the call's id.
             (json!({"type":"hold"}).to_string(), None, 400),
             (json!({"type":"resume","id":7}).to_string(), None, 400),
@@ -522,6 +546,13 @@ mod tests {
             parse(json!({"type":"accept","id":"in-1","sdp":"v=0\r\n"})),
             Ok(SessionCommand::Accept {
                 id: CallId("in-1".into()),
+                sdp: "v=0\r\n".into()
+            })
+        );
+        assert_eq!(
+            parse(json!({"type":"answer","id":"c1","sdp":"v=0\r\n"})),
+            Ok(SessionCommand::Answer {
+                id: CallId("c1".into()),
                 sdp: "v=0\r\n".into()
             })
         );
@@ -632,6 +663,13 @@ mod tests {
                     by: HoldParty::Trunk,
                 },
                 json!({"type":"held","id":"c1","by":"trunk"}),
+            ),
+            (
+                SessionEvent::Offer {
+                    id: id(),
+                    sdp: "v=0\r\n".into(),
+                },
+                json!({"type":"offer","id":"c1","sdp":"v=0\r\n"}),
             ),
             (
                 SessionEvent::Resumed {

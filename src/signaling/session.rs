@@ -246,6 +246,7 @@ fn command_name(cmd: &crate::calls::api::SessionCommand) -> (&'static str, &str)
         SessionCommand::Hold { id, hold: true } => ("hold", &id.0),
         SessionCommand::Hold { id, hold: false } => ("resume", &id.0),
         SessionCommand::Transfer { id, .. } => ("transfer", &id.0),
+        SessionCommand::Answer { id, .. } => ("answer", &id.0),
     }
 }
 

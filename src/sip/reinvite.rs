@@ -3,8 +3,9 @@
 //!
 //! The SIP side only: the request is handed up as a
 //! [`RenegotiationEvent::Offer`]; the B2BUA decides (hold, a new address, a
-//! new key: `calls::renegotiate`) and answers with [`PeerUpdates::answer`]
-//! in the same turn, so no request ever waits here across inputs. What is
+//! new key: `calls::renegotiate`) and answers with [`PeerUpdates::answer`],
+//! in the same turn, or later after a 100 ([`OfferAnswer::Later`]: a codec
+//! change the browser is re-asked about first). What is
 //! kept is what RFC 3261 asks of a UAS after that:
 //!
 //! - the 2xx to a re-INVITE is resent (T1 doubling to T2) until its ACK
@@ -56,6 +57,11 @@ pub enum OfferAnswer {
     Empty,
     /// A final refusal (488: the session goes on as it was).
     Refuse(u16),
+    /// Not yet: the B2BUA must first re-ask the browser (a codec change,
+    /// `calls::renegotiate`). 100 Trying goes out now, so the peer stops
+    /// retransmitting and its retransmissions get the 100 again; the
+    /// request stays pending for a later `answer_offer`.
+    Later,
 }
 
 /// Our 2xx to a re-INVITE, until its ACK.
@@ -124,6 +130,11 @@ impl PeerUpdates {
         extra: Vec<rsip::Header>,
         now: Instant,
     ) -> Option<Bytes> {
+        if answer == OfferAnswer::Later {
+            let req = self.pending.as_ref()?;
+            let trying = dialog.answer(req, 100, None, vec![]);
+            return Some(message::to_bytes(trying));
+        }
         let req = self.pending.take()?;
         let had_sdp = message::sdp_body(&req).is_some_and(|s| !s.trim().is_empty());
         let resp = match &answer {
@@ -132,6 +143,7 @@ impl PeerUpdates {
             }
             OfferAnswer::Empty => dialog.answer(&req, 200, None, extra),
             OfferAnswer::Refuse(code) => dialog.answer(&req, *code, None, vec![]),
+            OfferAnswer::Later => return None,
         };
         let code = resp.status_code.code();
         tracing::info!(call_id = %dialog.call_id, method = %req.method, code, "answered the peer's session update");
@@ -300,6 +312,30 @@ pub(crate) mod tests {
         ack.body.clear();
         assert!(!u.on_ack(&ack), "once");
         assert_eq!(u.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_deferred_answer_sends_100_keeps_the_request_and_answers_later() {
+        let (mut d, mut u, t0) = (dialog(), PeerUpdates::default(), Instant::now());
+        let req = peer(Method::Invite, 2, Some("v=0\r\n"));
+        offer(&mut d, &mut u, req.clone());
+        u.poll_event();
+        let trying = u.answer(&mut d, OfferAnswer::Later, vec![], t0).unwrap();
+        assert_eq!(code(&trying), 100);
+        // A retransmission of the re-INVITE gets the 100 again.
+        assert!(
+            matches!(d.handle_request(&req), InDialog::Retransmission(r) if r.status_code.code() == 100)
+        );
+        // Another session update meanwhile is glare.
+        let glare = offer(&mut d, &mut u, peer(Method::Update, 3, Some("v=0\r\n"))).unwrap();
+        assert_eq!(code(&glare), 491);
+        let ok = u
+            .answer(&mut d, OfferAnswer::Sdp("v=0\r\n".into()), vec![], t0)
+            .unwrap();
+        assert_eq!(code(&ok), 200);
+        assert!(u
+            .answer(&mut d, OfferAnswer::Refuse(488), vec![], t0)
+            .is_none());
     }
 
     #[test]

@@ -461,12 +461,17 @@ impl OutgoingCall {
         // A 2xx to the trunk's re-INVITE or UPDATE refreshes the session
         // (RFC 4028 9): it names the interval and refresher in force.
         let accepted = !matches!(answer, OfferAnswer::Refuse(_));
-        let extra = session_timer::peer_refresh(
-            self.timer.as_mut(),
-            self.peer_refresh.take(),
-            accepted,
-            now,
-        );
+        // A deferred answer keeps the session-timer request for the final one.
+        let extra = if answer == OfferAnswer::Later {
+            Vec::new()
+        } else {
+            session_timer::peer_refresh(
+                self.timer.as_mut(),
+                self.peer_refresh.take(),
+                accepted,
+                now,
+            )
+        };
         if let Some(bytes) = self.updates.answer(dialog, answer, extra, now) {
             let to = self.trunk();
             self.transmit.push_back((bytes, to));

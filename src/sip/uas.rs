@@ -620,12 +620,17 @@ impl IncomingCall {
             return;
         };
         let accepted = !matches!(answer, OfferAnswer::Refuse(_));
-        let extra = session_timer::peer_refresh(
-            self.timer.as_mut(),
-            self.peer_refresh.take(),
-            accepted,
-            now,
-        );
+        // A deferred answer keeps the session-timer request for the final one.
+        let extra = if answer == OfferAnswer::Later {
+            Vec::new()
+        } else {
+            session_timer::peer_refresh(
+                self.timer.as_mut(),
+                self.peer_refresh.take(),
+                accepted,
+                now,
+            )
+        };
         if let Some(bytes) = self.updates.answer(dialog, answer, extra, now) {
             self.transmit.push_back((bytes, self.caller()));
         }

@@ -18,7 +18,11 @@
 // must have played while the call rang, from body[data-ringback]),
 // TRANSFER_TO (optional: instead of hanging up, click Transfer, answer its
 // prompt with this number, and expect the gateway's `transferred` 2xx to
-// show and the call to end "transferred").
+// show and the call to end "transferred"), EXPECT_CODEC (optional, e.g.
+// "PCMA": the trunk changes the codec during the media time, so once it is
+// over both directions must use that codec, and 2 s more of media must
+// bring packets and audio energy; the gateway's `offer` is answered by the
+// web client itself).
 
 import { chromium } from 'playwright-core';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -39,6 +43,7 @@ const DTMF = env.DTMF_DIGITS || '';
 const HOLD = env.HOLD === '1';
 const EXPECT_RINGBACK = env.EXPECT_RINGBACK || '';
 const TRANSFER_TO = env.TRANSFER_TO || '';
+const EXPECT_CODEC = env.EXPECT_CODEC || '';
 
 const CONNECT_TIMEOUT_MS = 20000;
 const OVERALL_TIMEOUT_MS = 120000;
@@ -363,6 +368,8 @@ async function run() {
     problems.push(`ringback still "${summary.ringback[summary.ringback.length - 1]}" once connected`);
   }
 
+  if (EXPECT_CODEC) await checkCodec(page, stats, problems);
+
   if (HOLD) await holdAndResume(page, problems);
 
   if (TRANSFER_TO) {
@@ -423,6 +430,25 @@ async function readHold(p) {
       client: window.gatewayClient.hold,
     };
   });
+}
+
+/** EXPECT_CODEC: both directions use it now, and media still flows with it. */
+async function checkCodec(p, stats, problems) {
+  const want = `audio/${EXPECT_CODEC}`.toLowerCase();
+  for (const side of ['inbound', 'outbound']) {
+    const got = (stats.codecs[side] || '').toLowerCase();
+    if (!got.startsWith(`${want}/`)) problems.push(`${side} codec is "${stats.codecs[side]}", expected ${want}`);
+  }
+  step(`codec ${EXPECT_CODEC} in use; 2 s more of media`);
+  await p.waitForTimeout(2000);
+  const after = await readStats(p);
+  const packets = after.inbound.packetsReceived - stats.inbound.packetsReceived;
+  const energy = after.inbound.totalAudioEnergy - stats.inbound.totalAudioEnergy;
+  const sent = after.outbound.packetsSent - stats.outbound.packetsSent;
+  summary.afterCodecChange = { packets, energy, sent, codecs: after.codecs };
+  if (!(packets > 50)) problems.push(`${packets} packets received in the 2 s after the codec change`);
+  if (!(energy > 0)) problems.push(`no audio energy received after the codec change (${energy})`);
+  if (!(sent > 50)) problems.push(`${sent} packets sent in the 2 s after the codec change`);
 }
 
 /** RTP packets received by the browser over `ms`. */

@@ -1261,6 +1261,35 @@ class BrowserPeer:
         await self.send({"type": "accept", "id": incoming["id"], "sdp": sdp})
         return sdp
 
+    async def answer_offer(self, offer: dict) -> str:
+        """Answers the gateway's re-offer (`offer`, a codec change) as a
+        browser does: setRemoteDescription, createAnswer,
+        setLocalDescription, then `answer`. aiortc picks its encoder once,
+        when its sender starts, and its receiver's payload types once too;
+        a browser switches both on renegotiation, so this does it for
+        aiortc: the running sender's codec object takes the new codec (and
+        its encoder is rebuilt), the receiver and the transport's RTP router
+        learn the new payload types.
+        Returns the SDP sent."""
+        _, _, RTCSessionDescription, _ = _aiortc()
+        transceiver = self.pc.getTransceivers()[0]
+        sending = transceiver._codecs[0]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        new = transceiver._codecs[0]
+        receiving = transceiver.receiver._RTCRtpReceiver__codecs
+        router = transceiver.receiver.transport._rtp_router
+        for codec in transceiver._codecs:
+            receiving[codec.payloadType] = codec
+            router.payload_type_table.setdefault(codec.payloadType, set()).add(transceiver.receiver)
+        if (sending.mimeType, sending.payloadType) != (new.mimeType, new.payloadType):
+            sending.mimeType, sending.payloadType = new.mimeType, new.payloadType
+            sending.clockRate, sending.channels = new.clockRate, new.channels
+            transceiver.sender._RTCRtpSender__encoder = None
+        sdp = self.pc.localDescription.sdp
+        await self.send({"type": "answer", "id": offer["id"], "sdp": sdp})
+        return sdp
+
     async def reject(self, incoming: Optional[dict] = None):
         incoming = incoming or self.incoming
         await self.send({"type": "reject", "id": incoming["id"]})

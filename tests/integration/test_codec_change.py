@@ -1,0 +1,214 @@
+"""The trunk changes the codec mid-call (issue 13 item 3): SIPp answers the
+browser's call with PCMU, then re-INVITEs with PCMA only
+(sipp/uas_codec_change.xml). The gateway re-offers the browser (`offer`),
+the aiortc browser answers (`answer`, harness.BrowserPeer.answer_offer) and
+the gateway answers SIPp's re-INVITE with PCMA. The trunk's media goes to an
+echo socket of the test, which records the payload type of every packet it
+gets from the gateway and sends each one back: after the change it must get
+PT 8, and the browser must still hear its tone, echoed.
+
+Artifacts in tests/artifacts/<test name>/: gateway/gateway.log,
+sipp/messages.log, result.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import pytest
+
+from harness import GWT_HOST, run_browser_against_sipp, save_result
+
+pytestmark = pytest.mark.gateway
+
+
+class PtEcho:
+    """A UDP socket that echoes RTP to its source and records the payload
+    types, in order of arrival."""
+
+    def __init__(self, host: str):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.pts: list[int] = []
+        self.running = True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while self.running:
+            try:
+                data, src = self.sock.recvfrom(2048)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if len(data) >= 12 and data[0] >> 6 == 2:
+                self.pts.append(data[1] & 0x7F)
+                self.sock.sendto(data, src)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join(2)
+        self.sock.close()
+
+
+def test_trunk_reinvite_to_pcma_is_reoffered_to_the_browser(workdir):
+    from conftest import TRUNK_NUMBER
+
+    async def browser(peer, gw):
+        connected = await peer.call(TRUNK_NUMBER)
+        assert connected["type"] == "connected", connected
+        offer = await peer.wait_for({"offer"}, 10, call_id=peer.call_id)
+        assert offer["type"] == "offer", offer
+        before = echo.pts.copy()
+        loud_before, rtp_before = peer.sink.loud_frames, peer.packets_received
+        answer = await peer.answer_offer(offer)
+        hangup = await peer.wait_for({"hangup"}, 15)
+        return dict(offer=offer["sdp"], answer=answer, hangup=hangup, pts_before=before,
+                    loud_after=peer.sink.loud_frames - loud_before, loud_before=loud_before,
+                    rtp_before=rtp_before, rtp_after=peer.packets_received - rtp_before,
+                    frames=peer.sink.frames)
+
+    with PtEcho(GWT_HOST) as echo:
+        run = run_browser_against_sipp(workdir, "uas_codec_change.xml", browser,
+                                       keys={"echo_port": echo.port})
+    r = run.result
+    after = echo.pts[len(r["pts_before"]):]
+    figures = dict(sipp_exit=run.sipp_code, pts_before={pt: r["pts_before"].count(pt) for pt in (0, 8)},
+                   pts_after={pt: after.count(pt) for pt in (0, 8)}, loud_frames_before=r["loud_before"],
+                   loud_frames_after=r["loud_after"], browser_rtp_before=r["rtp_before"],
+                   browser_rtp_after=r["rtp_after"], frames=r["frames"], hangup=r["hangup"])
+    save_result(workdir, **figures, offer=r["offer"], answer=r["answer"])
+    assert run.sipp_code == 0, f"sipp exit {run.sipp_code} ({run.sipp.msg_path}, {run.sipp.err_path})"
+    assert run.gw_code == 0 and "panicked" not in run.gw.log()
+    # The re-offer keeps ICE and DTLS, offers PCMA; the browser took it.
+    assert "a=rtpmap:8 PCMA/8000" in r["offer"] and "PCMU" not in r["offer"], r["offer"]
+    assert "a=ice-lite" in r["offer"]
+    assert "PCMA/8000" in r["answer"], r["answer"]
+    # PCMU before the change, PCMA after it at the trunk.
+    assert r["pts_before"].count(0) >= 50 and 8 not in r["pts_before"], figures
+    assert after.count(8) >= 50, figures
+    assert after[-50:] == [8] * 50, figures
+    # The browser still hears its tone, echoed by the trunk, in PCMA.
+    assert r["loud_after"] >= 50, figures
+    assert r["hangup"].get("code") == 200, r["hangup"]
+
+
+WAIT_FOR_BYE = """  <recv request="BYE" />
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <Reference variables="v1" />
+  <timewait milliseconds="500" />
+</scenario>
+"""
+
+
+@pytest.mark.chromium
+@pytest.mark.timeout(240)
+def test_chromium_follows_the_trunks_codec_change(workdir):
+    """The same change with headless Chromium and the web client
+    (tests/e2e/chromium-call.mjs, EXPECT_CODEC=PCMA): SIPp answers PCMU,
+    re-INVITEs PCMA only 2.5 s after its ACK, and waits for the page's
+    hangup (the scenario's own BYE replaced by a wait for ours). The page
+    answers the gateway's `offer` itself; after 5 s of media both of its
+    directions use PCMA, and 2 s more bring packets and audio energy (the
+    echo socket returns its audio). The echo socket gets PCMU before and
+    only PCMA after."""
+    from harness import SIPP_DIR, Gateway, SippUas, TrunkSpec
+    from test_chromium import _run_script
+    text = (SIPP_DIR / "uas_codec_change.xml").read_text()
+    scenario = workdir / "uas_codec_change_wait_bye.xml"
+    scenario.write_text(text[:text.index('  <pause milliseconds="3000" />')] + WAIT_FOR_BYE)
+    with PtEcho(GWT_HOST) as echo:
+        sipp = SippUas(workdir, str(scenario), keys={"echo_port": echo.port}).start()
+        gw = Gateway(workdir, trunk=TrunkSpec("carrier", sipp.uri, callee_stream="decrypted",
+                                              secure_media="forbidden")).start()
+        try:
+            out = _run_script(workdir, gw, EXPECT_TRUNK_SECURITY="rtp", EXPECT_CODEC="PCMA",
+                              MEDIA_SECONDS="5")
+            code = sipp.wait(20)
+        finally:
+            sipp.stop()
+            gw_code = gw.stop()
+    pts = echo.pts
+    first8 = pts.index(8) if 8 in pts else len(pts)
+    summary = [line for line in out.splitlines() if line.startswith("{")]
+    save_result(workdir, sipp_exit=code, pcmu_before=pts[:first8].count(0), pcma_after=pts[first8:].count(8),
+                pcmu_after=pts[first8:].count(0), page=summary[-1] if summary else None)
+    assert code == 0, f"sipp exit {code} ({sipp.msg_path}, {sipp.err_path})"
+    assert gw_code == 0 and "panicked" not in gw.log()
+    assert pts[:first8].count(0) >= 50, pts[:first8][:20]
+    assert pts[first8:].count(8) >= 100 and pts[-50:] == [8] * 50, pts[first8:][:20]
+
+
+def test_incoming_call_follows_the_trunks_codec_change(workdir):
+    """An incoming call: SIPp (sipp/uac_codec_change.xml) calls alice
+    offering PCMU and PCMA; the aiortc browser accepts (its answer lists
+    both, it sends PCMU, the first); 2.5 s after the ACK SIPp re-INVITEs
+    with PCMA only: the browser gets `offer`, answers, SIPp's 200 carries
+    PCMA (its ereg), the echo socket gets PCMU before and only PCMA after,
+    and the browser hears its tone echoed after the change."""
+    from harness import Gateway, SippUac, free_port
+    from test_incoming import plain_trunk, sessions
+
+    with PtEcho(GWT_HOST) as echo:
+        gw = Gateway(workdir, trunk=plain_trunk(f"sip:127.0.0.1:{free_port()};transport=udp")).start()
+        sipp = None
+        try:
+            async def run():
+                nonlocal sipp
+                (peer,) = await sessions(gw, 1)
+                try:
+                    sipp = SippUac(workdir, "uac_codec_change.xml", remote=f"127.0.0.1:{gw.sip_port}",
+                                   service="alice", keys={"echo_port": echo.port}).start()
+                    await peer.wait_incoming(10)
+                    accepted = await peer.accept()
+                    connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
+                    assert connected["type"] == "connected", connected
+                    offer = await peer.wait_for({"offer"}, 10, call_id=peer.call_id)
+                    assert offer["type"] == "offer", offer
+                    before = echo.pts.copy()
+                    loud_before = peer.sink.loud_frames
+                    answer = await peer.answer_offer(offer)
+                    hangup = await peer.wait_for({"hangup"}, 15)
+                    return dict(accepted=accepted, offer=offer["sdp"], answer=answer, hangup=hangup,
+                                pts_before=before, loud_after=peer.sink.loud_frames - loud_before)
+                finally:
+                    await peer.close()
+
+            r = asyncio.run(run())
+            code = sipp.wait(20)
+        finally:
+            if sipp is not None:
+                sipp.stop()
+            gw_code = gw.stop()
+    after = echo.pts[len(r["pts_before"]):]
+    figures = dict(sipp_exit=code, pts_before={pt: r["pts_before"].count(pt) for pt in (0, 8)},
+                   pts_after={pt: after.count(pt) for pt in (0, 8)}, loud_frames_after=r["loud_after"],
+                   hangup=r["hangup"])
+    save_result(workdir, **figures, accepted=r["accepted"], offer=r["offer"], answer=r["answer"])
+    assert code == 0, f"sipp exit {code} ({sipp.msg_path}, {sipp.err_path})"
+    assert gw_code == 0 and "panicked" not in gw.log()
+    assert "PCMA/8000" in r["accepted"] and "a=rtpmap:8 PCMA/8000" in r["offer"], r["offer"]
+    assert r["pts_before"].count(0) >= 50 and 8 not in r["pts_before"], figures
+    assert after.count(8) >= 50 and after[-50:] == [8] * 50, figures
+    assert r["loud_after"] >= 50, figures
+    assert r["hangup"].get("code") == 200, r["hangup"]

@@ -250,9 +250,19 @@ pub struct IncomingSetup {
     /// The status when every session declined (the trunk's `reject_code`).
     pub reject_code: u16,
     pub timers: CallTimers,
-    /// The trunk's resolved address: where a new INVITE goes when the
-    /// trunk's REFER is carried out; `None` (unresolved): REFER gets 501.
-    pub destination: Option<SocketAddr>,
+    /// Where a new INVITE goes when the trunk's REFER is carried out;
+    /// `None` (the trunk did not resolve): REFER gets 501.
+    pub transfer_route: Option<NewInviteRoute>,
+}
+
+/// The first hop of a new INVITE toward the trunk, as an outgoing call's:
+/// the trunk's address, or the cluster's outbound proxy with its `Route`,
+/// sent from our SIP address of that hop's transport.
+#[derive(Debug, Clone)]
+pub struct NewInviteRoute {
+    pub local: SipLocal,
+    pub destination: SocketAddr,
+    pub routes: Vec<String>,
 }
 
 /// One call. See the module documentation.
@@ -1240,9 +1250,9 @@ impl Call {
         };
         c.trunk_dtls_pending = matches!(setup.plan, IncomingLegPlan::Dtls { .. });
         let mut uas = setup.uas;
-        c.trunk_call = setup.destination.map(|destination| {
-            trunk_call_config(&setup.account, &setup.local, destination, Vec::new())
-        });
+        c.trunk_call = setup
+            .transfer_route
+            .map(|r| trunk_call_config(&setup.account, &r.local, r.destination, r.routes));
         uas.set_refer_answer(c.refer_answer(trunk.accept_refer));
         uas.ringing(now);
         info!(

@@ -4,8 +4,8 @@
 
 use super::api::SessionEvent;
 use super::call::{
-    Call, CallTimers, IncomingSetup, MediaCommand, MediaPlan, OutgoingSetup, Output, SessionInput,
-    SipLocal,
+    Call, CallTimers, IncomingSetup, MediaCommand, MediaPlan, NewInviteRoute, OutgoingSetup,
+    Output, SessionInput, SipLocal,
 };
 use super::directory::{Account, Trunk};
 use super::sessions::SessionKey;
@@ -163,7 +163,11 @@ fn incoming_for(
                 ring: Duration::from_secs(30),
                 ..CallTimers::default()
             },
-            destination: Some(trunk_addr()),
+            transfer_route: Some(NewInviteRoute {
+                local: local(),
+                destination: trunk_addr(),
+                routes: Vec::new(),
+            }),
         },
         now,
     )
@@ -2819,7 +2823,11 @@ Content-Length: {}\r\n\r\n{sdp}",
             trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
             reject_code: 486,
             timers: CallTimers::default(),
-            destination: Some(trunk_addr()),
+            transfer_route: Some(NewInviteRoute {
+                local: local(),
+                destination: trunk_addr(),
+                routes: Vec::new(),
+            }),
         },
         now,
     );

@@ -6,12 +6,14 @@
 # 2. Rust: fmt, clippy, build, cargo test
 # 3. Python venv tests/.venv with tests/integration/requirements.txt
 # 4. npm ci in tests/e2e
-# 5. inside a fresh network namespace (tests/netns-run.sh): pytest
-#    tests/integration (gateway, baresip, aiortc, Chromium e2e)
-# Artifacts (logs, WAV dumps, screenshots, junit.xml): tests/artifacts/
+# 5. pytest tests/integration (gateway, baresip, aiortc, Chromium e2e) in
+#    shards side by side, each in a fresh network namespace
+#    (tests/netns-run.sh, tests/shard.py), then the pytest.mark.alone files
+# Artifacts (logs, WAV dumps, screenshots, junit-*.xml): tests/artifacts/
 #
 # Environment: PYTEST_ARGS (default "-x -v") and PYTEST_K (a -k expression)
-# narrow step 5; SKIP_RUST=1 skips step 2 (for iterating on the harness).
+# narrow step 5; TEST_SHARDS (default 2) sets how many shards run at once;
+# SKIP_RUST=1 skips step 2 (for iterating on the harness).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -130,17 +132,55 @@ else
 fi
 
 # ---------------------------------------------------------------------------
-banner "5/5 integration tests in a network namespace"
+banner "5/5 integration tests, in network namespaces"
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 export PYTHONDONTWRITEBYTECODE=1
 export GATEWAY_BIN="${GATEWAY_BIN:-$ROOT/target/debug/webrtc-sip-gateway}"
 read -r -a pytest_args <<< "${PYTEST_ARGS:--x -v}"
 if [ -n "${PYTEST_K:-}" ]; then pytest_args+=(-k "$PYTEST_K"); fi
+# TEST_SHARDS files run side by side, each shard in a namespace of its own
+# (tests/shard.py splits by tests/integration/durations.json); the files
+# marked pytest.mark.alone run after them, by themselves.
+SHARDS="${TEST_SHARDS:-2}"
+mapfile -t plan < <("$PY" "$ROOT/tests/shard.py" plan "$SHARDS" "$ROOT/tests/integration")
+alone="${plan[-1]#alone: }"
+unset 'plan[-1]'
+rm -f "$ARTIFACTS"/junit*.xml
+
+# One pytest in one namespace; its lines prefixed with [name] when shards
+# share the console, all of them kept in tests/artifacts/pytest-<name>.log.
+run_pytest() {
+  local name=$1; shift
+  local prefix=""
+  [ "${#plan[@]}" -gt 1 ] && prefix="[$name] "
+  set -o pipefail
+  bash "$ROOT/tests/netns-run.sh" "$VENV/bin/python" -m pytest "${pytest_args[@]}" \
+    --junitxml="$ARTIFACTS/junit-$name.xml" "$@" 2>&1 \
+    | tee "$ARTIFACTS/pytest-$name.log" | sed -u "s/^/$prefix/"
+}
+
+# pytest exit 5 (nothing collected) is a pass for one shard under -k, a
+# failure when no shard ran anything.
+rc=0; ran=0
+record() { case $1 in 0) ran=1 ;; 5) ;; *) rc=$1; ran=1 ;; esac; }
 set +e
-bash "$ROOT/tests/netns-run.sh" "$VENV/bin/python" -m pytest "${pytest_args[@]}" \
-  --junitxml="$ARTIFACTS/junit.xml" "$ROOT/tests/integration"
-rc=$?
+pids=()
+for i in "${!plan[@]}"; do
+  read -r -a files <<< "${plan[$i]}"
+  echo "shard $i: ${files[*]##*/}"
+  run_pytest "$i" "${files[@]}" &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; record $?; done
+if [ -n "$alone" ] && { [ "$rc" -eq 0 ] || [[ " ${pytest_args[*]} " != *" -x "* ]]; }; then
+  read -r -a files <<< "$alone"
+  banner "5/5 by themselves: ${files[*]##*/}"
+  plan=(alone)
+  run_pytest alone "${files[@]}"
+  record $?
+fi
 set -e
-banner "done: pytest exit $rc (artifacts in tests/artifacts/)"
+[ "$ran" -eq 1 ] || rc=5
+banner "done: pytest exit $rc (artifacts in tests/artifacts/; durations: tests/shard.py record tests/integration tests/artifacts/junit-*.xml)"
 # 5 = no test collected: that is a failure here, not a pass
 exit "$rc"

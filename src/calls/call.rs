@@ -41,7 +41,9 @@ use super::renegotiate::{Change, Refusal, TrunkSession};
 use super::sessions::SessionKey;
 use super::transferee::{Outcome, Retired, TrunkTransfer};
 use crate::config::cidr_contains;
-use crate::media::relay::{BrowserLegParams, TelephoneEvent, TrunkCrypto, TrunkLegParams};
+use crate::media::relay::{
+    BrowserLegParams, TelephoneEvent, TrunkCrypto, TrunkLegParams, TrunkUpdate,
+};
 use crate::media::rewrite::Toward;
 use crate::media::{MediaEvent, RelayParams};
 use crate::policy::{IncomingLegPlan, TrunkLegPlan};
@@ -172,7 +174,7 @@ pub enum MediaCommand {
     Start(Box<RelayParams>),
     SetTimeout(Duration),
     /// A later SDP of the trunk moved or re-keyed its leg.
-    UpdateTrunk(Box<TrunkLegParams>, Vec<(PayloadType, PayloadType, u32)>),
+    UpdateTrunk(Box<TrunkUpdate>),
     /// A digit toward a side as RFC 4733 events.
     Dtmf(Toward, DtmfDigit),
     /// The browser's hold is in force (true) or over: the relay stops or
@@ -248,9 +250,19 @@ pub struct IncomingSetup {
     /// The status when every session declined (the trunk's `reject_code`).
     pub reject_code: u16,
     pub timers: CallTimers,
-    /// The trunk's resolved address: where a new INVITE goes when the
-    /// trunk's REFER is carried out; `None` (unresolved): REFER gets 501.
-    pub destination: Option<SocketAddr>,
+    /// Where a new INVITE goes when the trunk's REFER is carried out;
+    /// `None` (the trunk did not resolve): REFER gets 501.
+    pub transfer_route: Option<NewInviteRoute>,
+}
+
+/// The first hop of a new INVITE toward the trunk, as an outgoing call's:
+/// the trunk's address, or the cluster's outbound proxy with its `Route`,
+/// sent from our SIP address of that hop's transport.
+#[derive(Debug, Clone)]
+pub struct NewInviteRoute {
+    pub local: SipLocal,
+    pub destination: SocketAddr,
+    pub routes: Vec<String>,
 }
 
 /// One call. See the module documentation.
@@ -680,18 +692,6 @@ impl Common {
                 info!(codec = %codec_label(codec), "the browser took the trunk's new codec");
                 self.codec = Some(codec_label(codec));
                 self.browser_sdp = Some(switch.browser_sdp);
-                // Our own DTMF toward the trunk uses the new numbers.
-                let trunk_te = session.trunk_te;
-                if let Some(t) = self.telephone_event.as_mut() {
-                    match trunk_te {
-                        Some(pt) => {
-                            t.trunk = pt;
-                            t.browser = te;
-                            t.clock_rate = codec.clock_rate;
-                        }
-                        None => self.telephone_event = None,
-                    }
-                }
                 self.apply(change, now);
                 OfferAnswer::Sdp(answer)
             }
@@ -715,6 +715,26 @@ impl Common {
         }
     }
 
+    /// The call's telephone-event as the trunk session now has it: a
+    /// re-offer may renumber the trunk's, a codec change the browser's and
+    /// its clock, a transfer's new dialog both; our own DTMF and the relay
+    /// follow. A trunk that dropped it leaves the call without one.
+    fn sync_telephone_event(&mut self) {
+        let (Some(s), Some(t)) = (&self.trunk_session, self.telephone_event.as_mut()) else {
+            return;
+        };
+        match s.trunk_te {
+            Some(pt) => {
+                t.trunk = pt;
+                t.browser = s.browser_te;
+                if s.browser_te.is_some() {
+                    t.clock_rate = s.browser_codec.clock_rate;
+                }
+            }
+            None => self.telephone_event = None,
+        }
+    }
+
     /// Carries out what a re-offer changed: the trunk leg, hold, timeouts.
     fn apply(&mut self, change: Change, now: Instant) {
         if let Some((mut params, map)) = change.update {
@@ -728,7 +748,12 @@ impl Common {
                     self.trunk_security = security;
                 }
             }
-            self.media(MediaCommand::UpdateTrunk(Box::new(params), map));
+            self.sync_telephone_event();
+            self.media(MediaCommand::UpdateTrunk(Box::new(TrunkUpdate {
+                trunk: params,
+                payload_map: map,
+                telephone_event: self.telephone_event,
+            })));
         }
         let id = self.id.clone();
         match change.hold {
@@ -1225,9 +1250,9 @@ impl Call {
         };
         c.trunk_dtls_pending = matches!(setup.plan, IncomingLegPlan::Dtls { .. });
         let mut uas = setup.uas;
-        c.trunk_call = setup.destination.map(|destination| {
-            trunk_call_config(&setup.account, &setup.local, destination, Vec::new())
-        });
+        c.trunk_call = setup
+            .transfer_route
+            .map(|r| trunk_call_config(&setup.account, &r.local, r.destination, r.routes));
         uas.set_refer_answer(c.refer_answer(trunk.accept_refer));
         uas.ringing(now);
         info!(
@@ -1768,12 +1793,6 @@ impl Call {
         if !old_done {
             self.retired.push(retired);
         }
-        if let Some(te) = self.c.telephone_event.as_mut() {
-            match session.trunk_te {
-                Some(pt) => te.trunk = pt,
-                None => self.c.telephone_event = None,
-            }
-        }
         self.c.trunk_session = Some(session);
         self.c.apply(change, now);
         self.tell_trunk_transfer(&t.to, 200);
@@ -2107,10 +2126,11 @@ impl Outgoing {
             info!("trunk SDP changed: re-keying the trunk leg");
             c.trunk_session = Some(session);
             c.telephone_event = params.telephone_event;
-            c.media(MediaCommand::UpdateTrunk(
-                Box::new(params.trunk),
-                params.payload_map,
-            ));
+            c.media(MediaCommand::UpdateTrunk(Box::new(TrunkUpdate {
+                trunk: params.trunk,
+                payload_map: params.payload_map,
+                telephone_event: params.telephone_event,
+            })));
             return;
         }
         self.browser_codec = Some(answer.codec.pt);

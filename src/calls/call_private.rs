@@ -23,7 +23,7 @@ use super::{
     codec_label, outgoing_relay_params, trunk_telephone_event, Cause, Common, Incoming,
     MediaCommand, Outgoing, Phase,
 };
-use crate::media::relay::TrunkCrypto;
+use crate::media::relay::{TrunkCrypto, TrunkUpdate};
 use crate::sdp::{self, BrowserAnswer, BrowserAnswerParams, Setup};
 
 impl Outgoing {
@@ -71,10 +71,11 @@ impl Outgoing {
                 return self.end(c, cause, now);
             }
             info!("trunk SDP changed: moving the private call's trunk leg");
-            c.media(MediaCommand::UpdateTrunk(
-                Box::new(params.trunk),
-                params.payload_map,
-            ));
+            c.media(MediaCommand::UpdateTrunk(Box::new(TrunkUpdate {
+                trunk: params.trunk,
+                payload_map: params.payload_map,
+                telephone_event: params.telephone_event,
+            })));
             return;
         }
         c.trunk_security = "dtls-srtp (end to end)".into();

@@ -4,13 +4,13 @@
 
 use super::api::SessionEvent;
 use super::call::{
-    Call, CallTimers, IncomingSetup, MediaCommand, MediaPlan, OutgoingSetup, Output, SessionInput,
-    SipLocal,
+    Call, CallTimers, IncomingSetup, MediaCommand, MediaPlan, NewInviteRoute, OutgoingSetup,
+    Output, SessionInput, SipLocal,
 };
 use super::directory::{Account, Trunk};
 use super::sessions::SessionKey;
 use crate::config::{TrunkTransport, TrunkUri};
-use crate::media::relay::TrunkCrypto;
+use crate::media::relay::{TelephoneEvent, TrunkCrypto};
 use crate::media::MediaEvent;
 use crate::policy::{CalleeStream, CallerStream, IncomingLegPlan, SecureMedia};
 use crate::sdp::parse_sip_offer;
@@ -163,7 +163,11 @@ fn incoming_for(
                 ring: Duration::from_secs(30),
                 ..CallTimers::default()
             },
-            destination: Some(trunk_addr()),
+            transfer_route: Some(NewInviteRoute {
+                local: local(),
+                destination: trunk_addr(),
+                routes: Vec::new(),
+            }),
         },
         now,
     )
@@ -1094,7 +1098,7 @@ fn updates(d: &Drained) -> Vec<crate::media::relay::TrunkLegParams> {
     d.media
         .iter()
         .filter_map(|m| match m {
-            MediaCommand::UpdateTrunk(p, _) => Some((**p).clone()),
+            MediaCommand::UpdateTrunk(u) => Some(u.trunk.clone()),
             _ => None,
         })
         .collect()
@@ -2386,7 +2390,8 @@ fn a_trunks_refer_moves_the_trunk_leg_to_the_new_call_and_ends_the_old_dialog() 
         )
     );
     match d.media.as_slice() {
-        [MediaCommand::UpdateTrunk(params, map)] => {
+        [MediaCommand::UpdateTrunk(update)] => {
+            let (params, map) = (&update.trunk, &update.payload_map);
             assert_eq!(
                 params.remote_rtp,
                 "10.0.0.77:40000".parse::<SocketAddr>().unwrap()
@@ -2818,7 +2823,11 @@ Content-Length: {}\r\n\r\n{sdp}",
             trunk_sources: account().trunk.signaling_sources(&[trunk_addr().ip()]),
             reject_code: 486,
             timers: CallTimers::default(),
-            destination: Some(trunk_addr()),
+            transfer_route: Some(NewInviteRoute {
+                local: local(),
+                destination: trunk_addr(),
+                routes: Vec::new(),
+            }),
         },
         now,
     );
@@ -3219,7 +3228,7 @@ fn a_codec_change_is_reoffered_to_the_browser_then_answered_to_the_trunk() {
         .media
         .iter()
         .filter_map(|m| match m {
-            MediaCommand::UpdateTrunk(_, map) => Some(map.clone()),
+            MediaCommand::UpdateTrunk(u) => Some(u.payload_map.clone()),
             _ => None,
         })
         .collect();
@@ -3239,6 +3248,53 @@ fn a_codec_change_is_reoffered_to_the_browser_then_answered_to_the_trunk() {
         d.to(1)[..],
         [SessionEvent::Error { code: 409, .. }]
     ));
+}
+
+#[test]
+fn a_codec_change_that_renumbers_the_browsers_telephone_event_reaches_the_relay() {
+    let (mut call, now, _tag, _offer) = codec_change_asked();
+    // The browser answers PCMU with its telephone-event under another
+    // number than before (101).
+    let sdp = browser_answer()
+        .replace("o=- 1 2 ", "o=- 1 3 ")
+        .replace("SAVPF 8 101", "SAVPF 0 110")
+        .replace("a=rtpmap:8 PCMA/8000", "a=rtpmap:0 PCMU/8000")
+        .replace(
+            "a=rtpmap:101 telephone-event",
+            "a=rtpmap:110 telephone-event",
+        );
+    call.handle_session(now, SessionInput::Reanswer { session: 1, sdp });
+    let d = drain(&mut call);
+    assert_eq!(the_response(&d).0, 200);
+    let update = d
+        .media
+        .iter()
+        .find_map(|m| match m {
+            MediaCommand::UpdateTrunk(u) => Some(u),
+            _ => None,
+        })
+        .expect("the trunk leg is rebuilt");
+    assert_eq!(
+        update.telephone_event,
+        Some(TelephoneEvent {
+            trunk: PayloadType(101),
+            browser: Some(PayloadType(110)),
+            clock_rate: 8000,
+        }),
+        "the relay inserts and maps the browser's digits under their new number"
+    );
+    assert!(update
+        .payload_map
+        .contains(&(PayloadType(110), PayloadType(101), 8000)));
+    // The browser's `dtmf` still reaches the relay.
+    call.handle_session(
+        now,
+        SessionInput::Dtmf {
+            session: 1,
+            digits: digits("5"),
+        },
+    );
+    assert_eq!(dtmf_sent(&drain(&mut call)), "5");
 }
 
 #[test]

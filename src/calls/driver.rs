@@ -151,9 +151,9 @@ pub async fn run(mut call: Call, io: CallIo) {
                             m.set_hold(hold);
                         }
                     }
-                    MediaCommand::UpdateTrunk(trunk, map) => {
+                    MediaCommand::UpdateTrunk(update) => {
                         if let Some(m) = &media {
-                            m.update_trunk(*trunk, map);
+                            m.update_trunk(*update);
                         }
                     }
                     MediaCommand::Dtmf(toward, digit) => {

@@ -8,7 +8,7 @@
 //! A source outside every trunk's `inbound_sources` gets nothing at all
 //! (DESIGN.md: answering spoofed sources would make the gateway a reflector).
 
-use super::call::{Call, IncomingSetup, MediaPlan, SessionInput};
+use super::call::{Call, IncomingSetup, MediaPlan, NewInviteRoute, SessionInput};
 use super::cause::Cause;
 use super::driver::{self, CallIo};
 use super::sessions::SessionHandle;
@@ -18,6 +18,7 @@ use crate::sdp;
 use crate::sip::message::{self, ResponseParts};
 use crate::sip::transport::{CallQueue, IncomingRequest, SipEndpoint};
 use crate::sip::uas::{IncomingCall, USER_AGENT};
+use crate::sip::Transport;
 use crate::stats::live::{self, CallStart, LiveCall};
 use crate::types::{CallId, Personal};
 use rsip::SipMessage;
@@ -180,12 +181,29 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
     // source among them), its own address, and the INVITE's source when
     // it proved itself the trunk with digest credentials.
     let resolved = super::resolve_all(&trunk.uri.host, trunk.uri.port).await;
-    // Where a new INVITE goes when the trunk's REFER is carried out.
-    let destination = resolved.first().copied();
     let mut trunk_addresses: Vec<std::net::IpAddr> = resolved.iter().map(|a| a.ip()).collect();
     if authenticated {
         trunk_addresses.push(source.ip());
     }
+    // Where a new INVITE goes when the trunk's REFER is carried out: as an
+    // outgoing call's, through the cluster's outbound proxy when there is
+    // one (its answers and requests then come from the proxy).
+    let transfer_route = match &calls.ctx.outbound_proxy {
+        Some(proxy) => {
+            let found = super::resolve_all(&proxy.uri.host, proxy.uri.port).await;
+            trunk_addresses.extend(found.iter().map(|a| a.ip()));
+            found.first().map(|&destination| NewInviteRoute {
+                local: calls.sip_local(Transport::from(proxy.uri.transport)),
+                destination,
+                routes: vec![proxy.route.clone()],
+            })
+        }
+        None => resolved.first().map(|&destination| NewInviteRoute {
+            local: calls.sip_local(Transport::from(trunk.uri.transport)),
+            destination,
+            routes: Vec::new(),
+        }),
+    };
     let trunk_sources = trunk.signaling_sources(&trunk_addresses);
     // 100 Trying is queued in `uas`; the call sends it with its 180.
     let call = Call::incoming(
@@ -203,7 +221,7 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
             trunk_sources,
             reject_code: trunk.reject_code,
             timers: calls.ctx.call_timers(),
-            destination,
+            transfer_route,
         },
         now,
     );

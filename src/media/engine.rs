@@ -23,10 +23,10 @@ use super::counters::{CallCounters, MediaStats, WorkerStats};
 use super::dtls::DtlsIdentity;
 use super::ice_lite::IceLite;
 use super::port_pool::PortPool;
-use super::relay::{CallRelay, RelayParams, TrunkLegParams};
+use super::relay::{CallRelay, RelayParams, TrunkUpdate};
 use super::worker::{CallId, Command, LoadGuard, StartCall, WorkerHandle};
 use super::MediaError;
-use crate::types::{PayloadType, Secret, SrtpSuite, Ssrc};
+use crate::types::{Secret, SrtpSuite, Ssrc};
 
 /// Where media is bound and announced, and how it is run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,16 +403,10 @@ impl MediaHandle {
     }
 
     /// A re-INVITE renegotiated the trunk leg (address, keys, SSRCs, payload
-    /// types). Ignored if the call's media has ended.
-    pub fn update_trunk(
-        &self,
-        trunk: TrunkLegParams,
-        payload_map: Vec<(PayloadType, PayloadType, u32)>,
-    ) {
-        self.worker.send(Command::UpdateTrunk(
-            self.id,
-            Box::new((trunk, payload_map)),
-        ));
+    /// types, telephone-event). Ignored if the call's media has ended.
+    pub fn update_trunk(&self, update: TrunkUpdate) {
+        self.worker
+            .send(Command::UpdateTrunk(self.id, Box::new(update)));
     }
 }
 

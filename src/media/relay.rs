@@ -123,6 +123,18 @@ pub struct RelayParams {
     pub telephone_event: Option<TelephoneEvent>,
 }
 
+/// A later SDP of the trunk: its leg, the payload map and the
+/// telephone-event as the call now has them.
+#[derive(Debug, Clone)]
+pub struct TrunkUpdate {
+    pub trunk: TrunkLegParams,
+    /// As [`RelayParams::payload_map`].
+    pub payload_map: Vec<(PayloadType, PayloadType, u32)>,
+    /// As [`RelayParams::telephone_event`]: the call's, since a codec change
+    /// may have given the browser's telephone-event a new number too.
+    pub telephone_event: Option<TelephoneEvent>,
+}
+
 /// The telephone-event payload of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TelephoneEvent {
@@ -549,12 +561,12 @@ impl CallRelay {
     /// A re-INVITE renegotiated the trunk leg: new address, keys, SSRCs and
     /// payload map. The SSRC filter and the latches start over; the output
     /// streams toward both sides continue.
-    pub fn update_trunk(
-        &mut self,
-        trunk: TrunkLegParams,
-        payload_map: Vec<(PayloadType, PayloadType, u32)>,
-        now: Instant,
-    ) {
+    pub fn update_trunk(&mut self, update: TrunkUpdate, now: Instant) {
+        let TrunkUpdate {
+            trunk,
+            payload_map,
+            telephone_event,
+        } = update;
         // The same DTLS peer (same certificate, role and address) keeps its
         // association and keys across a re-INVITE (RFC 5763 6.7.1, RFC 8842
         // 5.5); anything else starts a new one.
@@ -620,20 +632,15 @@ impl CallRelay {
         self.trunk.filter.reset(trunk.ssrcs);
         self.trunk.media_source = trunk.media_source;
         self.payload_map = PayloadMap::new(&payload_map);
-        // The browser is not re-asked: its telephone-event keeps its number,
-        // the trunk's may have a new one (or be gone).
-        if let Some(te) = self.telephone_event {
-            if let Some(browser) = te.browser {
-                self.telephone_event =
-                    self.payload_map
-                        .map(Toward::Trunk, browser.0)
-                        .map(|(trunk, clock_rate)| TelephoneEvent {
-                            trunk: PayloadType(trunk),
-                            browser: Some(browser),
-                            clock_rate,
-                        });
-            }
+        // Event durations count in the clock of the event's payload: a
+        // digit sender made for another clock starts afresh at the next
+        // digit (one still playing is cut short, as the codec change cuts
+        // the audio).
+        if self.telephone_event.map(|t| t.clock_rate) != telephone_event.map(|t| t.clock_rate) {
+            self.dtmf_to_trunk = None;
+            self.dtmf_to_browser = None;
         }
+        self.telephone_event = telephone_event;
     }
 
     /// Handles one datagram received on `leg`'s socket from `from`.
@@ -1759,14 +1766,17 @@ pub(crate) mod tests {
         // A re-INVITE with the same SDP keeps the NAT's address usable (a
         // strict leg would retire it), and the leg re-latches to it.
         k.relay.update_trunk(
-            TrunkLegParams {
-                remote_rtp: addr("192.0.2.10:30000"),
-                remote_rtcp: None,
-                crypto: TrunkCrypto::Plain,
-                ssrcs: vec![],
-                media_source: MediaSource::Latch,
+            TrunkUpdate {
+                trunk: TrunkLegParams {
+                    remote_rtp: addr("192.0.2.10:30000"),
+                    remote_rtcp: None,
+                    crypto: TrunkCrypto::Plain,
+                    ssrcs: vec![],
+                    media_source: MediaSource::Latch,
+                },
+                payload_map: payload_map(),
+                telephone_event: None,
             },
-            payload_map(),
             k.t0,
         );
         let again = rtp_packet(PCMU, 3, 320, 0x55, 4);
@@ -1925,14 +1935,17 @@ pub(crate) mod tests {
         // The trunk moves to plain RTP on another media server.
         let new = addr("192.0.2.20:31000");
         k.relay.update_trunk(
-            TrunkLegParams {
-                remote_rtp: new,
-                remote_rtcp: None,
-                crypto: TrunkCrypto::Plain,
-                ssrcs: vec![Ssrc(0x99)],
-                media_source: MediaSource::Signaled,
+            TrunkUpdate {
+                trunk: TrunkLegParams {
+                    remote_rtp: new,
+                    remote_rtcp: None,
+                    crypto: TrunkCrypto::Plain,
+                    ssrcs: vec![Ssrc(0x99)],
+                    media_source: MediaSource::Signaled,
+                },
+                payload_map: payload_map(),
+                telephone_event: None,
             },
-            payload_map(),
             k.t0,
         );
         // The old server's SRTP now fails the IP check; the new stream
@@ -1973,14 +1986,17 @@ pub(crate) mod tests {
             .handle_datagram(LegId::TrunkRtp, a, &rtp_packet(PCMU, 1, 0, 0xA, 1), k.t0);
         assert_eq!(drain(&mut k.relay).len(), 1);
         k.relay.update_trunk(
-            TrunkLegParams {
-                remote_rtp: b,
-                remote_rtcp: None,
-                crypto: TrunkCrypto::Plain,
-                ssrcs: vec![],
-                media_source: MediaSource::Signaled,
+            TrunkUpdate {
+                trunk: TrunkLegParams {
+                    remote_rtp: b,
+                    remote_rtcp: None,
+                    crypto: TrunkCrypto::Plain,
+                    ssrcs: vec![],
+                    media_source: MediaSource::Signaled,
+                },
+                payload_map: payload_map(),
+                telephone_event: None,
             },
-            payload_map(),
             k.t0,
         );
         k.relay.handle_datagram(

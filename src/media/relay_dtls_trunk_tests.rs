@@ -36,7 +36,14 @@ fn dtls_trunk(our_role: DtlsRole, expected: Option<Fingerprint>) -> DtlsTrunk {
         ssrcs: vec![],
         media_source: MediaSource::Signaled,
     };
-    k.relay.update_trunk(trunk, payload_map(), k.t0);
+    k.relay.update_trunk(
+        TrunkUpdate {
+            trunk,
+            payload_map: payload_map(),
+            telephone_event: None,
+        },
+        k.t0,
+    );
     let gw = addr(GATEWAY_TRUNK_PORT);
     let peer = match our_role {
         DtlsRole::Server => {
@@ -62,18 +69,21 @@ impl DtlsTrunk {
             None => unreachable!("a DTLS trunk leg"),
         };
         self.k.relay.update_trunk(
-            TrunkLegParams {
-                remote_rtp: remote,
-                remote_rtcp: None,
-                crypto: TrunkCrypto::Dtls {
-                    role,
-                    remote_fingerprint: expected,
-                    suites: vec![SrtpSuite::AesCm128HmacSha1_80],
+            TrunkUpdate {
+                trunk: TrunkLegParams {
+                    remote_rtp: remote,
+                    remote_rtcp: None,
+                    crypto: TrunkCrypto::Dtls {
+                        role,
+                        remote_fingerprint: expected,
+                        suites: vec![SrtpSuite::AesCm128HmacSha1_80],
+                    },
+                    ssrcs: vec![],
+                    media_source: MediaSource::Signaled,
                 },
-                ssrcs: vec![],
-                media_source: MediaSource::Signaled,
+                payload_map: payload_map(),
+                telephone_event: None,
             },
-            payload_map(),
             now,
         );
     }

@@ -251,7 +251,7 @@ fn trunk_events_without_a_browser_telephone_event_are_only_reported() {
 }
 
 #[test]
-fn re_invite_follows_the_trunks_new_telephone_event_number() {
+fn a_re_offer_sets_the_telephone_event_the_call_now_has() {
     let mut k = keyed(true, None);
     k.relay.telephone_event = Some(te(Some(TE_BROWSER)));
     let trunk = TrunkLegParams {
@@ -261,24 +261,61 @@ fn re_invite_follows_the_trunks_new_telephone_event_number() {
         ssrcs: vec![],
         media_source: crate::types::MediaSource::Signaled,
     };
+    let update = |map: Vec<(PayloadType, PayloadType, u32)>, te| TrunkUpdate {
+        trunk: trunk.clone(),
+        payload_map: map,
+        telephone_event: te,
+    };
+    // The trunk renumbers its telephone-event.
+    let renumbered = TelephoneEvent {
+        trunk: PayloadType(100),
+        ..te(Some(TE_BROWSER))
+    };
     k.relay.update_trunk(
-        trunk.clone(),
-        vec![
-            (PayloadType(PCMU), PayloadType(PCMU), 8000),
-            (PayloadType(TE_BROWSER), PayloadType(100), 8000),
-        ],
+        update(
+            vec![
+                (PayloadType(PCMU), PayloadType(PCMU), 8000),
+                (PayloadType(TE_BROWSER), PayloadType(100), 8000),
+            ],
+            Some(renumbered),
+        ),
         k.t0,
     );
-    assert_eq!(
-        k.relay.telephone_event.map(|t| t.trunk),
-        Some(PayloadType(100))
-    );
+    assert_eq!(k.relay.telephone_event, Some(renumbered));
+    k.relay
+        .send_dtmf(Toward::Trunk, digit('1'), k.t0)
+        .expect("a digit toward the trunk");
+    assert!(k.relay.dtmf_to_trunk.is_some());
+    // A codec change moves the browser's telephone-event to another number
+    // and clock (Opus's 48 kHz): the browser's PT is not looked up in the
+    // old numbers, and the digit sender of the old clock is gone.
+    let wideband = TelephoneEvent {
+        trunk: PayloadType(100),
+        browser: Some(PayloadType(110)),
+        clock_rate: 48_000,
+    };
     k.relay.update_trunk(
-        trunk,
-        vec![(PayloadType(PCMU), PayloadType(PCMU), 8000)],
+        update(
+            vec![
+                (PayloadType(111), PayloadType(96), 48_000),
+                (PayloadType(110), PayloadType(100), 48_000),
+            ],
+            Some(wideband),
+        ),
+        k.t0,
+    );
+    assert_eq!(k.relay.telephone_event, Some(wideband));
+    assert!(k.relay.dtmf_to_trunk.is_none());
+    // The trunk drops telephone-event.
+    k.relay.update_trunk(
+        update(vec![(PayloadType(111), PayloadType(96), 48_000)], None),
         k.t0,
     );
     assert_eq!(k.relay.telephone_event, None);
+    assert_eq!(
+        k.relay.send_dtmf(Toward::Trunk, digit('2'), k.t0),
+        Err(DtmfRefused::NotNegotiated)
+    );
 }
 
 #[test]

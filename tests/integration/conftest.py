@@ -29,6 +29,7 @@ TRUNK_NUMBER = "1000"
 def pytest_configure(config):
     config.addinivalue_line("markers", "chromium: drives Debian's Chromium through tests/e2e (select with -k chromium)")
     config.addinivalue_line("markers", "gateway: needs the gateway binary (target/debug/webrtc-sip-gateway)")
+    config.addinivalue_line("markers", "alone: tests/run-all.sh runs this file by itself, after the parallel shards")
     if not GWT_HOST:
         pytest.exit(
             "tests/integration must run inside a test network namespace: "

@@ -407,3 +407,68 @@ def test_cluster_outbound_proxy_routes_trunk_invites(workdir, proxied_node, bare
     assert "record-route:" in invite.text.lower(), invite.text
     bye = baresip_sdes.received("BYE")[0]
     assert f"127.0.0.1:{kam.port}" in _top_via(bye.text), f"BYE not through Kamailio:\n{bye.text}"
+
+
+def test_cluster_incoming_refer_via_proxy(workdir):
+    """A trunk's REFER on an incoming call of a node with [cluster]
+    outbound_proxy: the new INVITE to the target takes the way an outgoing
+    call's INVITE takes, to Kamailio with Route: <kamailio;lr> (it went
+    straight to the trunk before). SIPp (sipp/uac_refer_in.xml) calls alice
+    on the node, the browser (aiortc) answers, SIPp REFERs to 200; the
+    target (sipp/uas_transfer_target.xml, the node's trunk, behind Kamailio)
+    gets the INVITE with Kamailio's Via on top and a Record-Route, answers,
+    and echoes the browser's tone back on the same peer connection."""
+    from harness import SippUac, SippUas, async_wait_until
+    target = SippUas(workdir, "uas_transfer_target.xml", extra=["-rtp_echo"], name="sipp_target").start()
+    kam = Kamailio(workdir)
+    node = Gateway(workdir, trunk=TrunkSpec("carrier", target.uri, callee_stream="decrypted",
+                                            secure_media="forbidden"),
+                   name="a", cluster={"outbound_proxy": f"sip:127.0.0.1:{kam.port};lr", "drain_seconds": 2})
+    caller = None
+    try:
+        kam.start(target.port, [node.sip_port])
+        node.start()
+
+        async def run():
+            nonlocal caller
+            peer = await BrowserPeer(node.base_url, node.login()).connect()
+            try:
+                caller = SippUac(workdir, "uac_refer_in.xml", remote=f"127.0.0.1:{node.sip_port}",
+                                 service=ACCOUNT, extra=["-rtp_echo"]).start()
+                await peer.wait_incoming(10)
+                await peer.accept()
+                connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
+                assert connected["type"] == "connected", connected
+
+                def final():
+                    return next((m for m in peer.messages if m.get("type") == "transferred"
+                                 and m.get("code", 0) >= 200), None)
+                await async_wait_until(final, 15, "transferred with a final code")
+                packets_at = peer.packets_received
+                await peer.receive(packets_at + 50, timeout=10)
+                await peer.hangup()
+                await peer.wait_for({"hangup"}, 10)
+                return final(), peer.packets_received - packets_at
+            finally:
+                await peer.close()
+
+        transferred, packets_after = asyncio.run(run())
+        caller_code = caller.wait(20)
+        target_code = target.wait(20)
+    finally:
+        if caller is not None:
+            caller.stop()
+        target.stop()
+        node_code = node.stop()
+        kam.stop()
+    invites = target.received("INVITE")
+    save_result(workdir, caller_exit=caller_code, target_exit=target_code, transferred=transferred,
+                packets_after=packets_after, target_invite=[m.text for m in invites])
+    assert caller_code == 0, f"caller sipp exit {caller_code} ({caller.msg_path})"
+    assert target_code == 0, f"target sipp exit {target_code} ({target.msg_path})"
+    assert node_code == 0
+    assert transferred.get("code") == 200, transferred
+    assert packets_after >= 50
+    assert len(invites) == 1 and invites[0].first_line.startswith("INVITE sip:200@"), invites
+    assert f"127.0.0.1:{kam.port}" in _top_via(invites[0].text), f"not through Kamailio:\n{invites[0].text}"
+    assert "record-route:" in invites[0].text.lower(), invites[0].text

@@ -121,9 +121,19 @@ WAIT_FOR_BYE = """  <recv request="BYE" />
 """
 
 
+# The Opus variant of sipp/uas_codec_change.xml: the call starts on Opus
+# with telephone-event/48000 (Chromium's PTs 111 and 110), the re-INVITE
+# moves it to PCMA with telephone-event/8000 under the trunk's own PT 101.
+OPUS_ANSWER = ("m=audio [echo_port] RTP/AVP 111 110\n      a=rtpmap:111 opus/48000/2\n"
+               "      a=rtpmap:110 telephone-event/48000")
+PCMA_TE_REOFFER = ("m=audio [echo_port] RTP/AVP 8 101\n      a=rtpmap:8 PCMA/8000\n"
+                   "      a=rtpmap:101 telephone-event/8000")
+
+
 @pytest.mark.chromium
 @pytest.mark.timeout(240)
-def test_chromium_follows_the_trunks_codec_change(workdir):
+@pytest.mark.parametrize("start", ["pcmu", "opus_then_dtmf"])
+def test_chromium_follows_the_trunks_codec_change(workdir, start):
     """The same change with headless Chromium and the web client
     (tests/e2e/chromium-call.mjs, EXPECT_CODEC=PCMA): SIPp answers PCMU,
     re-INVITEs PCMA only 2.5 s after its ACK, and waits for the page's
@@ -131,19 +141,34 @@ def test_chromium_follows_the_trunks_codec_change(workdir):
     answers the gateway's `offer` itself; after 5 s of media both of its
     directions use PCMA, and 2 s more bring packets and audio energy (the
     echo socket returns its audio). The echo socket gets PCMU before and
-    only PCMA after."""
+    only PCMA after.
+
+    opus_then_dtmf: the call starts on Opus (48 kHz), and the change to
+    PCMA also gives the browser's telephone-event another number and clock
+    (110/48000 → 126/8000) and the trunk's another number (101): a digit
+    pressed on the dial pad after the change must reach the trunk as
+    telephone-event PT 101 (the relay used to look the event up by the
+    browser's old number and send nothing)."""
     from harness import SIPP_DIR, Gateway, SippUas, TrunkSpec
     from test_chromium import _run_script
     text = (SIPP_DIR / "uas_codec_change.xml").read_text()
+    text = text[:text.index('  <pause milliseconds="3000" />')] + WAIT_FOR_BYE
+    before_pt, extra = 0, {}
+    if start == "opus_then_dtmf":
+        answer = "m=audio [echo_port] RTP/AVP 0\n      a=rtpmap:0 PCMU/8000"
+        reoffer = "m=audio [echo_port] RTP/AVP 8\n      a=rtpmap:8 PCMA/8000"
+        assert answer in text and reoffer in text
+        text = text.replace(answer, OPUS_ANSWER).replace(reoffer, PCMA_TE_REOFFER)
+        before_pt, extra = 111, {"DTMF_DIGITS": "5"}
     scenario = workdir / "uas_codec_change_wait_bye.xml"
-    scenario.write_text(text[:text.index('  <pause milliseconds="3000" />')] + WAIT_FOR_BYE)
+    scenario.write_text(text)
     with PtEcho(GWT_HOST) as echo:
         sipp = SippUas(workdir, str(scenario), keys={"echo_port": echo.port}).start()
         gw = Gateway(workdir, trunk=TrunkSpec("carrier", sipp.uri, callee_stream="decrypted",
                                               secure_media="forbidden")).start()
         try:
             out = _run_script(workdir, gw, EXPECT_TRUNK_SECURITY="rtp", EXPECT_CODEC="PCMA",
-                              MEDIA_SECONDS="5")
+                              MEDIA_SECONDS="5", **extra)
             code = sipp.wait(20)
         finally:
             sipp.stop()
@@ -151,12 +176,17 @@ def test_chromium_follows_the_trunks_codec_change(workdir):
     pts = echo.pts
     first8 = pts.index(8) if 8 in pts else len(pts)
     summary = [line for line in out.splitlines() if line.startswith("{")]
-    save_result(workdir, sipp_exit=code, pcmu_before=pts[:first8].count(0), pcma_after=pts[first8:].count(8),
-                pcmu_after=pts[first8:].count(0), page=summary[-1] if summary else None)
+    save_result(workdir, sipp_exit=code, before=pts[:first8].count(before_pt), pcma_after=pts[first8:].count(8),
+                before_after=pts[first8:].count(before_pt), events_after=pts[first8:].count(101),
+                page=summary[-1] if summary else None)
     assert code == 0, f"sipp exit {code} ({sipp.msg_path}, {sipp.err_path})"
     assert gw_code == 0 and "panicked" not in gw.log()
-    assert pts[:first8].count(0) >= 50, pts[:first8][:20]
+    assert pts[:first8].count(before_pt) >= 50, pts[:first8][:20]
     assert pts[first8:].count(8) >= 100 and pts[-50:] == [8] * 50, pts[first8:][:20]
+    assert before_pt not in pts[first8:], "the old codec after the change"
+    if extra:
+        # One digit: ≥ 3 end packets plus the tone's (RFC 4733), PT 101.
+        assert pts[first8:].count(101) >= 4, sorted(set(pts[first8:]))
 
 
 def test_incoming_call_follows_the_trunks_codec_change(workdir):

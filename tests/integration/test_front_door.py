@@ -28,7 +28,8 @@ from harness import (
     wait_until,
 )
 
-pytestmark = pytest.mark.gateway
+# Floods and ban timings: run by itself (tests/shard.py), not beside a shard.
+pytestmark = [pytest.mark.gateway, pytest.mark.alone]
 
 SECOND_STRANGER = "10.99.0.2"
 

@@ -20,6 +20,9 @@ import pytest
 
 from harness import REPO, GWT_HOST, Gateway, TrunkSpec, free_port, save_result
 
+# Zero loss asserted: run by itself (tests/shard.py), not beside a shard.
+pytestmark = pytest.mark.alone
+
 CALLS = 4
 PPS = 200  # 4 calls x 2 directions x 25 packets/s
 

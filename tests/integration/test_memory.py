@@ -15,7 +15,8 @@ import pytest
 from conftest import _gateway
 from harness import Gateway, TrunkSpec, free_port, save_result, unverified_ssl
 
-pytestmark = pytest.mark.gateway
+# RSS figures: run by itself (tests/shard.py), not beside a shard.
+pytestmark = [pytest.mark.gateway, pytest.mark.alone]
 
 
 def _rss_kib(pid: int) -> int:

@@ -41,14 +41,10 @@ use self::batch::{RecvBatch, SendBatch};
 use self::browser_demux::{BrowserDemux, Unrouted};
 use super::counters::WorkerStats;
 use super::engine::MediaEvent;
-use super::relay::{CallRelay, LegId, RelayEvent, TrunkLegParams};
-use crate::types::PayloadType;
+use super::relay::{CallRelay, LegId, RelayEvent, TrunkUpdate};
 
 /// A call's name on the command queue (unique per engine).
 pub(crate) type CallId = u64;
-
-/// A renegotiated trunk leg and payload map (re-INVITE).
-pub(crate) type TrunkUpdate = (TrunkLegParams, Vec<(PayloadType, PayloadType, u32)>);
 
 /// Forwarded datagrams held for one round's `sendmmsg`s at most; a round
 /// with more sends early.
@@ -425,8 +421,7 @@ impl Worker {
                 Ok(Command::UpdateTrunk(id, update)) => {
                     if let Some(slot) = self.ids.get(&id).copied() {
                         if let Some(call) = self.calls[slot].as_mut() {
-                            let (trunk, payload_map) = *update;
-                            call.relay.update_trunk(trunk, payload_map, Instant::now());
+                            call.relay.update_trunk(*update, Instant::now());
                         }
                         self.service(slot);
                     }

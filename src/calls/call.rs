@@ -37,7 +37,7 @@ use tracing::{info, warn};
 use super::api::{HoldParty, Security, SessionEvent};
 use super::cause::Cause;
 use super::directory::Account;
-use super::renegotiate::{Change, Refusal, TrunkSession};
+use super::renegotiate::{Change, PayloadMap, Refusal, TrunkSession};
 use super::sessions::SessionKey;
 use super::transferee::{Outcome, Retired, TrunkTransfer};
 use crate::config::cidr_contains;
@@ -735,10 +735,20 @@ impl Common {
         }
     }
 
+    /// Moves the relay's trunk leg (the call's media source setting and
+    /// telephone-event applied).
+    fn update_trunk_leg(&mut self, mut params: TrunkLegParams, map: PayloadMap) {
+        params.media_source = self.media_source;
+        self.media(MediaCommand::UpdateTrunk(Box::new(TrunkUpdate {
+            trunk: params,
+            payload_map: map,
+            telephone_event: self.telephone_event,
+        })));
+    }
+
     /// Carries out what a re-offer changed: the trunk leg, hold, timeouts.
     fn apply(&mut self, change: Change, now: Instant) {
-        if let Some((mut params, map)) = change.update {
-            params.media_source = self.media_source;
+        if let Some((params, map)) = change.update {
             info!(remote = %params.remote_rtp, "trunk re-offer: moving or re-keying the trunk leg");
             if let Some(s) = &self.trunk_session {
                 let security = s.security();
@@ -749,11 +759,7 @@ impl Common {
                 }
             }
             self.sync_telephone_event();
-            self.media(MediaCommand::UpdateTrunk(Box::new(TrunkUpdate {
-                trunk: params,
-                payload_map: map,
-                telephone_event: self.telephone_event,
-            })));
+            self.update_trunk_leg(params, map);
         }
         let id = self.id.clone();
         match change.hold {
@@ -1683,7 +1689,13 @@ impl Call {
         };
         let (moved, outcome) = t.poll(&mut self.c.out, now);
         progressed |= moved;
-        if let Some(outcome) = outcome {
+        if let Some(Outcome::EarlyMedia(change)) = outcome {
+            // The leg only: the session (and its hold) stays the
+            // transferor's until the answer.
+            if let Some((params, map)) = change.update {
+                self.c.update_trunk_leg(params, map);
+            }
+        } else if let Some(outcome) = outcome {
             if let Some(t) = self.transfer_in.take() {
                 self.c.trunk_transfer = false;
                 match outcome {
@@ -1694,6 +1706,7 @@ impl Call {
                     Outcome::Failed { code, reason } => {
                         self.trunk_transfer_failed(*t, code, &reason, now)
                     }
+                    Outcome::EarlyMedia(_) => {}
                 }
             }
         }
@@ -1801,6 +1814,14 @@ impl Call {
     /// The new call failed: the transferor hears why; the call goes on
     /// with it, or ends when it has hung up.
     fn trunk_transfer_failed(&mut self, t: TrunkTransfer, code: u16, reason: &str, now: Instant) {
+        if t.early_media && !self.c.referrer_gone {
+            // Back from the target's early media to the transferor (its
+            // SSRC learned anew).
+            if let Some((params, map)) = self.c.trunk_session.as_ref().map(|s| s.leg(Vec::new())) {
+                info!("the trunk leg goes back to the transferor");
+                self.c.update_trunk_leg(params, map);
+            }
+        }
         self.notify_referrer(t.refer_cseq, (code, reason), true, now);
         self.tell_trunk_transfer(&t.to, code);
         if !t.uac.is_finished() {

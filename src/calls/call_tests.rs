@@ -2461,6 +2461,54 @@ fn a_trunks_refer_moves_the_trunk_leg_to_the_new_call_and_ends_the_old_dialog() 
     assert_eq!(d.hangup_of(1).map(|h| h.0), Some(200));
 }
 
+/// The trunk legs `d` asked the relay for, by remote RTP address.
+fn leg_moves(d: &Drained) -> Vec<SocketAddr> {
+    updates(d).iter().map(|p| p.remote_rtp).collect()
+}
+
+#[test]
+fn a_transfer_targets_early_media_is_played_then_its_answer_taken() {
+    let (mut call, now, _tag, invite) = trunk_transfer_started();
+    let target: SocketAddr = "10.0.0.77:40000".parse().unwrap();
+    call.handle_sip(now, reply(&invite, 183, Some(TARGET_ANSWER)), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(leg_moves(&d), [target], "the browser hears the target ring");
+    assert!(
+        d.events.is_empty(),
+        "no held/resumed or transferred for early media: {:?}",
+        d.events
+    );
+    // A second 183 moves nothing more.
+    call.handle_sip(now, reply(&invite, 183, Some(TARGET_ANSWER)), trunk_addr());
+    assert!(drain(&mut call).media.is_empty());
+    call.handle_sip(now, reply(&invite, 200, Some(TARGET_ANSWER)), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK", "NOTIFY", "BYE"]);
+    assert_eq!(leg_moves(&d), [target]);
+    assert_eq!(by_trunk(&d, 1), [("200".to_string(), 200)]);
+}
+
+#[test]
+fn a_failed_transfer_gives_the_leg_back_to_the_transferor_after_early_media() {
+    let (mut call, now, _tag, invite) = trunk_transfer_started();
+    let target: SocketAddr = "10.0.0.77:40000".parse().unwrap();
+    call.handle_sip(now, reply(&invite, 183, Some(TARGET_ANSWER)), trunk_addr());
+    assert_eq!(leg_moves(&drain(&mut call)), [target]);
+    call.handle_sip(now, reply(&invite, 486, None), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.requests(), ["ACK", "NOTIFY"]);
+    let back = updates(&d);
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_ne!(back[0].remote_rtp, target);
+    assert!(
+        matches!(back[0].crypto, TrunkCrypto::Sdes { .. }),
+        "the transferor's keys again"
+    );
+    assert!(back[0].ssrcs.is_empty(), "its SSRC learned anew");
+    assert_eq!(by_trunk(&d, 1), [("200".to_string(), 486)]);
+    assert!(!call.is_over_for_browsers());
+}
+
 #[test]
 fn a_failed_trunk_transfer_is_reported_and_the_call_stays_with_the_transferor() {
     let (mut call, now, tag, invite) = trunk_transfer_started();

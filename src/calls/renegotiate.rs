@@ -502,40 +502,49 @@ impl TrunkSession {
         if let (Some((cur, _)), Some(new)) = (self.dtls.as_mut(), t.offer.dtls.clone()) {
             *cur = new;
         }
-        let update = rebuild.then(|| {
-            let crypto = match (&self.sdes, &self.dtls) {
-                (Some(s), _) => TrunkCrypto::Sdes {
-                    inbound: s.theirs.clone(),
-                    outbound: s.ours.clone(),
-                },
-                (None, Some((theirs, _))) => TrunkCrypto::Dtls {
-                    role: theirs.role,
-                    remote_fingerprint: theirs.fingerprint.clone(),
-                    suites: self
-                        .suites
-                        .iter()
-                        .copied()
-                        .filter(|s| s.has_dtls_profile())
-                        .collect(),
-                },
-                (None, None) => TrunkCrypto::Plain,
-            };
-            let clock = self.browser_codec.clock_rate;
-            let mut map = vec![(self.browser_codec.pt, self.trunk_pt, clock)];
-            if let (Some(b), Some(t)) = (self.browser_te, self.trunk_te) {
-                map.push((b, t, clock));
-            }
-            let params = TrunkLegParams {
-                remote_rtp: self.remote_rtp,
-                remote_rtcp: self.remote_rtcp,
-                crypto,
-                ssrcs: t.offer.ssrcs.clone(),
-                // the call's own setting replaces this (`Call::apply`)
-                media_source: crate::types::MediaSource::Signaled,
-            };
-            (params, map)
-        });
+        let update = rebuild.then(|| self.leg(t.offer.ssrcs.clone()));
         Change { update, hold }
+    }
+
+    /// The trunk leg and payload map as the session has them, the peer's
+    /// SSRCs being `ssrcs` (empty: learned from its first packet).
+    pub fn leg(&self, ssrcs: Vec<crate::types::Ssrc>) -> (TrunkLegParams, PayloadMap) {
+        let crypto = match (&self.sdes, &self.dtls) {
+            (Some(s), _) => TrunkCrypto::Sdes {
+                inbound: s.theirs.clone(),
+                outbound: s.ours.clone(),
+            },
+            (None, Some((theirs, _))) => TrunkCrypto::Dtls {
+                role: theirs.role,
+                remote_fingerprint: theirs.fingerprint.clone(),
+                suites: self
+                    .suites
+                    .iter()
+                    .copied()
+                    .filter(|s| s.has_dtls_profile())
+                    .collect(),
+            },
+            (None, None) => TrunkCrypto::Plain,
+        };
+        let clock = self.browser_codec.clock_rate;
+        let mut map = vec![(self.browser_codec.pt, self.trunk_pt, clock)];
+        if let (Some(b), Some(t)) = (self.browser_te, self.trunk_te) {
+            map.push((b, t, clock));
+        }
+        let params = TrunkLegParams {
+            remote_rtp: self.remote_rtp,
+            remote_rtcp: self.remote_rtcp,
+            crypto,
+            ssrcs,
+            // the call's own setting replaces this (`Call::apply`)
+            media_source: crate::types::MediaSource::Signaled,
+        };
+        (params, map)
+    }
+
+    /// A DTLS-SRTP leg (its association belongs to one peer).
+    pub fn is_dtls(&self) -> bool {
+        self.dtls.is_some()
     }
 
     /// A label for `connected`-style security strings after a re-key.

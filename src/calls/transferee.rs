@@ -17,7 +17,9 @@
 //! The browser leg is not touched: same session, same DTLS, same codec (the
 //! new INVITE offers only the codec the browser already runs, so whatever
 //! the target answers the browser can keep sending), and it hears the
-//! transferor until the target answers, then the target. The browser is
+//! transferor until the target's early media (an 18x with SDP: the trunk
+//! leg moves to it, and back to the transferor if the transfer fails) or
+//! its answer, then the target. The browser is
 //! told `transferred` with `by: "trunk"`: code 100 when the new INVITE
 //! goes out, then the final status.
 //!
@@ -41,9 +43,15 @@ use crate::sip::refer::Referral;
 use crate::sip::uac::{OutgoingCall, UacConfig, UacEvent};
 use crate::sip::uas::IncomingCall;
 
-/// How a carried-out REFER ended.
+/// What came of a carried-out REFER: early media, or its end.
 #[derive(Debug)]
 pub(super) enum Outcome {
+    /// The target's 18x carries an SDP: the trunk leg moves to it (only
+    /// the leg: hold and the session stay the transferor's) so that the
+    /// browser hears the target's ringback or announcement. Once per
+    /// transfer; not on DTLS legs, whose association belongs to one peer
+    /// and could not be given back to the transferor if the transfer fails.
+    EarlyMedia(Box<Change>),
     /// The target answered: its session, and what the trunk leg must do.
     Answered(Box<(TrunkSession, Change)>),
     /// The new call failed with this status (the SIP refusal, 408, or
@@ -60,6 +68,9 @@ pub(super) struct TrunkTransfer {
     pub uac: OutgoingCall,
     /// The trunk session as offered in the new INVITE.
     session: TrunkSession,
+    /// The trunk leg runs on the target's early media: a failure must
+    /// give it back to the transferor.
+    pub early_media: bool,
 }
 
 impl TrunkTransfer {
@@ -91,6 +102,7 @@ impl TrunkTransfer {
             refer_cseq: referral.cseq,
             uac,
             session,
+            early_media: false,
         }
     }
 
@@ -109,10 +121,24 @@ impl TrunkTransfer {
             };
             progressed = true;
             match event {
-                UacEvent::Provisional { code, .. } => {
-                    // Early media of the target is not played: the browser
-                    // hears the transferor until the answer.
+                UacEvent::Provisional { code, sdp } => {
                     info!(code, "the transfer target: provisional answer");
+                    let Some(sdp) = sdp.filter(|_| !self.early_media && !self.session.is_dtls())
+                    else {
+                        continue;
+                    };
+                    // A clone: the final answer is taken against the
+                    // session as offered (our key stays offered).
+                    match self.session.clone().take_answer(Some(&sdp)) {
+                        Ok(change) => {
+                            info!("the transfer target's early media: the trunk leg moves to it");
+                            self.early_media = true;
+                            return (true, Some(Outcome::EarlyMedia(Box::new(change))));
+                        }
+                        Err(e) => {
+                            warn!(reason = %e, "the transfer target's early SDP is unusable: not played");
+                        }
+                    }
                 }
                 UacEvent::Answered { sdp } => {
                     let mut session = self.session.clone();

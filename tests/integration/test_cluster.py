@@ -418,53 +418,27 @@ def test_cluster_incoming_refer_via_proxy(workdir):
     target (sipp/uas_transfer_target.xml, the node's trunk, behind Kamailio)
     gets the INVITE with Kamailio's Via on top and a Record-Route, answers,
     and echoes the browser's tone back on the same peer connection."""
-    from harness import SippUac, SippUas, async_wait_until
+    from harness import SippUas
+    from test_transfer import incoming_refer
     target = SippUas(workdir, "uas_transfer_target.xml", extra=["-rtp_echo"], name="sipp_target").start()
     kam = Kamailio(workdir)
     node = Gateway(workdir, trunk=TrunkSpec("carrier", target.uri, callee_stream="decrypted",
                                             secure_media="forbidden"),
                    name="a", cluster={"outbound_proxy": f"sip:127.0.0.1:{kam.port};lr", "drain_seconds": 2})
-    caller = None
     try:
         kam.start(target.port, [node.sip_port])
         node.start()
-
-        async def run():
-            nonlocal caller
-            peer = await BrowserPeer(node.base_url, node.login()).connect()
-            try:
-                caller = SippUac(workdir, "uac_refer_in.xml", remote=f"127.0.0.1:{node.sip_port}",
-                                 service=ACCOUNT, extra=["-rtp_echo"]).start()
-                await peer.wait_incoming(10)
-                await peer.accept()
-                connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
-                assert connected["type"] == "connected", connected
-
-                def final():
-                    return next((m for m in peer.messages if m.get("type") == "transferred"
-                                 and m.get("code", 0) >= 200), None)
-                await async_wait_until(final, 15, "transferred with a final code")
-                packets_at = peer.packets_received
-                await peer.receive(packets_at + 50, timeout=10)
-                await peer.hangup()
-                await peer.wait_for({"hangup"}, 10)
-                return final(), peer.packets_received - packets_at
-            finally:
-                await peer.close()
-
-        transferred, packets_after = asyncio.run(run())
-        caller_code = caller.wait(20)
-        target_code = target.wait(20)
+        r = incoming_refer(workdir, node, target, after=50)
     finally:
-        if caller is not None:
-            caller.stop()
         target.stop()
         node_code = node.stop()
         kam.stop()
+    transferred = next(m for m in r["transferred"] if m.get("code", 0) >= 200)
+    caller_code, target_code, packets_after = r["caller_exit"], r["target_exit"], r["packets_after"]
     invites = target.received("INVITE")
     save_result(workdir, caller_exit=caller_code, target_exit=target_code, transferred=transferred,
                 packets_after=packets_after, target_invite=[m.text for m in invites])
-    assert caller_code == 0, f"caller sipp exit {caller_code} ({caller.msg_path})"
+    assert caller_code == 0, f"caller sipp exit {caller_code} ({r['caller_log']})"
     assert target_code == 0, f"target sipp exit {target_code} ({target.msg_path})"
     assert node_code == 0
     assert transferred.get("code") == 200, transferred

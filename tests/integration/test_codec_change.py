@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 
 import pytest
 
@@ -34,6 +35,7 @@ class PtEcho:
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.pts: list[int] = []
+        self.times: list[float] = []  # time.time() of each, for SIPp's clock
         self.running = True
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -47,6 +49,7 @@ class PtEcho:
                 return
             if len(data) >= 12 and data[0] >> 6 == 2:
                 self.pts.append(data[1] & 0x7F)
+                self.times.append(time.time())
                 self.sock.sendto(data, src)
 
     def __enter__(self):

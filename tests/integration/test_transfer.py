@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from harness import save_result, sip_header
+from harness import GWT_HOST, save_result, sip_header
 
 pytestmark = pytest.mark.gateway
 
@@ -117,6 +117,53 @@ def test_trunk_refer_moves_the_call_to_the_target_on_the_same_browser_media(work
     assert hangup.get("type") == "hangup" and hangup.get("code") == 200, hangup
 
 
+def incoming_refer(workdir, gw, target, after: int = 100) -> dict:
+    """The browser side of a trunk's REFER on an incoming call: SIPp as the
+    caller (sipp/uac_refer_in.xml, -rtp_echo) calls alice on `gw`, the
+    browser (aiortc) answers; SIPp REFERs to 200 after 1.5 s, the gateway
+    calls `target` (a SippUas, started). Once `transferred` has its final
+    code the browser takes `after` more packets and hangs up. Returns the
+    figures and both SIPps' exit codes; the caller SIPp is stopped."""
+    from harness import BrowserPeer, SippUac, async_wait_until
+    caller = None
+
+    async def run():
+        nonlocal caller
+        peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+        try:
+            caller = SippUac(workdir, "uac_refer_in.xml", remote=f"127.0.0.1:{gw.sip_port}",
+                             service="alice", extra=["-rtp_echo"]).start()
+            await peer.wait_incoming(10)
+            await peer.accept()
+            connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
+            assert connected["type"] == "connected", connected
+
+            def final():
+                return next((m for m in peer.messages if m.get("type") == "transferred"
+                             and m.get("code", 0) >= 200), None)
+            await async_wait_until(final, 15, "transferred with a final code")
+            packets_at, loud_at = peer.packets_received, peer.sink.loud_frames
+            await peer.receive(packets_at + after, timeout=10)
+            figures = {"packets_after": peer.packets_received - packets_at,
+                       "loud_frames_after": peer.sink.loud_frames - loud_at}
+            await peer.hangup()
+            figures["hangup"] = await peer.wait_for({"hangup"}, 10)
+            figures["transferred"] = [m for m in peer.messages if m.get("type") == "transferred"]
+            return figures
+        finally:
+            await peer.close()
+
+    try:
+        out = asyncio.run(run())
+        out["caller_exit"] = caller.wait(20)
+        out["target_exit"] = target.wait(20)
+        out["caller_log"] = str(caller.msg_path)
+        return out
+    finally:
+        if caller is not None:
+            caller.stop()
+
+
 def test_trunk_refer_on_an_incoming_call(workdir):
     """The trunk's REFER on a call the trunk placed (the gateway's server
     dialog): SIPp as the caller (sipp/uac_refer_in.xml, -rtp_echo) calls
@@ -127,53 +174,68 @@ def test_trunk_refer_on_an_incoming_call(workdir):
     answers; the caller's dialog gets our BYE; the browser, on its one peer
     connection, hears its tone echoed by the target, then hangs up (BYE to
     the target)."""
-    from harness import BrowserPeer, Gateway, SippUac, SippUas, TrunkSpec, async_wait_until
+    from harness import Gateway, SippUas, TrunkSpec
     target = SippUas(workdir, "uas_transfer_target.xml", extra=["-rtp_echo"], name="sipp_target").start()
     gw = Gateway(workdir, trunk=TrunkSpec("carrier", target.uri, callee_stream="decrypted",
                                           secure_media="forbidden")).start()
-    caller = None
     try:
-        async def run():
-            nonlocal caller
-            peer = await BrowserPeer(gw.base_url, gw.login()).connect()
-            try:
-                caller = SippUac(workdir, "uac_refer_in.xml", remote=f"127.0.0.1:{gw.sip_port}",
-                                 service="alice", extra=["-rtp_echo"]).start()
-                await peer.wait_incoming(10)
-                await peer.accept()
-                connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
-                assert connected["type"] == "connected", connected
-
-                def final():
-                    return next((m for m in peer.messages if m.get("type") == "transferred"
-                                 and m.get("code", 0) >= 200), None)
-                await async_wait_until(final, 15, "transferred with a final code")
-                packets_at, loud_at = peer.packets_received, peer.sink.loud_frames
-                await peer.receive(packets_at + 100, timeout=10)
-                figures = {"packets_after": peer.packets_received - packets_at,
-                           "loud_frames_after": peer.sink.loud_frames - loud_at}
-                await peer.hangup()
-                hangup = await peer.wait_for({"hangup"}, 10)
-                transferred = [m for m in peer.messages if m.get("type") == "transferred"]
-                return transferred, hangup, figures
-            finally:
-                await peer.close()
-
-        transferred, hangup, figures = asyncio.run(run())
-        caller_code = caller.wait(20)
-        target_code = target.wait(20)
+        r = incoming_refer(workdir, gw, target)
     finally:
-        if caller is not None:
-            caller.stop()
         target.stop()
         gw_code = gw.stop()
+    transferred, hangup = r["transferred"], r["hangup"]
+    caller_code, target_code = r["caller_exit"], r["target_exit"]
+    figures = {k: r[k] for k in ("packets_after", "loud_frames_after")}
     save_result(workdir, caller_exit=caller_code, target_exit=target_code, transferred=transferred,
                 hangup=hangup, **figures,
                 target_invite=[m.first_line for m in target.received("INVITE")])
-    assert caller_code == 0, f"caller sipp exit {caller_code} ({caller.msg_path})"
+    assert caller_code == 0, f"caller sipp exit {caller_code} ({r['caller_log']})"
     assert target_code == 0, f"target sipp exit {target_code} ({target.msg_path})"
     assert gw_code == 0 and "panicked" not in gw.log()
     assert [(m.get("code"), m.get("by"), m.get("to")) for m in transferred] == \
         [(100, "trunk", "200"), (200, "trunk", "200")], transferred
     assert figures["packets_after"] >= 100 and figures["loud_frames_after"] > 50, figures
     assert hangup.get("code") == 200, hangup
+
+
+def test_trunk_refer_plays_the_targets_early_media(workdir):
+    """The target's early media during a carried-out REFER: as in
+    test_trunk_refer_on_an_incoming_call, but the target (a variant of
+    sipp/uas_transfer_target.xml) answers 183 with SDP, 2 s before its 200,
+    and its media port is an echo socket of the test that records when each
+    packet came. The gateway moves the trunk leg to the 183's address, so
+    the browser's tone reaches the target (and its echo the browser) before
+    the 200: the browser hears the target's ringback or announcement rather
+    than the transferor. Before, nothing reached the target until its 200."""
+    from harness import SIPP_DIR, Gateway, SippUas, TrunkSpec
+    from test_codec_change import PtEcho
+    text = (SIPP_DIR / "uas_transfer_target.xml").read_text()
+    i = text.index("  <send>")
+    j = text.index("  </send>", i) + len("  </send>\n")
+    answer = text[i:j].replace("[media_port]", "[echo_port]")
+    early = answer.replace("SIP/2.0 200 OK", "SIP/2.0 183 Session Progress")
+    scenario = workdir / "uas_transfer_target_early.xml"
+    scenario.write_text(text[:i] + early + '  <pause milliseconds="2000" />\n' + answer + text[j:])
+    with PtEcho(GWT_HOST) as echo:
+        target = SippUas(workdir, str(scenario), keys={"echo_port": echo.port}, name="sipp_target").start()
+        gw = Gateway(workdir, trunk=TrunkSpec("carrier", target.uri, callee_stream="decrypted",
+                                              secure_media="forbidden")).start()
+        try:
+            r = incoming_refer(workdir, gw, target, after=50)
+        finally:
+            target.stop()
+            gw_code = gw.stop()
+    transferred, caller_code, target_code = r["transferred"], r["caller_exit"], r["target_exit"]
+    answered_at = target.sent(status=200)[0].time
+    early_sent_at = target.sent(status=183)[0].time
+    before = [t for t in echo.times if t < answered_at]
+    figures = {"early_packets_at_target": len(before),
+               "ms_from_183_to_first_packet": round((before[0] - early_sent_at) * 1000) if before else None,
+               "packets_at_target": len(echo.times)}
+    save_result(workdir, caller_exit=caller_code, target_exit=target_code, transferred=transferred, **figures)
+    assert caller_code == 0, f"caller sipp exit {caller_code} ({r['caller_log']})"
+    assert target_code == 0, f"target sipp exit {target_code} ({target.msg_path})"
+    assert gw_code == 0 and "panicked" not in gw.log()
+    assert [(m.get("code"), m.get("by")) for m in transferred] == [(100, "trunk"), (200, "trunk")], transferred
+    # 2 s of early media at 50 packets/s
+    assert figures["early_packets_at_target"] >= 50, figures

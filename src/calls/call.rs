@@ -204,6 +204,12 @@ pub enum Output {
     /// A new dialog of the call (the INVITE a trunk's REFER asked for):
     /// messages with this Call-ID are the call's too.
     ListenCallId(String),
+    /// The trunk's transfer was carried out: the call goes on with `to` in
+    /// the dialog `sip_call_id` (for the call's record).
+    Transferred {
+        to: Personal,
+        sip_call_id: String,
+    },
 }
 
 /// An outgoing call as the browser's `call` message and the config give it.
@@ -286,6 +292,8 @@ enum Kind {
 /// the timers and how it ended.
 struct Common {
     id: CallId,
+    /// The account redacts numbers (records of a transfer's target).
+    redact: bool,
     timers: CallTimers,
     media: MediaPlan,
     /// The addresses of the call's trunk: requests from elsewhere get 403.
@@ -377,6 +385,7 @@ impl Common {
     ) -> Self {
         Common {
             id,
+            redact: false,
             timers,
             media,
             trunk_sources,
@@ -1081,6 +1090,7 @@ impl Call {
             setup.trunk_sources.clone(),
         );
         c.media_source = setup.account.trunk.media_source;
+        c.redact = setup.account.redact;
         let refuse = |mut c: Common, cause: Cause| {
             c.finish(cause, now);
             c.finished = true;
@@ -1210,6 +1220,7 @@ impl Call {
             setup.trunk_sources,
         );
         c.media_source = setup.account.trunk.media_source;
+        c.redact = setup.account.redact;
         let offer_params = BrowserOfferParams {
             local_ip: setup.media.public_ip,
             port: setup.media.browser_port,
@@ -1809,6 +1820,13 @@ impl Call {
         self.c.trunk_session = Some(session);
         self.c.apply(change, now);
         self.tell_trunk_transfer(&t.to, 200);
+        if let Kind::Outgoing(o) = &self.kind {
+            let sip_call_id = o.uac.call_id().to_string();
+            self.c.out.push_back(Output::Transferred {
+                to: Personal::new(t.to.clone(), self.c.redact),
+                sip_call_id,
+            });
+        }
     }
 
     /// The new call failed: the transferor hears why; the call goes on

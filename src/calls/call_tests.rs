@@ -185,6 +185,8 @@ struct Drained {
     fallbacks: usize,
     /// Further Call-IDs the call listens to.
     call_ids: Vec<String>,
+    /// Carried-out transfers for the record: (to as displayed, Call-ID).
+    transfers: Vec<(String, String)>,
 }
 
 impl Drained {
@@ -273,6 +275,9 @@ fn drain_anywhere(call: &mut Call) -> Drained {
             Output::Connected => d.connected += 1,
             Output::SecureMediaFallback => d.fallbacks += 1,
             Output::ListenCallId(id) => d.call_ids.push(id),
+            Output::Transferred { to, sip_call_id } => {
+                d.transfers.push((to.to_string(), sip_call_id))
+            }
         }
     }
     d
@@ -2416,6 +2421,11 @@ fn a_trunks_refer_moves_the_trunk_leg_to_the_new_call_and_ends_the_old_dialog() 
         other => panic!("{other:?}"),
     }
     assert_eq!(by_trunk(&d, 1), [("200".to_string(), 200)]);
+    assert_eq!(
+        d.transfers,
+        [("200".to_string(), new_id.clone())],
+        "the record names the target and the new dialog"
+    );
     assert!(!call.is_over_for_browsers());
     // The old dialog's BYE is answered; the call goes on.
     let bye = &requests_of(&d, rsip::Method::Bye)[0];

@@ -196,6 +196,12 @@ pub async fn run(mut call: Call, io: CallIo) {
                     });
                     extra_ids.push(id);
                 }
+                Output::Transferred { to, sip_call_id } => cdr.record(CdrEvent::Transferred {
+                    id: live.id().to_string(),
+                    // Display masks it for a redacting account.
+                    to: to.to_string(),
+                    sip_call_id,
+                }),
             }
         }
         let info = call.info();

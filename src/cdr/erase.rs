@@ -1,7 +1,8 @@
 //! The right to erasure ("account purge"). What identifies the person goes:
 //! the account name (replaced by a stable pseudonym, so billing can still
-//! total one customer's calls), the remote party, the SIP Call-ID (a handle
-//! into the carrier's records, which hold the numbers) and the browser-chosen
+//! total one customer's calls), the remote party and the number a transfer
+//! went to, the SIP Call-IDs (handles into the carrier's records, which hold
+//! the numbers) and the browser-chosen
 //! call id (replaced by a hash of it, still unique). What billing and
 //! accounting need stays: times, duration, direction, trunk, cause, codec,
 //! security and packet counts.
@@ -32,7 +33,11 @@ pub(super) fn erase(
     };
     {
         let mut update = tx.prepare(
-            "UPDATE calls SET id = ?2, account = ?3, remote = '', sip_call_id = '' WHERE id = ?1",
+            "UPDATE calls SET id = ?2, account = ?3, remote = '', sip_call_id = '',
+                 transferred_to = CASE WHEN transferred_to IS NULL THEN NULL ELSE '' END,
+                 transfer_sip_call_id =
+                     CASE WHEN transfer_sip_call_id IS NULL THEN NULL ELSE '' END
+             WHERE id = ?1",
         )?;
         for id in &ids {
             update.execute(params![id, erased_call_id(salt, id), alias])?;

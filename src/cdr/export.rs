@@ -71,6 +71,8 @@ const CSV_HEADER: &[&str] = &[
     "trunk_bytes_in",
     "trunk_bytes_out",
     "trunk_drops_total",
+    "transferred_to",
+    "transfer_sip_call_id",
 ];
 
 /// RFC 4180 CSV: a header line, then one line per row, CRLF line ends.
@@ -111,6 +113,8 @@ pub fn to_csv(rows: &[CdrRow]) -> String {
             r.trunk_leg.bytes_in.to_string(),
             r.trunk_leg.bytes_out.to_string(),
             r.trunk_leg.drops_total.to_string(),
+            opt(&r.transferred_to),
+            opt(&r.transfer_sip_call_id),
         ];
         push_line(&mut out, fields.into_iter().map(Cow::Owned));
     }

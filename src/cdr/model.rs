@@ -62,6 +62,14 @@ pub enum CdrEvent {
         id: String,
         at: SystemTime,
     },
+    /// The trunk's REFER was carried out: the call went on with `to`
+    /// (already masked when the account redacts) in the dialog
+    /// `sip_call_id`. A later transfer replaces both.
+    Transferred {
+        id: String,
+        to: String,
+        sip_call_id: String,
+    },
     Ended {
         id: String,
         at: SystemTime,
@@ -85,6 +93,7 @@ impl CdrEvent {
         match self {
             CdrEvent::Started { id, .. }
             | CdrEvent::Answered { id, .. }
+            | CdrEvent::Transferred { id, .. }
             | CdrEvent::Ended { id, .. } => id,
         }
     }
@@ -121,6 +130,10 @@ pub struct CdrRow {
     pub browser_leg: LegFigures,
     /// Media figures of the trunk's leg.
     pub trunk_leg: LegFigures,
+    /// The number a trunk's transfer moved the call to, and the SIP
+    /// Call-ID of that dialog (see [`CdrEvent::Transferred`]).
+    pub transferred_to: Option<String>,
+    pub transfer_sip_call_id: Option<String>,
 }
 
 /// One entry of the audit log: who did what to the records, and when.

@@ -12,7 +12,7 @@ const COLUMNS: &str = "id, direction, account, remote, trunk, sip_call_id,
     browser_packets_in, browser_packets_out, browser_bytes_in, browser_bytes_out,
     browser_drops_total,
     trunk_packets_in, trunk_packets_out, trunk_bytes_in, trunk_bytes_out,
-    trunk_drops_total";
+    trunk_drops_total, transferred_to, transfer_sip_call_id";
 
 /// The last `limit` ended calls, newest first.
 pub(super) fn recent(conn: &Connection, limit: usize) -> Result<Vec<CdrRow>, CdrError> {
@@ -68,6 +68,8 @@ fn row(r: &Row<'_>) -> rusqlite::Result<CdrRow> {
         private: r.get(15)?,
         browser_leg: leg(r, 16)?,
         trunk_leg: leg(r, 21)?,
+        transferred_to: r.get(26)?,
+        transfer_sip_call_id: r.get(27)?,
     })
 }
 

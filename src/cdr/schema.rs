@@ -66,6 +66,14 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO meta (key, value) VALUES ('pseudonym_salt', lower(hex(randomblob(16))));
     "#,
+    // 2: a call the trunk transferred (its REFER carried out): the number
+    // the call went on with (masked like `remote` for redacting accounts)
+    // and the SIP Call-ID of the new dialog, the handle into the carrier's
+    // records of the part after the transfer. NULL: not transferred.
+    r#"
+    ALTER TABLE calls ADD COLUMN transferred_to TEXT;
+    ALTER TABLE calls ADD COLUMN transfer_sip_call_id TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -146,6 +146,35 @@ fn cdr_migrations_run_on_an_empty_file_and_are_idempotent_on_reopen() {
 }
 
 #[test]
+fn cdr_a_version_1_file_gains_the_transfer_columns_and_keeps_its_rows() {
+    let dir = TempDir::new("migrate-v1");
+    let store = CdrStore::open(&dir.db(), t0()).unwrap();
+    call(&store, "c1", "alice", "+493012345689", t0(), 60);
+    store.flush().unwrap();
+    drop(store);
+    // The file as a gateway before migration 2 left it.
+    {
+        let conn = Connection::open(dir.db()).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE calls DROP COLUMN transferred_to;
+             ALTER TABLE calls DROP COLUMN transfer_sip_call_id;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = CdrStore::open(&dir.db(), t0() + secs(3600)).unwrap();
+    let row = store.get("c1").unwrap().unwrap();
+    assert_eq!(row.cause.as_deref(), Some("hung up by the browser"));
+    assert_eq!((row.transferred_to, row.transfer_sip_call_id), (None, None));
+    drop(store);
+    let conn = Connection::open(dir.db()).unwrap();
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[test]
 fn cdr_database_is_private_to_its_owner() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("mode");
@@ -211,6 +240,11 @@ fn cdr_started_answered_ended_make_one_row() {
         id: "call-1".into(),
         at: t0() + Duration::from_millis(4_500),
     });
+    store.record(CdrEvent::Transferred {
+        id: "call-1".into(),
+        to: "+4930******00".into(),
+        sip_call_id: "b93f2c@gw.example".into(),
+    });
     let mut end = ended("call-1", t0() + secs(65));
     if let CdrEvent::Ended {
         private,
@@ -264,6 +298,8 @@ fn cdr_started_answered_ended_make_one_row() {
             bytes_out: 516_000,
             drops_total: 0,
         },
+        transferred_to: Some("+4930******00".into()),
+        transfer_sip_call_id: Some("b93f2c@gw.example".into()),
     };
     assert_eq!(row, want);
     assert_eq!(store.get("never-started").unwrap(), None);
@@ -481,6 +517,8 @@ fn cdr_erase_leaves_no_trace_of_the_account_or_the_remote_party() {
     let account = "alice.wonderland";
     let remote = "+4930987654321";
     let sip_call_id = "3848276298220188511@alice-laptop.example";
+    let target = "+4930111222333";
+    let target_call_id = "77aa19@alice-transfer.example";
     let store = CdrStore::open(&dir.db(), t0()).unwrap();
     store.record(CdrEvent::Started {
         id: "alice.wonderland-call-1".into(),
@@ -494,6 +532,11 @@ fn cdr_erase_leaves_no_trace_of_the_account_or_the_remote_party() {
     store.record(CdrEvent::Answered {
         id: "alice.wonderland-call-1".into(),
         at: t0() + secs(5),
+    });
+    store.record(CdrEvent::Transferred {
+        id: "alice.wonderland-call-1".into(),
+        to: target.into(),
+        sip_call_id: target_call_id.into(),
     });
     store.record(ended("alice.wonderland-call-1", t0() + secs(125)));
     call(
@@ -535,13 +578,16 @@ fn cdr_erase_leaves_no_trace_of_the_account_or_the_remote_party() {
         "987654321",
         sip_call_id,
         "alice-laptop",
+        target,
+        target_call_id,
+        "alice-transfer",
     ] {
         let hits: Vec<&String> = values.iter().filter(|v| v.contains(needle)).collect();
         assert!(hits.is_empty(), "{needle:?} still in {hits:?}");
     }
     // …nor anywhere in the files' bytes.
     let wal = dir.0.join(format!("{DB_FILE}-wal"));
-    for needle in [account, remote, sip_call_id] {
+    for needle in [account, remote, sip_call_id, target, target_call_id] {
         assert!(
             !file_contains(&dir.db(), needle),
             "{needle:?} in the database file"

@@ -173,6 +173,20 @@ fn apply(conn: &Connection, event: &CdrEvent) -> rusqlite::Result<()> {
                 tracing::warn!(call = %id, "call record: Answered for no open call, ignored");
             }
         }
+        CdrEvent::Transferred {
+            id,
+            to,
+            sip_call_id,
+        } => {
+            let n = conn.execute(
+                "UPDATE calls SET transferred_to = ?2, transfer_sip_call_id = ?3
+                 WHERE id = ?1 AND ended_at IS NULL",
+                params![id, to, sip_call_id],
+            )?;
+            if n == 0 {
+                tracing::warn!(call = %id, "call record: Transferred for no open call, ignored");
+            }
+        }
         CdrEvent::Ended {
             id,
             at,

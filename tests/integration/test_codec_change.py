@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from harness import GWT_HOST, run_browser_against_sipp, save_result
+from harness import GWT_HOST, SIPP_DIR, run_browser_against_sipp, save_result
 
 pytestmark = pytest.mark.gateway
 
@@ -62,7 +62,26 @@ class PtEcho:
         self.sock.close()
 
 
-def test_trunk_reinvite_to_pcma_is_reoffered_to_the_browser(workdir):
+def update_variant(workdir) -> str:
+    """sipp/uas_codec_change.xml with an UPDATE (RFC 3311) in place of the
+    re-INVITE: same SDP, CSeq method UPDATE, no ACK after its 200."""
+    text = (SIPP_DIR / "uas_codec_change.xml").read_text()
+    assert text.count("      INVITE [next_url] SIP/2.0") == 1 and text.count("CSeq: 1 INVITE") == 1
+    text = text.replace("      INVITE [next_url] SIP/2.0", "      UPDATE [next_url] SIP/2.0")
+    text = text.replace("CSeq: 1 INVITE", "CSeq: 1 UPDATE")
+    ack = text.index("      ACK [next_url] SIP/2.0")
+    start = text.rindex("  <send>", 0, ack)
+    end = text.index("  </send>", ack) + len("  </send>\n")
+    scenario = workdir / "uas_codec_change_update.xml"
+    scenario.write_text(text[:start] + text[end:])
+    return str(scenario)
+
+
+@pytest.mark.parametrize("method", ["INVITE", "UPDATE"])
+def test_trunk_reinvite_to_pcma_is_reoffered_to_the_browser(workdir, method):
+    """The trunk's re-INVITE (or, the same with UPDATE, RFC 3311) drops
+    PCMU for PCMA: the browser gets our `offer`, answers, the trunk gets a
+    200 with PCMA and only PCMA from then on; the browser hears its echo."""
     from conftest import TRUNK_NUMBER
 
     async def browser(peer, gw):
@@ -80,8 +99,8 @@ def test_trunk_reinvite_to_pcma_is_reoffered_to_the_browser(workdir):
                     frames=peer.sink.frames)
 
     with PtEcho(GWT_HOST) as echo:
-        run = run_browser_against_sipp(workdir, "uas_codec_change.xml", browser,
-                                       keys={"echo_port": echo.port})
+        scenario = "uas_codec_change.xml" if method == "INVITE" else update_variant(workdir)
+        run = run_browser_against_sipp(workdir, scenario, browser, keys={"echo_port": echo.port})
     r = run.result
     after = echo.pts[len(r["pts_before"]):]
     figures = dict(sipp_exit=run.sipp_code, pts_before={pt: r["pts_before"].count(pt) for pt in (0, 8)},

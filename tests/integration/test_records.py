@@ -804,7 +804,8 @@ CSV_HEADER = ["id", "direction", "account", "remote", "trunk", "sip_call_id", "s
               "ended_at", "duration_s", "cause_code", "cause", "hung_up_by", "codec", "browser_security",
               "trunk_security", "private", "browser_packets_in", "browser_packets_out", "browser_bytes_in",
               "browser_bytes_out", "browser_drops_total", "trunk_packets_in", "trunk_packets_out",
-              "trunk_bytes_in", "trunk_bytes_out", "trunk_drops_total"]
+              "trunk_bytes_in", "trunk_bytes_out", "trunk_drops_total", "transferred_to",
+              "transfer_sip_call_id"]
 
 
 def test_export_and_purge_cli(workdir, start_baresip, start_gateway):

@@ -13,6 +13,7 @@ Artifacts in tests/artifacts/<test name>/: sipp/messages.log, gateway/gateway.lo
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -186,8 +187,10 @@ def test_trunk_refer_on_an_incoming_call(workdir):
     transferred, hangup = r["transferred"], r["hangup"]
     caller_code, target_code = r["caller_exit"], r["target_exit"]
     figures = {k: r[k] for k in ("packets_after", "loud_frames_after")}
+    export = gw.cli("cdr", "export", "--account", "alice", "--format", "json")
+    records = json.loads(export.stdout) if export.returncode == 0 else export.stderr.decode()
     save_result(workdir, caller_exit=caller_code, target_exit=target_code, transferred=transferred,
-                hangup=hangup, **figures,
+                hangup=hangup, **figures, records=records,
                 target_invite=[m.first_line for m in target.received("INVITE")])
     assert caller_code == 0, f"caller sipp exit {caller_code} ({r['caller_log']})"
     assert target_code == 0, f"target sipp exit {target_code} ({target.msg_path})"
@@ -196,6 +199,11 @@ def test_trunk_refer_on_an_incoming_call(workdir):
         [(100, "trunk", "200"), (200, "trunk", "200")], transferred
     assert figures["packets_after"] >= 100 and figures["loud_frames_after"] > 50, figures
     assert hangup.get("code") == 200, hangup
+    # The call's record names the target and the new dialog's Call-ID.
+    assert isinstance(records, list) and len(records) == 1, records
+    target_call_id = sip_header(target.received("INVITE")[0].text, "Call-ID")
+    assert (records[0]["transferred_to"], records[0]["transfer_sip_call_id"]) == ("200", target_call_id), \
+        records[0]
 
 
 def test_trunk_refer_plays_the_targets_early_media(workdir):

@@ -265,6 +265,8 @@ struct TrunkLeg {
     /// A DTLS-SRTP trunk: its handshake (`srtp` is `None` until it keyed
     /// the leg).
     dtls: Option<TrunkDtls>,
+    /// An SDES leg: the trunk's key its inbound context was made with.
+    sdes_in: Option<SrtpKeyMaterial>,
 }
 
 /// The DTLS side of a DTLS-SRTP trunk leg.
@@ -433,6 +435,7 @@ impl CallRelay {
                 retired: Vec::new(),
                 media_source: trunk.media_source,
                 dtls,
+                sdes_in: sdes_inbound(&trunk.crypto).cloned(),
             },
             // Jitter is reported in the clock of the stream: the codec's.
             rtcp_watch: RtcpWatch::new(payload_map.first().map_or(8000, |(_, _, clock)| *clock)),
@@ -585,7 +588,7 @@ impl CallRelay {
             }
             _ => false,
         };
-        let (srtp, dtls) = if keep {
+        let (mut srtp, dtls) = if keep {
             (self.trunk.srtp.take(), self.trunk.dtls.take())
         } else {
             match trunk_keying(&trunk, &self.identity, now) {
@@ -596,6 +599,18 @@ impl CallRelay {
         if !keep && srtp.is_some() {
             self.counters.srtp_contexts.fetch_add(2, Relaxed);
         }
+        // The trunk's key did not change (the re-INVITE moved the leg, or
+        // changed only our key): its stream goes on, and so does our
+        // context for it, rollover counters and replay windows included. A
+        // fresh one would take a call past 65,536 packets for ROC 0 and
+        // fail every packet after the move (RFC 3711 3.3.1).
+        let new_in = sdes_inbound(&trunk.crypto);
+        if let (Some((fresh, _)), Some((old, _))) = (srtp.as_mut(), self.trunk.srtp.as_mut()) {
+            if new_in.is_some() && self.trunk.sdes_in.as_ref() == new_in {
+                std::mem::swap(fresh, old);
+            }
+        }
+        self.trunk.sdes_in = new_in.cloned();
         // A latching trunk keeps sending from its NAT's address whatever it
         // signals: only a strict leg retires the sources it latched to.
         let latched = match trunk.media_source {
@@ -1353,6 +1368,14 @@ fn trunk_keying(
     }
 }
 
+/// The trunk's key of an SDES leg.
+fn sdes_inbound(crypto: &TrunkCrypto) -> Option<&SrtpKeyMaterial> {
+    match crypto {
+        TrunkCrypto::Sdes { inbound, .. } => Some(inbound),
+        _ => None,
+    }
+}
+
 fn drop_reason(e: SrtpError) -> DropReason {
     match e {
         SrtpError::AuthFailed => DropReason::AuthFailed,
@@ -1488,6 +1511,8 @@ pub(crate) mod tests {
         /// The trunk's sender and receiver (SDES), if SRTP.
         pub(crate) trunk_tx: Option<SrtpContext>,
         pub(crate) trunk_rx: Option<SrtpContext>,
+        /// The trunk leg's SDES keys (inbound, outbound), if SRTP.
+        pub(crate) trunk_keys: Option<(SrtpKeyMaterial, SrtpKeyMaterial)>,
         pub(crate) t0: Instant,
     }
 
@@ -1532,6 +1557,7 @@ pub(crate) mod tests {
             browser_rx: SrtpContext::new(&b_out).unwrap(),
             trunk_tx: sdes.then(|| SrtpContext::new(&t_in).unwrap()),
             trunk_rx: sdes.then(|| SrtpContext::new(&t_out).unwrap()),
+            trunk_keys: sdes.then(|| (t_in.clone(), t_out.clone())),
             t0,
         }
     }
@@ -1919,6 +1945,69 @@ pub(crate) mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The trunk's stream past 65,535 (ROC 1), then a re-INVITE that moves
+    /// the leg with `inbound` as the trunk's key: is its next packet taken?
+    fn moved_past_the_rollover(same_key: bool) -> usize {
+        let mut k = keyed(true, None);
+        let (t_in, t_out) = k.trunk_keys.clone().unwrap();
+        let old = addr("192.0.2.10:30000");
+        let mut forwarded = 0;
+        for (i, seq) in [65_534u16, 65_535, 0, 1].into_iter().enumerate() {
+            let ts = 160 * i as u32;
+            let pkt = protect(
+                k.trunk_tx.as_mut().unwrap(),
+                &rtp_packet(PCMU, seq, ts, 0x71, 1),
+            );
+            k.relay
+                .handle_datagram(LegId::TrunkRtp, old, &pkt, k.t0 + ms(20 * i as u64));
+            forwarded += drain(&mut k.relay).len();
+        }
+        assert_eq!(forwarded, 4, "the stream crossed 65,535 intact");
+        let new = addr("192.0.2.10:30002");
+        let inbound = if same_key {
+            t_in
+        } else {
+            SrtpKeyMaterial::generate(SrtpSuite::AesCm128HmacSha1_80)
+        };
+        k.relay.update_trunk(
+            TrunkUpdate {
+                trunk: TrunkLegParams {
+                    remote_rtp: new,
+                    remote_rtcp: None,
+                    crypto: TrunkCrypto::Sdes {
+                        inbound,
+                        // Our answer to their re-offer brings a new key.
+                        outbound: SrtpKeyMaterial::generate(t_out.suite),
+                    },
+                    ssrcs: vec![],
+                    media_source: MediaSource::Signaled,
+                },
+                payload_map: payload_map(),
+                telephone_event: None,
+            },
+            k.t0 + ms(80),
+        );
+        let pkt = protect(
+            k.trunk_tx.as_mut().unwrap(),
+            &rtp_packet(PCMU, 2, 640, 0x71, 1),
+        );
+        k.relay
+            .handle_datagram(LegId::TrunkRtp, new, &pkt, k.t0 + ms(100));
+        drain(&mut k.relay).len()
+    }
+
+    #[test]
+    fn a_move_keeping_the_trunks_key_keeps_its_rollover_counter() {
+        assert_eq!(
+            moved_past_the_rollover(true),
+            1,
+            "index 65,538 authenticates"
+        );
+        // A new key of the trunk is a new context: the old sender's packet
+        // no longer authenticates (the test itself can fail).
+        assert_eq!(moved_past_the_rollover(false), 0);
     }
 
     #[test]

@@ -36,7 +36,8 @@ export DEBIAN_FRONTEND=noninteractive
 # rtpengine-daemon (10.5): the load tool's comparison target (test_load_tool.py)
 # libsrtp2-1 (2.5): the trunk-side SRTP peer of every SDES suite (test_srtp_suites.py, via ctypes)
 # kamailio, haproxy: the cluster front (test_cluster.py)
-pkgs=(baresip baresip-core sip-tester kamailio haproxy chromium firefox-esr libnss3-tools fonts-dejavu-core iproute2 iptables python3-pip python3-venv sox libssl-dev pkg-config rtpengine-daemon libsrtp2-1)
+# linphone-cli (liblinphone 5.1): a second SIP and media stack as trunk and caller (test_linphone.py)
+pkgs=(baresip baresip-core sip-tester kamailio haproxy chromium firefox-esr libnss3-tools fonts-dejavu-core iproute2 iptables python3-pip python3-venv sox libssl-dev pkg-config rtpengine-daemon libsrtp2-1 linphone-cli)
 # node 20 + npm may come from elsewhere (nvm, nodesource); Debian's only if absent
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
@@ -58,7 +59,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   echo "all present: ${pkgs[*]}"
 fi
-for tool in baresip sipp kamailio kamcmd haproxy chromium ip node npm; do
+for tool in baresip linphonec sipp kamailio kamcmd haproxy chromium ip node npm; do
   command -v "$tool" >/dev/null || die "$tool missing after install"
 done
 echo "baresip $(dpkg-query -W -f='${Version}' baresip-core), $(sipp -v 2>&1 | grep -o 'v[0-9][^ ]*' | head -1), $(chromium --version 2>/dev/null), node $(node -v)"

@@ -1,0 +1,183 @@
+"""linphone as the far end: a second SIP and media stack beside baresip
+(liblinphone 5.1 with belle-sip and mediastreamer2; SRTP through libsrtp,
+DTLS through bctoolbox's mbedTLS), driven by linphonec
+(tests/integration/linphone_peer.py).
+
+Each test proves media both ways, not only signaling: the aiortc browser
+counts RTP packets and the tone's energy, linphone records what it hears to
+a WAV whose energy the test measures, and each side's verdict on the
+encryption is read (`connected.security` at the browser, liblinphone's
+"Negotiated media encryption" in its log).
+
+Artifacts in tests/artifacts/<test name>/: gateway/gateway.log,
+linphone/linphone.log (SIP trace), linphone/linphonec.out,
+linphone/heard.wav, result.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from harness import TONE_RMS_MIN, BrowserPeer, TrunkSpec, save_result, wait_until
+from linphone_peer import Linphone
+from test_incoming import gw_uri, sessions
+from test_sip_trunk import start_gateway  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.gateway
+
+PACKETS = 100     # 2 s of 20 ms frames at the browser
+HEARD_S = 1.5     # seconds of the browser's tone in linphone's recording
+
+# linphone media_encryption -> (trunk callee_stream, secure_media, extra trunk
+# keys, linphone's verdict, security.trunk prefix, trunk profile)
+MODES = {
+    "srtp": ("sdes", "mandatory", {}, "LinphoneMediaEncryptionSRTP", "sdes-srtp", "RTP/SAVP"),
+    # linphone signals 127.0.0.1 and sends from 10.99.0.1: plain RTP latches
+    "none": ("decrypted", "forbidden", {"media_source": "latch"}, "LinphoneMediaEncryptionNone", "rtp",
+             "RTP/AVP"),
+    "dtls": ("dtls", "mandatory", {"media_source": "latch"}, "LinphoneMediaEncryptionDTLS", "dtls-srtp", "UDP/TLS/RTP/SAVP"),
+}
+
+
+@pytest.fixture
+def start_linphone(workdir, tone_wav):
+    started: list[Linphone] = []
+
+    def start(encryption: str) -> Linphone:
+        lp = Linphone(workdir, tone_wav, encryption=encryption)
+        started.append(lp)
+        return lp.start()
+
+    yield start
+    for lp in started:
+        lp.stop()
+
+
+def _trunk(lp: Linphone, mode: str) -> TrunkSpec:
+    callee_stream, secure_media, extra, *_ = MODES[mode]
+    return TrunkSpec("carrier", f"{lp.uri};transport=udp", callee_stream=callee_stream,
+                     secure_media=secure_media, **extra)
+
+
+def _heard(lp: Linphone):
+    """linphone's recording once it holds HEARD_S seconds of the browser's
+    tone (it is written while the call runs)."""
+    return wait_until(lambda: (lambda w: w if w.seconds >= HEARD_S + 1 else None)(lp.heard()), 20,
+                      f"{HEARD_S + 1}s recorded by linphone ({lp.record_path})")
+
+
+async def _talk(peer: BrowserPeer, lp: Linphone) -> dict:
+    """Media both ways once linphone says the call is up: packets and energy
+    at the browser, energy in linphone's recording."""
+    lp.wait_connected()
+    await peer.receive(PACKETS, timeout=20)
+    heard = await asyncio.to_thread(_heard, lp)
+    received, sent = await peer.stats()
+    return {"received": received, "sent": sent, "rms": peer.sink.rms, "linphone_heard_rms": heard.rms,
+            "linphone_heard_s": heard.seconds}
+
+
+def _check(workdir, mode: str, lp: Linphone, connected: dict, r: dict, sdp_text: str):
+    *_, verdict, security, profile = MODES[mode]
+    save_result(workdir, mode=mode, connected=connected, browser=r, linphone_encryption=lp.negotiated_encryption())
+    assert connected.get("type") == "connected", f"expected connected, got {connected}"
+    assert str((connected.get("security") or {}).get("trunk", "")).startswith(security), connected
+    assert "m=audio" in sdp_text and f" {profile} " in sdp_text, f"trunk-side SDP not {profile}:\n{sdp_text}"
+    assert lp.negotiated_encryption() == verdict, f"linphone negotiated {lp.negotiated_encryption()}"
+    assert r["received"] >= PACKETS and r["rms"] > TONE_RMS_MIN, f"the browser heard linphone's tone: {r}"
+    assert r["linphone_heard_rms"] > TONE_RMS_MIN, f"linphone heard the browser's tone: {r}"
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_browser_calls_linphone(workdir, start_gateway, start_linphone, mode):
+    """aiortc → gateway → linphone as the trunk, in each of linphone's media
+    encryptions (mandatory): SDES, plain RTP, DTLS-SRTP."""
+    lp = start_linphone(mode)
+    gw = start_gateway(_trunk(lp, mode))
+
+    async def run():
+        peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+        try:
+            connected = await peer.call("1000")
+            if connected.get("type") != "connected":
+                return connected, {}
+            r = await _talk(peer, lp)
+            await peer.hangup()
+            return connected, r
+        finally:
+            await peer.close()
+
+    connected, r = asyncio.run(run())
+    invites = lp.received("INVITE")
+    assert invites, f"linphone got no INVITE ({lp.log_path})"
+    _check(workdir, mode, lp, connected, r, invites[0].text)
+    wait_until(lambda: lp.received("BYE"), 10, "the browser's hangup reaching linphone as BYE")
+    lp.wait_ended()
+
+
+@pytest.mark.parametrize("mode", ["srtp", "dtls"])
+def test_linphone_calls_the_browser(workdir, start_gateway, start_linphone, mode):
+    """linphone → gateway → the account's browser session, linphone's offer
+    SDES or DTLS-SRTP (mandatory); linphone hangs up."""
+    lp = start_linphone(mode)
+    gw = start_gateway(_trunk(lp, mode))
+
+    async def run():
+        (peer,) = await sessions(gw, 1)
+        try:
+            lp.dial(gw_uri(gw))
+            await peer.wait_incoming(10)
+            await peer.accept()
+            connected = await peer.wait_for({"connected", "hangup"}, 20, call_id=peer.call_id)
+            if connected.get("type") != "connected":
+                return connected, {}
+            r = await _talk(peer, lp)
+            lp.hangup()
+            hangup = await peer.wait_for({"hangup"}, 10, call_id=peer.call_id)
+            r["hangup"] = hangup
+            return connected, r
+        finally:
+            await peer.close()
+
+    connected, r = asyncio.run(run())
+    oks = [m for m in lp.received(status=200) if "INVITE" in (m.text.split("CSeq:", 1)[-1].split("\n", 1)[0])]
+    assert oks, f"linphone got no 200 to its INVITE ({lp.log_path})"
+    _check(workdir, mode, lp, connected, r, oks[0].text)
+    assert r["hangup"].get("code") == 200, r["hangup"]
+    lp.wait_ended()
+
+
+def test_linphone_plain_rtp_is_dropped_without_latch(workdir, start_gateway, start_linphone):
+    """The strict default (media_source = "signaled") against linphone's
+    plain RTP: its SDP says 127.0.0.1, its packets come from 10.99.0.1, so
+    they are dropped and counted as wrong_source and the browser hears
+    nothing (test_browser_calls_linphone[none] is the same call with
+    "latch": audio both ways)."""
+    lp = start_linphone("none")
+    gw = start_gateway(TrunkSpec("carrier", f"{lp.uri};transport=udp", callee_stream="decrypted",
+                                 secure_media="forbidden"))
+
+    async def run():
+        peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+        try:
+            connected = await peer.call("1000")
+            assert connected.get("type") == "connected", connected
+            lp.wait_connected()
+            drops = await asyncio.to_thread(
+                wait_until, lambda: gw.metrics().sum("gateway_media_drops_total", leg="trunk",
+                                                    reason="wrong_source") >= 100,
+                20, "linphone's packets dropped as wrong_source")
+            received, _ = await peer.stats()
+            await peer.hangup()
+            return received, drops
+        finally:
+            await peer.close()
+
+    received, _ = asyncio.run(run())
+    wrong_source = gw.metrics().sum("gateway_media_drops_total", leg="trunk", reason="wrong_source")
+    save_result(workdir, browser_received=received, wrong_source_drops=wrong_source)
+    assert received == 0, f"the browser got {received} packets from a source the trunk never signaled"
+    assert any(m.sdp_media() and m.sdp_media()[0] == "127.0.0.1" for m in lp.sent(status=200)), \
+        "linphone's answer should signal 127.0.0.1"

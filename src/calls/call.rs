@@ -343,6 +343,9 @@ struct Common {
     /// The telephone-event of the trunk leg, once media runs: without it
     /// the browser's `dtmf` is refused.
     telephone_event: Option<TelephoneEvent>,
+    /// The browser's digits for a trunk without telephone-event, going out
+    /// one SIP INFO at a time.
+    info_dtmf: InfoDtmf,
     /// The browser's `hold` (true) or `resume` whose re-INVITE is out.
     hold_request: Option<bool>,
     /// Our session refresh (RFC 4028) by re-INVITE is out.
@@ -410,6 +413,7 @@ impl Common {
             codec_switch: None,
             deferred_answer: None,
             telephone_event: None,
+            info_dtmf: InfoDtmf::default(),
             hold_request: None,
             refresh_request: false,
             refer_base: String::new(),
@@ -519,11 +523,17 @@ impl Common {
             );
         }
         if self.telephone_event.is_none() {
-            return self.error(
-                session,
-                488,
-                "the trunk did not negotiate telephone-event (RFC 4733): DTMF cannot be sent on this call",
+            // RFC 4733 is impossible on this leg: SIP INFO carries the
+            // digits instead, as FreeSWITCH's and Asterisk's INFO modes do.
+            if self.info_dtmf.queue.len() + digits.len() > INFO_DTMF_QUEUE {
+                return self.error(session, 409, "too many DTMF digits waiting to be sent");
+            }
+            info!(
+                count = digits.len(),
+                "DTMF toward the trunk by SIP INFO (no telephone-event)"
             );
+            self.info_dtmf.queue.extend(digits.iter().copied());
+            return;
         }
         info!(count = digits.len(), "DTMF toward the trunk");
         for digit in digits {
@@ -964,6 +974,10 @@ impl Common {
             self.on_referred(code);
             return None;
         }
+        if let OwnEvent::InfoAnswered { code } = event {
+            self.on_info_dtmf_answered(code);
+            return None;
+        }
         let refresh = self.hold_request.is_none() && std::mem::take(&mut self.refresh_request);
         let hold = match self.hold_request.take() {
             Some(hold) => hold,
@@ -979,7 +993,9 @@ impl Common {
             (false, false) => "resume",
         };
         match event {
-            OwnEvent::Updated { .. } | OwnEvent::Referred { .. } => None,
+            OwnEvent::Updated { .. }
+            | OwnEvent::Referred { .. }
+            | OwnEvent::InfoAnswered { .. } => None,
             OwnEvent::Answered { sdp, .. } => {
                 let session = self.trunk_session.as_mut()?;
                 match session.take_hold_answer(sdp.as_deref(), hold) {
@@ -1039,6 +1055,30 @@ impl Common {
         }
     }
 
+    /// The trunk's answer to the INFO of one of the browser's digits: the
+    /// next may go; a refusal drops the digits left and tells the owner.
+    fn on_info_dtmf_answered(&mut self, code: u16) {
+        self.info_dtmf.out = false;
+        if (200..300).contains(&code) {
+            return;
+        }
+        let dropped = self.info_dtmf.queue.len();
+        self.info_dtmf.queue.clear();
+        warn!(
+            code,
+            dropped, "the trunk refused a DTMF digit sent by SIP INFO"
+        );
+        if let (Some(owner), None) = (self.owner, &self.ended) {
+            self.error(
+                owner,
+                488,
+                &format!(
+                    "the trunk refused DTMF by SIP INFO ({code}) and did not negotiate telephone-event (RFC 4733)"
+                ),
+            );
+        }
+    }
+
     /// `connected` goes out once the trunk side is up and the browser's DTLS
     /// is, so the lock the browser shows is true for both legs.
     fn maybe_connected(&mut self, trunk_up: bool) {
@@ -1073,6 +1113,41 @@ impl Common {
             security,
         };
         self.tell_owner(event);
+    }
+}
+
+/// How many of the browser's digits may wait for SIP INFO (as many as the
+/// relay queues for RFC 4733).
+const INFO_DTMF_QUEUE: usize = 64;
+/// One INFO digit per 200 ms at most: the 100 ms tone its body announces
+/// and a 100 ms pause, the cadence of our RFC 4733 digits.
+const INFO_DTMF_CADENCE: Duration = Duration::from_millis(200);
+
+/// The browser's digits toward a trunk without telephone-event: one INFO
+/// out at a time (digits keep their order), the next not before the
+/// cadence allows.
+#[derive(Debug, Default)]
+struct InfoDtmf {
+    queue: VecDeque<DtmfDigit>,
+    /// An INFO is waiting for its final answer.
+    out: bool,
+    /// The earliest the next INFO may go.
+    next: Option<Instant>,
+}
+
+impl InfoDtmf {
+    /// A digit waits, none is out, and the cadence allows it now.
+    fn ready(&self, now: Instant) -> bool {
+        !self.out && !self.queue.is_empty() && self.next.is_none_or(|t| t <= now)
+    }
+
+    /// When a waiting digit becomes due (the pump sends one that is due
+    /// already as soon as it can).
+    fn wakeup(&self) -> Option<Instant> {
+        if self.out || self.queue.is_empty() {
+            return None;
+        }
+        self.next
     }
 }
 
@@ -1380,6 +1455,7 @@ impl Call {
             self.c.teardown_deadline,
             self.c.resume_deadline,
             self.c.codec_switch.as_ref().map(|s| s.deadline),
+            self.c.info_dtmf.wakeup(),
         ]
         .into_iter()
         .flatten()
@@ -1391,7 +1467,9 @@ impl Call {
             return;
         }
         if let SessionInput::Dtmf { session, digits } = input {
-            return self.c.dtmf(session, &digits);
+            self.c.dtmf(session, &digits);
+            self.pump(now);
+            return;
         }
         if let SessionInput::Hold { session, hold } = input {
             self.browser_hold(session, hold, now);
@@ -1655,6 +1733,7 @@ impl Call {
                 Kind::Refused => false,
             };
             progressed |= self.pump_trunk_transfer(now);
+            progressed |= self.pump_info_dtmf(now);
             for r in &mut self.retired {
                 progressed |= r.drain(&mut self.c.out);
             }
@@ -1672,6 +1751,40 @@ impl Call {
         {
             self.c.finished = true;
         }
+    }
+
+    /// Sends the browser's next digit as SIP INFO when the last one was
+    /// answered and the cadence allows (see [`InfoDtmf`]).
+    fn pump_info_dtmf(&mut self, now: Instant) -> bool {
+        if self.c.ended.is_some() {
+            self.c.info_dtmf.queue.clear();
+            return false;
+        }
+        if !self.c.info_dtmf.ready(now) {
+            return false;
+        }
+        let Some(digit) = self.c.info_dtmf.queue.pop_front() else {
+            return false;
+        };
+        let sent = match &mut self.kind {
+            Kind::Outgoing(o) => o.uac.info_dtmf(digit, now),
+            Kind::Incoming(i) => i.uas.info_dtmf(digit, now),
+            Kind::Refused => return false,
+        };
+        match sent {
+            Ok(()) => {
+                self.c.info_dtmf.out = true;
+                self.c.info_dtmf.next = Some(now + INFO_DTMF_CADENCE);
+            }
+            Err(e) => {
+                self.c.info_dtmf.queue.clear();
+                if let Some(owner) = self.c.owner {
+                    self.c
+                        .error(owner, 409, &format!("cannot send DTMF by SIP INFO: {e}"));
+                }
+            }
+        }
+        true
     }
 
     // ---- a REFER of the trunk (see calls::transferee) ----------------------

@@ -1741,8 +1741,30 @@ fn browser_digits_go_to_the_media_of_the_owner_only() {
     assert_eq!(error_of(&d, 2).map(|e| e.0), Some(404));
 }
 
+/// The `Signal=` of each INFO in `d`.
+fn info_signals(d: &Drained) -> String {
+    requests_of(d, rsip::Method::Info)
+        .iter()
+        .map(|r| {
+            let body = String::from_utf8_lossy(&r.body).to_string();
+            assert!(
+                message::header_values(r, "Content-Type")
+                    .iter()
+                    .any(|t| t == "application/dtmf-relay"),
+                "{r}"
+            );
+            assert!(body.ends_with("\r\nDuration=100\r\n"), "{body:?}");
+            body.strip_prefix("Signal=")
+                .unwrap()
+                .chars()
+                .next()
+                .unwrap()
+        })
+        .collect()
+}
+
 #[test]
-fn digits_before_the_media_or_without_telephone_event_are_refused() {
+fn digits_before_the_media_are_refused_and_without_telephone_event_go_by_sip_info() {
     let now = Instant::now();
     let mut call = outgoing_with(account(), now);
     let d = drain(&mut call);
@@ -1774,18 +1796,63 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYX
         _ => None,
     });
     assert_eq!(te, Some(None));
+    // Without telephone-event the digits go as SIP INFO, one at a time,
+    // each after the previous one's answer and 200 ms after it went.
     call.handle_session(
         now,
         SessionInput::Dtmf {
             session: 7,
-            digits: digits("1"),
+            digits: digits("1#"),
         },
     );
     let d = drain(&mut call);
+    assert_eq!(info_signals(&d), "1");
+    assert_eq!(dtmf_sent(&d), "");
+    assert!(error_of(&d, 7).is_none(), "{d:?}");
+    let first = requests_of(&d, rsip::Method::Info).remove(0);
+    let t = now + Duration::from_millis(50);
+    call.handle_sip(t, reply(&first, 200, None), trunk_addr());
+    assert_eq!(info_signals(&drain(&mut call)), "", "not before 200 ms");
+    assert_eq!(call.poll_timeout(), Some(now + Duration::from_millis(200)));
+    call.handle_timeout(now + Duration::from_millis(200));
+    let d = drain(&mut call);
+    assert_eq!(info_signals(&d), "#");
+    let second = requests_of(&d, rsip::Method::Info).remove(0);
+    assert!(
+        message::cseq(&second).unwrap().0 > message::cseq(&first).unwrap().0,
+        "a new CSeq per INFO"
+    );
+    // Until it is answered, nothing else goes, however late.
+    call.handle_session(
+        now,
+        SessionInput::Dtmf {
+            session: 7,
+            digits: digits("57"),
+        },
+    );
+    assert_eq!(info_signals(&drain(&mut call)), "");
+    let t = now + Duration::from_millis(600);
+    call.handle_sip(t, reply(&second, 200, None), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(info_signals(&d), "5");
+    // A refusal drops what is left and tells the browser why.
+    let third = requests_of(&d, rsip::Method::Info).remove(0);
+    call.handle_sip(t, reply(&third, 415, None), trunk_addr());
+    let d = drain(&mut call);
     let (code, message) = error_of(&d, 7).expect("an error");
     assert_eq!(code, 488);
-    assert!(message.contains("telephone-event"), "{message}");
-    assert_eq!(dtmf_sent(&d), "");
+    assert!(message.contains("SIP INFO (415)"), "{message}");
+    call.handle_timeout(t + Duration::from_secs(1));
+    assert_eq!(info_signals(&drain(&mut call)), "", "the 7 was dropped");
+    // The call goes on: the next digits are tried again.
+    call.handle_session(
+        t + Duration::from_secs(1),
+        SessionInput::Dtmf {
+            session: 7,
+            digits: digits("9"),
+        },
+    );
+    assert_eq!(info_signals(&drain(&mut call)), "9");
 }
 
 #[test]
@@ -3185,7 +3252,8 @@ fn a_private_call_hands_each_side_the_others_fingerprint_and_says_private() {
     );
     let info = call.info();
     assert!(info.private);
-    // The gateway cannot play DTMF into a stream it cannot encrypt.
+    // The gateway cannot play DTMF into a stream it cannot encrypt: the
+    // digit goes by SIP INFO, which needs no media key.
     call.handle_session(
         now,
         SessionInput::Dtmf {
@@ -3193,10 +3261,10 @@ fn a_private_call_hands_each_side_the_others_fingerprint_and_says_private() {
             digits: vec![crate::types::DtmfDigit::from_char('1').unwrap()],
         },
     );
-    assert!(drain(&mut call)
-        .to(7)
-        .iter()
-        .any(|e| matches!(e, SessionEvent::Error { .. })));
+    let d = drain(&mut call);
+    assert_eq!(info_signals(&d), "1");
+    assert_eq!(dtmf_sent(&d), "");
+    assert!(error_of(&d, 7).is_none(), "{d:?}");
     // Nor hold it: a clear refusal, no re-INVITE.
     call.handle_session(
         now,

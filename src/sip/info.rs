@@ -65,6 +65,19 @@ impl InfoBody {
     }
 }
 
+/// The `application/dtmf-relay` body of one digit we send a trunk that did
+/// not negotiate telephone-event: `Signal=5\r\nDuration=100\r\n` (the
+/// duration in ms, the tone length our RFC 4733 events have).
+pub fn dtmf_relay_body(digit: DtmfDigit, duration_ms: u32) -> String {
+    format!("Signal={}\r\nDuration={duration_ms}\r\n", digit.as_char())
+}
+
+/// The tone length our INFO digits announce (as our RFC 4733 events last).
+pub const DTMF_DURATION_MS: u32 = 100;
+
+/// The Content-Type of [`dtmf_relay_body`].
+pub const DTMF_RELAY: &str = "application/dtmf-relay";
+
 /// `Signal=` of an `application/dtmf-relay` body (names case-insensitive,
 /// lines ending in CRLF or LF; `Duration=` is not needed: the browser gets
 /// the digit, not a tone).
@@ -130,6 +143,16 @@ mod tests {
             InfoBody::parse(Some("Application/DTMF-Relay; charset=utf-8"), b"Signal=7"),
             digit('7')
         );
+    }
+
+    #[test]
+    fn our_dtmf_relay_bodies_read_back() {
+        for c in "0123456789*#ABCD".chars() {
+            let d = DtmfDigit::from_char(c).unwrap();
+            let body = dtmf_relay_body(d, 100);
+            assert_eq!(body, format!("Signal={c}\r\nDuration=100\r\n"));
+            assert_eq!(InfoBody::parse(Some(DTMF_RELAY), body.as_bytes()), digit(c));
+        }
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub enum OwnEvent {
     /// A final refusal (not 491, which is retried), or 408 when no final
     /// answer came in time. The session is as it was before the offer.
     Refused { code: u16, reason: String },
+    /// The final answer to our INFO (a DTMF digit, RFC 6086); 408 when
+    /// none came.
+    InfoAnswered { code: u16 },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -107,6 +110,11 @@ pub struct OwnRequests {
     update: Option<(ClientTransaction, Target)>,
     /// Our REFER (a blind transfer), and where it goes.
     refer: Option<(ClientTransaction, Target)>,
+    /// Our INFOs carrying DTMF digits, where they go, and whether each got
+    /// its final answer (a non-INVITE transaction lingers after it, Timer
+    /// K, to absorb retransmitted answers). One unanswered at a time, so
+    /// that digits arrive in order.
+    infos: Vec<(ClientTransaction, Target, bool)>,
     /// Our NOTIFYs about the peer's REFER (their answers change nothing:
     /// the transactions only retransmit until answered).
     notifies: Vec<(ClientTransaction, Target)>,
@@ -125,6 +133,15 @@ pub fn glare_delay(call_id_owner: bool, random: u32) -> Duration {
     Duration::from_millis(base + u64::from(random % steps) * 10)
 }
 
+/// The final status a non-INVITE transaction reported (408 for no answer
+/// in time), `None` for a provisional.
+fn final_code(ev: &TxEvent) -> Option<u16> {
+    match ev {
+        TxEvent::Response(r) => Some(message::status_code(r)).filter(|code| *code >= 200),
+        TxEvent::Timeout => Some(408),
+    }
+}
+
 impl OwnRequests {
     pub fn new(call_id_owner: bool) -> Self {
         OwnRequests {
@@ -132,6 +149,7 @@ impl OwnRequests {
             offer: None,
             update: None,
             refer: None,
+            infos: Vec::new(),
             notifies: Vec::new(),
             last_ack: None,
             transmit: VecDeque::new(),
@@ -233,6 +251,49 @@ impl OwnRequests {
         Ok(())
     }
 
+    /// Sends an INFO with `body` of `content_type` in `dialog` (RFC 6086:
+    /// no Info-Package, the legacy usage every DTMF-over-INFO peer takes).
+    /// One at a time, so that digits keep their order.
+    pub fn send_info(
+        &mut self,
+        dialog: &mut Dialog,
+        to: Target,
+        (content_type, body): (&str, &str),
+        now: Instant,
+    ) -> Result<(), OwnError> {
+        if self.infos.iter().any(|(_, _, answered)| !answered) {
+            return Err(OwnError::Busy);
+        }
+        let req = dialog
+            .request_with(Method::Info, Some((content_type, body)), Vec::new())
+            .map_err(|e| OwnError::Build(e.to_string()))?;
+        // The body is a digit: never logged (PINs, card numbers).
+        tracing::debug!(call_id = %dialog.call_id, content_type, "sending INFO");
+        self.infos
+            .push((ClientTransaction::new(req, to.transport, now), to, false));
+        self.pump();
+        Ok(())
+    }
+
+    /// Acts on what our INFOs' transactions reported.
+    fn drain_infos(&mut self) {
+        for (tx, to, answered) in &mut self.infos {
+            while let Some(b) = tx.poll_transmit() {
+                self.transmit.push_back((b, to.clone()));
+            }
+            while let Some(ev) = tx.poll_event() {
+                let Some(code) = final_code(&ev) else {
+                    continue;
+                };
+                if !*answered {
+                    *answered = true;
+                    self.events.push_back(OwnEvent::InfoAnswered { code });
+                }
+            }
+        }
+        self.infos.retain(|(tx, _, _)| !tx.is_terminated());
+    }
+
     /// Sends a NOTIFY about the peer's REFER with CSeq `refer_cseq` (RFC
     /// 3515 2.4.4): `message/sipfrag` with `code` and `reason`, the last one
     /// (`terminated`) ending the implicit subscription. Several may be out
@@ -291,12 +352,9 @@ impl OwnRequests {
             self.transmit.push_back((b, to.clone()));
         }
         while let Some(ev) = tx.poll_event() {
-            let code = match ev {
-                TxEvent::Response(r) if message::status_code(&r) < 200 => continue,
-                TxEvent::Response(r) => message::status_code(&r),
-                TxEvent::Timeout => 408,
-            };
-            self.events.push_back(OwnEvent::Referred { code });
+            if let Some(code) = final_code(&ev) {
+                self.events.push_back(OwnEvent::Referred { code });
+            }
         }
         if tx.is_terminated() {
             self.refer = None;
@@ -342,6 +400,11 @@ impl OwnRequests {
         if let Some((tx, _)) = self.refer.as_mut().filter(|(tx, _)| tx.matches(resp)) {
             tx.handle_response(resp.clone(), now);
             self.drain_refer();
+            return true;
+        }
+        if let Some((tx, _, _)) = self.infos.iter_mut().find(|(tx, _, _)| tx.matches(resp)) {
+            tx.handle_response(resp.clone(), now);
+            self.drain_infos();
             return true;
         }
         if let Some((tx, _)) = self.notifies.iter_mut().find(|(tx, _)| tx.matches(resp)) {
@@ -459,6 +522,12 @@ impl OwnRequests {
             tx.handle_timeout(now);
             self.drain_refer();
         }
+        if !self.infos.is_empty() {
+            for (tx, _, _) in &mut self.infos {
+                tx.handle_timeout(now);
+            }
+            self.drain_infos();
+        }
         if !self.notifies.is_empty() {
             for (tx, _) in &mut self.notifies {
                 tx.handle_timeout(now);
@@ -496,6 +565,7 @@ impl OwnRequests {
             .chain(offer.and_then(|o| o.retry_at))
             .chain(self.update.as_ref().and_then(|(tx, _)| tx.poll_timeout()))
             .chain(self.refer.as_ref().and_then(|(tx, _)| tx.poll_timeout()))
+            .chain(self.infos.iter().filter_map(|(tx, _, _)| tx.poll_timeout()))
             .chain(self.notifies.iter().filter_map(|(tx, _)| tx.poll_timeout()))
             .min()
     }
@@ -509,11 +579,14 @@ impl OwnRequests {
     }
 
     fn pump(&mut self) {
+        let lingering = self.infos.iter_mut().map(|(tx, to, _)| (tx, &*to));
         for (tx, to) in self
             .update
             .iter_mut()
             .chain(self.refer.iter_mut())
             .chain(self.notifies.iter_mut())
+            .map(|(tx, to)| (tx, &*to))
+            .chain(lingering)
         {
             while let Some(b) = tx.poll_transmit() {
                 self.transmit.push_back((b, to.clone()));

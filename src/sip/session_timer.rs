@@ -281,7 +281,9 @@ pub fn absorb(timer: Option<&mut SessionTimer>, ev: OwnEvent, now: Instant) -> O
         OwnEvent::Answered {
             session_expires, ..
         } => (true, session_expires),
-        OwnEvent::Refused { .. } | OwnEvent::Referred { .. } => (false, &None),
+        OwnEvent::Refused { .. } | OwnEvent::Referred { .. } | OwnEvent::InfoAnswered { .. } => {
+            (false, &None)
+        }
     };
     if let Some(timer) = timer {
         if refreshed {

@@ -45,6 +45,7 @@ use rsip::{Header, Method, Request, Response, SipMessage};
 
 use super::auth::{Challenge, DigestAlgorithm, DigestClient, DigestCredentials};
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
+use super::info;
 use super::message::{self, RequestParts, ResponseParts};
 use super::own_requests::{self, OwnError, OwnEvent, OwnRequests};
 use super::reinvite::{OfferAnswer, PeerUpdates, RenegotiationEvent};
@@ -494,6 +495,18 @@ impl OutgoingCall {
     /// trunk's NOTIFYs as `TransferNotify`.
     pub fn refer(&mut self, refer_to: &str, now: Instant) -> Result<(), OwnError> {
         self.send_own(|own, dialog, to| own.send_refer(dialog, to, refer_to, now))
+    }
+
+    /// Sends one DTMF digit as SIP INFO (`application/dtmf-relay`), for a
+    /// trunk that did not negotiate telephone-event; the answer comes as
+    /// `OwnEvent::InfoAnswered`. `OwnError::Busy` while the last is out.
+    pub fn info_dtmf(
+        &mut self,
+        digit: crate::types::DtmfDigit,
+        now: Instant,
+    ) -> Result<(), OwnError> {
+        let body = info::dtmf_relay_body(digit, info::DTMF_DURATION_MS);
+        self.send_own(|own, dialog, to| own.send_info(dialog, to, (info::DTMF_RELAY, &body), now))
     }
 
     /// Reports on the trunk's REFER with CSeq `refer_cseq` (see

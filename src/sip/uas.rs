@@ -28,6 +28,7 @@ use bytes::Bytes;
 use rsip::{Method, Request, Response, SipMessage};
 
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
+use super::info;
 use super::message::{self, ResponseParts};
 use super::own_requests::{self, OwnError, OwnEvent, OwnRequests};
 use super::reinvite::{OfferAnswer, PeerUpdates, RenegotiationEvent};
@@ -532,6 +533,18 @@ impl IncomingCall {
     pub fn refer(&mut self, refer_to: &str, now: Instant) -> Result<(), OwnError> {
         self.send_own(now, |own, dialog, to| {
             own.send_refer(dialog, to, refer_to, now)
+        })
+    }
+
+    /// Sends one DTMF digit as SIP INFO (see `sip::uac::OutgoingCall::info_dtmf`).
+    pub fn info_dtmf(
+        &mut self,
+        digit: crate::types::DtmfDigit,
+        now: Instant,
+    ) -> Result<(), OwnError> {
+        let body = info::dtmf_relay_body(digit, info::DTMF_DURATION_MS);
+        self.send_own(now, |own, dialog, to| {
+            own.send_info(dialog, to, (info::DTMF_RELAY, &body), now)
         })
     }
 

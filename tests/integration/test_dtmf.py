@@ -211,3 +211,44 @@ def test_dtmf_sip_info_from_trunk(workdir, gateway_for_sipp):
     assert refused and re.search(r"^Accept:.*application/dtmf-relay", refused[0].text, re.M | re.I), refused
     assert hangup["type"] == "hangup", hangup
     assert [code for _, code in played] == [5, 11] and len(events) == 8, (played, len(events))
+
+
+def test_dtmf_by_sip_info_to_a_trunk_without_telephone_event(workdir):
+    """SIPp (sipp/uas_info_dtmf_in.xml, -rtp_echo) answers PCMU without
+    telephone-event: the browser's `dtmf` "19#" reaches it as three SIP
+    INFOs, application/dtmf-relay Signal=1, 9, # with Duration=100, in
+    order, one after the other's 200 and at least 200 ms apart (the cadence
+    of our RFC 4733 digits); no `error` at the browser, whose echoed audio
+    goes on; the browser's hangup is SIPp's BYE."""
+    from harness import run_browser_against_sipp
+
+    async def browser(peer, gw):
+        connected = await peer.call(TRUNK_NUMBER)
+        assert connected["type"] == "connected", connected
+        await peer.receive(50, timeout=20)
+        await peer.send({"type": "dtmf", "id": peer.call_id, "digits": "19#"})
+        await asyncio.sleep(1.5)
+        received, _ = await peer.stats()
+        errors = [m for m in peer.messages if m.get("type") == "error"]
+        await peer.hangup()
+        return errors, received
+
+    run = run_browser_against_sipp(workdir, "uas_info_dtmf_in.xml", browser, extra=["-rtp_echo"])
+    errors, received = run.result
+    infos = run.sipp.received("INFO")
+    texts = [m.text.replace("\r", "") for m in infos]
+    bodies = [t.split("\n\n", 1)[-1].strip() for t in texts]
+    save_result(workdir, sipp_exit=run.sipp_code, errors=errors, browser_received=received,
+                infos=[(round(m.time - infos[0].time, 3), b) for m, b in zip(infos, bodies)])
+    assert run.sipp_code == 0, f"sipp exit {run.sipp_code} ({run.sipp.msg_path}, {run.sipp.err_path})"
+    assert run.gw_code == 0 and "panicked" not in run.gw.log()
+    assert not errors, errors
+    assert len(infos) == 3, [m.first_line for m in infos]
+    for text, body, digit in zip(texts, bodies, "19#"):
+        assert re.search(r"^Content-Type: *application/dtmf-relay$", text, re.M | re.I), text
+        assert body == f"Signal={digit}\nDuration=100", body
+    gaps = [b.time - a.time for a, b in zip(infos, infos[1:])]
+    assert all(g >= 0.19 for g in gaps), f"INFOs {gaps} s apart"
+    # no digit is ever logged (PINs, card numbers)
+    assert "Signal=" not in run.gw.log()
+    assert received > 100, received

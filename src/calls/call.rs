@@ -346,6 +346,9 @@ struct Common {
     /// The browser's digits for a trunk without telephone-event, going out
     /// one SIP INFO at a time.
     info_dtmf: InfoDtmf,
+    /// The trunk's media came from an IP its SDP does not name (dropped
+    /// under `media_source = "signaled"`): for the reason of a failure.
+    trunk_unsignaled_source: Option<SocketAddr>,
     /// The browser's `hold` (true) or `resume` whose re-INVITE is out.
     hold_request: Option<bool>,
     /// Our session refresh (RFC 4028) by re-INVITE is out.
@@ -414,6 +417,7 @@ impl Common {
             deferred_answer: None,
             telephone_event: None,
             info_dtmf: InfoDtmf::default(),
+            trunk_unsignaled_source: None,
             hold_request: None,
             refresh_request: false,
             refer_base: String::new(),
@@ -1627,6 +1631,14 @@ impl Call {
                 self.end(Cause::MediaTimeout, now);
             }
             MediaEvent::Dtmf { digit } => self.c.dtmf_from_trunk(digit, DtmfFrom::Rfc4733),
+            MediaEvent::TrunkUnsignaledSource { from } => {
+                warn!(
+                    from = %from.ip(),
+                    "the trunk's media comes from an address its SDP does not name: dropped \
+                     (trunks[].media_source = \"latch\" takes it, for a trunk behind NAT or multi-homed)"
+                );
+                self.c.trunk_unsignaled_source = Some(from);
+            }
         }
         self.pump(now);
     }
@@ -1646,10 +1658,16 @@ impl Call {
         }
         if self.c.trunk_dtls_deadline.is_some_and(|d| now >= d) {
             self.c.trunk_dtls_deadline = None;
-            let why = format!(
+            let mut why = format!(
                 "the trunk's DTLS handshake did not complete within {} s",
                 self.c.timers.dtls.as_secs()
             );
+            if let Some(from) = self.c.trunk_unsignaled_source {
+                why.push_str(&format!(
+                    " (its DTLS came from {}, which its SDP does not name: see trunks[].media_source)",
+                    from.ip()
+                ));
+            }
             self.end(Cause::MediaFailed(why), now);
         }
         if self.c.ring_deadline.is_some_and(|d| now >= d) {

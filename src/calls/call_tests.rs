@@ -2854,8 +2854,9 @@ fn a_dtls_answer_without_fingerprint_or_with_actpass_is_refused() {
     }
 }
 
-#[test]
-fn a_trunk_dtls_handshake_that_never_completes_ends_the_call() {
+/// A DTLS call the trunk answered (active: we are its DTLS server) whose
+/// browser leg is up; the trunk's handshake has not happened.
+fn dtls_answered_browser_connected() -> (Call, Instant) {
     let (mut call, now, invite) = dtls_call(SecureMedia::Mandatory);
     call.handle_sip(
         now,
@@ -2868,6 +2869,12 @@ fn a_trunk_dtls_handshake_that_never_completes_ends_the_call() {
             suite: SrtpSuite::AeadAes128Gcm,
         },
     );
+    (call, now)
+}
+
+#[test]
+fn a_trunk_dtls_handshake_that_never_completes_ends_the_call() {
+    let (mut call, now) = dtls_answered_browser_connected();
     let d = drain(&mut call);
     assert_eq!(d.connected, 0);
     let limit = CallTimers::default().dtls;
@@ -2880,6 +2887,21 @@ fn a_trunk_dtls_handshake_that_never_completes_ends_the_call() {
     let (_, reason) = d.hangup_of(7).expect("hangup");
     assert!(
         reason.contains("the trunk's DTLS handshake did not complete"),
+        "{reason}"
+    );
+    assert!(!reason.contains("media_source"), "{reason}");
+}
+
+#[test]
+fn a_trunk_dtls_handshake_from_an_unsignaled_address_names_media_source() {
+    let (mut call, now) = dtls_answered_browser_connected();
+    let from = "198.51.100.7:7078".parse().unwrap();
+    call.handle_media(now, MediaEvent::TrunkUnsignaledSource { from });
+    call.handle_timeout(now + CallTimers::default().dtls);
+    let (_, reason) = drain(&mut call).hangup_of(7).expect("hangup");
+    assert!(
+        reason.contains("its DTLS came from 198.51.100.7, which its SDP does not name")
+            && reason.contains("trunks[].media_source"),
         "{reason}"
     );
 }

@@ -68,6 +68,9 @@ pub enum MediaEvent {
     BrowserClosed,
     /// The trunk sent a DTMF digit as an RFC 4733 event (once per event).
     Dtmf { digit: crate::types::DtmfDigit },
+    /// Trunk media came from an IP its SDP does not name and was dropped
+    /// (`media_source = "signaled"`); once per call.
+    TrunkUnsignaledSource { from: std::net::SocketAddr },
 }
 
 /// Shared by clones: the process's media engine.

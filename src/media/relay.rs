@@ -204,6 +204,11 @@ pub enum RelayEvent {
     /// The trunk started a telephone-event (RFC 4733): reported once per
     /// event, not per packet.
     Dtmf { digit: DtmfDigit },
+    /// With `media_source = "signaled"`, trunk media (or its DTLS) came from
+    /// an IP its SDP does not name and was dropped: reported once per call,
+    /// so the operator learns why the trunk leg stays silent (a NATed or
+    /// multi-homed trunk needs `media_source = "latch"`).
+    TrunkUnsignaledSource { from: SocketAddr },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +272,8 @@ struct TrunkLeg {
     dtls: Option<TrunkDtls>,
     /// An SDES leg: the trunk's key its inbound context was made with.
     sdes_in: Option<SrtpKeyMaterial>,
+    /// [`RelayEvent::TrunkUnsignaledSource`] went out already.
+    unsignaled_reported: bool,
 }
 
 /// The DTLS side of a DTLS-SRTP trunk leg.
@@ -436,6 +443,7 @@ impl CallRelay {
                 media_source: trunk.media_source,
                 dtls,
                 sdes_in: sdes_inbound(&trunk.crypto).cloned(),
+                unsignaled_reported: false,
             },
             // Jitter is reported in the clock of the stream: the codec's.
             rtcp_watch: RtcpWatch::new(payload_map.first().map_or(8000, |(_, _, clock)| *clock)),
@@ -974,6 +982,7 @@ impl CallRelay {
                 && from.ip() != self.trunk.remote_rtp.ip())
             || self.trunk.retired.contains(&from)
         {
+            self.report_unsignaled(from);
             return self.drop(Leg::Trunk, DropReason::WrongSource);
         }
         let identity = self.identity.clone();
@@ -1093,6 +1102,23 @@ impl CallRelay {
         }
     }
 
+    /// A trunk packet dropped for its source: if the strict default was the
+    /// reason (the IP is not in the SDP at all), say so once.
+    fn report_unsignaled(&mut self, from: SocketAddr) {
+        let t = &mut self.trunk;
+        let signaled = |ip| ip == t.remote_rtp.ip() || t.remote_rtcp.is_some_and(|r| r.ip() == ip);
+        if t.unsignaled_reported
+            || t.media_source != MediaSource::Signaled
+            || signaled(from.ip())
+            || t.retired.contains(&from)
+        {
+            return;
+        }
+        t.unsignaled_reported = true;
+        self.events
+            .push_back(RelayEvent::TrunkUnsignaledSource { from });
+    }
+
     fn latch(&mut self, leg: LegId, from: SocketAddr, now: Instant) {
         let slot = match (leg, self.trunk.remote_rtcp) {
             (LegId::TrunkRtcp, Some(_)) => &mut self.trunk.rtcp_latch,
@@ -1158,7 +1184,12 @@ impl CallRelay {
                 return Err(DropReason::WrongSource)
             }
             Toward::Trunk => {}
-            Toward::Browser => self.trunk_source_ok(leg, from, now)?,
+            Toward::Browser => {
+                if let Err(reason) = self.trunk_source_ok(leg, from, now) {
+                    self.report_unsignaled(from);
+                    return Err(reason);
+                }
+            }
         }
         if self.private.is_some() {
             return self.forward_private(leg, from, kind, buf, now);
@@ -1756,6 +1787,41 @@ pub(crate) mod tests {
         );
         assert!(drain(&mut k.relay).is_empty());
         assert_eq!(trunk_snap(&k).drops(DropReason::WrongSource), 2);
+    }
+
+    #[test]
+    fn an_unsignaled_trunk_source_is_reported_once_and_only_when_strict() {
+        let mut k = keyed_from(false, None, MediaSource::Signaled);
+        // Another port of the signaled IP: not the strict rule's doing.
+        let pkt = rtp_packet(PCMU, 1, 0, 0x55, 4);
+        k.relay
+            .handle_datagram(LegId::TrunkRtp, addr("192.0.2.10:30002"), &pkt, k.t0);
+        // linphone's way: the SDP names one address, media leaves another.
+        let elsewhere = addr("198.51.100.7:7078");
+        for seq in 2..5 {
+            let pkt = rtp_packet(PCMU, seq, 160 * u32::from(seq), 0x55, 4);
+            k.relay
+                .handle_datagram(LegId::TrunkRtp, elsewhere, &pkt, k.t0 + ms(20));
+        }
+        assert!(drain(&mut k.relay).len() <= 1);
+        let events: Vec<_> = std::iter::from_fn(|| k.relay.poll_event()).collect();
+        assert_eq!(
+            events,
+            [RelayEvent::TrunkUnsignaledSource { from: elsewhere }],
+            "once per call"
+        );
+        assert!(trunk_snap(&k).drops(DropReason::WrongSource) >= 3);
+
+        // With latch the same packets are media, nothing to report.
+        let mut k = keyed_from(false, None, MediaSource::Latch);
+        k.relay.handle_datagram(
+            LegId::TrunkRtp,
+            elsewhere,
+            &rtp_packet(PCMU, 1, 0, 0x55, 4),
+            k.t0,
+        );
+        assert_eq!(drain(&mut k.relay).len(), 1);
+        assert_eq!(k.relay.poll_event(), None);
     }
 
     #[test]

@@ -152,9 +152,10 @@ def test_linphone_calls_the_browser(workdir, start_gateway, start_linphone, mode
 def test_linphone_plain_rtp_is_dropped_without_latch(workdir, start_gateway, start_linphone):
     """The strict default (media_source = "signaled") against linphone's
     plain RTP: its SDP says 127.0.0.1, its packets come from 10.99.0.1, so
-    they are dropped and counted as wrong_source and the browser hears
-    nothing (test_browser_calls_linphone[none] is the same call with
-    "latch": audio both ways)."""
+    they are dropped and counted as wrong_source, the browser hears
+    nothing, and the log says so once, naming media_source
+    (test_browser_calls_linphone[none] is the same call with "latch": audio
+    both ways)."""
     lp = start_linphone("none")
     gw = start_gateway(TrunkSpec("carrier", f"{lp.uri};transport=udp", callee_stream="decrypted",
                                  secure_media="forbidden"))
@@ -179,5 +180,8 @@ def test_linphone_plain_rtp_is_dropped_without_latch(workdir, start_gateway, sta
     wrong_source = gw.metrics().sum("gateway_media_drops_total", leg="trunk", reason="wrong_source")
     save_result(workdir, browser_received=received, wrong_source_drops=wrong_source)
     assert received == 0, f"the browser got {received} packets from a source the trunk never signaled"
+    # the operator is told why, once, with the setting that helps
+    warnings = [ln for ln in gw.log().splitlines() if "its SDP does not name" in ln]
+    assert len(warnings) == 1 and "media_source" in warnings[0] and "10.99.0.1" in warnings[0], warnings
     assert any(m.sdp_media() and m.sdp_media()[0] == "127.0.0.1" for m in lp.sent(status=200)), \
         "linphone's answer should signal 127.0.0.1"

@@ -847,6 +847,9 @@ fn forward_events(
                 (MediaEvent::BrowserClosed, true)
             }
             RelayEvent::Dtmf { digit } => (MediaEvent::Dtmf { digit }, false),
+            RelayEvent::TrunkUnsignaledSource { from } => {
+                (MediaEvent::TrunkUnsignaledSource { from }, false)
+            }
         };
         over |= terminal;
         match call.events.try_send(event) {

@@ -51,7 +51,6 @@ use crate::sdp::{
     self, AnswerKeying, BrowserAnswer, BrowserAnswerParams, BrowserOffer, BrowserOfferParams,
     SipOffer, TrunkAnswer, TrunkOfferMedia, TrunkOfferParams,
 };
-use crate::sip::auth::DigestCredentials;
 use crate::sip::message::{self, ResponseParts};
 use crate::sip::own_requests::{OwnError, OwnEvent};
 use crate::sip::refer::Referral;
@@ -2845,13 +2844,7 @@ fn trunk_call_config(
         via_host: local.host.clone(),
         via_port: local.port,
         transport: local.transport,
-        credentials: match (&trunk.username, &trunk.password) {
-            (Some(username), Some(password)) => Some(DigestCredentials {
-                username: username.clone(),
-                password: password.clone(),
-            }),
-            _ => None,
-        },
+        credentials: trunk.credentials(),
         user_agent: crate::sip::uas::USER_AGENT.to_string(),
         destination,
         routes,

@@ -43,6 +43,18 @@ impl Trunk {
         }
     }
 
+    /// The digest credentials the gateway answers this trunk's challenges
+    /// with (`username` and `password`), if both are set.
+    pub fn credentials(&self) -> Option<crate::sip::auth::DigestCredentials> {
+        match (&self.username, &self.password) {
+            (Some(username), Some(password)) => Some(crate::sip::auth::DigestCredentials {
+                username: username.clone(),
+                password: password.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     pub fn admits(&self, ip: IpAddr) -> bool {
         self.inbound_sources
             .iter()

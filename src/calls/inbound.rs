@@ -62,13 +62,14 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
     }
     let now = Instant::now();
     let transport = request.transport;
-    let uas = match IncomingCall::new(request.msg, source, now) {
+    let mut uas = match IncomingCall::new(request.msg, source, now) {
         Ok(uas) => uas,
         Err(e) => {
             debug!(%source, error = %e, "unusable inbound request");
             return;
         }
     };
+    uas.set_credentials(trunk.credentials());
     let refuse = |uas: IncomingCall, cause: Cause| {
         // A refusal is an incoming call that ended at once, with its cause.
         let stats = &calls.ctx.stats;

@@ -223,6 +223,88 @@ impl DigestClient {
     }
 }
 
+/// Answers a dialog's 401/407 challenges with its credentials: picks the
+/// challenge (SHA-256 first, RFC 8760), counts `nc`, and remembers the
+/// nonces it answered so that the same nonce again (not `stale`) reads as
+/// wrong credentials rather than being answered forever.
+#[derive(Debug, Default)]
+pub struct Authenticator {
+    credentials: Option<DigestCredentials>,
+    digest: DigestClient,
+    answered_nonces: Vec<String>,
+}
+
+impl Authenticator {
+    pub fn new(credentials: Option<DigestCredentials>) -> Self {
+        Authenticator {
+            credentials,
+            ..Default::default()
+        }
+    }
+
+    /// How many challenges were answered so far.
+    pub fn answered(&self) -> usize {
+        self.answered_nonces.len()
+    }
+
+    /// The `Authorization` (401) or `Proxy-Authorization` (407) header
+    /// answering `resp` for `method uri`, if there are credentials and a
+    /// usable challenge. With `refuse_repeat`, a nonce answered before (and
+    /// not stale) means the credentials are wrong: `None`.
+    pub fn answer(
+        &mut self,
+        resp: &rsip::Response,
+        method: &str,
+        uri: &str,
+        refuse_repeat: bool,
+    ) -> Option<rsip::Header> {
+        use crate::sip::message;
+        let creds = self.credentials.clone()?;
+        let proxy = message::status_code(resp) == 407;
+        let name = if proxy {
+            "Proxy-Authenticate"
+        } else {
+            "WWW-Authenticate"
+        };
+        let challenges: Vec<Challenge> = message::header_values(resp, name)
+            .iter()
+            .filter_map(|v| Challenge::parse(v).ok())
+            .collect();
+        let Some(challenge) = challenges
+            .iter()
+            .find(|c| {
+                matches!(
+                    c.algorithm,
+                    Some(DigestAlgorithm::Sha256 | DigestAlgorithm::Sha256Sess)
+                )
+            })
+            .or_else(|| challenges.first())
+            .cloned()
+        else {
+            tracing::warn!(method, "401/407 without a usable digest challenge");
+            return None;
+        };
+        if refuse_repeat && self.answered_nonces.contains(&challenge.nonce) && !challenge.stale {
+            tracing::warn!(realm = %challenge.realm, method, "credentials refused by the trunk");
+            return None;
+        }
+        let value = match self.digest.authorize(&creds, &challenge, method, uri) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, method, "cannot answer the challenge");
+                return None;
+            }
+        };
+        self.answered_nonces.push(challenge.nonce.clone());
+        tracing::info!(realm = %challenge.realm, proxy, method, "answering digest challenge");
+        Some(if proxy {
+            rsip::Header::ProxyAuthorization(value.into())
+        } else {
+            rsip::Header::Authorization(value.into())
+        })
+    }
+}
+
 /// The `Authorization`/`Proxy-Authorization` value for one request, with the
 /// given nonce count and cnonce (deterministic, for tests and RFC vectors).
 pub fn authorization(

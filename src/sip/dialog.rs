@@ -190,6 +190,44 @@ impl Dialog {
         self.build(method, self.local_cseq, body, extra)
     }
 
+    /// `old` (a request of ours in this dialog) again with `header` added:
+    /// the next CSeq and a new branch, everything else as it was (RFC 3261
+    /// 22.2: a request challenged with 401/407 is retried as a new
+    /// transaction carrying the credentials).
+    pub fn reissue_with(&mut self, old: &Request, header: rsip::Header) -> Request {
+        self.local_cseq += 1;
+        let mut req = old.clone();
+        let mut via_done = false;
+        for h in req.headers.iter_mut() {
+            match h {
+                rsip::Header::CSeq(_) => {
+                    *h = rsip::Header::CSeq(format!("{} {}", self.local_cseq, old.method).into());
+                }
+                rsip::Header::Via(v) if !via_done => {
+                    via_done = true;
+                    let value = rsip::headers::UntypedHeader::value(v).to_string();
+                    let fresh = match value.find(";branch=") {
+                        Some(at) => {
+                            let rest = &value[at + 8..];
+                            let end = rest.find(';').unwrap_or(rest.len());
+                            format!(
+                                "{};branch={}{}",
+                                &value[..at],
+                                message::new_branch(),
+                                &rest[end..]
+                            )
+                        }
+                        None => format!("{value};branch={}", message::new_branch()),
+                    };
+                    *h = rsip::Header::Via(fresh.into());
+                }
+                _ => {}
+            }
+        }
+        req.headers.push(header);
+        req
+    }
+
     /// The ACK for a 2xx to the INVITE with CSeq `invite_cseq` (RFC 3261
     /// 13.2.2.4): its own branch, the INVITE's CSeq number.
     pub fn ack(&self, invite_cseq: u32) -> Result<Request, SipError> {

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rsip::{Header, Method, Response};
 
+use super::auth::Authenticator;
 use super::dialog::Dialog;
 use super::message;
 use super::target::Target;
@@ -105,6 +106,9 @@ struct Offer {
 pub struct OwnRequests {
     /// We sent the dialog's first INVITE (we chose the Call-ID).
     call_id_owner: bool,
+    /// Answers the peer's 401/407 to our requests (the trunk's
+    /// credentials; none: a challenge is a refusal).
+    auth: Authenticator,
     offer: Option<Offer>,
     /// Our UPDATE without SDP (a session refresh), and where it goes.
     update: Option<(ClientTransaction, Target)>,
@@ -115,6 +119,10 @@ pub struct OwnRequests {
     /// K, to absorb retransmitted answers). One unanswered at a time, so
     /// that digits arrive in order.
     infos: Vec<(ClientTransaction, Target, bool)>,
+    /// Transactions of ours that were challenged (401/407) and went again
+    /// with credentials: they only absorb retransmissions (an INVITE's ACKs
+    /// its challenge) until they end.
+    challenged: Vec<(ClientTransaction, Target)>,
     /// Our NOTIFYs about the peer's REFER (their answers change nothing:
     /// the transactions only retransmit until answered).
     notifies: Vec<(ClientTransaction, Target)>,
@@ -143,18 +151,26 @@ fn final_code(ev: &TxEvent) -> Option<u16> {
 }
 
 impl OwnRequests {
-    pub fn new(call_id_owner: bool) -> Self {
+    pub fn new(call_id_owner: bool, auth: Authenticator) -> Self {
         OwnRequests {
             call_id_owner,
+            auth,
             offer: None,
             update: None,
             refer: None,
             infos: Vec::new(),
+            challenged: Vec::new(),
             notifies: Vec::new(),
             last_ack: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// The dialog's digest answers (the UAC's INVITE and BYE use it too, so
+    /// that nonce counts and refused nonces are one record).
+    pub fn auth(&mut self) -> &mut Authenticator {
+        &mut self.auth
     }
 
     /// An offer of ours is out or waits for its retry.
@@ -392,6 +408,15 @@ impl OwnRequests {
 
     /// A response of the dialog: true when it was ours to take.
     pub fn handle_response(&mut self, dialog: &mut Dialog, resp: &Response, now: Instant) -> bool {
+        if self.retry_challenged(dialog, resp, now) {
+            self.pump();
+            return true;
+        }
+        if let Some((tx, _)) = self.challenged.iter_mut().find(|(tx, _)| tx.matches(resp)) {
+            tx.handle_response(resp.clone(), now);
+            self.drain_challenged();
+            return true;
+        }
         if let Some((tx, _)) = self.update.as_mut().filter(|(tx, _)| tx.matches(resp)) {
             tx.handle_response(resp.clone(), now);
             self.drain_update();
@@ -433,6 +458,65 @@ impl OwnRequests {
             }
         }
         false
+    }
+
+    /// A 401/407 to a request of ours that carried no credentials yet,
+    /// when the dialog has credentials for the challenge (RFC 3261 22.2;
+    /// carriers that authenticate every request challenge re-INVITEs and
+    /// INFOs too): the old transaction takes the response (an INVITE's
+    /// ACKs it) and lingers, the request goes again as a new transaction
+    /// with the next CSeq and the credentials, and nobody is told of the
+    /// challenge. False when `resp` is not such a challenge.
+    fn retry_challenged(&mut self, dialog: &mut Dialog, resp: &Response, now: Instant) -> bool {
+        let code = message::status_code(resp);
+        if code != 401 && code != 407 {
+            return false;
+        }
+        let slot = self
+            .offer
+            .as_mut()
+            .and_then(|o| o.tx.as_mut().map(|tx| (tx, o.to.clone())))
+            .into_iter()
+            .chain(self.update.as_mut().map(|(tx, to)| (tx, to.clone())))
+            .chain(self.refer.as_mut().map(|(tx, to)| (tx, to.clone())))
+            .chain(self.infos.iter_mut().map(|(tx, to, _)| (tx, to.clone())))
+            .find(|(tx, _)| tx.matches(resp));
+        let Some((slot, to)) = slot else {
+            return false;
+        };
+        let old = slot.request();
+        let has_credentials = old.headers.iter().any(|h| {
+            matches!(
+                h,
+                rsip::Header::Authorization(_) | rsip::Header::ProxyAuthorization(_)
+            )
+        });
+        if has_credentials {
+            return false;
+        }
+        let (method, uri) = (old.method.to_string(), old.uri.to_string());
+        let Some(header) = self.auth.answer(resp, &method, &uri, true) else {
+            return false;
+        };
+        let again = dialog.reissue_with(old, header);
+        tracing::info!(call_id = %dialog.call_id, method, code, "our request was challenged: sent again with credentials");
+        let mut old_tx = std::mem::replace(slot, ClientTransaction::new(again, to.transport, now));
+        old_tx.handle_response(resp.clone(), now);
+        while old_tx.poll_event().is_some() {}
+        self.challenged.push((old_tx, to));
+        true
+    }
+
+    /// Moves the challenged transactions' retransmissions (an INVITE's ACK)
+    /// out and forgets finished ones.
+    fn drain_challenged(&mut self) {
+        for (tx, to) in &mut self.challenged {
+            while let Some(b) = tx.poll_transmit() {
+                self.transmit.push_back((b, to.clone()));
+            }
+            while tx.poll_event().is_some() {}
+        }
+        self.challenged.retain(|(tx, _)| !tx.is_terminated());
     }
 
     /// Acts on what the transaction reported.
@@ -534,6 +618,12 @@ impl OwnRequests {
             }
             self.drain_notifies();
         }
+        if !self.challenged.is_empty() {
+            for (tx, _) in &mut self.challenged {
+                tx.handle_timeout(now);
+            }
+            self.drain_challenged();
+        }
         let Some(offer) = self.offer.as_mut() else {
             return;
         };
@@ -567,6 +657,11 @@ impl OwnRequests {
             .chain(self.refer.as_ref().and_then(|(tx, _)| tx.poll_timeout()))
             .chain(self.infos.iter().filter_map(|(tx, _, _)| tx.poll_timeout()))
             .chain(self.notifies.iter().filter_map(|(tx, _)| tx.poll_timeout()))
+            .chain(
+                self.challenged
+                    .iter()
+                    .filter_map(|(tx, _)| tx.poll_timeout()),
+            )
             .min()
     }
 
@@ -585,6 +680,7 @@ impl OwnRequests {
             .iter_mut()
             .chain(self.refer.iter_mut())
             .chain(self.notifies.iter_mut())
+            .chain(self.challenged.iter_mut())
             .map(|(tx, to)| (tx, &*to))
             .chain(lingering)
         {
@@ -638,7 +734,11 @@ mod tests {
 
     #[test]
     fn a_2xx_is_acked_reported_and_its_retransmission_acked_again() {
-        let (mut d, mut o, t0) = (dialog(), OwnRequests::new(true), Instant::now());
+        let (mut d, mut o, t0) = (
+            dialog(),
+            OwnRequests::new(true, Authenticator::default()),
+            Instant::now(),
+        );
         o.send_offer(&mut d, to(), "v=0\r\nhold\r\n".into(), vec![], t0)
             .unwrap();
         let reinvite = sent(&mut o).pop().unwrap();
@@ -671,6 +771,118 @@ mod tests {
         assert_eq!(o.poll_event(), None);
     }
 
+    fn challenge(req: &Request, code: u16, nonce: &str) -> Response {
+        let mut resp = answer(req, code, None);
+        let name = if code == 407 {
+            "Proxy-Authenticate"
+        } else {
+            "WWW-Authenticate"
+        };
+        resp.headers.push(Header::Other(
+            name.into(),
+            format!("Digest realm=\"carrier\", nonce=\"{nonce}\", qop=\"auth\", algorithm=MD5"),
+        ));
+        resp
+    }
+
+    fn with_credentials() -> Authenticator {
+        Authenticator::new(Some(crate::sip::auth::DigestCredentials {
+            username: "gw".into(),
+            password: crate::types::Secret::new("secret".into()),
+        }))
+    }
+
+    #[test]
+    fn a_challenged_reinvite_goes_again_with_credentials_once() {
+        let (mut d, mut o, t0) = (
+            dialog(),
+            OwnRequests::new(true, with_credentials()),
+            Instant::now(),
+        );
+        o.send_offer(&mut d, to(), "v=0\r\nhold\r\n".into(), vec![], t0)
+            .unwrap();
+        let first = sent(&mut o).pop().unwrap();
+        assert!(o.handle_response(&mut d, &challenge(&first, 401, "n1"), t0));
+        let out = sent(&mut o);
+        let methods: Vec<_> = out.iter().map(|r| r.method).collect();
+        assert_eq!(
+            methods,
+            [Method::Ack, Method::Invite],
+            "the 401's ACK, the new INVITE"
+        );
+        let (ack, again) = (&out[0], &out[1]);
+        assert_eq!(message::cseq(ack).unwrap(), (2, Method::Ack));
+        assert_eq!(message::cseq(again).unwrap(), (3, Method::Invite));
+        assert_ne!(
+            message::header_values(again, "Via"),
+            message::header_values(&first, "Via"),
+            "a new transaction"
+        );
+        let auth = message::header_values(again, "Authorization");
+        assert!(
+            auth.len() == 1
+                && auth[0].contains("nonce=\"n1\"")
+                && auth[0].contains("username=\"gw\""),
+            "{auth:?}"
+        );
+        assert_eq!(message::sdp_body(again).as_deref(), Some("v=0\r\nhold\r\n"));
+        assert_eq!(
+            o.poll_event(),
+            None,
+            "the challenge is nobody else's business"
+        );
+        assert!(o.invite_open());
+        // The 401 retransmitted: its ACK again, nothing else.
+        assert!(o.handle_response(&mut d, &challenge(&first, 401, "n1"), t0));
+        assert_eq!(
+            sent(&mut o).iter().map(|r| r.method).collect::<Vec<_>>(),
+            [Method::Ack]
+        );
+        // Challenged again: the credentials are wrong, a refusal.
+        assert!(o.handle_response(&mut d, &challenge(again, 401, "n1"), t0));
+        assert!(matches!(
+            o.poll_event(),
+            Some(OwnEvent::Refused { code: 401, .. })
+        ));
+        assert!(!o.offer_pending());
+    }
+
+    #[test]
+    fn a_challenged_info_goes_again_with_proxy_credentials_and_without_them_is_refused() {
+        let (mut d, mut o, t0) = (
+            dialog(),
+            OwnRequests::new(true, with_credentials()),
+            Instant::now(),
+        );
+        o.send_info(
+            &mut d,
+            to(),
+            ("application/dtmf-relay", "Signal=5\r\nDuration=100\r\n"),
+            t0,
+        )
+        .unwrap();
+        let first = sent(&mut o).pop().unwrap();
+        assert!(o.handle_response(&mut d, &challenge(&first, 407, "p1"), t0));
+        let again = sent(&mut o).pop().unwrap();
+        assert_eq!(again.method, Method::Info);
+        assert_eq!(
+            message::header_values(&again, "Proxy-Authorization").len(),
+            1
+        );
+        assert_eq!(again.body, first.body);
+        assert!(o.handle_response(&mut d, &answer(&again, 200, None), t0));
+        assert_eq!(o.poll_event(), Some(OwnEvent::InfoAnswered { code: 200 }));
+
+        // No credentials for this dialog: the challenge is the answer.
+        let (mut d, mut o) = (dialog(), OwnRequests::new(true, Authenticator::default()));
+        o.send_info(&mut d, to(), ("application/dtmf-relay", "Signal=5\r\n"), t0)
+            .unwrap();
+        let first = sent(&mut o).pop().unwrap();
+        assert!(o.handle_response(&mut d, &challenge(&first, 401, "n1"), t0));
+        assert!(sent(&mut o).is_empty());
+        assert_eq!(o.poll_event(), Some(OwnEvent::InfoAnswered { code: 401 }));
+    }
+
     #[test]
     fn glare_delays_follow_rfc_3261_14_1() {
         for r in [0, 1, 189, 190, 191, 200, 201, u32::MAX] {
@@ -692,7 +904,11 @@ mod tests {
     #[test]
     fn a_491_is_retried_with_the_same_offer_after_the_random_delay() {
         for owner in [true, false] {
-            let (mut d, mut o, t0) = (dialog(), OwnRequests::new(owner), Instant::now());
+            let (mut d, mut o, t0) = (
+                dialog(),
+                OwnRequests::new(owner, Authenticator::default()),
+                Instant::now(),
+            );
             o.send_offer(&mut d, to(), "v=0\r\nhold\r\n".into(), vec![], t0)
                 .unwrap();
             let first = sent(&mut o).pop().unwrap();
@@ -735,7 +951,11 @@ mod tests {
 
     #[test]
     fn a_refusal_or_a_timeout_is_reported_and_frees_the_slot() {
-        let (mut d, mut o, t0) = (dialog(), OwnRequests::new(true), Instant::now());
+        let (mut d, mut o, t0) = (
+            dialog(),
+            OwnRequests::new(true, Authenticator::default()),
+            Instant::now(),
+        );
         o.send_offer(&mut d, to(), "v=0\r\n".into(), vec![], t0)
             .unwrap();
         let req = sent(&mut o).pop().unwrap();
@@ -777,7 +997,11 @@ mod update_tests {
 
     #[test]
     fn an_update_refresh_reports_its_answer_and_session_expires() {
-        let (mut d, mut o, t0) = (dialog(), OwnRequests::new(true), Instant::now());
+        let (mut d, mut o, t0) = (
+            dialog(),
+            OwnRequests::new(true, Authenticator::default()),
+            Instant::now(),
+        );
         let to = Target::addr("192.0.2.2:5080".parse().unwrap(), Transport::Udp);
         let se = Header::Other("Session-Expires".into(), "90;refresher=uac".into());
         o.send_update(&mut d, to.clone(), vec![se], t0).unwrap();

@@ -43,7 +43,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use rsip::{Header, Method, Request, Response, SipMessage};
 
-use super::auth::{Challenge, DigestAlgorithm, DigestClient, DigestCredentials};
+use super::auth::{Authenticator, DigestCredentials};
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
 use super::info;
 use super::message::{self, RequestParts, ResponseParts};
@@ -158,9 +158,7 @@ pub struct OutgoingCall {
     invite_headers: Vec<Header>,
     /// The ACK of our 2xx, resent for each retransmitted 2xx.
     ack_2xx: Option<(Bytes, Target)>,
-    digest: DigestClient,
     auth_headers: Vec<Header>,
-    answered_nonces: Vec<String>,
     /// Reliable provisionals (RFC 3262): the last RSeq PRACKed per early
     /// dialog (To tag), and the highest CSeq a PRACK used, which the
     /// confirmed dialog's own requests must exceed.
@@ -224,7 +222,7 @@ impl OutgoingCall {
             dialog: None,
             updates: PeerUpdates::default(),
             // We sent the first INVITE: the Call-ID is ours (491 delays).
-            own: OwnRequests::new(true),
+            own: OwnRequests::new(true, Authenticator::new(cfg.credentials.clone())),
             session_expires: session_timer::REQUESTED_SE,
             min_se: session_timer::MIN_SE,
             retries_422: 0,
@@ -233,9 +231,7 @@ impl OutgoingCall {
             peer_refresh: None,
             refer_answer: 501,
             ack_2xx: None,
-            digest: DigestClient::new(),
             auth_headers: Vec::new(),
-            answered_nonces: Vec::new(),
             prack_rseq: Vec::new(),
             prack_cseq: 0,
             bye_auth_tried: false,
@@ -920,11 +916,11 @@ impl OutgoingCall {
     /// challenge cannot or must not be answered (no credentials, same nonce
     /// again without `stale=true`, too many retries, hangup pending).
     fn retry_with_auth(&mut self, resp: &Response, now: Instant) -> bool {
-        if self.hangup_requested || self.answered_nonces.len() >= MAX_AUTH_RETRIES {
+        if self.hangup_requested || self.own.auth().answered() >= MAX_AUTH_RETRIES {
             return false;
         }
         let uri = self.invite.uri.to_string();
-        let Some(header) = self.answer_challenge(resp, "INVITE", &uri, true) else {
+        let Some(header) = self.own.auth().answer(resp, "INVITE", &uri, true) else {
             return false;
         };
         // One answer per kind: a newer challenge replaces the older answer.
@@ -1062,7 +1058,7 @@ impl OutgoingCall {
         let Some(uri) = self.bye_tx.as_ref().map(|r| r.tx.request().uri.to_string()) else {
             return false;
         };
-        let Some(header) = self.answer_challenge(resp, "BYE", &uri, false) else {
+        let Some(header) = self.own.auth().answer(resp, "BYE", &uri, false) else {
             return false;
         };
         let Some(dialog) = self.dialog.as_mut() else {
@@ -1081,62 +1077,6 @@ impl OutgoingCall {
             to,
         });
         true
-    }
-
-    /// The Authorization / Proxy-Authorization header answering a 401/407,
-    /// if there are credentials and a usable challenge. With `refuse_repeat`,
-    /// a nonce answered before (and not stale) means the credentials are wrong.
-    fn answer_challenge(
-        &mut self,
-        resp: &Response,
-        method: &str,
-        uri: &str,
-        refuse_repeat: bool,
-    ) -> Option<Header> {
-        let creds = self.cfg.credentials.clone()?;
-        let proxy = message::status_code(resp) == 407;
-        let name = if proxy {
-            "Proxy-Authenticate"
-        } else {
-            "WWW-Authenticate"
-        };
-        let challenges: Vec<Challenge> = message::header_values(resp, name)
-            .iter()
-            .filter_map(|v| Challenge::parse(v).ok())
-            .collect();
-        // Prefer SHA-256 when the trunk offers several (RFC 8760).
-        let Some(challenge) = challenges
-            .iter()
-            .find(|c| {
-                matches!(
-                    c.algorithm,
-                    Some(DigestAlgorithm::Sha256 | DigestAlgorithm::Sha256Sess)
-                )
-            })
-            .or_else(|| challenges.first())
-            .cloned()
-        else {
-            tracing::warn!(call_id = %self.cfg.call_id, "401/407 without a usable digest challenge");
-            return None;
-        };
-        if refuse_repeat && self.answered_nonces.contains(&challenge.nonce) && !challenge.stale {
-            tracing::warn!(call_id = %self.cfg.call_id, realm = %challenge.realm, "credentials refused by the trunk");
-            return None;
-        }
-        let value = match self.digest.authorize(&creds, &challenge, method, uri) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(call_id = %self.cfg.call_id, error = %e, "cannot answer the challenge");
-                return None;
-            }
-        };
-        self.answered_nonces.push(challenge.nonce.clone());
-        tracing::info!(call_id = %self.cfg.call_id, realm = %challenge.realm, proxy, method, "answering digest challenge");
-        Some(if proxy {
-            Header::ProxyAuthorization(value.into())
-        } else {
-            Header::Authorization(value.into())
-        })
     }
 
     /// Moves bytes queued by the transactions into our queue.

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rsip::{Method, Request, Response, SipMessage};
 
+use super::auth::Authenticator;
 use super::dialog::{Dialog, InDialog, LocalEndpoint};
 use super::info;
 use super::message::{self, ResponseParts};
@@ -178,7 +179,7 @@ impl IncomingCall {
             dialog: None,
             updates: PeerUpdates::default(),
             // The caller chose the Call-ID: the shorter 491 delays are ours.
-            own: OwnRequests::new(false),
+            own: OwnRequests::new(false, Authenticator::new(None)),
             timer_decision,
             timer: None,
             peer_allows_update,
@@ -527,6 +528,12 @@ impl IncomingCall {
         self.send_own(now, |own, dialog, to| {
             own.send_offer(dialog, to, sdp, extra, now)
         })
+    }
+
+    /// Our in-dialog requests answer the trunk's 401/407 with these (the
+    /// trunk's `username` and `password`).
+    pub fn set_credentials(&mut self, credentials: Option<super::auth::DigestCredentials>) {
+        *self.own.auth() = Authenticator::new(credentials);
     }
 
     /// Sends a REFER asking the caller to call `refer_to` (see `sip::uac`).

@@ -592,3 +592,42 @@ def test_reliable_183_is_pracked(workdir, start_sipp, start_gateway):
     assert bye_cseq > prack_cseq > int(invite_cseq)
     save_result(workdir, rack=rack, packets_echoed=packets)
     assert packets >= 50
+
+
+def test_hold_reinvite_challenged_goes_again_with_credentials(workdir, start_sipp, start_gateway):
+    """A trunk that authenticates every request (sipp/uas_reinvite_challenged.xml)
+    answers the browser's hold re-INVITE with 401: the gateway ACKs it and
+    sends the re-INVITE again with the next CSeq and Authorization, which
+    SIPp's verifyauth accepts (gw/secret); the browser gets `held`, not an
+    error; its hangup is SIPp's BYE (exit 0)."""
+    sipp = start_sipp("uas_reinvite_challenged.xml")
+    gw = start_gateway(plain_trunk(sipp.uri, username="gw", password=SECRET))
+
+    async def run():
+        peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+        try:
+            msg = await peer.call(TRUNK_NUMBER, timeout=20)
+            assert msg["type"] == "connected", msg
+            await peer.send({"type": "hold", "id": peer.call_id})
+            held = await peer.next_message({"held"}, 10)
+            await peer.hangup()
+            await async_wait_until(lambda: sipp.received("BYE"), 10, f"SIPp receiving BYE ({sipp.msg_path})")
+            return held, [m.get("type") for m in peer.messages]
+        finally:
+            await peer.close()
+
+    held, types = asyncio.run(run())
+    rc = sipp.wait(15)
+    invites = sipp.received("INVITE")
+    save_result(workdir, held=held, types=types, sipp_rc=rc,
+                cseqs=[sip_header(m.text, "CSeq") for m in invites])
+    assert rc == 0, f"SIPp scenario failed (exit {rc}); {sipp.msg_path}, {sipp.err_path}"
+    assert "AUTH valid" in sipp.actions(), f"SIPp's verifyauth rejected the credentials ({sipp.actions_path})"
+    assert held.get("type") == "held" and "error" not in types, (held, types)
+    assert len(invites) == 3, [m.first_line for m in invites]
+    seqs = [int(sip_header(m.text, "CSeq").split()[0]) for m in invites]
+    assert seqs[2] == seqs[1] + 1, seqs
+    assert sip_header(invites[1].text, "Authorization") is None
+    assert "Digest" in (sip_header(invites[2].text, "Authorization") or ""), invites[2].text
+    assert len(sipp.received("ACK")) == 3, "the 200, the 401 and the second 200 were each ACKed"
+    assert SECRET not in gw.log()

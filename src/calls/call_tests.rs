@@ -94,13 +94,13 @@ fn parse(text: &str) -> SipMessage {
     message::parse(text.as_bytes()).unwrap()
 }
 
-fn invite() -> SipMessage {
+fn invite_offering(offer: &str) -> SipMessage {
     parse(&format!(
         "INVITE sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKinv1\r\n\
 From: <sip:+4930123@carrier.example>;tag=ftag\r\nTo: <sip:alice@10.0.0.1>\r\nCall-ID: in-c1\r\n\
 CSeq: 1 INVITE\r\nContact: <sip:carrier@{TRUNK}>\r\nContent-Type: application/sdp\r\n\
-Content-Length: {}\r\n\r\n{TRUNK_OFFER}",
-        TRUNK_OFFER.len()
+Content-Length: {}\r\n\r\n{offer}",
+        offer.len()
     ))
 }
 
@@ -140,8 +140,18 @@ fn incoming_for(
     reject_code: u16,
     now: Instant,
 ) -> Call {
-    let uas = IncomingCall::new(invite(), trunk_addr(), now).unwrap();
-    let offer = parse_sip_offer(TRUNK_OFFER).unwrap();
+    incoming_offering(account, sessions, reject_code, TRUNK_OFFER, now)
+}
+
+fn incoming_offering(
+    account: Arc<Account>,
+    sessions: &[SessionKey],
+    reject_code: u16,
+    trunk_offer: &str,
+    now: Instant,
+) -> Call {
+    let uas = IncomingCall::new(invite_offering(trunk_offer), trunk_addr(), now).unwrap();
+    let offer = parse_sip_offer(trunk_offer).unwrap();
     Call::incoming(
         IncomingSetup {
             id: CallId("in-1".into()),
@@ -303,9 +313,18 @@ fn connected_call_answered(
     n: u64,
     answer: String,
 ) -> (Call, Instant, String) {
+    connected_call_offering(account, n, answer, TRUNK_OFFER)
+}
+
+fn connected_call_offering(
+    account: Arc<Account>,
+    n: u64,
+    answer: String,
+    trunk_offer: &str,
+) -> (Call, Instant, String) {
     let now = Instant::now();
     let sessions: Vec<_> = (1..=n).collect();
-    let mut call = incoming_for(account, &sessions, 486, now);
+    let mut call = incoming_offering(account, &sessions, 486, trunk_offer, now);
     drain(&mut call);
     call.handle_session(
         now,
@@ -1853,6 +1872,34 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYX
         },
     );
     assert_eq!(info_signals(&drain(&mut call)), "9");
+}
+
+#[test]
+fn an_incoming_call_without_telephone_event_sends_digits_by_sip_info() {
+    let offer = TRUNK_OFFER
+        .replace(" 0 8 101\r\n", " 0 8\r\n")
+        .replace("a=rtpmap:101 telephone-event/8000\r\n", "");
+    let (mut call, now, tag) = connected_call_offering(account(), 1, browser_answer(), &offer);
+    call.handle_session(
+        now,
+        SessionInput::Dtmf {
+            session: 1,
+            digits: digits("4*"),
+        },
+    );
+    let d = drain(&mut call);
+    assert_eq!(info_signals(&d), "4");
+    assert!(error_of(&d, 1).is_none(), "{d:?}");
+    let info = requests_of(&d, rsip::Method::Info).remove(0);
+    // In the server dialog: toward the caller's Contact, our tag as From.
+    assert_eq!(info.uri.to_string(), format!("sip:carrier@{TRUNK}"));
+    assert!(
+        message::header_values(&info, "From")[0].contains(&format!("tag={tag}")),
+        "{info}"
+    );
+    call.handle_sip(now, answer_ours(&info, 200, None), trunk_addr());
+    call.handle_timeout(now + Duration::from_millis(200));
+    assert_eq!(info_signals(&drain(&mut call)), "*");
 }
 
 #[test]

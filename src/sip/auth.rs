@@ -223,6 +223,34 @@ impl DigestClient {
     }
 }
 
+/// The challenge of a 401 (`WWW-Authenticate`) or 407
+/// (`Proxy-Authenticate`, then `true`) to answer: SHA-256 when the server
+/// offers several (RFC 8760), else its first usable one.
+pub fn pick_challenge(resp: &rsip::Response) -> Option<(Challenge, bool)> {
+    use crate::sip::message;
+    let proxy = message::status_code(resp) == 407;
+    let name = if proxy {
+        "Proxy-Authenticate"
+    } else {
+        "WWW-Authenticate"
+    };
+    let challenges: Vec<Challenge> = message::header_values(resp, name)
+        .iter()
+        .filter_map(|v| Challenge::parse(v).ok())
+        .collect();
+    let challenge = challenges
+        .iter()
+        .find(|c| {
+            matches!(
+                c.algorithm,
+                Some(DigestAlgorithm::Sha256 | DigestAlgorithm::Sha256Sess)
+            )
+        })
+        .or_else(|| challenges.first())
+        .cloned()?;
+    Some((challenge, proxy))
+}
+
 /// Answers a dialog's 401/407 challenges with its credentials: picks the
 /// challenge (SHA-256 first, RFC 8760), counts `nc`, and remembers the
 /// nonces it answered so that the same nonce again (not `stale`) reads as
@@ -258,29 +286,8 @@ impl Authenticator {
         uri: &str,
         refuse_repeat: bool,
     ) -> Option<rsip::Header> {
-        use crate::sip::message;
         let creds = self.credentials.clone()?;
-        let proxy = message::status_code(resp) == 407;
-        let name = if proxy {
-            "Proxy-Authenticate"
-        } else {
-            "WWW-Authenticate"
-        };
-        let challenges: Vec<Challenge> = message::header_values(resp, name)
-            .iter()
-            .filter_map(|v| Challenge::parse(v).ok())
-            .collect();
-        let Some(challenge) = challenges
-            .iter()
-            .find(|c| {
-                matches!(
-                    c.algorithm,
-                    Some(DigestAlgorithm::Sha256 | DigestAlgorithm::Sha256Sess)
-                )
-            })
-            .or_else(|| challenges.first())
-            .cloned()
-        else {
+        let Some((challenge, proxy)) = pick_challenge(resp) else {
             tracing::warn!(method, "401/407 without a usable digest challenge");
             return None;
         };

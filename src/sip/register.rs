@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rsip::{Header, Method, Response, SipMessage};
 
-use super::auth::{Challenge, DigestAlgorithm, DigestClient, DigestCredentials};
+use super::auth::{Challenge, DigestClient, DigestCredentials};
 use super::message::{self, RequestParts};
 use super::transaction::{ClientTransaction, TxEvent};
 use super::Transport;
@@ -479,27 +479,7 @@ impl Registration {
     /// this attempt may answer it: a usable challenge, retries left, and not
     /// a nonce answered before (unless `stale=true`).
     fn answer_challenge(&mut self, resp: &Response) -> Option<Header> {
-        let proxy = message::status_code(resp) == 407;
-        let name = if proxy {
-            "Proxy-Authenticate"
-        } else {
-            "WWW-Authenticate"
-        };
-        let challenges: Vec<Challenge> = message::header_values(resp, name)
-            .iter()
-            .filter_map(|v| Challenge::parse(v).ok())
-            .collect();
-        // Prefer SHA-256 when the registrar offers several (RFC 8760).
-        let challenge = challenges
-            .iter()
-            .find(|c| {
-                matches!(
-                    c.algorithm,
-                    Some(DigestAlgorithm::Sha256 | DigestAlgorithm::Sha256Sess)
-                )
-            })
-            .or_else(|| challenges.first())
-            .cloned()?;
+        let (challenge, proxy) = super::auth::pick_challenge(resp)?;
         let attempt = self.attempt.as_mut()?;
         if attempt.answered_nonces.len() >= MAX_AUTH_RETRIES {
             return None;

@@ -90,11 +90,18 @@ impl TrunkTransfer {
         session.session_id = u64::from(rand::random::<u32>());
         session.version = 0;
         let offer = session.offer();
-        let headers = referral
+        let mut headers: Vec<Header> = referral
             .referred_by
             .iter()
             .map(|v| Header::Other("Referred-By".into(), v.clone()))
             .collect();
+        if let Some(replaces) = &referral.replaces {
+            // An attended transfer (RFC 3891): the new call replaces the
+            // trunk's dialog with the transfer target, which must honour
+            // that rather than ring as a new call.
+            headers.push(Header::Other("Replaces".into(), replaces.clone()));
+            headers.push(Header::Require("replaces".into()));
+        }
         let mut uac = OutgoingCall::with_headers(cfg, offer, headers, now);
         uac.set_refer_answer(refer_answer);
         TrunkTransfer {

@@ -394,9 +394,10 @@ impl Dialog {
                     .next()
                     .unwrap_or_default();
                 match refer::refer_to_user(&refer_to) {
-                    Ok(user) => {
+                    Ok((user, replaces)) => {
                         referral = Some(Referral {
                             user,
+                            replaces,
                             referred_by: message::header_values(req, "Referred-By")
                                 .into_iter()
                                 .chain(message::header_values(req, "b"))
@@ -837,6 +838,7 @@ mod tests {
                     Referral {
                         user: "200".into(),
                         referred_by: Some("<sip:bob@192.0.2.2>".into()),
+                        replaces: None,
                         cseq: 3,
                     }
                 );
@@ -855,7 +857,7 @@ mod tests {
         );
         assert_eq!(
             code(d.handle_request(&refer(6, Some("<sip:200@x?Replaces=a%40b>")))),
-            ("other", 501)
+            ("other", 400)
         );
     }
 

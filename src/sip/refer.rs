@@ -1,8 +1,9 @@
 //! Blind transfer by REFER (RFC 3515), the parts that are plain text: the
 //! status line of a NOTIFY's `message/sipfrag` body (RFC 3420), whether
 //! a NOTIFY reports on a REFER (`Event: refer`), and, for a REFER of the
-//! peer that we carry out, whom its `Refer-To` names ([`Referral`]) and the
-//! sipfrag of our NOTIFYs. Sending REFER and NOTIFY is `sip::own_requests`;
+//! peer that we carry out, whom its `Refer-To` names ([`Referral`]: a
+//! number, and for an attended transfer the dialog the new call replaces)
+//! and the sipfrag of our NOTIFYs. Sending REFER and NOTIFY is `sip::own_requests`;
 //! the B2BUA decides what the outcome means.
 
 /// A REFER of the peer that was accepted (202): the B2BUA calls `user` at
@@ -13,6 +14,10 @@ pub struct Referral {
     pub user: String,
     /// The REFER's `Referred-By` (RFC 3892), kept for the new INVITE.
     pub referred_by: Option<String>,
+    /// An attended transfer: the `Replaces` value (RFC 3891) the Refer-To
+    /// URI carried (`call-id;to-tag=..;from-tag=..`, unescaped), for the
+    /// new INVITE, which then replaces that dialog at the trunk.
+    pub replaces: Option<String>,
     /// The REFER's CSeq number: the `id` of its NOTIFYs' `Event`.
     pub cseq: u32,
 }
@@ -24,17 +29,15 @@ pub enum ReferError {
     Missing,
     #[error("the Refer-To is no sip:, sips: or tel: URI with a user part (400)")]
     Unusable,
-    /// `?Replaces=`: an attended transfer (RFC 3891), which would need the
-    /// new INVITE to replace a dialog of the trunk's; not done.
-    #[error("attended transfer (Refer-To with Replaces) is not supported (501)")]
+    /// `?Replaces=` that is not `call-id;to-tag=..;from-tag=..` (RFC 3891 6.1).
+    #[error("the Refer-To's Replaces is not call-id;to-tag=..;from-tag=.. (400)")]
     Replaces,
 }
 
 impl ReferError {
     pub fn status(&self) -> u16 {
         match self {
-            ReferError::Missing | ReferError::Unusable => 400,
-            ReferError::Replaces => 501,
+            ReferError::Missing | ReferError::Unusable | ReferError::Replaces => 400,
         }
     }
 }
@@ -46,18 +49,23 @@ const MAX_USER: usize = 64;
 /// URI (`<sip:200@pbx;transport=udp>`) or the number of a `tel:` URI.
 /// Only characters a dialled number has (digits, letters, `+*#.-_`): the
 /// user part goes into our Request-URI and To as it is.
-pub fn refer_to_user(value: &str) -> Result<String, ReferError> {
+/// With it, the `Replaces` the URI's headers carry (an attended transfer).
+pub fn refer_to_user(value: &str) -> Result<(String, Option<String>), ReferError> {
     let uri = super::message::addr_uri(value).ok_or(ReferError::Missing)?;
     let (uri, headers) = match uri.split_once('?') {
         Some((u, h)) => (u, h),
         None => (uri.as_str(), ""),
     };
-    if headers
+    let replaces = headers
         .split('&')
-        .any(|h| h.trim().to_ascii_lowercase().starts_with("replaces="))
-    {
-        return Err(ReferError::Replaces);
-    }
+        .find_map(|h| {
+            let (name, value) = h.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("replaces")
+                .then_some(value)
+        })
+        .map(replaces_value)
+        .transpose()?;
     let (scheme, rest) = uri.split_once(':').ok_or(ReferError::Unusable)?;
     let user = match scheme.trim().to_ascii_lowercase().as_str() {
         "sip" | "sips" => rest.split_once('@').ok_or(ReferError::Unusable)?.0,
@@ -70,7 +78,50 @@ pub fn refer_to_user(value: &str) -> Result<String, ReferError> {
     if user.is_empty() || user.len() > MAX_USER || !user.chars().all(dialable) {
         return Err(ReferError::Unusable);
     }
-    Ok(user.to_string())
+    Ok((user.to_string(), replaces))
+}
+
+/// The longest `Replaces` value taken (a Call-ID and two tags).
+const MAX_REPLACES: usize = 512;
+
+/// An escaped `Replaces` URI header (`abc%40host%3Bto-tag%3D1%3Bfrom-tag%3D2`)
+/// as the header value it becomes (`abc@host;to-tag=1;from-tag=2`), checked
+/// for the shape RFC 3891 6.1 gives it: a Call-ID, then `to-tag` and
+/// `from-tag` (and maybe `early-only`), nothing that could break a header.
+fn replaces_value(escaped: &str) -> Result<String, ReferError> {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = escaped.get(i + 1..i + 3).ok_or(ReferError::Replaces)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| ReferError::Replaces)?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let value = String::from_utf8(out).map_err(|_| ReferError::Replaces)?;
+    let printable = value
+        .chars()
+        .all(|c| c.is_ascii_graphic() && !"<>\"".contains(c));
+    if value.len() > MAX_REPLACES || !printable {
+        return Err(ReferError::Replaces);
+    }
+    let mut parts = value.split(';');
+    let call_id = parts.next().unwrap_or_default();
+    let params: Vec<(String, &str)> = parts
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.trim().to_ascii_lowercase(), v)
+        })
+        .collect();
+    let has = |name: &str| params.iter().any(|(k, v)| k == name && !v.is_empty());
+    if call_id.is_empty() || !has("to-tag") || !has("from-tag") {
+        return Err(ReferError::Replaces);
+    }
+    Ok(value)
 }
 
 /// The `message/sipfrag` body of a NOTIFY about the call a REFER started
@@ -127,21 +178,24 @@ mod tests {
     fn refer_to_users() {
         assert_eq!(
             refer_to_user("<sip:200@10.0.0.1:5060;transport=udp>"),
-            Ok("200".into())
+            Ok(("200".into(), None))
         );
         assert_eq!(
             refer_to_user("sip:+4930123@pbx.example"),
-            Ok("+4930123".into())
+            Ok(("+4930123".into(), None))
         );
         assert_eq!(
             refer_to_user("<sips:alice@pbx>;foo=bar"),
-            Ok("alice".into())
+            Ok(("alice".into(), None))
         );
         assert_eq!(
             refer_to_user("<tel:+1555123;phone-context=x>"),
-            Ok("+1555123".into())
+            Ok(("+1555123".into(), None))
         );
-        assert_eq!(refer_to_user("<sip:200;npdi@pbx>"), Ok("200".into()));
+        assert_eq!(
+            refer_to_user("<sip:200;npdi@pbx>"),
+            Ok(("200".into(), None))
+        );
         assert_eq!(refer_to_user(""), Err(ReferError::Missing));
         assert_eq!(
             refer_to_user("<sip:pbx.example>"),
@@ -152,9 +206,28 @@ mod tests {
         assert_eq!(refer_to_user("<sip:%41@pbx>"), Err(ReferError::Unusable));
         let long = format!("<sip:{}@pbx>", "1".repeat(65));
         assert_eq!(refer_to_user(&long), Err(ReferError::Unusable));
+        // An attended transfer: the Replaces header unescaped, checked.
         let attended = "<sip:200@pbx?Replaces=abc%40host%3Bto-tag%3D1%3Bfrom-tag%3D2>";
-        assert_eq!(refer_to_user(attended), Err(ReferError::Replaces));
-        assert_eq!(ReferError::Replaces.status(), 501);
+        assert_eq!(
+            refer_to_user(attended),
+            Ok(("200".into(), Some("abc@host;to-tag=1;from-tag=2".into())))
+        );
+        let early =
+            "<sip:200@pbx?replaces=x%3Bfrom-tag%3Df%3Bto-tag%3Dt%3Bearly-only&Priority=urgent>";
+        assert_eq!(
+            refer_to_user(early).map(|(_, r)| r),
+            Ok(Some("x;from-tag=f;to-tag=t;early-only".into()))
+        );
+        for bad in [
+            "<sip:200@pbx?Replaces=a%40b>",
+            "<sip:200@pbx?Replaces=%3Bto-tag%3D1%3Bfrom-tag%3D2>",
+            "<sip:200@pbx?Replaces=a%3Bto-tag%3D%3Bfrom-tag%3D2>",
+            "<sip:200@pbx?Replaces=a%0D%0AVia%3A%20x%3Bto-tag%3D1%3Bfrom-tag%3D2>",
+            "<sip:200@pbx?Replaces=a%3Bto-tag%3D1%3Bfrom-tag%3D2%ZZ>",
+        ] {
+            assert_eq!(refer_to_user(bad), Err(ReferError::Replaces), "{bad}");
+        }
+        assert_eq!(ReferError::Replaces.status(), 400);
         assert_eq!(ReferError::Unusable.status(), 400);
     }
 

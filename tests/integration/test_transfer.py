@@ -118,13 +118,15 @@ def test_trunk_refer_moves_the_call_to_the_target_on_the_same_browser_media(work
     assert hangup.get("type") == "hangup" and hangup.get("code") == 200, hangup
 
 
-def incoming_refer(workdir, gw, target, after: int = 100) -> dict:
+def incoming_refer(workdir, gw, target, after: int = 100, refer_headers: str = "") -> dict:
     """The browser side of a trunk's REFER on an incoming call: SIPp as the
     caller (sipp/uac_refer_in.xml, -rtp_echo) calls alice on `gw`, the
     browser (aiortc) answers; SIPp REFERs to 200 after 1.5 s, the gateway
     calls `target` (a SippUas, started). Once `transferred` has its final
     code the browser takes `after` more packets and hangs up. Returns the
-    figures and both SIPps' exit codes; the caller SIPp is stopped."""
+    figures and both SIPps' exit codes; the caller SIPp is stopped.
+    `refer_headers` ends the Refer-To URI ("?Replaces=..." for an attended
+    transfer)."""
     from harness import BrowserPeer, SippUac, async_wait_until
     caller = None
 
@@ -133,7 +135,8 @@ def incoming_refer(workdir, gw, target, after: int = 100) -> dict:
         peer = await BrowserPeer(gw.base_url, gw.login()).connect()
         try:
             caller = SippUac(workdir, "uac_refer_in.xml", remote=f"127.0.0.1:{gw.sip_port}",
-                             service="alice", extra=["-rtp_echo"]).start()
+                             service="alice", extra=["-rtp_echo"],
+                             keys={"refer_headers": refer_headers}).start()
             await peer.wait_incoming(10)
             await peer.accept()
             connected = await peer.wait_for({"connected"}, 20, call_id=peer.call_id)
@@ -163,6 +166,37 @@ def incoming_refer(workdir, gw, target, after: int = 100) -> dict:
     finally:
         if caller is not None:
             caller.stop()
+
+
+def test_attended_transfer_by_the_trunk_replaces_its_dialog(workdir):
+    """An attended transfer (RFC 3891): the caller SIPp's REFER names
+    `<sip:200@...?Replaces=consult%40pbx%3Bto-tag%3Dtt1%3Bfrom-tag%3Dff2>`,
+    the dialog its PBX holds with the target. The gateway answers 202, and
+    its new INVITE to the target carries `Replaces:
+    consult@pbx;to-tag=tt1;from-tag=ff2` and `Require: replaces` besides
+    the Referred-By; the rest is the blind transfer's: NOTIFYs 100/200, the
+    browser hears the target, the transferor gets our BYE."""
+    from harness import Gateway, SippUas, TrunkSpec
+    target = SippUas(workdir, "uas_transfer_target.xml", extra=["-rtp_echo"], name="sipp_target").start()
+    gw = Gateway(workdir, trunk=TrunkSpec("carrier", target.uri, callee_stream="decrypted",
+                                          secure_media="forbidden")).start()
+    try:
+        r = incoming_refer(workdir, gw, target, after=50,
+                           refer_headers="?Replaces=consult%40pbx%3Bto-tag%3Dtt1%3Bfrom-tag%3Dff2")
+    finally:
+        target.stop()
+        gw_code = gw.stop()
+    invite = target.received("INVITE")[0].text
+    save_result(workdir, caller_exit=r["caller_exit"], target_exit=r["target_exit"],
+                transferred=r["transferred"], replaces=sip_header(invite, "Replaces"),
+                require=sip_header(invite, "Require"))
+    assert r["caller_exit"] == 0, f"caller sipp exit {r['caller_exit']} ({r['caller_log']})"
+    assert r["target_exit"] == 0, f"target sipp exit {r['target_exit']} ({target.msg_path})"
+    assert gw_code == 0 and "panicked" not in gw.log()
+    assert (sip_header(invite, "Replaces") or "").strip() == "consult@pbx;to-tag=tt1;from-tag=ff2", invite
+    assert "replaces" in (sip_header(invite, "Require") or ""), invite
+    assert [m.get("code") for m in r["transferred"]] == [100, 200], r["transferred"]
+    assert r["packets_after"] >= 50 and r["loud_frames_after"] > 25, r
 
 
 def test_trunk_refer_on_an_incoming_call(workdir):

@@ -336,6 +336,9 @@ struct Common {
     browser_sdp: Option<String>,
     /// The trunk's re-offer that waits for the browser's answer to ours.
     codec_switch: Option<CodecSwitch>,
+    /// A re-offer of ours the browser did not answer in time, or our offer
+    /// taking it back after it answered late (see [`LateReoffer`]).
+    late_reoffer: Option<LateReoffer>,
     /// An answer to the trunk's pending re-offer, for the SIP side's next
     /// pump (`Common` cannot reach the dialog).
     deferred_answer: Option<OfferAnswer>,
@@ -413,6 +416,7 @@ impl Common {
             resume_deadline: None,
             browser_sdp: None,
             codec_switch: None,
+            late_reoffer: None,
             deferred_answer: None,
             telephone_event: None,
             info_dtmf: InfoDtmf::default(),
@@ -649,10 +653,19 @@ impl Common {
         if self.owner.is_none() || self.codec_switch.is_some() {
             return false;
         }
-        let Some(previous) = self.browser_sdp.as_deref() else {
+        if matches!(self.late_reoffer, Some(LateReoffer::Reverting { .. })) {
+            return false;
+        }
+        // After an abandoned re-offer the browser may hold its version:
+        // ours must rise above it either way.
+        let previous = match self.late_reoffer.take() {
+            Some(LateReoffer::Abandoned { browser_sdp }) => Some(browser_sdp),
+            _ => self.browser_sdp.clone(),
+        };
+        let Some(previous) = previous else {
             return false;
         };
-        let offer = match sdp::write_browser_reoffer(previous, &codecs) {
+        let offer = match sdp::write_browser_reoffer(&previous, &codecs) {
             Ok(offer) => offer,
             Err(e) => {
                 warn!(error = %e, "cannot write the re-offer to the browser");
@@ -681,10 +694,65 @@ impl Common {
             return self.error(session, 403, "this call is not this session's");
         }
         let Some(switch) = self.codec_switch.take() else {
-            return self.error(session, 409, "no offer of the gateway waits for an answer");
+            return self.late_reanswer(session, sdp, now);
         };
         let answer = self.switched(switch, sdp, now);
         self.deferred_answer = Some(answer);
+    }
+
+    /// An `answer` with no re-offer of ours waiting: the answer to one we
+    /// gave up on (the trunk got 488 and kept the call's codec, while the
+    /// browser now sends the new one), which is taken back with an offer of
+    /// the call's codec; or the answer to that offer.
+    fn late_reanswer(&mut self, session: SessionKey, sdp: &str, now: Instant) {
+        match self.late_reoffer.take() {
+            Some(LateReoffer::Abandoned { browser_sdp }) => {
+                let Some(codecs) = self
+                    .trunk_session
+                    .as_ref()
+                    .map(|s| s.current_browser_codecs())
+                else {
+                    return;
+                };
+                let offer = match sdp::write_browser_reoffer(&browser_sdp, &codecs) {
+                    Ok(offer) => offer,
+                    Err(e) => {
+                        return warn!(error = %e, "cannot write the offer back to the call's codec")
+                    }
+                };
+                warn!(
+                    codec = %codec_label(&codecs[0]),
+                    "the browser answered our re-offer after the trunk was refused: offering it the call's codec again"
+                );
+                let id = self.id.clone();
+                self.tell_owner(SessionEvent::Offer {
+                    id,
+                    sdp: offer.clone(),
+                });
+                self.late_reoffer = Some(LateReoffer::Reverting {
+                    codec: codecs[0].clone(),
+                    browser_sdp: offer,
+                    deadline: now + CODEC_SWITCH_WAIT,
+                });
+            }
+            Some(LateReoffer::Reverting {
+                codec, browser_sdp, ..
+            }) => {
+                let back = sdp::parse_browser_reanswer(sdp).is_ok_and(|codecs| {
+                    codecs
+                        .iter()
+                        .any(|c| !c.is_telephone_event() && c.same_as(&codec))
+                });
+                if back {
+                    info!("the browser is back on the call's codec");
+                    self.browser_sdp = Some(browser_sdp);
+                } else {
+                    warn!("the browser's answer does not take the call's codec back: its audio is not forwarded");
+                    self.error(session, 488, "the answer lacks the call's codec");
+                }
+            }
+            None => self.error(session, 409, "no offer of the gateway waits for an answer"),
+        }
     }
 
     fn switched(&mut self, switch: CodecSwitch, sdp: &str, now: Instant) -> OfferAnswer {
@@ -731,9 +799,19 @@ impl Common {
             .as_ref()
             .is_some_and(|s| now >= s.deadline)
         {
-            self.codec_switch = None;
+            if let Some(switch) = self.codec_switch.take() {
+                self.late_reoffer = Some(LateReoffer::Abandoned {
+                    browser_sdp: switch.browser_sdp,
+                });
+            }
             warn!("the browser did not answer our re-offer: 488 to the trunk, the call goes on unchanged");
             self.deferred_answer = Some(OfferAnswer::Refuse(488));
+        }
+        if let Some(LateReoffer::Reverting { deadline, .. }) = &self.late_reoffer {
+            if now >= *deadline {
+                warn!("the browser did not answer our offer back to the call's codec");
+                self.late_reoffer = None;
+            }
         }
     }
 
@@ -1458,6 +1536,10 @@ impl Call {
             self.c.teardown_deadline,
             self.c.resume_deadline,
             self.c.codec_switch.as_ref().map(|s| s.deadline),
+            match &self.c.late_reoffer {
+                Some(LateReoffer::Reverting { deadline, .. }) => Some(*deadline),
+                _ => None,
+            },
             self.c.info_dtmf.wakeup(),
         ]
         .into_iter()
@@ -2792,6 +2874,22 @@ struct CodecSwitch {
     /// Our re-offer: the browser's view once it answered.
     browser_sdp: String,
     deadline: Instant,
+}
+
+/// A re-offer of ours to the browser after its wait ran out.
+#[derive(Debug)]
+enum LateReoffer {
+    /// Not answered in time (the trunk got 488 and keeps the call's codec):
+    /// our offer, should the browser answer it after all.
+    Abandoned { browser_sdp: String },
+    /// The browser did answer it late, so it sends a codec the trunk
+    /// refused: our offer taking it back to the call's codec, until its
+    /// answer.
+    Reverting {
+        codec: sdp::Codec,
+        browser_sdp: String,
+        deadline: Instant,
+    },
 }
 
 /// Why the browser's `hold`, `resume` or `transfer` waits.

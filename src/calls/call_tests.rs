@@ -3493,6 +3493,41 @@ fn a_codec_change_that_renumbers_the_browsers_telephone_event_reaches_the_relay(
 }
 
 #[test]
+fn a_late_answer_to_an_abandoned_reoffer_is_taken_back_with_the_calls_codec() {
+    let (mut call, now, _tag, abandoned) = codec_change_asked();
+    let late = now + Duration::from_secs(5);
+    call.handle_timeout(late);
+    assert_eq!(drain(&mut call).statuses(), [488], "the trunk keeps PCMA");
+    // The browser answers PCMU after all: it now sends what the trunk
+    // refused. It gets an offer of the call's PCMA, above the abandoned
+    // offer's version; the trunk hears nothing of it.
+    let d = reanswer(&mut call, late, 0, "PCMU");
+    assert!(d.sip.is_empty() && d.media.is_empty(), "{d:?}");
+    let back = match &d.to(1)[..] {
+        [SessionEvent::Offer { sdp, .. }] => sdp.clone(),
+        other => panic!("expected our offer back, got {other:?}"),
+    };
+    let version = |sdp: &str| -> u64 {
+        let o = sdp.lines().find(|l| l.starts_with("o=")).unwrap();
+        o.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    assert_eq!(version(&back), version(&abandoned) + 1);
+    let audio = back.lines().find(|l| l.starts_with("m=audio")).unwrap();
+    assert!(audio.ends_with(" 8 101"), "{audio}");
+    assert!(back.contains("a=rtpmap:8 PCMA/8000") && !back.contains("PCMU"));
+    assert!(back.contains("a=setup:actpass") && back.contains("a=ice-ufrag:"));
+    // Its answer with PCMA ends it quietly; a further answer is a 409.
+    let d = reanswer(&mut call, late, 8, "PCMA");
+    assert!(d.sip.is_empty() && d.events.is_empty(), "{d:?}");
+    let d = reanswer(&mut call, late, 8, "PCMA");
+    assert!(matches!(
+        d.to(1)[..],
+        [SessionEvent::Error { code: 409, .. }]
+    ));
+    assert!(!call.is_over_for_browsers());
+}
+
+#[test]
 fn no_answer_from_the_browser_in_time_is_488_and_the_call_unchanged() {
     let (mut call, now, tag) = {
         let (call, now, tag, _) = codec_change_asked();

@@ -230,6 +230,24 @@ impl TrunkSession {
         Some(codecs)
     }
 
+    /// The codecs the call runs toward the browser (its PTs): the codec and
+    /// its telephone-event, what an offer taking the browser back to them
+    /// lists.
+    pub fn current_browser_codecs(&self) -> Vec<Codec> {
+        let mut codecs = vec![self.browser_codec.clone()];
+        codecs.extend(
+            self.browser_codecs
+                .iter()
+                .find(|b| {
+                    b.is_telephone_event()
+                        && Some(b.pt) == self.browser_te
+                        && b.clock_rate == self.browser_codec.clock_rate
+                })
+                .cloned(),
+        );
+        codecs
+    }
+
     /// Answers the trunk's re-offer after the browser took `codec` (with
     /// the PT it sends) and `te` in its answer to our re-offer: the call's
     /// codec is `codec` from now on. On error nothing changed.

@@ -1273,7 +1273,11 @@ class BrowserPeer:
         Returns the SDP sent."""
         _, _, RTCSessionDescription, _ = _aiortc()
         transceiver = self.pc.getTransceivers()[0]
-        sending = transceiver._codecs[0]
+        # The codec object the running sender was started with (its first
+        # negotiation's): later renegotiations replace the transceiver's
+        # list, so it is kept to be switched again.
+        sending = getattr(self, "_sending_codec", None) or transceiver._codecs[0]
+        self._sending_codec = sending
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         new = transceiver._codecs[0]

@@ -123,6 +123,75 @@ def test_trunk_reinvite_to_pcma_is_reoffered_to_the_browser(workdir, method):
     assert r["hangup"].get("code") == 200, r["hangup"]
 
 
+def late_variant(workdir) -> str:
+    """sipp/uas_codec_change.xml whose re-INVITE must be refused: 488 (the
+    browser does not answer in time), ACKed with the INVITE's Via, then 6 s
+    of media before the BYE."""
+    text = (SIPP_DIR / "uas_codec_change.xml").read_text()
+    ok = """  <recv response="200">
+    <action>
+      <ereg regexp="a=rtpmap:8 PCMA/8000" search_in="body" check_it="true" assign_to="v1" />
+    </action>
+  </recv>"""
+    assert text.count(ok) == 1 and text.count('<Reference variables="v1" />') == 1
+    text = text.replace(ok, '  <recv response="488" />').replace('<Reference variables="v1" />', "")
+    ack = text.index("      ACK [next_url] SIP/2.0")
+    via = text.index("      Via:", ack)
+    text = text[:via] + "      [last_Via:]" + text[text.index("\n", via):]
+    text = text.replace('<pause milliseconds="3000" />', '<pause milliseconds="6000" />')
+    scenario = workdir / "uas_codec_change_refused.xml"
+    scenario.write_text(text)
+    return str(scenario)
+
+
+def test_a_late_answer_to_the_reoffer_is_taken_back(workdir):
+    """The browser answers our re-offer (PCMA) only after the 4 s the trunk
+    waits: SIPp's re-INVITE gets 488 and the trunk keeps PCMU. The late
+    answer brings the browser a second `offer` (PCMU again, its o= version
+    one above the first), which it answers; the trunk never gets PCMA, and
+    after the second answer the echo socket gets PCMU and the browser hears
+    its tone again."""
+    from conftest import TRUNK_NUMBER
+
+    async def browser(peer, gw):
+        connected = await peer.call(TRUNK_NUMBER)
+        assert connected["type"] == "connected", connected
+        first = await peer.wait_for({"offer"}, 10, call_id=peer.call_id)
+        assert first["type"] == "offer", first
+        await asyncio.sleep(4.6)  # past the gateway's wait: the trunk got 488
+        since = len(peer.messages)
+        await peer.answer_offer(first)
+        second = await peer.wait_for({"offer"}, 5, since=since, call_id=peer.call_id)
+        assert second["type"] == "offer", second
+        pts_at = len(echo.pts)
+        loud_at = peer.sink.loud_frames
+        await peer.answer_offer(second)
+        hangup = await peer.wait_for({"hangup"}, 15)
+        errors = [m for m in peer.messages if m.get("type") == "error"]
+        return dict(first=first["sdp"], second=second["sdp"], hangup=hangup, errors=errors,
+                    pts_at=pts_at, loud_after=peer.sink.loud_frames - loud_at)
+
+    with PtEcho(GWT_HOST) as echo:
+        run = run_browser_against_sipp(workdir, late_variant(workdir), browser, keys={"echo_port": echo.port},
+                                       sipp_wait=30)
+    r = run.result
+    after = echo.pts[r["pts_at"]:]
+    version = [int(sdp.split("o=", 1)[1].split()[2]) for sdp in (r["first"], r["second"])]
+    save_result(workdir, sipp_exit=run.sipp_code, versions=version, errors=r["errors"], hangup=r["hangup"],
+                pts_all={pt: echo.pts.count(pt) for pt in (0, 8)}, pts_after={pt: after.count(pt) for pt in (0, 8)},
+                loud_after=r["loud_after"])
+    assert run.sipp_code == 0, f"sipp exit {run.sipp_code} ({run.sipp.msg_path}, {run.sipp.err_path})"
+    assert run.gw_code == 0 and "panicked" not in run.gw.log()
+    assert "PCMA/8000" in r["first"] and "PCMU" not in r["first"], r["first"]
+    assert "a=rtpmap:0 PCMU/8000" in r["second"] and "PCMA" not in r["second"], r["second"]
+    assert version[1] == version[0] + 1, version
+    assert not r["errors"], r["errors"]
+    assert 8 not in echo.pts, "the trunk refused PCMA and never got it"
+    assert after.count(0) >= 50, after[-10:]
+    assert r["loud_after"] >= 50, r
+    assert r["hangup"].get("code") == 200, r["hangup"]
+
+
 WAIT_FOR_BYE = """  <recv request="BYE" />
   <send>
     <![CDATA[

@@ -398,23 +398,33 @@ impl TrunkOfferParams {
 }
 
 /// The codecs offered to the trunk for this browser offer, in the browser's
-/// order with its payload types; plus telephone-event/8000 when the browser
-/// offered an 8 kHz codec but no telephone-event at that clock (aiortc,
-/// some softphones): the gateway then sends the browser's digits itself
-/// (`dtmf` messages) and reads the trunk's, so the trunk must have it.
+/// order with its payload types; plus a telephone-event at each clock of
+/// the browser's codecs where the browser offered none (aiortc, some
+/// softphones: 8000 for G.711, 48000 for Opus): the gateway then sends the
+/// browser's digits itself (`dtmf` messages) and reads the trunk's, so the
+/// trunk must have one at the clock of whichever codec it picks (RFC 4733
+/// events run on their stream's clock; a trunk that answers Opus with only
+/// telephone-event/8000, as linphone does, left the call without RFC 4733).
 fn trunk_offer_codecs(offer: &BrowserOffer) -> Vec<Codec> {
     let mut codecs = usable_codecs(&offer.codecs);
-    let narrowband = codecs
-        .iter()
-        .any(|c| !c.is_telephone_event() && c.clock_rate == 8000);
-    if narrowband && offer.telephone_event(8000).is_none() {
-        let taken = |pt: u8| offer.codecs.iter().any(|c| c.pt.0 == pt);
+    let mut clocks: Vec<u32> = Vec::new();
+    for c in codecs.iter().filter(|c| !c.is_telephone_event()) {
+        if !clocks.contains(&c.clock_rate) && offer.telephone_event(c.clock_rate).is_none() {
+            clocks.push(c.clock_rate);
+        }
+    }
+    // 8000 first: it is the one most SIP equipment has, and gets PT 101.
+    clocks.sort_by_key(|&clock| clock != 8000);
+    for clock in clocks {
+        let taken = |pt: u8| {
+            offer.codecs.iter().any(|c| c.pt.0 == pt) || codecs.iter().any(|c| c.pt.0 == pt)
+        };
         // 101 is what most SIP equipment uses; else the first free dynamic.
         if let Some(pt) = std::iter::once(101).chain(96..=127).find(|&pt| !taken(pt)) {
             codecs.push(Codec {
                 pt: PayloadType(pt),
                 name: CodecName::TelephoneEvent,
-                clock_rate: 8000,
+                clock_rate: clock,
                 channels: 1,
                 fmtp: Some("0-15".into()),
             });
@@ -1282,7 +1292,9 @@ mod tests {
         let o = parse_browser_offer(FIREFOX).unwrap();
         assert_eq!(o.fingerprint.value[0], 0xBA, "session-level fingerprint");
         let sdp = write_trunk_offer(&o, &plain_params());
-        assert!(has(&sdp, "m=audio 20000 RTP/AVP 109 9 0 8 101"), "{sdp}");
+        // Firefox has telephone-event/8000 only: Opus gets one of ours.
+        assert!(has(&sdp, "m=audio 20000 RTP/AVP 109 9 0 8 101 96"), "{sdp}");
+        assert!(has(&sdp, "a=rtpmap:96 telephone-event/48000"), "{sdp}");
         assert!(has(&sdp, "a=rtpmap:9 G722/8000"));
         assert!(has(
             &sdp,
@@ -1329,9 +1341,9 @@ mod tests {
     }
 
     #[test]
-    fn telephone_event_8k_is_added_for_browsers_without_it() {
+    fn telephone_event_is_added_at_each_clock_for_browsers_without_it() {
         // aiortc offers opus, PCMU and PCMA and no telephone-event; 101 is
-        // taken, so the first free dynamic PT carries it.
+        // taken, so the first free dynamic PTs carry it, 8000 first.
         let sdp = CHROME
             .replace("111 63 9 0 8 13 110 126", "101 0 8")
             .replace("a=rtpmap:111 opus", "a=rtpmap:101 opus")
@@ -1341,8 +1353,19 @@ mod tests {
         let o = parse_browser_offer(&sdp).unwrap();
         assert!(o.telephone_event(8000).is_none());
         let offer = write_trunk_offer(&o, &plain_params());
-        assert!(has(&offer, "m=audio 20000 RTP/AVP 101 0 8 96"), "{offer}");
+        assert!(
+            has(&offer, "m=audio 20000 RTP/AVP 101 0 8 96 97"),
+            "{offer}"
+        );
         assert!(has(&offer, "a=rtpmap:96 telephone-event/8000"), "{offer}");
+        assert!(has(&offer, "a=rtpmap:97 telephone-event/48000"), "{offer}");
+        // A trunk that picks Opus (linphone) takes the 48 kHz one.
+        let opus =
+            "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
+                    m=audio 4000 RTP/AVP 101 97\r\na=rtpmap:101 opus/48000/2\r\n\
+                    a=rtpmap:97 telephone-event/48000\r\n";
+        let a = parse_trunk_answer(opus, &plain_params(), &o).unwrap();
+        assert_eq!(a.trunk_telephone_event, Some(PayloadType(97)));
         // The trunk takes it: ours alone (the browser is not given it).
         let answer =
             "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\

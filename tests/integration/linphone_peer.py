@@ -39,13 +39,16 @@ class Linphone:
     unless it is none. As a trunk it answers calls to any user at once."""
 
     def __init__(self, workdir: Path, tone_wav: Path, encryption: str = "srtp", name: str = "linphone",
-                 auto_answer: bool = True):
+                 auto_answer: bool = True, rfc2833: bool = True):
         assert encryption in MODES, encryption
         self.dir = workdir / name
         (self.dir / ".local" / "share" / "linphone").mkdir(parents=True, exist_ok=True)
         self.encryption = encryption
         self.tone_wav = tone_wav
         self.auto_answer = auto_answer
+        # False: no telephone-event in its SDP (use_rfc2833=0, use_info=1):
+        # its DTMF, both ways, is SIP INFO
+        self.rfc2833 = rfc2833
         self.sip_port = free_port(socket.SOCK_DGRAM)
         self.rtp_port = free_port(socket.SOCK_DGRAM, span=4)
         self.log_path = self.dir / "linphone.log"
@@ -67,6 +70,8 @@ class Linphone:
             "use_ipv6=0\n"
             f"media_encryption={self.encryption}\n"
             f"media_encryption_mandatory={mandatory}\n"
+            f"use_rfc2833={int(self.rfc2833)}\n"
+            f"use_info={int(not self.rfc2833)}\n"
             "[rtp]\n"
             f"audio_rtp_port={self.rtp_port}\n"
             "[sound]\n"
@@ -141,6 +146,11 @@ class Linphone:
 
     def wait_ended(self, timeout: float = 10.0):
         wait_until(self.ended, timeout, f"linphone's call ended ({self.out_path})")
+
+    def tones(self) -> str:
+        """The DTMF digits linphonec reported receiving ("Receiving tone 5
+        from ..."), RFC 4733 or SIP INFO alike."""
+        return "".join(re.findall(r"Receiving tone (\S) from", self.output()))
 
     def negotiated_encryption(self) -> str:
         """liblinphone's own verdict: LinphoneMediaEncryptionSRTP / DTLS / None."""

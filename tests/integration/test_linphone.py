@@ -45,8 +45,8 @@ MODES = {
 def start_linphone(workdir, tone_wav):
     started: list[Linphone] = []
 
-    def start(encryption: str) -> Linphone:
-        lp = Linphone(workdir, tone_wav, encryption=encryption)
+    def start(encryption: str, rfc2833: bool = True) -> Linphone:
+        lp = Linphone(workdir, tone_wav, encryption=encryption, rfc2833=rfc2833)
         started.append(lp)
         return lp.start()
 
@@ -185,3 +185,49 @@ def test_linphone_plain_rtp_is_dropped_without_latch(workdir, start_gateway, sta
     assert len(warnings) == 1 and "media_source" in warnings[0] and "10.99.0.1" in warnings[0], warnings
     assert any(m.sdp_media() and m.sdp_media()[0] == "127.0.0.1" for m in lp.sent(status=200)), \
         "linphone's answer should signal 127.0.0.1"
+
+
+@pytest.mark.parametrize("how", ["rfc4733", "info"])
+def test_browser_dtmf_reaches_linphone(workdir, start_gateway, start_linphone, how):
+    """The browser's `dtmf` "19#" during an SDES call to linphone, which
+    reports every digit it receives ("Receiving tone 1"): as RFC 4733
+    events in the call's Opus stream (48 kHz events, linphone answers
+    Opus with telephone-event/48000) when linphone takes telephone-event, and
+    as SIP INFO (application/dtmf-relay) when it does not (use_rfc2833=0:
+    its answer drops telephone-event). No `error` at the browser either
+    way; the call's audio goes on."""
+    lp = start_linphone("srtp", rfc2833=how == "rfc4733")
+    gw = start_gateway(_trunk(lp, "srtp"))
+
+    async def run():
+        peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+        try:
+            connected = await peer.call("1000")
+            assert connected.get("type") == "connected", connected
+            lp.wait_connected()
+            await peer.receive(50, timeout=20)
+            await peer.send({"type": "dtmf", "id": peer.call_id, "digits": "19#"})
+            await asyncio.to_thread(wait_until, lambda: len(lp.tones()) >= 3, 10,
+                                    f"linphone reporting three tones ({lp.out_path})")
+            await asyncio.sleep(0.5)  # nothing more may come
+            errors = [m for m in peer.messages if m.get("type") == "error"]
+            await peer.hangup()
+            return errors
+        finally:
+            await peer.close()
+
+    errors = asyncio.run(run())
+    ok = [m for m in lp.sent(status=200) if "INVITE" in (m.text.split("CSeq:", 1)[-1].split("\n", 1)[0])]
+    infos = lp.received("INFO")
+    save_result(workdir, how=how, tones=lp.tones(), errors=errors, infos=len(infos),
+                answer_has_telephone_event=bool(ok) and "telephone-event" in ok[0].text)
+    assert lp.tones() == "19#", lp.tones()
+    assert not errors, errors
+    if how == "info":
+        assert ok and "telephone-event" not in ok[0].text, ok[0].text if ok else "no 200"
+        assert len(infos) == 3 and all("application/dtmf-relay" in m.text for m in infos), len(infos)
+    else:
+        # linphone answers Opus: the telephone-event/48000 we add for a
+        # browser without one at that clock is what makes RFC 4733 possible
+        assert ok and "opus/48000" in ok[0].text and "telephone-event/48000" in ok[0].text, ok[0].text
+        assert not infos, [m.first_line for m in infos]

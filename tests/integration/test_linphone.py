@@ -79,6 +79,15 @@ async def _talk(peer: BrowserPeer, lp: Linphone) -> dict:
             "linphone_heard_s": heard.seconds}
 
 
+async def _connected_to(gw, lp: Linphone) -> BrowserPeer:
+    """A browser session whose call to linphone (as the trunk) is up at both ends."""
+    peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+    connected = await peer.call("1000")
+    assert connected.get("type") == "connected", connected
+    lp.wait_connected()
+    return peer
+
+
 def _check(workdir, mode: str, lp: Linphone, connected: dict, r: dict, sdp_text: str):
     *_, verdict, security, profile = MODES[mode]
     save_result(workdir, mode=mode, connected=connected, browser=r, linphone_encryption=lp.negotiated_encryption())
@@ -161,11 +170,8 @@ def test_linphone_plain_rtp_is_dropped_without_latch(workdir, start_gateway, sta
                                  secure_media="forbidden"))
 
     async def run():
-        peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+        peer = await _connected_to(gw, lp)
         try:
-            connected = await peer.call("1000")
-            assert connected.get("type") == "connected", connected
-            lp.wait_connected()
             drops = await asyncio.to_thread(
                 wait_until, lambda: gw.metrics().sum("gateway_media_drops_total", leg="trunk",
                                                     reason="wrong_source") >= 100,
@@ -200,11 +206,8 @@ def test_browser_dtmf_reaches_linphone(workdir, start_gateway, start_linphone, h
     gw = start_gateway(_trunk(lp, "srtp"))
 
     async def run():
-        peer = await BrowserPeer(gw.base_url, gw.login()).connect()
+        peer = await _connected_to(gw, lp)
         try:
-            connected = await peer.call("1000")
-            assert connected.get("type") == "connected", connected
-            lp.wait_connected()
             await peer.receive(50, timeout=20)
             await peer.send({"type": "dtmf", "id": peer.call_id, "digits": "19#"})
             await asyncio.to_thread(wait_until, lambda: len(lp.tones()) >= 3, 10,

@@ -200,6 +200,13 @@ pub enum Output {
     /// The trunk refused SRTP and the call went on with plain RTP
     /// (`secure_media = "optional"`; for the counters).
     SecureMediaFallback,
+    /// DTMF digits went toward the trunk or came from it, by SIP INFO or
+    /// RFC 4733 (for the counters).
+    Dtmf {
+        to_trunk: bool,
+        info: bool,
+        digits: u64,
+    },
     /// A new dialog of the call (the INVITE a trunk's REFER asked for):
     /// messages with this Call-ID are the call's too.
     ListenCallId(String),
@@ -540,9 +547,11 @@ impl Common {
                 "DTMF toward the trunk by SIP INFO (no telephone-event)"
             );
             self.info_dtmf.queue.extend(digits.iter().copied());
+            self.count_dtmf(true, true, digits.len());
             return;
         }
         info!(count = digits.len(), "DTMF toward the trunk");
+        self.count_dtmf(true, false, digits.len());
         for digit in digits {
             self.media(MediaCommand::Dtmf(Toward::Trunk, *digit));
         }
@@ -556,12 +565,22 @@ impl Common {
             return;
         }
         info!(how = ?how, "DTMF from the trunk");
+        self.count_dtmf(false, how == DtmfFrom::SipInfo, 1);
         let browser_te = self.telephone_event.is_some_and(|te| te.browser.is_some());
         if how == DtmfFrom::SipInfo && browser_te {
             self.media(MediaCommand::Dtmf(Toward::Browser, digit));
         }
         let id = self.id.clone();
         self.tell_owner(SessionEvent::Dtmf { id, digit });
+    }
+
+    fn count_dtmf(&mut self, to_trunk: bool, info: bool, digits: usize) {
+        let digits = u64::try_from(digits).unwrap_or(u64::MAX);
+        self.out.push_back(Output::Dtmf {
+            to_trunk,
+            info,
+            digits,
+        });
     }
 
     /// The call is over for the browsers: the owner hears `cause`, media

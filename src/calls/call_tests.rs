@@ -197,6 +197,8 @@ struct Drained {
     call_ids: Vec<String>,
     /// Carried-out transfers for the record: (to as displayed, Call-ID).
     transfers: Vec<(String, String)>,
+    /// DTMF counted: (toward the trunk, by SIP INFO, digits).
+    dtmf_counted: Vec<(bool, bool, u64)>,
 }
 
 impl Drained {
@@ -284,6 +286,11 @@ fn drain_anywhere(call: &mut Call) -> Drained {
             Output::Media(m) => d.media.push(m),
             Output::Connected => d.connected += 1,
             Output::SecureMediaFallback => d.fallbacks += 1,
+            Output::Dtmf {
+                to_trunk,
+                info,
+                digits,
+            } => d.dtmf_counted.push((to_trunk, info, digits)),
             Output::ListenCallId(id) => d.call_ids.push(id),
             Output::Transferred { to, sip_call_id } => {
                 d.transfers.push((to.to_string(), sip_call_id))
@@ -1747,6 +1754,7 @@ fn browser_digits_go_to_the_media_of_the_owner_only() {
     let d = drain(&mut call);
     assert_eq!(dtmf_sent(&d), "1#");
     assert!(d.sip.is_empty() && d.events.is_empty(), "{d:?}");
+    assert_eq!(d.dtmf_counted, [(true, false, 2)], "counted as RFC 4733");
     // Another session of the account that rang: not its call.
     call.handle_session(
         now,
@@ -1828,6 +1836,7 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYX
     assert_eq!(info_signals(&d), "1");
     assert_eq!(dtmf_sent(&d), "");
     assert!(error_of(&d, 7).is_none(), "{d:?}");
+    assert_eq!(d.dtmf_counted, [(true, true, 2)], "counted as INFO");
     let first = requests_of(&d, rsip::Method::Info).remove(0);
     let t = now + Duration::from_millis(50);
     call.handle_sip(t, reply(&first, 200, None), trunk_addr());

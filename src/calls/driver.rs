@@ -182,6 +182,11 @@ pub async fn run(mut call: Call, io: CallIo) {
                     }
                 }
                 Output::SecureMediaFallback => stats.secure_media_fallback(),
+                Output::Dtmf {
+                    to_trunk,
+                    info,
+                    digits,
+                } => stats.dtmf(to_trunk, info, digits),
                 Output::ListenCallId(id) => {
                     let mut rx = sip.register_call(&id);
                     let tx = extra_tx.clone();

@@ -67,6 +67,10 @@ pub struct CallStats {
     /// Private calls (media relayed end to end, never decrypted) that
     /// reached connected.
     private_connected: AtomicU64,
+    /// DTMF digits by direction (toward the trunk, from it) and how they
+    /// travelled (RFC 4733 events, SIP INFO): what an operator reads when a
+    /// caller says their digits did not arrive.
+    dtmf: [[AtomicU64; 2]; 2],
     /// Connected legs by (leg, key agreement, suite, handling): what the
     /// lock says, countable. Bounded: two legs, three agreements, a handful
     /// of suites, two handlings.
@@ -125,6 +129,12 @@ impl CallStats {
     /// A trunk refused SRTP and the call fell back to plain RTP.
     pub fn secure_media_fallback(&self) {
         self.secure_media_fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `digits` DTMF digits went toward the trunk (`to_trunk`) or came from
+    /// it, as SIP INFO (`info`) or RFC 4733 events.
+    pub fn dtmf(&self, to_trunk: bool, info: bool, digits: u64) {
+        self.dtmf[usize::from(!to_trunk)][usize::from(info)].fetch_add(digits, Ordering::Relaxed);
     }
 
     /// A private call reached connected.
@@ -204,6 +214,20 @@ impl CallStats {
             "# HELP {name} Private calls that connected: media encrypted end to end and relayed, never decrypted by the gateway.\n# TYPE {name} counter\n{name} {}",
             self.private_connected.load(Ordering::Relaxed)
         );
+        let name = "gateway_dtmf_digits_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} DTMF digits by direction (to_trunk, from_trunk) and method (rfc4733 events, sip INFO).\n# TYPE {name} counter"
+        );
+        for (d, direction) in ["to_trunk", "from_trunk"].iter().enumerate() {
+            for (m, method) in ["rfc4733", "info"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{direction=\"{direction}\",method=\"{method}\"}} {}",
+                    self.dtmf[d][m].load(Ordering::Relaxed)
+                );
+            }
+        }
         let name = "gateway_call_setup_seconds";
         let _ = writeln!(
             out,
@@ -248,6 +272,8 @@ mod tests {
         stats.call_ended(live::Direction::Outgoing, 486, "trunk");
         stats.secure_media_fallback();
         stats.private_call_connected();
+        stats.dtmf(true, true, 3);
+        stats.dtmf(false, false, 1);
         stats.legs_connected(
             Some("dtls-srtp AEAD_AES_128_GCM"),
             Some("sdes-srtp AES_CM_128_HMAC_SHA1_80"),
@@ -264,6 +290,9 @@ mod tests {
             "gateway_calls_active 1\n",
             "gateway_secure_media_fallbacks_total 1\n",
             "gateway_private_calls_total 1\n",
+            "gateway_dtmf_digits_total{direction=\"to_trunk\",method=\"info\"} 3\n",
+            "gateway_dtmf_digits_total{direction=\"to_trunk\",method=\"rfc4733\"} 0\n",
+            "gateway_dtmf_digits_total{direction=\"from_trunk\",method=\"rfc4733\"} 1\n",
             "gateway_call_legs_total{leg=\"browser\",key_agreement=\"dtls-srtp\",suite=\"AEAD_AES_128_GCM\",handling=\"decrypted\"} 1\n",
             "gateway_call_legs_total{leg=\"trunk\",key_agreement=\"sdes-srtp\",suite=\"AES_CM_128_HMAC_SHA1_80\",handling=\"decrypted\"} 1\n",
             "gateway_call_legs_total{leg=\"trunk\",key_agreement=\"rtp\",suite=\"none\",handling=\"decrypted\"} 1\n",

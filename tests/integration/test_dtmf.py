@@ -230,11 +230,12 @@ def test_dtmf_by_sip_info_to_a_trunk_without_telephone_event(workdir):
         await asyncio.sleep(1.5)
         received, _ = await peer.stats()
         errors = [m for m in peer.messages if m.get("type") == "error"]
+        counted = gw.metrics().sum("gateway_dtmf_digits_total", direction="to_trunk", method="info")
         await peer.hangup()
-        return errors, received
+        return errors, received, counted
 
     run = run_browser_against_sipp(workdir, "uas_info_dtmf_in.xml", browser, extra=["-rtp_echo"])
-    errors, received = run.result
+    errors, received, counted = run.result
     infos = run.sipp.received("INFO")
     texts = [m.text.replace("\r", "") for m in infos]
     bodies = [t.split("\n\n", 1)[-1].strip() for t in texts]
@@ -252,3 +253,4 @@ def test_dtmf_by_sip_info_to_a_trunk_without_telephone_event(workdir):
     # no digit is ever logged (PINs, card numbers)
     assert "Signal=" not in run.gw.log()
     assert received > 100, received
+    assert counted == 3, f"gateway_dtmf_digits_total{{to_trunk,info}} is {counted}"

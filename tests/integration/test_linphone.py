@@ -234,3 +234,45 @@ def test_browser_dtmf_reaches_linphone(workdir, start_gateway, start_linphone, h
         # browser without one at that clock is what makes RFC 4733 possible
         assert ok and "opus/48000" in ok[0].text and "telephone-event/48000" in ok[0].text, ok[0].text
         assert not infos, [m.first_line for m in infos]
+
+
+def test_linphone_holds_resumes_and_the_call_goes_on(workdir, start_gateway, start_linphone):
+    """The trunk's own hold from a real SIP stack: linphone's `pause` sends
+    a re-INVITE (a=sendonly, SDES): the browser gets `held` by the trunk;
+    its `resume` (a=sendrecv) brings `resumed`, and the tone flows both ways
+    again afterwards (packets and energy at the browser, linphone's
+    recording still growing with the browser's tone)."""
+    lp = start_linphone("srtp")
+    gw = start_gateway(_trunk(lp, "srtp"))
+
+    async def run():
+        peer = await _connected_to(gw, lp)
+        try:
+            await peer.receive(50, timeout=20)
+            lp.command("pause")
+            held = await peer.wait_for({"held"}, 10, call_id=peer.call_id)
+            await asyncio.sleep(1.0)
+            since = len(peer.messages)
+            lp.command("resume")
+            resumed = await peer.wait_for({"resumed"}, 10, since=since, call_id=peer.call_id)
+            heard_before = lp.heard().seconds
+            packets_at, loud_at = peer.packets_received, peer.sink.loud_frames
+            await peer.receive(packets_at + 100, timeout=10)
+            await asyncio.to_thread(wait_until, lambda: lp.heard().seconds >= heard_before + 1.5, 10,
+                                    "linphone recording after the resume")
+            r = {"held": held, "resumed": resumed, "packets_after": peer.packets_received - packets_at,
+                 "loud_after": peer.sink.loud_frames - loud_at, "linphone_heard_rms": lp.heard().rms}
+            await peer.hangup()
+            return r
+        finally:
+            await peer.close()
+
+    r = asyncio.run(run())
+    reinvites = lp.sent("INVITE")
+    save_result(workdir, **r, reinvites=len(reinvites))
+    assert r["held"].get("type") == "held" and r["held"].get("by") == "trunk", r["held"]
+    assert r["resumed"].get("type") == "resumed", r["resumed"]
+    assert len(reinvites) == 2 and "a=sendonly" in reinvites[0].text, [m.first_line for m in reinvites]
+    assert r["packets_after"] >= 100 and r["loud_after"] >= 50, r
+    assert r["linphone_heard_rms"] > TONE_RMS_MIN, r
+

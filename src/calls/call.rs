@@ -265,6 +265,9 @@ pub struct IncomingSetup {
     /// Where a new INVITE goes when the trunk's REFER is carried out;
     /// `None` (the trunk did not resolve): REFER gets 501.
     pub transfer_route: Option<NewInviteRoute>,
+    /// The INVITE had no offer: `offer` is ours (`sdp::delayed_offer_template`),
+    /// our 200 carries it and the trunk answers in its ACK.
+    pub delayed_offer: bool,
 }
 
 /// The first hop of a new INVITE toward the trunk, as an outgoing call's:
@@ -1468,6 +1471,8 @@ impl Call {
                 phase: Phase::Ringing,
                 answer: None,
                 suites: setup.account.trunk.srtp_suites.clone(),
+                delayed_offer: setup.delayed_offer,
+                accepted_sdp: None,
             })),
         };
         if let Kind::Incoming(inc) = &mut call.kind {
@@ -2532,6 +2537,12 @@ struct Incoming {
     answer: Option<(BrowserAnswer, Option<SrtpKeyMaterial>)>,
     /// The trunk's `srtp_suites`: what a re-key may move to.
     suites: Vec<SrtpSuite>,
+    /// A delayed offer (see [`IncomingSetup::delayed_offer`]): the trunk's
+    /// leg is known only once its ACK answers; until then the relay has a
+    /// placeholder trunk leg that sends nowhere and takes nothing.
+    delayed_offer: bool,
+    /// The accepting browser's answer as it sent it.
+    accepted_sdp: Option<String>,
 }
 
 impl Incoming {
@@ -2649,7 +2660,30 @@ impl Incoming {
                 None
             }
         };
-        let crypto = match (&self.plan, &our_key) {
+        let params = match self.trunk_side(c, &answer, our_key.as_ref(), sdp) {
+            Ok(params) => params,
+            Err(cause) => return self.end(c, cause, now),
+        };
+        c.media(MediaCommand::Start(Box::new(params)));
+        c.media_started = true;
+        c.dtls_deadline = Some(now + c.timers.dtls);
+        self.answer = Some((answer, our_key));
+        self.accepted_sdp = Some(sdp.to_string());
+        self.phase = Phase::Answering;
+    }
+
+    /// The trunk's side of the call from its SDP (`self.offer`: its offer,
+    /// or with a delayed offer the answer in its ACK), the browser's
+    /// `answer` (`browser_sdp` as sent) and our key: sets the call's trunk
+    /// session and telephone-event, and returns the relay's parameters.
+    fn trunk_side(
+        &self,
+        c: &mut Common,
+        answer: &BrowserAnswer,
+        our_key: Option<&SrtpKeyMaterial>,
+        browser_sdp: &str,
+    ) -> Result<RelayParams, Cause> {
+        let crypto = match (&self.plan, our_key) {
             (IncomingLegPlan::Sdes { tag, .. }, Some(ours)) => {
                 let theirs = self
                     .offer
@@ -2663,10 +2697,7 @@ impl Incoming {
                         inbound,
                         outbound: ours.clone(),
                     },
-                    None => {
-                        let cause = Cause::Policy("the trunk's a=crypto line vanished".into());
-                        return self.end(c, cause, now);
-                    }
+                    None => return Err(Cause::Policy("the trunk's a=crypto line vanished".into())),
                 }
             }
             (IncomingLegPlan::Dtls { suites }, _) => match &self.offer.dtls {
@@ -2675,10 +2706,7 @@ impl Incoming {
                     remote_fingerprint: d.fingerprint.clone(),
                     suites: suites.clone(),
                 },
-                None => {
-                    let cause = Cause::Policy("the trunk's a=fingerprint vanished".into());
-                    return self.end(c, cause, now);
-                }
+                None => return Err(Cause::Policy("the trunk's a=fingerprint vanished".into())),
             },
             _ => TrunkCrypto::Plain,
         };
@@ -2689,7 +2717,7 @@ impl Incoming {
             _ => None,
         };
         let te_pt = answer.telephone_event.as_ref().map(|te| te.pt);
-        let trunk_te = trunk_telephone_event(&self.offer, &answer);
+        let trunk_te = trunk_telephone_event(&self.offer, answer);
         let mut trunk_session = TrunkSession::new(
             rand::random::<u32>() as u64,
             1,
@@ -2706,23 +2734,75 @@ impl Incoming {
         );
         // What the browser accepted: the codecs of its answer.
         trunk_session.browser_codecs =
-            sdp::parse_browser_reanswer(sdp).unwrap_or_else(|_| vec![answer.codec.clone()]);
+            sdp::parse_browser_reanswer(browser_sdp).unwrap_or_else(|_| vec![answer.codec.clone()]);
         if let Some(d) = &self.offer.dtls {
             trunk_session = trunk_session.with_dtls(d.clone(), c.media.fingerprint_sha256.clone());
         }
         c.trunk_session = Some(trunk_session);
-        let mut params = self.relay_params(&answer, crypto, c.media_source);
+        let mut params = self.relay_params(answer, crypto, c.media_source);
         params.telephone_event = trunk_te.map(|te| TelephoneEvent {
             trunk: te.pt,
             browser: te_pt,
             clock_rate: answer.codec.clock_rate,
         });
         c.telephone_event = params.telephone_event;
-        c.media(MediaCommand::Start(Box::new(params)));
-        c.media_started = true;
-        c.dtls_deadline = Some(now + c.timers.dtls);
-        self.answer = Some((answer, our_key));
-        self.phase = Phase::Answering;
+        Ok(params)
+    }
+
+    /// The answer in the trunk's ACK to the offer our 200 carried (a delayed
+    /// offer): checked against it (our codec, our `a=crypto` tag and suite,
+    /// or plain RTP as offered), it becomes the trunk's side of the call
+    /// and the relay's trunk leg. `Err`: the call ends (BYE).
+    fn take_delayed_answer(&mut self, c: &mut Common, sdp: Option<&str>) -> Result<(), Cause> {
+        self.delayed_offer = false;
+        let refuse = |why: String| Cause::TrunkSdp {
+            code: 488,
+            reason: format!("the answer in the trunk's ACK {why}"),
+        };
+        let sdp = sdp.ok_or_else(|| refuse("is missing (our 200 carried the offer)".into()))?;
+        let real = sdp::parse_sip_offer(sdp).map_err(|e| refuse(format!("does not parse: {e}")))?;
+        let Some((answer, our_key)) = self.answer.clone() else {
+            return Err(refuse("came before any browser answered".into()));
+        };
+        if !real
+            .codecs
+            .iter()
+            .any(|k| !k.is_telephone_event() && k.same_as(&answer.codec))
+        {
+            return Err(refuse(format!(
+                "lacks our codec {}",
+                codec_label(&answer.codec)
+            )));
+        }
+        match &self.plan {
+            IncomingLegPlan::Sdes { tag, suite } => {
+                let ok = real.proto.is_secure()
+                    && real
+                        .cryptos
+                        .iter()
+                        .any(|k| k.tag == *tag && k.suite == *suite && k.key().is_some());
+                if !ok {
+                    return Err(refuse(format!(
+                        "does not take our a=crypto:{tag} {} (secure_media)",
+                        suite
+                    )));
+                }
+            }
+            _ if real.proto.is_secure() => {
+                return Err(refuse("is SRTP where we offered plain RTP".into()));
+            }
+            _ => {}
+        }
+        self.offer = real;
+        let browser_sdp = self.accepted_sdp.clone().unwrap_or_default();
+        let params = self.trunk_side(c, &answer, our_key.as_ref(), &browser_sdp)?;
+        info!("the trunk answered our offer in its ACK (delayed offer)");
+        c.media(MediaCommand::UpdateTrunk(Box::new(TrunkUpdate {
+            trunk: params.trunk,
+            payload_map: params.payload_map,
+            telephone_event: params.telephone_event,
+        })));
+        Ok(())
     }
 
     /// The relay of the accepted browser's leg and the trunk's offer; the
@@ -2823,8 +2903,15 @@ impl Incoming {
         while let Some(event) = self.uas.poll_event() {
             progressed = true;
             match event {
-                UasEvent::Acked => {
+                UasEvent::Acked { sdp } => {
                     self.phase = Phase::Confirmed;
+                    if self.delayed_offer {
+                        if let Err(cause) = self.take_delayed_answer(c, sdp.as_deref()) {
+                            warn!(reason = %cause, "the trunk's ACK did not answer our offer usably");
+                            self.end(c, cause, now);
+                            continue;
+                        }
+                    }
                     c.maybe_connected(true);
                 }
                 UasEvent::Cancelled { elsewhere } => {

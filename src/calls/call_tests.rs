@@ -152,13 +152,36 @@ fn incoming_offering(
 ) -> Call {
     let uas = IncomingCall::new(invite_offering(trunk_offer), trunk_addr(), now).unwrap();
     let offer = parse_sip_offer(trunk_offer).unwrap();
+    incoming_with(account, sessions, reject_code, (uas, offer, 2, false), now)
+}
+
+/// An incoming call whose INVITE carried no offer (a delayed offer): the
+/// gateway's template (SDES AES_CM_128_HMAC_SHA1_80, tag 1) stands for it.
+fn incoming_delayed(sessions: &[SessionKey], now: Instant) -> Call {
+    let invite = invite_offering("")
+        .to_string()
+        .replace("Content-Type: application/sdp\r\n", "");
+    let uas = IncomingCall::new(parse(&invite), trunk_addr(), now).unwrap();
+    assert!(uas.offer_sdp().is_none());
+    let template = crate::sdp::delayed_offer_template(Some(SrtpSuite::AesCm128HmacSha1_80));
+    let offer = parse_sip_offer(&template).unwrap();
+    incoming_with(account(), sessions, 486, (uas, offer, 1, true), now)
+}
+
+fn incoming_with(
+    account: Arc<Account>,
+    sessions: &[SessionKey],
+    reject_code: u16,
+    (uas, offer, tag, delayed_offer): (IncomingCall, crate::sdp::SipOffer, u32, bool),
+    now: Instant,
+) -> Call {
     Call::incoming(
         IncomingSetup {
             id: CallId("in-1".into()),
             uas,
             offer,
             plan: IncomingLegPlan::Sdes {
-                tag: 2,
+                tag,
                 suite: SrtpSuite::AesCm128HmacSha1_80,
             },
             trunk_dtls: None,
@@ -178,9 +201,30 @@ fn incoming_offering(
                 destination: trunk_addr(),
                 routes: Vec::new(),
             }),
+            delayed_offer,
         },
         now,
     )
+}
+
+/// Session 1 accepts with `browser_answer()` and its DTLS comes up: what
+/// the call did then (the 200 OK, the media commands).
+fn accept_and_connect(call: &mut Call, now: Instant) -> Drained {
+    call.handle_session(
+        now,
+        SessionInput::Accept {
+            session: 1,
+            sdp: browser_answer(),
+        },
+    );
+    drain(call);
+    call.handle_media(
+        now,
+        MediaEvent::BrowserConnected {
+            suite: SrtpSuite::AeadAes128Gcm,
+        },
+    );
+    drain(call)
 }
 
 /// Everything the call output since the last drain.
@@ -1500,21 +1544,7 @@ fn a_held_call_switches_to_the_hold_timeout_and_back() {
     let now = Instant::now();
     let mut call = incoming(&[1], 486, now);
     drain(&mut call);
-    call.handle_session(
-        now,
-        SessionInput::Accept {
-            session: 1,
-            sdp: browser_answer(),
-        },
-    );
-    drain(&mut call);
-    call.handle_media(
-        now,
-        MediaEvent::BrowserConnected {
-            suite: SrtpSuite::AeadAes128Gcm,
-        },
-    );
-    let d = drain(&mut call);
+    let d = accept_and_connect(&mut call, now);
     assert_eq!(timeouts(&d), [Duration::from_secs(30)]);
     let tag = to_tag_of(d.ok_to_invite().unwrap());
     call.handle_sip(
@@ -3031,6 +3061,7 @@ Content-Length: {}\r\n\r\n{sdp}",
                 destination: trunk_addr(),
                 routes: Vec::new(),
             }),
+            delayed_offer: false,
         },
         now,
     );
@@ -3591,4 +3622,101 @@ fn while_the_browser_is_asked_no_hold_of_ours_and_a_hangup_answers_the_trunk() {
         [488],
         "the waiting re-INVITE gets its final answer"
     );
+}
+
+// ---- an INVITE without an offer (delayed offer) ---------------------------
+
+/// Rings session 1 with a delayed-offer call, which accepts with
+/// `browser_answer()` (PCMA), its DTLS comes up: the 200 with our offer.
+fn delayed_call_answered() -> (Call, Instant, rsip::Response) {
+    let now = Instant::now();
+    let mut call = incoming_delayed(&[1], now);
+    let d = drain(&mut call);
+    let offer = match &d.to(1)[..] {
+        [SessionEvent::Incoming { sdp, .. }] => sdp.clone(),
+        other => panic!("expected incoming, got {other:?}"),
+    };
+    assert!(offer.contains("a=rtpmap:0 PCMU/8000") && offer.contains("a=rtpmap:8 PCMA/8000"));
+    let d = accept_and_connect(&mut call, now);
+    let ok = d.ok_to_invite().expect("200 OK").clone();
+    (call, now, ok)
+}
+
+/// The trunk's ACK of our 200, with `sdp` as its body.
+fn ack_with(tag: &str, sdp: Option<&str>) -> SipMessage {
+    let body = sdp.unwrap_or_default();
+    let ctype = if sdp.is_some() {
+        "Content-Type: application/sdp\r\n"
+    } else {
+        ""
+    };
+    parse(&format!(
+        "ACK sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKack1\r\n\
+From: <sip:+4930123@carrier.example>;tag=ftag\r\nTo: <sip:alice@10.0.0.1>;tag={tag}\r\n\
+Call-ID: in-c1\r\nCSeq: 1 ACK\r\n{ctype}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+#[test]
+fn a_delayed_offer_is_made_in_our_200_and_answered_in_the_ack() {
+    let (mut call, now, ok) = delayed_call_answered();
+    let offer = String::from_utf8_lossy(&ok.body).to_string();
+    // Our offer: the browser's codec and telephone-event, SDES with our key.
+    let audio = offer.lines().find(|l| l.starts_with("m=audio")).unwrap();
+    assert!(audio.contains(" RTP/SAVP 8 101"), "{offer}");
+    assert!(
+        offer.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+        "{offer}"
+    );
+    assert!(!offer.contains("0.0.0.0"), "{offer}");
+    let tag = to_tag_of(&ok);
+    let answer = "v=0\r\no=- 7 7 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+m=audio 31000 RTP/SAVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYXkK\r\n";
+    call.handle_sip(now, ack_with(&tag, Some(answer)), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.connected, 1, "{d:?}");
+    let update = d.media.iter().find_map(|m| match m {
+        MediaCommand::UpdateTrunk(u) => Some(u.clone()),
+        _ => None,
+    });
+    let update = update.expect("the trunk leg from the ACK's answer");
+    assert_eq!(
+        update.trunk.remote_rtp,
+        "10.0.0.9:31000".parse::<SocketAddr>().unwrap()
+    );
+    match &update.trunk.crypto {
+        TrunkCrypto::Sdes { inbound, .. } => {
+            assert_eq!(inbound.suite, SrtpSuite::AesCm128HmacSha1_80);
+        }
+        other => panic!("expected SDES, got {other:?}"),
+    }
+    assert!(update.telephone_event.is_some());
+    assert!(!call.is_over_for_browsers());
+}
+
+#[test]
+fn a_delayed_offer_whose_ack_does_not_answer_ends_the_call() {
+    for (body, words) in [
+        (None, "is missing"),
+        (
+            Some("v=0\r\no=- 7 7 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\nm=audio 31000 RTP/AVP 8\r\n"),
+            "a=crypto:1",
+        ),
+        (
+            Some("v=0\r\no=- 7 7 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\nm=audio 31000 RTP/SAVP 0\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYXkK\r\n"),
+            "lacks our codec",
+        ),
+    ] {
+        let (mut call, now, ok) = delayed_call_answered();
+        call.handle_sip(now, ack_with(&to_tag_of(&ok), body), trunk_addr());
+        let d = drain(&mut call);
+        assert_eq!(d.requests(), ["BYE"], "{words}");
+        let (code, reason) = d.hangup_of(1).expect("hangup");
+        assert_eq!(code, 488);
+        assert!(reason.contains(words), "{reason}");
+        assert_eq!(d.connected, 0);
+    }
 }

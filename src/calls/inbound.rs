@@ -94,6 +94,7 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
         info!(%source, account = %account.name, "INVITE for an account with no session open: 480");
         return refuse(uas, Cause::NoSession);
     }
+    let mut delayed_offer = false;
     let (offer, trunk_dtls) = match uas.offer_sdp().map(sdp::parse_any_sip_offer) {
         Some(Ok(offer)) => offer,
         Some(Err(e)) => {
@@ -108,17 +109,38 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
             );
         }
         None => {
-            // RFC 3261 allows an INVITE without an offer (the offer then
-            // comes in our 200); the gateway needs the trunk's codecs to
-            // offer the browsers, so it asks for an offer.
-            warn!(%source, "inbound INVITE without an SDP offer refused");
-            return refuse(
-                uas,
-                Cause::TrunkSdp {
-                    code: 488,
-                    reason: "an INVITE without SDP offer is not supported".into(),
-                },
-            );
+            // A delayed offer (RFC 3261 13.2.1): our 200 carries the offer,
+            // G.711 SDES or plain as the trunk's secure_media says, and the
+            // trunk answers in its ACK. A private call needs the trunk's own
+            // DTLS offer, so forced_relay cannot take one.
+            if trunk.caller_stream == policy::CallerStream::ForcedRelay {
+                warn!(%source, "INVITE without an SDP offer on a forced_relay trunk refused");
+                return refuse(
+                    uas,
+                    Cause::TrunkSdp {
+                        code: 488,
+                        reason: "a private call (forced_relay) needs the trunk's SDP offer".into(),
+                    },
+                );
+            }
+            let suite = (trunk.secure_media != policy::SecureMedia::Forbidden)
+                .then(|| trunk.srtp_suites.first().copied())
+                .flatten();
+            info!(%source, srtp = suite.is_some(), "INVITE without an SDP offer: our 200 will offer");
+            delayed_offer = true;
+            match sdp::parse_any_sip_offer(&sdp::delayed_offer_template(suite)) {
+                Ok(offer) => offer,
+                Err(e) => {
+                    warn!(error = %e, "cannot write the delayed-offer template");
+                    return refuse(
+                        uas,
+                        Cause::TrunkSdp {
+                            code: 500,
+                            reason: e.to_string(),
+                        },
+                    );
+                }
+            }
         }
     };
     let cryptos: Vec<(u32, crate::types::SrtpSuite)> = offer
@@ -223,6 +245,7 @@ async fn route_one(calls: &Calls, refusals: &Arc<Semaphore>, request: IncomingRe
             reject_code: trunk.reject_code,
             timers: calls.ctx.call_timers(),
             transfer_route,
+            delayed_offer,
         },
         now,
     );

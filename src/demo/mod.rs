@@ -164,7 +164,7 @@ async fn run_echo(
                 | UasEvent::TransferNotify { .. }
                 // The demo leaves REFERs answered 501 (the default).
                 | UasEvent::Referred(_)
-                | UasEvent::Acked => {}
+                | UasEvent::Acked { .. } => {}
             }
         }
         if done {

@@ -12,12 +12,13 @@
 
 use std::net::IpAddr;
 
+use super::crypto::CryptoAttribute;
 use super::model::{Direction, Fingerprint, Proto, SessionDescription, Setup};
 use super::translate::{
     attr, audio_media, codec_attributes, flag, session, supported_codecs, Codec, SipOffer, CNAME,
 };
 use super::SdpError;
-use crate::types::{Secret, Ssrc};
+use crate::types::{Secret, SrtpKeyMaterial, SrtpSuite, Ssrc};
 
 /// The `a=mid` of our one audio section (BUNDLE of one).
 const MID: &str = "0";
@@ -164,6 +165,33 @@ pub fn parse_browser_answer(sdp: &str, offer: &SipOffer) -> Result<BrowserAnswer
         direction: audio.direction,
         skipped: audio.skipped.clone(),
     })
+}
+
+/// What the gateway offers a trunk whose INVITE carried no offer (a
+/// "delayed offer", RFC 3261 13.2.1: Cisco CUBE and CUCM send them by
+/// default), written as if the trunk had offered it so that the browsers
+/// ring and answer the usual way: G.711 (PCMU, PCMA, what every trunk
+/// takes) with telephone-event/8000, `RTP/SAVP` with one `a=crypto` of
+/// `suite` (a placeholder key, never used: the trunk's real key comes in the
+/// answer in its ACK) or `RTP/AVP` without. The address is `0.0.0.0`: no
+/// media goes to the trunk before its answer names where.
+pub fn delayed_offer_template(suite: Option<SrtpSuite>) -> String {
+    // (`to_sdp_value` starts with the tag)
+    let (proto, crypto) = match suite {
+        Some(suite) => (
+            "RTP/SAVP",
+            format!(
+                "a=crypto:{}\r\n",
+                CryptoAttribute::new(1, SrtpKeyMaterial::generate(suite)).to_sdp_value()
+            ),
+        ),
+        None => ("RTP/AVP", String::new()),
+    };
+    format!(
+        "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
+         m=audio 9 {proto} 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n{crypto}a=sendrecv\r\n"
+    )
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@ pub mod reoffer;
 pub mod translate;
 
 pub use crypto::{CryptoAttribute, InlineKey, Mki};
-pub use incoming::{parse_browser_answer, write_browser_offer, BrowserAnswer, BrowserOfferParams};
+pub use incoming::{
+    delayed_offer_template, parse_browser_answer, write_browser_offer, BrowserAnswer,
+    BrowserOfferParams,
+};
 pub use model::{
     AudioSection, Direction, Fingerprint, Proto, RtcpAttr, RtpMap, SessionDescription, Setup,
 };

@@ -51,8 +51,10 @@ pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REFER,
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UasEvent {
-    /// The caller acknowledged our 2xx: media may flow both ways.
-    Acked,
+    /// The caller acknowledged our 2xx: media may flow both ways. `sdp`:
+    /// the ACK's body, the answer when our 2xx carried the offer (an INVITE
+    /// without one, RFC 3261 13.2.1).
+    Acked { sdp: Option<String> },
     /// The caller sent BYE; the 200 OK is queued.
     RemoteHangup,
     /// The caller cancelled before we answered; 200 and 487 are queued.
@@ -422,7 +424,9 @@ impl IncomingCall {
                             refresher = se.refresher.map_or("uac", |r| r.as_str()), "session timer (RFC 4028)");
                         self.timer = Some(SessionTimer::new(se, Role::Uas, now));
                     }
-                    self.events.push_back(UasEvent::Acked);
+                    self.events.push_back(UasEvent::Acked {
+                        sdp: message::sdp_body(&req),
+                    });
                     if self.bye_pending {
                         self.send_bye(now);
                     }
@@ -996,7 +1000,7 @@ mod tests {
 
         let ack = caller_dialog(&inv, &ok).ack(1).unwrap();
         call.handle_message(ack.into(), t0 + Duration::from_secs(12));
-        assert_eq!(events(&mut call), vec![UasEvent::Acked]);
+        assert_eq!(events(&mut call), vec![UasEvent::Acked { sdp: None }]);
         assert_eq!(call.poll_timeout(), None);
 
         let bye = caller_dialog(&inv, &ok).bye().unwrap();
@@ -1190,7 +1194,7 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(events(&mut uas), vec![UasEvent::Acked]);
+        assert_eq!(events(&mut uas), vec![UasEvent::Acked { sdp: None }]);
         let t1 = t0 + Duration::from_secs(1);
         uac.hangup(t1);
         shuttle(&mut uac, &mut uas, t1);
@@ -1228,7 +1232,7 @@ mod tests {
             .all(|(_, to)| *to == Target::addr(peer(), Transport::Udp)));
         let ack = caller_dialog(&inv, &sent[1].0).ack(1).unwrap();
         call.handle_message(ack.into(), t0);
-        assert_eq!(events(&mut call), vec![UasEvent::Acked]);
+        assert_eq!(events(&mut call), vec![UasEvent::Acked { sdp: None }]);
 
         call.hangup(t0 + Duration::from_secs(1));
         let (bytes, to) = call.poll_transmit().unwrap();
@@ -1268,7 +1272,7 @@ mod tests {
             .unwrap();
         let caller = caller_dialog(&inv, &ok);
         call.handle_message(caller.ack(1).unwrap().into(), t0);
-        assert_eq!(events(&mut call), [UasEvent::Acked]);
+        assert_eq!(events(&mut call), [UasEvent::Acked { sdp: None }]);
         (call, ok, caller)
     }
 

@@ -39,7 +39,7 @@ class Linphone:
     unless it is none. As a trunk it answers calls to any user at once."""
 
     def __init__(self, workdir: Path, tone_wav: Path, encryption: str = "srtp", name: str = "linphone",
-                 auto_answer: bool = True, rfc2833: bool = True):
+                 auto_answer: bool = True, rfc2833: bool = True, delayed_offer: bool = False):
         assert encryption in MODES, encryption
         self.dir = workdir / name
         (self.dir / ".local" / "share" / "linphone").mkdir(parents=True, exist_ok=True)
@@ -49,6 +49,9 @@ class Linphone:
         # False: no telephone-event in its SDP (use_rfc2833=0, use_info=1):
         # its DTMF, both ways, is SIP INFO
         self.rfc2833 = rfc2833
+        # True: its INVITEs carry no SDP (sdp_200_ack=1), the offer comes in
+        # the 200 and linphone answers in its ACK (a "delayed offer")
+        self.delayed_offer = delayed_offer
         self.sip_port = free_port(socket.SOCK_DGRAM)
         self.rtp_port = free_port(socket.SOCK_DGRAM, span=4)
         self.log_path = self.dir / "linphone.log"
@@ -72,6 +75,7 @@ class Linphone:
             f"media_encryption_mandatory={mandatory}\n"
             f"use_rfc2833={int(self.rfc2833)}\n"
             f"use_info={int(not self.rfc2833)}\n"
+            f"sdp_200_ack={int(self.delayed_offer)}\n"
             "[rtp]\n"
             f"audio_rtp_port={self.rtp_port}\n"
             "[sound]\n"

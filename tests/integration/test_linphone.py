@@ -45,8 +45,8 @@ MODES = {
 def start_linphone(workdir, tone_wav):
     started: list[Linphone] = []
 
-    def start(encryption: str, rfc2833: bool = True) -> Linphone:
-        lp = Linphone(workdir, tone_wav, encryption=encryption, rfc2833=rfc2833)
+    def start(encryption: str, rfc2833: bool = True, delayed_offer: bool = False) -> Linphone:
+        lp = Linphone(workdir, tone_wav, encryption=encryption, rfc2833=rfc2833, delayed_offer=delayed_offer)
         started.append(lp)
         return lp.start()
 
@@ -86,6 +86,26 @@ async def _connected_to(gw, lp: Linphone) -> BrowserPeer:
     assert connected.get("type") == "connected", connected
     lp.wait_connected()
     return peer
+
+
+async def _linphone_calls(gw, lp: Linphone) -> tuple[dict, dict]:
+    """linphone dials alice, her one session accepts; once media flows both
+    ways, linphone hangs up. Returns the browser's `connected` (or what came
+    instead) and the figures of `_talk` with the browser's `hangup`."""
+    (peer,) = await sessions(gw, 1)
+    try:
+        lp.dial(gw_uri(gw))
+        await peer.wait_incoming(10)
+        await peer.accept()
+        connected = await peer.wait_for({"connected", "hangup"}, 20, call_id=peer.call_id)
+        if connected.get("type") != "connected":
+            return connected, {}
+        r = await _talk(peer, lp)
+        lp.hangup()
+        r["hangup"] = await peer.wait_for({"hangup"}, 10, call_id=peer.call_id)
+        return connected, r
+    finally:
+        await peer.close()
 
 
 def _check(workdir, mode: str, lp: Linphone, connected: dict, r: dict, sdp_text: str):
@@ -133,24 +153,7 @@ def test_linphone_calls_the_browser(workdir, start_gateway, start_linphone, mode
     lp = start_linphone(mode)
     gw = start_gateway(_trunk(lp, mode))
 
-    async def run():
-        (peer,) = await sessions(gw, 1)
-        try:
-            lp.dial(gw_uri(gw))
-            await peer.wait_incoming(10)
-            await peer.accept()
-            connected = await peer.wait_for({"connected", "hangup"}, 20, call_id=peer.call_id)
-            if connected.get("type") != "connected":
-                return connected, {}
-            r = await _talk(peer, lp)
-            lp.hangup()
-            hangup = await peer.wait_for({"hangup"}, 10, call_id=peer.call_id)
-            r["hangup"] = hangup
-            return connected, r
-        finally:
-            await peer.close()
-
-    connected, r = asyncio.run(run())
+    connected, r = asyncio.run(_linphone_calls(gw, lp))
     oks = [m for m in lp.received(status=200) if "INVITE" in (m.text.split("CSeq:", 1)[-1].split("\n", 1)[0])]
     assert oks, f"linphone got no 200 to its INVITE ({lp.log_path})"
     _check(workdir, mode, lp, connected, r, oks[0].text)
@@ -276,3 +279,27 @@ def test_linphone_holds_resumes_and_the_call_goes_on(workdir, start_gateway, sta
     assert r["packets_after"] >= 100 and r["loud_after"] >= 50, r
     assert r["linphone_heard_rms"] > TONE_RMS_MIN, r
 
+
+
+@pytest.mark.parametrize("mode", ["srtp", "none"])
+def test_linphone_calls_with_a_delayed_offer(workdir, start_gateway, start_linphone, mode):
+    """linphone with sdp_200_ack=1 calls alice with an INVITE without SDP (a
+    "delayed offer", RFC 3261 13.2.1, as Cisco CUBE/CUCM send by default):
+    the browser rings with the gateway's G.711 offer, accepts, and our 200
+    carries the offer (SDES `RTP/SAVP` with our a=crypto, or `RTP/AVP` on a
+    `forbidden` trunk); linphone answers in its ACK, and audio flows both
+    ways (packets and energy at the browser, linphone's recording)."""
+    lp = start_linphone(mode, delayed_offer=True)
+    gw = start_gateway(_trunk(lp, mode))
+
+    connected, r = asyncio.run(_linphone_calls(gw, lp))
+    invite = lp.sent("INVITE")[0]
+    ok = [m for m in lp.received(status=200) if "INVITE" in (m.text.split("CSeq:", 1)[-1].split("\n", 1)[0])]
+    acks = lp.sent("ACK")
+    save_result(workdir, mode=mode, connected=connected, browser=r,
+                invite_has_sdp="m=audio" in invite.text, ack_has_sdp=bool(acks) and "m=audio" in acks[0].text)
+    assert "m=audio" not in invite.text, invite.text
+    assert ok and "m=audio" in ok[0].text, "our 200 carries the offer"
+    assert acks and "m=audio" in acks[0].text, "linphone answers in its ACK"
+    _check(workdir, mode, lp, connected, r, ok[0].text)
+    assert r["hangup"].get("code") == 200, r["hangup"]

@@ -151,7 +151,7 @@ fn check_call(uac: &[UacEvent], uas: &[UasEvent]) {
     assert_eq!(
         uas,
         &[
-            UasEvent::Acked,
+            UasEvent::Acked { sdp: None },
             UasEvent::RemoteHangup,
             UasEvent::Terminated
         ]

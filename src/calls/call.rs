@@ -1473,6 +1473,8 @@ impl Call {
                 suites: setup.account.trunk.srtp_suites.clone(),
                 delayed_offer: setup.delayed_offer,
                 accepted_sdp: None,
+                srtp_optional: setup.account.trunk.secure_media
+                    == crate::policy::SecureMedia::Optional,
             })),
         };
         if let Kind::Incoming(inc) = &mut call.kind {
@@ -2543,6 +2545,9 @@ struct Incoming {
     delayed_offer: bool,
     /// The accepting browser's answer as it sent it.
     accepted_sdp: Option<String>,
+    /// The trunk's `secure_media` is `optional`: a delayed offer's SRTP may
+    /// be answered with plain RTP.
+    srtp_optional: bool,
 }
 
 impl Incoming {
@@ -2773,6 +2778,17 @@ impl Incoming {
                 "lacks our codec {}",
                 codec_label(&answer.codec)
             )));
+        }
+        if matches!(self.plan, IncomingLegPlan::Sdes { .. })
+            && self.srtp_optional
+            && !real.proto.is_secure()
+        {
+            // `secure_media = "optional"`: the trunk answered our SRTP offer
+            // with plain RTP, which that setting accepts (counted).
+            info!("the trunk answered our SRTP offer with plain RTP (secure_media optional)");
+            self.plan = IncomingLegPlan::Plain;
+            c.trunk_security = "rtp (unencrypted)".into();
+            c.out.push_back(Output::SecureMediaFallback);
         }
         match &self.plan {
             IncomingLegPlan::Sdes { tag, suite } => {

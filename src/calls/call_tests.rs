@@ -158,6 +158,10 @@ fn incoming_offering(
 /// An incoming call whose INVITE carried no offer (a delayed offer): the
 /// gateway's template (SDES AES_CM_128_HMAC_SHA1_80, tag 1) stands for it.
 fn incoming_delayed(sessions: &[SessionKey], now: Instant) -> Call {
+    incoming_delayed_for(account(), sessions, now)
+}
+
+fn incoming_delayed_for(account: Arc<Account>, sessions: &[SessionKey], now: Instant) -> Call {
     let invite = invite_offering("")
         .to_string()
         .replace("Content-Type: application/sdp\r\n", "");
@@ -165,7 +169,7 @@ fn incoming_delayed(sessions: &[SessionKey], now: Instant) -> Call {
     assert!(uas.offer_sdp().is_none());
     let template = crate::sdp::delayed_offer_template(Some(SrtpSuite::AesCm128HmacSha1_80));
     let offer = parse_sip_offer(&template).unwrap();
-    incoming_with(account(), sessions, 486, (uas, offer, 1, true), now)
+    incoming_with(account, sessions, 486, (uas, offer, 1, true), now)
 }
 
 fn incoming_with(
@@ -3719,4 +3723,34 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:d2VsbCBob3cgYWJvdXQgdGhhdCB0aGVuIG9rYX
         assert!(reason.contains(words), "{reason}");
         assert_eq!(d.connected, 0);
     }
+}
+
+#[test]
+fn a_delayed_offer_answered_plain_falls_back_only_when_optional() {
+    let plain = "v=0\r\no=- 7 7 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\n\
+m=audio 31000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+    // mandatory (the test account's): refused, see the test above.
+    let now = Instant::now();
+    let mut optional = (*account()).clone();
+    let mut trunk = (*optional.trunk).clone();
+    trunk.secure_media = crate::policy::SecureMedia::Optional;
+    optional.trunk = Arc::new(trunk);
+    let mut call = incoming_delayed_for(Arc::new(optional), &[1], now);
+    drain(&mut call);
+    let d = accept_and_connect(&mut call, now);
+    let ok = d.ok_to_invite().expect("200 OK").clone();
+    call.handle_sip(now, ack_with(&to_tag_of(&ok), Some(plain)), trunk_addr());
+    let d = drain(&mut call);
+    assert_eq!(d.connected, 1, "{d:?}");
+    assert_eq!(d.fallbacks, 1);
+    let crypto = d.media.iter().find_map(|m| match m {
+        MediaCommand::UpdateTrunk(u) => Some(u.trunk.crypto.clone()),
+        _ => None,
+    });
+    assert!(matches!(crypto, Some(TrunkCrypto::Plain)), "{crypto:?}");
+    let security = d.to(1).into_iter().find_map(|e| match e {
+        SessionEvent::Connected { security, .. } => Some(security.trunk.clone()),
+        _ => None,
+    });
+    assert_eq!(security.as_deref(), Some("rtp (unencrypted)"));
 }

@@ -281,7 +281,7 @@ def test_linphone_holds_resumes_and_the_call_goes_on(workdir, start_gateway, sta
 
 
 
-@pytest.mark.parametrize("mode", ["srtp", "none"])
+@pytest.mark.parametrize("mode", ["srtp", "none", "optional"])
 def test_linphone_calls_with_a_delayed_offer(workdir, start_gateway, start_linphone, mode):
     """linphone with sdp_200_ack=1 calls alice with an INVITE without SDP (a
     "delayed offer", RFC 3261 13.2.1, as Cisco CUBE/CUCM send by default):
@@ -289,8 +289,16 @@ def test_linphone_calls_with_a_delayed_offer(workdir, start_gateway, start_linph
     carries the offer (SDES `RTP/SAVP` with our a=crypto, or `RTP/AVP` on a
     `forbidden` trunk); linphone answers in its ACK, and audio flows both
     ways (packets and energy at the browser, linphone's recording)."""
-    lp = start_linphone(mode, delayed_offer=True)
-    gw = start_gateway(_trunk(lp, mode))
+    if mode == "optional":
+        # SRTP offered (secure_media optional) to a linphone whose own
+        # encryption is none but not mandatory: it takes the SRTP offered
+        # (the plain-RTP fallback of an ACK is a unit test).
+        lp = start_linphone("none", delayed_offer=True)
+        gw = start_gateway(TrunkSpec("carrier", f"{lp.uri};transport=udp", callee_stream="sdes",
+                                     secure_media="optional", media_source="latch"))
+    else:
+        lp = start_linphone(mode, delayed_offer=True)
+        gw = start_gateway(_trunk(lp, mode))
 
     connected, r = asyncio.run(_linphone_calls(gw, lp))
     invite = lp.sent("INVITE")[0]
@@ -301,5 +309,11 @@ def test_linphone_calls_with_a_delayed_offer(workdir, start_gateway, start_linph
     assert "m=audio" not in invite.text, invite.text
     assert ok and "m=audio" in ok[0].text, "our 200 carries the offer"
     assert acks and "m=audio" in acks[0].text, "linphone answers in its ACK"
-    _check(workdir, mode, lp, connected, r, ok[0].text)
+    if mode == "optional":
+        assert "RTP/SAVP" in ok[0].text and "a=crypto:1 " in ok[0].text, ok[0].text
+        assert " RTP/SAVP " in acks[0].text and "a=crypto:1 " in acks[0].text, acks[0].text
+        assert gw.metrics().sum("gateway_secure_media_fallbacks_total") == 0
+        _check(workdir, "srtp", lp, connected, r, acks[0].text)
+    else:
+        _check(workdir, mode, lp, connected, r, ok[0].text)
     assert r["hangup"].get("code") == 200, r["hangup"]

